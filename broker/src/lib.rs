@@ -1,0 +1,1 @@
+//! lookergate token broker.

@@ -1,0 +1,310 @@
+//! Plugin configuration: parsed from JSON (unknown fields are errors), validated with
+//! errors that name the field, then compiled once into an immutable [`Gateway`].
+
+use std::collections::HashSet;
+use std::fmt;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::duration;
+use crate::jwt::{Algorithm, IssuerVerifier, KeySet};
+use crate::policy::{Policy, RawPolicy};
+
+/// The configuration versions this filter understands.
+pub const SUPPORTED_VERSION: u32 = 1;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    #[serde(default = "default_version")]
+    pub version: u32,
+    pub issuers: Vec<RawIssuer>,
+    pub policy: RawPolicy,
+    pub broker: RawBroker,
+    #[serde(default)]
+    pub looker_token: RawLookerToken,
+}
+
+fn default_version() -> u32 {
+    SUPPORTED_VERSION
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawIssuer {
+    pub issuer: String,
+    pub audiences: Vec<String>,
+    pub jwks: serde_json::Value,
+    #[serde(default)]
+    pub algorithms: Option<Vec<Algorithm>>,
+    #[serde(default = "default_skew", deserialize_with = "duration::deserialize")]
+    pub clock_skew: Duration,
+    #[serde(default)]
+    pub from: Option<RawTokenSource>,
+    #[serde(default = "default_max_token_bytes")]
+    pub max_token_bytes: usize,
+}
+
+fn default_skew() -> Duration {
+    Duration::from_secs(30)
+}
+
+fn default_max_token_bytes() -> usize {
+    8192
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTokenSource {
+    pub header: String,
+    #[serde(default)]
+    pub prefix: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawBroker {
+    pub cluster: String,
+    #[serde(default = "default_broker_authority")]
+    pub authority: String,
+    #[serde(default = "default_broker_path")]
+    pub path: String,
+    #[serde(default = "default_broker_timeout", deserialize_with = "duration::deserialize")]
+    pub timeout: Duration,
+    pub credential: String,
+}
+
+impl fmt::Debug for RawBroker {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RawBroker")
+            .field("cluster", &self.cluster)
+            .field("authority", &self.authority)
+            .field("path", &self.path)
+            .field("timeout", &self.timeout)
+            .field("credential", &"<redacted>")
+            .finish()
+    }
+}
+
+fn default_broker_authority() -> String {
+    "lookergate-broker".to_owned()
+}
+
+fn default_broker_path() -> String {
+    "/v1/token".to_owned()
+}
+
+fn default_broker_timeout() -> Duration {
+    Duration::from_secs(2)
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLookerToken {
+    #[serde(default = "default_refresh_before", deserialize_with = "duration::deserialize")]
+    pub refresh_before: Duration,
+}
+
+impl Default for RawLookerToken {
+    fn default() -> Self {
+        RawLookerToken { refresh_before: default_refresh_before() }
+    }
+}
+
+fn default_refresh_before() -> Duration {
+    Duration::from_secs(60)
+}
+
+/// Where an issuer's token is carried: a header, with an optional scheme prefix.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenSource {
+    /// Lower-case header name.
+    pub header: String,
+    /// Scheme prefix such as `Bearer ` (matched case-insensitively), if any.
+    pub prefix: Option<String>,
+}
+
+/// One trusted issuer, compiled.
+pub struct Issuer {
+    pub issuer: String,
+    pub source: TokenSource,
+    pub verifier: IssuerVerifier,
+}
+
+/// How the gateway reaches the broker.
+#[derive(Clone, PartialEq, Eq)]
+pub struct BrokerSettings {
+    pub cluster: String,
+    pub authority: String,
+    pub path: String,
+    pub timeout: Duration,
+    /// Presented as `Authorization: Bearer …`; never logged.
+    pub credential: String,
+}
+
+impl fmt::Debug for BrokerSettings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("BrokerSettings")
+            .field("cluster", &self.cluster)
+            .field("authority", &self.authority)
+            .field("path", &self.path)
+            .field("timeout", &self.timeout)
+            .field("credential", &"<redacted>")
+            .finish()
+    }
+}
+
+/// The compiled, immutable configuration shared by every request on a worker.
+pub struct Gateway {
+    pub issuers: Vec<Issuer>,
+    pub policy: Policy,
+    pub broker: BrokerSettings,
+    pub refresh_before: Duration,
+    /// Distinct token header names, in issuer order.
+    pub token_headers: Vec<String>,
+    /// Non-fatal notes from loading (skipped JWKS keys), to log once.
+    pub warnings: Vec<String>,
+}
+
+/// A configuration error: the field path and what is wrong with it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub field: String,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.field.is_empty() || self.field == "." {
+            write!(f, "{}", self.message)
+        } else {
+            write!(f, "{}: {}", self.field, self.message)
+        }
+    }
+}
+
+fn err(field: impl Into<String>, message: impl Into<String>) -> ConfigError {
+    ConfigError { field: field.into(), message: message.into() }
+}
+
+impl Gateway {
+    /// Parses and compiles the plugin configuration bytes.
+    pub fn load(bytes: &[u8]) -> Result<Gateway, ConfigError> {
+        let mut de = serde_json::Deserializer::from_slice(bytes);
+        let raw: RawConfig = serde_path_to_error::deserialize(&mut de).map_err(|e| {
+            let field = e.path().to_string();
+            err(field, e.into_inner().to_string())
+        })?;
+        Gateway::compile(raw)
+    }
+
+    pub fn compile(raw: RawConfig) -> Result<Gateway, ConfigError> {
+        if raw.version != SUPPORTED_VERSION {
+            return Err(err(
+                "version",
+                format!("unsupported configuration version {} (this filter supports {SUPPORTED_VERSION})", raw.version),
+            ));
+        }
+        if raw.issuers.is_empty() {
+            return Err(err("issuers", "at least one issuer is required"));
+        }
+        let mut issuers = Vec::with_capacity(raw.issuers.len());
+        let mut warnings = Vec::new();
+        let mut seen = HashSet::new();
+        for (i, ri) in raw.issuers.into_iter().enumerate() {
+            let at = |f: &str| format!("issuers[{i}].{f}");
+            if ri.issuer.trim().is_empty() {
+                return Err(err(at("issuer"), "must not be empty"));
+            }
+            if !seen.insert(ri.issuer.clone()) {
+                return Err(err(at("issuer"), format!("issuer {:?} is listed twice", ri.issuer)));
+            }
+            if ri.audiences.is_empty() || ri.audiences.iter().any(|a| a.is_empty()) {
+                return Err(err(at("audiences"), "needs at least one non-empty audience"));
+            }
+            if ri.clock_skew > Duration::from_secs(300) {
+                return Err(err(at("clock_skew"), "must be at most 5m"));
+            }
+            if !(256..=65_536).contains(&ri.max_token_bytes) {
+                return Err(err(at("max_token_bytes"), "must be between 256 and 65536"));
+            }
+            let algorithms = match ri.algorithms {
+                Some(list) if list.is_empty() => return Err(err(at("algorithms"), "must not be empty")),
+                Some(list) => list,
+                None => Algorithm::all().to_vec(),
+            };
+            let source = match ri.from {
+                None => TokenSource { header: "authorization".to_owned(), prefix: Some("Bearer ".to_owned()) },
+                Some(src) => {
+                    let header = src.header.to_ascii_lowercase();
+                    if header.is_empty() || !header.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
+                        return Err(err(at("from.header"), format!("{:?} is not a header name", src.header)));
+                    }
+                    if header.starts_with("x-lookergate-") || header == "cookie" {
+                        return Err(err(at("from.header"), "may not be a gateway-owned header or cookie"));
+                    }
+                    let prefix = match src.prefix {
+                        Some(p) if p.is_empty() => None,
+                        Some(p) => Some(p),
+                        None if header == "authorization" => Some("Bearer ".to_owned()),
+                        None => None,
+                    };
+                    TokenSource { header, prefix }
+                }
+            };
+            let (keys, skipped) = KeySet::from_jwks(&ri.jwks).map_err(|e| err(at("jwks"), e.to_string()))?;
+            warnings.extend(skipped.into_iter().map(|w| format!("issuers[{i}].jwks: {w}")));
+            let verifier = IssuerVerifier::new(
+                ri.issuer.clone(),
+                ri.audiences,
+                algorithms,
+                ri.clock_skew.as_secs(),
+                ri.max_token_bytes,
+                keys,
+            );
+            issuers.push(Issuer { issuer: ri.issuer, source, verifier });
+        }
+        let policy = Policy::compile(&raw.policy).map_err(|e| match e.split_once(": ") {
+            Some((field, message)) => err(field, message),
+            None => err("policy", e),
+        })?;
+        let b = raw.broker;
+        if b.cluster.trim().is_empty() {
+            return Err(err("broker.cluster", "must name the Envoy cluster of the broker"));
+        }
+        if !b.path.starts_with('/') {
+            return Err(err("broker.path", "must start with '/'"));
+        }
+        if b.timeout < Duration::from_millis(50) || b.timeout > Duration::from_secs(60) {
+            return Err(err("broker.timeout", "must be between 50ms and 60s"));
+        }
+        if b.credential.len() < 16 || !b.credential.bytes().all(|c| c.is_ascii_graphic()) {
+            return Err(err("broker.credential", "must be at least 16 printable characters without spaces"));
+        }
+        let refresh_before = raw.looker_token.refresh_before;
+        if refresh_before > Duration::from_secs(3600) {
+            return Err(err("looker_token.refresh_before", "must be at most 1h"));
+        }
+        let mut token_headers: Vec<String> = Vec::new();
+        for issuer in &issuers {
+            if !token_headers.contains(&issuer.source.header) {
+                token_headers.push(issuer.source.header.clone());
+            }
+        }
+        Ok(Gateway {
+            issuers,
+            policy,
+            broker: BrokerSettings {
+                cluster: b.cluster,
+                authority: b.authority,
+                path: b.path,
+                timeout: b.timeout,
+                credential: b.credential,
+            },
+            refresh_before,
+            token_headers,
+            warnings,
+        })
+    }
+}

@@ -1,0 +1,123 @@
+//! The proxy-wasm glue: contexts that hand every callback to `flow` with the real host.
+
+use std::cell::RefCell;
+use std::rc::Rc;
+use std::time::Duration;
+
+use log::{error, info, warn};
+use proxy_wasm::traits::{Context, HttpContext, RootContext};
+use proxy_wasm::types::{Action, ContextType, LogLevel};
+
+use crate::config::Gateway;
+use crate::flow::{self, Next};
+use crate::host::ProxyHost;
+use crate::tokens::Worker;
+
+/// How often the root context re-sends orphaned broker calls and expires waiters.
+const TICK: Duration = Duration::from_millis(500);
+
+proxy_wasm::main! {{
+    proxy_wasm::set_log_level(LogLevel::Info);
+    proxy_wasm::set_root_context(|context_id| -> Box<dyn RootContext> {
+        Box::new(GatewayRoot { context_id, gateway: None, worker: Rc::new(RefCell::new(Worker::default())) })
+    });
+}}
+
+struct GatewayRoot {
+    context_id: u32,
+    gateway: Option<Rc<Gateway>>,
+    /// Token cache and in-flight broker calls of this worker (one VM per worker).
+    worker: Rc<RefCell<Worker>>,
+}
+
+impl Context for GatewayRoot {
+    fn on_http_call_response(&mut self, token_id: u32, num_headers: usize, body_size: usize, _num_trailers: usize) {
+        let Some(gateway) = &self.gateway else { return };
+        let (status, body) = flow::read_broker_answer(&ProxyHost, num_headers, body_size);
+        let mut worker = self.worker.borrow_mut();
+        flow::on_broker_answer(gateway, &mut worker, &ProxyHost, token_id, status, &body, self.context_id);
+    }
+}
+
+impl RootContext for GatewayRoot {
+    fn on_configure(&mut self, plugin_configuration_size: usize) -> bool {
+        let bytes = match proxy_wasm::hostcalls::get_buffer(
+            proxy_wasm::types::BufferType::PluginConfiguration,
+            0,
+            plugin_configuration_size,
+        ) {
+            Ok(Some(bytes)) => bytes,
+            _ => {
+                error!("lookergate: invalid plugin configuration: it is empty (a JSON object is required)");
+                return false;
+            }
+        };
+        match Gateway::load(&bytes) {
+            Ok(gateway) => {
+                for warning in &gateway.warnings {
+                    warn!("lookergate: {warning}");
+                }
+                info!(
+                    "lookergate {}: configured with {} issuer(s), {} rule(s), broker cluster {:?}",
+                    crate::VERSION,
+                    gateway.issuers.len(),
+                    gateway.policy.rules().len(),
+                    gateway.broker.cluster
+                );
+                self.gateway = Some(Rc::new(gateway));
+                if proxy_wasm::hostcalls::set_tick_period(TICK).is_err() {
+                    warn!("lookergate: cannot set the tick period; stuck broker calls rely on the callout timeout");
+                }
+                true
+            }
+            Err(e) => {
+                error!("lookergate: invalid plugin configuration: {e}");
+                false
+            }
+        }
+    }
+
+    fn on_tick(&mut self) {
+        let Some(gateway) = &self.gateway else { return };
+        let mut worker = self.worker.borrow_mut();
+        flow::on_tick(gateway, &mut worker, &ProxyHost, self.context_id);
+    }
+
+    fn create_http_context(&self, context_id: u32) -> Option<Box<dyn HttpContext>> {
+        let gateway = self.gateway.clone()?;
+        Some(Box::new(GatewayStream { context_id, gateway, worker: Rc::clone(&self.worker) }))
+    }
+
+    fn get_type(&self) -> Option<ContextType> {
+        Some(ContextType::HttpContext)
+    }
+}
+
+struct GatewayStream {
+    context_id: u32,
+    gateway: Rc<Gateway>,
+    worker: Rc<RefCell<Worker>>,
+}
+
+impl Context for GatewayStream {
+    fn on_http_call_response(&mut self, token_id: u32, num_headers: usize, body_size: usize, _num_trailers: usize) {
+        let (status, body) = flow::read_broker_answer(&ProxyHost, num_headers, body_size);
+        let mut worker = self.worker.borrow_mut();
+        flow::on_broker_answer(&self.gateway, &mut worker, &ProxyHost, token_id, status, &body, self.context_id);
+    }
+
+    fn on_done(&mut self) -> bool {
+        self.worker.borrow_mut().leave(self.context_id);
+        true
+    }
+}
+
+impl HttpContext for GatewayStream {
+    fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        let mut worker = self.worker.borrow_mut();
+        match flow::on_request(&self.gateway, &mut worker, &ProxyHost, self.context_id) {
+            Next::Continue => Action::Continue,
+            Next::Pause => Action::Pause,
+        }
+    }
+}

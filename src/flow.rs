@@ -1,0 +1,470 @@
+//! The request flow over a [`Host`]: decide, find or fetch the Looker token, rewrite,
+//! forward — or answer locally. Called by the thin proxy-wasm glue in `filter`.
+
+use std::time::Duration;
+
+use log::{debug, info, warn};
+
+use crate::broker::{self, MAX_RESPONSE_BYTES};
+use crate::config::Gateway;
+use crate::decision::{self, Audit, Decision, RequestView};
+use crate::host::Host;
+use crate::policy::LookerIdentity;
+use crate::reply::Refusal;
+use crate::tokens::{shared_key, CachedToken, Flight, Waiter, Worker};
+
+/// What to tell the proxy after `on_http_request_headers`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Next {
+    Continue,
+    Pause,
+}
+
+/// Extra time a waiter is given past the broker timeout before the tick answers it.
+const WAIT_GRACE: Duration = Duration::from_millis(1000);
+
+fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
+}
+
+/// Handles a request's headers on context `context_id`.
+pub fn on_request<H: Host>(gateway: &Gateway, worker: &mut Worker, host: &H, context_id: u32) -> Next {
+    let now_ms = host.now_ms();
+    let headers = host.request_headers();
+    let request = RequestView {
+        method: header(&headers, ":method").unwrap_or_default().to_owned(),
+        path: header(&headers, ":path").unwrap_or_default().to_owned(),
+        request_id: header(&headers, "x-request-id").unwrap_or_default().to_owned(),
+        headers,
+    };
+    match decision::decide(gateway, &request, now_ms / 1000) {
+        Decision::Refuse { refusal, audit } => {
+            log_decision(context_id, &request, &audit);
+            refuse(host, &refusal, &request.request_id);
+            Next::Pause
+        }
+        Decision::Forward { identity, subject, header_ops, audit } => {
+            log_decision(context_id, &request, &audit);
+            let rule = audit.rule.unwrap_or_default();
+            if let Some(token) = find_token(worker, host, &identity, now_ms) {
+                return match host.apply(&decision::with_looker_token(header_ops, &token)) {
+                    Ok(()) => Next::Continue,
+                    Err(e) => {
+                        warn!("lookergate[{context_id}] request_id={} rewrite failed: {}", request.request_id, e.0);
+                        refuse(host, &Refusal::BrokerUnavailable { reason: "gateway rewrite failed".into() }, &request.request_id);
+                        Next::Pause
+                    }
+                };
+            }
+            let deadline_ms = now_ms + millis(gateway.broker.timeout + WAIT_GRACE);
+            let waiter = Waiter { context_id, header_ops, request_id: request.request_id.clone(), rule, deadline_ms };
+            let Err(waiter) = worker.join(&identity, waiter) else {
+                return Next::Pause; // a broker call for this identity is already in flight here
+            };
+            let (headers, body) = broker::token_request(&gateway.broker, &identity, &subject, &request.request_id);
+            match host.dispatch(&gateway.broker.cluster, &headers, body.as_bytes(), gateway.broker.timeout) {
+                Ok(callout) => {
+                    let flight = Flight {
+                        identity,
+                        subject,
+                        request_id: request.request_id,
+                        callout: Some(callout),
+                        waiters: vec![waiter],
+                    };
+                    worker.start(flight, Some(context_id));
+                }
+                Err(e) => {
+                    warn!("lookergate[{context_id}] request_id={} broker dispatch failed: {}", request.request_id, e.0);
+                    refuse(host, &Refusal::BrokerUnavailable { reason: "cannot reach the token broker".into() }, &request.request_id);
+                }
+            }
+            Next::Pause
+        }
+    }
+}
+
+/// The per-worker cache, then the shared data every worker sees.
+fn find_token<H: Host>(worker: &mut Worker, host: &H, identity: &LookerIdentity, now_ms: u64) -> Option<String> {
+    if let Some(token) = worker.cached(identity, now_ms) {
+        return Some(token.to_owned());
+    }
+    let shared = host.shared_get(&shared_key(identity)).and_then(|bytes| CachedToken::decode(&bytes))?;
+    if !shared.usable(now_ms) {
+        return None;
+    }
+    let token = shared.token.clone();
+    worker.store(identity, shared, now_ms);
+    Some(token)
+}
+
+/// The broker answered callout `callout` (status `None`: no answer / timeout).
+/// Resumes or refuses every request waiting on it, then restores `current_context`.
+pub fn on_broker_answer<H: Host>(
+    gateway: &Gateway,
+    worker: &mut Worker,
+    host: &H,
+    callout: u32,
+    status: Option<u32>,
+    body: &[u8],
+    current_context: u32,
+) {
+    let Some(flight) = worker.finish(callout) else { return };
+    let now_ms = host.now_ms();
+    match broker::parse_token_response(status, body, "") {
+        Ok(answer) => {
+            debug!(
+                "lookergate broker issued token {} for {} ({} waiting)",
+                crate::fingerprint(answer.access_token.as_bytes()),
+                flight.identity.key(),
+                flight.waiters.len()
+            );
+            let cached = CachedToken::new(
+                answer.access_token.clone(),
+                now_ms,
+                Duration::from_secs(answer.expires_in_secs),
+                gateway.refresh_before,
+            );
+            if let Err(e) = host.shared_set(&shared_key(&flight.identity), &cached.encode()) {
+                warn!("lookergate cannot share the token of {}: {}", flight.identity.key(), e.0);
+            }
+            worker.store(&flight.identity, cached, now_ms);
+            for waiter in flight.waiters {
+                if !host.switch_to(waiter.context_id) {
+                    continue; // the client went away
+                }
+                let ops = decision::with_looker_token(waiter.header_ops, &answer.access_token);
+                let resumed = host.apply(&ops).and_then(|()| host.resume());
+                if let Err(e) = resumed {
+                    warn!("lookergate[{}] request_id={} resume failed: {}", waiter.context_id, waiter.request_id, e.0);
+                    refuse(host, &Refusal::BrokerUnavailable { reason: "gateway rewrite failed".into() }, &waiter.request_id);
+                }
+            }
+        }
+        Err(refusal) => {
+            warn!(
+                "lookergate broker call for {} failed: {} ({} waiting)",
+                flight.identity.key(),
+                refusal.code(),
+                flight.waiters.len()
+            );
+            for waiter in flight.waiters {
+                if host.switch_to(waiter.context_id) {
+                    let refusal = match &refusal {
+                        Refusal::NoLookerUser { .. } => Refusal::NoLookerUser { rule: waiter.rule.clone() },
+                        other => other.clone(),
+                    };
+                    refuse(host, &refusal, &waiter.request_id);
+                }
+            }
+        }
+    }
+    host.switch_to(current_context);
+}
+
+/// Periodic work on the root context: re-send broker calls whose owner went away,
+/// and answer requests that waited past their deadline.
+pub fn on_tick<H: Host>(gateway: &Gateway, worker: &mut Worker, host: &H, root_context: u32) {
+    for flight in worker.orphans() {
+        host.switch_to(root_context);
+        let (headers, body) = broker::token_request(&gateway.broker, &flight.identity, &flight.subject, &flight.request_id);
+        match host.dispatch(&gateway.broker.cluster, &headers, body.as_bytes(), gateway.broker.timeout) {
+            Ok(callout) => worker.adopt(&flight.identity, callout),
+            Err(e) => {
+                warn!("lookergate broker re-dispatch failed: {}", e.0);
+                for waiter in worker.abandon(&flight.identity) {
+                    if host.switch_to(waiter.context_id) {
+                        refuse(host, &Refusal::BrokerUnavailable { reason: "cannot reach the token broker".into() }, &waiter.request_id);
+                    }
+                }
+            }
+        }
+    }
+    for waiter in worker.overdue(host.now_ms()) {
+        if host.switch_to(waiter.context_id) {
+            refuse(host, &Refusal::BrokerUnavailable { reason: "timed out waiting for the token broker".into() }, &waiter.request_id);
+        }
+    }
+    host.switch_to(root_context);
+}
+
+/// The answer for a callout arrives at the context that sent it: read it and go on.
+pub fn read_broker_answer<H: Host>(host: &H, num_headers: usize, body_size: usize) -> (Option<u32>, Vec<u8>) {
+    if num_headers == 0 {
+        return (None, Vec::new()); // Envoy's way of saying: no answer (reset, timeout)
+    }
+    host.callout_response(body_size, MAX_RESPONSE_BYTES)
+}
+
+fn refuse<H: Host>(host: &H, refusal: &Refusal, request_id: &str) {
+    if let Err(e) = host.send_reply(&refusal.to_reply(request_id)) {
+        warn!("lookergate request_id={request_id} local reply failed: {}", e.0);
+    }
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+fn log_decision(context_id: u32, request: &RequestView, audit: &Audit) {
+    let line = format!(
+        "lookergate[{context_id}] request_id={} verdict={} method={} subject={} issuer={} rule={} identity={} reason={}",
+        request.request_id,
+        audit.verdict,
+        request.method,
+        audit.subject.as_deref().unwrap_or("-"),
+        audit.issuer.as_deref().unwrap_or("-"),
+        audit.rule.as_deref().unwrap_or("-"),
+        audit.identity.as_deref().unwrap_or("-"),
+        audit.reason.as_deref().unwrap_or("-"),
+    );
+    if audit.verdict == "allow" {
+        debug!("{line}");
+    } else {
+        info!("{line}");
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+mod tests {
+    //! The flow against a fake host that records effects: what each request context
+    //! was told (rewrite + resume, or a local reply) and which callouts were made.
+    use super::*;
+    use crate::decision::HeaderOp;
+    use crate::host::HostError;
+    use crate::reply::LocalReply;
+    use crate::testkeys::{sign_rs256, TestIssuer};
+    use serde_json::json;
+    use std::cell::{Cell, RefCell};
+    use std::collections::HashMap;
+
+    #[derive(Default)]
+    struct FakeHost {
+        now_ms: Cell<u64>,
+        current: Cell<u32>,
+        headers: RefCell<HashMap<u32, Vec<(String, String)>>>,
+        applied: RefCell<HashMap<u32, Vec<HeaderOp>>>,
+        replies: RefCell<HashMap<u32, LocalReply>>,
+        resumed: RefCell<Vec<u32>>,
+        dispatched: RefCell<Vec<(u32, String)>>,
+        shared: RefCell<HashMap<String, Vec<u8>>>,
+        gone: RefCell<Vec<u32>>,
+        fail_dispatch: Cell<bool>,
+        next_callout: Cell<u32>,
+    }
+
+    impl Host for FakeHost {
+        fn now_ms(&self) -> u64 {
+            self.now_ms.get()
+        }
+        fn request_headers(&self) -> Vec<(String, String)> {
+            self.headers.borrow().get(&self.current.get()).cloned().unwrap_or_default()
+        }
+        fn apply(&self, ops: &[HeaderOp]) -> Result<(), HostError> {
+            self.applied.borrow_mut().entry(self.current.get()).or_default().extend(ops.iter().cloned());
+            Ok(())
+        }
+        fn send_reply(&self, reply: &LocalReply) -> Result<(), HostError> {
+            let previous = self.replies.borrow_mut().insert(self.current.get(), reply.clone());
+            assert!(previous.is_none(), "context {} answered twice", self.current.get());
+            Ok(())
+        }
+        fn resume(&self) -> Result<(), HostError> {
+            self.resumed.borrow_mut().push(self.current.get());
+            Ok(())
+        }
+        fn dispatch(&self, cluster: &str, _h: &[(&str, String)], body: &[u8], _t: Duration) -> Result<u32, HostError> {
+            if self.fail_dispatch.get() {
+                return Err(HostError("no cluster".into()));
+            }
+            assert_eq!(cluster, "lookergate_broker");
+            let id = self.next_callout.get() + 1;
+            self.next_callout.set(id);
+            self.dispatched.borrow_mut().push((self.current.get(), String::from_utf8_lossy(body).into_owned()));
+            Ok(id)
+        }
+        fn callout_response(&self, _b: usize, _m: usize) -> (Option<u32>, Vec<u8>) {
+            unreachable!("tests pass answers directly")
+        }
+        fn shared_get(&self, key: &str) -> Option<Vec<u8>> {
+            self.shared.borrow().get(key).cloned()
+        }
+        fn shared_set(&self, key: &str, value: &[u8]) -> Result<(), HostError> {
+            self.shared.borrow_mut().insert(key.into(), value.into());
+            Ok(())
+        }
+        fn switch_to(&self, context_id: u32) -> bool {
+            if self.gone.borrow().contains(&context_id) {
+                return false;
+            }
+            self.current.set(context_id);
+            true
+        }
+    }
+
+    struct Rig {
+        gateway: Gateway,
+        worker: Worker,
+        host: FakeHost,
+        idp: TestIssuer,
+    }
+
+    const ROOT: u32 = 1;
+
+    impl Rig {
+        fn new() -> Rig {
+            let idp = TestIssuer::new();
+            let config = json!({
+                "issuers": [{"issuer": idp.iss, "audiences": ["looker-api"], "jwks": idp.jwks}],
+                "policy": {"rules": [
+                    {"name": "analysts", "paths": ["/api/4.0/**"], "when": [{"claim": "groups", "contains": "analysts"}], "allow": {"role": "analyst"}},
+                    {"name": "people", "paths": ["/api/4.0/**"], "when": [{"claim": "groups", "contains": "people"}], "allow": {"user": {}}}
+                ]},
+                "broker": {"cluster": "lookergate_broker", "credential": "gateway-secret-0123456789", "timeout": "2s"}
+            });
+            let gateway = Gateway::load(config.to_string().as_bytes()).unwrap();
+            let host = FakeHost::default();
+            host.now_ms.set(1_900_000_000_000);
+            Rig { gateway, worker: Worker::default(), host, idp }
+        }
+
+        fn request(&mut self, context_id: u32, groups: &[&str]) -> Next {
+            let jwt = sign_rs256(&self.idp, json!({"sub": "alice", "email": "a@x", "groups": groups, "aud": "looker-api"}));
+            let headers = vec![
+                (":method".to_owned(), "GET".to_owned()),
+                (":path".to_owned(), "/api/4.0/user".to_owned()),
+                ("x-request-id".to_owned(), format!("req-{context_id}")),
+                ("authorization".to_owned(), format!("Bearer {jwt}")),
+            ];
+            self.host.headers.borrow_mut().insert(context_id, headers);
+            self.host.current.set(context_id);
+            // Tokens are signed with the real clock; the fake clock only moves caches.
+            let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64;
+            if self.host.now_ms.get() < now {
+                self.host.now_ms.set(now);
+            }
+            on_request(&self.gateway, &mut self.worker, &self.host, context_id)
+        }
+
+        fn answer(&mut self, callout: u32, status: Option<u32>, body: &str, current: u32) {
+            self.host.current.set(current);
+            on_broker_answer(&self.gateway, &mut self.worker, &self.host, callout, status, body.as_bytes(), current);
+        }
+
+        fn authorization(&self, context_id: u32) -> Option<String> {
+            self.host.applied.borrow().get(&context_id)?.iter().rev().find_map(|op| match op {
+                HeaderOp::Set(n, v) if n == "authorization" => Some(v.clone()),
+                _ => None,
+            })
+        }
+
+        fn status(&self, context_id: u32) -> Option<u32> {
+            self.host.replies.borrow().get(&context_id).map(|r| r.status)
+        }
+    }
+
+    const TOKEN_OK: &str = r#"{"access_token":"LOOKER1","token_type":"token","expires_in":3600}"#;
+
+    #[test]
+    fn concurrent_first_requests_share_one_callout_and_all_resume() {
+        let mut rig = Rig::new();
+        for ctx in 10..30 {
+            assert_eq!(rig.request(ctx, &["analysts"]), Next::Pause);
+        }
+        assert_eq!(rig.host.dispatched.borrow().len(), 1, "one broker call for 20 requests");
+        rig.answer(1, Some(200), TOKEN_OK, 10);
+        for ctx in 10..30 {
+            assert_eq!(rig.authorization(ctx).as_deref(), Some("token LOOKER1"), "ctx {ctx}");
+        }
+        assert_eq!(rig.host.resumed.borrow().len(), 20);
+        // Cached now: the next request continues at once, no callout.
+        assert_eq!(rig.request(40, &["analysts"]), Next::Continue);
+        assert_eq!(rig.authorization(40).as_deref(), Some("token LOOKER1"));
+        assert_eq!(rig.host.dispatched.borrow().len(), 1);
+    }
+
+    #[test]
+    fn another_worker_reuses_the_shared_token() {
+        let mut rig = Rig::new();
+        rig.request(10, &["analysts"]);
+        rig.answer(1, Some(200), TOKEN_OK, 10);
+        // A fresh worker (another VM) with the same shared data.
+        rig.worker = Worker::default();
+        assert_eq!(rig.request(11, &["analysts"]), Next::Continue);
+        assert_eq!(rig.authorization(11).as_deref(), Some("token LOOKER1"));
+        assert_eq!(rig.host.dispatched.borrow().len(), 1);
+    }
+
+    #[test]
+    fn broker_failure_answers_every_waiter_with_503_and_forwards_nothing() {
+        let mut rig = Rig::new();
+        rig.request(10, &["analysts"]);
+        rig.request(11, &["analysts"]);
+        rig.answer(1, None, "", 10);
+        for ctx in [10, 11] {
+            assert_eq!(rig.status(ctx), Some(503));
+            assert_eq!(rig.authorization(ctx), None);
+        }
+        assert!(rig.host.resumed.borrow().is_empty());
+        // Not cached: the next request calls the broker again.
+        rig.request(12, &["analysts"]);
+        assert_eq!(rig.host.dispatched.borrow().len(), 2);
+    }
+
+    #[test]
+    fn dispatch_failure_fails_closed_at_once() {
+        let mut rig = Rig::new();
+        rig.host.fail_dispatch.set(true);
+        assert_eq!(rig.request(10, &["analysts"]), Next::Pause);
+        assert_eq!(rig.status(10), Some(503));
+        assert_eq!(rig.worker.in_flight(), 0);
+    }
+
+    #[test]
+    fn unknown_looker_user_is_403_naming_the_rule() {
+        let mut rig = Rig::new();
+        rig.request(10, &["people"]);
+        assert!(rig.host.dispatched.borrow()[0].1.contains(r#""credential_id":"a@x""#));
+        rig.answer(1, Some(403), r#"{"error":"no_looker_user","message":"x"}"#, 10);
+        assert_eq!(rig.status(10), Some(403));
+        let body: serde_json::Value = serde_json::from_str(&rig.host.replies.borrow()[&10].body).unwrap();
+        assert_eq!(body["rule"], "people");
+        assert!(body["reason"].as_str().unwrap().starts_with("no_looker_user"));
+    }
+
+    #[test]
+    fn owner_gone_redispatches_from_root_and_overdue_waiters_get_503() {
+        let mut rig = Rig::new();
+        rig.request(10, &["analysts"]);
+        rig.request(11, &["analysts"]);
+        rig.worker.leave(10);
+        rig.host.gone.borrow_mut().push(10);
+        on_tick(&rig.gateway, &mut rig.worker, &rig.host, ROOT);
+        let dispatched = rig.host.dispatched.borrow().clone();
+        assert_eq!(dispatched.len(), 2);
+        assert_eq!(dispatched[1].0, ROOT, "re-sent from the root context");
+        rig.answer(2, Some(200), TOKEN_OK, ROOT);
+        assert_eq!(rig.authorization(11).as_deref(), Some("token LOOKER1"));
+        // A waiter whose call never comes back is answered by the tick.
+        rig.host.shared.borrow_mut().clear();
+        rig.worker = Worker::default();
+        rig.request(20, &["people"]);
+        rig.host.now_ms.set(rig.host.now_ms.get() + 3_001);
+        on_tick(&rig.gateway, &mut rig.worker, &rig.host, ROOT);
+        assert_eq!(rig.status(20), Some(503));
+        assert_eq!(rig.host.current.get(), ROOT);
+    }
+
+    #[test]
+    fn denied_and_unauthenticated_requests_never_reach_the_broker() {
+        let mut rig = Rig::new();
+        rig.request(10, &["nobody"]);
+        assert_eq!(rig.status(10), Some(403));
+        rig.host.headers.borrow_mut().insert(11, vec![(":method".into(), "GET".into()), (":path".into(), "/api/4.0/user".into())]);
+        rig.host.current.set(11);
+        assert_eq!(on_request(&rig.gateway, &mut rig.worker, &rig.host, 11), Next::Pause);
+        assert_eq!(rig.status(11), Some(401));
+        assert!(rig.host.dispatched.borrow().is_empty());
+        assert!(rig.host.applied.borrow().is_empty());
+    }
+}

@@ -1,0 +1,120 @@
+//! The only door to the proxy: a `Host` trait with what the flow needs, and its
+//! proxy-wasm implementation. Nothing else in the crate calls `proxy_wasm::hostcalls`.
+
+use std::time::{Duration, UNIX_EPOCH};
+
+use proxy_wasm::hostcalls;
+use proxy_wasm::types::{BufferType, MapType};
+
+use crate::decision::HeaderOp;
+use crate::reply::LocalReply;
+
+/// A hostcall failed; the flow fails closed on it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostError(pub String);
+
+pub trait Host {
+    /// Wall-clock time in milliseconds since the Unix epoch.
+    fn now_ms(&self) -> u64;
+    /// All request headers of the current stream, as (lower-case name, value).
+    fn request_headers(&self) -> Vec<(String, String)>;
+    fn apply(&self, ops: &[HeaderOp]) -> Result<(), HostError>;
+    fn send_reply(&self, reply: &LocalReply) -> Result<(), HostError>;
+    fn resume(&self) -> Result<(), HostError>;
+    /// Starts an HTTP callout from the current context; returns its token.
+    fn dispatch(&self, cluster: &str, headers: &[(&str, String)], body: &[u8], timeout: Duration)
+        -> Result<u32, HostError>;
+    /// The `:status` and body (at most `max_body` bytes) of the callout being answered.
+    fn callout_response(&self, body_size: usize, max_body: usize) -> (Option<u32>, Vec<u8>);
+    fn shared_get(&self, key: &str) -> Option<Vec<u8>>;
+    fn shared_set(&self, key: &str, value: &[u8]) -> Result<(), HostError>;
+    /// Makes `context_id` the target of the following hostcalls; `false` if it is gone.
+    fn switch_to(&self, context_id: u32) -> bool;
+}
+
+/// The real host: Envoy (or any proxy-wasm host) through the SDK's hostcalls.
+pub struct ProxyHost;
+
+fn host_err(what: &str) -> impl Fn(proxy_wasm::types::Status) -> HostError + '_ {
+    move |status| HostError(format!("{what}: {status:?}"))
+}
+
+impl Host for ProxyHost {
+    fn now_ms(&self) -> u64 {
+        hostcalls::get_current_time()
+            .ok()
+            .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+            .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+            .unwrap_or(0)
+    }
+
+    fn request_headers(&self) -> Vec<(String, String)> {
+        hostcalls::get_map_bytes(MapType::HttpRequestHeaders)
+            .map(|headers| {
+                headers
+                    .into_iter()
+                    .map(|(name, value)| (name, String::from_utf8_lossy(&value).into_owned()))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    fn apply(&self, ops: &[HeaderOp]) -> Result<(), HostError> {
+        for op in ops {
+            match op {
+                HeaderOp::Remove(name) => hostcalls::set_map_value(MapType::HttpRequestHeaders, name, None),
+                HeaderOp::Set(name, value) => {
+                    hostcalls::set_map_value(MapType::HttpRequestHeaders, name, Some(value))
+                }
+            }
+            .map_err(host_err("set request header"))?;
+        }
+        Ok(())
+    }
+
+    fn send_reply(&self, reply: &LocalReply) -> Result<(), HostError> {
+        let headers: Vec<(&str, &str)> = reply.headers.iter().map(|(n, v)| (*n, v.as_str())).collect();
+        hostcalls::send_http_response(reply.status, headers, Some(reply.body.as_bytes()))
+            .map_err(host_err("send local reply"))
+    }
+
+    fn resume(&self) -> Result<(), HostError> {
+        hostcalls::resume_http_request().map_err(host_err("resume request"))
+    }
+
+    fn dispatch(
+        &self,
+        cluster: &str,
+        headers: &[(&str, String)],
+        body: &[u8],
+        timeout: Duration,
+    ) -> Result<u32, HostError> {
+        let headers: Vec<(&str, &str)> = headers.iter().map(|(n, v)| (*n, v.as_str())).collect();
+        hostcalls::dispatch_http_call(cluster, headers, Some(body), vec![], timeout)
+            .map_err(host_err("dispatch broker call"))
+    }
+
+    fn callout_response(&self, body_size: usize, max_body: usize) -> (Option<u32>, Vec<u8>) {
+        let status = hostcalls::get_map_value(MapType::HttpCallResponseHeaders, ":status")
+            .ok()
+            .flatten()
+            .and_then(|s| s.parse().ok());
+        let body = hostcalls::get_buffer(BufferType::HttpCallResponseBody, 0, body_size.min(max_body.saturating_add(1)))
+            .ok()
+            .flatten()
+            .unwrap_or_default();
+        (status, body)
+    }
+
+    fn shared_get(&self, key: &str) -> Option<Vec<u8>> {
+        hostcalls::get_shared_data(key).ok().and_then(|(value, _cas)| value)
+    }
+
+    fn shared_set(&self, key: &str, value: &[u8]) -> Result<(), HostError> {
+        hostcalls::set_shared_data(key, Some(value), None).map_err(host_err("set shared data"))
+    }
+
+    fn switch_to(&self, context_id: u32) -> bool {
+        hostcalls::set_effective_context(context_id).is_ok()
+    }
+}

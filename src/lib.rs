@@ -1,0 +1,31 @@
+//! lookergate: an identity-aware gateway for the Looker API, as a proxy-wasm HTTP
+//! filter. Pure modules decide; `host` is the only door to the proxy; `filter` is the
+//! glue that Envoy loads.
+
+pub mod broker;
+pub mod config;
+pub mod decision;
+pub mod duration;
+pub mod flow;
+pub mod host;
+pub mod jwt;
+pub mod path;
+pub mod policy;
+pub mod reply;
+pub mod tokens;
+
+#[cfg(target_arch = "wasm32")]
+mod filter;
+
+#[cfg(test)]
+mod testkeys;
+
+/// The filter's version, logged at configuration and exposed to operators.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// A short, non-reversible fingerprint of a secret for logs: 8 hex chars of SHA-256.
+pub fn fingerprint(secret: &[u8]) -> String {
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::digest(secret);
+    digest.iter().take(4).map(|b| format!("{b:02x}")).collect()
+}

@@ -1,0 +1,159 @@
+//! Every refusal the gateway sends, and the one function that turns it into a local
+//! reply: JSON body, status, and headers. Reasons never contain a token or secret.
+
+use serde_json::json;
+
+/// Why the gateway answers a request itself instead of forwarding it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refusal {
+    /// No token where the issuer says to look.
+    MissingToken,
+    /// A token was presented and failed verification (`code` is stable, `detail` human).
+    InvalidToken { code: &'static str, detail: String },
+    /// The request target or headers are malformed or ambiguous.
+    BadRequest { reason: String },
+    /// The policy denied; `rule` is the deciding rule or `default_deny`.
+    Forbidden { rule: String, reason: String },
+    /// The broker knows no Looker user for this principal (per-user identities).
+    NoLookerUser { rule: String },
+    /// The broker (or Looker behind it) could not give a token in time.
+    BrokerUnavailable { reason: String },
+    /// The broker answered, but Looker refused the identity's credentials.
+    LookerCredentialsRejected,
+}
+
+/// A local reply ready for `send_http_response`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LocalReply {
+    pub status: u32,
+    pub headers: Vec<(&'static str, String)>,
+    pub body: String,
+}
+
+impl Refusal {
+    /// The stable short reason for logs, metrics and the audit trail.
+    pub fn code(&self) -> &str {
+        match self {
+            Refusal::MissingToken => "missing_token",
+            Refusal::InvalidToken { code, .. } => code,
+            Refusal::BadRequest { .. } => "bad_request",
+            Refusal::Forbidden { .. } => "forbidden",
+            Refusal::NoLookerUser { .. } => "no_looker_user",
+            Refusal::BrokerUnavailable { .. } => "broker_unavailable",
+            Refusal::LookerCredentialsRejected => "bad_credentials",
+        }
+    }
+
+    pub fn status(&self) -> u32 {
+        match self {
+            Refusal::MissingToken | Refusal::InvalidToken { .. } => 401,
+            Refusal::BadRequest { .. } => 400,
+            Refusal::Forbidden { .. } | Refusal::NoLookerUser { .. } => 403,
+            Refusal::BrokerUnavailable { .. } => 503,
+            Refusal::LookerCredentialsRejected => 502,
+        }
+    }
+
+    /// Builds the reply. `request_id` is Envoy's `x-request-id`, echoed for support.
+    pub fn to_reply(&self, request_id: &str) -> LocalReply {
+        let mut headers = vec![
+            ("content-type", "application/json".to_owned()),
+            ("cache-control", "no-store".to_owned()),
+        ];
+        let body = match self {
+            Refusal::MissingToken => {
+                headers.push(("www-authenticate", r#"Bearer realm="lookergate""#.to_owned()));
+                json!({"error": "missing_token", "reason": "no bearer token was presented", "request_id": request_id})
+            }
+            Refusal::InvalidToken { code, detail } => {
+                // RFC 6750 §3: error_description must be printable ASCII without '"' or '\'.
+                let description: String = detail
+                    .chars()
+                    .filter(|c| c.is_ascii_graphic() || *c == ' ')
+                    .filter(|c| *c != '"' && *c != '\\')
+                    .collect();
+                headers.push((
+                    "www-authenticate",
+                    format!(r#"Bearer realm="lookergate", error="invalid_token", error_description="{description}""#),
+                ));
+                json!({"error": "invalid_token", "reason": format!("{code}: {detail}"), "request_id": request_id})
+            }
+            Refusal::BadRequest { reason } => {
+                json!({"error": "bad_request", "reason": reason, "request_id": request_id})
+            }
+            Refusal::Forbidden { rule, reason } => {
+                json!({"error": "forbidden", "reason": format!("{reason} (rule {rule})"), "rule": rule, "request_id": request_id})
+            }
+            Refusal::NoLookerUser { rule } => json!({
+                "error": "forbidden",
+                "reason": "no_looker_user: Looker has no user for this principal",
+                "rule": rule,
+                "request_id": request_id,
+            }),
+            Refusal::BrokerUnavailable { reason } => {
+                headers.push(("retry-after", "1".to_owned()));
+                json!({"error": "broker_unavailable", "reason": reason, "request_id": request_id})
+            }
+            Refusal::LookerCredentialsRejected => json!({
+                "error": "bad_gateway",
+                "reason": "bad_credentials: Looker refused the gateway's credentials for this identity",
+                "request_id": request_id,
+            }),
+        };
+        LocalReply { status: self.status(), headers, body: body.to_string() }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn body(reply: &LocalReply) -> serde_json::Value {
+        serde_json::from_str(&reply.body).unwrap()
+    }
+
+    fn header<'a>(reply: &'a LocalReply, name: &str) -> Option<&'a str> {
+        reply.headers.iter().find(|(n, _)| *n == name).map(|(_, v)| v.as_str())
+    }
+
+    #[test]
+    fn each_refusal_has_its_status_and_json_shape() {
+        let cases = [
+            (Refusal::MissingToken, 401, "missing_token"),
+            (Refusal::InvalidToken { code: "token_expired", detail: "the token expired".into() }, 401, "invalid_token"),
+            (Refusal::BadRequest { reason: "x".into() }, 400, "bad_request"),
+            (Refusal::Forbidden { rule: "no-eve".into(), reason: "denied".into() }, 403, "forbidden"),
+            (Refusal::NoLookerUser { rule: "r".into() }, 403, "forbidden"),
+            (Refusal::BrokerUnavailable { reason: "timeout".into() }, 503, "broker_unavailable"),
+            (Refusal::LookerCredentialsRejected, 502, "bad_gateway"),
+        ];
+        for (refusal, status, error) in cases {
+            let reply = refusal.to_reply("req-1");
+            assert_eq!(reply.status, status, "{refusal:?}");
+            let b = body(&reply);
+            assert_eq!(b["error"], error, "{refusal:?}");
+            assert_eq!(b["request_id"], "req-1");
+            assert!(b["reason"].as_str().is_some_and(|r| !r.is_empty()));
+            assert_eq!(header(&reply, "content-type"), Some("application/json"));
+        }
+    }
+
+    #[test]
+    fn unauthorized_replies_carry_rfc6750_challenges() {
+        let missing = Refusal::MissingToken.to_reply("r");
+        assert_eq!(header(&missing, "www-authenticate"), Some(r#"Bearer realm="lookergate""#));
+        let invalid = Refusal::InvalidToken { code: "bad_signature", detail: "sig \"bad\"\n".into() }.to_reply("r");
+        let challenge = header(&invalid, "www-authenticate").unwrap();
+        assert!(challenge.contains(r#"error="invalid_token""#), "{challenge}");
+        assert!(challenge.ends_with(r#"error_description="sig bad""#), "{challenge}");
+    }
+
+    #[test]
+    fn forbidden_names_the_rule() {
+        let reply = Refusal::Forbidden { rule: "no-eve".into(), reason: "denied by rule".into() }.to_reply("r");
+        let b = body(&reply);
+        assert_eq!(b["rule"], "no-eve");
+        assert!(b["reason"].as_str().unwrap().contains("no-eve"));
+    }
+}

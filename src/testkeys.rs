@@ -1,0 +1,50 @@
+//! Test-only identity provider: an RS256 key generated once per test run, its JWKS,
+//! and tokens signed at run time.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::sync::OnceLock;
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use jwt_simple::prelude::*;
+use serde_json::{json, Map, Value};
+
+pub struct TestIssuer {
+    pub iss: String,
+    pub jwks: Value,
+    key: RS256KeyPair,
+}
+
+fn shared_key() -> &'static RS256KeyPair {
+    static KEY: OnceLock<RS256KeyPair> = OnceLock::new();
+    KEY.get_or_init(|| RS256KeyPair::generate(2048).unwrap().with_key_id("test-1"))
+}
+
+impl TestIssuer {
+    pub fn new() -> TestIssuer {
+        let key = shared_key().clone();
+        let c = key.public_key().to_components();
+        let jwks = json!({"keys": [{
+            "kty": "RSA", "kid": "test-1", "alg": "RS256", "use": "sig",
+            "n": URL_SAFE_NO_PAD.encode(&c.n), "e": URL_SAFE_NO_PAD.encode(&c.e),
+        }]});
+        TestIssuer { iss: "https://idp.test".to_owned(), jwks, key }
+    }
+}
+
+/// Signs `claims` (JSON object). `iss` defaults to the issuer's, `exp` to 10 minutes;
+/// `sub`, `aud`, `iss` go to the standard fields, everything else is custom.
+pub fn sign_rs256(issuer: &TestIssuer, claims: Value) -> String {
+    let mut custom: Map<String, Value> = claims.as_object().cloned().unwrap_or_default();
+    let iss = custom.remove("iss").and_then(|v| v.as_str().map(str::to_owned)).unwrap_or(issuer.iss.clone());
+    let sub = custom.remove("sub").and_then(|v| v.as_str().map(str::to_owned));
+    let aud = custom.remove("aud").and_then(|v| v.as_str().map(str::to_owned));
+    let mut c = Claims::with_custom_claims(custom, Duration::from_secs(600)).with_issuer(iss);
+    if let Some(sub) = sub {
+        c = c.with_subject(sub);
+    }
+    if let Some(aud) = aud {
+        c = c.with_audience(aud);
+    }
+    issuer.key.sign(c).unwrap()
+}
