@@ -324,7 +324,7 @@ mod tests {
             });
             let gateway = Gateway::load(config.to_string().as_bytes()).unwrap();
             let host = FakeHost::default();
-            host.now_ms.set(1_900_000_000_000);
+            host.now_ms.set(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64);
             Rig { gateway, worker: Worker::default(), host, idp }
         }
 
@@ -338,11 +338,6 @@ mod tests {
             ];
             self.host.headers.borrow_mut().insert(context_id, headers);
             self.host.current.set(context_id);
-            // Tokens are signed with the real clock; the fake clock only moves caches.
-            let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64;
-            if self.host.now_ms.get() < now {
-                self.host.now_ms.set(now);
-            }
             on_request(&self.gateway, &mut self.worker, &self.host, context_id)
         }
 

@@ -8,6 +8,7 @@ pub mod decision;
 pub mod duration;
 pub mod flow;
 pub mod host;
+pub mod jwks;
 pub mod jwt;
 pub mod path;
 pub mod policy;

@@ -389,7 +389,9 @@ mod tests {
         let acme_contractor = claims(json!({"sub": "x", "tenant": "acme", "contractor": true}));
         let scoped = claims(json!({"sub": "s", "groups": "viewers analysts"}));
         let role = |r: &str, n: &str| Verdict::Allow { rule: r.into(), identity: LookerIdentity::Role(n.into()) };
-        let denied = |r: &str| move |v: &Verdict| matches!(v, Verdict::Deny { rule, .. } if rule == r);
+        fn denied(r: &'static str) -> impl Fn(&Verdict) -> bool {
+            move |v: &Verdict| matches!(v, Verdict::Deny { rule, .. } if rule == r)
+        }
         let cases: Vec<(&str, &str, &Map<String, Value>, Box<dyn Fn(&Verdict) -> bool>)> = vec![
             ("GET", "/api/4.0/dashboards/1", &alice, Box::new(|v| *v == role("analysts-read", "analyst"))),
             ("GET", "/api/4.0/dashboards/1/elements", &alice, Box::new(|v| *v == role("analysts-read", "analyst"))),

@@ -1,0 +1,832 @@
+//! JWT verification for one trusted issuer: structure, header, key choice, signature,
+//! then claims. Pure code: the caller passes the current time; nothing here panics or
+//! allocates more than the (size-capped) token.
+
+use std::fmt;
+use std::str::FromStr;
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use jwt_simple::prelude::{
+    Duration, ECDSAP256PublicKeyLike, ECDSAP384PublicKeyLike, EdDSAPublicKeyLike, NoCustomClaims, RSAPublicKeyLike,
+    UnixTimeStamp, VerificationOptions,
+};
+use jwt_simple::JWTError;
+use serde::{Deserialize, Deserializer};
+use serde_json::{Map, Value};
+
+use crate::jwks::{KeyChoiceError, KeyMaterial};
+pub use crate::jwks::{JwksError, KeySet};
+
+/// Longest base64url header we decode (same bound as jwt-simple).
+const MAX_HEADER_CHARS: usize = 8192;
+/// Largest token [`peek_issuer`] looks into (the largest `max_token_bytes` allowed).
+const MAX_PEEK_BYTES: usize = 65_536;
+
+/// Asymmetric JWS algorithms we verify. HMAC (`HS*`) and `none` are deliberately absent:
+/// a public key must never serve as a shared secret.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
+pub enum Algorithm {
+    RS256,
+    RS384,
+    RS512,
+    PS256,
+    PS384,
+    PS512,
+    ES256,
+    ES384,
+    EdDSA,
+}
+
+impl Algorithm {
+    pub fn all() -> &'static [Algorithm] {
+        use Algorithm::*;
+        &[RS256, RS384, RS512, PS256, PS384, PS512, ES256, ES384, EdDSA]
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Algorithm::RS256 => "RS256",
+            Algorithm::RS384 => "RS384",
+            Algorithm::RS512 => "RS512",
+            Algorithm::PS256 => "PS256",
+            Algorithm::PS384 => "PS384",
+            Algorithm::PS512 => "PS512",
+            Algorithm::ES256 => "ES256",
+            Algorithm::ES384 => "ES384",
+            Algorithm::EdDSA => "EdDSA",
+        }
+    }
+}
+
+impl fmt::Display for Algorithm {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// An `alg` name we do not verify. JOSE names are case-sensitive, so `rs256` is one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnsupportedAlgorithm(pub String);
+
+impl fmt::Display for UnsupportedAlgorithm {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "unsupported algorithm {:?}", printable(&self.0))
+    }
+}
+
+impl std::error::Error for UnsupportedAlgorithm {}
+
+impl FromStr for Algorithm {
+    type Err = UnsupportedAlgorithm;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Algorithm::all()
+            .iter()
+            .copied()
+            .find(|a| a.as_str() == s)
+            .ok_or_else(|| UnsupportedAlgorithm(s.to_owned()))
+    }
+}
+
+/// Why a token was refused. Messages never repeat the token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum JwtError {
+    /// Not a well-formed compact JWS; says which part.
+    Malformed(&'static str),
+    /// Longer than the issuer's `max_token_bytes`.
+    TooLarge { max: usize },
+    /// `alg` is not in the issuer's list, or not an algorithm we verify at all (`none`,
+    /// `HS256`, ...). Holds a printable rendering of the header's `alg`.
+    AlgorithmNotAllowed(String),
+    /// The header has `crit`: we implement no extensions, so we must refuse it.
+    UnsupportedCritical,
+    /// The header's `kid` is not in the key set.
+    UnknownKey,
+    /// No `kid`, and the key set has no single key for the algorithm.
+    MissingKid,
+    /// The `kid` names a key of another type, or one pinned to another `alg`.
+    KeyAlgorithmMismatch,
+    BadSignature,
+    Expired,
+    NotYetValid,
+    IssuedInFuture,
+    WrongIssuer,
+    WrongAudience,
+    MissingExpiry,
+    /// A registered claim has the wrong JSON type.
+    InvalidClaim(&'static str),
+}
+
+impl JwtError {
+    /// Stable snake_case reason for replies, logs and metrics.
+    pub fn code(&self) -> &'static str {
+        match self {
+            JwtError::Malformed(_) => "malformed_token",
+            JwtError::TooLarge { .. } => "token_too_large",
+            JwtError::AlgorithmNotAllowed(_) => "alg_not_allowed",
+            JwtError::UnsupportedCritical => "crit_unsupported",
+            JwtError::UnknownKey => "unknown_kid",
+            JwtError::MissingKid => "kid_required",
+            JwtError::KeyAlgorithmMismatch => "alg_key_mismatch",
+            JwtError::BadSignature => "bad_signature",
+            JwtError::Expired => "token_expired",
+            JwtError::NotYetValid => "token_not_yet_valid",
+            JwtError::IssuedInFuture => "iat_in_future",
+            JwtError::WrongIssuer => "wrong_issuer",
+            JwtError::WrongAudience => "wrong_audience",
+            JwtError::MissingExpiry => "missing_exp",
+            JwtError::InvalidClaim(_) => "invalid_claim",
+        }
+    }
+}
+
+impl fmt::Display for JwtError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            JwtError::Malformed(what) => write!(f, "the token is malformed: {what}"),
+            JwtError::TooLarge { max } => write!(f, "the token is larger than {max} bytes"),
+            JwtError::AlgorithmNotAllowed(alg) => write!(f, "the signing algorithm {alg} is not allowed"),
+            JwtError::UnsupportedCritical => f.write_str("the token requires header extensions (crit) that are not supported"),
+            JwtError::UnknownKey => f.write_str("the token's key id (kid) is not in the issuer's key set"),
+            JwtError::MissingKid => f.write_str("the token has no key id (kid) and the issuer has several keys"),
+            JwtError::KeyAlgorithmMismatch => f.write_str("the token's algorithm does not match the type of its key"),
+            JwtError::BadSignature => f.write_str("the token signature is invalid"),
+            JwtError::Expired => f.write_str("the token has expired"),
+            JwtError::NotYetValid => f.write_str("the token is not valid yet (nbf)"),
+            JwtError::IssuedInFuture => f.write_str("the token was issued in the future (iat)"),
+            JwtError::WrongIssuer => f.write_str("the token's issuer (iss) is not the expected one"),
+            JwtError::WrongAudience => f.write_str("the token's audience (aud) is not accepted"),
+            JwtError::MissingExpiry => f.write_str("the token has no expiry (exp)"),
+            JwtError::InvalidClaim(name) => write!(f, "the {name} claim has the wrong type"),
+        }
+    }
+}
+
+impl std::error::Error for JwtError {}
+
+/// A token whose signature and claims checked out.
+#[derive(Debug, Clone, PartialEq)]
+pub struct VerifiedToken {
+    pub claims: Map<String, Value>,
+    pub issuer: String,
+    pub subject: Option<String>,
+    /// `exp`, unix seconds.
+    pub expires_at: u64,
+    pub kid: Option<String>,
+    pub alg: Algorithm,
+}
+
+/// One issuer's verification setup, built once at configuration time.
+#[derive(Debug)]
+pub struct IssuerVerifier {
+    issuer: String,
+    audiences: Vec<String>,
+    algorithms: Vec<Algorithm>,
+    clock_skew_secs: u64,
+    max_token_bytes: usize,
+    keys: KeySet,
+}
+
+/// The JOSE header fields we act on. A derived struct (not a map) so that a duplicated
+/// field, e.g. two `alg`s, is an error rather than last-one-wins.
+#[derive(Deserialize)]
+struct Header {
+    alg: String,
+    #[serde(default)]
+    kid: Option<String>,
+    #[serde(default)]
+    typ: Option<String>,
+    #[serde(default, deserialize_with = "present")]
+    crit: bool,
+}
+
+/// `true` whenever the field is there, whatever its value (even `null` or `[]`).
+fn present<'de, D: Deserializer<'de>>(deserializer: D) -> Result<bool, D::Error> {
+    serde::de::IgnoredAny::deserialize(deserializer).map(|_| true)
+}
+
+/// The three parts of a compact JWS, decoded where we need them.
+struct Parts<'t> {
+    header: Header,
+    payload: Map<String, Value>,
+    signature: Vec<u8>,
+    /// The whole token: its `header.payload` prefix is what the signature covers.
+    token: &'t str,
+}
+
+impl IssuerVerifier {
+    pub fn new(
+        issuer: String,
+        audiences: Vec<String>,
+        algorithms: Vec<Algorithm>,
+        clock_skew_secs: u64,
+        max_token_bytes: usize,
+        keys: KeySet,
+    ) -> Self {
+        IssuerVerifier { issuer, audiences, algorithms, clock_skew_secs, max_token_bytes, keys }
+    }
+
+    pub fn issuer(&self) -> &str {
+        &self.issuer
+    }
+
+    pub fn keys(&self) -> &KeySet {
+        &self.keys
+    }
+
+    /// Verifies `token` at `now_unix` (seconds): structure, header, key, signature, claims —
+    /// in that order, so claim errors are only reported for authentic tokens.
+    pub fn verify(&self, token: &str, now_unix: u64) -> Result<VerifiedToken, JwtError> {
+        if token.len() > self.max_token_bytes {
+            return Err(JwtError::TooLarge { max: self.max_token_bytes });
+        }
+        let parts = split(token)?;
+        if parts.header.crit {
+            return Err(JwtError::UnsupportedCritical);
+        }
+        let alg = match Algorithm::from_str(&parts.header.alg) {
+            Ok(alg) if self.algorithms.contains(&alg) => alg,
+            _ => return Err(JwtError::AlgorithmNotAllowed(printable(&parts.header.alg))),
+        };
+        if let Some(typ) = &parts.header.typ {
+            // jwt-simple refuses other types too; checking here gives the clearer reason.
+            let typ = typ.to_ascii_uppercase();
+            if typ != "JWT" && !typ.ends_with("+JWT") {
+                return Err(JwtError::Malformed("typ is not JWT"));
+            }
+        }
+        // `jku`, `x5u`, `jwk` and `x5c` are never read: keys come only from configuration.
+        let key = self.keys.select(parts.header.kid.as_deref(), alg).map_err(|e| match e {
+            KeyChoiceError::UnknownKid => JwtError::UnknownKey,
+            KeyChoiceError::AlgorithmMismatch => JwtError::KeyAlgorithmMismatch,
+            KeyChoiceError::KidRequired => JwtError::MissingKid,
+        })?;
+        verify_signature(&key.material, alg, parts.token, &parts.signature)?;
+        let claims = parts.payload;
+        let (issuer, subject, expires_at) = self.check_claims(&claims, now_unix)?;
+        Ok(VerifiedToken { issuer, subject, expires_at, kid: parts.header.kid, alg, claims })
+    }
+
+    /// Registered-claim checks on an authentic token; returns (iss, sub, exp).
+    fn check_claims(&self, claims: &Map<String, Value>, now: u64) -> Result<(String, Option<String>, u64), JwtError> {
+        let skew = self.clock_skew_secs;
+        let exp = numeric_date(claims, "exp")?.ok_or(JwtError::MissingExpiry)?;
+        // RFC 7519 §4.1.4: invalid on or after `exp`.
+        if now >= exp.saturating_add(skew) {
+            return Err(JwtError::Expired);
+        }
+        if let Some(nbf) = numeric_date(claims, "nbf")? {
+            if now.saturating_add(skew) < nbf {
+                return Err(JwtError::NotYetValid);
+            }
+        }
+        if let Some(iat) = numeric_date(claims, "iat")? {
+            if iat > now.saturating_add(skew) {
+                return Err(JwtError::IssuedInFuture);
+            }
+        }
+        let issuer = match claims.get("iss") {
+            Some(Value::String(iss)) if *iss == self.issuer => iss.clone(),
+            _ => return Err(JwtError::WrongIssuer),
+        };
+        let audience_ok = match claims.get("aud") {
+            Some(Value::String(aud)) => self.audiences.contains(aud),
+            Some(Value::Array(auds)) => {
+                auds.iter().filter_map(Value::as_str).any(|aud| self.audiences.iter().any(|a| a == aud))
+            }
+            Some(_) => return Err(JwtError::InvalidClaim("aud")),
+            None => false,
+        };
+        if !audience_ok {
+            return Err(JwtError::WrongAudience);
+        }
+        let subject = match claims.get("sub") {
+            None => None,
+            Some(Value::String(sub)) => Some(sub.clone()),
+            Some(_) => return Err(JwtError::InvalidClaim("sub")),
+        };
+        Ok((issuer, subject, exp))
+    }
+}
+
+/// Splits and decodes a compact JWS. Work is linear in the (already size-capped) token.
+fn split(token: &str) -> Result<Parts<'_>, JwtError> {
+    let mut it = token.split('.');
+    let (Some(header_b64), Some(payload_b64), Some(signature_b64), None) = (it.next(), it.next(), it.next(), it.next())
+    else {
+        return Err(JwtError::Malformed("not three dot-separated parts"));
+    };
+    if header_b64.len() > MAX_HEADER_CHARS {
+        return Err(JwtError::Malformed("header too large"));
+    }
+    let header_json = URL_SAFE_NO_PAD.decode(header_b64).map_err(|_| JwtError::Malformed("header is not base64url"))?;
+    let header: Header = serde_json::from_slice(&header_json)
+        .map_err(|_| JwtError::Malformed("header is not a JSON object with a string alg"))?;
+    let payload_json =
+        URL_SAFE_NO_PAD.decode(payload_b64).map_err(|_| JwtError::Malformed("payload is not base64url"))?;
+    let payload: Map<String, Value> =
+        serde_json::from_slice(&payload_json).map_err(|_| JwtError::Malformed("payload is not a JSON object"))?;
+    let signature =
+        URL_SAFE_NO_PAD.decode(signature_b64).map_err(|_| JwtError::Malformed("signature is not base64url"))?;
+    Ok(Parts { header, payload, signature, token })
+}
+
+/// Checks the signature over the token's `header.payload` with `key` — the one
+/// cryptographic step, kept apart so a host-provided verifier can take its place.
+///
+/// jwt-simple only offers whole-token verification, so it re-reads the token; its own
+/// time checks are neutralised (time 0, future accepted) because [`IssuerVerifier`]
+/// checks claims itself with the caller's clock.
+fn verify_signature(key: &KeyMaterial, alg: Algorithm, token: &str, signature: &[u8]) -> Result<(), JwtError> {
+    // Lengths are fixed per key; checking first keeps odd inputs away from the crypto code.
+    if signature.len() != key.signature_len() {
+        return Err(JwtError::BadSignature);
+    }
+    let options = VerificationOptions {
+        accept_future: true,
+        artificial_time: Some(UnixTimeStamp::from_secs(0)),
+        time_tolerance: Some(Duration::from_secs(0)),
+        max_token_length: Some(token.len()),
+        max_header_length: Some(MAX_HEADER_CHARS),
+        ..VerificationOptions::default()
+    };
+    let options = Some(options);
+    let outcome = match (key, alg) {
+        (KeyMaterial::Rsa(k), Algorithm::RS256) => k.rs256.verify_token::<NoCustomClaims>(token, options).map(drop),
+        (KeyMaterial::Rsa(k), Algorithm::RS384) => k.rs384.verify_token::<NoCustomClaims>(token, options).map(drop),
+        (KeyMaterial::Rsa(k), Algorithm::RS512) => k.rs512.verify_token::<NoCustomClaims>(token, options).map(drop),
+        (KeyMaterial::Rsa(k), Algorithm::PS256) => k.ps256.verify_token::<NoCustomClaims>(token, options).map(drop),
+        (KeyMaterial::Rsa(k), Algorithm::PS384) => k.ps384.verify_token::<NoCustomClaims>(token, options).map(drop),
+        (KeyMaterial::Rsa(k), Algorithm::PS512) => k.ps512.verify_token::<NoCustomClaims>(token, options).map(drop),
+        (KeyMaterial::P256(k), Algorithm::ES256) => k.verify_token::<NoCustomClaims>(token, options).map(drop),
+        (KeyMaterial::P384(k), Algorithm::ES384) => k.verify_token::<NoCustomClaims>(token, options).map(drop),
+        (KeyMaterial::Ed25519(k), Algorithm::EdDSA) => k.verify_token::<NoCustomClaims>(token, options).map(drop),
+        _ => return Err(JwtError::KeyAlgorithmMismatch),
+    };
+    outcome.map_err(|e| match e.downcast_ref::<JWTError>() {
+        Some(JWTError::InvalidSignature) => JwtError::BadSignature,
+        // Our parse accepted the token but jwt-simple's stricter typed one did not
+        // (e.g. a `jwk` header that is an object, or a registered claim of another type).
+        _ => JwtError::Malformed("the header or claims use a form the verifier does not accept"),
+    })
+}
+
+/// A NumericDate claim as whole seconds; `None` when absent.
+fn numeric_date(claims: &Map<String, Value>, name: &'static str) -> Result<Option<u64>, JwtError> {
+    match claims.get(name) {
+        None => Ok(None),
+        Some(Value::Number(n)) => match (n.as_u64(), n.as_f64()) {
+            (Some(secs), _) => Ok(Some(secs)),
+            // RFC 7519 allows fractional seconds; `as` saturates huge values.
+            (None, Some(secs)) if secs.is_finite() && secs >= 0.0 => Ok(Some(secs as u64)),
+            _ => Err(JwtError::InvalidClaim(name)),
+        },
+        Some(_) => Err(JwtError::InvalidClaim(name)),
+    }
+}
+
+/// The unverified `iss` of a token, to choose among issuers sharing a header. Bounded:
+/// tokens over 64 KiB are not looked at. Never trust the answer beyond that choice.
+pub fn peek_issuer(token: &str) -> Option<String> {
+    #[derive(Deserialize)]
+    struct Issuer {
+        iss: Option<String>,
+    }
+    if token.len() > MAX_PEEK_BYTES {
+        return None;
+    }
+    let mut parts = token.split('.');
+    let payload_b64 = parts.nth(1)?;
+    let payload = URL_SAFE_NO_PAD.decode(payload_b64).ok()?;
+    serde_json::from_slice::<Issuer>(&payload).ok()?.iss
+}
+
+/// Renders an attacker-chosen `alg` safely for messages: short and plain ASCII, quoted.
+fn printable(alg: &str) -> String {
+    let ok = !alg.is_empty() && alg.len() <= 16 && alg.bytes().all(|b| b.is_ascii_alphanumeric() || b"+-_.".contains(&b));
+    if ok {
+        format!("{alg:?}")
+    } else {
+        "(unprintable)".to_owned()
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+pub(crate) mod tests {
+    use std::sync::OnceLock;
+
+    use jwt_simple::prelude::*;
+    use serde_json::{json, Map, Value};
+
+    use super::{peek_issuer, Algorithm, IssuerVerifier, JwtError, KeySet};
+
+    pub(crate) const ISS: &str = "https://idp.test";
+    pub(crate) const NOW: u64 = 1_800_000_000;
+
+    /// Keys generated once per test run (RSA generation is slow in debug builds).
+    pub(crate) struct TestKeys {
+        pub(crate) rsa: RS256KeyPair,
+        pub(crate) es256: ES256KeyPair,
+        pub(crate) es384: ES384KeyPair,
+        pub(crate) ed: Ed25519KeyPair,
+    }
+
+    pub(crate) fn keys() -> &'static TestKeys {
+        static KEYS: OnceLock<TestKeys> = OnceLock::new();
+        KEYS.get_or_init(|| TestKeys {
+            rsa: RS256KeyPair::generate(2048).unwrap().with_key_id("rsa-1"),
+            es256: ES256KeyPair::generate().with_key_id("es256-1"),
+            es384: ES384KeyPair::generate().with_key_id("es384-1"),
+            ed: Ed25519KeyPair::generate().with_key_id("ed-1"),
+        })
+    }
+
+    pub(crate) fn b64(bytes: impl AsRef<[u8]>) -> String {
+        Base64UrlSafeNoPadding::encode_to_string(bytes).unwrap()
+    }
+
+    pub(crate) fn rsa_jwk(key: &RS256KeyPair, kid: &str) -> Value {
+        let c = key.public_key().to_components();
+        json!({"kty": "RSA", "kid": kid, "use": "sig", "n": b64(&c.n), "e": b64(&c.e)})
+    }
+
+    pub(crate) fn ec_jwk(point: &[u8], crv: &str, kid: &str) -> Value {
+        let half = (point.len() - 1) / 2;
+        json!({"kty": "EC", "crv": crv, "kid": kid, "x": b64(&point[1..1 + half]), "y": b64(&point[1 + half..])})
+    }
+
+    pub(crate) fn es256_jwk(key: &ES256KeyPair, kid: &str) -> Value {
+        ec_jwk(&key.public_key().public_key().to_bytes_uncompressed(), "P-256", kid)
+    }
+
+    pub(crate) fn es384_jwk(key: &ES384KeyPair, kid: &str) -> Value {
+        ec_jwk(&key.public_key().public_key().to_bytes_uncompressed(), "P-384", kid)
+    }
+
+    pub(crate) fn ed_jwk(key: &Ed25519KeyPair, kid: &str) -> Value {
+        json!({"kty": "OKP", "crv": "Ed25519", "kid": kid, "x": b64(key.public_key().to_bytes())})
+    }
+
+    /// The issuer's JWKS: RSA without a pinned alg (RS*/PS* allowed), ES256 pinned,
+    /// ES384 and Ed25519 (pinned to EdDSA).
+    fn jwks() -> Value {
+        let k = keys();
+        let mut es256 = es256_jwk(&k.es256, "es256-1");
+        es256["alg"] = json!("ES256");
+        let mut ed = ed_jwk(&k.ed, "ed-1");
+        ed["alg"] = json!("EdDSA");
+        json!({"keys": [rsa_jwk(&k.rsa, "rsa-1"), es256, es384_jwk(&k.es384, "es384-1"), ed]})
+    }
+
+    fn verifier_with(jwks: &Value, algorithms: &[Algorithm], max_token_bytes: usize) -> IssuerVerifier {
+        let (keys, warnings) = KeySet::from_jwks(jwks).unwrap();
+        assert!(warnings.is_empty(), "{warnings:?}");
+        IssuerVerifier::new(ISS.into(), vec!["looker-api".into()], algorithms.to_vec(), 30, max_token_bytes, keys)
+    }
+
+    fn verifier() -> IssuerVerifier {
+        verifier_with(&jwks(), Algorithm::all(), 8192)
+    }
+
+    /// Standard claims for a token issued 10s before `NOW`, valid 10 minutes.
+    fn claims() -> Value {
+        json!({"iss": ISS, "aud": "looker-api", "sub": "alice", "iat": NOW - 10, "exp": NOW + 600,
+               "groups": ["analysts"]})
+    }
+
+    fn with(mut base: Value, changes: Value) -> Value {
+        for (k, v) in changes.as_object().unwrap() {
+            if v.is_null() {
+                base.as_object_mut().unwrap().remove(k);
+            } else {
+                base[k] = v.clone();
+            }
+        }
+        base
+    }
+
+    /// Claims exactly as given (jwt-simple adds nothing: its own time fields are cleared).
+    fn exact(claims: Value) -> JWTClaims<Map<String, Value>> {
+        let mut c = Claims::with_custom_claims(claims.as_object().unwrap().clone(), Duration::from_secs(1));
+        c.issued_at = None;
+        c.expires_at = None;
+        c.invalid_before = None;
+        c
+    }
+
+    fn rs256(claims: Value) -> String {
+        keys().rsa.sign(exact(claims)).unwrap()
+    }
+    fn rsa_as<K: RSAKeyPairLike>(key: K, claims: Value) -> String {
+        key.sign(exact(claims)).unwrap()
+    }
+    fn es256(claims: Value) -> String {
+        keys().es256.sign(exact(claims)).unwrap()
+    }
+    fn es384(claims: Value) -> String {
+        keys().es384.sign(exact(claims)).unwrap()
+    }
+    fn eddsa(claims: Value) -> String {
+        keys().ed.sign(exact(claims)).unwrap()
+    }
+
+    /// A token with an arbitrary header (raw JSON text), signed with `key` (Ed25519).
+    fn craft_with(key: &Ed25519KeyPair, header: &str, claims: &Value) -> String {
+        let input = format!("{}.{}", b64(header), b64(claims.to_string()));
+        let signature = key.key_pair().as_ref().sk.sign(&input, None);
+        format!("{input}.{}", b64(signature.as_ref()))
+    }
+    fn craft(header: &str, claims: &Value) -> String {
+        craft_with(&keys().ed, header, claims)
+    }
+
+    fn tamper_payload(token: &str, claims: &Value) -> String {
+        let parts: Vec<&str> = token.split('.').collect();
+        format!("{}.{}.{}", parts[0], b64(claims.to_string()), parts[2])
+    }
+
+    fn unsigned(header: &str, claims: &Value) -> String {
+        format!("{}.{}.", b64(header), b64(claims.to_string()))
+    }
+
+    fn code(result: Result<super::VerifiedToken, JwtError>) -> &'static str {
+        match result {
+            Ok(_) => "ok",
+            Err(e) => e.code(),
+        }
+    }
+
+    fn run(verifier: &IssuerVerifier, cases: Vec<(&str, String, &str)>) {
+        let mut failures = Vec::new();
+        for (name, token, expected) in cases {
+            let got = code(verifier.verify(&token, NOW));
+            if got != expected {
+                failures.push(format!("{name}: expected {expected}, got {got}"));
+            }
+        }
+        assert!(failures.is_empty(), "{}", failures.join("\n"));
+    }
+
+    #[test]
+    fn jwt_valid_tokens_of_every_key_type_are_accepted() {
+        let rsa_der = keys().rsa.to_der().unwrap();
+        let cases = vec![
+            ("RS256", rs256(claims()), "ok"),
+            ("RS384", rsa_as(RS384KeyPair::from_der(&rsa_der).unwrap().with_key_id("rsa-1"), claims()), "ok"),
+            ("RS512", rsa_as(RS512KeyPair::from_der(&rsa_der).unwrap().with_key_id("rsa-1"), claims()), "ok"),
+            ("PS256", rsa_as(PS256KeyPair::from_der(&rsa_der).unwrap().with_key_id("rsa-1"), claims()), "ok"),
+            ("PS512", rsa_as(PS512KeyPair::from_der(&rsa_der).unwrap().with_key_id("rsa-1"), claims()), "ok"),
+            ("ES256", es256(claims()), "ok"),
+            ("ES384", es384(claims()), "ok"),
+            ("EdDSA", eddsa(claims()), "ok"),
+            ("typ at+jwt", craft(r#"{"alg":"EdDSA","kid":"ed-1","typ":"at+jwt"}"#, &claims()), "ok"),
+            ("fractional exp", eddsa(with(claims(), json!({"exp": (NOW + 600) as f64 + 0.5}))), "ok"),
+            ("no iat, no sub", eddsa(with(claims(), json!({"iat": null, "sub": null}))), "ok"),
+        ];
+        run(&verifier(), cases);
+    }
+
+    #[test]
+    fn jwt_verified_token_carries_claims_and_header_facts() {
+        let token = es256(claims());
+        let verified = verifier().verify(&token, NOW).unwrap();
+        assert_eq!(verified.issuer, ISS);
+        assert_eq!(verified.subject.as_deref(), Some("alice"));
+        assert_eq!(verified.expires_at, NOW + 600);
+        assert_eq!(verified.kid.as_deref(), Some("es256-1"));
+        assert_eq!(verified.alg, Algorithm::ES256);
+        assert_eq!(verified.claims.get("groups"), Some(&json!(["analysts"])));
+    }
+
+    #[test]
+    fn jwt_time_and_claim_checks() {
+        let c = claims;
+        let cases = vec![
+            ("expired", eddsa(with(c(), json!({"exp": NOW - 60}))), "token_expired"),
+            ("expired at the skew boundary", eddsa(with(c(), json!({"exp": NOW - 30}))), "token_expired"),
+            ("expired within skew", eddsa(with(c(), json!({"exp": NOW - 10}))), "ok"),
+            ("expired RSA", rs256(with(c(), json!({"exp": NOW - 3600}))), "token_expired"),
+            ("nbf in the future", eddsa(with(c(), json!({"nbf": NOW + 120}))), "token_not_yet_valid"),
+            ("nbf within skew", eddsa(with(c(), json!({"nbf": NOW + 20}))), "ok"),
+            ("nbf in the past", eddsa(with(c(), json!({"nbf": NOW - 20}))), "ok"),
+            ("iat in the future", eddsa(with(c(), json!({"iat": NOW + 120}))), "iat_in_future"),
+            ("iat within skew", eddsa(with(c(), json!({"iat": NOW + 20}))), "ok"),
+            ("wrong iss", eddsa(with(c(), json!({"iss": "https://evil.test"}))), "wrong_issuer"),
+            ("iss with trailing slash", eddsa(with(c(), json!({"iss": "https://idp.test/"}))), "wrong_issuer"),
+            ("missing iss", eddsa(with(c(), json!({"iss": null}))), "wrong_issuer"),
+            ("wrong aud", eddsa(with(c(), json!({"aud": "other-app"}))), "wrong_audience"),
+            ("aud array match", eddsa(with(c(), json!({"aud": ["other-app", "looker-api"]}))), "ok"),
+            ("aud array no match", eddsa(with(c(), json!({"aud": ["other-app", "third"]}))), "wrong_audience"),
+            ("aud empty array", eddsa(with(c(), json!({"aud": []}))), "wrong_audience"),
+            ("missing aud", eddsa(with(c(), json!({"aud": null}))), "wrong_audience"),
+            ("missing exp", eddsa(with(c(), json!({"exp": null}))), "missing_exp"),
+            ("missing exp RSA", rs256(with(c(), json!({"exp": null}))), "missing_exp"),
+            // jwt-simple's typed claim parse refuses these before our own checks run.
+            ("exp as string", eddsa(with(c(), json!({"exp": (NOW + 600).to_string()}))), "malformed_token"),
+            ("negative exp", eddsa(with(c(), json!({"exp": -1}))), "malformed_token"),
+            ("sub not a string", eddsa(with(c(), json!({"sub": 42}))), "malformed_token"),
+            ("aud an object", eddsa(with(c(), json!({"aud": {"a": 1}}))), "malformed_token"),
+        ];
+        run(&verifier(), cases);
+    }
+
+    #[test]
+    fn jwt_signature_and_key_choice() {
+        let k = keys();
+        let evil_ed = Ed25519KeyPair::generate().with_key_id("ed-1");
+        let evil_es = ES256KeyPair::generate().with_key_id("es256-1");
+        let evil_claims = with(claims(), json!({"sub": "admin"}));
+        let mut cases = vec![
+            ("tampered payload RSA", tamper_payload(&rs256(claims()), &evil_claims), "bad_signature"),
+            ("tampered payload ES256", tamper_payload(&es256(claims()), &evil_claims), "bad_signature"),
+            ("tampered payload ES384", tamper_payload(&es384(claims()), &evil_claims), "bad_signature"),
+            ("tampered payload EdDSA", tamper_payload(&eddsa(claims()), &evil_claims), "bad_signature"),
+            ("other Ed25519 key, same kid", evil_ed.sign(exact(claims())).unwrap(), "bad_signature"),
+            ("other ES256 key, same kid", evil_es.sign(exact(claims())).unwrap(), "bad_signature"),
+            ("unknown kid", craft(r#"{"alg":"EdDSA","kid":"nope"}"#, &claims()), "unknown_kid"),
+            ("no kid, single EdDSA key", craft(r#"{"alg":"EdDSA"}"#, &claims()), "ok"),
+            ("no kid, single ES384 key", ES384KeyPair::from_bytes(&k.es384.to_bytes()).unwrap().sign(exact(claims())).unwrap(), "ok"),
+            ("ES256 header on the RSA kid", ES256KeyPair::from_bytes(&k.es256.to_bytes()).unwrap().with_key_id("rsa-1").sign(exact(claims())).unwrap(), "alg_key_mismatch"),
+            ("EdDSA header on the ES256 kid", craft(r#"{"alg":"EdDSA","kid":"es256-1"}"#, &claims()), "alg_key_mismatch"),
+            ("ES384 header on the ES256 kid", ES384KeyPair::from_bytes(&k.es384.to_bytes()).unwrap().with_key_id("es256-1").sign(exact(claims())).unwrap(), "alg_key_mismatch"),
+            // jku/x5u/jwk are never followed: the attacker's own key is not used.
+            (
+                "embedded jwk and jku are ignored",
+                craft_with(
+                    &evil_ed,
+                    &format!(r#"{{"alg":"EdDSA","kid":"ed-1","jku":"https://evil.test/jwks","x5u":"https://evil.test/c","jwk":{}}}"#, ed_jwk(&evil_ed, "ed-1")),
+                    &claims(),
+                ),
+                "malformed_token",
+            ),
+            ("jku pointing elsewhere", craft_with(&evil_ed, r#"{"alg":"EdDSA","kid":"ed-1","jku":"https://evil.test/jwks"}"#, &claims()), "bad_signature"),
+            ("genuine token with jku/x5u", craft(r#"{"alg":"EdDSA","kid":"ed-1","jku":"https://x.test/j","x5u":"https://x.test/c"}"#, &claims()), "ok"),
+        ];
+        // Signatures of the wrong length, or cut, for every key type.
+        for (name, token) in [("RSA", rs256(claims())), ("ES256", es256(claims())), ("ES384", es384(claims())), ("EdDSA", eddsa(claims()))] {
+            let (input, sig) = token.rsplit_once('.').unwrap();
+            cases.push((name, format!("{input}.{}", &sig[..sig.len() - 4]), "bad_signature"));
+            cases.push((name, format!("{input}.{}", b64([0u8; 1])), "bad_signature"));
+            cases.push((name, format!("{input}.{sig}{}", b64([0u8; 3])), "bad_signature"));
+        }
+        run(&verifier(), cases);
+    }
+
+    #[test]
+    fn jwt_token_without_kid_needs_a_single_candidate_key() {
+        let a = ES256KeyPair::generate();
+        let b = ES256KeyPair::generate();
+        let jwks = json!({"keys": [es256_jwk(&a, "a"), es256_jwk(&b, "b")]});
+        let v = verifier_with(&jwks, Algorithm::all(), 8192);
+        run(
+            &v,
+            vec![
+                ("no kid, two candidates", a.sign(exact(claims())).unwrap(), "kid_required"),
+                ("kid a", ES256KeyPair::from_bytes(&a.to_bytes()).unwrap().with_key_id("a").sign(exact(claims())).unwrap(), "ok"),
+                ("kid b signed by a", ES256KeyPair::from_bytes(&a.to_bytes()).unwrap().with_key_id("b").sign(exact(claims())).unwrap(), "bad_signature"),
+            ],
+        );
+    }
+
+    #[test]
+    fn jwt_algorithm_confusion_and_none_are_refused() {
+        let k = keys();
+        let public = k.rsa.public_key();
+        let hs_pem = HS256Key::from_bytes(public.to_pem().unwrap().as_bytes()).with_key_id("rsa-1");
+        let hs_der = HS256Key::from_bytes(&public.to_der().unwrap()).with_key_id("rsa-1");
+        let hs384_pem = HS384Key::from_bytes(public.to_pem().unwrap().as_bytes()).with_key_id("rsa-1");
+        let c = claims();
+        let mut cases = vec![
+            ("HS256 with the RSA public key PEM", hs_pem.authenticate(exact(c.clone())).unwrap(), "alg_not_allowed"),
+            ("HS256 with the RSA public key DER", hs_der.authenticate(exact(c.clone())).unwrap(), "alg_not_allowed"),
+            ("HS384 with the RSA public key PEM", hs384_pem.authenticate(exact(c.clone())).unwrap(), "alg_not_allowed"),
+            ("lower-case rs256", craft(r#"{"alg":"rs256","kid":"rsa-1"}"#, &c), "alg_not_allowed"),
+            ("empty alg", craft(r#"{"alg":"","kid":"ed-1"}"#, &c), "alg_not_allowed"),
+            ("Ed25519 alias is not an allowed name", craft(r#"{"alg":"Ed25519","kid":"ed-1"}"#, &c), "alg_not_allowed"),
+        ];
+        for alg in ["none", "None", "NONE", "nOnE"] {
+            cases.push(("alg none, empty signature", unsigned(&format!(r#"{{"alg":"{alg}","kid":"rsa-1"}}"#), &c), "alg_not_allowed"));
+            cases.push(("alg none, no kid", unsigned(&format!(r#"{{"alg":"{alg}"}}"#), &c), "alg_not_allowed"));
+        }
+        run(&verifier(), cases);
+
+        // Even with only RS256 allowed (the demo setup), nothing else gets through.
+        let rs_only = verifier_with(&jwks(), &[Algorithm::RS256], 8192);
+        run(
+            &rs_only,
+            vec![
+                ("RS256 allowed", rs256(claims()), "ok"),
+                ("ES256 not in list", es256(claims()), "alg_not_allowed"),
+                ("EdDSA not in list", eddsa(claims()), "alg_not_allowed"),
+                (
+                    "PS256 not in list",
+                    rsa_as(PS256KeyPair::from_der(&k.rsa.to_der().unwrap()).unwrap().with_key_id("rsa-1"), claims()),
+                    "alg_not_allowed",
+                ),
+                ("HS256 with PEM", hs_pem.authenticate(exact(claims())).unwrap(), "alg_not_allowed"),
+            ],
+        );
+    }
+
+    #[test]
+    fn jwt_key_pinned_to_an_alg_refuses_other_algs() {
+        let k = keys();
+        let mut rsa = rsa_jwk(&k.rsa, "rsa-1");
+        rsa["alg"] = json!("RS256");
+        let v = verifier_with(&json!({"keys": [rsa]}), Algorithm::all(), 8192);
+        let ps256 = PS256KeyPair::from_der(&k.rsa.to_der().unwrap()).unwrap().with_key_id("rsa-1");
+        run(
+            &v,
+            vec![
+                ("RS256 on RS256 key", rs256(claims()), "ok"),
+                ("PS256 on RS256-pinned key", rsa_as(ps256, claims()), "alg_key_mismatch"),
+            ],
+        );
+    }
+
+    #[test]
+    fn jwt_malformed_and_oversized_inputs_are_refused() {
+        let c = claims();
+        let good = eddsa(c.clone());
+        let (h, rest) = good.split_once('.').unwrap();
+        let (p, s) = rest.split_once('.').unwrap();
+        let huge_header = format!(r#"{{"alg":"EdDSA","kid":"ed-1","pad":"{}"}}"#, "x".repeat(20_000));
+        let cases = vec![
+            ("empty", String::new(), "malformed_token"),
+            ("one part", "abc".to_owned(), "malformed_token"),
+            ("two parts", format!("{h}.{p}"), "malformed_token"),
+            ("four parts", format!("{good}.{s}"), "malformed_token"),
+            ("dots only", "..".to_owned(), "malformed_token"),
+            ("not base64", "!!!.@@@.###".to_owned(), "malformed_token"),
+            ("non-ascii", "ä.ö.ü".to_owned(), "malformed_token"),
+            ("padded base64 header", format!("{h}=.{p}.{s}"), "malformed_token"),
+            ("standard base64 alphabet", format!("{h}.{p}.{}", s.replace('-', "+").replace('_', "/") + "+/"), "malformed_token"),
+            ("header not JSON", format!("{}.{p}.{s}", b64("not json")), "malformed_token"),
+            ("header a JSON array", format!("{}.{p}.{s}", b64("[1,2]")), "malformed_token"),
+            ("header without alg", craft(r#"{"kid":"ed-1"}"#, &c), "malformed_token"),
+            ("alg not a string", craft(r#"{"alg":1,"kid":"ed-1"}"#, &c), "malformed_token"),
+            ("kid not a string", craft(r#"{"alg":"EdDSA","kid":7}"#, &c), "malformed_token"),
+            ("duplicate alg", craft(r#"{"alg":"EdDSA","alg":"none","kid":"ed-1"}"#, &c), "malformed_token"),
+            ("typ JOSE", craft(r#"{"alg":"EdDSA","kid":"ed-1","typ":"JOSE"}"#, &c), "malformed_token"),
+            ("payload not base64", format!("{h}.***.{s}"), "malformed_token"),
+            ("payload not an object", craft(r#"{"alg":"EdDSA","kid":"ed-1"}"#, &json!(["a"])), "malformed_token"),
+            ("signature not base64", format!("{h}.{p}.%%%"), "malformed_token"),
+            ("huge header within max bytes", craft(&huge_header, &c), "malformed_token"),
+            ("crit list", craft(r#"{"alg":"EdDSA","kid":"ed-1","crit":["exp"],"exp":1}"#, &c), "crit_unsupported"),
+            ("crit empty", craft(r#"{"alg":"EdDSA","kid":"ed-1","crit":[]}"#, &c), "crit_unsupported"),
+            ("crit null", craft(r#"{"alg":"EdDSA","kid":"ed-1","crit":null}"#, &c), "crit_unsupported"),
+            ("b64 false", craft(r#"{"alg":"EdDSA","kid":"ed-1","b64":false,"crit":["b64"]}"#, &c), "crit_unsupported"),
+        ];
+        run(&verifier_with(&jwks(), Algorithm::all(), 65_536), cases);
+
+        let v = verifier();
+        let big = eddsa(with(claims(), json!({"pad": "x".repeat(9000)})));
+        assert_eq!(v.verify(&big, NOW), Err(JwtError::TooLarge { max: 8192 }));
+        // Refused on length alone: this is not even a token.
+        assert_eq!(v.verify(&"!".repeat(8193), NOW), Err(JwtError::TooLarge { max: 8192 }));
+        assert_eq!(v.verify(&"a".repeat(8192), NOW).map_err(|e| e.code()), Err("malformed_token"));
+    }
+
+    #[test]
+    fn jwt_error_messages_never_echo_the_token() {
+        let evil = "<script>alert(1)</script>\"\n";
+        let token = unsigned(&json!({"alg": evil}).to_string(), &claims());
+        let err = verifier().verify(&token, NOW).unwrap_err();
+        assert_eq!(err.code(), "alg_not_allowed");
+        let message = err.to_string();
+        assert!(!message.contains("script") && !message.contains('\n'), "{message}");
+        assert_eq!(verifier().verify(&unsigned(r#"{"alg":"HS256"}"#, &claims()), NOW).unwrap_err().to_string(), "the signing algorithm \"HS256\" is not allowed");
+        for err in [JwtError::BadSignature, JwtError::Expired, JwtError::Malformed("x"), JwtError::UnknownKey] {
+            assert!(!err.to_string().is_empty() && !err.code().is_empty());
+        }
+    }
+
+    #[test]
+    fn jwt_peek_issuer_reads_the_unverified_iss_with_bounded_work() {
+        let token = es256(claims());
+        assert_eq!(peek_issuer(&token).as_deref(), Some(ISS));
+        let forged = unsigned(r#"{"alg":"none"}"#, &json!({"iss": "https://other.test"}));
+        assert_eq!(peek_issuer(&forged).as_deref(), Some("https://other.test"));
+        assert_eq!(peek_issuer(&unsigned(r#"{"alg":"none"}"#, &json!({"sub": "x"}))), None);
+        assert_eq!(peek_issuer(&unsigned(r#"{"alg":"none"}"#, &json!({"iss": 5}))), None);
+        for garbage in ["", "a", "a.b", "a.!!!.c", "..", "ä.ö.ü"] {
+            assert_eq!(peek_issuer(garbage), None, "{garbage}");
+        }
+        let huge = unsigned(r#"{"alg":"none"}"#, &json!({"iss": ISS, "pad": "x".repeat(70_000)}));
+        assert_eq!(peek_issuer(&huge), None);
+    }
+
+    #[test]
+    fn jwt_algorithm_names_round_trip() {
+        for alg in Algorithm::all() {
+            assert_eq!(alg.to_string().parse::<Algorithm>(), Ok(*alg));
+            assert_eq!(serde_json::from_value::<Algorithm>(json!(alg.to_string())).unwrap(), *alg);
+        }
+        for bad in ["none", "HS256", "rs256", "ES512", ""] {
+            assert!(bad.parse::<Algorithm>().is_err(), "{bad}");
+            assert!(serde_json::from_value::<Algorithm>(json!(bad)).is_err(), "{bad}");
+        }
+    }
+}
