@@ -63,7 +63,7 @@ pub fn decide(gateway: &Gateway, request: &RequestView, now_unix: u64) -> Decisi
     };
     audit.subject = verified.subject.clone();
     audit.issuer = Some(verified.issuer.clone());
-    match gateway.policy.evaluate(&request.method, target.path, &verified.claims) {
+    match gateway.policy.evaluate(&request.method, &target.path, &verified.claims) {
         Verdict::Deny { rule, reason } => {
             audit.rule = Some(rule.clone());
             refuse(Refusal::Forbidden { rule, reason }, audit)
@@ -73,8 +73,10 @@ pub fn decide(gateway: &Gateway, request: &RequestView, now_unix: u64) -> Decisi
             audit.identity = Some(identity.key());
             audit.verdict = "allow";
             let mut header_ops = strip_client_credentials(gateway, request);
-            if let Some(new_path) = path::strip_access_token(&target) {
-                header_ops.push(HeaderOp::Set(":path".to_owned(), new_path));
+            // Forward exactly the path the policy matched (normalized), minus any token.
+            let forward = path::strip_access_token(&target).unwrap_or_else(|| target.to_path());
+            if forward != request.path {
+                header_ops.push(HeaderOp::Set(":path".to_owned(), forward));
             }
             Decision::Forward {
                 identity,

@@ -87,7 +87,7 @@ impl KeyMaterial {
 impl PublicJwk {
     /// Whether a token signed with `alg` may be checked with this key.
     pub(crate) fn accepts(&self, alg: Algorithm) -> bool {
-        self.material.supports(alg) && self.alg.map_or(true, |pinned| pinned == alg)
+        self.material.supports(alg) && (self.alg.is_none() || self.alg == Some(alg))
     }
 }
 
@@ -310,4 +310,119 @@ fn member(jwk: &Map<String, Value>, name: &str) -> Result<Vec<u8>, String> {
         return Err(format!("{name} is too long"));
     }
     URL_SAFE_NO_PAD.decode(text.trim_end_matches('=')).map_err(|_| format!("{name} is not base64url"))
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+mod tests {
+    use jwt_simple::prelude::*;
+    use serde_json::{json, Value};
+
+    use super::{JwksError, KeyChoiceError, KeySet};
+    use crate::jwt::tests::{b64, ec_jwk, ed_jwk, es256_jwk, es384_jwk, keys, rsa_jwk};
+    use crate::jwt::Algorithm;
+
+    fn with(mut jwk: Value, changes: Value) -> Value {
+        for (k, v) in changes.as_object().unwrap() {
+            jwk[k] = v.clone();
+        }
+        jwk
+    }
+
+    #[test]
+    fn jwks_decodes_every_supported_key_type() {
+        let k = keys();
+        let jwks = json!({"keys": [
+            rsa_jwk(&k.rsa, "rsa"), es256_jwk(&k.es256, "p256"), es384_jwk(&k.es384, "p384"), ed_jwk(&k.ed, "ed"),
+        ]});
+        let (set, warnings) = KeySet::from_jwks(&jwks).unwrap();
+        assert_eq!(set.len(), 4);
+        assert!(warnings.is_empty(), "{warnings:?}");
+        assert!(set.select(Some("rsa"), Algorithm::PS384).is_ok());
+        assert!(set.select(Some("p384"), Algorithm::ES384).is_ok());
+        assert_eq!(set.select(Some("p256"), Algorithm::ES384).err(), Some(KeyChoiceError::AlgorithmMismatch));
+        assert_eq!(set.select(Some("nope"), Algorithm::ES256).err(), Some(KeyChoiceError::UnknownKid));
+        assert!(set.select(None, Algorithm::EdDSA).is_ok());
+    }
+
+    #[test]
+    fn jwks_unusable_keys_are_skipped_with_a_warning() {
+        let k = keys();
+        let good = es256_jwk(&k.es256, "good");
+        let rsa = rsa_jwk(&k.rsa, "rsa");
+        let cases: Vec<(&str, Value, &str)> = vec![
+            ("use enc", with(rsa.clone(), json!({"use": "enc"})), "use \"enc\""),
+            ("key_ops without verify", with(rsa.clone(), json!({"key_ops": ["encrypt"]})), "key_ops"),
+            ("unknown kty", json!({"kty": "foo", "kid": "x"}), "kty \"foo\""),
+            ("missing kty", json!({"kid": "x", "n": "AQAB"}), "kty is missing"),
+            ("symmetric key", json!({"kty": "oct", "kid": "x", "k": "c2VjcmV0"}), "symmetric"),
+            ("P-521", with(good.clone(), json!({"crv": "P-521"})), "curve \"P-521\""),
+            ("secp256k1", with(good.clone(), json!({"crv": "secp256k1"})), "curve"),
+            ("X25519", with(ed_jwk(&k.ed, "x"), json!({"crv": "X25519"})), "curve \"X25519\""),
+            ("HS256 alg on RSA", with(rsa.clone(), json!({"alg": "HS256"})), "alg \"HS256\""),
+            ("ES256 alg on RSA", with(rsa.clone(), json!({"alg": "ES256"})), "does not fit"),
+            ("RSA-OAEP alg", with(rsa.clone(), json!({"alg": "RSA-OAEP"})), "not supported"),
+            ("weak RSA modulus", with(rsa.clone(), json!({"n": b64([0xC5u8; 128])})), "2048 to 4096"),
+            ("RSA e = 3", with(rsa.clone(), json!({"e": "Aw"})), "e = 65537"),
+            ("RSA n not base64", with(rsa.clone(), json!({"n": "***"})), "n is not base64url"),
+            ("RSA without n", json!({"kty": "RSA", "e": "AQAB"}), "n is missing"),
+            ("EC short x", with(good.clone(), json!({"x": b64([1u8; 31])})), "32 bytes"),
+            ("EC point off the curve", ec_jwk(&[[4u8].as_slice(), &[1u8; 64]].concat(), "P-256", "off"), "not a P-256 point"),
+            ("Ed25519 short x", json!({"kty": "OKP", "crv": "Ed25519", "x": b64([9u8; 31])}), "32 bytes"),
+            ("not an object", json!("key"), "not a JSON object"),
+            ("kid not a string", with(rsa.clone(), json!({"kid": 5})), "kid is not a string"),
+        ];
+        for (name, bad, reason) in cases {
+            let jwks = json!({"keys": [bad, good.clone()]});
+            let (set, warnings) = KeySet::from_jwks(&jwks).unwrap_or_else(|e| panic!("{name}: {e}"));
+            assert_eq!(set.len(), 1, "{name}");
+            assert_eq!(warnings.len(), 1, "{name}: {warnings:?}");
+            assert!(warnings[0].starts_with("key 0") && warnings[0].contains(reason), "{name}: {warnings:?}");
+        }
+    }
+
+    #[test]
+    fn jwks_with_no_usable_key_is_an_error_that_says_why() {
+        let k = keys();
+        let jwks = json!({"keys": [with(rsa_jwk(&k.rsa, "enc-key"), json!({"use": "enc"})), {"kty": "oct", "k": "c2VjcmV0"}]});
+        let err = KeySet::from_jwks(&jwks).err().unwrap();
+        let JwksError::NoUsableKeys(reasons) = &err else { panic!("{err:?}") };
+        assert_eq!(reasons.len(), 2);
+        let message = err.to_string();
+        assert!(message.contains("enc-key") && message.contains("symmetric"), "{message}");
+        assert_eq!(KeySet::from_jwks(&json!({"keys": []})).err(), Some(JwksError::NoUsableKeys(vec![])));
+        for not_a_set in [json!([]), json!({}), json!({"keys": {}}), json!("x"), json!(null)] {
+            assert_eq!(KeySet::from_jwks(&not_a_set).err(), Some(JwksError::NotAKeySet), "{not_a_set}");
+        }
+        let many = json!({"keys": vec![es256_jwk(&k.es256, "a"); 101]});
+        assert_eq!(KeySet::from_jwks(&many).err(), Some(JwksError::TooManyKeys(101)));
+    }
+
+    #[test]
+    fn jwks_duplicate_kid_for_the_same_algorithm_keeps_the_first() {
+        let k = keys();
+        let other = ES256KeyPair::generate();
+        let jwks = json!({"keys": [
+            es256_jwk(&k.es256, "k1"), es256_jwk(&other, "k1"),
+            // Same kid but another key type is a legitimate rollover and is kept.
+            ed_jwk(&k.ed, "k1"),
+        ]});
+        let (set, warnings) = KeySet::from_jwks(&jwks).unwrap();
+        assert_eq!(set.len(), 2);
+        assert_eq!(warnings.len(), 1, "{warnings:?}");
+        assert!(warnings[0].starts_with("key 1 (kid \"k1\")"), "{warnings:?}");
+        assert!(set.select(Some("k1"), Algorithm::EdDSA).is_ok());
+    }
+
+    #[test]
+    fn jwks_private_members_warn_but_public_part_is_used() {
+        let k = keys();
+        let with_d = with(ed_jwk(&k.ed, "ed"), json!({"d": b64([7u8; 32])}));
+        let rsa = rsa_jwk(&k.rsa, "rsa");
+        let padded = with(rsa.clone(), json!({"n": format!("{}==", rsa["n"].as_str().unwrap())}));
+        let (set, warnings) = KeySet::from_jwks(&json!({"keys": [with_d, padded]})).unwrap();
+        assert_eq!(set.len(), 2);
+        assert_eq!(warnings.len(), 1);
+        assert!(warnings[0].contains("private key material"), "{warnings:?}");
+    }
 }

@@ -637,6 +637,7 @@ pub(crate) mod tests {
         let k = keys();
         let evil_ed = Ed25519KeyPair::generate().with_key_id("ed-1");
         let evil_es = ES256KeyPair::generate().with_key_id("es256-1");
+        let evil_rsa = RS256KeyPair::generate(2048).unwrap().with_key_id("rsa-1");
         let evil_claims = with(claims(), json!({"sub": "admin"}));
         let mut cases = vec![
             ("tampered payload RSA", tamper_payload(&rs256(claims()), &evil_claims), "bad_signature"),
@@ -645,6 +646,7 @@ pub(crate) mod tests {
             ("tampered payload EdDSA", tamper_payload(&eddsa(claims()), &evil_claims), "bad_signature"),
             ("other Ed25519 key, same kid", evil_ed.sign(exact(claims())).unwrap(), "bad_signature"),
             ("other ES256 key, same kid", evil_es.sign(exact(claims())).unwrap(), "bad_signature"),
+            ("other RSA key, same kid", evil_rsa.sign(exact(claims())).unwrap(), "bad_signature"),
             ("unknown kid", craft(r#"{"alg":"EdDSA","kid":"nope"}"#, &claims()), "unknown_kid"),
             ("no kid, single EdDSA key", craft(r#"{"alg":"EdDSA"}"#, &claims()), "ok"),
             ("no kid, single ES384 key", ES384KeyPair::from_bytes(&k.es384.to_bytes()).unwrap().sign(exact(claims())).unwrap(), "ok"),
@@ -667,7 +669,11 @@ pub(crate) mod tests {
         // Signatures of the wrong length, or cut, for every key type.
         for (name, token) in [("RSA", rs256(claims())), ("ES256", es256(claims())), ("ES384", es384(claims())), ("EdDSA", eddsa(claims()))] {
             let (input, sig) = token.rsplit_once('.').unwrap();
-            cases.push((name, format!("{input}.{}", &sig[..sig.len() - 4]), "bad_signature"));
+            let sig_bytes = Base64UrlSafeNoPadding::decode_to_vec(sig, None).unwrap();
+            cases.push((name, format!("{input}.{}", b64(&sig_bytes[..sig_bytes.len() - 3])), "bad_signature"));
+            let mut flipped = sig_bytes.clone();
+            flipped[0] ^= 1;
+            cases.push((name, format!("{input}.{}", b64(&flipped)), "bad_signature"));
             cases.push((name, format!("{input}.{}", b64([0u8; 1])), "bad_signature"));
             cases.push((name, format!("{input}.{sig}{}", b64([0u8; 3])), "bad_signature"));
         }

@@ -1,20 +1,34 @@
-//! Request-target hygiene: split `:path` into path and query, refuse shapes that could
-//! make the policy see one path while Looker serves another, and drop query parameters
-//! that carry credentials.
+//! Request-target hygiene: split `:path` into path and query, normalize the path,
+//! refuse shapes that could make the policy see one path while Looker serves another,
+//! and drop query parameters that carry credentials.
 
 /// Why a request target is refused.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BadPath(pub &'static str);
 
-/// A request target the policy may match on.
+/// A request target the policy may match on: the path normalized (unreserved
+/// characters percent-decoded), and the query as received.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RequestTarget<'a> {
-    pub path: &'a str,
+    pub path: String,
     pub query: Option<&'a str>,
 }
 
-/// Splits and checks `:path`. Envoy normalizes before us when the listener sets
-/// `normalize_path`/`merge_slashes`; this check does not rely on that.
+impl RequestTarget<'_> {
+    /// The target to forward: exactly the path that was matched, and the query.
+    pub fn to_path(&self) -> String {
+        match self.query {
+            Some(q) => format!("{}?{q}", self.path),
+            None => self.path.clone(),
+        }
+    }
+}
+
+/// Splits and checks `:path`, and normalizes it: `%41` -> `A` for unreserved
+/// characters (RFC 3986 section 2.3), every other escape kept (upper-cased). Envoy
+/// normalizes before us when the listener sets `normalize_path`/`merge_slashes`; this
+/// does not rely on that. Anything that could make the policy and Looker disagree on
+/// the segments is refused rather than repaired.
 pub fn parse_target(raw: &str) -> Result<RequestTarget<'_>, BadPath> {
     let (path, query) = match raw.split_once('?') {
         Some((p, q)) => (p, Some(q)),
@@ -23,17 +37,14 @@ pub fn parse_target(raw: &str) -> Result<RequestTarget<'_>, BadPath> {
     if !path.starts_with('/') {
         return Err(BadPath("path must start with '/'"));
     }
-    if path.bytes().any(|b| b < 0x20 || b == 0x7f || b == b'\\' || b == b'#') {
-        return Err(BadPath("path contains a control character, '\\' or '#'"));
+    if raw.bytes().any(|b| b < 0x20 || b == 0x7f) {
+        return Err(BadPath("request target contains a control character"));
     }
-    let lower = path.to_ascii_lowercase();
-    // Encoded '/', '\', '.', '%' or NUL would let the policy and Looker disagree on segments.
-    for encoded in ["%2f", "%5c", "%2e", "%25", "%00"] {
-        if lower.contains(encoded) {
-            return Err(BadPath("path contains an encoded '/', '\\', '.', '%' or NUL"));
-        }
+    if path.bytes().any(|b| b == b'\\' || b == b'#' || b >= 0x80) {
+        return Err(BadPath("path contains a backslash, '#' or a non-ASCII byte"));
     }
-    let body = path.strip_prefix('/').unwrap_or(path);
+    let decoded = decode_unreserved(path)?;
+    let body = decoded.strip_prefix('/').unwrap_or(&decoded);
     let segments: Vec<&str> = body.split('/').collect();
     let last = segments.len().saturating_sub(1);
     for (i, segment) in segments.iter().enumerate() {
@@ -43,7 +54,34 @@ pub fn parse_target(raw: &str) -> Result<RequestTarget<'_>, BadPath> {
             _ => {}
         }
     }
-    Ok(RequestTarget { path, query })
+    Ok(RequestTarget { path: decoded, query })
+}
+
+fn decode_unreserved(path: &str) -> Result<String, BadPath> {
+    let bytes = path.as_bytes();
+    let mut out = String::with_capacity(path.len());
+    let mut i = 0;
+    while let Some(&b) = bytes.get(i) {
+        if b != b'%' {
+            out.push(char::from(b));
+            i += 1;
+            continue;
+        }
+        let hex = |at: usize| bytes.get(at).and_then(|c| char::from(*c).to_digit(16));
+        let (Some(hi), Some(lo)) = (hex(i + 1), hex(i + 2)) else {
+            return Err(BadPath("path contains a malformed percent-escape"));
+        };
+        let value = u8::try_from(hi * 16 + lo).unwrap_or(0);
+        match value {
+            // Encoded '/', backslash and '%' would change how the path splits or decodes.
+            b'/' | b'\\' | b'%' => return Err(BadPath("path contains an encoded '/', backslash or '%'")),
+            0x00..=0x1f | 0x7f => return Err(BadPath("path contains an encoded control character")),
+            v if v.is_ascii_alphanumeric() || b"-._~".contains(&v) => out.push(char::from(v)),
+            _ => out.push_str(&format!("%{value:02X}")),
+        }
+        i += 3;
+    }
+    Ok(out)
 }
 
 /// Rebuilds the request target without `access_token` query parameters (Looker accepts
@@ -59,7 +97,7 @@ pub fn strip_access_token(target: &RequestTarget<'_>) -> Option<String> {
     }
     let kept: Vec<&str> = query.split('&').filter(|p| !p.is_empty() && !is_token(p)).collect();
     Some(if kept.is_empty() {
-        target.path.to_owned()
+        target.path.clone()
     } else {
         format!("{}?{}", target.path, kept.join("&"))
     })
@@ -71,10 +109,19 @@ mod tests {
     use super::*;
 
     #[test]
-    fn accepts_plain_paths_and_refuses_tricks() {
-        let ok = ["/api/4.0/user", "/api/4.0/dashboards/1?fields=id", "/", "/api/4.0/looks/", "/api/4.0/x%20y"];
-        for raw in ok {
-            assert!(parse_target(raw).is_ok(), "{raw} should be accepted");
+    fn accepts_plain_paths_normalized_and_refuses_tricks() {
+        let ok = [
+            ("/api/4.0/user", "/api/4.0/user"),
+            ("/api/4.0/dashboards/1?fields=id", "/api/4.0/dashboards/1"),
+            ("/", "/"),
+            ("/api/4.0/looks/", "/api/4.0/looks/"),
+            ("/api/4.0/x%20y", "/api/4.0/x%20y"),
+            ("/api/4.0/%75ser", "/api/4.0/user"),
+            ("/api/4.0/users/credential/email/a%40b.c", "/api/4.0/users/credential/email/a%40b.c"),
+            ("/api/4.0/users/credential/email/a%2bb", "/api/4.0/users/credential/email/a%2Bb"),
+        ];
+        for (raw, want) in ok {
+            assert_eq!(parse_target(raw).map(|t| t.path), Ok(want.to_owned()), "{raw}");
         }
         let bad = [
             "api/4.0/user",
@@ -84,10 +131,18 @@ mod tests {
             "/api/4.0%2fuser",
             "/api/4.0%2Fuser",
             "/api/4.0/%2e%2e/user",
+            "/api/4.0/%2E%2E/admin",
+            "/api/4.0/%2e/user",
             "/api/4.0\\user",
             "/api/4.0/user%00",
             "/api/4.0/%252e",
             "/api/4.0/user\u{1}",
+            "/api/4.0/user%",
+            "/api/4.0/user%zz",
+            "/api/4.0/user%0a",
+            "/api/4.0/us\u{e9}r",
+            "/api/4.0/user#frag",
+            "/api/4.0/user?x=\u{7f}",
         ];
         for raw in bad {
             assert!(parse_target(raw).is_err(), "{raw} should be refused");
