@@ -9,6 +9,7 @@ use serde::Deserialize;
 
 use crate::duration;
 use crate::jwt::{Algorithm, IssuerVerifier, KeySet};
+use crate::looker::OperationTable;
 use crate::policy::{Policy, RawPolicy};
 
 /// The configuration versions this filter understands.
@@ -24,6 +25,20 @@ pub struct RawConfig {
     pub broker: RawBroker,
     #[serde(default)]
     pub looker_token: RawLookerToken,
+    /// Requests under this prefix must be Looker API 4.0 operations.
+    #[serde(default = "default_api_prefix")]
+    pub api_prefix: String,
+    /// Most bytes of a request body read when a rule inspects a query.
+    #[serde(default = "default_max_body_bytes")]
+    pub max_body_bytes: usize,
+}
+
+fn default_api_prefix() -> String {
+    crate::looker::API_PREFIX.to_owned()
+}
+
+fn default_max_body_bytes() -> usize {
+    256 * 1024
 }
 
 fn default_version() -> u32 {
@@ -159,6 +174,10 @@ impl fmt::Debug for BrokerSettings {
 pub struct Gateway {
     pub issuers: Vec<Issuer>,
     pub policy: Policy,
+    /// Looker API 4.0 operations, resolved per request through a trie.
+    pub operations: OperationTable,
+    pub api_prefix: String,
+    pub max_body_bytes: usize,
     pub broker: BrokerSettings,
     pub refresh_before: Duration,
     /// Distinct token header names, in issuer order.
@@ -265,7 +284,15 @@ impl Gateway {
             );
             issuers.push(Issuer { issuer: ri.issuer, source, verifier });
         }
-        let policy = Policy::compile(&raw.policy).map_err(|e| match e.split_once(": ") {
+        let operations = OperationTable::looker_4_0().map_err(|e| err("(built-in operation table)", e))?;
+        let api_prefix = raw.api_prefix.trim_end_matches('/').to_owned();
+        if !api_prefix.starts_with('/') {
+            return Err(err("api_prefix", "must start with '/'"));
+        }
+        if !(1024..=16 * 1024 * 1024).contains(&raw.max_body_bytes) {
+            return Err(err("max_body_bytes", "must be between 1024 and 16777216"));
+        }
+        let policy = Policy::compile(&raw.policy, &operations).map_err(|e| match e.split_once(": ") {
             Some((field, message)) => err(field, message),
             None => err("policy", e),
         })?;
@@ -295,6 +322,9 @@ impl Gateway {
         Ok(Gateway {
             issuers,
             policy,
+            operations,
+            api_prefix,
+            max_body_bytes: raw.max_body_bytes,
             broker: BrokerSettings {
                 cluster: b.cluster,
                 authority: b.authority,

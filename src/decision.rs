@@ -4,7 +4,8 @@
 use crate::config::{Gateway, TokenSource};
 use crate::jwt::{self, VerifiedToken};
 use crate::path;
-use crate::policy::{LookerIdentity, Verdict};
+use crate::looker::Resolution;
+use crate::policy::{Input, LookerIdentity, QueryFacts, Verdict};
 use crate::reply::Refusal;
 
 /// What the filter read from the request: just what the decision needs.
@@ -31,11 +32,15 @@ pub enum HeaderOp {
 pub struct Audit {
     pub subject: Option<String>,
     pub issuer: Option<String>,
+    /// The Looker operationId, when the request resolved to one.
+    pub operation: Option<String>,
     pub rule: Option<String>,
     pub identity: Option<String>,
     /// `allow` or `deny`.
     pub verdict: &'static str,
     pub reason: Option<String>,
+    /// Shadow rules that matched, as `rule:would`.
+    pub shadows: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -44,26 +49,143 @@ pub enum Decision {
     /// Forward once a Looker token for `identity` is at hand; `header_ops` excludes
     /// the Looker `authorization` header, added by [`with_looker_token`].
     Forward { identity: LookerIdentity, subject: String, header_ops: Vec<HeaderOp>, audit: Audit },
+    /// A rule inspects the query this request carries in its body: read the body
+    /// (bounded), then call [`decide_body`].
+    NeedBody(Box<Admitted>),
 }
 
-/// Verifies the token, evaluates the policy and plans the rewrite.
+/// A request that passed authentication and operation checks, awaiting the verdict.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Admitted {
+    method: String,
+    /// Normalized path without the query.
+    path: String,
+    operation_id: Option<String>,
+    claims: serde_json::Map<String, serde_json::Value>,
+    subject: Option<String>,
+    /// Header changes planned so far (credential stripping, path rewrite).
+    header_ops: Vec<HeaderOp>,
+    /// The query read from the URL (`run_url_encoded_query`).
+    url_query: Option<QueryFacts>,
+    pub audit: Audit,
+}
+
+/// Operations only the gateway performs: clients never log in to Looker through it.
+pub const GATEWAY_OWNED_OPERATIONS: &[&str] = &["login", "login_user", "logout"];
+
+/// Headers that ask a server to treat the request as another method.
+const METHOD_OVERRIDE_HEADERS: &[&str] = &["x-http-method-override", "x-http-method", "x-method-override"];
+
+/// Verifies the token, resolves the Looker operation, evaluates the policy and plans
+/// the rewrite.
 pub fn decide(gateway: &Gateway, request: &RequestView, now_unix: u64) -> Decision {
+    match admit(gateway, request, now_unix) {
+        Err((refusal, audit)) => refuse(refusal, audit),
+        Ok(admitted) => {
+            let operation = admitted.operation_id.as_deref().and_then(|id| gateway.operations.by_id(id));
+            let input = Input {
+                method: &admitted.method,
+                path: &admitted.path,
+                operation,
+                claims: &admitted.claims,
+                query: admitted.url_query.as_ref(),
+            };
+            let reads_body = operation.is_some_and(|o| BODY_QUERY_OPERATIONS.contains(&o.operation_id.as_str()));
+            if reads_body && gateway.policy.needs_query(&input) {
+                return Decision::NeedBody(Box::new(admitted));
+            }
+            let query = admitted.url_query.clone();
+            judge(gateway, admitted, query.as_ref())
+        }
+    }
+}
+
+/// The verdict for a request whose body (a Looker `WriteQuery`) has been read.
+pub fn decide_body(gateway: &Gateway, admitted: Admitted, body: &[u8]) -> Decision {
+    match query_from_body(body) {
+        Ok(facts) => judge(gateway, admitted, Some(&facts)),
+        Err(reason) => {
+            let audit = admitted.audit.clone();
+            refuse(Refusal::BadRequest { reason }, audit)
+        }
+    }
+}
+
+/// Operations whose body is a `WriteQuery`.
+const BODY_QUERY_OPERATIONS: &[&str] = &["run_inline_query", "create_query"];
+
+fn refuse(refusal: Refusal, mut audit: Audit) -> Decision {
+    audit.verdict = "deny";
+    audit.reason = Some(refusal.code().to_owned());
+    Decision::Refuse { refusal, audit }
+}
+
+fn admit(gateway: &Gateway, request: &RequestView, now_unix: u64) -> Result<Admitted, (Refusal, Audit)> {
     let mut audit = Audit { verdict: "deny", ..Audit::default() };
-    let refuse = |refusal: Refusal, mut audit: Audit| {
-        audit.reason = Some(refusal.code().to_owned());
-        Decision::Refuse { refusal, audit }
-    };
     let target = match path::parse_target(&request.path) {
         Ok(t) => t,
-        Err(bad) => return refuse(Refusal::BadRequest { reason: bad.0.to_owned() }, audit),
+        Err(bad) => return Err((Refusal::BadRequest { reason: bad.0.to_owned() }, audit)),
     };
+    if let Some((name, _)) = request.headers.iter().find(|(n, _)| METHOD_OVERRIDE_HEADERS.contains(&n.as_str())) {
+        let reason = format!("the {name} header is not allowed: the gateway decides on the request's own method");
+        return Err((Refusal::BadRequest { reason }, audit));
+    }
     let verified = match authenticate(gateway, request, now_unix) {
         Ok(v) => v,
-        Err(refusal) => return refuse(refusal, audit),
+        Err(refusal) => return Err((refusal, audit)),
     };
     audit.subject = verified.subject.clone();
     audit.issuer = Some(verified.issuer.clone());
-    match gateway.policy.evaluate(&request.method, &target.path, &verified.claims) {
+    let mut operation = None;
+    if let Some(rest) = below_prefix(&target.path, &gateway.api_prefix) {
+        match gateway.operations.resolve(&request.method, rest) {
+            Resolution::Found(op) => operation = Some(op),
+            Resolution::NotFound | Resolution::WrongMethod => {
+                let reason = format!("{} {} is not an operation of Looker's API 4.0", request.method, target.path);
+                return Err((Refusal::UnknownOperation { reason }, audit));
+            }
+        }
+    }
+    if let Some(op) = operation {
+        audit.operation = Some(op.operation_id.clone());
+        if GATEWAY_OWNED_OPERATIONS.contains(&op.operation_id.as_str()) {
+            return Err((Refusal::GatewayOwnsAuthentication { operation: op.operation_id.clone() }, audit));
+        }
+    }
+    let url_query = match operation {
+        Some(op) if op.operation_id == "run_url_encoded_query" => Some(query_from_url(&target.path, target.query)),
+        _ => None,
+    };
+    let mut header_ops = strip_client_credentials(gateway, request);
+    // Forward exactly the path the policy matched (normalized), minus any token.
+    let forward = path::strip_access_token(&target).unwrap_or_else(|| target.to_path());
+    if forward != request.path {
+        header_ops.push(HeaderOp::Set(":path".to_owned(), forward));
+    }
+    Ok(Admitted {
+        method: request.method.clone(),
+        path: target.path,
+        operation_id: operation.map(|o| o.operation_id.clone()),
+        claims: verified.claims,
+        subject: verified.subject,
+        header_ops,
+        url_query,
+        audit,
+    })
+}
+
+fn judge(gateway: &Gateway, admitted: Admitted, query: Option<&QueryFacts>) -> Decision {
+    let operation = admitted.operation_id.as_deref().and_then(|id| gateway.operations.by_id(id));
+    let evaluation = gateway.policy.evaluate(&Input {
+        method: &admitted.method,
+        path: &admitted.path,
+        operation,
+        claims: &admitted.claims,
+        query,
+    });
+    let mut audit = admitted.audit;
+    audit.shadows = evaluation.shadows.iter().map(|s| format!("{}:{}", s.rule, s.would)).collect();
+    match evaluation.verdict {
         Verdict::Deny { rule, reason } => {
             audit.rule = Some(rule.clone());
             refuse(Refusal::Forbidden { rule, reason }, audit)
@@ -72,20 +194,64 @@ pub fn decide(gateway: &Gateway, request: &RequestView, now_unix: u64) -> Decisi
             audit.rule = Some(rule);
             audit.identity = Some(identity.key());
             audit.verdict = "allow";
-            let mut header_ops = strip_client_credentials(gateway, request);
-            // Forward exactly the path the policy matched (normalized), minus any token.
-            let forward = path::strip_access_token(&target).unwrap_or_else(|| target.to_path());
-            if forward != request.path {
-                header_ops.push(HeaderOp::Set(":path".to_owned(), forward));
-            }
             Decision::Forward {
                 identity,
-                subject: verified.subject.unwrap_or_default(),
-                header_ops,
+                subject: admitted.subject.unwrap_or_default(),
+                header_ops: admitted.header_ops,
                 audit,
             }
         }
     }
+}
+
+/// The path below the API prefix (`/api/4.0/user` -> `/user`), if it is under it.
+fn below_prefix<'p>(path: &'p str, prefix: &str) -> Option<&'p str> {
+    let rest = path.strip_prefix(prefix)?;
+    (rest.is_empty() || rest.starts_with('/')).then_some(rest)
+}
+
+/// Reads a Looker `WriteQuery` (`model`, `view`, `limit` — a string in Looker's
+/// schema, a number accepted too — and `filters`).
+pub fn query_from_body(body: &[u8]) -> Result<QueryFacts, String> {
+    let value: serde_json::Value =
+        serde_json::from_slice(body).map_err(|_| "the query body is not valid JSON".to_owned())?;
+    let object = value.as_object().ok_or_else(|| "the query body is not a JSON object".to_owned())?;
+    let text = |key: &str| object.get(key).and_then(|v| v.as_str()).map(str::to_owned);
+    let limit = match object.get("limit") {
+        None | Some(serde_json::Value::Null) => None,
+        Some(serde_json::Value::String(s)) if s.trim().is_empty() => None,
+        Some(serde_json::Value::String(s)) => {
+            Some(s.trim().parse::<i64>().map_err(|_| format!("query.limit {s:?} is not a whole number"))?)
+        }
+        Some(serde_json::Value::Number(n)) => Some(n.as_i64().ok_or_else(|| "query.limit is not a whole number".to_owned())?),
+        Some(_) => return Err("query.limit is not a whole number".to_owned()),
+    };
+    let filters = match object.get("filters") {
+        Some(serde_json::Value::Object(map)) => map.keys().cloned().collect(),
+        _ => Vec::new(),
+    };
+    Ok(QueryFacts { model: text("model"), view: text("view"), limit, filters })
+}
+
+/// `run_url_encoded_query`: `/queries/models/{model}/views/{view}/run/{format}` with
+/// `limit` and `f[field]=value` in the query string.
+fn query_from_url(path: &str, query: Option<&str>) -> QueryFacts {
+    let parts: Vec<&str> = path.split('/').collect();
+    let after = |name: &str| {
+        parts.iter().position(|p| *p == name).and_then(|i| parts.get(i + 1)).map(|s| (*s).to_owned())
+    };
+    let mut facts = QueryFacts { model: after("models"), view: after("views"), limit: None, filters: Vec::new() };
+    for pair in query.unwrap_or("").split('&') {
+        let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+        if name == "limit" {
+            // An unreadable limit counts as Looker's "no limit" so guardrails refuse it.
+            facts.limit = Some(value.parse().unwrap_or(-1));
+        } else if let Some(field) = name.strip_prefix("f[").or_else(|| name.strip_prefix("f%5B")) {
+            let field = field.trim_end_matches(']').trim_end_matches("%5D");
+            facts.filters.push(field.to_owned());
+        }
+    }
+    facts
 }
 
 /// Appends the Looker token to a planned rewrite. Looker accepts `token X`.
@@ -297,5 +463,48 @@ mod tests {
         assert_eq!(token_from(&src, "token abc"), None);
         let raw = TokenSource { header: "x-goog-iap-jwt-assertion".into(), prefix: None };
         assert_eq!(token_from(&raw, " abc"), Some("abc"));
+    }
+
+    #[test]
+    fn looker_operations_are_resolved_and_gateway_auth_is_refused() {
+        let idp = TestIssuer::new();
+        let gw = gateway(&idp);
+        let jwt = format!("Bearer {}", sign_rs256(&idp, json!({"sub": "alice", "groups": ["analysts"], "aud": "looker-api"})));
+        let cases: [(&str, &str, &[(&str, &str)], u32, &str); 5] = [
+            ("GET", "/api/4.0/no_such_endpoint", &[], 404, "unknown_operation"),
+            ("DELETE", "/api/4.0/user", &[], 404, "unknown_operation"),
+            ("POST", "/api/4.0/login", &[], 403, "gateway_owns_authentication"),
+            ("DELETE", "/api/4.0/logout", &[], 403, "gateway_owns_authentication"),
+            ("GET", "/api/4.0/user", &[("x-http-method-override", "DELETE")], 400, "bad_request"),
+        ];
+        for (method, path, extra, status, code) in cases {
+            let mut req = request(path, &[("authorization", &jwt)]);
+            req.method = method.into();
+            req.headers.extend(extra.iter().map(|(n, v)| (n.to_string(), v.to_string())));
+            match decide(&gw, &req, now()) {
+                Decision::Refuse { refusal, .. } => {
+                    assert_eq!((refusal.status(), refusal.code()), (status, code), "{method} {path}");
+                }
+                other => panic!("{method} {path}: expected refusal, got {other:?}"),
+            }
+        }
+        match decide(&gw, &request("/api/4.0/dashboards/7", &[("authorization", &jwt)]), now()) {
+            Decision::Forward { audit, .. } => assert_eq!(audit.operation.as_deref(), Some("dashboard")),
+            other => panic!("expected forward, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn write_query_bodies_and_url_queries_are_read() {
+        let q = query_from_body(br#"{"model":"thelook","view":"orders","limit":"10","filters":{"orders.status":"complete"}}"#).unwrap();
+        assert_eq!(q.model.as_deref(), Some("thelook"));
+        assert_eq!(q.limit, Some(10));
+        assert_eq!(q.filters, vec!["orders.status".to_owned()]);
+        assert_eq!(query_from_body(br#"{"limit":500}"#).unwrap().limit, Some(500));
+        assert!(query_from_body(br#"{"limit":"ten"}"#).is_err());
+        assert!(query_from_body(b"[1]").is_err());
+        let u = query_from_url("/api/4.0/queries/models/thelook/views/orders/run/json", Some("limit=20&f[orders.status]=x"));
+        assert_eq!((u.model.as_deref(), u.view.as_deref(), u.limit), (Some("thelook"), Some("orders"), Some(20)));
+        assert_eq!(u.filters, vec!["orders.status".to_owned()]);
     }
 }

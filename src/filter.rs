@@ -9,7 +9,7 @@ use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, ContextType, LogLevel};
 
 use crate::config::Gateway;
-use crate::flow::{self, Next};
+use crate::flow::{self, Next, Stage};
 use crate::host::ProxyHost;
 use crate::tokens::Worker;
 
@@ -85,7 +85,7 @@ impl RootContext for GatewayRoot {
 
     fn create_http_context(&self, context_id: u32) -> Option<Box<dyn HttpContext>> {
         let gateway = self.gateway.clone()?;
-        Some(Box::new(GatewayStream { context_id, gateway, worker: Rc::clone(&self.worker) }))
+        Some(Box::new(GatewayStream { context_id, gateway, worker: Rc::clone(&self.worker), stage: Stage::default() }))
     }
 
     fn get_type(&self) -> Option<ContextType> {
@@ -97,6 +97,7 @@ struct GatewayStream {
     context_id: u32,
     gateway: Rc<Gateway>,
     worker: Rc<RefCell<Worker>>,
+    stage: Stage,
 }
 
 impl Context for GatewayStream {
@@ -113,11 +114,22 @@ impl Context for GatewayStream {
 }
 
 impl HttpContext for GatewayStream {
-    fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+    fn on_http_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
         let mut worker = self.worker.borrow_mut();
-        match flow::on_request(&self.gateway, &mut worker, &ProxyHost, self.context_id) {
-            Next::Continue => Action::Continue,
-            Next::Pause => Action::Pause,
-        }
+        let next = flow::on_request(&self.gateway, &mut worker, &ProxyHost, self.context_id, &mut self.stage, end_of_stream);
+        action(next)
+    }
+
+    fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        let mut worker = self.worker.borrow_mut();
+        let next = flow::on_body(&self.gateway, &mut worker, &ProxyHost, self.context_id, &mut self.stage, body_size, end_of_stream);
+        action(next)
+    }
+}
+
+fn action(next: Next) -> Action {
+    match next {
+        Next::Continue => Action::Continue,
+        Next::Pause => Action::Pause,
     }
 }

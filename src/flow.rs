@@ -7,7 +7,7 @@ use log::{debug, info, warn};
 
 use crate::broker::{self, MAX_RESPONSE_BYTES};
 use crate::config::Gateway;
-use crate::decision::{self, Audit, Decision, RequestView};
+use crate::decision::{self, Admitted, Audit, Decision, RequestView};
 use crate::host::Host;
 use crate::policy::LookerIdentity;
 use crate::reply::Refusal;
@@ -27,8 +27,25 @@ fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
     headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
 }
 
+/// Where a request stream is in the flow.
+#[derive(Debug, Default)]
+pub enum Stage {
+    #[default]
+    Headers,
+    /// Headers held back while the body a rule inspects is buffered.
+    AwaitingBody { admitted: Box<Admitted>, request_id: String, method: String },
+    Decided,
+}
+
 /// Handles a request's headers on context `context_id`.
-pub fn on_request<H: Host>(gateway: &Gateway, worker: &mut Worker, host: &H, context_id: u32) -> Next {
+pub fn on_request<H: Host>(
+    gateway: &Gateway,
+    worker: &mut Worker,
+    host: &H,
+    context_id: u32,
+    stage: &mut Stage,
+    end_of_stream: bool,
+) -> Next {
     let now_ms = host.now_ms();
     let headers = host.request_headers();
     let request = RequestView {
@@ -37,45 +54,104 @@ pub fn on_request<H: Host>(gateway: &Gateway, worker: &mut Worker, host: &H, con
         request_id: header(&headers, "x-request-id").unwrap_or_default().to_owned(),
         headers,
     };
-    match decision::decide(gateway, &request, now_ms / 1000) {
+    let decision = match decision::decide(gateway, &request, now_ms / 1000) {
+        Decision::NeedBody(admitted) if !end_of_stream => {
+            *stage = Stage::AwaitingBody { admitted, request_id: request.request_id, method: request.method };
+            return Next::Pause;
+        }
+        Decision::NeedBody(admitted) => decision::decide_body(gateway, *admitted, b""),
+        other => other,
+    };
+    *stage = Stage::Decided;
+    proceed(gateway, worker, host, context_id, &request.request_id, &request.method, decision, now_ms)
+}
+
+/// Handles request body data: buffers (bounded) until the end, then decides.
+pub fn on_body<H: Host>(
+    gateway: &Gateway,
+    worker: &mut Worker,
+    host: &H,
+    context_id: u32,
+    stage: &mut Stage,
+    body_size: usize,
+    end_of_stream: bool,
+) -> Next {
+    if !matches!(stage, Stage::AwaitingBody { .. }) {
+        return Next::Continue;
+    }
+    if body_size > gateway.max_body_bytes {
+        if let Stage::AwaitingBody { request_id, .. } = std::mem::replace(stage, Stage::Decided) {
+            refuse(host, &Refusal::PayloadTooLarge { limit: gateway.max_body_bytes }, &request_id);
+        }
+        return Next::Pause;
+    }
+    if !end_of_stream {
+        return Next::Pause; // keep buffering
+    }
+    let Stage::AwaitingBody { admitted, request_id, method } = std::mem::replace(stage, Stage::Decided) else {
+        return Next::Continue;
+    };
+    let body = host.request_body(body_size);
+    let decision = decision::decide_body(gateway, *admitted, &body);
+    proceed(gateway, worker, host, context_id, &request_id, &method, decision, host.now_ms())
+}
+
+/// Applies a decision: refuse, forward with a cached token, or fetch one.
+#[allow(clippy::too_many_arguments)]
+fn proceed<H: Host>(
+    gateway: &Gateway,
+    worker: &mut Worker,
+    host: &H,
+    context_id: u32,
+    request_id: &str,
+    method: &str,
+    decision: Decision,
+    now_ms: u64,
+) -> Next {
+    match decision {
+        Decision::NeedBody(_) => {
+            // decide_body never asks for the body again; fail closed if it ever did.
+            refuse(host, &Refusal::BadRequest { reason: "the request body could not be inspected".into() }, request_id);
+            Next::Pause
+        }
         Decision::Refuse { refusal, audit } => {
-            log_decision(context_id, &request, &audit);
-            refuse(host, &refusal, &request.request_id);
+            log_decision(context_id, request_id, method, &audit);
+            refuse(host, &refusal, request_id);
             Next::Pause
         }
         Decision::Forward { identity, subject, header_ops, audit } => {
-            log_decision(context_id, &request, &audit);
+            log_decision(context_id, request_id, method, &audit);
             let rule = audit.rule.unwrap_or_default();
             if let Some(token) = find_token(worker, host, &identity, now_ms) {
                 return match host.apply(&decision::with_looker_token(header_ops, &token)) {
                     Ok(()) => Next::Continue,
                     Err(e) => {
-                        warn!("lookergate[{context_id}] request_id={} rewrite failed: {}", request.request_id, e.0);
-                        refuse(host, &Refusal::BrokerUnavailable { reason: "gateway rewrite failed".into() }, &request.request_id);
+                        warn!("lookergate[{context_id}] request_id={request_id} rewrite failed: {}", e.0);
+                        refuse(host, &Refusal::BrokerUnavailable { reason: "gateway rewrite failed".into() }, request_id);
                         Next::Pause
                     }
                 };
             }
             let deadline_ms = now_ms + millis(gateway.broker.timeout + WAIT_GRACE);
-            let waiter = Waiter { context_id, header_ops, request_id: request.request_id.clone(), rule, deadline_ms };
+            let waiter = Waiter { context_id, header_ops, request_id: request_id.to_owned(), rule, deadline_ms };
             let Err(waiter) = worker.join(&identity, waiter) else {
                 return Next::Pause; // a broker call for this identity is already in flight here
             };
-            let (headers, body) = broker::token_request(&gateway.broker, &identity, &subject, &request.request_id);
+            let (headers, body) = broker::token_request(&gateway.broker, &identity, &subject, request_id);
             match host.dispatch(&gateway.broker.cluster, &headers, body.as_bytes(), gateway.broker.timeout) {
                 Ok(callout) => {
                     let flight = Flight {
                         identity,
                         subject,
-                        request_id: request.request_id,
+                        request_id: request_id.to_owned(),
                         callout: Some(callout),
                         waiters: vec![waiter],
                     };
                     worker.start(flight, Some(context_id));
                 }
                 Err(e) => {
-                    warn!("lookergate[{context_id}] request_id={} broker dispatch failed: {}", request.request_id, e.0);
-                    refuse(host, &Refusal::BrokerUnavailable { reason: "cannot reach the token broker".into() }, &request.request_id);
+                    warn!("lookergate[{context_id}] request_id={request_id} broker dispatch failed: {}", e.0);
+                    refuse(host, &Refusal::BrokerUnavailable { reason: "cannot reach the token broker".into() }, request_id);
                 }
             }
             Next::Pause
@@ -205,19 +281,19 @@ fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
-fn log_decision(context_id: u32, request: &RequestView, audit: &Audit) {
+fn log_decision(context_id: u32, request_id: &str, method: &str, audit: &Audit) {
     let line = format!(
-        "lookergate[{context_id}] request_id={} verdict={} method={} subject={} issuer={} rule={} identity={} reason={}",
-        request.request_id,
+        "lookergate[{context_id}] request_id={request_id} verdict={} method={method} subject={} issuer={} operation={} rule={} identity={} reason={} shadow={}",
         audit.verdict,
-        request.method,
         audit.subject.as_deref().unwrap_or("-"),
         audit.issuer.as_deref().unwrap_or("-"),
+        audit.operation.as_deref().unwrap_or("-"),
         audit.rule.as_deref().unwrap_or("-"),
         audit.identity.as_deref().unwrap_or("-"),
         audit.reason.as_deref().unwrap_or("-"),
+        if audit.shadows.is_empty() { "-".to_owned() } else { audit.shadows.join(",") },
     );
-    if audit.verdict == "allow" {
+    if audit.verdict == "allow" && audit.shadows.is_empty() {
         debug!("{line}");
     } else {
         info!("{line}");
@@ -251,6 +327,7 @@ mod tests {
         gone: RefCell<Vec<u32>>,
         fail_dispatch: Cell<bool>,
         next_callout: Cell<u32>,
+        body: RefCell<Vec<u8>>,
     }
 
     impl Host for FakeHost {
@@ -282,6 +359,10 @@ mod tests {
             self.next_callout.set(id);
             self.dispatched.borrow_mut().push((self.current.get(), String::from_utf8_lossy(body).into_owned()));
             Ok(id)
+        }
+        fn request_body(&self, size: usize) -> Vec<u8> {
+            let body = self.body.borrow().clone();
+            body.get(..size.min(body.len())).unwrap_or_default().to_vec()
         }
         fn callout_response(&self, _b: usize, _m: usize) -> (Option<u32>, Vec<u8>) {
             unreachable!("tests pass answers directly")
@@ -318,8 +399,11 @@ mod tests {
                 "issuers": [{"issuer": idp.iss, "audiences": ["looker-api"], "jwks": idp.jwks}],
                 "policy": {"rules": [
                     {"name": "analysts", "paths": ["/api/4.0/**"], "when": [{"claim": "groups", "contains": "analysts"}], "allow": {"role": "analyst"}},
-                    {"name": "people", "paths": ["/api/4.0/**"], "when": [{"claim": "groups", "contains": "people"}], "allow": {"user": {}}}
+                    {"name": "people", "paths": ["/api/4.0/**"], "when": [{"claim": "groups", "contains": "people"}], "allow": {"user": {}}},
+                    {"name": "guarded-queries", "operations": ["run_inline_query"], "when": [{"claim": "groups", "contains": "querying"}],
+                     "query": {"models": ["thelook"], "max_limit": 100}, "allow": {"role": "analyst"}}
                 ]},
+                "max_body_bytes": 2048,
                 "broker": {"cluster": "lookergate_broker", "credential": "gateway-secret-0123456789", "timeout": "2s"}
             });
             let gateway = Gateway::load(config.to_string().as_bytes()).unwrap();
@@ -329,16 +413,27 @@ mod tests {
         }
 
         fn request(&mut self, context_id: u32, groups: &[&str]) -> Next {
+            self.start(context_id, groups, "GET", "/api/4.0/user", &mut Stage::Headers, true)
+        }
+
+        fn start(&mut self, context_id: u32, groups: &[&str], method: &str, path: &str, stage: &mut Stage, eos: bool) -> Next {
             let jwt = sign_rs256(&self.idp, json!({"sub": "alice", "email": "a@x", "groups": groups, "aud": "looker-api"}));
             let headers = vec![
-                (":method".to_owned(), "GET".to_owned()),
-                (":path".to_owned(), "/api/4.0/user".to_owned()),
+                (":method".to_owned(), method.to_owned()),
+                (":path".to_owned(), path.to_owned()),
                 ("x-request-id".to_owned(), format!("req-{context_id}")),
                 ("authorization".to_owned(), format!("Bearer {jwt}")),
             ];
             self.host.headers.borrow_mut().insert(context_id, headers);
             self.host.current.set(context_id);
-            on_request(&self.gateway, &mut self.worker, &self.host, context_id)
+            on_request(&self.gateway, &mut self.worker, &self.host, context_id, stage, eos)
+        }
+
+        fn body(&mut self, context_id: u32, stage: &mut Stage, body: &str, eos: bool) -> Next {
+            self.host.body.borrow_mut().extend_from_slice(body.as_bytes());
+            self.host.current.set(context_id);
+            let size = self.host.body.borrow().len();
+            on_body(&self.gateway, &mut self.worker, &self.host, context_id, stage, size, eos)
         }
 
         fn answer(&mut self, callout: u32, status: Option<u32>, body: &str, current: u32) {
@@ -457,9 +552,48 @@ mod tests {
         assert_eq!(rig.status(10), Some(403));
         rig.host.headers.borrow_mut().insert(11, vec![(":method".into(), "GET".into()), (":path".into(), "/api/4.0/user".into())]);
         rig.host.current.set(11);
-        assert_eq!(on_request(&rig.gateway, &mut rig.worker, &rig.host, 11), Next::Pause);
+        assert_eq!(on_request(&rig.gateway, &mut rig.worker, &rig.host, 11, &mut Stage::Headers, true), Next::Pause);
         assert_eq!(rig.status(11), Some(401));
         assert!(rig.host.dispatched.borrow().is_empty());
         assert!(rig.host.applied.borrow().is_empty());
+    }
+
+    #[test]
+    fn guarded_query_waits_for_the_body_then_is_judged_on_it() {
+        let mut rig = Rig::new();
+        let mut stage = Stage::Headers;
+        assert_eq!(rig.start(10, &["querying"], "POST", "/api/4.0/queries/run/json", &mut stage, false), Next::Pause);
+        assert!(matches!(stage, Stage::AwaitingBody { .. }));
+        assert!(rig.host.dispatched.borrow().is_empty(), "no broker call before the verdict");
+        assert_eq!(rig.body(10, &mut stage, r#"{"model":"thelook","view":"orders","#, false), Next::Pause);
+        assert_eq!(rig.body(10, &mut stage, r#""limit":"50"}"#, true), Next::Pause);
+        assert_eq!(rig.host.dispatched.borrow().len(), 1, "allowed: token fetched");
+        rig.answer(1, Some(200), TOKEN_OK, 10);
+        assert_eq!(rig.authorization(10).as_deref(), Some("token LOOKER1"));
+    }
+
+    #[test]
+    fn guarded_query_violations_oversize_and_garbage_are_refused() {
+        let cases: [(&str, u32, &str); 3] = [
+            (r#"{"model":"thelook","view":"orders","limit":"5000"}"#, 403, "query.limit"),
+            (r#"{"model":"secret","view":"orders"}"#, 403, "query.model"),
+            ("not json", 400, "JSON"),
+        ];
+        for (i, (body, status, needle)) in cases.into_iter().enumerate() {
+            let mut rig = Rig::new();
+            let ctx = 10 + i as u32;
+            let mut stage = Stage::Headers;
+            rig.start(ctx, &["querying"], "POST", "/api/4.0/queries/run/json", &mut stage, false);
+            rig.body(ctx, &mut stage, body, true);
+            assert_eq!(rig.status(ctx), Some(status), "{body}");
+            assert!(rig.host.replies.borrow()[&ctx].body.contains(needle), "{body}");
+            assert!(rig.host.dispatched.borrow().is_empty());
+        }
+        let mut rig = Rig::new();
+        let mut stage = Stage::Headers;
+        rig.start(30, &["querying"], "POST", "/api/4.0/queries/run/json", &mut stage, false);
+        rig.body(30, &mut stage, &"x".repeat(2049), false);
+        assert_eq!(rig.status(30), Some(413));
+        assert!(matches!(stage, Stage::Decided));
     }
 }

@@ -19,6 +19,8 @@ pub trait Host {
     /// All request headers of the current stream, as (lower-case name, value).
     fn request_headers(&self) -> Vec<(String, String)>;
     fn apply(&self, ops: &[HeaderOp]) -> Result<(), HostError>;
+    /// The buffered request body (the first `size` bytes).
+    fn request_body(&self, size: usize) -> Vec<u8>;
     fn send_reply(&self, reply: &LocalReply) -> Result<(), HostError>;
     fn resume(&self) -> Result<(), HostError>;
     /// Starts an HTTP callout from the current context; returns its token.
@@ -70,6 +72,10 @@ impl Host for ProxyHost {
             .map_err(host_err("set request header"))?;
         }
         Ok(())
+    }
+
+    fn request_body(&self, size: usize) -> Vec<u8> {
+        hostcalls::get_buffer(BufferType::HttpRequestBody, 0, size).ok().flatten().unwrap_or_default()
     }
 
     fn send_reply(&self, reply: &LocalReply) -> Result<(), HostError> {

@@ -1,11 +1,11 @@
 //! Looker API 4.0 operations: the table generated from Looker's OpenAPI spec
-//! (`tools/gen_operations.py`), compiled once into a segment trie that resolves a
+//! (`tools/gen_operations.py` writes `looker-sim/operations.tsv`), compiled once into a segment trie that resolves a
 //! request to its operation without scanning patterns per request.
 
 use std::collections::HashMap;
 
 /// The committed operation table (see `tools/gen_operations.py`).
-pub const OPERATIONS_TSV: &str = include_str!("../looker/operations.tsv");
+pub const OPERATIONS_TSV: &str = include_str!("../looker-sim/operations.tsv");
 
 /// The API prefix every operation path lives under.
 pub const API_PREFIX: &str = "/api/4.0";

@@ -4,6 +4,8 @@
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
+use crate::looker::{Operation, OperationTable};
+
 /// A Looker identity the gateway acts as, as written in a rule.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "snake_case")]
@@ -75,12 +77,84 @@ pub struct RawRule {
     pub methods: Vec<String>,
     #[serde(default)]
     pub paths: Vec<String>,
+    /// Looker operationIds (`run_inline_query`, `dashboard`).
+    #[serde(default)]
+    pub operations: Vec<String>,
+    /// Looker API tags (`Dashboard`, `Query`).
+    #[serde(default)]
+    pub tags: Vec<String>,
+    /// `x-looker-activity-type`: `db_query`, `non_query`, `none`.
+    #[serde(default)]
+    pub activity_types: Vec<String>,
+    /// `x-looker-status`: `stable`, `beta`, `alpha`, `deprecated`.
+    #[serde(default)]
+    pub statuses: Vec<String>,
     #[serde(default)]
     pub when: Vec<RawCondition>,
+    /// Guardrails on the query a query operation carries.
+    #[serde(default)]
+    pub query: Option<QueryGuard>,
+    /// Evaluate and report, never enforce (dry run).
+    #[serde(default)]
+    pub shadow: bool,
     #[serde(default)]
     pub allow: Option<IdentitySpec>,
     #[serde(default)]
     pub deny: Option<bool>,
+}
+
+/// What a rule allows of a query (`model`, `view`, `limit`, `filters`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QueryGuard {
+    #[serde(default)]
+    pub models: Vec<String>,
+    /// Explores (`view` in a Looker query).
+    #[serde(default)]
+    pub views: Vec<String>,
+    #[serde(default)]
+    pub max_limit: Option<i64>,
+    /// Fields that must carry a filter (`orders.created_date`).
+    #[serde(default)]
+    pub required_filters: Vec<String>,
+}
+
+/// The query a request carries, as far as the gateway could read it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct QueryFacts {
+    pub model: Option<String>,
+    pub view: Option<String>,
+    /// `None`: no limit given (Looker then applies its default of 5000).
+    pub limit: Option<i64>,
+    pub filters: Vec<String>,
+}
+
+/// Operations that run arbitrary SQL: no rule reaches them unless it names them.
+pub const SQL_RUNNER_OPERATIONS: &[&str] = &[
+    "create_sql_query",
+    "sql_query",
+    "run_sql_query",
+    "create_sql_interface_query",
+    "run_sql_interface_query",
+    "sql_interface_metadata",
+];
+
+/// Operations whose query the gateway can read (body `WriteQuery`, or URL).
+pub const INSPECTABLE_QUERY_OPERATIONS: &[&str] = &["run_inline_query", "create_query", "run_url_encoded_query"];
+
+/// Looker's default row limit when a query gives none.
+pub const LOOKER_DEFAULT_LIMIT: i64 = 5000;
+
+/// One request, as the policy sees it.
+#[derive(Debug, Clone, Copy)]
+pub struct Input<'a> {
+    pub method: &'a str,
+    /// Normalized path, no query string.
+    pub path: &'a str,
+    pub operation: Option<&'a Operation>,
+    pub claims: &'a Map<String, Value>,
+    /// `Some` for inspectable query operations once the query was read.
+    pub query: Option<&'a QueryFacts>,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -126,8 +200,31 @@ pub struct Rule {
     pub name: String,
     methods: Vec<String>,
     paths: Vec<PathPattern>,
+    operations: Vec<String>,
+    tags: Vec<String>,
+    activity_types: Vec<String>,
+    statuses: Vec<String>,
     when: Vec<Condition>,
+    query: Option<QueryGuard>,
+    pub shadow: bool,
     pub effect: Effect,
+}
+
+/// A shadow rule that matched: what it would have decided.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShadowHit {
+    pub rule: String,
+    /// `allow` or `deny`.
+    pub would: &'static str,
+}
+
+/// The verdict and the shadow rules that matched on the way.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Evaluation {
+    pub verdict: Verdict,
+    pub shadows: Vec<ShadowHit>,
+    /// Why each rule before the deciding one did not match (for `explain`).
+    pub trace: Vec<(String, String)>,
 }
 
 /// The compiled policy, built once at configuration time.
@@ -149,7 +246,7 @@ pub const DEFAULT_DENY: &str = "default_deny";
 
 impl Policy {
     /// Compiles the raw rules; errors name the field (`policy.rules[2].paths[0]`).
-    pub fn compile(raw: &RawPolicy) -> Result<Policy, String> {
+    pub fn compile(raw: &RawPolicy, table: &OperationTable) -> Result<Policy, String> {
         let mut rules = Vec::with_capacity(raw.rules.len());
         let mut names = std::collections::HashSet::new();
         for (i, rule) in raw.rules.iter().enumerate() {
@@ -185,33 +282,79 @@ impl Policy {
             for (j, c) in rule.when.iter().enumerate() {
                 when.push(compile_condition(c).map_err(|e| format!("{at}.when[{j}]: {e}"))?);
             }
-            rules.push(Rule { name: rule.name.clone(), methods, paths, when, effect });
+            for (j, id) in rule.operations.iter().enumerate() {
+                if table.by_id(id).is_none() {
+                    return Err(format!("{at}.operations[{j}]: {id:?} is not a Looker API 4.0 operationId"));
+                }
+            }
+            for (j, tag) in rule.tags.iter().enumerate() {
+                if !table.operations().iter().any(|o| o.tags.contains(tag)) {
+                    return Err(format!("{at}.tags[{j}]: {tag:?} is not a Looker API 4.0 tag"));
+                }
+            }
+            for (j, a) in rule.activity_types.iter().enumerate() {
+                if !["db_query", "non_query", "none"].contains(&a.as_str()) {
+                    return Err(format!("{at}.activity_types[{j}]: {a:?} is not db_query, non_query or none"));
+                }
+            }
+            for (j, st) in rule.statuses.iter().enumerate() {
+                if !["stable", "beta", "alpha", "deprecated"].contains(&st.as_str()) {
+                    return Err(format!("{at}.statuses[{j}]: {st:?} is not stable, beta, alpha or deprecated"));
+                }
+            }
+            if let Some(guard) = &rule.query {
+                if guard.max_limit.is_some_and(|l| l <= 0) {
+                    return Err(format!("{at}.query.max_limit: must be positive"));
+                }
+                if matches!(rule.effect_is_deny(), true) {
+                    return Err(format!("{at}.query: guardrails belong on allow rules"));
+                }
+            }
+            rules.push(Rule {
+                name: rule.name.clone(),
+                methods,
+                paths,
+                operations: rule.operations.clone(),
+                tags: rule.tags.clone(),
+                activity_types: rule.activity_types.clone(),
+                statuses: rule.statuses.clone(),
+                when,
+                query: rule.query.clone(),
+                shadow: rule.shadow,
+                effect,
+            });
         }
         Ok(Policy { rules })
     }
 
-    /// First matching rule decides; no match is `default_deny`.
-    /// `path` is the normalized path without its query string.
-    pub fn evaluate(&self, method: &str, path: &str, claims: &Map<String, Value>) -> Verdict {
+    /// First matching (non-shadow) rule decides; no match is `default_deny`.
+    pub fn evaluate(&self, input: &Input<'_>) -> Evaluation {
+        let mut shadows = Vec::new();
+        let mut trace = Vec::new();
         for rule in &self.rules {
-            if !rule.matches(method, path, claims) {
+            if let Err(why) = rule.matches(input) {
+                trace.push((rule.name.clone(), why));
                 continue;
             }
-            return match &rule.effect {
-                Effect::Deny => Verdict::Deny {
-                    rule: rule.name.clone(),
-                    reason: format!("denied by rule {:?}", rule.name),
-                },
-                Effect::Allow(spec) => match resolve_identity(spec, claims) {
-                    Ok(identity) => Verdict::Allow { rule: rule.name.clone(), identity },
-                    Err(reason) => Verdict::Deny { rule: rule.name.clone(), reason },
-                },
-            };
+            let verdict = rule.decide(input);
+            if rule.shadow {
+                let would = if matches!(verdict, Verdict::Allow { .. }) { "allow" } else { "deny" };
+                shadows.push(ShadowHit { rule: rule.name.clone(), would });
+                trace.push((rule.name.clone(), format!("shadow rule: would {would}")));
+                continue;
+            }
+            return Evaluation { verdict, shadows, trace };
         }
-        Verdict::Deny {
+        let verdict = Verdict::Deny {
             rule: DEFAULT_DENY.to_owned(),
             reason: "no rule allows this request".to_owned(),
-        }
+        };
+        Evaluation { verdict, shadows, trace }
+    }
+
+    /// Does any rule that could match this request need to read its query?
+    pub fn needs_query(&self, input: &Input<'_>) -> bool {
+        self.rules.iter().any(|r| r.query.is_some() && r.matches_request(input).is_ok())
     }
 
     pub fn rules(&self) -> &[Rule] {
@@ -219,11 +362,98 @@ impl Policy {
     }
 }
 
+impl RawRule {
+    fn effect_is_deny(&self) -> bool {
+        self.deny == Some(true)
+    }
+}
+
 impl Rule {
-    fn matches(&self, method: &str, path: &str, claims: &Map<String, Value>) -> bool {
-        (self.methods.is_empty() || self.methods.iter().any(|m| m == method))
-            && (self.paths.is_empty() || self.paths.iter().any(|p| p.matches(path)))
-            && self.when.iter().all(|c| c.holds(claims))
+    /// Method, path and operation only (no claims, no query).
+    fn matches_request(&self, input: &Input<'_>) -> Result<(), String> {
+        if !self.methods.is_empty() && !self.methods.iter().any(|m| m == input.method) {
+            return Err(format!("method {} is not in {:?}", input.method, self.methods));
+        }
+        if !self.paths.is_empty() && !self.paths.iter().any(|p| p.matches(input.path)) {
+            return Err("no path pattern matches".to_owned());
+        }
+        let op = input.operation;
+        let id = op.map(|o| o.operation_id.as_str());
+        if !self.operations.is_empty() && !id.is_some_and(|id| self.operations.iter().any(|o| o == id)) {
+            return Err(format!("operation {} is not in {:?}", id.unwrap_or("(none)"), self.operations));
+        }
+        // SQL Runner is reachable only through a rule that names the operation.
+        if let Some(id) = id {
+            if SQL_RUNNER_OPERATIONS.contains(&id) && !self.operations.iter().any(|o| o == id) {
+                return Err(format!("{id} is SQL Runner: only a rule naming it in `operations` applies"));
+            }
+        }
+        if !self.tags.is_empty() && !op.is_some_and(|o| o.tags.iter().any(|t| self.tags.contains(t))) {
+            return Err(format!("operation tags are not in {:?}", self.tags));
+        }
+        if !self.activity_types.is_empty() && !op.is_some_and(|o| self.activity_types.contains(&o.activity_type)) {
+            return Err(format!("activity type is not in {:?}", self.activity_types));
+        }
+        if !self.statuses.is_empty() && !op.is_some_and(|o| self.statuses.contains(&o.status)) {
+            return Err(format!("operation status is not in {:?}", self.statuses));
+        }
+        if self.query.is_some() && !id.is_some_and(|id| INSPECTABLE_QUERY_OPERATIONS.contains(&id)) {
+            return Err("has query guardrails, and this operation's query cannot be inspected".to_owned());
+        }
+        Ok(())
+    }
+
+    fn matches(&self, input: &Input<'_>) -> Result<(), String> {
+        self.matches_request(input)?;
+        for (i, c) in self.when.iter().enumerate() {
+            if !c.holds(input.claims) {
+                return Err(format!("condition when[{i}] on claim {:?} does not hold", c.claim.join(".")));
+            }
+        }
+        Ok(())
+    }
+
+    fn decide(&self, input: &Input<'_>) -> Verdict {
+        match &self.effect {
+            Effect::Deny => Verdict::Deny { rule: self.name.clone(), reason: format!("denied by rule {:?}", self.name) },
+            Effect::Allow(spec) => {
+                if let Some(guard) = &self.query {
+                    let facts = input.query.cloned().unwrap_or_default();
+                    if let Err(reason) = guard.check(&facts) {
+                        return Verdict::Deny { rule: self.name.clone(), reason };
+                    }
+                }
+                match resolve_identity(spec, input.claims) {
+                    Ok(identity) => Verdict::Allow { rule: self.name.clone(), identity },
+                    Err(reason) => Verdict::Deny { rule: self.name.clone(), reason },
+                }
+            }
+        }
+    }
+}
+
+impl QueryGuard {
+    /// Checks a query against the guardrails; the error names the field.
+    pub fn check(&self, q: &QueryFacts) -> Result<(), String> {
+        if !self.models.is_empty() && !q.model.as_ref().is_some_and(|m| self.models.contains(m)) {
+            return Err(format!("query.model {:?} is not allowed (allowed: {:?})", q.model.as_deref().unwrap_or(""), self.models));
+        }
+        if !self.views.is_empty() && !q.view.as_ref().is_some_and(|v| self.views.contains(v)) {
+            return Err(format!("query.view {:?} is not allowed (allowed: {:?})", q.view.as_deref().unwrap_or(""), self.views));
+        }
+        if let Some(max) = self.max_limit {
+            let limit = q.limit.unwrap_or(LOOKER_DEFAULT_LIMIT);
+            // Looker reads -1 as "no limit".
+            if limit < 0 || limit > max {
+                return Err(format!("query.limit {limit} exceeds the maximum {max}"));
+            }
+        }
+        for field in &self.required_filters {
+            if !q.filters.contains(field) {
+                return Err(format!("query.filters must filter on {field:?}"));
+            }
+        }
+        Ok(())
     }
 }
 
@@ -355,9 +585,29 @@ mod tests {
     use super::*;
     use serde_json::json;
 
+    fn table() -> &'static OperationTable {
+        static TABLE: std::sync::OnceLock<OperationTable> = std::sync::OnceLock::new();
+        TABLE.get_or_init(|| OperationTable::looker_4_0().unwrap())
+    }
+
     fn policy(rules: Value) -> Policy {
         let raw: RawPolicy = serde_json::from_value(json!({ "rules": rules })).unwrap();
-        Policy::compile(&raw).unwrap()
+        Policy::compile(&raw, table()).unwrap()
+    }
+
+    /// Evaluates as the filter would: resolve the operation, then the rules.
+    fn eval(p: &Policy, method: &str, path: &str, claims: &Map<String, Value>, query: Option<&QueryFacts>) -> Evaluation {
+        let operation = path
+            .strip_prefix(crate::looker::API_PREFIX)
+            .and_then(|rest| match table().resolve(method, rest) {
+                crate::looker::Resolution::Found(op) => Some(op),
+                _ => None,
+            });
+        p.evaluate(&Input { method, path, operation, claims, query })
+    }
+
+    fn verdict(p: &Policy, method: &str, path: &str, claims: &Map<String, Value>) -> Verdict {
+        eval(p, method, path, claims, None).verdict
     }
 
     fn claims(v: Value) -> Map<String, Value> {
@@ -411,7 +661,7 @@ mod tests {
             })),
         ];
         for (method, path, who, check) in cases {
-            let got = p.evaluate(method, path, who);
+            let got = verdict(&p, method, path, who);
             assert!(check(&got), "{method} {path} for {who:?}: got {got:?}");
         }
     }
@@ -420,7 +670,7 @@ mod tests {
     fn user_identity_without_its_claim_is_denied_by_that_rule() {
         let p = demo();
         let no_email = claims(json!({"sub": "root", "realm_access": {"roles": ["looker-admin"]}}));
-        match p.evaluate("GET", "/api/4.0/user", &no_email) {
+        match verdict(&p, "GET", "/api/4.0/user", &no_email) {
             Verdict::Deny { rule, reason } => {
                 assert_eq!(rule, "realm-admins");
                 assert!(reason.contains("email"), "{reason}");
@@ -443,10 +693,15 @@ mod tests {
             (json!([{"name": "a", "deny": true, "when": [{"claim": "g", "equals": 1, "exists": true}]}]), "policy.rules[0].when[0]"),
             (json!([{"name": "a", "allow": {"role": "bad role"}}]), "policy.rules[0].allow"),
             (json!([{"name": "", "deny": true}]), "policy.rules[0].name"),
+            (json!([{"name": "a", "deny": true, "operations": ["no_such_op"]}]), "policy.rules[0].operations[0]"),
+            (json!([{"name": "a", "deny": true, "tags": ["Dashboards"]}]), "policy.rules[0].tags[0]"),
+            (json!([{"name": "a", "deny": true, "activity_types": ["query"]}]), "policy.rules[0].activity_types[0]"),
+            (json!([{"name": "a", "deny": true, "statuses": ["experimental"]}]), "policy.rules[0].statuses[0]"),
+            (json!([{"name": "a", "allow": {"role": "x"}, "query": {"max_limit": 0}}]), "policy.rules[0].query.max_limit"),
         ];
         for (rules, want) in cases {
             let raw: RawPolicy = serde_json::from_value(json!({ "rules": rules })).unwrap();
-            let err = Policy::compile(&raw).expect_err("must be rejected");
+            let err = Policy::compile(&raw, table()).expect_err("must be rejected");
             assert!(err.contains(want), "{err:?} should contain {want:?}");
         }
     }
@@ -454,7 +709,106 @@ mod tests {
     #[test]
     fn empty_policy_denies_everything() {
         let p = policy(json!([]));
-        let v = p.evaluate("GET", "/api/4.0/user", &claims(json!({"sub": "a"})));
+        let v = verdict(&p, "GET", "/api/4.0/user", &claims(json!({"sub": "a"})));
         assert!(matches!(v, Verdict::Deny { ref rule, .. } if rule == DEFAULT_DENY));
+    }
+
+    #[test]
+    fn rules_in_lookers_terms() {
+        let p = policy(json!([
+            {"name": "no-beta-for-viewers", "statuses": ["beta", "alpha"], "when": [{"claim": "groups", "contains": "viewers"}], "deny": true},
+            {"name": "dashboards-by-tag", "methods": ["GET"], "tags": ["Dashboard"], "allow": {"role": "viewer"}},
+            {"name": "queries-by-activity", "activity_types": ["db_query"], "when": [{"claim": "groups", "contains": "analysts"}], "allow": {"role": "analyst"}},
+            {"name": "look-by-id", "operations": ["look"], "allow": {"role": "viewer"}},
+            {"name": "sql-runner-for-dbas", "operations": ["create_sql_query", "run_sql_query"], "when": [{"claim": "groups", "contains": "dba"}], "allow": {"role": "dba"}},
+            {"name": "anything-for-admins", "paths": ["/api/4.0/**"], "when": [{"claim": "groups", "contains": "admins"}], "allow": {"role": "admin"}}
+        ]));
+        let viewer = claims(json!({"sub": "v", "groups": ["viewers"]}));
+        let analyst = claims(json!({"sub": "a", "groups": ["analysts"]}));
+        let dba = claims(json!({"sub": "d", "groups": ["dba"]}));
+        let admin = claims(json!({"sub": "x", "groups": ["admins"]}));
+        let rule_of = |v: Verdict| match v {
+            Verdict::Allow { rule, .. } => format!("allow:{rule}"),
+            Verdict::Deny { rule, .. } => format!("deny:{rule}"),
+        };
+        let cases = [
+            ("GET", "/api/4.0/dashboards/7", &viewer, "allow:dashboards-by-tag"),
+            ("DELETE", "/api/4.0/dashboards/7", &viewer, "deny:default_deny"),
+            ("GET", "/api/4.0/looks/1", &viewer, "allow:look-by-id"),
+            ("GET", "/api/4.0/looks/1/run", &viewer, "deny:default_deny"),
+            ("POST", "/api/4.0/queries/run/json", &analyst, "allow:queries-by-activity"),
+            ("POST", "/api/4.0/queries/run/json", &viewer, "deny:default_deny"),
+            // SQL Runner is db_query, yet only a rule naming it applies.
+            ("POST", "/api/4.0/sql_queries", &analyst, "deny:default_deny"),
+            ("POST", "/api/4.0/sql_queries", &admin, "deny:default_deny"),
+            ("POST", "/api/4.0/sql_queries", &dba, "allow:sql-runner-for-dbas"),
+            ("GET", "/api/4.0/agents/search", &viewer, "deny:no-beta-for-viewers"),
+            ("GET", "/api/4.0/agents/search", &admin, "allow:anything-for-admins"),
+        ];
+        for (method, path, who, want) in cases {
+            assert_eq!(rule_of(verdict(&p, method, path, who)), want, "{method} {path} for {who:?}");
+        }
+    }
+
+    #[test]
+    fn query_guardrails_name_the_field() {
+        let p = policy(json!([
+            {"name": "thelook-orders", "operations": ["run_inline_query", "create_query", "create_query_task"],
+             "query": {"models": ["thelook"], "views": ["orders"], "max_limit": 500, "required_filters": ["orders.created_date"]},
+             "allow": {"role": "analyst"}}
+        ]));
+        let who = claims(json!({"sub": "a"}));
+        let q = |model: &str, view: &str, limit: Option<i64>, filters: &[&str]| QueryFacts {
+            model: Some(model.into()),
+            view: Some(view.into()),
+            limit,
+            filters: filters.iter().map(|f| f.to_string()).collect(),
+        };
+        let run = |facts: &QueryFacts| eval(&p, "POST", "/api/4.0/queries/run/json", &who, Some(facts)).verdict;
+        assert!(matches!(run(&q("thelook", "orders", Some(100), &["orders.created_date"])), Verdict::Allow { .. }));
+        let cases = [
+            (q("other", "orders", Some(100), &["orders.created_date"]), "query.model"),
+            (q("thelook", "users", Some(100), &["orders.created_date"]), "query.view"),
+            (q("thelook", "orders", Some(501), &["orders.created_date"]), "query.limit"),
+            (q("thelook", "orders", None, &["orders.created_date"]), "query.limit 5000"),
+            (q("thelook", "orders", Some(-1), &["orders.created_date"]), "query.limit"),
+            (q("thelook", "orders", Some(10), &[]), "query.filters"),
+        ];
+        for (facts, field) in cases {
+            match run(&facts) {
+                Verdict::Deny { rule, reason } => {
+                    assert_eq!(rule, "thelook-orders");
+                    assert!(reason.contains(field), "{reason:?} should name {field}");
+                }
+                other => panic!("{facts:?}: expected deny, got {other:?}"),
+            }
+        }
+        // A query task names a saved query by id: nothing to inspect, so the rule does not apply.
+        let task = eval(&p, "POST", "/api/4.0/query_tasks", &who, None).verdict;
+        assert!(matches!(task, Verdict::Deny { ref rule, .. } if rule == DEFAULT_DENY), "{task:?}");
+        assert!(p.needs_query(&Input {
+            method: "POST",
+            path: "/api/4.0/queries/run/json",
+            operation: table().by_id("run_inline_query"),
+            claims: &who,
+            query: None
+        }));
+    }
+
+    #[test]
+    fn shadow_rules_are_reported_never_enforced() {
+        let p = policy(json!([
+            {"name": "would-block-queries", "shadow": true, "operations": ["run_inline_query"], "deny": true},
+            {"name": "would-allow-users", "shadow": true, "operations": ["me"], "allow": {"role": "viewer"}},
+            {"name": "analysts", "paths": ["/api/4.0/**"], "allow": {"role": "analyst"}}
+        ]));
+        let who = claims(json!({"sub": "a"}));
+        let e = eval(&p, "POST", "/api/4.0/queries/run/json", &who, Some(&QueryFacts::default()));
+        assert!(matches!(e.verdict, Verdict::Allow { ref rule, .. } if rule == "analysts"));
+        assert_eq!(e.shadows, vec![ShadowHit { rule: "would-block-queries".into(), would: "deny" }]);
+        let e = eval(&p, "GET", "/api/4.0/user", &who, None);
+        assert_eq!(e.shadows, vec![ShadowHit { rule: "would-allow-users".into(), would: "allow" }]);
+        assert!(matches!(e.verdict, Verdict::Allow { ref rule, .. } if rule == "analysts"));
+        assert_eq!(e.trace.len(), 2, "{:?}", e.trace);
     }
 }

@@ -16,6 +16,12 @@ pub enum Refusal {
     Forbidden { rule: String, reason: String },
     /// The broker knows no Looker user for this principal (per-user identities).
     NoLookerUser { rule: String },
+    /// The path is under the API prefix but names no Looker API operation.
+    UnknownOperation { reason: String },
+    /// Clients may not log in or out through the gateway: it owns authentication.
+    GatewayOwnsAuthentication { operation: String },
+    /// The body a rule must inspect is larger than the configured bound.
+    PayloadTooLarge { limit: usize },
     /// The broker (or Looker behind it) could not give a token in time.
     BrokerUnavailable { reason: String },
     /// The broker answered, but Looker refused the identity's credentials.
@@ -37,6 +43,9 @@ impl Refusal {
             Refusal::MissingToken => "missing_token",
             Refusal::InvalidToken { code, .. } => code,
             Refusal::BadRequest { .. } => "bad_request",
+            Refusal::UnknownOperation { .. } => "unknown_operation",
+            Refusal::GatewayOwnsAuthentication { .. } => "gateway_owns_authentication",
+            Refusal::PayloadTooLarge { .. } => "payload_too_large",
             Refusal::Forbidden { .. } => "forbidden",
             Refusal::NoLookerUser { .. } => "no_looker_user",
             Refusal::BrokerUnavailable { .. } => "broker_unavailable",
@@ -48,6 +57,9 @@ impl Refusal {
         match self {
             Refusal::MissingToken | Refusal::InvalidToken { .. } => 401,
             Refusal::BadRequest { .. } => 400,
+            Refusal::UnknownOperation { .. } => 404,
+            Refusal::GatewayOwnsAuthentication { .. } => 403,
+            Refusal::PayloadTooLarge { .. } => 413,
             Refusal::Forbidden { .. } | Refusal::NoLookerUser { .. } => 403,
             Refusal::BrokerUnavailable { .. } => 503,
             Refusal::LookerCredentialsRejected => 502,
@@ -81,6 +93,19 @@ impl Refusal {
             Refusal::BadRequest { reason } => {
                 json!({"error": "bad_request", "reason": reason, "request_id": request_id})
             }
+            Refusal::UnknownOperation { reason } => {
+                json!({"error": "not_found", "reason": reason, "request_id": request_id})
+            }
+            Refusal::GatewayOwnsAuthentication { operation } => json!({
+                "error": "forbidden",
+                "reason": format!("gateway_owns_authentication: {operation} is not available through the gateway; it logs in to Looker for you"),
+                "request_id": request_id,
+            }),
+            Refusal::PayloadTooLarge { limit } => json!({
+                "error": "payload_too_large",
+                "reason": format!("the request body exceeds {limit} bytes"),
+                "request_id": request_id,
+            }),
             Refusal::Forbidden { rule, reason } => {
                 json!({"error": "forbidden", "reason": format!("{reason} (rule {rule})"), "rule": rule, "request_id": request_id})
             }
@@ -127,6 +152,9 @@ mod tests {
             (Refusal::NoLookerUser { rule: "r".into() }, 403, "forbidden"),
             (Refusal::BrokerUnavailable { reason: "timeout".into() }, 503, "broker_unavailable"),
             (Refusal::LookerCredentialsRejected, 502, "bad_gateway"),
+            (Refusal::UnknownOperation { reason: "x".into() }, 404, "not_found"),
+            (Refusal::GatewayOwnsAuthentication { operation: "login".into() }, 403, "forbidden"),
+            (Refusal::PayloadTooLarge { limit: 10 }, 413, "payload_too_large"),
         ];
         for (refusal, status, error) in cases {
             let reply = refusal.to_reply("req-1");

@@ -1,0 +1,456 @@
+//! The broker's core: turns a [`LookerIdentity`] into a Looker session token, using the
+//! role's API3 credentials or (per-user mode) the admin's sudo login.
+
+use crate::cache::{CachedToken, Outcome, TokenCache};
+use crate::config::{BrokerConfig, RoleConfig, SudoConfig};
+use crate::identity::{CacheKey, LookerIdentity};
+use crate::log;
+use crate::looker::{LookerClient, LookerError, LookerToken};
+use crate::metrics::Metrics;
+use crate::secret::Secret;
+use axum::http::StatusCode;
+use serde_json::json;
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+/// Errors a token request can end in; codes and statuses are the DESIGN.md contract.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum BrokerError {
+    #[error("gateway credential missing or wrong")]
+    Unauthorized,
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("no role named {0:?} is configured")]
+    UnknownRole(String),
+    #[error("no Looker user has {credential_type} credential {credential_id:?}")]
+    NoLookerUser {
+        credential_type: String,
+        credential_id: String,
+    },
+    #[error("Looker refused the API3 credentials of {0}")]
+    BadCredentials(String),
+    #[error("{0}")]
+    LookerUnavailable(String),
+}
+
+impl BrokerError {
+    pub fn code(&self) -> &'static str {
+        match self {
+            BrokerError::Unauthorized => "unauthorized",
+            BrokerError::BadRequest(_) => "bad_request",
+            BrokerError::UnknownRole(_) => "unknown_role",
+            BrokerError::NoLookerUser { .. } => "no_looker_user",
+            BrokerError::BadCredentials(_) => "bad_credentials",
+            BrokerError::LookerUnavailable(_) => "looker_unavailable",
+        }
+    }
+
+    pub fn status(&self) -> StatusCode {
+        match self {
+            BrokerError::Unauthorized => StatusCode::UNAUTHORIZED,
+            BrokerError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            BrokerError::UnknownRole(_) => StatusCode::NOT_FOUND,
+            BrokerError::NoLookerUser { .. } => StatusCode::FORBIDDEN,
+            BrokerError::BadCredentials(_) => StatusCode::BAD_GATEWAY,
+            BrokerError::LookerUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+
+    /// Maps a Looker failure of logging in with `whose` credentials.
+    fn from_login(e: LookerError, whose: &str) -> Self {
+        match e {
+            // Looker answers 404 (sometimes 401/403) to unknown or wrong API3 credentials.
+            LookerError::Status { .. } => BrokerError::BadCredentials(whose.to_string()),
+            LookerError::Unavailable(m) => BrokerError::LookerUnavailable(m),
+            LookerError::Malformed(m) => {
+                BrokerError::LookerUnavailable(format!("unexpected answer from Looker login: {m}"))
+            }
+        }
+    }
+
+    fn from_call(e: LookerError, what: &str) -> Self {
+        match e {
+            LookerError::Status { status } => {
+                BrokerError::LookerUnavailable(format!("Looker answered {status} to {what}"))
+            }
+            LookerError::Unavailable(m) => BrokerError::LookerUnavailable(m),
+            LookerError::Malformed(m) => BrokerError::LookerUnavailable(format!(
+                "unexpected answer from Looker to {what}: {m}"
+            )),
+        }
+    }
+}
+
+/// Config plus everything compiled from it; replaced as a whole on reload.
+#[derive(Debug)]
+pub struct Runtime {
+    pub config: BrokerConfig,
+    pub looker: LookerClient,
+}
+
+impl Runtime {
+    pub fn new(config: BrokerConfig) -> Result<Self, LookerError> {
+        let looker = LookerClient::new(
+            config.looker_url.clone(),
+            config.looker_timeout,
+            config.retry_budget,
+        )?;
+        Ok(Runtime { config, looker })
+    }
+}
+
+/// A token handed to the gateway.
+#[derive(Debug, Clone)]
+pub struct Issued {
+    pub token: CachedToken,
+    pub outcome: Outcome,
+}
+
+impl Issued {
+    pub fn expires_in(&self) -> u64 {
+        self.token.remaining(Instant::now()).as_secs()
+    }
+}
+
+/// `(credential_type, credential_id)`.
+type CredentialKey = (String, String);
+
+/// A Looker user id (or `None`: no such user) and when the answer expires.
+type DirectoryEntry = (Option<String>, Instant);
+
+/// Credential -> Looker user id lookups, cached (negative answers for a shorter time).
+#[derive(Default)]
+struct UserDirectory {
+    entries: Mutex<HashMap<CredentialKey, DirectoryEntry>>,
+}
+
+const NEGATIVE_USER_TTL: Duration = Duration::from_secs(30);
+
+impl UserDirectory {
+    fn get(&self, key: &CredentialKey) -> Option<Option<String>> {
+        let entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        entries
+            .get(key)
+            .filter(|(_, until)| *until > Instant::now())
+            .map(|(id, _)| id.clone())
+    }
+
+    fn put(&self, key: CredentialKey, user_id: Option<String>, ttl: Duration) {
+        let ttl = if user_id.is_some() {
+            ttl
+        } else {
+            ttl.min(NEGATIVE_USER_TTL)
+        };
+        let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        entries.insert(key, (user_id, Instant::now() + ttl));
+    }
+
+    fn forget(&self, key: &CredentialKey) {
+        self.entries
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(key);
+    }
+
+    fn sweep(&self) {
+        let now = Instant::now();
+        self.entries
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|_, (_, until)| *until > now);
+    }
+}
+
+pub struct Broker {
+    runtime: RwLock<Arc<Runtime>>,
+    /// Where the config came from (`None`: embedded demo); reloads and rotation write here.
+    pub config_path: Option<PathBuf>,
+    pub tokens: TokenCache,
+    users: UserDirectory,
+    pub metrics: Metrics,
+}
+
+impl Broker {
+    pub fn new(config: BrokerConfig, config_path: Option<PathBuf>) -> Result<Self, LookerError> {
+        Ok(Broker {
+            runtime: RwLock::new(Arc::new(Runtime::new(config)?)),
+            config_path,
+            tokens: TokenCache::default(),
+            users: UserDirectory::default(),
+            metrics: Metrics::default(),
+        })
+    }
+
+    /// The current config; requests in flight keep the snapshot they started with.
+    pub fn runtime(&self) -> Arc<Runtime> {
+        self.runtime
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    pub fn replace_runtime(&self, runtime: Runtime) {
+        *self.runtime.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(runtime);
+    }
+
+    pub async fn token(&self, identity: &LookerIdentity) -> Result<Issued, BrokerError> {
+        identity.validate().map_err(BrokerError::BadRequest)?;
+        let rt = self.runtime();
+        let key = identity.cache_key();
+        let refresh_before = rt.config.refresh_before;
+        let (token, outcome) = match identity {
+            LookerIdentity::Role { name } => {
+                let role = rt
+                    .config
+                    .roles
+                    .get(name)
+                    .ok_or_else(|| BrokerError::UnknownRole(name.clone()))?;
+                let source = role.credentials.fingerprint();
+                self.tokens
+                    .get_or_login(&key, &source, refresh_before, || {
+                        self.login_role(&rt, name, role)
+                    })
+                    .await?
+            }
+            LookerIdentity::User {
+                credential_type, ..
+            } => {
+                let sudo = rt.config.sudo.as_ref().ok_or_else(|| {
+                    BrokerError::BadRequest(
+                        "per-user identities are not enabled (no [sudo] in the broker config)"
+                            .into(),
+                    )
+                })?;
+                if !sudo.credential_types.iter().any(|t| t == credential_type) {
+                    return Err(BrokerError::BadRequest(format!(
+                        "credential_type {credential_type:?} is not enabled (allowed: {:?})",
+                        sudo.credential_types
+                    )));
+                }
+                let source = format!(
+                    "{}/associative={}",
+                    sudo.credentials.fingerprint(),
+                    sudo.associative
+                );
+                let CacheKey::User {
+                    credential_type,
+                    credential_id,
+                } = &key
+                else {
+                    return Err(BrokerError::BadRequest("identity kind mismatch".into()));
+                };
+                self.tokens
+                    .get_or_login(&key, &source, refresh_before, || {
+                        self.login_user(&rt, sudo, credential_type, credential_id)
+                    })
+                    .await?
+            }
+        };
+        Ok(Issued { token, outcome })
+    }
+
+    pub async fn invalidate(&self, identity: &LookerIdentity) -> Result<bool, BrokerError> {
+        identity.validate().map_err(BrokerError::BadRequest)?;
+        if let LookerIdentity::User { .. } = identity {
+            if let CacheKey::User {
+                credential_type,
+                credential_id,
+            } = identity.cache_key()
+            {
+                self.users.forget(&(credential_type, credential_id));
+            }
+        }
+        Ok(self.tokens.invalidate(&identity.cache_key()).await)
+    }
+
+    async fn login_role(
+        &self,
+        rt: &Runtime,
+        name: &str,
+        role: &RoleConfig,
+    ) -> Result<LookerToken, BrokerError> {
+        self.timed_login(
+            "role",
+            rt.looker.login(&role.credentials),
+            &format!("role {name:?}"),
+            json!({"role": name, "client_id": role.credentials.client_id}),
+        )
+        .await
+    }
+
+    async fn timed_login(
+        &self,
+        kind: &str,
+        call: impl std::future::Future<Output = Result<LookerToken, LookerError>>,
+        whose: &str,
+        fields: serde_json::Value,
+    ) -> Result<LookerToken, BrokerError> {
+        let started = Instant::now();
+        let result = call.await.map_err(|e| BrokerError::from_login(e, whose));
+        let elapsed = started.elapsed();
+        self.metrics
+            .observe("lookergate_broker_looker_login_duration_seconds", elapsed);
+        let result_label = match &result {
+            Ok(_) => "ok",
+            Err(e) => e.code(),
+        };
+        self.metrics.inc(
+            "lookergate_broker_looker_logins_total",
+            &[("kind", kind), ("result", result_label)],
+        );
+        let mut line =
+            json!({"kind": kind, "result": result_label, "ms": elapsed.as_millis() as u64});
+        if let (Some(l), serde_json::Value::Object(f)) = (line.as_object_mut(), fields) {
+            l.extend(f);
+        }
+        match &result {
+            Ok(t) => {
+                if let Some(l) = line.as_object_mut() {
+                    l.insert("token_fp".into(), json!(t.access_token.fingerprint()));
+                    l.insert("expires_in".into(), json!(t.expires_in.as_secs()));
+                }
+                log::info("looker_login", line)
+            }
+            Err(e) => {
+                if let Some(l) = line.as_object_mut() {
+                    l.insert("message".into(), json!(e.to_string()));
+                }
+                log::warn("looker_login", line)
+            }
+        }
+        result
+    }
+
+    /// The broker's own admin session, cached like any other identity.
+    pub async fn admin_token(
+        &self,
+        rt: &Runtime,
+        sudo: &SudoConfig,
+    ) -> Result<Secret, BrokerError> {
+        let source = sudo.credentials.fingerprint();
+        let (token, _) = self
+            .tokens
+            .get_or_login(&CacheKey::Admin, &source, rt.config.refresh_before, || {
+                self.timed_login(
+                    "admin",
+                    rt.looker.login(&sudo.credentials),
+                    "sudo",
+                    json!({"client_id": sudo.credentials.client_id}),
+                )
+            })
+            .await?;
+        Ok(token.access_token)
+    }
+
+    async fn login_user(
+        &self,
+        rt: &Runtime,
+        sudo: &SudoConfig,
+        credential_type: &str,
+        credential_id: &str,
+    ) -> Result<LookerToken, BrokerError> {
+        let no_user = || BrokerError::NoLookerUser {
+            credential_type: credential_type.to_string(),
+            credential_id: credential_id.to_string(),
+        };
+        let mut retried_admin = false;
+        loop {
+            let admin = self.admin_token(rt, sudo).await?;
+            let dir_key = (credential_type.to_string(), credential_id.to_string());
+            let user_id = match self.users.get(&dir_key) {
+                Some(cached) => cached,
+                None => {
+                    let found = rt
+                        .looker
+                        .find_user_by_credential(&admin, credential_type, credential_id)
+                        .await;
+                    match found {
+                        Ok(found) => {
+                            self.users
+                                .put(dir_key.clone(), found.clone(), sudo.user_cache_ttl);
+                            found
+                        }
+                        Err(LookerError::Status { status: 401 }) if !retried_admin => {
+                            // Admin session expired or revoked early: log in again once.
+                            retried_admin = true;
+                            self.tokens.invalidate(&CacheKey::Admin).await;
+                            continue;
+                        }
+                        Err(e) => return Err(BrokerError::from_call(e, "the user lookup")),
+                    }
+                }
+            };
+            let Some(user_id) = user_id else {
+                return Err(no_user());
+            };
+            let result = self
+                .timed_login(
+                    "user",
+                    rt.looker.login_user(&admin, &user_id, sudo.associative),
+                    "sudo",
+                    json!({"user_id": user_id, "credential_type": credential_type}),
+                )
+                .await;
+            return match result {
+                Err(BrokerError::BadCredentials(_)) => {
+                    // 404/403 from login/{id}: user gone, disabled, or not sudo-able (an admin).
+                    self.users.forget(&dir_key);
+                    if !retried_admin {
+                        retried_admin = true;
+                        self.tokens.invalidate(&CacheKey::Admin).await;
+                        continue;
+                    }
+                    Err(no_user())
+                }
+                other => other,
+            };
+        }
+    }
+
+    /// Every role (and the sudo admin, if configured) can log in right now.
+    pub async fn readiness(self: &Arc<Self>) -> (bool, serde_json::Value) {
+        let rt = self.runtime();
+        let mut checks = tokio::task::JoinSet::new();
+        for name in rt.config.roles.keys() {
+            let (broker, name) = (self.clone(), name.clone());
+            checks.spawn(async move {
+                let r = broker
+                    .token(&LookerIdentity::Role { name: name.clone() })
+                    .await;
+                (format!("role:{name}"), r.err())
+            });
+        }
+        if let Some(sudo) = rt.config.sudo.clone() {
+            let (broker, rt) = (self.clone(), rt.clone());
+            checks.spawn(async move {
+                (
+                    "sudo".to_string(),
+                    broker.admin_token(&rt, &sudo).await.err(),
+                )
+            });
+        }
+        let mut ready = true;
+        let mut details = serde_json::Map::new();
+        while let Some(joined) = checks.join_next().await {
+            match joined {
+                Ok((name, None)) => {
+                    details.insert(name, json!("ok"));
+                }
+                Ok((name, Some(e))) => {
+                    ready = false;
+                    details.insert(name, json!({"error": e.code(), "message": e.to_string()}));
+                }
+                Err(_) => ready = false,
+            }
+        }
+        (ready, json!({"ready": ready, "checks": details}))
+    }
+
+    /// Periodic housekeeping: forget expired tokens and user lookups.
+    pub fn sweep(&self) {
+        self.tokens.sweep();
+        self.users.sweep();
+    }
+}

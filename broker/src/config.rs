@@ -1,0 +1,597 @@
+//! Broker configuration: the TOML file format, its validation, and the compiled
+//! [`BrokerConfig`] shared (immutably) by every request until the next reload.
+
+use crate::secret::Secret;
+use reqwest::Url;
+use serde::{Deserialize, Deserializer};
+use sha2::{Digest, Sha256};
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+/// Embedded demo config (DESIGN.md demo identities), used without `--config`.
+pub const DEMO_CONFIG: &str = r#"
+listen = "127.0.0.1:10090"
+looker_url = "http://127.0.0.1:10080"
+gateway_credentials = ["demo-gateway-secret"]
+refresh_before = "60s"
+looker_timeout = "1s"
+retry_budget = "1500ms"
+
+[roles.analyst]
+client_id = "demo-analyst-id"
+client_secret = "demo-analyst-secret"
+user_id = "101"
+
+[roles.viewer]
+client_id = "demo-viewer-id"
+client_secret = "demo-viewer-secret"
+user_id = "102"
+
+[sudo]
+client_id = "demo-admin-id"
+client_secret = "demo-admin-secret"
+associative = false
+"#;
+
+/// Credential types Looker can look users up by (`/users/credential/{type}/{id}`).
+pub const CREDENTIAL_TYPES: &[&str] = &["email", "google", "ldap", "oidc", "saml", "embed"];
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("config is not valid TOML for the broker: {0}")]
+    Parse(String),
+    #[error("{field}: {message}")]
+    Invalid { field: String, message: String },
+}
+
+fn invalid(field: impl Into<String>, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        field: field.into(),
+        message: message.into(),
+    }
+}
+
+/// A `"60s"`-style duration: integer followed by `ms`, `s`, `m`, `h` or `d`.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct DurationStr(pub Duration);
+
+impl fmt::Debug for DurationStr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:?}", self.0)
+    }
+}
+
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (digits, unit) = text.split_at(split);
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("{text:?} is not a duration like \"60s\" (units: ms, s, m, h, d)"))?;
+    let ms_per_unit = match unit {
+        "ms" => 1,
+        "s" => 1_000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        "d" => 86_400_000,
+        _ => {
+            return Err(format!(
+                "{text:?} has unknown unit {unit:?} (units: ms, s, m, h, d)"
+            ))
+        }
+    };
+    n.checked_mul(ms_per_unit)
+        .map(Duration::from_millis)
+        .ok_or_else(|| format!("{text:?} is too large"))
+}
+
+impl<'de> Deserialize<'de> for DurationStr {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        parse_duration(&text)
+            .map(DurationStr)
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+/// Looker ids are strings in API 4.0 but numbers in older answers; accept both.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LookerId(pub String);
+
+impl<'de> Deserialize<'de> for LookerId {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            S(String),
+            N(u64),
+        }
+        Ok(LookerId(match Raw::deserialize(d)? {
+            Raw::S(s) => s,
+            Raw::N(n) => n.to_string(),
+        }))
+    }
+}
+
+/// The file as written by operators (and by `rotate`).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigFile {
+    pub listen: Option<String>,
+    pub looker_url: String,
+    pub gateway_credentials: Vec<Secret>,
+    pub refresh_before: Option<DurationStr>,
+    /// Timeout of one HTTP call to Looker.
+    pub looker_timeout: Option<DurationStr>,
+    /// Total time for one Looker operation including retries; keep it under the gateway's broker timeout.
+    pub retry_budget: Option<DurationStr>,
+    /// How often the config file is checked for changes.
+    pub reload_poll: Option<DurationStr>,
+    #[serde(default)]
+    pub roles: BTreeMap<String, RoleFile>,
+    pub sudo: Option<SudoFile>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RoleFile {
+    pub client_id: String,
+    pub client_secret: Secret,
+    /// The service account's Looker user id (needed for rotation).
+    pub user_id: Option<LookerId>,
+    /// Id of the current `credentials_api3` key (written by rotation).
+    pub api3_id: Option<LookerId>,
+    pub rotate_every: Option<DurationStr>,
+    /// Unix seconds of the last rotation (written by rotation).
+    pub rotated_at: Option<u64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SudoFile {
+    pub client_id: String,
+    pub client_secret: Secret,
+    /// Passed as `associative` to `POST /login/{user_id}`.
+    #[serde(default)]
+    pub associative: bool,
+    /// How long a credential -> Looker user id lookup is cached.
+    pub user_cache_ttl: Option<DurationStr>,
+    /// Credential types the gateway may ask for (default `["email"]`).
+    pub credential_types: Option<Vec<String>>,
+}
+
+/// API3 client credentials.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Api3Credentials {
+    pub client_id: String,
+    pub client_secret: Secret,
+}
+
+impl Api3Credentials {
+    /// Identifies these credentials in logs and cache entries without revealing the secret.
+    pub fn fingerprint(&self) -> String {
+        format!("{}/{}", self.client_id, self.client_secret.fingerprint())
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RoleConfig {
+    pub credentials: Api3Credentials,
+    pub user_id: Option<String>,
+    pub api3_id: Option<String>,
+    pub rotate_every: Option<Duration>,
+    pub rotated_at: Option<u64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SudoConfig {
+    pub credentials: Api3Credentials,
+    pub associative: bool,
+    pub user_cache_ttl: Duration,
+    pub credential_types: Vec<String>,
+}
+
+/// A gateway credential kept only as its SHA-256, compared in constant time.
+#[derive(Clone, PartialEq, Eq)]
+pub struct GatewayCredential {
+    pub digest: [u8; 32],
+    pub fingerprint: String,
+}
+
+impl fmt::Debug for GatewayCredential {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "GatewayCredential(sha256:{})", self.fingerprint)
+    }
+}
+
+/// Validated, compiled configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BrokerConfig {
+    pub listen: SocketAddr,
+    pub looker_url: Url,
+    pub gateway_credentials: Vec<GatewayCredential>,
+    pub refresh_before: Duration,
+    pub looker_timeout: Duration,
+    pub retry_budget: Duration,
+    pub reload_poll: Duration,
+    pub roles: BTreeMap<String, RoleConfig>,
+    pub sudo: Option<SudoConfig>,
+}
+
+const MIN_GATEWAY_CREDENTIAL_LEN: usize = 16;
+
+impl ConfigFile {
+    pub fn parse(text: &str) -> Result<Self, ConfigError> {
+        // Name the field and line but never quote the line: its value may be a secret.
+        toml_edit::de::from_str(text).map_err(|e| {
+            let message = e.message().trim().to_string();
+            match e.span().and_then(|s| field_at(text, s.start)) {
+                // serde quotes offending values ("invalid type: string \"…\""); hide them for secrets.
+                Some((field, line))
+                    if field.ends_with("secret") || field.contains("gateway_credentials") =>
+                {
+                    ConfigError::Parse(format!(
+                        "{field} (line {line}): invalid value (not shown, it may be a secret)"
+                    ))
+                }
+                Some((field, line)) => {
+                    ConfigError::Parse(format!("{field} (line {line}): {message}"))
+                }
+                None => ConfigError::Parse(message),
+            }
+        })
+    }
+
+    /// `LOOKERGATE_BROKER_LISTEN`, `_LOOKER_URL`, `_GATEWAY_CREDENTIALS` (comma-separated) override the file.
+    pub fn apply_env(&mut self, lookup: impl Fn(&str) -> Option<String>) {
+        if let Some(v) = lookup("LOOKERGATE_BROKER_LISTEN") {
+            self.listen = Some(v);
+        }
+        if let Some(v) = lookup("LOOKERGATE_BROKER_LOOKER_URL") {
+            self.looker_url = v;
+        }
+        if let Some(v) = lookup("LOOKERGATE_BROKER_GATEWAY_CREDENTIALS") {
+            self.gateway_credentials = v
+                .split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(Secret::new)
+                .collect();
+        }
+    }
+
+    pub fn compile(self) -> Result<BrokerConfig, ConfigError> {
+        let listen_text = self.listen.as_deref().unwrap_or("127.0.0.1:10090");
+        let listen: SocketAddr = listen_text.parse().map_err(|_| {
+            invalid(
+                "listen",
+                format!("{listen_text:?} is not an ip:port address"),
+            )
+        })?;
+
+        let looker_url = compile_looker_url(&self.looker_url)?;
+
+        if self.gateway_credentials.is_empty() {
+            return Err(invalid(
+                "gateway_credentials",
+                "needs at least one credential",
+            ));
+        }
+        let mut gateway_credentials = Vec::new();
+        for (i, c) in self.gateway_credentials.iter().enumerate() {
+            if c.expose().len() < MIN_GATEWAY_CREDENTIAL_LEN {
+                return Err(invalid(
+                    format!("gateway_credentials[{i}]"),
+                    format!("must be at least {MIN_GATEWAY_CREDENTIAL_LEN} characters"),
+                ));
+            }
+            gateway_credentials.push(GatewayCredential {
+                digest: Sha256::digest(c.expose().as_bytes()).into(),
+                fingerprint: c.fingerprint(),
+            });
+        }
+
+        let refresh_before = self.refresh_before.map_or(Duration::from_secs(60), |d| d.0);
+        let looker_timeout = self.looker_timeout.map_or(Duration::from_secs(1), |d| d.0);
+        let retry_budget = self
+            .retry_budget
+            .map_or(Duration::from_millis(1500), |d| d.0);
+        let reload_poll = self.reload_poll.map_or(Duration::from_secs(2), |d| d.0);
+        if looker_timeout.is_zero() {
+            return Err(invalid("looker_timeout", "must be more than 0"));
+        }
+        if retry_budget < looker_timeout {
+            return Err(invalid("retry_budget", "must be at least looker_timeout"));
+        }
+        if reload_poll < Duration::from_millis(50) {
+            return Err(invalid("reload_poll", "must be at least 50ms"));
+        }
+
+        let mut roles = BTreeMap::new();
+        for (name, r) in self.roles {
+            let field = format!("roles.{name}");
+            if name.is_empty()
+                || !name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+            {
+                return Err(invalid(
+                    &field,
+                    "role names use only letters, digits, '_' and '-'",
+                ));
+            }
+            if r.client_id.trim().is_empty() {
+                return Err(invalid(format!("{field}.client_id"), "must not be empty"));
+            }
+            if r.client_secret.is_empty() {
+                return Err(invalid(
+                    format!("{field}.client_secret"),
+                    "must not be empty",
+                ));
+            }
+            let rotate_every = r.rotate_every.map(|d| d.0);
+            if let Some(every) = rotate_every {
+                if every < Duration::from_secs(1) {
+                    return Err(invalid(
+                        format!("{field}.rotate_every"),
+                        "must be at least 1s",
+                    ));
+                }
+                if r.user_id.is_none() {
+                    return Err(invalid(
+                        format!("{field}.rotate_every"),
+                        format!("needs {field}.user_id (the service account's Looker user id)"),
+                    ));
+                }
+                if self.sudo.is_none() {
+                    return Err(invalid(
+                        format!("{field}.rotate_every"),
+                        "needs a [sudo] section (an admin creates the new key)",
+                    ));
+                }
+            }
+            roles.insert(
+                name,
+                RoleConfig {
+                    credentials: Api3Credentials {
+                        client_id: r.client_id,
+                        client_secret: r.client_secret,
+                    },
+                    user_id: r.user_id.map(|i| i.0),
+                    api3_id: r.api3_id.map(|i| i.0),
+                    rotate_every,
+                    rotated_at: r.rotated_at,
+                },
+            );
+        }
+
+        let sudo = match self.sudo {
+            None => None,
+            Some(s) => {
+                if s.client_id.trim().is_empty() {
+                    return Err(invalid("sudo.client_id", "must not be empty"));
+                }
+                if s.client_secret.is_empty() {
+                    return Err(invalid("sudo.client_secret", "must not be empty"));
+                }
+                let credential_types = s.credential_types.unwrap_or_else(|| vec!["email".into()]);
+                for (i, t) in credential_types.iter().enumerate() {
+                    if !CREDENTIAL_TYPES.contains(&t.as_str()) {
+                        return Err(invalid(
+                            format!("sudo.credential_types[{i}]"),
+                            format!("{t:?} is not one of {CREDENTIAL_TYPES:?}"),
+                        ));
+                    }
+                }
+                Some(SudoConfig {
+                    credentials: Api3Credentials {
+                        client_id: s.client_id,
+                        client_secret: s.client_secret,
+                    },
+                    associative: s.associative,
+                    user_cache_ttl: s.user_cache_ttl.map_or(Duration::from_secs(300), |d| d.0),
+                    credential_types,
+                })
+            }
+        };
+
+        if roles.is_empty() && sudo.is_none() {
+            return Err(invalid(
+                "roles",
+                "configure at least one [roles.NAME] or a [sudo] section",
+            ));
+        }
+
+        Ok(BrokerConfig {
+            listen,
+            looker_url,
+            gateway_credentials,
+            refresh_before,
+            looker_timeout,
+            retry_budget,
+            reload_poll,
+            roles,
+            sudo,
+        })
+    }
+}
+
+/// The dotted key (`roles.a.client_id`) and 1-based line number at byte `offset`.
+fn field_at(text: &str, offset: usize) -> Option<(String, usize)> {
+    let before = text.get(..offset)?;
+    let line_no = before.matches('\n').count() + 1;
+    let line = text.lines().nth(line_no - 1)?.trim();
+    let key = line
+        .split_once('=')
+        .map(|(k, _)| k.trim().trim_matches('"').to_string());
+    let table = text
+        .lines()
+        .take(line_no - 1)
+        .map(str::trim)
+        .filter(|l| l.starts_with('['))
+        .last()
+        .map(|l| l.trim_matches(|c| c == '[' || c == ']').trim().to_string());
+    let field = match (table, key) {
+        (Some(t), Some(k)) => format!("{t}.{k}"),
+        (None, Some(k)) => k,
+        (Some(t), None) => t,
+        (None, None) => return None,
+    };
+    Some((field, line_no))
+}
+
+fn compile_looker_url(text: &str) -> Result<Url, ConfigError> {
+    let url = Url::parse(text).map_err(|e| invalid("looker_url", format!("{text:?}: {e}")))?;
+    if url.scheme() != "http" && url.scheme() != "https" {
+        return Err(invalid("looker_url", "must be an http:// or https:// URL"));
+    }
+    if url.query().is_some() || url.fragment().is_some() || !url.username().is_empty() {
+        return Err(invalid(
+            "looker_url",
+            "must not contain credentials, a query or a fragment",
+        ));
+    }
+    if url.cannot_be_a_base() || url.host().is_none() {
+        return Err(invalid("looker_url", "must have a host"));
+    }
+    Ok(url)
+}
+
+impl BrokerConfig {
+    pub fn parse(text: &str) -> Result<Self, ConfigError> {
+        ConfigFile::parse(text)?.compile()
+    }
+
+    pub fn demo() -> Result<Self, ConfigError> {
+        Self::parse(DEMO_CONFIG)
+    }
+
+    /// Reads, applies environment overrides, validates.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        let mut file = ConfigFile::parse(&text)?;
+        file.apply_env(|k| std::env::var(k).ok());
+        file.compile()
+    }
+}
+
+#[cfg(test)]
+#[allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn demo_config_is_valid() {
+        let c = BrokerConfig::demo();
+        assert!(c.is_ok(), "{c:?}");
+        let Ok(c) = c else { return };
+        assert_eq!(c.listen.to_string(), "127.0.0.1:10090");
+        assert_eq!(c.roles.len(), 2);
+        assert_eq!(c.refresh_before, Duration::from_secs(60));
+    }
+
+    #[test]
+    fn durations_parse_with_units() {
+        let table = [
+            ("500ms", Some(500)),
+            ("60s", Some(60_000)),
+            ("5m", Some(300_000)),
+            ("2h", Some(7_200_000)),
+            ("7d", Some(604_800_000)),
+            ("60", None),
+            ("s", None),
+            ("1.5s", None),
+            ("-1s", None),
+        ];
+        for (text, want) in table {
+            let got = parse_duration(text).ok().map(|d| d.as_millis() as u64);
+            assert_eq!(got, want, "{text}");
+        }
+    }
+
+    fn error_of(text: &str) -> String {
+        match BrokerConfig::parse(text) {
+            Ok(_) => "ok".into(),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    #[test]
+    fn invalid_configs_name_the_field() {
+        let base =
+            "looker_url = \"http://looker:19999\"\ngateway_credentials = [\"0123456789abcdef\"]\n";
+        let role = "[roles.a]\nclient_id = \"x\"\nclient_secret = \"y\"\n";
+        let table = [
+            (format!("{base}{role}refresh = 1\n"), "unknown field"),
+            (format!("{base}refresh_before = \"1y\"\n{role}"), "refresh_before"),
+            (format!("{base}listen = \"nope\"\n{role}"), "listen"),
+            (format!("looker_url = \"ftp://x\"\ngateway_credentials = [\"0123456789abcdef\"]\n{role}"), "looker_url"),
+            (format!("looker_url = \"http://x\"\ngateway_credentials = [\"short\"]\n{role}"), "gateway_credentials[0]"),
+            (format!("looker_url = \"http://x\"\ngateway_credentials = []\n{role}"), "gateway_credentials"),
+            (format!("{base}[roles.a]\nclient_id = \"\"\nclient_secret = \"y\"\n"), "roles.a.client_id"),
+            (format!("{base}{role}rotate_every = \"7d\"\n"), "roles.a.rotate_every"),
+            (base.to_string(), "roles"),
+            (format!("{base}[sudo]\nclient_id = \"a\"\nclient_secret = \"b\"\ncredential_types = [\"fax\"]\n"), "sudo.credential_types[0]"),
+        ];
+        for (text, want) in table {
+            let err = error_of(&text);
+            assert!(err.contains(want), "want {want:?} in {err:?} for\n{text}");
+        }
+    }
+
+    #[test]
+    fn config_errors_never_show_secrets() {
+        let text = "looker_url = \"http://x\"\ngateway_credentials = [\"0123456789abcdef\"]\n[roles.a]\nclient_id = \"x\"\nclient_secret = \"topsecretvalue\"\nrotate_every = \"7d\"\n";
+        let err = error_of(text);
+        assert!(!err.contains("topsecretvalue"), "{err}");
+        let text = "looker_url = \"http://x\"\ngateway_credentials = \"topsecretgateway\"\n[roles.a]\nclient_id = \"x\"\nclient_secret = [\"topsecretvalue\"]\n";
+        let err = error_of(text);
+        assert!(
+            err.contains("gateway_credentials") && !err.contains("topsecret"),
+            "{err}"
+        );
+        let debug = format!("{:?}", BrokerConfig::demo());
+        assert!(
+            !debug.contains("demo-analyst-secret") && !debug.contains("demo-gateway-secret"),
+            "{debug}"
+        );
+    }
+
+    #[test]
+    fn env_overrides_listen_and_credentials() {
+        let mut file = match ConfigFile::parse(DEMO_CONFIG) {
+            Ok(f) => f,
+            Err(e) => panic!("{e}"),
+        };
+        file.apply_env(|k| match k {
+            "LOOKERGATE_BROKER_LISTEN" => Some("127.0.0.1:0".into()),
+            "LOOKERGATE_BROKER_GATEWAY_CREDENTIALS" => {
+                Some("aaaaaaaaaaaaaaaa, bbbbbbbbbbbbbbbb".into())
+            }
+            _ => None,
+        });
+        let c = file.compile();
+        assert!(
+            matches!(&c, Ok(c) if c.listen.port() == 0 && c.gateway_credentials.len() == 2),
+            "{c:?}"
+        );
+    }
+}

@@ -1,0 +1,434 @@
+//! The broker's HTTP API (DESIGN.md "Broker HTTP API"): routing, gateway
+//! authentication, request parsing, and the one place errors become replies.
+
+use crate::broker::{Broker, BrokerError, Issued};
+use crate::cache::Outcome;
+use crate::identity::LookerIdentity;
+use crate::log;
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::json;
+use sha2::{Digest, Sha256};
+use std::sync::Arc;
+use std::time::Instant;
+use subtle::ConstantTimeEq;
+
+/// Shared state of every handler.
+pub type AppState = Arc<Broker>;
+
+const MAX_BODY_BYTES: usize = 16 * 1024;
+const MAX_AUDIT_FIELD: usize = 256;
+
+pub fn app(state: AppState) -> Router {
+    Router::new()
+        .route("/v1/token", post(issue_token))
+        .route("/v1/token/invalidate", post(invalidate_token))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .with_state(state)
+}
+
+#[derive(Deserialize)]
+struct TokenRequest {
+    identity: LookerIdentity,
+    #[serde(default)]
+    subject: Option<String>,
+    #[serde(default)]
+    request_id: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct InvalidateRequest {
+    identity: LookerIdentity,
+}
+
+/// Checks `Authorization: Bearer <credential>` against every configured gateway
+/// credential without short-circuiting, comparing SHA-256 digests in constant time.
+fn authenticate(broker: &Broker, headers: &HeaderMap) -> Result<String, BrokerError> {
+    let presented = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            let (scheme, rest) = v.split_once(' ')?;
+            scheme.eq_ignore_ascii_case("bearer").then(|| rest.trim())
+        })
+        .ok_or(BrokerError::Unauthorized)?;
+    let digest: [u8; 32] = Sha256::digest(presented.as_bytes()).into();
+    let rt = broker.runtime();
+    let mut matched: Option<String> = None;
+    for c in &rt.config.gateway_credentials {
+        if bool::from(c.digest.ct_eq(&digest)) {
+            matched = Some(c.fingerprint.clone());
+        }
+    }
+    matched.ok_or(BrokerError::Unauthorized)
+}
+
+fn parse<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, BrokerError> {
+    serde_json::from_slice(body)
+        .map_err(|e| BrokerError::BadRequest(format!("invalid request body: {e}")))
+}
+
+fn clip(s: Option<String>) -> Option<String> {
+    s.map(|mut s| {
+        if s.len() > MAX_AUDIT_FIELD {
+            let mut end = MAX_AUDIT_FIELD;
+            while !s.is_char_boundary(end) {
+                end -= 1;
+            }
+            s.truncate(end);
+        }
+        s
+    })
+}
+
+async fn issue_token(State(broker): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
+    let started = Instant::now();
+    let mut request_id = None;
+    let mut subject = None;
+    let result = async {
+        let gateway = authenticate(&broker, &headers)?;
+        let req: TokenRequest = parse(&body)?;
+        request_id = clip(req.request_id);
+        subject = clip(req.subject);
+        let issued = broker.token(&req.identity).await?;
+        // Counted here, not in `Broker::token`, so /readyz probes don't skew the hit rate.
+        let cache_metric = match issued.outcome {
+            Outcome::Login => "lookergate_broker_cache_misses_total",
+            Outcome::Hit | Outcome::Joined | Outcome::Stale => "lookergate_broker_cache_hits_total",
+        };
+        broker.metrics.inc(cache_metric, &[]);
+        audit(
+            &gateway,
+            subject.as_deref(),
+            request_id.as_deref(),
+            &req.identity,
+            &issued,
+        );
+        Ok::<_, BrokerError>(issued)
+    }
+    .await;
+    broker.metrics.observe(
+        "lookergate_broker_token_request_duration_seconds",
+        started.elapsed(),
+    );
+    match result {
+        Ok(issued) => {
+            broker.metrics.inc(
+                "lookergate_broker_token_requests_total",
+                &[("result", "ok")],
+            );
+            no_store(
+                Json(json!({
+                    "access_token": issued.token.access_token.expose(),
+                    "token_type": "token",
+                    "expires_in": issued.expires_in(),
+                }))
+                .into_response(),
+            )
+        }
+        Err(e) => {
+            broker.metrics.inc(
+                "lookergate_broker_token_requests_total",
+                &[("result", "error")],
+            );
+            error_reply(&broker, "/v1/token", request_id.as_deref(), &e)
+        }
+    }
+}
+
+/// The audit trail: who asked for which identity and what they got (by fingerprint only).
+fn audit(
+    gateway: &str,
+    subject: Option<&str>,
+    request_id: Option<&str>,
+    identity: &LookerIdentity,
+    issued: &Issued,
+) {
+    let cache = match issued.outcome {
+        Outcome::Hit => "hit",
+        Outcome::Login => "login",
+        Outcome::Joined => "joined",
+        Outcome::Stale => "stale",
+    };
+    log::info(
+        "token_issued",
+        json!({
+            "audit": true,
+            "gateway_credential": gateway,
+            "subject": subject,
+            "request_id": request_id,
+            "identity": identity,
+            "token_fp": issued.token.access_token.fingerprint(),
+            "expires_in": issued.expires_in(),
+            "expires_at": crate::log::unix_now_secs() + issued.expires_in(),
+            "cache": cache,
+        }),
+    );
+}
+
+async fn invalidate_token(
+    State(broker): State<AppState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let result = async {
+        authenticate(&broker, &headers)?;
+        let req: InvalidateRequest = parse(&body)?;
+        let dropped = broker.invalidate(&req.identity).await?;
+        log::info(
+            "token_invalidated",
+            json!({"identity": req.identity, "dropped": dropped}),
+        );
+        Ok::<_, BrokerError>(())
+    }
+    .await;
+    match result {
+        Ok(()) => StatusCode::NO_CONTENT.into_response(),
+        Err(e) => error_reply(&broker, "/v1/token/invalidate", None, &e),
+    }
+}
+
+/// The one mapping from [`BrokerError`] to a reply; also logs and counts it.
+fn error_reply(broker: &Broker, path: &str, request_id: Option<&str>, e: &BrokerError) -> Response {
+    broker
+        .metrics
+        .inc("lookergate_broker_errors_total", &[("code", e.code())]);
+    log::warn(
+        "request_failed",
+        json!({"path": path, "request_id": request_id, "error": e.code(), "message": e.to_string()}),
+    );
+    let mut resp = (
+        e.status(),
+        Json(json!({"error": e.code(), "message": e.to_string()})),
+    )
+        .into_response();
+    if matches!(e, BrokerError::Unauthorized) {
+        resp.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            HeaderValue::from_static("Bearer realm=\"lookergate-broker\""),
+        );
+    }
+    no_store(resp)
+}
+
+fn no_store(mut resp: Response) -> Response {
+    resp.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    resp
+}
+
+async fn healthz() -> Response {
+    Json(json!({"status": "ok"})).into_response()
+}
+
+async fn readyz(State(broker): State<AppState>) -> Response {
+    let (ready, details) = broker.readiness().await;
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, Json(details)).into_response()
+}
+
+async fn metrics(State(broker): State<AppState>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; version=0.0.4"),
+        )],
+        broker.metrics.render(),
+    )
+        .into_response()
+}
+
+#[cfg(test)]
+#[allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+mod tests {
+    //! Router-level tests (tower `oneshot`) for everything decided before Looker is called.
+    use super::*;
+    use crate::config::BrokerConfig;
+    use axum::body::Body;
+    use axum::http::Request;
+    use http_body_util::BodyExt;
+    use tower::ServiceExt;
+
+    /// Demo config whose Looker is an unroutable address; these tests never reach it.
+    fn test_app() -> Router {
+        let text = crate::config::DEMO_CONFIG
+            .replace("http://127.0.0.1:10080", "http://127.0.0.1:9")
+            .replace(
+                "gateway_credentials = [\"demo-gateway-secret\"]",
+                "gateway_credentials = [\"demo-gateway-secret\", \"second-gateway-secret\"]",
+            );
+        let state = crate::state(BrokerConfig::parse(&text).unwrap(), None);
+        app(state.unwrap())
+    }
+
+    async fn call(
+        app: Router,
+        auth: Option<&str>,
+        path: &str,
+        body: &str,
+    ) -> (StatusCode, serde_json::Value) {
+        let mut req = Request::post(path).header("content-type", "application/json");
+        if let Some(auth) = auth {
+            req = req.header("authorization", auth);
+        }
+        let Ok(req) = req.body(Body::from(body.to_string())) else {
+            return (StatusCode::IM_A_TEAPOT, json!(null));
+        };
+        let Ok(resp) = app.oneshot(req).await;
+        let status = resp.status();
+        let bytes = resp
+            .into_body()
+            .collect()
+            .await
+            .map(|b| b.to_bytes())
+            .unwrap_or_default();
+        (
+            status,
+            serde_json::from_slice(&bytes).unwrap_or(json!(null)),
+        )
+    }
+
+    const ROLE: &str =
+        r#"{"identity": {"kind": "role", "name": "nope"}, "subject": "alice", "request_id": "r1"}"#;
+
+    #[tokio::test]
+    async fn gateway_credential_is_checked_before_anything_else() {
+        let table = [
+            (None, "{", StatusCode::UNAUTHORIZED, "unauthorized"),
+            (
+                Some("Bearer wrong-gateway-secret"),
+                ROLE,
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+            ),
+            (
+                Some("Basic demo-gateway-secret"),
+                ROLE,
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+            ),
+            (
+                Some("Bearer demo-gateway-secre"),
+                ROLE,
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+            ),
+            (
+                Some("Bearer demo-gateway-secret"),
+                ROLE,
+                StatusCode::NOT_FOUND,
+                "unknown_role",
+            ),
+            (
+                Some("bearer second-gateway-secret"),
+                ROLE,
+                StatusCode::NOT_FOUND,
+                "unknown_role",
+            ),
+        ];
+        for (auth, body, status, code) in table {
+            let (got, json) = call(test_app(), auth, "/v1/token", body).await;
+            assert_eq!(
+                (got, json["error"].as_str()),
+                (status, Some(code)),
+                "{auth:?}: {json}"
+            );
+            assert!(json["message"].is_string());
+        }
+    }
+
+    #[tokio::test]
+    async fn malformed_requests_are_400_bad_request() {
+        let bodies = [
+            "",
+            "not json",
+            r#"{"subject": "alice"}"#,
+            r#"{"identity": {"kind": "group", "name": "x"}}"#,
+            r#"{"identity": {"kind": "role", "name": "../admin"}}"#,
+            r#"{"identity": {"kind": "user", "credential_type": "email", "credential_id": ""}}"#,
+            r#"{"identity": {"kind": "user", "credential_type": "fax", "credential_id": "1"}}"#,
+        ];
+        for body in bodies {
+            let (status, json) = call(
+                test_app(),
+                Some("Bearer demo-gateway-secret"),
+                "/v1/token",
+                body,
+            )
+            .await;
+            assert_eq!(
+                (status, json["error"].as_str()),
+                (StatusCode::BAD_REQUEST, Some("bad_request")),
+                "{body}: {json}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn invalidate_needs_the_gateway_credential_and_answers_204() {
+        let body = r#"{"identity": {"kind": "role", "name": "analyst"}}"#;
+        let (status, _) = call(test_app(), None, "/v1/token/invalidate", body).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
+        let (status, _) = call(
+            test_app(),
+            Some("Bearer demo-gateway-secret"),
+            "/v1/token/invalidate",
+            body,
+        )
+        .await;
+        assert_eq!(status, StatusCode::NO_CONTENT);
+    }
+
+    #[tokio::test]
+    async fn healthz_answers_and_metrics_count_errors_by_code() {
+        let app = test_app();
+        let Ok(req) = Request::get("/healthz").body(Body::empty()) else {
+            return;
+        };
+        let Ok(resp) = app.clone().oneshot(req).await;
+        assert_eq!(resp.status(), StatusCode::OK);
+        let _ = call(
+            app.clone(),
+            Some("Bearer nope-nope-nope-nope"),
+            "/v1/token",
+            ROLE,
+        )
+        .await;
+        let Ok(req) = Request::get("/metrics").body(Body::empty()) else {
+            return;
+        };
+        let Ok(resp) = app.oneshot(req).await;
+        let bytes = resp
+            .into_body()
+            .collect()
+            .await
+            .map(|b| b.to_bytes())
+            .unwrap_or_default();
+        let text = String::from_utf8_lossy(&bytes);
+        assert!(
+            text.contains("lookergate_broker_errors_total{code=\"unauthorized\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("# TYPE lookergate_broker_looker_login_duration_seconds histogram"),
+            "{text}"
+        );
+    }
+}

@@ -1,0 +1,321 @@
+//! API3 key rotation for a role's service account: create a new key as admin, prove it
+//! by logging in, write the config file atomically, then delete the old key.
+//!
+//! Any failure before the file is replaced deletes the new key again, so the old key
+//! and the old file stay in force.
+
+use crate::config::{BrokerConfig, ConfigFile};
+use crate::http::AppState;
+use crate::log;
+use crate::looker::{LookerClient, LookerError, NewApi3Key};
+use crate::secret::fingerprint;
+use serde_json::json;
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use tokio::task::JoinHandle;
+use toml_edit::{DocumentMut, Item};
+
+#[derive(Debug, thiserror::Error)]
+pub enum RotateError {
+    #[error("config: {0}")]
+    Config(String),
+    #[error("Looker: {0}")]
+    Looker(String),
+    #[error("the new key does not work ({0}); it was deleted again, the old key stays in use")]
+    ProofFailed(String),
+    #[error("cannot write the config file ({0}); the new key was deleted again, the old key stays in use")]
+    Write(String),
+}
+
+/// What a rotation did; printed by the CLI and logged by the scheduler.
+#[derive(Debug)]
+pub struct RotationReport {
+    pub role: String,
+    pub new_client_id: String,
+    pub new_key_id: String,
+    pub old_client_id: String,
+    pub old_key_id: Option<String>,
+    /// `false` when the old key could not be found or deleted (see `warning`).
+    pub old_key_deleted: bool,
+    pub warning: Option<String>,
+}
+
+impl RotationReport {
+    pub fn to_json(&self) -> serde_json::Value {
+        json!({
+            "role": self.role,
+            "new_client_id": self.new_client_id,
+            "new_key_id": self.new_key_id,
+            "old_client_id": self.old_client_id,
+            "old_key_id": self.old_key_id,
+            "old_key_deleted": self.old_key_deleted,
+            "warning": self.warning,
+        })
+    }
+}
+
+fn temp_path(path: &Path) -> PathBuf {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    path.with_file_name(format!(".{name}.rotate.tmp"))
+}
+
+fn backup_path(path: &Path) -> PathBuf {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    path.with_file_name(format!("{name}.bak"))
+}
+
+fn looker_error(e: LookerError) -> RotateError {
+    RotateError::Looker(e.to_string())
+}
+
+/// Rotates the API3 key of `role` in the config file at `path`.
+pub async fn rotate_role(path: &Path, role: &str) -> Result<RotationReport, RotateError> {
+    let original = std::fs::read_to_string(path)
+        .map_err(|e| RotateError::Config(format!("cannot read {}: {e}", path.display())))?;
+    let mut file = ConfigFile::parse(&original).map_err(|e| RotateError::Config(e.to_string()))?;
+    file.apply_env(|k| std::env::var(k).ok());
+    let config = file
+        .compile()
+        .map_err(|e| RotateError::Config(e.to_string()))?;
+    let role_cfg = config
+        .roles
+        .get(role)
+        .ok_or_else(|| RotateError::Config(format!("no [roles.{role}] in {}", path.display())))?;
+    let user_id = role_cfg
+        .user_id
+        .clone()
+        .ok_or_else(|| RotateError::Config(format!("roles.{role}.user_id is needed to rotate")))?;
+    let sudo = config
+        .sudo
+        .as_ref()
+        .ok_or_else(|| RotateError::Config("a [sudo] section is needed to rotate".into()))?;
+    let looker = rotation_client(&config)?;
+
+    let admin = looker.login(&sudo.credentials).await.map_err(|e| match e {
+        LookerError::Status { .. } => {
+            RotateError::Looker("Looker refused the sudo credentials".into())
+        }
+        e => looker_error(e),
+    })?;
+    let admin = admin.access_token;
+    let old = role_cfg.credentials.clone();
+
+    // Find the old key first: if that fails we have created nothing yet.
+    let (old_key_id, mut warning) = match &role_cfg.api3_id {
+        Some(id) => (Some(id.clone()), None),
+        None => match looker.list_api3(&admin, &user_id).await {
+            Ok(keys) => match keys.into_iter().find(|k| k.client_id == old.client_id) {
+                Some(k) => (Some(k.id.0), None),
+                None => (
+                    None,
+                    Some(format!(
+                        "old key {} not found on user {user_id}; not deleted",
+                        old.client_id
+                    )),
+                ),
+            },
+            Err(e) => (
+                None,
+                Some(format!(
+                    "cannot list the keys of user {user_id} ({e}); old key not deleted"
+                )),
+            ),
+        },
+    };
+
+    let new_key = looker
+        .create_api3(&admin, &user_id)
+        .await
+        .map_err(looker_error)?;
+    log::info(
+        "rotation",
+        json!({"role": role, "step": "created", "client_id": new_key.credentials.client_id,
+               "secret_fp": new_key.credentials.client_secret.fingerprint()}),
+    );
+
+    let undo = |why: RotateError| {
+        let (looker, admin, user_id, key_id) = (&looker, &admin, &user_id, new_key.id.clone());
+        async move {
+            if let Err(e) = looker.delete_api3(admin, user_id, &key_id).await {
+                log::error(
+                    "rotation",
+                    json!({"role": role, "step": "undo", "key_id": key_id, "message": e.to_string()}),
+                );
+            }
+            why
+        }
+    };
+
+    if let Err(e) = looker.login(&new_key.credentials).await {
+        return Err(undo(RotateError::ProofFailed(e.to_string())).await);
+    }
+    if let Err(e) = write_rotated(path, &original, role, &new_key) {
+        return Err(undo(RotateError::Write(e)).await);
+    }
+    log::info(
+        "rotation",
+        json!({"role": role, "step": "written", "path": path.display().to_string()}),
+    );
+
+    let mut old_key_deleted = false;
+    if let Some(old_id) = &old_key_id {
+        if old_id == &new_key.id {
+            warning = Some("old and new key ids are equal; nothing deleted".into());
+        } else {
+            match looker.delete_api3(&admin, &user_id, old_id).await {
+                Ok(()) => old_key_deleted = true,
+                Err(e) => warning = Some(format!("old key {old_id} not deleted: {e}")),
+            }
+        }
+    }
+    Ok(RotationReport {
+        role: role.to_string(),
+        new_client_id: new_key.credentials.client_id.clone(),
+        new_key_id: new_key.id.clone(),
+        old_client_id: old.client_id,
+        old_key_id,
+        old_key_deleted,
+        warning,
+    })
+}
+
+/// Rotation is not under the gateway's deadline: allow more time than token requests.
+fn rotation_client(config: &BrokerConfig) -> Result<LookerClient, RotateError> {
+    LookerClient::new(
+        config.looker_url.clone(),
+        config.looker_timeout.max(Duration::from_secs(5)),
+        config.retry_budget.max(Duration::from_secs(15)),
+    )
+    .map_err(looker_error)
+}
+
+/// Replaces the role's key in the file: temp file + fsync + `.bak` + rename. Refuses if
+/// the file changed since it was read (someone else edited it meanwhile).
+fn write_rotated(path: &Path, original: &str, role: &str, key: &NewApi3Key) -> Result<(), String> {
+    let mut doc: DocumentMut = original
+        .parse()
+        .map_err(|e: toml_edit::TomlError| e.message().to_string())?;
+    let table = doc
+        .get_mut("roles")
+        .and_then(Item::as_table_like_mut)
+        .and_then(|roles| roles.get_mut(role))
+        .and_then(Item::as_table_like_mut)
+        .ok_or_else(|| format!("no [roles.{role}] table"))?;
+    table.insert(
+        "client_id",
+        toml_edit::value(key.credentials.client_id.clone()),
+    );
+    table.insert(
+        "client_secret",
+        toml_edit::value(key.credentials.client_secret.expose()),
+    );
+    table.insert("api3_id", toml_edit::value(key.id.clone()));
+    table.insert(
+        "rotated_at",
+        toml_edit::value(crate::log::unix_now_secs() as i64),
+    );
+    let text = doc.to_string();
+    BrokerConfig::parse(&text).map_err(|e| format!("rotated config would be invalid: {e}"))?;
+
+    let tmp = temp_path(path);
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600); // the file holds secrets
+    }
+    let result = (|| {
+        let mut f = options
+            .open(&tmp)
+            .map_err(|e| format!("{}: {e}", tmp.display()))?;
+        f.write_all(text.as_bytes())
+            .map_err(|e| format!("{}: {e}", tmp.display()))?;
+        f.sync_all()
+            .map_err(|e| format!("{}: {e}", tmp.display()))?;
+        if let Ok(meta) = std::fs::metadata(path) {
+            let _ = std::fs::set_permissions(&tmp, meta.permissions());
+        }
+        let current = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        if fingerprint(&current) != fingerprint(original.as_bytes()) {
+            return Err("the config file changed during rotation".to_string());
+        }
+        let bak = backup_path(path);
+        std::fs::copy(path, &bak).map_err(|e| format!("{}: {e}", bak.display()))?;
+        std::fs::rename(&tmp, path).map_err(|e| format!("{}: {e}", path.display()))?;
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            if let Ok(d) = std::fs::File::open(dir) {
+                let _ = d.sync_all();
+            }
+        }
+        Ok(())
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}
+
+const RETRY_FAILED_ROTATION: Duration = Duration::from_secs(300);
+
+/// Rotates every role with `rotate_every` when due (`rotated_at + rotate_every`; a role
+/// never rotated by us is due at once), then reloads the config.
+pub fn spawn_scheduler(broker: AppState) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let Some(path) = broker.config_path.clone() else {
+            return;
+        };
+        let mut not_before: HashMap<String, u64> = HashMap::new();
+        loop {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            let rt = broker.runtime();
+            let now = crate::log::unix_now_secs();
+            for (name, role) in &rt.config.roles {
+                let Some(every) = role.rotate_every else {
+                    continue;
+                };
+                let due = role
+                    .rotated_at
+                    .map_or(0, |t| t.saturating_add(every.as_secs()));
+                if now < due || now < not_before.get(name).copied().unwrap_or(0) {
+                    continue;
+                }
+                match rotate_role(&path, name).await {
+                    Ok(report) => {
+                        broker
+                            .metrics
+                            .inc("lookergate_broker_rotations_total", &[("result", "ok")]);
+                        log::info(
+                            "rotation",
+                            json!({"step": "done", "trigger": "schedule", "report": report.to_json()}),
+                        );
+                        let _ = crate::reload::reload(&broker, "rotation");
+                        // Guards against re-rotating before the reload is visible.
+                        not_before.insert(
+                            name.clone(),
+                            now + every.as_secs().min(RETRY_FAILED_ROTATION.as_secs()),
+                        );
+                    }
+                    Err(e) => {
+                        broker
+                            .metrics
+                            .inc("lookergate_broker_rotations_total", &[("result", "error")]);
+                        log::error(
+                            "rotation",
+                            json!({"role": name, "step": "failed", "trigger": "schedule", "message": e.to_string()}),
+                        );
+                        not_before.insert(name.clone(), now + RETRY_FAILED_ROTATION.as_secs());
+                    }
+                }
+            }
+        }
+    })
+}

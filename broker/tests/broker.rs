@@ -1,0 +1,768 @@
+//! Real-socket tests: the broker and the Looker simulator on port 0, talking HTTP.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
+use lookergate_broker::config::{BrokerConfig, DEMO_CONFIG};
+use lookergate_looker_sim::SimState;
+use serde_json::{json, Value};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::net::TcpListener;
+
+type TestResult = Result<(), Box<dyn std::error::Error>>;
+
+const GATEWAY: &str = "Bearer demo-gateway-secret";
+
+async fn bind() -> Result<(TcpListener, SocketAddr), std::io::Error> {
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    Ok((listener, addr))
+}
+
+/// The Looker simulator with demo data on a free port.
+struct Sim {
+    url: String,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Sim {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Sim {
+    async fn start() -> Result<Sim, std::io::Error> {
+        let (listener, addr) = bind().await?;
+        let app = lookergate_looker_sim::app(SimState::demo());
+        let task = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Ok(Sim {
+            url: format!("http://{addr}"),
+            task,
+        })
+    }
+
+    async fn logins(&self) -> Result<Vec<Value>, reqwest::Error> {
+        reqwest::get(format!("{}/__sim/logins", self.url))
+            .await?
+            .json()
+            .await
+    }
+
+    /// Login attempts made with `client_id`.
+    async fn logins_of(&self, client_id: &str) -> Result<usize, reqwest::Error> {
+        Ok(self
+            .logins()
+            .await?
+            .iter()
+            .filter(|l| l["client_id"] == client_id)
+            .count())
+    }
+
+    async fn fault(&self, fault: Value) -> Result<(), reqwest::Error> {
+        reqwest::Client::new()
+            .post(format!("{}/__sim/faults", self.url))
+            .json(&fault)
+            .send()
+            .await?
+            .error_for_status()?;
+        Ok(())
+    }
+
+    /// Logs in to the simulator directly; the status code tells whether the key works.
+    async fn login_status(&self, client_id: &str, secret: &str) -> Result<u16, reqwest::Error> {
+        let resp = reqwest::Client::new()
+            .post(format!("{}/api/4.0/login", self.url))
+            .form(&[("client_id", client_id), ("client_secret", secret)])
+            .send()
+            .await?;
+        Ok(resp.status().as_u16())
+    }
+
+    async fn me(&self, token: &str) -> Result<Value, reqwest::Error> {
+        reqwest::Client::new()
+            .get(format!("{}/api/4.0/user", self.url))
+            .header("authorization", format!("token {token}"))
+            .send()
+            .await?
+            .error_for_status()?
+            .json()
+            .await
+    }
+}
+
+/// Demo config pointing at `looker_url`, with `edit` applied to the TOML text.
+fn config_text(looker_url: &str, edit: impl Fn(String) -> String) -> String {
+    edit(
+        DEMO_CONFIG
+            .replace("http://127.0.0.1:10080", looker_url)
+            .replace("127.0.0.1:10090", "127.0.0.1:0"),
+    )
+}
+
+/// A running broker on a free port.
+struct Broker {
+    url: String,
+    state: lookergate_broker::AppState,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Broker {
+    async fn start(
+        text: &str,
+        path: Option<PathBuf>,
+    ) -> Result<Broker, Box<dyn std::error::Error>> {
+        let config = BrokerConfig::parse(text)?;
+        let state = lookergate_broker::state(config, path)?;
+        let (listener, addr) = bind().await?;
+        let serving = state.clone();
+        let task = tokio::spawn(async move {
+            let _ = lookergate_broker::serve(listener, serving, std::future::pending()).await;
+        });
+        Ok(Broker {
+            url: format!("http://{addr}"),
+            state,
+            task,
+        })
+    }
+
+    async fn with_sim(sim: &Sim) -> Result<Broker, Box<dyn std::error::Error>> {
+        Broker::start(&config_text(&sim.url, |t| t), None).await
+    }
+
+    async fn token(&self, identity: Value) -> Result<(u16, Value), reqwest::Error> {
+        let resp = reqwest::Client::new()
+            .post(format!("{}/v1/token", self.url))
+            .header("authorization", GATEWAY)
+            .json(&json!({"identity": identity, "subject": "alice", "request_id": "req-1"}))
+            .send()
+            .await?;
+        let status = resp.status().as_u16();
+        Ok((status, resp.json().await?))
+    }
+
+    async fn get(&self, path: &str) -> Result<(u16, String), reqwest::Error> {
+        let resp = reqwest::get(format!("{}{path}", self.url)).await?;
+        let status = resp.status().as_u16();
+        Ok((status, resp.text().await?))
+    }
+}
+
+fn role(name: &str) -> Value {
+    json!({"kind": "role", "name": name})
+}
+
+fn user(email: &str) -> Value {
+    json!({"kind": "user", "credential_type": "email", "credential_id": email})
+}
+
+/// A fresh directory for config files, removed on drop.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(name: &str) -> Result<TempDir, std::io::Error> {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        let dir = std::env::temp_dir().join(format!(
+            "lookergate-broker-{name}-{}-{nanos}",
+            std::process::id()
+        ));
+        std::fs::create_dir_all(&dir)?;
+        Ok(TempDir(dir))
+    }
+
+    fn write(&self, name: &str, text: &str) -> Result<PathBuf, std::io::Error> {
+        let path = self.0.join(name);
+        std::fs::write(&path, text)?;
+        Ok(path)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Polls `check` until it is true or `within` has passed.
+async fn eventually<F, Fut>(within: Duration, mut check: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + within;
+    while Instant::now() < deadline {
+        if check().await {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    false
+}
+
+/// An address nothing listens on.
+async fn dead_url() -> Result<String, std::io::Error> {
+    let (listener, addr) = bind().await?;
+    drop(listener);
+    Ok(format!("http://{addr}"))
+}
+
+// ---------------------------------------------------------------- part A
+
+#[tokio::test]
+async fn role_token_is_issued_then_served_from_cache() -> TestResult {
+    let sim = Sim::start().await?;
+    let broker = Broker::with_sim(&sim).await?;
+    let (status, first) = broker.token(role("analyst")).await?;
+    assert_eq!(status, 200, "{first}");
+    assert_eq!(first["token_type"], "token");
+    let expires_in = first["expires_in"].as_u64().unwrap_or(0);
+    assert!(expires_in > 60 && expires_in <= 3600, "{first}");
+    let token = first["access_token"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert_eq!(
+        sim.me(&token).await?["id"].to_string().trim_matches('"'),
+        "101"
+    );
+
+    let (status, second) = broker.token(role("analyst")).await?;
+    assert_eq!(status, 200);
+    assert_eq!(second["access_token"], first["access_token"]);
+    assert_eq!(sim.logins_of("demo-analyst-id").await?, 1);
+
+    let (_, metrics) = broker.get("/metrics").await?;
+    assert!(
+        metrics.contains("lookergate_broker_cache_hits_total 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("lookergate_broker_cache_misses_total 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("lookergate_broker_looker_logins_total{kind=\"role\",result=\"ok\"} 1"),
+        "{metrics}"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn hundred_concurrent_requests_for_one_role_make_one_looker_login() -> TestResult {
+    let sim = Sim::start().await?;
+    // Slow logins widen the window in which requests pile up behind the first one.
+    sim.fault(json!({"login_delay_ms": 200, "count": 1}))
+        .await?;
+    let broker = Arc::new(Broker::with_sim(&sim).await?);
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..100 {
+        let broker = broker.clone();
+        tasks.spawn(async move { broker.token(role("viewer")).await });
+    }
+    let mut tokens = std::collections::HashSet::new();
+    while let Some(done) = tasks.join_next().await {
+        let (status, body) = done??;
+        assert_eq!(status, 200, "{body}");
+        tokens.insert(body["access_token"].to_string());
+    }
+    assert_eq!(tokens.len(), 1);
+    assert_eq!(sim.logins_of("demo-viewer-id").await?, 1);
+    Ok(())
+}
+
+#[tokio::test]
+async fn wrong_gateway_credential_is_401() -> TestResult {
+    let sim = Sim::start().await?;
+    let broker = Broker::with_sim(&sim).await?;
+    let resp = reqwest::Client::new()
+        .post(format!("{}/v1/token", broker.url))
+        .header("authorization", "Bearer not-the-gateway-secret")
+        .json(&json!({"identity": role("analyst")}))
+        .send()
+        .await?;
+    assert_eq!(resp.status().as_u16(), 401);
+    let body: Value = resp.json().await?;
+    assert_eq!(body["error"], "unauthorized");
+    assert_eq!(sim.logins().await?.len(), 0);
+    Ok(())
+}
+
+#[tokio::test]
+async fn wrong_role_credentials_are_502_bad_credentials() -> TestResult {
+    let sim = Sim::start().await?;
+    let text = config_text(&sim.url, |t| {
+        t.replace("demo-analyst-secret", "wrong-secret")
+    });
+    let broker = Broker::start(&text, None).await?;
+    let (status, body) = broker.token(role("analyst")).await?;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (502, Some("bad_credentials")),
+        "{body}"
+    );
+    assert!(!body.to_string().contains("wrong-secret"));
+    Ok(())
+}
+
+#[tokio::test]
+async fn looker_down_is_503_looker_unavailable_quickly() -> TestResult {
+    let text = config_text(&dead_url().await?, |t| t);
+    let broker = Broker::start(&text, None).await?;
+    let started = Instant::now();
+    let (status, body) = broker.token(role("analyst")).await?;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (503, Some("looker_unavailable")),
+        "{body}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn unknown_role_is_404() -> TestResult {
+    let sim = Sim::start().await?;
+    let broker = Broker::with_sim(&sim).await?;
+    let (status, body) = broker.token(role("superuser")).await?;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (404, Some("unknown_role")),
+        "{body}"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn invalidate_makes_the_next_request_log_in_again() -> TestResult {
+    let sim = Sim::start().await?;
+    let broker = Broker::with_sim(&sim).await?;
+    let (_, first) = broker.token(role("analyst")).await?;
+    let resp = reqwest::Client::new()
+        .post(format!("{}/v1/token/invalidate", broker.url))
+        .header("authorization", GATEWAY)
+        .json(&json!({"identity": role("analyst")}))
+        .send()
+        .await?;
+    assert_eq!(resp.status().as_u16(), 204);
+    let (status, second) = broker.token(role("analyst")).await?;
+    assert_eq!(status, 200);
+    assert_ne!(second["access_token"], first["access_token"]);
+    assert_eq!(sim.logins_of("demo-analyst-id").await?, 2);
+    Ok(())
+}
+
+#[tokio::test]
+async fn readyz_is_200_when_every_role_logs_in_and_503_otherwise() -> TestResult {
+    let sim = Sim::start().await?;
+    let broker = Broker::with_sim(&sim).await?;
+    assert_eq!(broker.get("/healthz").await?.0, 200);
+    let (status, body) = broker.get("/readyz").await?;
+    assert_eq!(status, 200, "{body}");
+
+    let text = config_text(&sim.url, |t| {
+        t.replace("demo-viewer-secret", "wrong-secret")
+    });
+    let broken = Broker::start(&text, None).await?;
+    let (status, body) = broken.get("/readyz").await?;
+    assert_eq!(status, 503, "{body}");
+    assert!(
+        body.contains("role:viewer") && body.contains("bad_credentials"),
+        "{body}"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn binary_prints_listening_line_and_audits_without_secrets() -> TestResult {
+    use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
+    let sim = Sim::start().await?;
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_lookergate-broker"))
+        .args(["--listen", "127.0.0.1:0"])
+        .env("LOOKERGATE_BROKER_LOOKER_URL", &sim.url)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()?;
+    let stdout = child.stdout.take().ok_or("no stdout")?;
+    let mut line = String::new();
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        BufReader::new(stdout).read_line(&mut line),
+    )
+    .await??;
+    let addr = line
+        .trim()
+        .strip_prefix("listening on ")
+        .ok_or(format!("first line: {line:?}"))?;
+    let addr: SocketAddr = addr.parse()?;
+
+    let resp = reqwest::Client::new()
+        .post(format!("http://{addr}/v1/token"))
+        .header("authorization", GATEWAY)
+        .json(&json!({"identity": role("analyst"), "subject": "alice", "request_id": "req-42"}))
+        .send()
+        .await?;
+    assert_eq!(resp.status().as_u16(), 200);
+    let body: Value = resp.json().await?;
+    let token = body["access_token"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+
+    child.start_kill()?;
+    let _ = child.wait().await?;
+    let mut logs = String::new();
+    child
+        .stderr
+        .take()
+        .ok_or("no stderr")?
+        .read_to_string(&mut logs)
+        .await?;
+    let audit = logs
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .find(|l| l["event"] == "token_issued")
+        .ok_or(format!("no audit line in {logs}"))?;
+    assert_eq!(audit["subject"], "alice");
+    assert_eq!(audit["request_id"], "req-42");
+    assert_eq!(audit["identity"], role("analyst"));
+    assert_eq!(audit["token_fp"].as_str().map(str::len), Some(8));
+    assert!(audit["expires_at"].is_u64());
+    for secret in [
+        token.as_str(),
+        "demo-analyst-secret",
+        "demo-admin-secret",
+        "demo-gateway-secret",
+    ] {
+        assert!(!logs.contains(secret), "{secret} leaked into logs:\n{logs}");
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------- part B: per-user tokens
+
+#[tokio::test]
+async fn user_token_for_carol_is_a_session_of_carol() -> TestResult {
+    let sim = Sim::start().await?;
+    let broker = Broker::with_sim(&sim).await?;
+    let (status, body) = broker.token(user("carol@example.com")).await?;
+    assert_eq!(status, 200, "{body}");
+    let me = sim
+        .me(body["access_token"].as_str().unwrap_or_default())
+        .await?;
+    assert_eq!(me["id"].to_string().trim_matches('"'), "203", "{me}");
+
+    // Cached: the same token, no second sudo login.
+    let (_, again) = broker.token(user("Carol@Example.com")).await?;
+    assert_eq!(again["access_token"], body["access_token"]);
+    let sudo_logins = sim
+        .logins()
+        .await?
+        .iter()
+        .filter(|l| !l["sudo_user_id"].is_null())
+        .count();
+    assert_eq!(sudo_logins, 1);
+    Ok(())
+}
+
+#[tokio::test]
+async fn unknown_user_is_403_no_looker_user() -> TestResult {
+    let sim = Sim::start().await?;
+    let broker = Broker::with_sim(&sim).await?;
+    let (status, body) = broker.token(user("mallory@example.com")).await?;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (403, Some("no_looker_user")),
+        "{body}"
+    );
+    Ok(())
+}
+
+// ---------------------------------------------------------------- part B: Looker faults
+
+#[tokio::test]
+async fn login_5xx_is_retried_until_it_succeeds() -> TestResult {
+    let sim = Sim::start().await?;
+    sim.fault(json!({"login_status": 500, "count": 2})).await?;
+    let broker = Broker::with_sim(&sim).await?;
+    let (status, body) = broker.token(role("analyst")).await?;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(sim.logins_of("demo-analyst-id").await?, 3);
+    Ok(())
+}
+
+#[tokio::test]
+async fn persistent_5xx_is_503_within_the_retry_budget() -> TestResult {
+    let sim = Sim::start().await?;
+    sim.fault(json!({"login_status": 503, "count": 100}))
+        .await?;
+    let broker = Broker::with_sim(&sim).await?;
+    let started = Instant::now();
+    let (status, body) = broker.token(role("analyst")).await?;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (503, Some("looker_unavailable")),
+        "{body}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn slow_looker_times_out_as_looker_unavailable() -> TestResult {
+    let sim = Sim::start().await?;
+    sim.fault(json!({"login_delay_ms": 5000, "count": 100}))
+        .await?;
+    let broker = Broker::with_sim(&sim).await?;
+    let started = Instant::now();
+    let (status, body) = broker.token(role("analyst")).await?;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (503, Some("looker_unavailable")),
+        "{body}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+    Ok(())
+}
+
+// ---------------------------------------------------------------- part B: reload
+
+#[tokio::test]
+async fn changed_config_file_is_picked_up_and_invalid_one_ignored() -> TestResult {
+    let sim = Sim::start().await?;
+    let dir = TempDir::new("reload")?;
+    let fast = |t: String| {
+        t.replace(
+            "retry_budget = \"1500ms\"",
+            "retry_budget = \"1500ms\"\nreload_poll = \"100ms\"",
+        )
+    };
+    let path = dir.write("broker.toml", &config_text(&sim.url, fast))?;
+    let broker = Broker::start(&std::fs::read_to_string(&path)?, Some(path.clone())).await?;
+    assert_eq!(broker.token(role("ops")).await?.0, 404);
+
+    let with_ops = |t: String| {
+        fast(t) + "\n[roles.ops]\nclient_id = \"demo-viewer-id\"\nclient_secret = \"demo-viewer-secret\"\n"
+    };
+    std::fs::write(&path, config_text(&sim.url, with_ops))?;
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            matches!(broker.token(role("ops")).await, Ok((200, _)))
+        })
+        .await
+    );
+
+    // Broken file: the previous config (with `ops`) stays.
+    std::fs::write(&path, "looker_url = 12\n")?;
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(broker.token(role("ops")).await?.0, 200);
+    let (_, metrics) = broker.get("/metrics").await?;
+    assert!(
+        metrics.contains("lookergate_broker_config_reloads_total{result=\"invalid\"}"),
+        "{metrics}"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn sighup_reloads_the_config() -> TestResult {
+    let sim = Sim::start().await?;
+    let dir = TempDir::new("sighup")?;
+    // Slow polling, so only the signal can explain the reload.
+    let slow = |t: String| {
+        t.replace(
+            "retry_budget = \"1500ms\"",
+            "retry_budget = \"1500ms\"\nreload_poll = \"1h\"",
+        )
+    };
+    let path = dir.write("broker.toml", &config_text(&sim.url, slow))?;
+    let broker = Broker::start(&std::fs::read_to_string(&path)?, Some(path.clone())).await?;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let without_viewer = |t: String| {
+        let t = slow(t);
+        let start = t.find("[roles.viewer]").unwrap_or(t.len());
+        let end = t.find("[sudo]").unwrap_or(t.len());
+        format!(
+            "{}{}",
+            t.get(..start).unwrap_or_default(),
+            t.get(end..).unwrap_or_default()
+        )
+    };
+    std::fs::write(&path, config_text(&sim.url, without_viewer))?;
+    let status = std::process::Command::new("kill")
+        .args(["-HUP", &std::process::id().to_string()])
+        .status()?;
+    assert!(status.success());
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            matches!(broker.token(role("viewer")).await, Ok((404, _)))
+        })
+        .await
+    );
+    Ok(())
+}
+
+// ---------------------------------------------------------------- part B: rotation
+
+fn rotation_config(sim: &Sim) -> String {
+    config_text(&sim.url, |t| t)
+}
+
+#[tokio::test]
+async fn rotate_replaces_the_key_in_the_file_and_deletes_the_old_key() -> TestResult {
+    let sim = Sim::start().await?;
+    let dir = TempDir::new("rotate")?;
+    let path = dir.write("broker.toml", &rotation_config(&sim))?;
+    let report = lookergate_broker::rotate::rotate_role(&path, "analyst").await?;
+    assert!(report.old_key_deleted, "{report:?}");
+
+    let config = BrokerConfig::load(&path)?;
+    let creds = &config.roles.get("analyst").ok_or("role")?.credentials;
+    assert_ne!(creds.client_id, "demo-analyst-id");
+    assert_eq!(
+        sim.login_status(&creds.client_id, creds.client_secret.expose())
+            .await?,
+        200
+    );
+    assert_eq!(
+        sim.login_status("demo-analyst-id", "demo-analyst-secret")
+            .await?,
+        404
+    );
+    let backup = std::fs::read_to_string(backup_of(&path))?;
+    assert!(backup.contains("demo-analyst-secret"));
+    // The rest of the file is untouched.
+    assert_eq!(
+        config
+            .roles
+            .get("viewer")
+            .map(|r| r.credentials.client_id.as_str()),
+        Some("demo-viewer-id")
+    );
+    Ok(())
+}
+
+fn backup_of(path: &Path) -> PathBuf {
+    path.with_file_name("broker.toml.bak")
+}
+
+#[tokio::test]
+async fn rotation_failing_midway_leaves_the_old_key_working() -> TestResult {
+    let sim = Sim::start().await?;
+    let dir = TempDir::new("rotate-fail")?;
+    let text = rotation_config(&sim);
+    let path = dir.write("broker.toml", &text)?;
+    // The temp file's name is taken by a directory: writing the new config fails
+    // after the new key was created and proven.
+    std::fs::create_dir(dir.0.join(".broker.toml.rotate.tmp"))?;
+    let result = lookergate_broker::rotate::rotate_role(&path, "analyst").await;
+    assert!(
+        matches!(
+            result,
+            Err(lookergate_broker::rotate::RotateError::Write(_))
+        ),
+        "{result:?}"
+    );
+    assert_eq!(std::fs::read_to_string(&path)?, text);
+    assert_eq!(
+        sim.login_status("demo-analyst-id", "demo-analyst-secret")
+            .await?,
+        200
+    );
+    // The new key was created, proven, then deleted again: exactly one other client id logged in.
+    let others: Vec<Value> = sim
+        .logins()
+        .await?
+        .into_iter()
+        .filter(|l| {
+            l["client_id"].is_string()
+                && l["client_id"] != "demo-analyst-id"
+                && l["client_id"] != "demo-admin-id"
+        })
+        .collect();
+    assert_eq!(others.len(), 1, "{others:?}");
+    let new_id = others
+        .first()
+        .and_then(|l| l["client_id"].as_str())
+        .unwrap_or_default()
+        .to_string();
+    assert_eq!(sim.login_status(&new_id, "anything").await?, 404);
+    Ok(())
+}
+
+#[tokio::test]
+async fn scheduled_rotation_runs_inside_the_broker_and_new_key_is_used() -> TestResult {
+    let sim = Sim::start().await?;
+    let dir = TempDir::new("rotate-every")?;
+    let text = config_text(&sim.url, |t| {
+        t.replace(
+            "user_id = \"102\"",
+            "user_id = \"102\"\nrotate_every = \"7d\"",
+        )
+    });
+    let path = dir.write("broker.toml", &text)?;
+    let broker = Broker::start(&text, Some(path.clone())).await?;
+    // Never rotated by us (no rotated_at): due at once.
+    let rotated = eventually(Duration::from_secs(10), || async {
+        std::fs::read_to_string(&path)
+            .map(|t| t.contains("rotated_at"))
+            .unwrap_or(false)
+    })
+    .await;
+    assert!(rotated);
+    let config = BrokerConfig::load(&path)?;
+    let new_id = config
+        .roles
+        .get("viewer")
+        .ok_or("role")?
+        .credentials
+        .client_id
+        .clone();
+    assert_ne!(new_id, "demo-viewer-id");
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            broker.state.runtime().config == config
+        })
+        .await
+    );
+    let (status, body) = broker.token(role("viewer")).await?;
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        sim.logins_of(&new_id).await? >= 2,
+        "proof login and the broker's login"
+    );
+    assert_eq!(
+        sim.login_status("demo-viewer-id", "demo-viewer-secret")
+            .await?,
+        404
+    );
+    Ok(())
+}
