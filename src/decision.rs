@@ -32,6 +32,8 @@ pub enum HeaderOp {
 pub struct Audit {
     pub subject: Option<String>,
     pub issuer: Option<String>,
+    /// The principal's groups (the `groups` claim), comma-joined and bounded.
+    pub groups: Option<String>,
     /// The Looker operationId, when the request resolved to one.
     pub operation: Option<String>,
     pub rule: Option<String>,
@@ -136,6 +138,7 @@ fn admit(gateway: &Gateway, request: &RequestView, now_unix: u64) -> Result<Admi
     };
     audit.subject = verified.subject.clone();
     audit.issuer = Some(verified.issuer.clone());
+    audit.groups = groups_summary(&verified.claims);
     let mut operation = None;
     if let Some(rest) = below_prefix(&target.path, &gateway.api_prefix) {
         match gateway.operations.resolve(&request.method, rest) {
@@ -202,6 +205,24 @@ fn judge(gateway: &Gateway, admitted: Admitted, query: Option<&QueryFacts>) -> D
             }
         }
     }
+}
+
+/// The `groups` claim for the audit trail: comma-joined, at most 256 bytes.
+fn groups_summary(claims: &serde_json::Map<String, serde_json::Value>) -> Option<String> {
+    let mut summary = match claims.get("groups")? {
+        serde_json::Value::Array(items) => items.iter().filter_map(|g| g.as_str()).collect::<Vec<_>>().join(","),
+        serde_json::Value::String(s) => s.split_ascii_whitespace().collect::<Vec<_>>().join(","),
+        _ => return None,
+    };
+    if summary.len() > 256 {
+        let mut cut = 253;
+        while !summary.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        summary.truncate(cut);
+        summary.push_str("...");
+    }
+    Some(summary)
 }
 
 /// The path below the API prefix (`/api/4.0/user` -> `/user`), if it is under it.

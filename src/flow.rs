@@ -115,12 +115,12 @@ fn proceed<H: Host>(
             Next::Pause
         }
         Decision::Refuse { refusal, audit } => {
-            log_decision(context_id, request_id, method, &audit);
+            report_decision(host, context_id, request_id, method, &audit);
             refuse(host, &refusal, request_id);
             Next::Pause
         }
         Decision::Forward { identity, subject, header_ops, audit } => {
-            log_decision(context_id, request_id, method, &audit);
+            report_decision(host, context_id, request_id, method, &audit);
             let rule = audit.rule.unwrap_or_default();
             if let Some(token) = find_token(worker, host, &identity, now_ms) {
                 return match host.apply(&decision::with_looker_token(header_ops, &token)) {
@@ -132,6 +132,7 @@ fn proceed<H: Host>(
                     }
                 };
             }
+            host.count("lookergate.looker_token.cache_miss", 1);
             let deadline_ms = now_ms + millis(gateway.broker.timeout + WAIT_GRACE);
             let waiter = Waiter { context_id, header_ops, request_id: request_id.to_owned(), rule, deadline_ms };
             let Err(waiter) = worker.join(&identity, waiter) else {
@@ -140,12 +141,14 @@ fn proceed<H: Host>(
             let (headers, body) = broker::token_request(&gateway.broker, &identity, &subject, request_id);
             match host.dispatch(&gateway.broker.cluster, &headers, body.as_bytes(), gateway.broker.timeout) {
                 Ok(callout) => {
+                    host.count("lookergate.broker.calls", 1);
                     let flight = Flight {
                         identity,
                         subject,
                         request_id: request_id.to_owned(),
                         callout: Some(callout),
                         waiters: vec![waiter],
+                        started_ms: now_ms,
                     };
                     worker.start(flight, Some(context_id));
                 }
@@ -162,12 +165,14 @@ fn proceed<H: Host>(
 /// The per-worker cache, then the shared data every worker sees.
 fn find_token<H: Host>(worker: &mut Worker, host: &H, identity: &LookerIdentity, now_ms: u64) -> Option<String> {
     if let Some(token) = worker.cached(identity, now_ms) {
+        host.count("lookergate.looker_token.cache_hit", 1);
         return Some(token.to_owned());
     }
     let shared = host.shared_get(&shared_key(identity)).and_then(|bytes| CachedToken::decode(&bytes))?;
     if !shared.usable(now_ms) {
         return None;
     }
+    host.count("lookergate.looker_token.shared_hit", 1);
     let token = shared.token.clone();
     worker.store(identity, shared, now_ms);
     Some(token)
@@ -186,7 +191,12 @@ pub fn on_broker_answer<H: Host>(
 ) {
     let Some(flight) = worker.finish(callout) else { return };
     let now_ms = host.now_ms();
-    match broker::parse_token_response(status, body, "") {
+    host.observe("lookergate.broker.latency_ms", now_ms.saturating_sub(flight.started_ms));
+    let answer = broker::parse_token_response(status, body, "");
+    if let Err(refusal) = &answer {
+        host.count(&format!("lookergate.broker.failure.{}", refusal.code()), 1);
+    }
+    match answer {
         Ok(answer) => {
             debug!(
                 "lookergate broker issued token {} for {} ({} waiting)",
@@ -244,7 +254,10 @@ pub fn on_tick<H: Host>(gateway: &Gateway, worker: &mut Worker, host: &H, root_c
         host.switch_to(root_context);
         let (headers, body) = broker::token_request(&gateway.broker, &flight.identity, &flight.subject, &flight.request_id);
         match host.dispatch(&gateway.broker.cluster, &headers, body.as_bytes(), gateway.broker.timeout) {
-            Ok(callout) => worker.adopt(&flight.identity, callout),
+            Ok(callout) => {
+                host.count("lookergate.broker.calls", 1);
+                worker.adopt(&flight.identity, callout, host.now_ms());
+            }
             Err(e) => {
                 warn!("lookergate broker re-dispatch failed: {}", e.0);
                 for waiter in worker.abandon(&flight.identity) {
@@ -281,18 +294,30 @@ fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
-fn log_decision(context_id: u32, request_id: &str, method: &str, audit: &Audit) {
-    let line = format!(
-        "lookergate[{context_id}] request_id={request_id} verdict={} method={method} subject={} issuer={} operation={} rule={} identity={} reason={} shadow={}",
-        audit.verdict,
-        audit.subject.as_deref().unwrap_or("-"),
-        audit.issuer.as_deref().unwrap_or("-"),
-        audit.operation.as_deref().unwrap_or("-"),
-        audit.rule.as_deref().unwrap_or("-"),
-        audit.identity.as_deref().unwrap_or("-"),
-        audit.reason.as_deref().unwrap_or("-"),
-        if audit.shadows.is_empty() { "-".to_owned() } else { audit.shadows.join(",") },
-    );
+/// Logs, counts and records for the access log what was decided. Never a token.
+fn report_decision<H: Host>(host: &H, context_id: u32, request_id: &str, method: &str, audit: &Audit) {
+    let shadows = if audit.shadows.is_empty() { "-".to_owned() } else { audit.shadows.join(",") };
+    let fields = [
+        ("lookergate_verdict", audit.verdict),
+        ("lookergate_subject", audit.subject.as_deref().unwrap_or("-")),
+        ("lookergate_issuer", audit.issuer.as_deref().unwrap_or("-")),
+        ("lookergate_groups", audit.groups.as_deref().unwrap_or("-")),
+        ("lookergate_operation", audit.operation.as_deref().unwrap_or("-")),
+        ("lookergate_rule", audit.rule.as_deref().unwrap_or("-")),
+        ("lookergate_identity", audit.identity.as_deref().unwrap_or("-")),
+        ("lookergate_reason", audit.reason.as_deref().unwrap_or("-")),
+        ("lookergate_shadow", shadows.as_str()),
+    ];
+    host.record_audit(&fields);
+    match audit.verdict {
+        "allow" => host.count("lookergate.decision.allow", 1),
+        _ => host.count(&format!("lookergate.decision.deny.{}", audit.reason.as_deref().unwrap_or("unknown")), 1),
+    }
+    for shadow in &audit.shadows {
+        host.count(&format!("lookergate.shadow.{}", shadow.replace(':', ".would_")), 1);
+    }
+    let line = fields.iter().map(|(k, v)| format!("{}={v}", k.trim_start_matches("lookergate_"))).collect::<Vec<_>>().join(" ");
+    let line = format!("lookergate[{context_id}] request_id={request_id} method={method} {line}");
     if audit.verdict == "allow" && audit.shadows.is_empty() {
         debug!("{line}");
     } else {
@@ -328,6 +353,8 @@ mod tests {
         fail_dispatch: Cell<bool>,
         next_callout: Cell<u32>,
         body: RefCell<Vec<u8>>,
+        audits: RefCell<HashMap<u32, HashMap<String, String>>>,
+        counters: RefCell<HashMap<String, u64>>,
     }
 
     impl Host for FakeHost {
@@ -374,6 +401,15 @@ mod tests {
             self.shared.borrow_mut().insert(key.into(), value.into());
             Ok(())
         }
+        fn record_audit(&self, fields: &[(&'static str, &str)]) {
+            let mut audits = self.audits.borrow_mut();
+            let entry = audits.entry(self.current.get()).or_default();
+            entry.extend(fields.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        }
+        fn count(&self, name: &str, delta: u64) {
+            *self.counters.borrow_mut().entry(name.to_owned()).or_default() += delta;
+        }
+        fn observe(&self, _name: &str, _value: u64) {}
         fn switch_to(&self, context_id: u32) -> bool {
             if self.gone.borrow().contains(&context_id) {
                 return false;
@@ -467,6 +503,15 @@ mod tests {
             assert_eq!(rig.authorization(ctx).as_deref(), Some("token LOOKER1"), "ctx {ctx}");
         }
         assert_eq!(rig.host.resumed.borrow().len(), 20);
+        let audit = rig.host.audits.borrow()[&10].clone();
+        assert_eq!(audit["lookergate_verdict"], "allow");
+        assert_eq!(audit["lookergate_subject"], "alice");
+        assert_eq!(audit["lookergate_operation"], "me");
+        assert_eq!(audit["lookergate_rule"], "analysts");
+        assert_eq!(audit["lookergate_identity"], "role:analyst");
+        assert_eq!(audit["lookergate_groups"], "analysts");
+        assert_eq!(rig.host.counters.borrow()["lookergate.decision.allow"], 20);
+        assert_eq!(rig.host.counters.borrow()["lookergate.broker.calls"], 1);
         // Cached now: the next request continues at once, no callout.
         assert_eq!(rig.request(40, &["analysts"]), Next::Continue);
         assert_eq!(rig.authorization(40).as_deref(), Some("token LOOKER1"));

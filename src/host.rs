@@ -1,10 +1,12 @@
 //! The only door to the proxy: a `Host` trait with what the flow needs, and its
 //! proxy-wasm implementation. Nothing else in the crate calls `proxy_wasm::hostcalls`.
 
+use std::cell::RefCell;
+use std::collections::HashMap;
 use std::time::{Duration, UNIX_EPOCH};
 
 use proxy_wasm::hostcalls;
-use proxy_wasm::types::{BufferType, MapType};
+use proxy_wasm::types::{BufferType, MapType, MetricType};
 
 use crate::decision::HeaderOp;
 use crate::reply::LocalReply;
@@ -32,6 +34,12 @@ pub trait Host {
     fn shared_set(&self, key: &str, value: &[u8]) -> Result<(), HostError>;
     /// Makes `context_id` the target of the following hostcalls; `false` if it is gone.
     fn switch_to(&self, context_id: u32) -> bool;
+    /// Records the audit fields of the current request where the access log reads them.
+    fn record_audit(&self, fields: &[(&'static str, &str)]);
+    /// Adds `delta` to the counter `name` (created on first use).
+    fn count(&self, name: &str, delta: u64);
+    /// Records one value of the histogram `name` (created on first use).
+    fn observe(&self, name: &str, value: u64);
 }
 
 /// The real host: Envoy (or any proxy-wasm host) through the SDK's hostcalls.
@@ -123,4 +131,41 @@ impl Host for ProxyHost {
     fn switch_to(&self, context_id: u32) -> bool {
         hostcalls::set_effective_context(context_id).is_ok()
     }
+
+    fn record_audit(&self, fields: &[(&'static str, &str)]) {
+        // Envoy stores these as filter state `wasm.<name>`: the access log prints them
+        // with %FILTER_STATE(wasm.lookergate_subject:PLAIN)% and friends.
+        for (name, value) in fields {
+            let _ = hostcalls::set_property(vec![name], Some(value.as_bytes()));
+        }
+    }
+
+    fn count(&self, name: &str, delta: u64) {
+        if let Some(id) = metric_id(MetricType::Counter, name) {
+            let _ = hostcalls::increment_metric(id, i64::try_from(delta).unwrap_or(i64::MAX));
+        }
+    }
+
+    fn observe(&self, name: &str, value: u64) {
+        if let Some(id) = metric_id(MetricType::Histogram, name) {
+            let _ = hostcalls::record_metric(id, value);
+        }
+    }
+}
+
+thread_local! {
+    /// Metric ids of this VM, defined on first use (each worker runs its own VM).
+    static METRICS: RefCell<HashMap<String, u32>> = RefCell::new(HashMap::new());
+}
+
+fn metric_id(kind: MetricType, name: &str) -> Option<u32> {
+    METRICS.with(|metrics| {
+        let mut metrics = metrics.borrow_mut();
+        if let Some(id) = metrics.get(name) {
+            return Some(*id);
+        }
+        let id = hostcalls::define_metric(kind, name).ok()?;
+        metrics.insert(name.to_owned(), id);
+        Some(id)
+    })
 }

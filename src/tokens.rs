@@ -88,6 +88,8 @@ pub struct Flight {
     /// The callout token, or `None` when its owner went away and it must be re-sent.
     pub callout: Option<u32>,
     pub waiters: Vec<Waiter>,
+    /// When the current callout was sent (for the latency histogram).
+    pub started_ms: u64,
 }
 
 /// Per-worker token state.
@@ -179,10 +181,11 @@ impl Worker {
     }
 
     /// Gives an orphaned flight its new callout.
-    pub fn adopt(&mut self, identity: &LookerIdentity, callout: u32) {
+    pub fn adopt(&mut self, identity: &LookerIdentity, callout: u32, now_ms: u64) {
         let key = identity.key();
         if let Some(flight) = self.flights.get_mut(&key) {
             flight.callout = Some(callout);
+            flight.started_ms = now_ms;
             self.callouts.insert(callout, key);
         }
     }
@@ -223,7 +226,7 @@ mod tests {
     }
 
     fn flight(identity: LookerIdentity, callout: u32, first: Waiter) -> Flight {
-        Flight { identity, subject: "s".into(), request_id: "r".into(), callout: Some(callout), waiters: vec![first] }
+        Flight { identity, subject: "s".into(), request_id: "r".into(), callout: Some(callout), waiters: vec![first], started_ms: 0 }
     }
 
     #[test]
@@ -272,7 +275,7 @@ mod tests {
         let orphans = w.orphans();
         assert_eq!(orphans.len(), 1);
         assert_eq!(orphans[0].waiters.iter().map(|w| w.context_id).collect::<Vec<_>>(), vec![2]);
-        w.adopt(&id, 9);
+        w.adopt(&id, 9, 0);
         assert_eq!(w.finish(9).unwrap().waiters.len(), 1);
     }
 
