@@ -50,7 +50,27 @@ fn default_version() -> u32 {
 pub struct RawIssuer {
     pub issuer: String,
     pub audiences: Vec<String>,
-    pub jwks: serde_json::Value,
+    /// Inline JWKS.
+    #[serde(default)]
+    pub jwks: Option<serde_json::Value>,
+    /// JWKS URL, fetched through `cluster`.
+    #[serde(default)]
+    pub jwks_uri: Option<String>,
+    /// Find `jwks_uri` in `{issuer}/.well-known/openid-configuration`.
+    #[serde(default)]
+    pub discovery: bool,
+    /// The Envoy cluster that reaches the IdP (for `jwks_uri` / `discovery`).
+    #[serde(default)]
+    pub cluster: Option<String>,
+    #[serde(default = "default_jwks_refresh", deserialize_with = "duration::deserialize")]
+    pub jwks_refresh: Duration,
+    #[serde(default = "default_jwks_max_stale", deserialize_with = "duration::deserialize")]
+    pub jwks_max_stale: Duration,
+    /// At most one refetch per this interval when a token names an unknown `kid`.
+    #[serde(default = "default_unknown_kid_refetch", deserialize_with = "duration::deserialize")]
+    pub unknown_kid_refetch: Duration,
+    #[serde(default = "default_jwks_timeout", deserialize_with = "duration::deserialize")]
+    pub jwks_timeout: Duration,
     #[serde(default)]
     pub algorithms: Option<Vec<Algorithm>>,
     #[serde(default = "default_skew", deserialize_with = "duration::deserialize")]
@@ -59,6 +79,22 @@ pub struct RawIssuer {
     pub from: Option<RawTokenSource>,
     #[serde(default = "default_max_token_bytes")]
     pub max_token_bytes: usize,
+}
+
+fn default_jwks_refresh() -> Duration {
+    Duration::from_secs(600)
+}
+
+fn default_jwks_max_stale() -> Duration {
+    Duration::from_secs(24 * 3600)
+}
+
+fn default_unknown_kid_refetch() -> Duration {
+    Duration::from_secs(30)
+}
+
+fn default_jwks_timeout() -> Duration {
+    Duration::from_secs(3)
 }
 
 fn default_skew() -> Duration {
@@ -140,11 +176,102 @@ pub struct TokenSource {
     pub prefix: Option<String>,
 }
 
+/// An `http(s)://authority/path` URL, split for a callout.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FetchUrl {
+    pub authority: String,
+    pub path: String,
+}
+
+impl FetchUrl {
+    pub fn parse(url: &str) -> Result<FetchUrl, String> {
+        let rest = url
+            .strip_prefix("https://")
+            .or_else(|| url.strip_prefix("http://"))
+            .ok_or_else(|| format!("{url:?} is not an http(s) URL"))?;
+        let (authority, path) = match rest.find('/') {
+            Some(i) => (rest.get(..i).unwrap_or(""), rest.get(i..).unwrap_or("/")),
+            None => (rest, "/"),
+        };
+        if authority.is_empty() || authority.contains('@') || !authority.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(format!("{url:?} has no valid host"));
+        }
+        Ok(FetchUrl { authority: authority.to_owned(), path: path.to_owned() })
+    }
+}
+
+/// Where an issuer's keys come from when they are not inline.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RemoteKeys {
+    pub cluster: String,
+    /// The JWKS URL, or `None` until discovery finds it.
+    pub jwks_url: Option<FetchUrl>,
+    /// `{issuer}/.well-known/openid-configuration` when discovery is on.
+    pub discovery_url: Option<FetchUrl>,
+    pub refresh: Duration,
+    pub max_stale: Duration,
+    pub unknown_kid_refetch: Duration,
+    pub timeout: Duration,
+}
+
+/// What a verifier is rebuilt from when new keys arrive.
+#[derive(Debug, Clone)]
+struct VerifierSettings {
+    audiences: Vec<String>,
+    algorithms: Vec<Algorithm>,
+    clock_skew_secs: u64,
+    max_token_bytes: usize,
+}
+
+/// Why an issuer could not verify a token.
+#[derive(Debug)]
+pub enum IssuerError {
+    /// No keys yet (remote JWKS not fetched), or the last good ones are too old.
+    NoKeys,
+    Token(crate::jwt::JwtError),
+}
+
 /// One trusted issuer, compiled.
 pub struct Issuer {
     pub issuer: String,
     pub source: TokenSource,
-    pub verifier: IssuerVerifier,
+    /// `None` for inline keys.
+    pub remote: Option<RemoteKeys>,
+    settings: VerifierSettings,
+    /// Replaced when fresh keys arrive (per worker: each worker has its own Gateway).
+    verifier: std::cell::RefCell<Option<IssuerVerifier>>,
+}
+
+impl Issuer {
+    pub fn verify(&self, token: &str, now_unix: u64) -> Result<crate::jwt::VerifiedToken, IssuerError> {
+        match self.verifier.borrow().as_ref() {
+            None => Err(IssuerError::NoKeys),
+            Some(v) => v.verify(token, now_unix).map_err(IssuerError::Token),
+        }
+    }
+
+    /// Installs a new key set (a fresh verifier: its caches start empty).
+    pub fn install_keys(&self, keys: KeySet) {
+        let s = &self.settings;
+        let verifier = IssuerVerifier::new(
+            self.issuer.clone(),
+            s.audiences.clone(),
+            s.algorithms.clone(),
+            s.clock_skew_secs,
+            s.max_token_bytes,
+            keys,
+        );
+        *self.verifier.borrow_mut() = Some(verifier);
+    }
+
+    /// Forgets the keys (they went stale): requests get 503 until new ones arrive.
+    pub fn drop_keys(&self) {
+        *self.verifier.borrow_mut() = None;
+    }
+
+    pub fn has_keys(&self) -> bool {
+        self.verifier.borrow().is_some()
+    }
 }
 
 /// How the gateway reaches the broker.
@@ -272,17 +399,66 @@ impl Gateway {
                     TokenSource { header, prefix }
                 }
             };
-            let (keys, skipped) = KeySet::from_jwks(&ri.jwks).map_err(|e| err(at("jwks"), e.to_string()))?;
-            warnings.extend(skipped.into_iter().map(|w| format!("issuers[{i}].jwks: {w}")));
-            let verifier = IssuerVerifier::new(
-                ri.issuer.clone(),
-                ri.audiences,
+            let settings = VerifierSettings {
+                audiences: ri.audiences,
                 algorithms,
-                ri.clock_skew.as_secs(),
-                ri.max_token_bytes,
-                keys,
-            );
-            issuers.push(Issuer { issuer: ri.issuer, source, verifier });
+                clock_skew_secs: ri.clock_skew.as_secs(),
+                max_token_bytes: ri.max_token_bytes,
+            };
+            let remote = match (ri.jwks.is_some(), ri.jwks_uri.is_some(), ri.discovery) {
+                (true, false, false) => None,
+                (false, true, false) | (false, false, true) => {
+                    let cluster = ri
+                        .cluster
+                        .filter(|c| !c.trim().is_empty())
+                        .ok_or_else(|| err(at("cluster"), "names the Envoy cluster that reaches the IdP (needed for jwks_uri or discovery)"))?;
+                    let jwks_url = match &ri.jwks_uri {
+                        Some(u) => Some(FetchUrl::parse(u).map_err(|e| err(at("jwks_uri"), e))?),
+                        None => None,
+                    };
+                    let discovery_url = if ri.discovery {
+                        let url = format!("{}/.well-known/openid-configuration", ri.issuer.trim_end_matches('/'));
+                        Some(FetchUrl::parse(&url).map_err(|e| err(at("issuer"), format!("discovery needs an http(s) issuer: {e}")))?)
+                    } else {
+                        None
+                    };
+                    if ri.jwks_refresh < Duration::from_secs(10) {
+                        return Err(err(at("jwks_refresh"), "must be at least 10s"));
+                    }
+                    if ri.jwks_max_stale < ri.jwks_refresh {
+                        return Err(err(at("jwks_max_stale"), "must be at least jwks_refresh"));
+                    }
+                    if ri.jwks_timeout < Duration::from_millis(100) || ri.jwks_timeout > Duration::from_secs(30) {
+                        return Err(err(at("jwks_timeout"), "must be between 100ms and 30s"));
+                    }
+                    Some(RemoteKeys {
+                        cluster,
+                        jwks_url,
+                        discovery_url,
+                        refresh: ri.jwks_refresh,
+                        max_stale: ri.jwks_max_stale,
+                        unknown_kid_refetch: ri.unknown_kid_refetch,
+                        timeout: ri.jwks_timeout,
+                    })
+                }
+                (false, false, false) => {
+                    return Err(err(at("jwks"), "an issuer needs keys: `jwks` (inline), `jwks_uri` or `discovery: true`"))
+                }
+                _ => return Err(err(at("jwks"), "give exactly one of `jwks`, `jwks_uri` and `discovery`")),
+            };
+            let issuer = Issuer {
+                issuer: ri.issuer,
+                source,
+                remote,
+                settings,
+                verifier: std::cell::RefCell::new(None),
+            };
+            if let Some(jwks) = &ri.jwks {
+                let (keys, skipped) = KeySet::from_jwks(jwks).map_err(|e| err(at("jwks"), e.to_string()))?;
+                warnings.extend(skipped.into_iter().map(|w| format!("issuers[{i}].jwks: {w}")));
+                issuer.install_keys(keys);
+            }
+            issuers.push(issuer);
         }
         let operations = OperationTable::looker_4_0().map_err(|e| err("(built-in operation table)", e))?;
         let api_prefix = raw.api_prefix.trim_end_matches('/').to_owned();

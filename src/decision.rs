@@ -1,7 +1,7 @@
 //! The per-request decision, pure: from what the client sent to either a refusal or
 //! "forward as this Looker identity, with these header changes".
 
-use crate::config::{Gateway, TokenSource};
+use crate::config::{Gateway, IssuerError, TokenSource};
 use crate::jwt::{self, VerifiedToken};
 use crate::path;
 use crate::looker::Resolution;
@@ -132,7 +132,7 @@ fn admit(gateway: &Gateway, request: &RequestView, now_unix: u64) -> Result<Admi
         let reason = format!("the {name} header is not allowed: the gateway decides on the request's own method");
         return Err((Refusal::BadRequest { reason }, audit));
     }
-    let verified = match authenticate(gateway, request, now_unix) {
+    let verified = match authenticate(gateway, request, now_unix, &mut audit.issuer) {
         Ok(v) => v,
         Err(refusal) => return Err((refusal, audit)),
     };
@@ -281,7 +281,14 @@ pub fn with_looker_token(mut header_ops: Vec<HeaderOp>, looker_token: &str) -> V
     header_ops
 }
 
-fn authenticate(gateway: &Gateway, request: &RequestView, now_unix: u64) -> Result<VerifiedToken, Refusal> {
+/// Verifies the presented token. `issuer_seen` is set once an issuer was chosen, so
+/// an unknown `kid` can be traced to the issuer whose keys to refetch.
+fn authenticate(
+    gateway: &Gateway,
+    request: &RequestView,
+    now_unix: u64,
+    issuer_seen: &mut Option<String>,
+) -> Result<VerifiedToken, Refusal> {
     let mut presented: Option<(&str, &str)> = None; // (header, token)
     for header in &gateway.token_headers {
         let mut values = request.headers.iter().filter(|(n, _)| n == header).map(|(_, v)| v.as_str());
@@ -320,10 +327,11 @@ fn authenticate(gateway: &Gateway, request: &RequestView, now_unix: u64) -> Resu
             detail: format!("the {header} header does not carry a bearer token"),
         });
     };
-    issuer
-        .verifier
-        .verify(token, now_unix)
-        .map_err(|e| Refusal::InvalidToken { code: e.code(), detail: e.to_string() })
+    *issuer_seen = Some(issuer.issuer.clone());
+    issuer.verify(token, now_unix).map_err(|e| match e {
+        IssuerError::NoKeys => Refusal::KeysUnavailable,
+        IssuerError::Token(e) => Refusal::InvalidToken { code: e.code(), detail: e.to_string() },
+    })
 }
 
 /// The token in a header value, after the scheme prefix (case-insensitive).

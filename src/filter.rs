@@ -9,7 +9,7 @@ use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, ContextType, LogLevel};
 
 use crate::config::Gateway;
-use crate::flow::{self, Next, Stage};
+use crate::flow::{self, Next};
 use crate::host::ProxyHost;
 use crate::tokens::Worker;
 
@@ -35,12 +35,13 @@ impl Context for GatewayRoot {
         let Some(gateway) = &self.gateway else { return };
         let (status, body) = flow::read_broker_answer(&ProxyHost, num_headers, body_size);
         let mut worker = self.worker.borrow_mut();
-        flow::on_broker_answer(gateway, &mut worker, &ProxyHost, token_id, status, &body, self.context_id);
+        flow::on_callout(gateway, &mut worker, &ProxyHost, token_id, status, &body, self.context_id);
     }
 }
 
 impl RootContext for GatewayRoot {
     fn on_configure(&mut self, plugin_configuration_size: usize) -> bool {
+        info!("lookergate: host signature verification for {:?}", crate::host::install_host_crypto());
         let bytes = match proxy_wasm::hostcalls::get_buffer(
             proxy_wasm::types::BufferType::PluginConfiguration,
             0,
@@ -85,7 +86,7 @@ impl RootContext for GatewayRoot {
 
     fn create_http_context(&self, context_id: u32) -> Option<Box<dyn HttpContext>> {
         let gateway = self.gateway.clone()?;
-        Some(Box::new(GatewayStream { context_id, gateway, worker: Rc::clone(&self.worker), stage: Stage::default() }))
+        Some(Box::new(GatewayStream { context_id, gateway, worker: Rc::clone(&self.worker) }))
     }
 
     fn get_type(&self) -> Option<ContextType> {
@@ -97,14 +98,13 @@ struct GatewayStream {
     context_id: u32,
     gateway: Rc<Gateway>,
     worker: Rc<RefCell<Worker>>,
-    stage: Stage,
 }
 
 impl Context for GatewayStream {
     fn on_http_call_response(&mut self, token_id: u32, num_headers: usize, body_size: usize, _num_trailers: usize) {
         let (status, body) = flow::read_broker_answer(&ProxyHost, num_headers, body_size);
         let mut worker = self.worker.borrow_mut();
-        flow::on_broker_answer(&self.gateway, &mut worker, &ProxyHost, token_id, status, &body, self.context_id);
+        flow::on_callout(&self.gateway, &mut worker, &ProxyHost, token_id, status, &body, self.context_id);
     }
 
     fn on_done(&mut self) -> bool {
@@ -116,13 +116,13 @@ impl Context for GatewayStream {
 impl HttpContext for GatewayStream {
     fn on_http_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
         let mut worker = self.worker.borrow_mut();
-        let next = flow::on_request(&self.gateway, &mut worker, &ProxyHost, self.context_id, &mut self.stage, end_of_stream);
+        let next = flow::on_request(&self.gateway, &mut worker, &ProxyHost, self.context_id, end_of_stream);
         action(next)
     }
 
     fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
         let mut worker = self.worker.borrow_mut();
-        let next = flow::on_body(&self.gateway, &mut worker, &ProxyHost, self.context_id, &mut self.stage, body_size, end_of_stream);
+        let next = flow::on_body(&self.gateway, &mut worker, &ProxyHost, self.context_id, body_size, end_of_stream);
         action(next)
     }
 }

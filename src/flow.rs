@@ -8,6 +8,7 @@ use log::{debug, info, warn};
 use crate::broker::{self, MAX_RESPONSE_BYTES};
 use crate::config::Gateway;
 use crate::decision::{self, Admitted, Audit, Decision, RequestView};
+use crate::keys::{FetchOutcome, UnknownKid};
 use crate::host::Host;
 use crate::policy::LookerIdentity;
 use crate::reply::Refusal;
@@ -27,24 +28,36 @@ fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
     headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
 }
 
-/// Where a request stream is in the flow.
+/// Where a request stream is in the flow. Kept per worker by context id, so that a
+/// callout answered on one context can move another context along.
 #[derive(Debug, Default)]
 pub enum Stage {
     #[default]
     Headers,
     /// Headers held back while the body a rule inspects is buffered.
     AwaitingBody { admitted: Box<Admitted>, request_id: String, method: String },
+    /// Headers held back while the issuer's keys are refetched (unknown `kid`); the
+    /// body, if any, keeps buffering meanwhile.
+    AwaitingKeys { body_size: usize, body_complete: bool },
     Decided,
 }
 
 /// Handles a request's headers on context `context_id`.
-pub fn on_request<H: Host>(
+pub fn on_request<H: Host>(gateway: &Gateway, worker: &mut Worker, host: &H, context_id: u32, end_of_stream: bool) -> Next {
+    let body = end_of_stream.then_some(0);
+    decide_request(gateway, worker, host, context_id, body, false)
+}
+
+/// Decides a request from its headers. `body`: the size of the complete body when it
+/// has all arrived (`Some(0)`: none), `None` while it is still coming. `retried`: the
+/// issuer's keys were just refetched, so an unknown `kid` is final.
+fn decide_request<H: Host>(
     gateway: &Gateway,
     worker: &mut Worker,
     host: &H,
     context_id: u32,
-    stage: &mut Stage,
-    end_of_stream: bool,
+    body: Option<usize>,
+    retried: bool,
 ) -> Next {
     let now_ms = host.now_ms();
     let headers = host.request_headers();
@@ -55,14 +68,37 @@ pub fn on_request<H: Host>(
         headers,
     };
     let decision = match decision::decide(gateway, &request, now_ms / 1000) {
-        Decision::NeedBody(admitted) if !end_of_stream => {
-            *stage = Stage::AwaitingBody { admitted, request_id: request.request_id, method: request.method };
-            return Next::Pause;
+        Decision::Refuse { refusal: Refusal::InvalidToken { code: "unknown_kid", .. }, audit } if !retried => {
+            let issuer = audit.issuer.clone().unwrap_or_default();
+            match worker.keys.wait_for_unknown_kid(gateway, host, &issuer, context_id, now_ms) {
+                UnknownKid::Retry => return decide_request(gateway, worker, host, context_id, body, true),
+                UnknownKid::Wait => {
+                    let (body_size, body_complete) = (body.unwrap_or(0), body.is_some());
+                    worker.stages.insert(context_id, Stage::AwaitingKeys { body_size, body_complete });
+                    return Next::Pause;
+                }
+                UnknownKid::Refuse => decision::decide(gateway, &request, now_ms / 1000),
+            }
         }
-        Decision::NeedBody(admitted) => decision::decide_body(gateway, *admitted, b""),
+        Decision::NeedBody(admitted) => match body {
+            None => {
+                let stage = Stage::AwaitingBody { admitted, request_id: request.request_id, method: request.method };
+                worker.stages.insert(context_id, stage);
+                return Next::Pause;
+            }
+            Some(size) => {
+                if size > gateway.max_body_bytes {
+                    worker.stages.insert(context_id, Stage::Decided);
+                    refuse(host, &Refusal::PayloadTooLarge { limit: gateway.max_body_bytes }, &request.request_id);
+                    return Next::Pause;
+                }
+                let bytes = if size == 0 { Vec::new() } else { host.request_body(size) };
+                decision::decide_body(gateway, *admitted, &bytes)
+            }
+        },
         other => other,
     };
-    *stage = Stage::Decided;
+    worker.stages.insert(context_id, Stage::Decided);
     proceed(gateway, worker, host, context_id, &request.request_id, &request.method, decision, now_ms)
 }
 
@@ -72,18 +108,27 @@ pub fn on_body<H: Host>(
     worker: &mut Worker,
     host: &H,
     context_id: u32,
-    stage: &mut Stage,
     body_size: usize,
     end_of_stream: bool,
 ) -> Next {
-    if !matches!(stage, Stage::AwaitingBody { .. }) {
-        return Next::Continue;
+    let stage = worker.stages.entry(context_id).or_default();
+    match stage {
+        Stage::AwaitingBody { .. } | Stage::AwaitingKeys { .. } => {}
+        Stage::Headers | Stage::Decided => return Next::Continue,
     }
     if body_size > gateway.max_body_bytes {
-        if let Stage::AwaitingBody { request_id, .. } = std::mem::replace(stage, Stage::Decided) {
-            refuse(host, &Refusal::PayloadTooLarge { limit: gateway.max_body_bytes }, &request_id);
-        }
+        let request_id = match std::mem::replace(stage, Stage::Decided) {
+            Stage::AwaitingBody { request_id, .. } => request_id,
+            _ => String::new(),
+        };
+        worker.keys.leave(context_id);
+        refuse(host, &Refusal::PayloadTooLarge { limit: gateway.max_body_bytes }, &request_id);
         return Next::Pause;
+    }
+    if let Stage::AwaitingKeys { body_size: size, body_complete } = stage {
+        *size = body_size;
+        *body_complete = end_of_stream;
+        return Next::Pause; // the decision waits for the keys; keep buffering
     }
     if !end_of_stream {
         return Next::Pause; // keep buffering
@@ -94,6 +139,46 @@ pub fn on_body<H: Host>(
     let body = host.request_body(body_size);
     let decision = decision::decide_body(gateway, *admitted, &body);
     proceed(gateway, worker, host, context_id, &request_id, &method, decision, host.now_ms())
+}
+
+/// Any callout answer: a key fetch or a broker call.
+pub fn on_callout<H: Host>(
+    gateway: &Gateway,
+    worker: &mut Worker,
+    host: &H,
+    callout: u32,
+    status: Option<u32>,
+    body: &[u8],
+    current_context: u32,
+) {
+    let now_ms = host.now_ms();
+    match worker.keys.on_answer(gateway, host, callout, status, body, now_ms) {
+        FetchOutcome::NotOurs => on_broker_answer(gateway, worker, host, callout, status, body, current_context),
+        FetchOutcome::Continuing => {}
+        FetchOutcome::Done { waiters, .. } => {
+            for waiter in waiters {
+                redecide_after_keys(gateway, worker, host, waiter.context_id);
+            }
+            host.switch_to(current_context);
+        }
+    }
+}
+
+/// Decides again a request that waited for keys (on its own context).
+fn redecide_after_keys<H: Host>(gateway: &Gateway, worker: &mut Worker, host: &H, context_id: u32) {
+    let body = match worker.stages.get(&context_id) {
+        Some(Stage::AwaitingKeys { body_size, body_complete: true }) => Some(*body_size),
+        Some(Stage::AwaitingKeys { .. }) => None,
+        _ => return, // no longer waiting
+    };
+    if !host.switch_to(context_id) {
+        return;
+    }
+    if decide_request(gateway, worker, host, context_id, body, true) == Next::Continue {
+        if let Err(e) = host.resume() {
+            warn!("lookergate[{context_id}] resume failed: {}", e.0);
+        }
+    }
 }
 
 /// Applies a decision: refuse, forward with a cached token, or fetch one.
@@ -250,6 +335,11 @@ pub fn on_broker_answer<H: Host>(
 /// Periodic work on the root context: re-send broker calls whose owner went away,
 /// and answer requests that waited past their deadline.
 pub fn on_tick<H: Host>(gateway: &Gateway, worker: &mut Worker, host: &H, root_context: u32) {
+    let now_ms = host.now_ms();
+    worker.keys.tick(gateway, host, root_context, now_ms);
+    for waiter in worker.keys.overdue(now_ms) {
+        redecide_after_keys(gateway, worker, host, waiter.context_id);
+    }
     for flight in worker.orphans() {
         host.switch_to(root_context);
         let (headers, body) = broker::token_request(&gateway.broker, &flight.identity, &flight.subject, &flight.request_id);
@@ -355,6 +445,8 @@ mod tests {
         body: RefCell<Vec<u8>>,
         audits: RefCell<HashMap<u32, HashMap<String, String>>>,
         counters: RefCell<HashMap<String, u64>>,
+        versions: RefCell<HashMap<String, u32>>,
+        allow_any_cluster: Cell<bool>,
     }
 
     impl Host for FakeHost {
@@ -381,7 +473,7 @@ mod tests {
             if self.fail_dispatch.get() {
                 return Err(HostError("no cluster".into()));
             }
-            assert_eq!(cluster, "lookergate_broker");
+            assert!(self.allow_any_cluster.get() || cluster == "lookergate_broker", "{cluster}");
             let id = self.next_callout.get() + 1;
             self.next_callout.set(id);
             self.dispatched.borrow_mut().push((self.current.get(), String::from_utf8_lossy(body).into_owned()));
@@ -399,7 +491,18 @@ mod tests {
         }
         fn shared_set(&self, key: &str, value: &[u8]) -> Result<(), HostError> {
             self.shared.borrow_mut().insert(key.into(), value.into());
+            *self.versions.borrow_mut().entry(key.into()).or_default() += 1;
             Ok(())
+        }
+        fn shared_get_versioned(&self, key: &str) -> (Option<Vec<u8>>, Option<u32>) {
+            (self.shared.borrow().get(key).cloned(), self.versions.borrow().get(key).copied())
+        }
+        fn shared_set_if(&self, key: &str, value: &[u8], cas: Option<u32>) -> bool {
+            let current = self.versions.borrow().get(key).copied();
+            if cas.is_some() && cas != current {
+                return false;
+            }
+            self.shared_set(key, value).is_ok()
         }
         fn record_audit(&self, fields: &[(&'static str, &str)]) {
             let mut audits = self.audits.borrow_mut();
@@ -449,10 +552,10 @@ mod tests {
         }
 
         fn request(&mut self, context_id: u32, groups: &[&str]) -> Next {
-            self.start(context_id, groups, "GET", "/api/4.0/user", &mut Stage::Headers, true)
+            self.start(context_id, groups, "GET", "/api/4.0/user", true)
         }
 
-        fn start(&mut self, context_id: u32, groups: &[&str], method: &str, path: &str, stage: &mut Stage, eos: bool) -> Next {
+        fn start(&mut self, context_id: u32, groups: &[&str], method: &str, path: &str, eos: bool) -> Next {
             let jwt = sign_rs256(&self.idp, json!({"sub": "alice", "email": "a@x", "groups": groups, "aud": "looker-api"}));
             let headers = vec![
                 (":method".to_owned(), method.to_owned()),
@@ -462,19 +565,19 @@ mod tests {
             ];
             self.host.headers.borrow_mut().insert(context_id, headers);
             self.host.current.set(context_id);
-            on_request(&self.gateway, &mut self.worker, &self.host, context_id, stage, eos)
+            on_request(&self.gateway, &mut self.worker, &self.host, context_id, eos)
         }
 
-        fn body(&mut self, context_id: u32, stage: &mut Stage, body: &str, eos: bool) -> Next {
+        fn body(&mut self, context_id: u32, body: &str, eos: bool) -> Next {
             self.host.body.borrow_mut().extend_from_slice(body.as_bytes());
             self.host.current.set(context_id);
             let size = self.host.body.borrow().len();
-            on_body(&self.gateway, &mut self.worker, &self.host, context_id, stage, size, eos)
+            on_body(&self.gateway, &mut self.worker, &self.host, context_id, size, eos)
         }
 
         fn answer(&mut self, callout: u32, status: Option<u32>, body: &str, current: u32) {
             self.host.current.set(current);
-            on_broker_answer(&self.gateway, &mut self.worker, &self.host, callout, status, body.as_bytes(), current);
+            on_callout(&self.gateway, &mut self.worker, &self.host, callout, status, body.as_bytes(), current);
         }
 
         fn authorization(&self, context_id: u32) -> Option<String> {
@@ -597,7 +700,7 @@ mod tests {
         assert_eq!(rig.status(10), Some(403));
         rig.host.headers.borrow_mut().insert(11, vec![(":method".into(), "GET".into()), (":path".into(), "/api/4.0/user".into())]);
         rig.host.current.set(11);
-        assert_eq!(on_request(&rig.gateway, &mut rig.worker, &rig.host, 11, &mut Stage::Headers, true), Next::Pause);
+        assert_eq!(on_request(&rig.gateway, &mut rig.worker, &rig.host, 11, true), Next::Pause);
         assert_eq!(rig.status(11), Some(401));
         assert!(rig.host.dispatched.borrow().is_empty());
         assert!(rig.host.applied.borrow().is_empty());
@@ -606,12 +709,11 @@ mod tests {
     #[test]
     fn guarded_query_waits_for_the_body_then_is_judged_on_it() {
         let mut rig = Rig::new();
-        let mut stage = Stage::Headers;
-        assert_eq!(rig.start(10, &["querying"], "POST", "/api/4.0/queries/run/json", &mut stage, false), Next::Pause);
-        assert!(matches!(stage, Stage::AwaitingBody { .. }));
+        assert_eq!(rig.start(10, &["querying"], "POST", "/api/4.0/queries/run/json", false), Next::Pause);
+        assert!(matches!(rig.worker.stages.get(&10), Some(Stage::AwaitingBody { .. })));
         assert!(rig.host.dispatched.borrow().is_empty(), "no broker call before the verdict");
-        assert_eq!(rig.body(10, &mut stage, r#"{"model":"thelook","view":"orders","#, false), Next::Pause);
-        assert_eq!(rig.body(10, &mut stage, r#""limit":"50"}"#, true), Next::Pause);
+        assert_eq!(rig.body(10, r#"{"model":"thelook","view":"orders","#, false), Next::Pause);
+        assert_eq!(rig.body(10, r#""limit":"50"}"#, true), Next::Pause);
         assert_eq!(rig.host.dispatched.borrow().len(), 1, "allowed: token fetched");
         rig.answer(1, Some(200), TOKEN_OK, 10);
         assert_eq!(rig.authorization(10).as_deref(), Some("token LOOKER1"));
@@ -627,18 +729,100 @@ mod tests {
         for (i, (body, status, needle)) in cases.into_iter().enumerate() {
             let mut rig = Rig::new();
             let ctx = 10 + i as u32;
-            let mut stage = Stage::Headers;
-            rig.start(ctx, &["querying"], "POST", "/api/4.0/queries/run/json", &mut stage, false);
-            rig.body(ctx, &mut stage, body, true);
+                rig.start(ctx, &["querying"], "POST", "/api/4.0/queries/run/json", false);
+            rig.body(ctx, body, true);
             assert_eq!(rig.status(ctx), Some(status), "{body}");
             assert!(rig.host.replies.borrow()[&ctx].body.contains(needle), "{body}");
             assert!(rig.host.dispatched.borrow().is_empty());
         }
         let mut rig = Rig::new();
-        let mut stage = Stage::Headers;
-        rig.start(30, &["querying"], "POST", "/api/4.0/queries/run/json", &mut stage, false);
-        rig.body(30, &mut stage, &"x".repeat(2049), false);
+        rig.start(30, &["querying"], "POST", "/api/4.0/queries/run/json", false);
+        rig.body(30, &"x".repeat(2049), false);
         assert_eq!(rig.status(30), Some(413));
-        assert!(matches!(stage, Stage::Decided));
+        assert!(matches!(rig.worker.stages.get(&30), Some(Stage::Decided)));
+    }
+
+    fn remote_rig() -> Rig {
+        let idp = TestIssuer::new();
+        let config = json!({
+            "issuers": [{"issuer": idp.iss, "audiences": ["looker-api"], "jwks_uri": "https://idp.test/keys", "cluster": "idp",
+                         "unknown_kid_refetch": "30s"}],
+            "policy": {"rules": [{"name": "all", "paths": ["/api/4.0/**"], "allow": {"role": "analyst"}}]},
+            "broker": {"cluster": "lookergate_broker", "credential": "gateway-secret-0123456789"}
+        });
+        let gateway = Gateway::load(config.to_string().as_bytes()).unwrap();
+        let host = FakeHost::default();
+        host.now_ms.set(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64);
+        host.allow_any_cluster.set(true);
+        Rig { gateway, worker: Worker::default(), host, idp }
+    }
+
+    #[test]
+    fn remote_keys_are_fetched_shared_and_refetched_on_an_unknown_kid() {
+        let mut rig = remote_rig();
+        // Before any fetch: 503 with Retry-After, never a 401.
+        rig.request(10, &[]);
+        assert_eq!(rig.status(10), Some(503));
+        assert!(rig.host.replies.borrow()[&10].headers.iter().any(|(n, _)| *n == "retry-after"));
+        on_tick(&rig.gateway, &mut rig.worker, &rig.host, ROOT);
+        let fetch = rig.host.dispatched.borrow().last().cloned().unwrap();
+        assert_eq!(fetch.0, ROOT, "timed fetch from the root context");
+        rig.answer(1, Some(200), &rig.idp.jwks.to_string(), ROOT);
+        let next = rig.request(11, &[]);
+        assert_eq!(rig.host.replies.borrow().get(&11).map(|r| r.body.clone()), None);
+        assert_eq!(next, Next::Pause, "verified; now waiting for the broker");
+        assert_eq!(rig.status(11), None);
+        // Another worker (fresh VM) picks the keys up from shared data without fetching.
+        let calls = rig.host.dispatched.borrow().len();
+        let mut other = Worker::default();
+        std::mem::swap(&mut rig.worker, &mut other);
+        on_tick(&rig.gateway, &mut rig.worker, &rig.host, ROOT);
+        assert_eq!(rig.host.dispatched.borrow().len(), calls, "lease held, keys shared: no second fetch");
+        std::mem::swap(&mut rig.worker, &mut other);
+
+        // The IdP rotates: a token under the new kid waits for one refetch, then passes.
+        rig.idp = TestIssuer::rotated();
+        assert_eq!(rig.request(12, &[]), Next::Pause);
+        assert_eq!(rig.request(13, &[]), Next::Pause);
+        let refetches: Vec<_> = rig.host.dispatched.borrow().iter().filter(|(_, body)| body.is_empty()).cloned().collect();
+        assert_eq!(refetches.len(), 2, "initial fetch + one refetch for two requests");
+        let refetch_id = rig.host.next_callout.get();
+        // A malformed answer would keep the old keys; this one is the rotated set.
+        rig.answer(refetch_id, Some(200), &rig.idp.jwks.to_string(), 12);
+        assert_eq!(rig.status(12), None, "no refusal: decided again with the new keys");
+        assert_eq!(rig.status(13), None);
+        assert!(matches!(rig.worker.stages.get(&13), Some(Stage::Decided)));
+        // Another unknown kid within the refetch interval is refused at once, no fetch:
+        // a storm of random kids costs at most one fetch per interval.
+        let before = rig.host.dispatched.borrow().len();
+        rig.idp = TestIssuer::new(); // kid test-1 is gone from the rotated set
+        for ctx in 14..40 {
+            rig.request(ctx, &[]);
+            assert_eq!(rig.status(ctx), Some(401), "ctx {ctx}");
+        }
+        let fetches_after = rig.host.dispatched.borrow().iter().skip(before).filter(|(_, b)| b.is_empty()).count();
+        assert_eq!(fetches_after, 0);
+    }
+
+    #[test]
+    fn malformed_or_failed_jwks_keeps_the_last_good_keys() {
+        let mut rig = remote_rig();
+        on_tick(&rig.gateway, &mut rig.worker, &rig.host, ROOT);
+        rig.answer(1, Some(200), &rig.idp.jwks.to_string(), ROOT);
+        for (status, body) in [(Some(200), "{not json"), (Some(200), r#"{"keys":[]}"#), (Some(500), ""), (None, "")] {
+            // Force a refresh attempt now.
+            let callout = {
+                rig.host.now_ms.set(rig.host.now_ms.get() + 601_000);
+                rig.host.shared.borrow_mut().retain(|k, _| !k.contains("jwks_lease"));
+                on_tick(&rig.gateway, &mut rig.worker, &rig.host, ROOT);
+                rig.host.next_callout.get()
+            };
+            rig.answer(callout, status, body, ROOT);
+            rig.host.now_ms.set(rig.host.now_ms.get() + 120_000); // past any backoff
+        }
+        // Tokens are signed with the real clock; keys are still the good ones.
+        rig.host.now_ms.set(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64);
+        assert_eq!(rig.request(20, &[]), Next::Pause);
+        assert_eq!(rig.status(20), None, "still verified with the last good keys");
     }
 }

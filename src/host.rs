@@ -32,6 +32,11 @@ pub trait Host {
     fn callout_response(&self, body_size: usize, max_body: usize) -> (Option<u32>, Vec<u8>);
     fn shared_get(&self, key: &str) -> Option<Vec<u8>>;
     fn shared_set(&self, key: &str, value: &[u8]) -> Result<(), HostError>;
+    /// Shared data with its compare-and-swap version.
+    fn shared_get_versioned(&self, key: &str) -> (Option<Vec<u8>>, Option<u32>);
+    /// Writes only if the version is still `cas` (`None`: the key must not exist yet
+    /// or any version is fine, as the host defines); `false` when another writer won.
+    fn shared_set_if(&self, key: &str, value: &[u8], cas: Option<u32>) -> bool;
     /// Makes `context_id` the target of the following hostcalls; `false` if it is gone.
     fn switch_to(&self, context_id: u32) -> bool;
     /// Records the audit fields of the current request where the access log reads them.
@@ -128,6 +133,14 @@ impl Host for ProxyHost {
         hostcalls::set_shared_data(key, Some(value), None).map_err(host_err("set shared data"))
     }
 
+    fn shared_get_versioned(&self, key: &str) -> (Option<Vec<u8>>, Option<u32>) {
+        hostcalls::get_shared_data(key).unwrap_or((None, None))
+    }
+
+    fn shared_set_if(&self, key: &str, value: &[u8], cas: Option<u32>) -> bool {
+        hostcalls::set_shared_data(key, Some(value), cas).is_ok()
+    }
+
     fn switch_to(&self, context_id: u32) -> bool {
         hostcalls::set_effective_context(context_id).is_ok()
     }
@@ -168,4 +181,27 @@ fn metric_id(kind: MetricType, name: &str) -> Option<u32> {
         metrics.insert(name.to_owned(), id);
         Some(id)
     })
+}
+
+/// Envoy's `verify_signature` foreign function (BoringSSL in the host), the fast path
+/// for RSA and ECDSA signatures. Kept apart from [`Host`]: it serves `jwt`, not the flow.
+pub struct EnvoyVerifySignature;
+
+impl crate::jwt::ForeignCall for EnvoyVerifySignature {
+    fn call(&self, arguments: &[u8]) -> Option<Vec<u8>> {
+        hostcalls::call_foreign_function("verify_signature", Some(arguments)).ok().flatten()
+    }
+}
+
+/// Probes the host's signature verification once and, for the algorithms it gets
+/// right, installs it for this VM (worker). Returns the algorithms now verified by the host.
+pub fn install_host_crypto() -> Vec<crate::jwt::Algorithm> {
+    let verifier = crate::jwt::HostVerifier::probe(EnvoyVerifySignature);
+    let enabled = verifier.enabled().to_vec();
+    if enabled.is_empty() {
+        crate::jwt::signature::uninstall();
+    } else {
+        crate::jwt::signature::install(std::rc::Rc::new(verifier));
+    }
+    enabled
 }

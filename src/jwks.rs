@@ -1,6 +1,7 @@
 //! The issuer's JSON Web Key Set, decoded once at configuration time into public keys
-//! ready to check signatures. Keys we cannot use safely are skipped with a warning;
-//! a set with no usable key is an error.
+//! ready to check signatures — both as pure-Rust key objects and as the DER
+//! SubjectPublicKeyInfo a host verifier (Envoy's BoringSSL) takes. Keys we cannot use
+//! safely are skipped with a warning; a set with no usable key is an error.
 
 use std::fmt;
 
@@ -28,7 +29,31 @@ pub struct KeySet {
 pub(crate) struct PublicJwk {
     pub(crate) kid: Option<String>,
     pub(crate) alg: Option<Algorithm>,
+    pub(crate) key: PreparedKey,
+}
+
+/// A public key in every form a signature check needs, built once at key-load time so
+/// no request pays for key decoding.
+pub struct PreparedKey {
     pub(crate) material: KeyMaterial,
+    /// DER `SubjectPublicKeyInfo`, what BoringSSL's `EVP_parse_public_key` reads.
+    spki_der: Vec<u8>,
+}
+
+impl PreparedKey {
+    pub(crate) fn new(material: KeyMaterial, spki_der: Vec<u8>) -> PreparedKey {
+        PreparedKey { material, spki_der }
+    }
+
+    /// The key as DER `SubjectPublicKeyInfo`.
+    pub fn spki_der(&self) -> &[u8] {
+        &self.spki_der
+    }
+
+    /// Exact signature length in bytes for this key.
+    pub fn signature_len(&self) -> usize {
+        self.material.signature_len()
+    }
 }
 
 /// The public key in the form jwt-simple verifies with. An RSA key is held once per
@@ -87,7 +112,7 @@ impl KeyMaterial {
 impl PublicJwk {
     /// Whether a token signed with `alg` may be checked with this key.
     pub(crate) fn accepts(&self, alg: Algorithm) -> bool {
-        self.material.supports(alg) && (self.alg.is_none() || self.alg == Some(alg))
+        self.key.material.supports(alg) && (self.alg.is_none() || self.alg == Some(alg))
     }
 }
 
@@ -153,6 +178,10 @@ impl KeySet {
         Ok((KeySet { keys }, warnings))
     }
 
+    pub(crate) fn into_keys(self) -> Vec<PublicJwk> {
+        self.keys
+    }
+
     /// Number of usable keys.
     pub fn len(&self) -> usize {
         self.keys.len()
@@ -195,7 +224,7 @@ pub(crate) enum KeyChoiceError {
 impl fmt::Debug for KeySet {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_list()
-            .entries(self.keys.iter().map(|k| (k.kid.as_deref().unwrap_or("-"), k.material.kind(), k.alg)))
+            .entries(self.keys.iter().map(|k| (k.kid.as_deref().unwrap_or("-"), k.key.material.kind(), k.alg)))
             .finish()
     }
 }
@@ -241,22 +270,28 @@ fn decode_jwk(entry: &Value) -> Result<PublicJwk, String> {
     };
     let kty = jwk.get("kty").and_then(Value::as_str).ok_or("kty is missing")?;
     let crv = jwk.get("crv").and_then(Value::as_str);
-    let material = match (kty, crv) {
+    let key = match (kty, crv) {
         ("RSA", _) => rsa_key(jwk)?,
         ("EC", Some("P-256")) => {
             let point = ec_point(jwk, 32)?;
-            KeyMaterial::P256(ES256PublicKey::from_bytes(&point).map_err(|_| "x,y is not a P-256 point")?)
+            let material =
+                KeyMaterial::P256(ES256PublicKey::from_bytes(&point).map_err(|_| "x,y is not a P-256 point")?);
+            PreparedKey::new(material, spki::ec(spki::OID_P256, &point))
         }
         ("EC", Some("P-384")) => {
             let point = ec_point(jwk, 48)?;
-            KeyMaterial::P384(ES384PublicKey::from_bytes(&point).map_err(|_| "x,y is not a P-384 point")?)
+            let material =
+                KeyMaterial::P384(ES384PublicKey::from_bytes(&point).map_err(|_| "x,y is not a P-384 point")?);
+            PreparedKey::new(material, spki::ec(spki::OID_P384, &point))
         }
         ("OKP", Some("Ed25519")) => {
             let x = member(jwk, "x")?;
             if x.len() != 32 {
                 return Err("x is not 32 bytes".to_owned());
             }
-            KeyMaterial::Ed25519(Ed25519PublicKey::from_bytes(&x).map_err(|_| "x is not a valid Ed25519 key")?)
+            let material =
+                KeyMaterial::Ed25519(Ed25519PublicKey::from_bytes(&x).map_err(|_| "x is not a valid Ed25519 key")?);
+            PreparedKey::new(material, spki::ed25519(&x))
         }
         ("EC" | "OKP", crv) => {
             return Err(format!("curve {:?} is not supported", truncate(crv.unwrap_or("(missing)"), 32)));
@@ -265,20 +300,20 @@ fn decode_jwk(entry: &Value) -> Result<PublicJwk, String> {
         (kty, _) => return Err(format!("kty {:?} is not supported", truncate(kty, 32))),
     };
     if let Some(alg) = alg {
-        if !material.supports(alg) {
-            return Err(format!("alg {alg} does not fit a {} key", material.kind()));
+        if !key.material.supports(alg) {
+            return Err(format!("alg {alg} does not fit a {} key", key.material.kind()));
         }
     }
-    Ok(PublicJwk { kid, alg, material })
+    Ok(PublicJwk { kid, alg, key })
 }
 
-fn rsa_key(jwk: &Map<String, Value>) -> Result<KeyMaterial, String> {
+fn rsa_key(jwk: &Map<String, Value>) -> Result<PreparedKey, String> {
     let n = member(jwk, "n")?;
     let e = member(jwk, "e")?;
     // jwt-simple enforces 2048..=4096-bit moduli and e = 65537.
     let bad = |_| "n,e is not an accepted RSA key (2048 to 4096 bits, e = 65537)".to_owned();
     let modulus_len = n.iter().skip_while(|b| **b == 0).count();
-    Ok(KeyMaterial::Rsa(Box::new(RsaKeys {
+    let material = KeyMaterial::Rsa(Box::new(RsaKeys {
         modulus_len,
         rs256: RS256PublicKey::from_components(&n, &e).map_err(bad)?,
         rs384: RS384PublicKey::from_components(&n, &e).map_err(bad)?,
@@ -286,7 +321,8 @@ fn rsa_key(jwk: &Map<String, Value>) -> Result<KeyMaterial, String> {
         ps256: PS256PublicKey::from_components(&n, &e).map_err(bad)?,
         ps384: PS384PublicKey::from_components(&n, &e).map_err(bad)?,
         ps512: PS512PublicKey::from_components(&n, &e).map_err(bad)?,
-    })))
+    }));
+    Ok(PreparedKey::new(material, spki::rsa(&n, &e)))
 }
 
 /// SEC1 uncompressed point `04 || x || y` from the JWK's fixed-length coordinates.
@@ -310,6 +346,78 @@ fn member(jwk: &Map<String, Value>, name: &str) -> Result<Vec<u8>, String> {
         return Err(format!("{name} is too long"));
     }
     URL_SAFE_NO_PAD.decode(text.trim_end_matches('=')).map_err(|_| format!("{name} is not base64url"))
+}
+
+/// Hand-rolled DER for the three `SubjectPublicKeyInfo` shapes we emit (RFC 5280,
+/// RFC 3279, RFC 5480, RFC 8410): a few fixed OIDs, so no ASN.1 library is needed.
+pub(crate) mod spki {
+    const OID_RSA_ENCRYPTION: &[u8] = &[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x01];
+    const OID_EC_PUBLIC_KEY: &[u8] = &[0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01];
+    pub(crate) const OID_P256: &[u8] = &[0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07];
+    pub(crate) const OID_P384: &[u8] = &[0x2b, 0x81, 0x04, 0x00, 0x22];
+    const OID_ED25519: &[u8] = &[0x2b, 0x65, 0x70];
+
+    /// `tag || length || content`, definite-length DER.
+    pub(crate) fn tlv(tag: u8, content: &[u8]) -> Vec<u8> {
+        let mut out = Vec::with_capacity(content.len() + 6);
+        out.push(tag);
+        let len = content.len();
+        if len < 0x80 {
+            out.push(len as u8);
+        } else {
+            let bytes = len.to_be_bytes();
+            let skip = bytes.iter().take_while(|b| **b == 0).count();
+            let significant = bytes.get(skip..).unwrap_or_default();
+            out.push(0x80 | significant.len() as u8);
+            out.extend_from_slice(significant);
+        }
+        out.extend_from_slice(content);
+        out
+    }
+
+    /// A non-negative INTEGER from big-endian magnitude bytes, minimally encoded.
+    pub(crate) fn unsigned_integer(magnitude: &[u8]) -> Vec<u8> {
+        let first = magnitude.iter().position(|b| *b != 0).unwrap_or(magnitude.len());
+        let trimmed = magnitude.get(first..).unwrap_or_default();
+        let mut content = Vec::with_capacity(trimmed.len() + 1);
+        if !matches!(trimmed.first(), Some(b) if b & 0x80 == 0) {
+            content.push(0); // zero, or a leading 1 bit that would read as negative
+        }
+        content.extend_from_slice(trimmed);
+        tlv(0x02, &content)
+    }
+
+    fn bit_string(bytes: &[u8]) -> Vec<u8> {
+        let mut content = Vec::with_capacity(bytes.len() + 1);
+        content.push(0); // no unused bits
+        content.extend_from_slice(bytes);
+        tlv(0x03, &content)
+    }
+
+    fn spki(algorithm: &[u8], key: &[u8]) -> Vec<u8> {
+        let mut body = tlv(0x30, algorithm);
+        body.extend(bit_string(key));
+        tlv(0x30, &body)
+    }
+
+    pub(crate) fn rsa(n: &[u8], e: &[u8]) -> Vec<u8> {
+        let mut algorithm = tlv(0x06, OID_RSA_ENCRYPTION);
+        algorithm.extend_from_slice(&[0x05, 0x00]);
+        let mut key = unsigned_integer(n);
+        key.extend(unsigned_integer(e));
+        spki(&algorithm, &tlv(0x30, &key))
+    }
+
+    /// `point` is the SEC1 uncompressed point `04 || x || y`.
+    pub(crate) fn ec(curve: &[u8], point: &[u8]) -> Vec<u8> {
+        let mut algorithm = tlv(0x06, OID_EC_PUBLIC_KEY);
+        algorithm.extend(tlv(0x06, curve));
+        spki(&algorithm, point)
+    }
+
+    pub(crate) fn ed25519(x: &[u8]) -> Vec<u8> {
+        spki(&tlv(0x06, OID_ED25519), x)
+    }
 }
 
 #[cfg(test)]

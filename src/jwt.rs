@@ -1,22 +1,29 @@
 //! JWT verification for one trusted issuer: structure, header, key choice, signature,
 //! then claims. Pure code: the caller passes the current time; nothing here panics or
-//! allocates more than the (size-capped) token.
+//! allocates more than the (size-capped) token. The signature step goes through the
+//! per-VM [`signature`] backend (the host's crypto when it has it), and tokens that
+//! verified are remembered per worker until they expire (`cache`).
 
 use std::fmt;
 use std::str::FromStr;
 
+use std::cell::RefCell;
+
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
-use jwt_simple::prelude::{
-    Duration, ECDSAP256PublicKeyLike, ECDSAP384PublicKeyLike, EdDSAPublicKeyLike, NoCustomClaims, RSAPublicKeyLike,
-    UnixTimeStamp, VerificationOptions,
-};
-use jwt_simple::JWTError;
 use serde::{Deserialize, Deserializer};
 use serde_json::{Map, Value};
 
-use crate::jwks::{KeyChoiceError, KeyMaterial};
-pub use crate::jwks::{JwksError, KeySet};
+use crate::jwks::KeyChoiceError;
+pub use crate::jwks::{JwksError, KeySet, PreparedKey};
+use cache::TokenCache;
+pub use signature::{
+    decode_verify_result, ecdsa_signature_der, encode_verify_request, ForeignCall, HostVerifier, PureRust,
+    SignatureBackend, SignedInput, HOST_CANDIDATES,
+};
+
+mod cache;
+pub mod signature;
 
 /// Longest base64url header we decode (same bound as jwt-simple).
 const MAX_HEADER_CHARS: usize = 8192;
@@ -177,8 +184,8 @@ pub struct VerifiedToken {
     pub alg: Algorithm,
 }
 
-/// One issuer's verification setup, built once at configuration time.
-#[derive(Debug)]
+/// One issuer's verification setup, built once at configuration time, with the
+/// worker's cache of tokens it already verified (one VM per worker, so no locking).
 pub struct IssuerVerifier {
     issuer: String,
     audiences: Vec<String>,
@@ -186,10 +193,27 @@ pub struct IssuerVerifier {
     clock_skew_secs: u64,
     max_token_bytes: usize,
     keys: KeySet,
+    verified: RefCell<TokenCache>,
+}
+
+impl fmt::Debug for IssuerVerifier {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("IssuerVerifier")
+            .field("issuer", &self.issuer)
+            .field("audiences", &self.audiences)
+            .field("algorithms", &self.algorithms)
+            .field("clock_skew_secs", &self.clock_skew_secs)
+            .field("max_token_bytes", &self.max_token_bytes)
+            .field("keys", &self.keys)
+            .field("cached_tokens", &self.verified.borrow().len())
+            .finish()
+    }
 }
 
 /// The JOSE header fields we act on. A derived struct (not a map) so that a duplicated
-/// field, e.g. two `alg`s, is an error rather than last-one-wins.
+/// field, e.g. two `alg`s, is an error rather than last-one-wins. The registered members
+/// we never act on are still typed (as jwt-simple types them), so a header we accept is
+/// one every signature backend reads the same way.
 #[derive(Deserialize)]
 struct Header {
     alg: String,
@@ -199,6 +223,24 @@ struct Header {
     typ: Option<String>,
     #[serde(default, deserialize_with = "present")]
     crit: bool,
+    /// jwt-simple's HMAC salt extension: never meaningful for public-key tokens.
+    #[serde(default, deserialize_with = "present")]
+    salt: bool,
+    #[serde(default, rename = "cty")]
+    _cty: Option<String>,
+    #[serde(default, rename = "jku")]
+    _jku: Option<String>,
+    /// An embedded key is never used; one that is not even a string is refused.
+    #[serde(default, rename = "jwk")]
+    _jwk: Option<String>,
+    #[serde(default, rename = "x5u")]
+    _x5u: Option<String>,
+    #[serde(default, rename = "x5c")]
+    _x5c: Option<Vec<String>>,
+    #[serde(default, rename = "x5t")]
+    _x5t: Option<String>,
+    #[serde(default, rename = "x5t#S256")]
+    _x5t_s256: Option<String>,
 }
 
 /// `true` whenever the field is there, whatever its value (even `null` or `[]`).
@@ -206,12 +248,40 @@ fn present<'de, D: Deserializer<'de>>(deserializer: D) -> Result<bool, D::Error>
     serde::de::IgnoredAny::deserialize(deserializer).map(|_| true)
 }
 
+/// The claims object, refusing a claim given twice: which copy counts would otherwise
+/// depend on the parser (serde_json keeps the last, others the first).
+struct UniqueClaims(Map<String, Value>);
+
+impl<'de> Deserialize<'de> for UniqueClaims {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = UniqueClaims;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut access: A) -> Result<UniqueClaims, A::Error> {
+                let mut claims = Map::new();
+                while let Some(name) = access.next_key::<String>()? {
+                    let value: Value = access.next_value()?;
+                    if claims.insert(name, value).is_some() {
+                        return Err(serde::de::Error::custom("duplicate claim"));
+                    }
+                }
+                Ok(UniqueClaims(claims))
+            }
+        }
+        deserializer.deserialize_map(Visitor)
+    }
+}
+
 /// The three parts of a compact JWS, decoded where we need them.
 struct Parts<'t> {
     header: Header,
     payload: Map<String, Value>,
     signature: Vec<u8>,
-    /// The whole token: its `header.payload` prefix is what the signature covers.
+    /// `header.payload`: what the signature covers.
+    signing_input: &'t str,
     token: &'t str,
 }
 
@@ -224,7 +294,15 @@ impl IssuerVerifier {
         max_token_bytes: usize,
         keys: KeySet,
     ) -> Self {
-        IssuerVerifier { issuer, audiences, algorithms, clock_skew_secs, max_token_bytes, keys }
+        IssuerVerifier {
+            issuer,
+            audiences,
+            algorithms,
+            clock_skew_secs,
+            max_token_bytes,
+            keys,
+            verified: RefCell::new(TokenCache::new(cache::DEFAULT_CAPACITY)),
+        }
     }
 
     pub fn issuer(&self) -> &str {
@@ -235,12 +313,28 @@ impl IssuerVerifier {
         &self.keys
     }
 
+    /// Tokens currently remembered as verified on this worker.
+    pub fn cached_tokens(&self) -> usize {
+        self.verified.borrow().len()
+    }
+
     /// Verifies `token` at `now_unix` (seconds): structure, header, key, signature, claims —
-    /// in that order, so claim errors are only reported for authentic tokens.
+    /// in that order, so claim errors are only reported for authentic tokens. A token
+    /// verified before on this worker and not yet expired is answered from the cache.
     pub fn verify(&self, token: &str, now_unix: u64) -> Result<VerifiedToken, JwtError> {
         if token.len() > self.max_token_bytes {
             return Err(JwtError::TooLarge { max: self.max_token_bytes });
         }
+        if let Some(hit) = self.verified.borrow_mut().get(token, now_unix) {
+            return Ok(hit);
+        }
+        let verified = self.verify_uncached(token, now_unix)?;
+        let expired_from = verified.expires_at.saturating_add(self.clock_skew_secs);
+        self.verified.borrow_mut().insert(token, &verified, expired_from);
+        Ok(verified)
+    }
+
+    fn verify_uncached(&self, token: &str, now_unix: u64) -> Result<VerifiedToken, JwtError> {
         let parts = split(token)?;
         if parts.header.crit {
             return Err(JwtError::UnsupportedCritical);
@@ -250,19 +344,30 @@ impl IssuerVerifier {
             _ => return Err(JwtError::AlgorithmNotAllowed(printable(&parts.header.alg))),
         };
         if let Some(typ) = &parts.header.typ {
-            // jwt-simple refuses other types too; checking here gives the clearer reason.
             let typ = typ.to_ascii_uppercase();
             if typ != "JWT" && !typ.ends_with("+JWT") {
                 return Err(JwtError::Malformed("typ is not JWT"));
             }
         }
+        if parts.header.salt {
+            return Err(JwtError::Malformed("the salt header is not accepted"));
+        }
+        // Registered claims of the wrong JSON type are refused before any crypto.
+        check_claim_types(&parts.payload)?;
         // `jku`, `x5u`, `jwk` and `x5c` are never read: keys come only from configuration.
         let key = self.keys.select(parts.header.kid.as_deref(), alg).map_err(|e| match e {
             KeyChoiceError::UnknownKid => JwtError::UnknownKey,
             KeyChoiceError::AlgorithmMismatch => JwtError::KeyAlgorithmMismatch,
             KeyChoiceError::KidRequired => JwtError::MissingKid,
         })?;
-        verify_signature(&key.material, alg, parts.token, &parts.signature)?;
+        // Lengths are fixed per key; checking first keeps odd inputs away from the crypto code.
+        if parts.signature.len() != key.key.signature_len() {
+            return Err(JwtError::BadSignature);
+        }
+        let input = SignedInput { token: parts.token, signing_input: parts.signing_input, signature: &parts.signature };
+        if !signature::check(alg, &key.key, &input) {
+            return Err(JwtError::BadSignature);
+        }
         let claims = parts.payload;
         let (issuer, subject, expires_at) = self.check_claims(&claims, now_unix)?;
         Ok(VerifiedToken { issuer, subject, expires_at, kid: parts.header.kid, alg, claims })
@@ -310,6 +415,24 @@ impl IssuerVerifier {
     }
 }
 
+/// Registered claims must have their RFC 7519 types (the types jwt-simple's typed parse
+/// insists on, so every signature backend sees the same token as acceptable).
+fn check_claim_types(claims: &Map<String, Value>) -> Result<(), JwtError> {
+    for name in ["exp", "nbf", "iat"] {
+        numeric_date(claims, name)?;
+    }
+    for name in ["iss", "sub", "jti", "nonce"] {
+        if claims.get(name).is_some_and(|v| !v.is_string()) {
+            return Err(JwtError::InvalidClaim(name));
+        }
+    }
+    match claims.get("aud") {
+        None | Some(Value::String(_)) => Ok(()),
+        Some(Value::Array(auds)) if auds.iter().all(Value::is_string) => Ok(()),
+        Some(_) => Err(JwtError::InvalidClaim("aud")),
+    }
+}
+
 /// Splits and decodes a compact JWS. Work is linear in the (already size-capped) token.
 fn split(token: &str) -> Result<Parts<'_>, JwtError> {
     let mut it = token.split('.');
@@ -317,6 +440,7 @@ fn split(token: &str) -> Result<Parts<'_>, JwtError> {
     else {
         return Err(JwtError::Malformed("not three dot-separated parts"));
     };
+    let signing_input = token.get(..header_b64.len() + 1 + payload_b64.len()).unwrap_or_default();
     if header_b64.len() > MAX_HEADER_CHARS {
         return Err(JwtError::Malformed("header too large"));
     }
@@ -325,51 +449,11 @@ fn split(token: &str) -> Result<Parts<'_>, JwtError> {
         .map_err(|_| JwtError::Malformed("header is not a JSON object with a string alg"))?;
     let payload_json =
         URL_SAFE_NO_PAD.decode(payload_b64).map_err(|_| JwtError::Malformed("payload is not base64url"))?;
-    let payload: Map<String, Value> =
-        serde_json::from_slice(&payload_json).map_err(|_| JwtError::Malformed("payload is not a JSON object"))?;
+    let UniqueClaims(payload) = serde_json::from_slice(&payload_json)
+        .map_err(|_| JwtError::Malformed("payload is not a JSON object with unique claim names"))?;
     let signature =
         URL_SAFE_NO_PAD.decode(signature_b64).map_err(|_| JwtError::Malformed("signature is not base64url"))?;
-    Ok(Parts { header, payload, signature, token })
-}
-
-/// Checks the signature over the token's `header.payload` with `key` — the one
-/// cryptographic step, kept apart so a host-provided verifier can take its place.
-///
-/// jwt-simple only offers whole-token verification, so it re-reads the token; its own
-/// time checks are neutralised (time 0, future accepted) because [`IssuerVerifier`]
-/// checks claims itself with the caller's clock.
-fn verify_signature(key: &KeyMaterial, alg: Algorithm, token: &str, signature: &[u8]) -> Result<(), JwtError> {
-    // Lengths are fixed per key; checking first keeps odd inputs away from the crypto code.
-    if signature.len() != key.signature_len() {
-        return Err(JwtError::BadSignature);
-    }
-    let options = VerificationOptions {
-        accept_future: true,
-        artificial_time: Some(UnixTimeStamp::from_secs(0)),
-        time_tolerance: Some(Duration::from_secs(0)),
-        max_token_length: Some(token.len()),
-        max_header_length: Some(MAX_HEADER_CHARS),
-        ..VerificationOptions::default()
-    };
-    let options = Some(options);
-    let outcome = match (key, alg) {
-        (KeyMaterial::Rsa(k), Algorithm::RS256) => k.rs256.verify_token::<NoCustomClaims>(token, options).map(drop),
-        (KeyMaterial::Rsa(k), Algorithm::RS384) => k.rs384.verify_token::<NoCustomClaims>(token, options).map(drop),
-        (KeyMaterial::Rsa(k), Algorithm::RS512) => k.rs512.verify_token::<NoCustomClaims>(token, options).map(drop),
-        (KeyMaterial::Rsa(k), Algorithm::PS256) => k.ps256.verify_token::<NoCustomClaims>(token, options).map(drop),
-        (KeyMaterial::Rsa(k), Algorithm::PS384) => k.ps384.verify_token::<NoCustomClaims>(token, options).map(drop),
-        (KeyMaterial::Rsa(k), Algorithm::PS512) => k.ps512.verify_token::<NoCustomClaims>(token, options).map(drop),
-        (KeyMaterial::P256(k), Algorithm::ES256) => k.verify_token::<NoCustomClaims>(token, options).map(drop),
-        (KeyMaterial::P384(k), Algorithm::ES384) => k.verify_token::<NoCustomClaims>(token, options).map(drop),
-        (KeyMaterial::Ed25519(k), Algorithm::EdDSA) => k.verify_token::<NoCustomClaims>(token, options).map(drop),
-        _ => return Err(JwtError::KeyAlgorithmMismatch),
-    };
-    outcome.map_err(|e| match e.downcast_ref::<JWTError>() {
-        Some(JWTError::InvalidSignature) => JwtError::BadSignature,
-        // Our parse accepted the token but jwt-simple's stricter typed one did not
-        // (e.g. a `jwk` header that is an object, or a registered claim of another type).
-        _ => JwtError::Malformed("the header or claims use a form the verifier does not accept"),
-    })
+    Ok(Parts { header, payload, signature, signing_input, token })
 }
 
 /// A NumericDate claim as whole seconds; `None` when absent.
@@ -415,6 +499,7 @@ fn printable(alg: &str) -> String {
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 pub(crate) mod tests {
+    use std::rc::Rc;
     use std::sync::OnceLock;
 
     use jwt_simple::prelude::*;
@@ -623,11 +708,14 @@ pub(crate) mod tests {
             ("missing aud", eddsa(with(c(), json!({"aud": null}))), "wrong_audience"),
             ("missing exp", eddsa(with(c(), json!({"exp": null}))), "missing_exp"),
             ("missing exp RSA", rs256(with(c(), json!({"exp": null}))), "missing_exp"),
-            // jwt-simple's typed claim parse refuses these before our own checks run.
-            ("exp as string", eddsa(with(c(), json!({"exp": (NOW + 600).to_string()}))), "malformed_token"),
-            ("negative exp", eddsa(with(c(), json!({"exp": -1}))), "malformed_token"),
-            ("sub not a string", eddsa(with(c(), json!({"sub": 42}))), "malformed_token"),
-            ("aud an object", eddsa(with(c(), json!({"aud": {"a": 1}}))), "malformed_token"),
+            // Registered claims of the wrong type are refused before any crypto.
+            ("exp as string", eddsa(with(c(), json!({"exp": (NOW + 600).to_string()}))), "invalid_claim"),
+            ("negative exp", eddsa(with(c(), json!({"exp": -1}))), "invalid_claim"),
+            ("sub not a string", eddsa(with(c(), json!({"sub": 42}))), "invalid_claim"),
+            ("aud an object", eddsa(with(c(), json!({"aud": {"a": 1}}))), "invalid_claim"),
+            ("aud array with a number", eddsa(with(c(), json!({"aud": ["looker-api", 5]}))), "invalid_claim"),
+            ("jti not a string", eddsa(with(c(), json!({"jti": 5}))), "invalid_claim"),
+            ("exp as string RSA", rs256(with(c(), json!({"exp": "soon"}))), "invalid_claim"),
         ];
         run(&verifier(), cases);
     }
@@ -822,6 +910,124 @@ pub(crate) mod tests {
         }
         let huge = unsigned(r#"{"alg":"none"}"#, &json!({"iss": ISS, "pad": "x".repeat(70_000)}));
         assert_eq!(peek_issuer(&huge), None);
+    }
+
+    /// `n - s` for a P-256 signature: the other valid ("high-S") form of the same signature.
+    fn p256_high_s(token: &str) -> String {
+        const N: [u8; 32] = [
+            0xff, 0xff, 0xff, 0xff, 0x00, 0x00, 0x00, 0x00, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xbc, 0xe6,
+            0xfa, 0xad, 0xa7, 0x17, 0x9e, 0x84, 0xf3, 0xb9, 0xca, 0xc2, 0xfc, 0x63, 0x25, 0x51,
+        ];
+        let (input, sig) = token.rsplit_once('.').unwrap();
+        let mut raw = Base64UrlSafeNoPadding::decode_to_vec(sig, None).unwrap();
+        let mut borrow = 0i16;
+        for i in (0..32).rev() {
+            let d = N[i] as i16 - raw[32 + i] as i16 - borrow;
+            borrow = i16::from(d < 0);
+            raw[32 + i] = d.rem_euclid(256) as u8;
+        }
+        format!("{input}.{}", b64(&raw))
+    }
+
+    #[test]
+    fn jwt_host_and_pure_rust_signature_paths_give_identical_verdicts() {
+        use super::signature::{self, tests::FakeEnvoy, HostVerifier};
+        let k = keys();
+        let rsa_der = k.rsa.to_der().unwrap();
+        let evil_rsa = RS256KeyPair::generate(2048).unwrap().with_key_id("rsa-1");
+        let evil_es = ES256KeyPair::generate().with_key_id("es256-1");
+        let evil = with(claims(), json!({"sub": "admin"}));
+        let rs384 = rsa_as(RS384KeyPair::from_der(&rsa_der).unwrap().with_key_id("rsa-1"), claims());
+        let rs512 = rsa_as(RS512KeyPair::from_der(&rsa_der).unwrap().with_key_id("rsa-1"), claims());
+        let ps256 = rsa_as(PS256KeyPair::from_der(&rsa_der).unwrap().with_key_id("rsa-1"), claims());
+        let es256_token = es256(claims());
+        let mut cases = vec![
+            ("RS256", rs256(claims()), "ok"),
+            ("RS384", rs384.clone(), "ok"),
+            ("RS512", rs512.clone(), "ok"),
+            ("ES256", es256_token.clone(), "ok"),
+            ("ES256 high-S twin", p256_high_s(&es256_token), "ok"),
+            ("ES384", es384(claims()), "ok"),
+            ("PS256", ps256.clone(), "ok"),
+            ("EdDSA", eddsa(claims()), "ok"),
+            ("RS256 expired", rs256(with(claims(), json!({"exp": NOW - 3600}))), "token_expired"),
+            ("RS256 tampered", tamper_payload(&rs256(claims()), &evil), "bad_signature"),
+            ("RS384 tampered", tamper_payload(&rs384, &evil), "bad_signature"),
+            ("RS512 tampered", tamper_payload(&rs512, &evil), "bad_signature"),
+            ("ES256 tampered", tamper_payload(&es256_token, &evil), "bad_signature"),
+            ("ES384 tampered", tamper_payload(&es384(claims()), &evil), "bad_signature"),
+            ("PS256 tampered", tamper_payload(&ps256, &evil), "bad_signature"),
+            ("EdDSA tampered", tamper_payload(&eddsa(claims()), &evil), "bad_signature"),
+            ("RS256 other key", evil_rsa.sign(exact(claims())).unwrap(), "bad_signature"),
+            ("ES256 other key", evil_es.sign(exact(claims())).unwrap(), "bad_signature"),
+            ("ES256 zero r and s", format!("{}.{}", es256_token.rsplit_once('.').unwrap().0, b64([0u8; 64])), "bad_signature"),
+            ("duplicate exp", craft_duplicate_exp(), "malformed_token"),
+        ];
+        for (name, token) in [("RS256", rs256(claims())), ("ES256", es256(claims())), ("ES384", es384(claims()))] {
+            let (input, sig) = token.rsplit_once('.').unwrap();
+            let mut flipped = Base64UrlSafeNoPadding::decode_to_vec(sig, None).unwrap();
+            let last = flipped.len() - 1;
+            flipped[last] ^= 1;
+            cases.push((name, format!("{input}.{}", b64(&flipped)), "bad_signature"));
+            let mut first = Base64UrlSafeNoPadding::decode_to_vec(sig, None).unwrap();
+            first[0] ^= 0x80;
+            cases.push((name, format!("{input}.{}", b64(&first)), "bad_signature"));
+        }
+        signature::uninstall();
+        let pure: Vec<_> = cases.iter().map(|(_, t, _)| code(verifier().verify(t, NOW))).collect();
+        let host = Rc::new(HostVerifier::probe(FakeEnvoy::default()));
+        signature::install(host.clone());
+        let via_host: Vec<_> = cases.iter().map(|(_, t, _)| code(verifier().verify(t, NOW))).collect();
+        signature::uninstall();
+        let mut failures = Vec::new();
+        for (((name, _, expected), p), h) in cases.iter().zip(&pure).zip(&via_host) {
+            if p != expected || h != expected {
+                failures.push(format!("{name}: expected {expected}, pure Rust {p}, host {h}"));
+            }
+        }
+        assert!(failures.is_empty(), "{}", failures.join("\n"));
+        assert!(host.call().calls.get() >= 20, "the host path was taken ({} calls)", host.call().calls.get());
+    }
+
+    /// A signed token whose payload names `exp` twice (first expired, then valid).
+    fn craft_duplicate_exp() -> String {
+        let header = b64(r#"{"alg":"EdDSA","kid":"ed-1"}"#);
+        let payload = b64(format!(
+            r#"{{"iss":"{ISS}","aud":"looker-api","sub":"alice","exp":{},"exp":{}}}"#,
+            NOW - 3600,
+            NOW + 600
+        ));
+        let input = format!("{header}.{payload}");
+        let signature = keys().ed.key_pair().as_ref().sk.sign(&input, None);
+        format!("{input}.{}", b64(signature.as_ref()))
+    }
+
+    #[test]
+    fn jwt_verified_tokens_are_cached_until_they_expire() {
+        use super::signature::{self, tests::FakeEnvoy, HostVerifier};
+        let host = Rc::new(HostVerifier::probe(FakeEnvoy::default()));
+        signature::install(host.clone());
+        let v = verifier();
+        let token = rs256(with(claims(), json!({"exp": NOW + 100})));
+        let before = host.call().calls.get();
+        let first = v.verify(&token, NOW).unwrap();
+        assert_eq!(host.call().calls.get(), before + 1);
+        for _ in 0..5 {
+            assert_eq!(v.verify(&token, NOW + 50).unwrap(), first);
+        }
+        assert_eq!(host.call().calls.get(), before + 1, "a burst verifies once");
+        assert_eq!(v.cached_tokens(), 1);
+        // Past exp + skew the cached entry is not served: full verification says expired.
+        assert_eq!(v.verify(&token, NOW + 130), Err(JwtError::Expired));
+        assert_eq!(host.call().calls.get(), before + 2);
+        assert_eq!(v.cached_tokens(), 0);
+        // Failures are never cached.
+        let bad = tamper_payload(&token, &with(claims(), json!({"sub": "admin"})));
+        for _ in 0..2 {
+            assert_eq!(v.verify(&bad, NOW), Err(JwtError::BadSignature));
+        }
+        assert_eq!(v.cached_tokens(), 0);
+        signature::uninstall();
     }
 
     #[test]

@@ -10,6 +10,7 @@ pub mod flow;
 pub mod host;
 pub mod jwks;
 pub mod jwt;
+pub mod keys;
 pub mod looker;
 pub mod path;
 pub mod policy;

@@ -70,7 +70,8 @@ impl OperationTable {
                 method: method.to_ascii_uppercase(),
                 template: (*template).to_owned(),
                 operation_id: (*operation_id).to_owned(),
-                tags: tags.split(',').filter(|t| !t.is_empty()).map(str::to_owned).collect(),
+                // `-` marks an empty cell.
+                tags: tags.split(',').filter(|t| !t.is_empty() && *t != "-").map(str::to_owned).collect(),
                 activity_type: (*activity_type).to_owned(),
                 status: (*status).to_owned(),
             };

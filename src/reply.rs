@@ -22,6 +22,8 @@ pub enum Refusal {
     GatewayOwnsAuthentication { operation: String },
     /// The body a rule must inspect is larger than the configured bound.
     PayloadTooLarge { limit: usize },
+    /// The issuer's keys are not available yet (remote JWKS never fetched, or stale).
+    KeysUnavailable,
     /// The broker (or Looker behind it) could not give a token in time.
     BrokerUnavailable { reason: String },
     /// The broker answered, but Looker refused the identity's credentials.
@@ -46,6 +48,7 @@ impl Refusal {
             Refusal::UnknownOperation { .. } => "unknown_operation",
             Refusal::GatewayOwnsAuthentication { .. } => "gateway_owns_authentication",
             Refusal::PayloadTooLarge { .. } => "payload_too_large",
+            Refusal::KeysUnavailable => "keys_unavailable",
             Refusal::Forbidden { .. } => "forbidden",
             Refusal::NoLookerUser { .. } => "no_looker_user",
             Refusal::BrokerUnavailable { .. } => "broker_unavailable",
@@ -60,6 +63,7 @@ impl Refusal {
             Refusal::UnknownOperation { .. } => 404,
             Refusal::GatewayOwnsAuthentication { .. } => 403,
             Refusal::PayloadTooLarge { .. } => 413,
+            Refusal::KeysUnavailable => 503,
             Refusal::Forbidden { .. } | Refusal::NoLookerUser { .. } => 403,
             Refusal::BrokerUnavailable { .. } => 503,
             Refusal::LookerCredentialsRejected => 502,
@@ -106,6 +110,14 @@ impl Refusal {
                 "reason": format!("the request body exceeds {limit} bytes"),
                 "request_id": request_id,
             }),
+            Refusal::KeysUnavailable => {
+                headers.push(("retry-after", "2".to_owned()));
+                json!({
+                    "error": "keys_unavailable",
+                    "reason": "the identity provider's signing keys are not available yet; retry shortly",
+                    "request_id": request_id,
+                })
+            }
             Refusal::Forbidden { rule, reason } => {
                 json!({"error": "forbidden", "reason": format!("{reason} (rule {rule})"), "rule": rule, "request_id": request_id})
             }
@@ -155,6 +167,7 @@ mod tests {
             (Refusal::UnknownOperation { reason: "x".into() }, 404, "not_found"),
             (Refusal::GatewayOwnsAuthentication { operation: "login".into() }, 403, "forbidden"),
             (Refusal::PayloadTooLarge { limit: 10 }, 413, "payload_too_large"),
+            (Refusal::KeysUnavailable, 503, "keys_unavailable"),
         ];
         for (refusal, status, error) in cases {
             let reply = refusal.to_reply("req-1");

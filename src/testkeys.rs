@@ -20,12 +20,25 @@ fn shared_key() -> &'static RS256KeyPair {
     KEY.get_or_init(|| RS256KeyPair::generate(2048).unwrap().with_key_id("test-1"))
 }
 
+fn rotated_key() -> &'static RS256KeyPair {
+    static KEY: OnceLock<RS256KeyPair> = OnceLock::new();
+    KEY.get_or_init(|| RS256KeyPair::generate(2048).unwrap().with_key_id("test-2"))
+}
+
 impl TestIssuer {
     pub fn new() -> TestIssuer {
-        let key = shared_key().clone();
+        TestIssuer::from_key(shared_key().clone(), "test-1")
+    }
+
+    /// The same issuer after a key rotation: a new key under a new `kid`.
+    pub fn rotated() -> TestIssuer {
+        TestIssuer::from_key(rotated_key().clone(), "test-2")
+    }
+
+    fn from_key(key: RS256KeyPair, kid: &str) -> TestIssuer {
         let c = key.public_key().to_components();
         let jwks = json!({"keys": [{
-            "kty": "RSA", "kid": "test-1", "alg": "RS256", "use": "sig",
+            "kty": "RSA", "kid": kid, "alg": "RS256", "use": "sig",
             "n": URL_SAFE_NO_PAD.encode(&c.n), "e": URL_SAFE_NO_PAD.encode(&c.e),
         }]});
         TestIssuer { iss: "https://idp.test".to_owned(), jwks, key }

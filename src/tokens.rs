@@ -92,9 +92,13 @@ pub struct Flight {
     pub started_ms: u64,
 }
 
-/// Per-worker token state.
+/// Per-worker state: Looker tokens, in-flight broker calls, request stages and the
+/// issuers' key fetches.
 #[derive(Debug, Default)]
 pub struct Worker {
+    /// Where each request context is in the flow.
+    pub stages: HashMap<u32, crate::flow::Stage>,
+    pub keys: crate::keys::KeyState,
     cache: HashMap<String, CachedToken>,
     flights: HashMap<String, Flight>,
     /// callout token -> identity key
@@ -156,6 +160,8 @@ impl Worker {
     /// A request context ends: it stops waiting, and a callout it owned is lost
     /// (Envoy cancels a context's callouts with it), so its flight must be re-sent.
     pub fn leave(&mut self, context_id: u32) {
+        self.stages.remove(&context_id);
+        self.keys.leave(context_id);
         if let Some(callout) = self.owners.remove(&context_id) {
             if let Some(key) = self.callouts.remove(&callout) {
                 if let Some(flight) = self.flights.get_mut(&key) {

@@ -1,0 +1,660 @@
+//! Looker API 4.0 under `/api/4.0`: every request is recorded, matched against the
+//! operation table (404 when no operation fits), authenticated (401), and answered by
+//! the operation's handler, or 501 for operations the simulator does not implement.
+
+use std::collections::BTreeMap;
+
+use axum::body::{to_bytes, Body, Bytes};
+use axum::extract::{Request, State};
+use axum::http::{header, request::Parts, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde_json::{json, Value};
+
+use crate::demo::{self, DemoUser, ADMIN_USER_ID};
+use crate::explore::{self, Format, QueryError, QuerySpec};
+use crate::operations::{Matched, OperationTable};
+use crate::state::{Api3Key, LoginAttempt, RecordedRequest, SimState, World};
+
+/// Looker puts this link in every error body.
+pub const DOCUMENTATION_URL: &str = "https://cloud.google.com/looker/docs/";
+const API_BASE: &str = "/api/4.0";
+const MAX_BODY_BYTES: usize = 1 << 20;
+
+/// Every way a Looker call fails; `into_response` is the one place they become replies.
+#[derive(Debug)]
+pub(crate) enum ApiError {
+    /// Unknown path or id; also Looker's answer to wrong login credentials.
+    NotFound,
+    Unauthenticated,
+    Forbidden,
+    BadRequest(String),
+    /// Looker's 422 `ValidationError`.
+    Validation {
+        field: &'static str,
+        message: String,
+    },
+    NotImplemented {
+        operation_id: String,
+    },
+    Injected {
+        status: StatusCode,
+        retry_after: Option<u64>,
+    },
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, body) = match self {
+            ApiError::NotFound => (StatusCode::NOT_FOUND, error_body("Not found")),
+            ApiError::Unauthenticated => (
+                StatusCode::UNAUTHORIZED,
+                error_body("Requires authentication."),
+            ),
+            ApiError::Forbidden => (StatusCode::FORBIDDEN, error_body("Forbidden")),
+            ApiError::BadRequest(message) => (StatusCode::BAD_REQUEST, error_body(&message)),
+            ApiError::Validation { field, message } => (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                json!({
+                    "message": "Validation Failed",
+                    "errors": [{"field": field, "code": "invalid", "message": message, "documentation_url": DOCUMENTATION_URL}],
+                    "documentation_url": DOCUMENTATION_URL,
+                }),
+            ),
+            ApiError::NotImplemented { operation_id } => (
+                StatusCode::NOT_IMPLEMENTED,
+                error_body(&format!(
+                    "Operation {operation_id} is not implemented by lookergate-looker-sim"
+                )),
+            ),
+            ApiError::Injected {
+                status,
+                retry_after,
+            } => {
+                let mut response = json_reply(
+                    status,
+                    &error_body(status.canonical_reason().unwrap_or("Injected fault")),
+                );
+                if let Some(secs) = retry_after {
+                    response
+                        .headers_mut()
+                        .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+                }
+                return response;
+            }
+        };
+        json_reply(status, &body)
+    }
+}
+
+impl From<QueryError> for ApiError {
+    fn from(e: QueryError) -> ApiError {
+        match e {
+            // Looker answers an unknown model or explore with a plain 404.
+            QueryError::UnknownModel(_) | QueryError::UnknownExplore(_) => ApiError::NotFound,
+            QueryError::UnknownField(_) | QueryError::NoFields => ApiError::Validation {
+                field: "fields",
+                message: e.to_string(),
+            },
+            QueryError::BadLimit(_) => ApiError::Validation {
+                field: "limit",
+                message: e.to_string(),
+            },
+        }
+    }
+}
+
+fn error_body(message: &str) -> Value {
+    json!({"message": message, "documentation_url": DOCUMENTATION_URL})
+}
+
+fn json_reply(status: StatusCode, body: &Value) -> Response {
+    (
+        status,
+        [(header::CONTENT_TYPE, "application/json")],
+        body.to_string(),
+    )
+        .into_response()
+}
+
+fn ok_json(body: &Value) -> Response {
+    json_reply(StatusCode::OK, body)
+}
+
+/// The router's fallback: everything that is not a `/__sim/` endpoint lands here.
+pub(crate) async fn handle(State(state): State<SimState>, request: Request) -> Response {
+    let (parts, body) = request.into_parts();
+    let path = parts.uri.path().to_owned();
+    // Logins are recorded in `/__sim/logins` instead: this list is what clients sent
+    // through the gateway, so tests can assert exactly what reached Looker.
+    let is_login = path == "/api/4.0/login" || path.starts_with("/api/4.0/login/");
+    if path.starts_with("/api/") && !is_login {
+        state.world().record_request(RecordedRequest {
+            method: parts.method.to_string(),
+            path: path.clone(),
+            query: parts.uri.query().unwrap_or_default().to_owned(),
+            headers: header_map(&parts.headers),
+        });
+    }
+    let response = dispatch(&state, &parts, body)
+        .await
+        .unwrap_or_else(IntoResponse::into_response);
+    // Path only: query strings may carry credentials (`login?client_secret=`).
+    eprintln!(
+        "looker-sim: {} {path} -> {}",
+        parts.method,
+        response.status().as_u16()
+    );
+    response
+}
+
+fn header_map(headers: &HeaderMap) -> BTreeMap<String, String> {
+    let mut map: BTreeMap<String, String> = BTreeMap::new();
+    for (name, value) in headers {
+        let value = String::from_utf8_lossy(value.as_bytes()).into_owned();
+        map.entry(name.as_str().to_owned())
+            .and_modify(|v| {
+                v.push_str(", ");
+                v.push_str(&value);
+            })
+            .or_insert(value);
+    }
+    map
+}
+
+/// Query parameters, decoded; a malformed query string counts as empty.
+fn query_params(parts: &Parts) -> Vec<(String, String)> {
+    serde_urlencoded::from_str(parts.uri.query().unwrap_or_default()).unwrap_or_default()
+}
+
+fn param<'a>(params: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    params
+        .iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.as_str())
+}
+
+/// The access token: `Authorization: token X` or `Bearer X`, else `?access_token=X`.
+fn access_token(parts: &Parts, params: &[(String, String)]) -> Option<String> {
+    let from_header = parts
+        .headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            let (scheme, token) = v.trim().split_once(' ')?;
+            let known =
+                scheme.eq_ignore_ascii_case("token") || scheme.eq_ignore_ascii_case("bearer");
+            (known && !token.trim().is_empty()).then(|| token.trim().to_owned())
+        });
+    from_header.or_else(|| {
+        param(params, "access_token")
+            .filter(|t| !t.is_empty())
+            .map(str::to_owned)
+    })
+}
+
+/// Who is calling: the session's user and the token that proves it.
+struct Caller {
+    user_id: u64,
+    token: String,
+}
+
+impl Caller {
+    fn require_admin(&self) -> Result<(), ApiError> {
+        if self.user_id == ADMIN_USER_ID {
+            Ok(())
+        } else {
+            Err(ApiError::Forbidden)
+        }
+    }
+}
+
+fn authenticate(state: &SimState, token: Option<String>) -> Result<Caller, ApiError> {
+    let token = token.ok_or(ApiError::Unauthenticated)?;
+    let user_id = state
+        .world()
+        .session(&token)
+        .map(|s| s.user_id)
+        .ok_or(ApiError::Unauthenticated)?;
+    Ok(Caller { user_id, token })
+}
+
+async fn dispatch(state: &SimState, parts: &Parts, body: Body) -> Result<Response, ApiError> {
+    let path = parts.uri.path();
+    let relative = path
+        .strip_prefix(API_BASE)
+        .filter(|r| r.starts_with('/'))
+        .ok_or(ApiError::NotFound)?;
+    let matched = OperationTable::embedded()
+        .find(parts.method.as_str(), relative)
+        .ok_or(ApiError::NotFound)?;
+    let params = query_params(parts);
+    let body = to_bytes(body, MAX_BODY_BYTES).await.map_err(|_| {
+        ApiError::BadRequest(format!("request body larger than {MAX_BODY_BYTES} bytes"))
+    })?;
+    let token = access_token(parts, &params);
+    let operation_id = matched.operation.operation_id.as_str();
+    match operation_id {
+        "login" => return login(state, &params, &body).await,
+        "login_user" => return login_user(state, &matched, token).await,
+        _ => {}
+    }
+    if let Some(fault) = state.world().take_api_fault() {
+        let status =
+            StatusCode::from_u16(fault.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        return Err(ApiError::Injected {
+            status,
+            retry_after: fault.retry_after,
+        });
+    }
+    let caller = authenticate(state, token)?;
+    let fields = param(&params, "fields");
+    let limit = param(&params, "limit");
+    match operation_id {
+        "logout" => {
+            state.world().close_session(&caller.token);
+            Ok(StatusCode::NO_CONTENT.into_response())
+        }
+        "me" => {
+            let world = state.world();
+            let user = world.user(caller.user_id).ok_or(ApiError::NotFound)?;
+            Ok(ok_json(&select_fields(user_json(&world, user), fields)))
+        }
+        "user" => {
+            let world = state.world();
+            let user = find_user(&world, matched.param("user_id"))?;
+            Ok(ok_json(&select_fields(user_json(&world, user), fields)))
+        }
+        "user_for_credential" => {
+            let world = state.world();
+            let user = user_for_credential(
+                &world,
+                matched.param("credential_type"),
+                matched.param("credential_id"),
+            )?;
+            Ok(ok_json(&select_fields(user_json(&world, user), fields)))
+        }
+        "dashboard" => {
+            let dashboard =
+                demo::dashboard(matched.param("dashboard_id")).ok_or(ApiError::NotFound)?;
+            Ok(ok_json(&select_fields(dashboard, fields)))
+        }
+        "look" => {
+            let look = demo::look(matched.param("look_id")).ok_or(ApiError::NotFound)?;
+            Ok(ok_json(&select_fields(look, fields)))
+        }
+        "run_inline_query" => {
+            let query: QuerySpec = parse_json(&body)?;
+            run(&query, matched.param("result_format"), limit)
+        }
+        "create_query" => {
+            let query: QuerySpec = parse_json(&body)?;
+            query.validate()?;
+            let id = state.world().save_query(query.clone());
+            Ok(ok_json(&select_fields(query.to_looker_json(id), fields)))
+        }
+        "query" => {
+            let (id, query) = saved_query(state, matched.param("query_id"))?;
+            Ok(ok_json(&select_fields(query.to_looker_json(id), fields)))
+        }
+        "run_query" => {
+            let (_, query) = saved_query(state, matched.param("query_id"))?;
+            run(&query, matched.param("result_format"), limit)
+        }
+        "all_user_credentials_api3s" => {
+            caller.require_admin()?;
+            let world = state.world();
+            let user = find_user(&world, matched.param("user_id"))?;
+            let keys: Vec<Value> = world
+                .api3_keys
+                .iter()
+                .filter(|k| k.user_id == user.id)
+                .map(|k| select_fields(api3_json(k, false), fields))
+                .collect();
+            Ok(ok_json(&Value::from(keys)))
+        }
+        "user_credentials_api3" => {
+            caller.require_admin()?;
+            let world = state.world();
+            let key = find_api3_key(
+                &world,
+                matched.param("user_id"),
+                matched.param("credentials_api3_id"),
+            )?;
+            Ok(ok_json(&select_fields(api3_json(key, false), fields)))
+        }
+        "create_user_credentials_api3" => {
+            caller.require_admin()?;
+            let mut world = state.world();
+            let user_id = find_user(&world, matched.param("user_id"))?.id;
+            let key = world.create_api3_key(user_id);
+            eprintln!(
+                "looker-sim: created API3 key {} (client_id {}) for user {user_id}",
+                key.id, key.client_id
+            );
+            // The only answer that ever shows the secret, as in Looker.
+            Ok(ok_json(&select_fields(api3_json(&key, true), fields)))
+        }
+        "delete_user_credentials_api3" => {
+            caller.require_admin()?;
+            let mut world = state.world();
+            let key_id = find_api3_key(
+                &world,
+                matched.param("user_id"),
+                matched.param("credentials_api3_id"),
+            )?
+            .id;
+            world.api3_keys.retain(|k| k.id != key_id);
+            eprintln!("looker-sim: deleted API3 key {key_id}");
+            Ok(StatusCode::NO_CONTENT.into_response())
+        }
+        _ => Err(ApiError::NotImplemented {
+            operation_id: operation_id.to_owned(),
+        }),
+    }
+}
+
+/// `POST /login`: API3 credentials from the form body or, as Looker still accepts,
+/// the query string. Wrong credentials get Looker's 404.
+async fn login(
+    state: &SimState,
+    params: &[(String, String)],
+    body: &Bytes,
+) -> Result<Response, ApiError> {
+    let form: Vec<(String, String)> = serde_urlencoded::from_bytes(body).unwrap_or_default();
+    let client_id = param(&form, "client_id")
+        .or_else(|| param(params, "client_id"))
+        .map(str::to_owned);
+    let client_secret = param(&form, "client_secret")
+        .or_else(|| param(params, "client_secret"))
+        .map(str::to_owned);
+    let fault = state.world().take_login_fault();
+    if let Some(fault) = fault {
+        tokio::time::sleep(fault.delay).await;
+    }
+    let mut world = state.world();
+    let outcome = match (fault.and_then(|f| f.status), &client_id, &client_secret) {
+        (Some(status), _, _) => Err(injected(status)),
+        (None, Some(id), Some(secret)) => world
+            .api3_keys
+            .iter()
+            .find(|k| &k.client_id == id && &k.client_secret == secret)
+            .map(|k| k.user_id)
+            .ok_or(ApiError::NotFound),
+        (None, _, _) => Err(ApiError::BadRequest(
+            "client_id and client_secret are required".into(),
+        )),
+    };
+    let result = outcome.map(|user_id| token_reply(&mut world, user_id));
+    let status = result.as_ref().map_or_else(status_of, |_| StatusCode::OK);
+    world.record_login(LoginAttempt {
+        client_id: Some(client_id.clone().unwrap_or_default()),
+        sudo_user_id: None,
+        ok: result.is_ok(),
+        status: status.as_u16(),
+    });
+    eprintln!(
+        "looker-sim: login client_id={} -> {}",
+        client_id.as_deref().unwrap_or("-"),
+        status.as_u16()
+    );
+    result
+}
+
+/// `POST /login/{user_id}`: an admin gets a session acting as that user ("sudo").
+/// `associative` only changes Looker's activity attribution, so it is accepted and ignored.
+async fn login_user(
+    state: &SimState,
+    matched: &Matched<'_>,
+    token: Option<String>,
+) -> Result<Response, ApiError> {
+    let target = matched.param("user_id");
+    let fault = state.world().take_login_fault();
+    if let Some(fault) = fault {
+        tokio::time::sleep(fault.delay).await;
+    }
+    let result = match fault.and_then(|f| f.status) {
+        Some(status) => Err(injected(status)),
+        None => authenticate(state, token).and_then(|caller| {
+            caller.require_admin()?;
+            let mut world = state.world();
+            let user_id = find_user(&world, target)?.id;
+            Ok(token_reply(&mut world, user_id))
+        }),
+    };
+    let status = result.as_ref().map_or_else(status_of, |_| StatusCode::OK);
+    state.world().record_login(LoginAttempt {
+        client_id: None,
+        sudo_user_id: Some(target.to_owned()),
+        ok: result.is_ok(),
+        status: status.as_u16(),
+    });
+    eprintln!("looker-sim: login_user {target} -> {}", status.as_u16());
+    result
+}
+
+fn injected(status: u16) -> ApiError {
+    let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let retry_after = matches!(status.as_u16(), 429 | 503).then_some(1);
+    ApiError::Injected {
+        status,
+        retry_after,
+    }
+}
+
+fn status_of(e: &ApiError) -> StatusCode {
+    match e {
+        ApiError::NotFound => StatusCode::NOT_FOUND,
+        ApiError::Unauthenticated => StatusCode::UNAUTHORIZED,
+        ApiError::Forbidden => StatusCode::FORBIDDEN,
+        ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+        ApiError::Validation { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+        ApiError::NotImplemented { .. } => StatusCode::NOT_IMPLEMENTED,
+        ApiError::Injected { status, .. } => *status,
+    }
+}
+
+fn token_reply(world: &mut World, user_id: u64) -> Response {
+    let access_token = world.open_session(user_id);
+    ok_json(&json!({
+        "access_token": access_token,
+        "token_type": "Bearer",
+        "expires_in": world.token_ttl.as_secs(),
+    }))
+}
+
+fn parse_json<T: serde::de::DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
+    serde_json::from_slice(body)
+        .map_err(|e| ApiError::BadRequest(format!("body is not a valid query: {e}")))
+}
+
+fn run(query: &QuerySpec, result_format: &str, limit: Option<&str>) -> Result<Response, ApiError> {
+    let render = match explore::format(result_format) {
+        Format::Supported(render) => render,
+        Format::NotRendered => {
+            return Err(ApiError::NotImplemented {
+                operation_id: format!("result_format {result_format}"),
+            })
+        }
+        Format::Unknown => {
+            return Err(ApiError::BadRequest(format!(
+                "Unsupported result format: {result_format}"
+            )))
+        }
+    };
+    let rendered = render(&query.run(limit)?);
+    Ok((
+        [(header::CONTENT_TYPE, rendered.content_type)],
+        rendered.body,
+    )
+        .into_response())
+}
+
+fn saved_query(state: &SimState, id: &str) -> Result<(u64, QuerySpec), ApiError> {
+    let id: u64 = id.parse().map_err(|_| ApiError::NotFound)?;
+    let query = state
+        .world()
+        .queries
+        .get(&id)
+        .cloned()
+        .ok_or(ApiError::NotFound)?;
+    Ok((id, query))
+}
+
+fn find_user<'w>(world: &'w World, id: &str) -> Result<&'w DemoUser, ApiError> {
+    id.parse()
+        .ok()
+        .and_then(|id| world.user(id))
+        .ok_or(ApiError::NotFound)
+}
+
+fn find_api3_key<'w>(
+    world: &'w World,
+    user_id: &str,
+    key_id: &str,
+) -> Result<&'w Api3Key, ApiError> {
+    let user = find_user(world, user_id)?;
+    let key_id: u64 = key_id.parse().map_err(|_| ApiError::NotFound)?;
+    world
+        .api3_keys
+        .iter()
+        .find(|k| k.id == key_id && k.user_id == user.id)
+        .ok_or(ApiError::NotFound)
+}
+
+/// `GET /users/credential/{type}/{id}`: `email` (case-insensitive) and `api3` (client_id).
+fn user_for_credential<'w>(
+    world: &'w World,
+    kind: &str,
+    id: &str,
+) -> Result<&'w DemoUser, ApiError> {
+    let user_id = match kind {
+        "email" => world
+            .users
+            .iter()
+            .find(|u| u.email.eq_ignore_ascii_case(id))
+            .map(|u| u.id),
+        "api3" => world
+            .api3_keys
+            .iter()
+            .find(|k| k.client_id == id)
+            .map(|k| k.user_id),
+        _ => None,
+    };
+    user_id
+        .and_then(|id| world.user(id))
+        .ok_or(ApiError::NotFound)
+}
+
+fn user_json(world: &World, user: &DemoUser) -> Value {
+    let keys: Vec<Value> = world
+        .api3_keys
+        .iter()
+        .filter(|k| k.user_id == user.id)
+        .map(|k| api3_json(k, false))
+        .collect();
+    let id = user.id.to_string();
+    json!({
+        "can": {"show": true, "index": true, "show_details": true, "index_details": true, "sudo": user.id != ADMIN_USER_ID},
+        "id": id,
+        "first_name": user.display_name,
+        "last_name": "",
+        "display_name": user.display_name,
+        "email": user.email,
+        "is_disabled": false,
+        "locale": "en",
+        "avatar_url": null,
+        "home_folder_id": "1",
+        "personal_folder_id": format!("{}", 1000 + user.id),
+        "role_ids": if user.id == ADMIN_USER_ID { vec!["2"] } else { vec![] },
+        "group_ids": ["1"],
+        "credentials_email": {
+            "email": user.email,
+            "is_disabled": false,
+            "type": "email",
+            "url": format!("{API_BASE}/users/{id}/credentials_email"),
+        },
+        "credentials_api3": keys,
+        "is_service_account": false,
+        "presumed_looker_employee": false,
+        "verified_looker_employee": false,
+        "url": format!("{API_BASE}/users/{id}"),
+    })
+}
+
+fn api3_json(key: &Api3Key, with_secret: bool) -> Value {
+    let mut value = json!({
+        "can": {},
+        "id": key.id.to_string(),
+        "client_id": key.client_id,
+        "created_at": key.created_at,
+        "is_disabled": false,
+        "type": "api3",
+        "purpose": null,
+        "url": format!("{API_BASE}/users/{}/credentials_api3/{}", key.user_id, key.id),
+    });
+    if let (true, Some(map)) = (with_secret, value.as_object_mut()) {
+        map.insert("client_secret".into(), json!(key.client_secret));
+    }
+    value
+}
+
+/// Looker's `fields` parameter: keep only the named top-level fields. Nested selections
+/// (`dashboard_elements(id,title)`) keep the whole nested value.
+fn select_fields(value: Value, fields: Option<&str>) -> Value {
+    let Some(fields) = fields.filter(|f| !f.trim().is_empty()) else {
+        return value;
+    };
+    let mut names = Vec::new();
+    let (mut depth, mut current) = (0usize, String::new());
+    for c in fields.chars() {
+        match c {
+            '(' => depth += 1,
+            ')' => depth = depth.saturating_sub(1),
+            ',' if depth == 0 => names.push(std::mem::take(&mut current)),
+            c if depth == 0 => current.push(c),
+            _ => {}
+        }
+    }
+    names.push(current);
+    let names: Vec<String> = names
+        .into_iter()
+        .map(|n| n.trim().to_owned())
+        .filter(|n| !n.is_empty())
+        .collect();
+    match value {
+        Value::Object(map) => {
+            Value::Object(map.into_iter().filter(|(k, _)| names.contains(k)).collect())
+        }
+        other => other,
+    }
+}
+
+#[cfg(test)]
+#[allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fields_parameter_keeps_named_top_level_fields() {
+        let value = json!({"id": "1", "title": "t", "dashboard_elements": [{"id": "10"}], "x": 1});
+        let cases = [
+            (None, value.clone()),
+            (Some(""), value.clone()),
+            (Some("id"), json!({"id": "1"})),
+            (Some("id, title"), json!({"id": "1", "title": "t"})),
+            (
+                Some("id,dashboard_elements(id,title)"),
+                json!({"id": "1", "dashboard_elements": [{"id": "10"}]}),
+            ),
+            (Some("nope"), json!({})),
+        ];
+        for (fields, want) in cases {
+            assert_eq!(select_fields(value.clone(), fields), want, "{fields:?}");
+        }
+    }
+}

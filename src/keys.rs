@@ -1,0 +1,384 @@
+//! Remote signing keys: fetch an issuer's JWKS (directly or through OIDC discovery)
+//! through an Envoy cluster, share it with every worker through shared data, refresh
+//! it on a timer, refetch at once (rate limited) when a token names an unknown `kid`,
+//! and keep the last good keys when the IdP fails — up to a maximum staleness.
+//!
+//! Shared data (one copy per Envoy, seen by every worker's VM):
+//! - `lookergate.jwks.v1.<issuer>` = `<fetched_at_ms>\n<jwks json>`; its CAS is the version
+//! - `lookergate.jwks_lease.v1.<issuer>` = `<until_ms>`: the worker doing the timed refresh
+//! - `lookergate.jwks_refetch.v1.<issuer>` = `<at_ms>`: last unknown-`kid` refetch
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use log::{info, warn};
+use serde::Deserialize;
+
+use crate::config::{FetchUrl, Gateway, Issuer};
+use crate::host::Host;
+use crate::jwt::KeySet;
+
+/// Largest JWKS or discovery document accepted.
+pub const MAX_DOCUMENT_BYTES: usize = 256 * 1024;
+
+/// What an in-flight fetch is getting.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Step {
+    Discovery,
+    Jwks,
+}
+
+#[derive(Debug, Clone)]
+struct Fetch {
+    callout: u32,
+    step: Step,
+    started_ms: u64,
+}
+
+/// A request paused until its issuer's keys are refetched.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KeyWaiter {
+    pub context_id: u32,
+    pub deadline_ms: u64,
+}
+
+/// One issuer's fetch state on this worker.
+#[derive(Debug, Default)]
+struct IssuerState {
+    /// CAS of the shared record last installed here.
+    installed_version: Option<u32>,
+    fetched_at_ms: u64,
+    fetch: Option<Fetch>,
+    waiters: Vec<KeyWaiter>,
+    /// Earliest time for the next timed refresh attempt by this worker.
+    next_refresh_ms: u64,
+    failures: u32,
+    /// `jwks_uri` found by discovery.
+    discovered: Option<FetchUrl>,
+}
+
+/// Per-worker key-fetch state, keyed by issuer.
+#[derive(Debug, Default)]
+pub struct KeyState {
+    issuers: HashMap<String, IssuerState>,
+}
+
+/// What became of a fetch answer, for the caller to act on.
+#[derive(Debug, PartialEq, Eq)]
+pub enum FetchOutcome {
+    /// Not a key-fetch callout.
+    NotOurs,
+    /// Discovery answered; the JWKS fetch has been sent.
+    Continuing,
+    /// Done (fresh keys or not): these requests should be decided again.
+    Done { refreshed: bool, waiters: Vec<KeyWaiter> },
+}
+
+#[derive(Deserialize)]
+struct Discovery {
+    jwks_uri: String,
+}
+
+fn shared_key(kind: &str, issuer: &str) -> String {
+    format!("lookergate.{kind}.v1.{issuer}")
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+fn parse_u64(bytes: &[u8]) -> Option<u64> {
+    std::str::from_utf8(bytes).ok()?.trim().parse().ok()
+}
+
+impl KeyState {
+    fn state(&mut self, issuer: &str) -> &mut IssuerState {
+        self.issuers.entry(issuer.to_owned()).or_default()
+    }
+
+    /// Installs keys another worker (or an earlier VM) shared, if newer than ours,
+    /// and drops keys older than the issuer's maximum staleness.
+    pub fn sync<H: Host>(&mut self, gateway: &Gateway, host: &H, now_ms: u64) {
+        for issuer in gateway.issuers.iter().filter(|i| i.remote.is_some()) {
+            self.sync_one(issuer, host, now_ms);
+        }
+    }
+
+    fn sync_one<H: Host>(&mut self, issuer: &Issuer, host: &H, now_ms: u64) -> bool {
+        let Some(remote) = &issuer.remote else { return false };
+        let state = self.state(&issuer.issuer);
+        let (value, cas) = host.shared_get_versioned(&shared_key("jwks", &issuer.issuer));
+        let mut installed = false;
+        if let (Some(value), Some(cas)) = (value, cas) {
+            if state.installed_version != Some(cas) {
+                state.installed_version = Some(cas);
+                if let Some((fetched_at_ms, keys)) = decode_record(&value) {
+                    issuer.install_keys(keys);
+                    state.fetched_at_ms = fetched_at_ms;
+                    installed = true;
+                }
+            }
+        }
+        if issuer.has_keys() && now_ms.saturating_sub(state.fetched_at_ms) > millis(remote.max_stale) {
+            warn!("lookergate: keys of {} are older than jwks_max_stale; refusing its tokens until a fetch succeeds", issuer.issuer);
+            issuer.drop_keys();
+        }
+        installed
+    }
+
+    /// Timed refresh (root context): the worker that wins the shared lease fetches.
+    pub fn tick<H: Host>(&mut self, gateway: &Gateway, host: &H, root_context: u32, now_ms: u64) {
+        self.sync(gateway, host, now_ms);
+        for issuer in &gateway.issuers {
+            let Some(remote) = &issuer.remote else { continue };
+            let state = self.state(&issuer.issuer);
+            if let Some(fetch) = &state.fetch {
+                // A fetch whose owner went away never answers: forget it after its timeout.
+                if now_ms > fetch.started_ms + millis(remote.timeout) + 1000 {
+                    state.fetch = None;
+                } else {
+                    continue;
+                }
+            }
+            let due = if issuer.has_keys() {
+                state.fetched_at_ms + millis(remote.refresh)
+            } else {
+                0 // no keys: fetch as soon as allowed
+            };
+            if now_ms < due.max(state.next_refresh_ms) {
+                continue;
+            }
+            if !take_lease(host, &issuer.issuer, now_ms, millis(remote.timeout) + 1000) {
+                state.next_refresh_ms = now_ms + 1000; // another worker is on it; look again soon
+                continue;
+            }
+            host.switch_to(root_context);
+            self.start(issuer, host, now_ms);
+        }
+    }
+
+    /// A token named a `kid` this issuer's keys lack: refetch now (rate limited across
+    /// workers) and make the request wait for it. Returns `false` when the request
+    /// should be refused instead (rate limited, or the fetch could not be sent).
+    pub fn wait_for_unknown_kid<H: Host>(
+        &mut self,
+        gateway: &Gateway,
+        host: &H,
+        issuer_name: &str,
+        context_id: u32,
+        now_ms: u64,
+    ) -> UnknownKid {
+        let Some(issuer) = gateway.issuers.iter().find(|i| i.issuer == issuer_name) else {
+            return UnknownKid::Refuse;
+        };
+        let Some(remote) = &issuer.remote else { return UnknownKid::Refuse };
+        // Another worker may already have fetched the rotated keys.
+        if self.sync_one(issuer, host, now_ms) {
+            return UnknownKid::Retry;
+        }
+        let deadline_ms = now_ms + millis(remote.timeout) + 1000;
+        let state = self.state(&issuer.issuer);
+        if state.fetch.is_some() {
+            state.waiters.push(KeyWaiter { context_id, deadline_ms });
+            return UnknownKid::Wait;
+        }
+        if !take_refetch_slot(host, &issuer.issuer, now_ms, millis(remote.unknown_kid_refetch)) {
+            return UnknownKid::Refuse;
+        }
+        host.count(&format!("lookergate.jwks.unknown_kid_refetch.{}", metric_name(&issuer.issuer)), 1);
+        if self.start(issuer, host, now_ms) {
+            self.state(&issuer.issuer).waiters.push(KeyWaiter { context_id, deadline_ms });
+            UnknownKid::Wait
+        } else {
+            UnknownKid::Refuse
+        }
+    }
+
+    /// Sends the next fetch for `issuer` from the current context.
+    fn start<H: Host>(&mut self, issuer: &Issuer, host: &H, now_ms: u64) -> bool {
+        let Some(remote) = &issuer.remote else { return false };
+        let state = self.state(&issuer.issuer);
+        let (url, step) = match (&remote.jwks_url, &state.discovered, &remote.discovery_url) {
+            (Some(url), _, _) | (None, Some(url), _) => (url.clone(), Step::Jwks),
+            (None, None, Some(discovery)) => (discovery.clone(), Step::Discovery),
+            (None, None, None) => return false,
+        };
+        match dispatch(host, &remote.cluster, &url, remote.timeout) {
+            Some(callout) => {
+                state.fetch = Some(Fetch { callout, step, started_ms: now_ms });
+                true
+            }
+            None => {
+                warn!("lookergate: cannot send the key fetch for {} through cluster {:?}", issuer.issuer, remote.cluster);
+                backoff(state, remote.refresh, now_ms);
+                false
+            }
+        }
+    }
+
+    /// Handles a callout answer if it belongs to a key fetch.
+    pub fn on_answer<H: Host>(
+        &mut self,
+        gateway: &Gateway,
+        host: &H,
+        callout: u32,
+        status: Option<u32>,
+        body: &[u8],
+        now_ms: u64,
+    ) -> FetchOutcome {
+        let Some(issuer) = gateway.issuers.iter().find(|i| {
+            self.issuers.get(&i.issuer).and_then(|s| s.fetch.as_ref()).is_some_and(|f| f.callout == callout)
+        }) else {
+            return FetchOutcome::NotOurs;
+        };
+        let Some(remote) = &issuer.remote else { return FetchOutcome::NotOurs };
+        let metric = metric_name(&issuer.issuer);
+        let state = self.state(&issuer.issuer);
+        let Some(fetch) = state.fetch.take() else { return FetchOutcome::NotOurs };
+        let ok_body = match status {
+            Some(200) if body.len() <= MAX_DOCUMENT_BYTES => Some(body),
+            _ => None,
+        };
+        let result: Result<bool, String> = match (fetch.step, ok_body) {
+            (_, None) => Err(format!("the IdP answered {}", status.map_or("nothing (timeout or reset)".to_owned(), |s| s.to_string()))),
+            (Step::Discovery, Some(body)) => match serde_json::from_slice::<Discovery>(body)
+                .map_err(|_| "the discovery document has no jwks_uri".to_owned())
+                .and_then(|d| FetchUrl::parse(&d.jwks_uri))
+            {
+                Ok(url) => {
+                    state.discovered = Some(url);
+                    if self.start(issuer, host, now_ms) {
+                        return FetchOutcome::Continuing;
+                    }
+                    Err("cannot send the JWKS fetch".to_owned())
+                }
+                Err(e) => Err(e),
+            },
+            (Step::Jwks, Some(body)) => match serde_json::from_slice::<serde_json::Value>(body)
+                .map_err(|_| "the JWKS is not JSON".to_owned())
+                .and_then(|v| KeySet::from_jwks(&v).map_err(|e| e.to_string()))
+            {
+                Ok((keys, skipped)) => {
+                    for w in &skipped {
+                        warn!("lookergate: JWKS of {}: {w}", issuer.issuer);
+                    }
+                    let count = keys.len();
+                    let mut record = format!("{now_ms}\n").into_bytes();
+                    record.extend_from_slice(body);
+                    if let Err(e) = host.shared_set(&shared_key("jwks", &issuer.issuer), &record) {
+                        warn!("lookergate: cannot share the keys of {}: {}", issuer.issuer, e.0);
+                    }
+                    let (_, cas) = host.shared_get_versioned(&shared_key("jwks", &issuer.issuer));
+                    issuer.install_keys(keys);
+                    let state = self.state(&issuer.issuer);
+                    state.installed_version = cas;
+                    state.fetched_at_ms = now_ms;
+                    state.failures = 0;
+                    state.next_refresh_ms = 0;
+                    host.observe(&format!("lookergate.jwks.keys.{metric}"), count as u64);
+                    info!("lookergate: fetched {count} signing key(s) of {}", issuer.issuer);
+                    Ok(true)
+                }
+                Err(e) => Err(e),
+            },
+        };
+        let refreshed = match result {
+            Ok(refreshed) => {
+                host.count(&format!("lookergate.jwks.fetch_ok.{metric}"), 1);
+                refreshed
+            }
+            Err(reason) => {
+                // Keep the last good keys; try again with backoff.
+                warn!("lookergate: key fetch for {} failed: {reason}; keeping the last good keys", issuer.issuer);
+                host.count(&format!("lookergate.jwks.fetch_failed.{metric}"), 1);
+                let state = self.state(&issuer.issuer);
+                backoff(state, remote.refresh, now_ms);
+                false
+            }
+        };
+        let waiters = std::mem::take(&mut self.state(&issuer.issuer).waiters);
+        FetchOutcome::Done { refreshed, waiters }
+    }
+
+    /// A request context ends: it stops waiting for keys.
+    pub fn leave(&mut self, context_id: u32) {
+        for state in self.issuers.values_mut() {
+            state.waiters.retain(|w| w.context_id != context_id);
+        }
+    }
+
+    /// Removes and returns the key waiters whose deadline has passed.
+    pub fn overdue(&mut self, now_ms: u64) -> Vec<KeyWaiter> {
+        let mut late = Vec::new();
+        for state in self.issuers.values_mut() {
+            let (gone, kept): (Vec<KeyWaiter>, Vec<KeyWaiter>) =
+                state.waiters.drain(..).partition(|w| w.deadline_ms <= now_ms);
+            state.waiters = kept;
+            late.extend(gone);
+        }
+        late
+    }
+}
+
+/// What to do with a request whose token names an unknown `kid`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UnknownKid {
+    /// Newer keys were installed: decide again now.
+    Retry,
+    /// A refetch is under way: the request waits for it.
+    Wait,
+    /// Refuse with 401 `unknown_kid`.
+    Refuse,
+}
+
+fn backoff(state: &mut IssuerState, refresh: Duration, now_ms: u64) {
+    state.failures = state.failures.saturating_add(1);
+    let delay = 1000u64.saturating_mul(1 << state.failures.min(10)).min(millis(refresh));
+    state.next_refresh_ms = now_ms + delay;
+}
+
+fn decode_record(value: &[u8]) -> Option<(u64, KeySet)> {
+    let split = value.iter().position(|b| *b == b'\n')?;
+    let fetched_at_ms = parse_u64(value.get(..split)?)?;
+    let jwks: serde_json::Value = serde_json::from_slice(value.get(split + 1..)?).ok()?;
+    let (keys, _) = KeySet::from_jwks(&jwks).ok()?;
+    Some((fetched_at_ms, keys))
+}
+
+fn take_lease<H: Host>(host: &H, issuer: &str, now_ms: u64, hold_ms: u64) -> bool {
+    let key = shared_key("jwks_lease", issuer);
+    let (value, cas) = host.shared_get_versioned(&key);
+    if value.as_deref().and_then(parse_u64).is_some_and(|until| until > now_ms) {
+        return false;
+    }
+    host.shared_set_if(&key, (now_ms + hold_ms).to_string().as_bytes(), cas)
+}
+
+fn take_refetch_slot<H: Host>(host: &H, issuer: &str, now_ms: u64, interval_ms: u64) -> bool {
+    let key = shared_key("jwks_refetch", issuer);
+    let (value, cas) = host.shared_get_versioned(&key);
+    if value.as_deref().and_then(parse_u64).is_some_and(|at| now_ms < at + interval_ms) {
+        return false;
+    }
+    host.shared_set_if(&key, now_ms.to_string().as_bytes(), cas)
+}
+
+fn dispatch<H: Host>(host: &H, cluster: &str, url: &FetchUrl, timeout: Duration) -> Option<u32> {
+    let headers = [
+        (":method", "GET".to_owned()),
+        (":path", url.path.clone()),
+        (":authority", url.authority.clone()),
+        ("accept", "application/json".to_owned()),
+    ];
+    host.dispatch(cluster, &headers, b"", timeout).ok()
+}
+
+/// Issuer URL as a metric name segment.
+fn metric_name(issuer: &str) -> String {
+    issuer
+        .trim_start_matches("https://")
+        .trim_start_matches("http://")
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '_' })
+        .collect()
+}
