@@ -9,6 +9,7 @@ use crate::broker::{self, MAX_RESPONSE_BYTES};
 use crate::config::Gateway;
 use crate::decision::{self, Admitted, Audit, Decision, RequestView};
 use crate::keys::{FetchOutcome, UnknownKid};
+use crate::ratelimit;
 use crate::host::Host;
 use crate::policy::LookerIdentity;
 use crate::reply::Refusal;
@@ -204,7 +205,14 @@ fn proceed<H: Host>(
             refuse(host, &refusal, request_id);
             Next::Pause
         }
-        Decision::Forward { identity, subject, header_ops, audit } => {
+        Decision::Forward { identity, subject, header_ops, mut audit } => {
+            if let Err(refusal) = check_rate_limit(gateway, host, &subject, &audit, now_ms) {
+                audit.verdict = "deny";
+                audit.reason = Some(refusal.code().to_owned());
+                report_decision(host, context_id, request_id, method, &audit);
+                refuse(host, &refusal, request_id);
+                return Next::Pause;
+            }
             report_decision(host, context_id, request_id, method, &audit);
             let rule = audit.rule.unwrap_or_default();
             if let Some(token) = find_token(worker, host, &identity, now_ms) {
@@ -245,6 +253,29 @@ fn proceed<H: Host>(
             Next::Pause
         }
     }
+}
+
+/// Draws from the deciding rule's buckets for this principal (and its `db_query`
+/// budget for query operations).
+fn check_rate_limit<H: Host>(gateway: &Gateway, host: &H, subject: &str, audit: &Audit, now_ms: u64) -> Result<(), Refusal> {
+    let Some(rule) = audit.rule.as_deref().and_then(|r| gateway.policy.rule(r)) else { return Ok(()) };
+    let Some(limit) = &rule.rate_limit else { return Ok(()) };
+    let limited = |retry_after_ms: u64, budget: &'static str| Refusal::RateLimited {
+        rule: rule.name.clone(),
+        retry_after_secs: retry_after_ms.div_ceil(1000).max(1),
+        budget,
+    };
+    let key = |bucket: &str| format!("lookergate.rl.v1.{}.{bucket}.{subject}", rule.name);
+    let is_query = audit
+        .operation
+        .as_deref()
+        .and_then(|id| gateway.operations.by_id(id))
+        .is_some_and(|op| op.activity_type == "db_query");
+    if let (true, Some(per_minute)) = (is_query, limit.db_queries_per_minute) {
+        ratelimit::take_shared(host, &key("db"), f64::from(per_minute) / 60.0, per_minute, now_ms)
+            .map_err(|ms| limited(ms, "db_query budget"))?;
+    }
+    ratelimit::take_shared(host, &key("req"), limit.per_second, limit.burst, now_ms).map_err(|ms| limited(ms, "requests"))
 }
 
 /// The per-worker cache, then the shared data every worker sees.
@@ -824,5 +855,29 @@ mod tests {
         rig.host.now_ms.set(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64);
         assert_eq!(rig.request(20, &[]), Next::Pause);
         assert_eq!(rig.status(20), None, "still verified with the last good keys");
+    }
+
+    #[test]
+    fn rate_limit_gives_429_with_retry_after_and_recovers() {
+        let mut rig = Rig::new();
+        let idp = TestIssuer::new();
+        let config = json!({
+            "issuers": [{"issuer": idp.iss, "audiences": ["looker-api"], "jwks": idp.jwks}],
+            "policy": {"rules": [{"name": "limited", "paths": ["/api/4.0/**"], "allow": {"role": "analyst"},
+                                  "rate_limit": {"per_second": 1, "burst": 2}}]},
+            "broker": {"cluster": "lookergate_broker", "credential": "gateway-secret-0123456789"}
+        });
+        rig.gateway = Gateway::load(config.to_string().as_bytes()).unwrap();
+        rig.request(10, &[]);
+        rig.request(11, &[]);
+        rig.request(12, &[]);
+        assert_eq!((rig.status(10), rig.status(11)), (None, None), "burst of 2 allowed");
+        assert_eq!(rig.status(12), Some(429));
+        let reply = rig.host.replies.borrow()[&12].clone();
+        assert!(reply.headers.contains(&("retry-after", "1".to_owned())), "{:?}", reply.headers);
+        assert!(reply.body.contains("limited"));
+        rig.host.now_ms.set(rig.host.now_ms.get() + 1000);
+        rig.request(13, &[]);
+        assert_eq!(rig.status(13), None, "a token refilled after a second");
     }
 }

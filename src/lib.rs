@@ -14,6 +14,7 @@ pub mod keys;
 pub mod looker;
 pub mod path;
 pub mod policy;
+pub mod ratelimit;
 pub mod reply;
 pub mod tokens;
 

@@ -5,6 +5,7 @@ use serde::Deserialize;
 use serde_json::{Map, Value};
 
 use crate::looker::{Operation, OperationTable};
+use crate::ratelimit::RateLimit;
 
 /// A Looker identity the gateway acts as, as written in a rule.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -97,6 +98,9 @@ pub struct RawRule {
     /// Evaluate and report, never enforce (dry run).
     #[serde(default)]
     pub shadow: bool,
+    /// Per-principal token buckets for the requests this rule allows.
+    #[serde(default)]
+    pub rate_limit: Option<RateLimit>,
     #[serde(default)]
     pub allow: Option<IdentitySpec>,
     #[serde(default)]
@@ -207,6 +211,7 @@ pub struct Rule {
     when: Vec<Condition>,
     query: Option<QueryGuard>,
     pub shadow: bool,
+    pub rate_limit: Option<RateLimit>,
     pub effect: Effect,
 }
 
@@ -302,6 +307,12 @@ impl Policy {
                     return Err(format!("{at}.statuses[{j}]: {st:?} is not stable, beta, alpha or deprecated"));
                 }
             }
+            if let Some(limit) = &rule.rate_limit {
+                limit.validate().map_err(|e| format!("{at}.rate_limit: {e}"))?;
+                if rule.effect_is_deny() {
+                    return Err(format!("{at}.rate_limit: limits belong on allow rules"));
+                }
+            }
             if let Some(guard) = &rule.query {
                 if guard.max_limit.is_some_and(|l| l <= 0) {
                     return Err(format!("{at}.query.max_limit: must be positive"));
@@ -321,6 +332,7 @@ impl Policy {
                 when,
                 query: rule.query.clone(),
                 shadow: rule.shadow,
+                rate_limit: rule.rate_limit.clone(),
                 effect,
             });
         }
@@ -355,6 +367,10 @@ impl Policy {
     /// Does any rule that could match this request need to read its query?
     pub fn needs_query(&self, input: &Input<'_>) -> bool {
         self.rules.iter().any(|r| r.query.is_some() && r.matches_request(input).is_ok())
+    }
+
+    pub fn rule(&self, name: &str) -> Option<&Rule> {
+        self.rules.iter().find(|r| r.name == name)
     }
 
     pub fn rules(&self) -> &[Rule] {

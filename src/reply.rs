@@ -22,6 +22,8 @@ pub enum Refusal {
     GatewayOwnsAuthentication { operation: String },
     /// The body a rule must inspect is larger than the configured bound.
     PayloadTooLarge { limit: usize },
+    /// The principal exceeded a rule's rate limit.
+    RateLimited { rule: String, retry_after_secs: u64, budget: &'static str },
     /// The issuer's keys are not available yet (remote JWKS never fetched, or stale).
     KeysUnavailable,
     /// The broker (or Looker behind it) could not give a token in time.
@@ -49,6 +51,7 @@ impl Refusal {
             Refusal::GatewayOwnsAuthentication { .. } => "gateway_owns_authentication",
             Refusal::PayloadTooLarge { .. } => "payload_too_large",
             Refusal::KeysUnavailable => "keys_unavailable",
+            Refusal::RateLimited { .. } => "rate_limited",
             Refusal::Forbidden { .. } => "forbidden",
             Refusal::NoLookerUser { .. } => "no_looker_user",
             Refusal::BrokerUnavailable { .. } => "broker_unavailable",
@@ -64,6 +67,7 @@ impl Refusal {
             Refusal::GatewayOwnsAuthentication { .. } => 403,
             Refusal::PayloadTooLarge { .. } => 413,
             Refusal::KeysUnavailable => 503,
+            Refusal::RateLimited { .. } => 429,
             Refusal::Forbidden { .. } | Refusal::NoLookerUser { .. } => 403,
             Refusal::BrokerUnavailable { .. } => 503,
             Refusal::LookerCredentialsRejected => 502,
@@ -110,6 +114,15 @@ impl Refusal {
                 "reason": format!("the request body exceeds {limit} bytes"),
                 "request_id": request_id,
             }),
+            Refusal::RateLimited { rule, retry_after_secs, budget } => {
+                headers.push(("retry-after", retry_after_secs.to_string()));
+                json!({
+                    "error": "rate_limited",
+                    "reason": format!("rate limit of rule {rule} exceeded ({budget}); retry after {retry_after_secs}s"),
+                    "rule": rule,
+                    "request_id": request_id,
+                })
+            }
             Refusal::KeysUnavailable => {
                 headers.push(("retry-after", "2".to_owned()));
                 json!({
@@ -168,6 +181,7 @@ mod tests {
             (Refusal::GatewayOwnsAuthentication { operation: "login".into() }, 403, "forbidden"),
             (Refusal::PayloadTooLarge { limit: 10 }, 413, "payload_too_large"),
             (Refusal::KeysUnavailable, 503, "keys_unavailable"),
+            (Refusal::RateLimited { rule: "r".into(), retry_after_secs: 2, budget: "requests" }, 429, "rate_limited"),
         ];
         for (refusal, status, error) in cases {
             let reply = refusal.to_reply("req-1");
