@@ -51,6 +51,23 @@ pub fn token_request(
     (headers, body)
 }
 
+/// Asks the broker to drop an identity's token (Looker rejected it).
+pub fn invalidate_request(settings: &BrokerSettings, identity: &LookerIdentity) -> (Vec<(&'static str, String)>, String) {
+    let (mut headers, _) = token_request(settings, identity, "", "");
+    for (name, value) in headers.iter_mut() {
+        if *name == ":path" {
+            *value = format!("{}/invalidate", settings.path.trim_end_matches('/'));
+        }
+    }
+    let identity = match identity {
+        LookerIdentity::Role(name) => json!({"kind": "role", "name": name}),
+        LookerIdentity::User { credential_type, credential_id } => {
+            json!({"kind": "user", "credential_type": credential_type, "credential_id": credential_id})
+        }
+    };
+    (headers, json!({ "identity": identity }).to_string())
+}
+
 #[derive(Deserialize)]
 struct TokenAnswer {
     access_token: String,

@@ -42,13 +42,9 @@ impl Context for GatewayRoot {
 impl RootContext for GatewayRoot {
     fn on_configure(&mut self, plugin_configuration_size: usize) -> bool {
         info!("lookergate: host signature verification for {:?}", crate::host::install_host_crypto());
-        let bytes = match proxy_wasm::hostcalls::get_buffer(
-            proxy_wasm::types::BufferType::PluginConfiguration,
-            0,
-            plugin_configuration_size,
-        ) {
-            Ok(Some(bytes)) => bytes,
-            _ => {
+        let bytes = match ProxyHost::plugin_configuration(plugin_configuration_size) {
+            Some(bytes) => bytes,
+            None => {
                 error!("lookergate: invalid plugin configuration: it is empty (a JSON object is required)");
                 return false;
             }
@@ -66,7 +62,7 @@ impl RootContext for GatewayRoot {
                     gateway.broker.cluster
                 );
                 self.gateway = Some(Rc::new(gateway));
-                if proxy_wasm::hostcalls::set_tick_period(TICK).is_err() {
+                if !ProxyHost::set_tick_period(TICK) {
                     warn!("lookergate: cannot set the tick period; stuck broker calls rely on the callout timeout");
                 }
                 true
@@ -118,6 +114,13 @@ impl HttpContext for GatewayStream {
         let mut worker = self.worker.borrow_mut();
         let next = flow::on_request(&self.gateway, &mut worker, &ProxyHost, self.context_id, end_of_stream);
         action(next)
+    }
+
+    fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        let status = ProxyHost::response_status();
+        let mut worker = self.worker.borrow_mut();
+        flow::on_response(&self.gateway, &mut worker, &ProxyHost, self.context_id, status);
+        Action::Continue
     }
 
     fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {

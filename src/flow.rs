@@ -217,7 +217,10 @@ fn proceed<H: Host>(
             let rule = audit.rule.unwrap_or_default();
             if let Some(token) = find_token(worker, host, &identity, now_ms) {
                 return match host.apply(&decision::with_looker_token(header_ops, &token)) {
-                    Ok(()) => Next::Continue,
+                    Ok(()) => {
+                        worker.forwarded.insert(context_id, (identity, token));
+                        Next::Continue
+                    }
                     Err(e) => {
                         warn!("lookergate[{context_id}] request_id={request_id} rewrite failed: {}", e.0);
                         refuse(host, &Refusal::BrokerUnavailable { reason: "gateway rewrite failed".into() }, request_id);
@@ -335,6 +338,7 @@ pub fn on_broker_answer<H: Host>(
                     continue; // the client went away
                 }
                 let ops = decision::with_looker_token(waiter.header_ops, &answer.access_token);
+                worker.forwarded.insert(waiter.context_id, (flight.identity.clone(), answer.access_token.clone()));
                 let resumed = host.apply(&ops).and_then(|()| host.resume());
                 if let Err(e) = resumed {
                     warn!("lookergate[{}] request_id={} resume failed: {}", waiter.context_id, waiter.request_id, e.0);
@@ -361,6 +365,36 @@ pub fn on_broker_answer<H: Host>(
         }
     }
     host.switch_to(current_context);
+}
+
+/// Looker answered a forwarded request. A 401 means Looker no longer accepts the token
+/// we injected (revoked or expired early): drop it from this worker's cache and from
+/// shared data, and ask the broker to drop it too, so the next request gets a fresh one.
+pub fn on_response<H: Host>(gateway: &Gateway, worker: &mut Worker, host: &H, context_id: u32, status: Option<u32>) {
+    let Some((identity, token)) = worker.forwarded.remove(&context_id) else { return };
+    if status != Some(401) {
+        return;
+    }
+    warn!(
+        "lookergate[{context_id}] Looker rejected token {} of {}; invalidating it",
+        crate::fingerprint(token.as_bytes()),
+        identity.key()
+    );
+    host.count("lookergate.looker_token.rejected_by_looker", 1);
+    if worker.cached(&identity, host.now_ms()) == Some(token.as_str()) {
+        worker.forget(&identity);
+    }
+    let key = shared_key(&identity);
+    let (value, cas) = host.shared_get_versioned(&key);
+    if value.as_deref().and_then(CachedToken::decode).is_some_and(|t| t.token == token) {
+        // Only if it is still the token that failed: a newer one stays.
+        let expired = CachedToken { token, refresh_at_ms: 0 };
+        host.shared_set_if(&key, &expired.encode(), cas);
+    }
+    let (headers, body) = broker::invalidate_request(&gateway.broker, &identity);
+    if host.dispatch(&gateway.broker.cluster, &headers, body.as_bytes(), gateway.broker.timeout).is_err() {
+        warn!("lookergate[{context_id}] cannot ask the broker to invalidate the token of {}", identity.key());
+    }
 }
 
 /// Periodic work on the root context: re-send broker calls whose owner went away,
@@ -879,5 +913,25 @@ mod tests {
         rig.host.now_ms.set(rig.host.now_ms.get() + 1000);
         rig.request(13, &[]);
         assert_eq!(rig.status(13), None, "a token refilled after a second");
+    }
+
+    #[test]
+    fn looker_rejecting_our_token_invalidates_it_everywhere() {
+        let mut rig = Rig::new();
+        rig.request(10, &["analysts"]);
+        rig.answer(1, Some(200), TOKEN_OK, 10);
+        assert_eq!(rig.request(11, &["analysts"]), Next::Continue);
+        on_response(&rig.gateway, &mut rig.worker, &rig.host, 10, Some(200));
+        assert_eq!(rig.host.dispatched.borrow().len(), 1, "a 200 changes nothing");
+        rig.host.current.set(11);
+        on_response(&rig.gateway, &mut rig.worker, &rig.host, 11, Some(401));
+        let dispatched = rig.host.dispatched.borrow().clone();
+        assert_eq!(dispatched.len(), 2);
+        assert!(dispatched[1].1.contains(r#""kind":"role""#), "invalidate names the identity: {}", dispatched[1].1);
+        // The next request asks the broker for a fresh token instead of reusing the dead one.
+        assert_eq!(rig.request(12, &["analysts"]), Next::Pause);
+        assert_eq!(rig.host.dispatched.borrow().len(), 3);
+        rig.answer(3, Some(200), r#"{"access_token":"LOOKER2","expires_in":3600}"#, 12);
+        assert_eq!(rig.authorization(12).as_deref(), Some("token LOOKER2"));
     }
 }

@@ -50,6 +50,22 @@ pub trait Host {
 /// The real host: Envoy (or any proxy-wasm host) through the SDK's hostcalls.
 pub struct ProxyHost;
 
+/// Hostcalls only the glue in `filter` needs (not part of the flow's `Host`).
+impl ProxyHost {
+    pub fn plugin_configuration(size: usize) -> Option<Vec<u8>> {
+        hostcalls::get_buffer(BufferType::PluginConfiguration, 0, size).ok().flatten()
+    }
+
+    pub fn set_tick_period(period: Duration) -> bool {
+        hostcalls::set_tick_period(period).is_ok()
+    }
+
+    /// The upstream response's `:status`.
+    pub fn response_status() -> Option<u32> {
+        hostcalls::get_map_value(MapType::HttpResponseHeaders, ":status").ok().flatten().and_then(|s| s.parse().ok())
+    }
+}
+
 fn host_err(what: &str) -> impl Fn(proxy_wasm::types::Status) -> HostError + '_ {
     move |status| HostError(format!("{what}: {status:?}"))
 }

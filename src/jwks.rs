@@ -454,6 +454,20 @@ mod tests {
     }
 
     #[test]
+    fn jwks_keys_are_prepared_as_the_same_spki_der_other_libraries_write() {
+        let k = keys();
+        let jwks = json!({"keys": [
+            rsa_jwk(&k.rsa, "rsa"), es256_jwk(&k.es256, "p256"), es384_jwk(&k.es384, "p384"), ed_jwk(&k.ed, "ed"),
+        ]});
+        let (set, _) = KeySet::from_jwks(&jwks).unwrap();
+        let der = |kid: &str, alg| set.select(Some(kid), alg).unwrap().key.spki_der().to_vec();
+        assert_eq!(der("rsa", Algorithm::RS256), k.rsa.public_key().to_der().unwrap());
+        assert_eq!(der("p256", Algorithm::ES256), k.es256.public_key().to_der().unwrap());
+        assert_eq!(der("p384", Algorithm::ES384), k.es384.public_key().to_der().unwrap());
+        assert_eq!(der("ed", Algorithm::EdDSA), k.ed.public_key().to_der());
+    }
+
+    #[test]
     fn jwks_unusable_keys_are_skipped_with_a_warning() {
         let k = keys();
         let good = es256_jwk(&k.es256, "good");

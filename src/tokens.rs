@@ -99,6 +99,8 @@ pub struct Worker {
     /// Where each request context is in the flow.
     pub stages: HashMap<u32, crate::flow::Stage>,
     pub keys: crate::keys::KeyState,
+    /// The identity and Looker token each forwarded request carries (for a Looker 401).
+    pub forwarded: HashMap<u32, (LookerIdentity, String)>,
     cache: HashMap<String, CachedToken>,
     flights: HashMap<String, Flight>,
     /// callout token -> identity key
@@ -161,6 +163,7 @@ impl Worker {
     /// (Envoy cancels a context's callouts with it), so its flight must be re-sent.
     pub fn leave(&mut self, context_id: u32) {
         self.stages.remove(&context_id);
+        self.forwarded.remove(&context_id);
         self.keys.leave(context_id);
         if let Some(callout) = self.owners.remove(&context_id) {
             if let Some(key) = self.callouts.remove(&callout) {
