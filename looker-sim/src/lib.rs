@@ -1,0 +1,47 @@
+//! A Looker API 4.0 simulator for lookergate's tests and demo: the demo users and API3
+//! keys of `docs/DESIGN.md`, login/sudo/logout with expiring tokens, users, dashboards,
+//! looks, queries over a small `thelook`/`orders` explore, API3 key rotation, and
+//! `/__sim/` endpoints that let tests see what Looker received and inject failures.
+//!
+//! Routing follows Looker's own operation table (`operations.tsv`, generated from the
+//! API spec): unknown operations answer 404, known but unimplemented ones 501.
+
+mod api;
+mod control;
+mod demo;
+mod explore;
+pub mod operations;
+mod state;
+
+use axum::routing::{get, post};
+use axum::Router;
+
+pub use api::DOCUMENTATION_URL;
+pub use operations::{Operation, OperationTable, OPERATIONS_TSV};
+pub use state::{Faults, LoginAttempt, RecordedRequest, SimState};
+
+/// The simulator's HTTP service: `/__sim/` control endpoints, and Looker everywhere else.
+pub fn app(state: SimState) -> Router {
+    Router::new()
+        .route("/__sim/health", get(control::health))
+        .route(
+            "/__sim/requests",
+            get(control::list_requests).delete(control::clear_requests),
+        )
+        .route("/__sim/logins", get(control::list_logins))
+        .route(
+            "/__sim/faults",
+            post(control::set_faults).delete(control::clear_faults),
+        )
+        .route("/__sim/revoke", post(control::revoke))
+        .fallback(api::handle)
+        .with_state(state)
+}
+
+/// Serves `app(state)` on an already bound listener until the process ends.
+pub async fn serve(listener: tokio::net::TcpListener, state: SimState) -> std::io::Result<()> {
+    axum::serve(listener, app(state)).await
+}
+
+#[cfg(test)]
+mod tests;

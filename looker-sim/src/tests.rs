@@ -1,0 +1,966 @@
+//! Router-level tests: requests go through `app(state)` with tower's `oneshot`, and
+//! assertions look at statuses, bodies and what the simulator recorded.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::http::{HeaderMap, Method, Request, StatusCode};
+use axum::Router;
+use http_body_util::BodyExt;
+use serde_json::{json, Value};
+use tower::ServiceExt;
+
+use crate::operations::{sample_path, OperationTable};
+use crate::{app, SimState, DOCUMENTATION_URL};
+
+const FORM: &str = "application/x-www-form-urlencoded";
+
+struct Reply {
+    status: StatusCode,
+    headers: HeaderMap,
+    text: String,
+}
+
+impl Reply {
+    fn json(&self) -> Value {
+        serde_json::from_str(&self.text).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.text))
+    }
+}
+
+/// A simulator plus the state it shares, so tests can both call it and look inside.
+struct Sim {
+    state: SimState,
+    router: Router,
+}
+
+impl Sim {
+    fn new() -> Sim {
+        Sim::with(SimState::demo())
+    }
+
+    fn with(state: SimState) -> Sim {
+        Sim {
+            router: app(state.clone()),
+            state,
+        }
+    }
+
+    async fn send(&self, request: Request<Body>) -> Reply {
+        let response = self.router.clone().oneshot(request).await.unwrap();
+        let status = response.status();
+        let headers = response.headers().clone();
+        let bytes = response.into_body().collect().await.unwrap().to_bytes();
+        Reply {
+            status,
+            headers,
+            text: String::from_utf8(bytes.to_vec()).unwrap(),
+        }
+    }
+
+    async fn call(
+        &self,
+        method: Method,
+        uri: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+    ) -> Reply {
+        let mut request = Request::builder().method(method).uri(uri);
+        if let Some(token) = token {
+            request = request.header("authorization", format!("token {token}"));
+        }
+        let body = match body {
+            Some(json) => {
+                request = request.header("content-type", "application/json");
+                Body::from(json.to_string())
+            }
+            None => Body::empty(),
+        };
+        self.send(request.body(body).unwrap()).await
+    }
+
+    async fn get(&self, uri: &str, token: &str) -> Reply {
+        self.call(Method::GET, uri, Some(token), None).await
+    }
+
+    async fn login_reply(&self, client_id: &str, client_secret: &str) -> Reply {
+        let form = format!("client_id={client_id}&client_secret={client_secret}");
+        let request = Request::post("/api/4.0/login")
+            .header("content-type", FORM)
+            .body(Body::from(form))
+            .unwrap();
+        self.send(request).await
+    }
+
+    async fn login(&self, client_id: &str, client_secret: &str) -> String {
+        let reply = self.login_reply(client_id, client_secret).await;
+        assert_eq!(reply.status, StatusCode::OK, "{}", reply.text);
+        reply.json()["access_token"].as_str().unwrap().to_owned()
+    }
+
+    async fn admin(&self) -> String {
+        self.login("demo-admin-id", "demo-admin-secret").await
+    }
+
+    async fn analyst(&self) -> String {
+        self.login("demo-analyst-id", "demo-analyst-secret").await
+    }
+}
+
+fn assert_looker_error(reply: &Reply, status: StatusCode, message: &str) {
+    assert_eq!(reply.status, status, "{}", reply.text);
+    assert_eq!(reply.headers["content-type"], "application/json");
+    assert_eq!(
+        reply.json(),
+        json!({"message": message, "documentation_url": DOCUMENTATION_URL})
+    );
+}
+
+// ---- login ----
+
+#[tokio::test]
+async fn demo_credentials_log_in_as_their_user() {
+    let sim = Sim::with(SimState::demo().with_token_ttl(Duration::from_secs(120)));
+    for (client_id, secret, user_id) in [
+        ("demo-admin-id", "demo-admin-secret", "1"),
+        ("demo-analyst-id", "demo-analyst-secret", "101"),
+        ("demo-viewer-id", "demo-viewer-secret", "102"),
+    ] {
+        let reply = sim.login_reply(client_id, secret).await;
+        assert_eq!(reply.status, StatusCode::OK, "{}", reply.text);
+        let body = reply.json();
+        let token = body["access_token"].as_str().unwrap();
+        assert_eq!(token.len(), 40);
+        assert!(token.chars().all(|c| c.is_ascii_alphanumeric()));
+        assert_eq!(body["token_type"], "Bearer");
+        assert_eq!(body["expires_in"], 120);
+        assert_eq!(
+            sim.get("/api/4.0/user", token).await.json()["id"],
+            user_id,
+            "{client_id}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn credentials_in_the_query_string_are_accepted_like_looker() {
+    let sim = Sim::new();
+    let reply = sim
+        .call(
+            Method::POST,
+            "/api/4.0/login?client_id=demo-viewer-id&client_secret=demo-viewer-secret",
+            None,
+            None,
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text);
+}
+
+#[tokio::test]
+async fn wrong_credentials_get_lookers_404() {
+    let sim = Sim::new();
+    let cases = [
+        ("demo-admin-id", "wrong", StatusCode::NOT_FOUND),
+        ("nobody", "demo-admin-secret", StatusCode::NOT_FOUND),
+        (
+            "demo-analyst-id",
+            "demo-viewer-secret",
+            StatusCode::NOT_FOUND,
+        ),
+    ];
+    for (id, secret, status) in cases {
+        assert_looker_error(&sim.login_reply(id, secret).await, status, "Not found");
+    }
+    let missing = sim.call(Method::POST, "/api/4.0/login", None, None).await;
+    assert_eq!(missing.status, StatusCode::BAD_REQUEST, "{}", missing.text);
+}
+
+#[tokio::test]
+async fn login_attempts_are_listed_without_secrets() {
+    let sim = Sim::new();
+    sim.admin().await;
+    sim.login_reply("demo-viewer-id", "wrong-secret").await;
+    let reply = sim.call(Method::GET, "/__sim/logins", None, None).await;
+    assert_eq!(
+        reply.json(),
+        json!([
+            {"client_id": "demo-admin-id", "ok": true, "status": 200},
+            {"client_id": "demo-viewer-id", "ok": false, "status": 404},
+        ])
+    );
+    assert!(!reply.text.contains("secret"));
+}
+
+// ---- authentication ----
+
+#[tokio::test]
+async fn calls_without_a_live_token_get_401() {
+    let sim = Sim::with(SimState::demo().with_token_ttl(Duration::from_millis(50)));
+    let expiring = sim.analyst().await;
+    let revoked = sim.analyst().await;
+    let logged_out = sim.analyst().await;
+    sim.state.revoke(&revoked);
+    let out = sim
+        .call(Method::DELETE, "/api/4.0/logout", Some(&logged_out), None)
+        .await;
+    assert_eq!(out.status, StatusCode::NO_CONTENT);
+    tokio::time::sleep(Duration::from_millis(80)).await;
+    let cases: [(&str, Option<String>); 6] = [
+        ("no header", None),
+        ("unknown token", Some("token abcdef".into())),
+        ("unknown scheme", Some(format!("Basic {revoked}"))),
+        ("expired", Some(format!("token {expiring}"))),
+        ("revoked", Some(format!("token {revoked}"))),
+        ("logged out", Some(format!("Bearer {logged_out}"))),
+    ];
+    for (why, authorization) in cases {
+        let mut request = Request::get("/api/4.0/dashboards/1");
+        if let Some(value) = authorization {
+            request = request.header("authorization", value);
+        }
+        let reply = sim.send(request.body(Body::empty()).unwrap()).await;
+        assert_eq!(reply.status, StatusCode::UNAUTHORIZED, "{why}");
+        assert_looker_error(&reply, StatusCode::UNAUTHORIZED, "Requires authentication.");
+    }
+}
+
+#[tokio::test]
+async fn token_bearer_and_access_token_parameter_all_authenticate() {
+    let sim = Sim::new();
+    let token = sim.analyst().await;
+    let requests = [
+        Request::get("/api/4.0/user").header("authorization", format!("token {token}")),
+        Request::get("/api/4.0/user").header("authorization", format!("Bearer {token}")),
+        Request::get("/api/4.0/user").header("authorization", format!("TOKEN {token}")),
+        Request::get(format!("/api/4.0/user?access_token={token}")),
+    ];
+    for request in requests {
+        let reply = sim.send(request.body(Body::empty()).unwrap()).await;
+        assert_eq!(reply.status, StatusCode::OK, "{}", reply.text);
+        assert_eq!(reply.json()["email"], "svc-analyst@example.com");
+    }
+}
+
+// ---- routing by the operation table ----
+
+#[tokio::test]
+async fn every_spec_operation_is_routed_and_requires_authentication() {
+    let sim = Sim::new();
+    let table = OperationTable::embedded();
+    assert_eq!(table.operations().len(), 483);
+    for op in table.operations() {
+        let uri = format!("/api/4.0{}", sample_path(&op.path));
+        let method = Method::from_bytes(op.method.as_bytes()).unwrap();
+        let reply = sim.call(method, &uri, None, None).await;
+        let want = if op.operation_id == "login" {
+            StatusCode::BAD_REQUEST
+        } else {
+            StatusCode::UNAUTHORIZED
+        };
+        assert_eq!(
+            reply.status, want,
+            "{} {uri} ({}): {}",
+            op.method, op.operation_id, reply.text
+        );
+    }
+}
+
+#[tokio::test]
+async fn paths_and_methods_outside_the_spec_get_404_even_with_a_token() {
+    let sim = Sim::new();
+    let token = sim.admin().await;
+    let cases = [
+        (Method::GET, "/api/4.0/no_such_thing"),
+        (Method::PUT, "/api/4.0/dashboards/1"),
+        (Method::GET, "/api/4.0/dashboards/1/nope"),
+        (Method::GET, "/api/4.0"),
+        (Method::GET, "/api/3.1/user"),
+        (Method::GET, "/"),
+    ];
+    for (method, uri) in cases {
+        let reply = sim.call(method.clone(), uri, Some(&token), None).await;
+        assert_looker_error(&reply, StatusCode::NOT_FOUND, "Not found");
+    }
+    // Unknown operations are refused before authentication, as Looker does.
+    let anonymous = sim
+        .call(Method::GET, "/api/4.0/no_such_thing", None, None)
+        .await;
+    assert_eq!(anonymous.status, StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn unimplemented_operations_get_501_after_authentication() {
+    let sim = Sim::new();
+    let token = sim.admin().await;
+    let reply = sim
+        .call(Method::GET, "/api/4.0/folders/1", Some(&token), None)
+        .await;
+    assert_eq!(reply.status, StatusCode::NOT_IMPLEMENTED, "{}", reply.text);
+    let body = reply.json();
+    assert!(
+        body["message"].as_str().unwrap().contains("folder"),
+        "{body}"
+    );
+    assert_eq!(body["documentation_url"], DOCUMENTATION_URL);
+    let anonymous = sim
+        .call(Method::GET, "/api/4.0/folders/1", None, None)
+        .await;
+    assert_eq!(anonymous.status, StatusCode::UNAUTHORIZED);
+}
+
+// ---- users ----
+
+#[tokio::test]
+async fn users_are_found_by_id_and_by_credential() {
+    let sim = Sim::new();
+    let token = sim.admin().await;
+    let cases = [
+        ("/api/4.0/users/203", StatusCode::OK, Some("203")),
+        ("/api/4.0/users/999", StatusCode::NOT_FOUND, None),
+        ("/api/4.0/users/abc", StatusCode::NOT_FOUND, None),
+        (
+            "/api/4.0/users/credential/email/carol@example.com",
+            StatusCode::OK,
+            Some("203"),
+        ),
+        (
+            "/api/4.0/users/credential/email/Carol%40Example.com",
+            StatusCode::OK,
+            Some("203"),
+        ),
+        (
+            "/api/4.0/users/credential/email/eve@example.com",
+            StatusCode::NOT_FOUND,
+            None,
+        ),
+        (
+            "/api/4.0/users/credential/api3/demo-viewer-id",
+            StatusCode::OK,
+            Some("102"),
+        ),
+        (
+            "/api/4.0/users/credential/saml/carol@example.com",
+            StatusCode::NOT_FOUND,
+            None,
+        ),
+    ];
+    for (uri, status, id) in cases {
+        let reply = sim.get(uri, &token).await;
+        assert_eq!(reply.status, status, "{uri}: {}", reply.text);
+        if let Some(id) = id {
+            assert_eq!(reply.json()["id"], id, "{uri}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn me_describes_the_tokens_user_like_looker() {
+    let sim = Sim::new();
+    let reply = sim.get("/api/4.0/user", &sim.analyst().await).await;
+    let me = reply.json();
+    assert_eq!(me["id"], "101", "ids are strings in API 4.0");
+    assert_eq!(me["display_name"], "svc-analyst");
+    assert_eq!(me["email"], "svc-analyst@example.com");
+    assert_eq!(me["credentials_email"]["email"], "svc-analyst@example.com");
+    assert_eq!(me["credentials_api3"][0]["client_id"], "demo-analyst-id");
+    assert!(!reply.text.contains("demo-analyst-secret"));
+    let only_id = sim
+        .get("/api/4.0/user?fields=id,email", &sim.analyst().await)
+        .await;
+    assert_eq!(
+        only_id.json(),
+        json!({"id": "101", "email": "svc-analyst@example.com"})
+    );
+}
+
+// ---- sudo ----
+
+#[tokio::test]
+async fn admin_can_sudo_as_a_user() {
+    let sim = Sim::new();
+    let admin = sim.admin().await;
+    let reply = sim
+        .call(
+            Method::POST,
+            "/api/4.0/login/203?associative=false",
+            Some(&admin),
+            None,
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text);
+    let sudo = reply.json()["access_token"].as_str().unwrap().to_owned();
+    assert_ne!(sudo, admin);
+    assert_eq!(
+        sim.get("/api/4.0/user", &sudo).await.json()["email"],
+        "carol@example.com"
+    );
+    assert_eq!(
+        sim.get("/api/4.0/user", &admin).await.json()["id"],
+        "1",
+        "the admin token is unchanged"
+    );
+}
+
+#[tokio::test]
+async fn sudo_is_refused_to_non_admins_and_for_unknown_users() {
+    let sim = Sim::new();
+    let admin = sim.admin().await;
+    let analyst = sim.analyst().await;
+    let cases = [
+        (
+            "/api/4.0/login/203",
+            Some(analyst.as_str()),
+            StatusCode::FORBIDDEN,
+        ),
+        ("/api/4.0/login/203", None, StatusCode::UNAUTHORIZED),
+        (
+            "/api/4.0/login/999",
+            Some(admin.as_str()),
+            StatusCode::NOT_FOUND,
+        ),
+    ];
+    for (uri, token, status) in cases {
+        let reply = sim.call(Method::POST, uri, token, None).await;
+        assert_eq!(reply.status, status, "{uri} {token:?}: {}", reply.text);
+    }
+    let logins = sim
+        .call(Method::GET, "/__sim/logins", None, None)
+        .await
+        .json();
+    let sudo: Vec<Value> = logins
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|l| l.get("sudo_user_id").is_some())
+        .cloned()
+        .collect();
+    assert_eq!(
+        sudo,
+        [
+            json!({"sudo_user_id": "203", "ok": false, "status": 403}),
+            json!({"sudo_user_id": "203", "ok": false, "status": 401}),
+            json!({"sudo_user_id": "999", "ok": false, "status": 404}),
+        ]
+    );
+}
+
+// ---- content ----
+
+#[tokio::test]
+async fn dashboards_and_looks_come_from_the_demo_data() {
+    let sim = Sim::new();
+    let token = sim.analyst().await;
+    let cases = [
+        (
+            "/api/4.0/dashboards/1",
+            StatusCode::OK,
+            Some("Business Pulse"),
+        ),
+        (
+            "/api/4.0/dashboards/2",
+            StatusCode::OK,
+            Some("Order Status"),
+        ),
+        ("/api/4.0/dashboards/99", StatusCode::NOT_FOUND, None),
+        ("/api/4.0/looks/1", StatusCode::OK, Some("Orders by Status")),
+        (
+            "/api/4.0/looks/2",
+            StatusCode::OK,
+            Some("Completed Orders by State"),
+        ),
+        ("/api/4.0/looks/99", StatusCode::NOT_FOUND, None),
+    ];
+    for (uri, status, title) in cases {
+        let reply = sim.get(uri, &token).await;
+        assert_eq!(reply.status, status, "{uri}");
+        if let Some(title) = title {
+            assert_eq!(reply.json()["title"], title, "{uri}");
+        }
+    }
+    let look = sim.get("/api/4.0/looks/1", &token).await.json();
+    assert_eq!(look["query"]["model"], "thelook");
+    assert_eq!(
+        sim.get("/api/4.0/dashboards/1?fields=id", &token)
+            .await
+            .json(),
+        json!({"id": "1"})
+    );
+}
+
+// ---- queries ----
+
+#[tokio::test]
+async fn inline_queries_run_over_the_orders_explore() {
+    let sim = Sim::new();
+    let token = sim.analyst().await;
+    let count = json!({"model": "thelook", "view": "orders", "fields": ["orders.count"]});
+    let reply = sim
+        .call(
+            Method::POST,
+            "/api/4.0/queries/run/json",
+            Some(&token),
+            Some(count),
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text);
+    assert_eq!(reply.json(), json!([{"orders.count": 40}]));
+
+    let by_status = json!({
+        "model": "thelook", "view": "orders", "fields": ["orders.status", "orders.count"],
+        "filters": {"orders.status": "-cancelled"}, "sorts": ["orders.status"], "limit": "500",
+    });
+    let csv = sim
+        .call(
+            Method::POST,
+            "/api/4.0/queries/run/csv",
+            Some(&token),
+            Some(by_status),
+        )
+        .await;
+    assert_eq!(csv.status, StatusCode::OK);
+    assert_eq!(csv.headers["content-type"], "text/csv; charset=utf-8");
+    assert_eq!(
+        csv.text,
+        "Orders Status,Orders Count\ncomplete,20\npending,10\n"
+    );
+
+    let ids = json!({"model": "thelook", "view": "orders", "fields": ["orders.id"], "limit": "5"});
+    let rows = sim
+        .call(
+            Method::POST,
+            "/api/4.0/queries/run/json",
+            Some(&token),
+            Some(ids.clone()),
+        )
+        .await
+        .json();
+    assert_eq!(rows.as_array().unwrap().len(), 5, "limit from the body");
+    let rows = sim
+        .call(
+            Method::POST,
+            "/api/4.0/queries/run/json?limit=2",
+            Some(&token),
+            Some(ids),
+        )
+        .await
+        .json();
+    assert_eq!(
+        rows.as_array().unwrap().len(),
+        2,
+        "the limit parameter wins"
+    );
+}
+
+#[tokio::test]
+async fn bad_queries_fail_like_looker() {
+    let sim = Sim::new();
+    let token = sim.analyst().await;
+    let cases = [
+        (
+            "json",
+            json!({"model": "nope", "view": "orders", "fields": ["orders.count"]}),
+            StatusCode::NOT_FOUND,
+        ),
+        (
+            "json",
+            json!({"model": "thelook", "view": "nope", "fields": ["orders.count"]}),
+            StatusCode::NOT_FOUND,
+        ),
+        (
+            "json",
+            json!({"model": "thelook", "view": "orders", "fields": ["orders.nope"]}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+        ("json", json!({"view": "orders"}), StatusCode::BAD_REQUEST),
+        (
+            "bogus",
+            json!({"model": "thelook", "view": "orders", "fields": ["orders.count"]}),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            "xlsx",
+            json!({"model": "thelook", "view": "orders", "fields": ["orders.count"]}),
+            StatusCode::NOT_IMPLEMENTED,
+        ),
+    ];
+    for (format, body, status) in cases {
+        let reply = sim
+            .call(
+                Method::POST,
+                &format!("/api/4.0/queries/run/{format}"),
+                Some(&token),
+                Some(body.clone()),
+            )
+            .await;
+        assert_eq!(reply.status, status, "{format} {body}: {}", reply.text);
+        assert_eq!(reply.json()["documentation_url"], DOCUMENTATION_URL);
+    }
+    let unknown_model = json!({"model": "nope", "view": "orders", "fields": ["orders.count"]});
+    let reply = sim
+        .call(
+            Method::POST,
+            "/api/4.0/queries/run/json",
+            Some(&token),
+            Some(unknown_model),
+        )
+        .await;
+    assert_looker_error(&reply, StatusCode::NOT_FOUND, "Not found");
+}
+
+#[tokio::test]
+async fn created_queries_can_be_read_and_run_by_id() {
+    let sim = Sim::new();
+    let token = sim.analyst().await;
+    let body = json!({"model": "thelook", "view": "orders", "fields": ["users.state", "orders.count"], "sorts": ["users.state"]});
+    let created = sim
+        .call(Method::POST, "/api/4.0/queries", Some(&token), Some(body))
+        .await;
+    assert_eq!(created.status, StatusCode::OK, "{}", created.text);
+    let id = created.json()["id"].as_str().unwrap().to_owned();
+    assert_eq!(
+        sim.get(&format!("/api/4.0/queries/{id}"), &token)
+            .await
+            .json()["fields"],
+        json!(["users.state", "orders.count"])
+    );
+    let txt = sim
+        .get(&format!("/api/4.0/queries/{id}/run/txt?limit=1"), &token)
+        .await;
+    assert_eq!(txt.status, StatusCode::OK);
+    assert_eq!(txt.text, "Users State\tOrders Count\nCalifornia\t16\n");
+    assert_eq!(
+        sim.get("/api/4.0/queries/1/run/json", &token).await.status,
+        StatusCode::OK,
+        "saved demo query"
+    );
+    assert_eq!(
+        sim.get("/api/4.0/queries/999/run/json", &token)
+            .await
+            .status,
+        StatusCode::NOT_FOUND
+    );
+}
+
+// ---- API3 key rotation ----
+
+#[tokio::test]
+async fn api3_keys_rotate_new_key_works_and_deleted_key_stops_working() {
+    let sim = Sim::new();
+    let admin = sim.admin().await;
+    let created = sim
+        .call(
+            Method::POST,
+            "/api/4.0/users/101/credentials_api3",
+            Some(&admin),
+            None,
+        )
+        .await;
+    assert_eq!(created.status, StatusCode::OK, "{}", created.text);
+    let key = created.json();
+    let (client_id, secret) = (
+        key["client_id"].as_str().unwrap(),
+        key["client_secret"].as_str().unwrap(),
+    );
+    assert_eq!(key["type"], "api3");
+    assert!(key["created_at"].as_str().unwrap().ends_with("+00:00"));
+    let new_token = sim.login(client_id, secret).await;
+    assert_eq!(
+        sim.get("/api/4.0/user", &new_token).await.json()["id"],
+        "101"
+    );
+
+    let listed = sim.get("/api/4.0/users/101/credentials_api3", &admin).await;
+    let ids: Vec<Value> = listed
+        .json()
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k["client_id"].clone())
+        .collect();
+    assert_eq!(ids, [json!("demo-analyst-id"), json!(client_id)]);
+    assert!(
+        !listed.text.contains("secret"),
+        "listing never shows secrets: {}",
+        listed.text
+    );
+
+    let old_id = listed.json()[0]["id"].as_str().unwrap().to_owned();
+    let uri = format!("/api/4.0/users/101/credentials_api3/{old_id}");
+    assert_eq!(
+        sim.call(Method::DELETE, &uri, Some(&admin), None)
+            .await
+            .status,
+        StatusCode::NO_CONTENT
+    );
+    assert_eq!(
+        sim.call(Method::DELETE, &uri, Some(&admin), None)
+            .await
+            .status,
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(
+        sim.login_reply("demo-analyst-id", "demo-analyst-secret")
+            .await
+            .status,
+        StatusCode::NOT_FOUND
+    );
+    sim.login(client_id, secret).await;
+}
+
+#[tokio::test]
+async fn api3_key_management_needs_an_admin_and_a_real_user() {
+    let sim = Sim::new();
+    let admin = sim.admin().await;
+    let analyst = sim.analyst().await;
+    let cases = [
+        (
+            Method::POST,
+            "/api/4.0/users/101/credentials_api3",
+            &analyst,
+            StatusCode::FORBIDDEN,
+        ),
+        (
+            Method::GET,
+            "/api/4.0/users/101/credentials_api3",
+            &analyst,
+            StatusCode::FORBIDDEN,
+        ),
+        (
+            Method::DELETE,
+            "/api/4.0/users/101/credentials_api3/2",
+            &analyst,
+            StatusCode::FORBIDDEN,
+        ),
+        (
+            Method::POST,
+            "/api/4.0/users/999/credentials_api3",
+            &admin,
+            StatusCode::NOT_FOUND,
+        ),
+        (
+            Method::DELETE,
+            "/api/4.0/users/102/credentials_api3/2",
+            &admin,
+            StatusCode::NOT_FOUND,
+        ),
+        (
+            Method::GET,
+            "/api/4.0/users/101/credentials_api3/2",
+            &admin,
+            StatusCode::OK,
+        ),
+    ];
+    for (method, uri, token, status) in cases {
+        let reply = sim.call(method.clone(), uri, Some(token), None).await;
+        assert_eq!(reply.status, status, "{method} {uri}: {}", reply.text);
+    }
+    sim.login("demo-analyst-id", "demo-analyst-secret").await;
+}
+
+// ---- /__sim/ ----
+
+#[tokio::test]
+async fn every_api_request_is_recorded_in_order_including_rejected_ones() {
+    let sim = Sim::new();
+    let token = sim.analyst().await;
+    let request = Request::get("/api/4.0/dashboards/1?fields=id&x=1")
+        .header("Authorization", format!("token {token}"))
+        .header("X-Custom", "a")
+        .header("x-custom", "b")
+        .body(Body::empty())
+        .unwrap();
+    sim.send(request).await;
+    sim.call(Method::GET, "/api/4.0/looks/1", None, None).await;
+    sim.call(Method::GET, "/api/4.0/nope", None, None).await;
+    sim.call(Method::GET, "/__sim/health", None, None).await;
+    let seen = sim
+        .call(Method::GET, "/__sim/requests", None, None)
+        .await
+        .json();
+    let summary: Vec<(Value, Value, Value)> = seen
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| (r["method"].clone(), r["path"].clone(), r["query"].clone()))
+        .collect();
+    assert_eq!(
+        summary,
+        [
+            (json!("POST"), json!("/api/4.0/login"), json!("")),
+            (
+                json!("GET"),
+                json!("/api/4.0/dashboards/1"),
+                json!("fields=id&x=1")
+            ),
+            (json!("GET"), json!("/api/4.0/looks/1"), json!("")),
+            (json!("GET"), json!("/api/4.0/nope"), json!("")),
+        ]
+    );
+    assert_eq!(
+        seen[1]["headers"]["authorization"],
+        format!("token {token}")
+    );
+    assert_eq!(seen[1]["headers"]["x-custom"], "a, b");
+    assert!(seen[2]["headers"].get("authorization").is_none());
+
+    assert_eq!(
+        sim.call(Method::DELETE, "/__sim/requests", None, None)
+            .await
+            .status,
+        StatusCode::NO_CONTENT
+    );
+    assert_eq!(
+        sim.call(Method::GET, "/__sim/requests", None, None)
+            .await
+            .json(),
+        json!([])
+    );
+}
+
+#[tokio::test]
+async fn login_faults_answer_the_next_count_logins_then_stop() {
+    let sim = Sim::new();
+    let fault = json!({"login_status": 503, "count": 2});
+    assert_eq!(
+        sim.call(Method::POST, "/__sim/faults", None, Some(fault))
+            .await
+            .status,
+        StatusCode::NO_CONTENT
+    );
+    for _ in 0..2 {
+        let reply = sim.login_reply("demo-admin-id", "demo-admin-secret").await;
+        assert_eq!(
+            reply.status,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "{}",
+            reply.text
+        );
+        assert_eq!(reply.headers["retry-after"], "1");
+    }
+    sim.admin().await;
+    let logins = sim.state.logins();
+    assert_eq!(
+        logins.iter().map(|l| (l.ok, l.status)).collect::<Vec<_>>(),
+        [(false, 503), (false, 503), (true, 200)]
+    );
+}
+
+#[tokio::test]
+async fn login_delay_fault_slows_the_next_login_only() {
+    let sim = Sim::new();
+    sim.call(
+        Method::POST,
+        "/__sim/faults",
+        None,
+        Some(json!({"login_delay_ms": 150})),
+    )
+    .await;
+    let started = std::time::Instant::now();
+    sim.admin().await;
+    assert!(
+        started.elapsed() >= Duration::from_millis(150),
+        "{:?}",
+        started.elapsed()
+    );
+    let started = std::time::Instant::now();
+    sim.admin().await;
+    assert!(
+        started.elapsed() < Duration::from_millis(150),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+#[tokio::test]
+async fn api_faults_hit_non_login_calls_with_retry_after() {
+    let sim = Sim::new();
+    let token = sim.analyst().await;
+    let fault = json!({"api_status": 429, "count": 1});
+    sim.call(Method::POST, "/__sim/faults", None, Some(fault))
+        .await;
+    sim.analyst().await; // logins are not affected
+    let limited = sim.get("/api/4.0/dashboards/1", &token).await;
+    assert_eq!(limited.status, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(limited.headers["retry-after"], "1");
+    assert_eq!(limited.json()["message"], "Too Many Requests");
+    assert_eq!(
+        sim.get("/api/4.0/dashboards/1", &token).await.status,
+        StatusCode::OK
+    );
+
+    let fault = json!({"api_status": 500, "count": 5, "retry_after": 7});
+    sim.call(Method::POST, "/__sim/faults", None, Some(fault))
+        .await;
+    let failed = sim.get("/api/4.0/dashboards/1", &token).await;
+    assert_eq!(
+        (
+            failed.status,
+            failed.headers["retry-after"].to_str().unwrap()
+        ),
+        (StatusCode::INTERNAL_SERVER_ERROR, "7")
+    );
+    assert_eq!(
+        sim.call(Method::DELETE, "/__sim/faults", None, None)
+            .await
+            .status,
+        StatusCode::NO_CONTENT
+    );
+    assert_eq!(
+        sim.get("/api/4.0/dashboards/1", &token).await.status,
+        StatusCode::OK,
+        "DELETE clears faults"
+    );
+}
+
+#[tokio::test]
+async fn invalid_faults_are_refused() {
+    let sim = Sim::new();
+    for body in [
+        json!({"login_status": 99}),
+        json!({"api_status": 600}),
+        json!({"login_stauts": 500}),
+    ] {
+        let reply = sim
+            .call(Method::POST, "/__sim/faults", None, Some(body.clone()))
+            .await;
+        assert!(reply.status.is_client_error(), "{body}: {}", reply.status);
+    }
+    sim.admin().await;
+}
+
+#[tokio::test]
+async fn sim_revoke_ends_a_token_early() {
+    let sim = Sim::new();
+    let token = sim.analyst().await;
+    let revoke = json!({"access_token": token});
+    assert_eq!(
+        sim.call(Method::POST, "/__sim/revoke", None, Some(revoke.clone()))
+            .await
+            .status,
+        StatusCode::NO_CONTENT
+    );
+    assert_eq!(
+        sim.get("/api/4.0/user", &token).await.status,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        sim.call(Method::POST, "/__sim/revoke", None, Some(revoke))
+            .await
+            .status,
+        StatusCode::NOT_FOUND
+    );
+}
+
+#[tokio::test]
+async fn health_answers_200() {
+    let reply = Sim::new()
+        .call(Method::GET, "/__sim/health", None, None)
+        .await;
+    assert_eq!(reply.status, StatusCode::OK);
+    assert_eq!(reply.json(), json!({"status": "ok"}));
+}
