@@ -29,10 +29,26 @@ pub struct DemoUser {
 }
 
 pub const DEMO_USERS: &[DemoUser] = &[
-    DemoUser { sub: "alice", display_name: "Alice", groups: &["analysts"] },
-    DemoUser { sub: "bob", display_name: "Bob", groups: &["viewers"] },
-    DemoUser { sub: "carol", display_name: "Carol", groups: &["analysts"] },
-    DemoUser { sub: "eve", display_name: "Eve", groups: &[] },
+    DemoUser {
+        sub: "alice",
+        display_name: "Alice",
+        groups: &["analysts"],
+    },
+    DemoUser {
+        sub: "bob",
+        display_name: "Bob",
+        groups: &["viewers"],
+    },
+    DemoUser {
+        sub: "carol",
+        display_name: "Carol",
+        groups: &["analysts"],
+    },
+    DemoUser {
+        sub: "eve",
+        display_name: "Eve",
+        groups: &[],
+    },
 ];
 
 pub fn demo_user(sub: &str) -> Option<&'static DemoUser> {
@@ -97,7 +113,8 @@ impl TokenSpec {
         })
     }
 
-    fn claims(&self) -> JWTClaims<Map<String, Value>> {
+    /// The claims as jwt-simple signs them (for tests that sign with other algorithms).
+    pub fn claims(&self) -> JWTClaims<Map<String, Value>> {
         let mut custom = Map::new();
         custom.insert("email".to_owned(), json!(self.email));
         custom.insert("name".to_owned(), json!(self.name));
@@ -115,13 +132,18 @@ impl TokenSpec {
 }
 
 pub fn unix_now() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 /// Loads an RSA private key from PEM (PKCS#8 or PKCS#1). Lines before the PEM armour
 /// (like the demo key's warning) are ignored.
 pub fn load_signing_key(pem: &str, kid: &str) -> Result<RS256KeyPair, TokenError> {
-    let start = pem.find("-----BEGIN").ok_or_else(|| TokenError::Key("no PEM block".to_owned()))?;
+    let start = pem
+        .find("-----BEGIN")
+        .ok_or_else(|| TokenError::Key("no PEM block".to_owned()))?;
     let armoured = pem.get(start..).unwrap_or_default();
     RS256KeyPair::from_pem(armoured)
         .map(|k| k.with_key_id(kid))
@@ -135,7 +157,8 @@ pub fn demo_signing_key() -> Result<RS256KeyPair, TokenError> {
 
 /// Signs `spec` as an RS256 JWT with `key` (its kid goes into the header).
 pub fn mint(key: &RS256KeyPair, spec: &TokenSpec) -> Result<String, TokenError> {
-    key.sign(spec.claims()).map_err(|e| TokenError::Sign(e.to_string()))
+    key.sign(spec.claims())
+        .map_err(|e| TokenError::Sign(e.to_string()))
 }
 
 /// The public JWKS (one RSA key) for `key`.
@@ -149,12 +172,14 @@ pub fn jwks(key: &RS256KeyPair, kid: &str) -> Value {
 
 /// The public key of `key` as PEM (SubjectPublicKeyInfo), e.g. for HS256 key-confusion tests.
 pub fn public_key_pem(key: &RS256KeyPair) -> Result<String, TokenError> {
-    key.public_key().to_pem().map_err(|e| TokenError::Key(e.to_string()))
+    key.public_key()
+        .to_pem()
+        .map_err(|e| TokenError::Key(e.to_string()))
 }
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
     use super::*;
 
     #[test]
@@ -163,27 +188,48 @@ mod tests {
         let token = mint(&key, &TokenSpec::for_demo_user("alice", 60).unwrap()).unwrap();
 
         let committed: Value = serde_json::from_str(DEMO_JWKS_JSON).unwrap();
-        assert_eq!(committed, jwks(&key, DEMO_KID), "envoy/demo/demo-jwks.json is stale");
+        assert_eq!(
+            committed,
+            jwks(&key, DEMO_KID),
+            "envoy/demo/demo-jwks.json is stale"
+        );
 
         let opts = VerificationOptions {
             allowed_issuers: Some(HashSet::from([DEMO_ISSUER.to_owned()])),
             allowed_audiences: Some(HashSet::from([DEMO_AUDIENCE.to_owned()])),
             ..Default::default()
         };
-        let claims = key.public_key().verify_token::<Map<String, Value>>(&token, Some(opts)).unwrap();
+        let claims = key
+            .public_key()
+            .verify_token::<Map<String, Value>>(&token, Some(opts))
+            .unwrap();
         assert_eq!(claims.subject.as_deref(), Some("alice"));
         assert_eq!(claims.custom["groups"], json!(["analysts"]));
         assert_eq!(claims.custom["email"], json!("alice@example.com"));
         assert_eq!(claims.custom["name"], json!("Alice"));
         let header = token.split('.').next().unwrap();
-        let header: Value = serde_json::from_slice(&URL_SAFE_NO_PAD.decode(header).unwrap()).unwrap();
+        let header: Value =
+            serde_json::from_slice(&URL_SAFE_NO_PAD.decode(header).unwrap()).unwrap();
         assert_eq!(header["kid"], json!(DEMO_KID));
         assert_eq!(header["alg"], json!("RS256"));
     }
 
     #[test]
+    fn demo_envoy_config_trusts_the_demo_key() {
+        let jwks: Value = serde_json::from_str(DEMO_JWKS_JSON).unwrap();
+        let n = jwks["keys"][0]["n"].as_str().unwrap();
+        let demo_yaml = include_str!("../../envoy/demo.yaml");
+        assert!(
+            demo_yaml.contains(n),
+            "envoy/demo.yaml does not hold the demo JWKS"
+        );
+    }
+
+    #[test]
     fn unknown_user_is_an_error_listing_the_known_ones() {
-        let err = TokenSpec::for_demo_user("mallory", 60).unwrap_err().to_string();
+        let err = TokenSpec::for_demo_user("mallory", 60)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("alice, bob, carol, eve"), "{err}");
     }
 }

@@ -31,11 +31,16 @@ fn parse_options(args: &[String], allowed: &[&str]) -> Result<Options, String> {
         if !allowed.contains(&flag.as_str()) {
             return Err(format!("unknown option {flag}"));
         }
-        let value = it.next().ok_or_else(|| format!("{flag} needs a value"))?.clone();
+        let value = it
+            .next()
+            .ok_or_else(|| format!("{flag} needs a value"))?
+            .clone();
         match flag.as_str() {
             "--user" => opts.user = Some(value),
             "--ttl" => {
-                let secs = value.parse().map_err(|_| format!("--ttl: not a number of seconds: {value}"))?;
+                let secs = value
+                    .parse()
+                    .map_err(|_| format!("--ttl: not a number of seconds: {value}"))?;
                 opts.ttl = Some(secs);
             }
             "--kid" => opts.kid = Some(value),
@@ -59,7 +64,10 @@ fn run(args: &[String]) -> Result<String, String> {
     let (command, rest) = args.split_first().ok_or_else(|| USAGE.to_owned())?;
     match command.as_str() {
         "token" => {
-            let opts = parse_options(rest, &["--user", "--ttl", "--kid", "--key", "--iss", "--aud"])?;
+            let opts = parse_options(
+                rest,
+                &["--user", "--ttl", "--kid", "--key", "--iss", "--aud"],
+            )?;
             let user = opts.user.as_deref().ok_or("token: --user is required")?;
             let mut spec = TokenSpec::for_demo_user(user, opts.ttl.unwrap_or(DEFAULT_TTL_SECS))
                 .map_err(|e| e.to_string())?;

