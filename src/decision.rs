@@ -82,7 +82,10 @@ const METHOD_OVERRIDE_HEADERS: &[&str] = &["x-http-method-override", "x-http-met
 /// the rewrite.
 pub fn decide(gateway: &Gateway, request: &RequestView, now_unix: u64) -> Decision {
     match admit(gateway, request, now_unix) {
-        Err((refusal, audit)) => refuse(refusal, audit),
+        Err(refused) => {
+            let (refusal, audit) = *refused;
+            refuse(refusal, audit)
+        }
         Ok(admitted) => {
             let operation = admitted.operation_id.as_deref().and_then(|id| gateway.operations.by_id(id));
             let input = Input {
@@ -122,19 +125,19 @@ fn refuse(refusal: Refusal, mut audit: Audit) -> Decision {
     Decision::Refuse { refusal, audit }
 }
 
-fn admit(gateway: &Gateway, request: &RequestView, now_unix: u64) -> Result<Admitted, (Refusal, Audit)> {
+fn admit(gateway: &Gateway, request: &RequestView, now_unix: u64) -> Result<Admitted, Box<(Refusal, Audit)>> {
     let mut audit = Audit { verdict: "deny", ..Audit::default() };
     let target = match path::parse_target(&request.path) {
         Ok(t) => t,
-        Err(bad) => return Err((Refusal::BadRequest { reason: bad.0.to_owned() }, audit)),
+        Err(bad) => return Err(Box::new((Refusal::BadRequest { reason: bad.0.to_owned() }, audit))),
     };
     if let Some((name, _)) = request.headers.iter().find(|(n, _)| METHOD_OVERRIDE_HEADERS.contains(&n.as_str())) {
         let reason = format!("the {name} header is not allowed: the gateway decides on the request's own method");
-        return Err((Refusal::BadRequest { reason }, audit));
+        return Err(Box::new((Refusal::BadRequest { reason }, audit)));
     }
     let verified = match authenticate(gateway, request, now_unix, &mut audit.issuer) {
         Ok(v) => v,
-        Err(refusal) => return Err((refusal, audit)),
+        Err(refusal) => return Err(Box::new((refusal, audit))),
     };
     audit.subject = verified.subject.clone();
     audit.issuer = Some(verified.issuer.clone());
@@ -145,14 +148,14 @@ fn admit(gateway: &Gateway, request: &RequestView, now_unix: u64) -> Result<Admi
             Resolution::Found(op) => operation = Some(op),
             Resolution::NotFound | Resolution::WrongMethod => {
                 let reason = format!("{} {} is not an operation of Looker's API 4.0", request.method, target.path);
-                return Err((Refusal::UnknownOperation { reason }, audit));
+                return Err(Box::new((Refusal::UnknownOperation { reason }, audit)));
             }
         }
     }
     if let Some(op) = operation {
         audit.operation = Some(op.operation_id.clone());
         if GATEWAY_OWNED_OPERATIONS.contains(&op.operation_id.as_str()) {
-            return Err((Refusal::GatewayOwnsAuthentication { operation: op.operation_id.clone() }, audit));
+            return Err(Box::new((Refusal::GatewayOwnsAuthentication { operation: op.operation_id.clone() }, audit)));
         }
     }
     let url_query = match operation {

@@ -317,7 +317,7 @@ impl Policy {
                 if guard.max_limit.is_some_and(|l| l <= 0) {
                     return Err(format!("{at}.query.max_limit: must be positive"));
                 }
-                if matches!(rule.effect_is_deny(), true) {
+                if rule.effect_is_deny() {
                     return Err(format!("{at}.query: guardrails belong on allow rules"));
                 }
             }
@@ -530,7 +530,8 @@ fn compile_pattern(pattern: &str) -> Result<PathPattern, String> {
 impl PathPattern {
     fn matches(&self, path: &str) -> bool {
         let rest = path.strip_prefix('/').unwrap_or(path);
-        let mut parts = if rest.is_empty() { "".split('/').skip(1) } else { rest.split('/').skip(0) };
+        // "/" has no segments; otherwise every piece between slashes is one.
+        let mut parts = rest.split('/').filter(move |_| !rest.is_empty());
         for segment in &self.0 {
             match segment {
                 Segment::Rest => return true,
