@@ -10,7 +10,7 @@ use proxy_wasm::types::{Action, ContextType, LogLevel};
 
 use crate::config::Gateway;
 use crate::flow::{self, Next};
-use crate::host::ProxyHost;
+use crate::host::{Host, ProxyHost};
 use crate::tokens::Worker;
 
 /// How often the root context re-sends orphaned broker calls and expires waiters.
@@ -62,6 +62,8 @@ impl RootContext for GatewayRoot {
                     gateway.broker.cluster
                 );
                 self.gateway = Some(Rc::new(gateway));
+                // Operators see the running version in /stats: lookergate.version.<x_y_z>.
+                ProxyHost.count(&format!("lookergate.version.{}", crate::VERSION.replace('.', "_")), 1);
                 if !ProxyHost::set_tick_period(TICK) {
                     warn!("lookergate: cannot set the tick period; stuck broker calls rely on the callout timeout");
                 }
