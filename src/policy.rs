@@ -665,7 +665,7 @@ mod tests {
             ("GET", "/api/4.0/dashboards", &alice, Box::new(|v| *v == role("analysts-read", "analyst"))),
             ("GET", "/api/4.0/looks/7", &alice, Box::new(|v| *v == role("analysts-read", "analyst"))),
             ("GET", "/api/4.0/looks/7/run", &alice, Box::new(denied(DEFAULT_DENY))),
-            ("GET", "/api/4.0/looks/", &alice, Box::new(denied(DEFAULT_DENY))),
+            ("GET", "/api/4.0/looks", &alice, Box::new(denied(DEFAULT_DENY))),
             ("DELETE", "/api/4.0/dashboards/1", &alice, Box::new(denied(DEFAULT_DENY))),
             ("POST", "/api/4.0/queries/run/json", &alice, Box::new(|v| *v == role("analysts-query", "analyst"))),
             ("GET", "/api/4.0/dashboards/1", &eve, Box::new(denied("no-eve"))),
