@@ -16,9 +16,11 @@ use crate::policy::{Policy, RawPolicy};
 pub const SUPPORTED_VERSION: u32 = 1;
 
 #[derive(Debug, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema), schemars(rename = "PluginConfig"))]
 #[serde(deny_unknown_fields)]
 pub struct RawConfig {
     #[serde(default = "default_version")]
+    #[cfg_attr(feature = "schema", schemars(range(min = 1, max = 1)))]
     pub version: u32,
     pub issuers: Vec<RawIssuer>,
     pub policy: RawPolicy,
@@ -30,6 +32,7 @@ pub struct RawConfig {
     pub api_prefix: String,
     /// Most bytes of a request body read when a rule inspects a query.
     #[serde(default = "default_max_body_bytes")]
+    #[cfg_attr(feature = "schema", schemars(range(min = 1024, max = 16777216)))]
     pub max_body_bytes: usize,
 }
 
@@ -46,6 +49,7 @@ fn default_version() -> u32 {
 }
 
 #[derive(Debug, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema), schemars(rename = "Issuer"))]
 #[serde(deny_unknown_fields)]
 pub struct RawIssuer {
     pub issuer: String,
@@ -62,22 +66,28 @@ pub struct RawIssuer {
     /// The Envoy cluster that reaches the IdP (for `jwks_uri` / `discovery`).
     #[serde(default)]
     pub cluster: Option<String>,
+    #[cfg_attr(feature = "schema", schemars(with = "String", regex(pattern = r"^\s*[0-9]+(ms|s|m|h|d)\s*$")))]
     #[serde(default = "default_jwks_refresh", deserialize_with = "duration::deserialize")]
     pub jwks_refresh: Duration,
+    #[cfg_attr(feature = "schema", schemars(with = "String", regex(pattern = r"^\s*[0-9]+(ms|s|m|h|d)\s*$")))]
     #[serde(default = "default_jwks_max_stale", deserialize_with = "duration::deserialize")]
     pub jwks_max_stale: Duration,
     /// At most one refetch per this interval when a token names an unknown `kid`.
+    #[cfg_attr(feature = "schema", schemars(with = "String", regex(pattern = r"^\s*[0-9]+(ms|s|m|h|d)\s*$")))]
     #[serde(default = "default_unknown_kid_refetch", deserialize_with = "duration::deserialize")]
     pub unknown_kid_refetch: Duration,
+    #[cfg_attr(feature = "schema", schemars(with = "String", regex(pattern = r"^\s*[0-9]+(ms|s|m|h|d)\s*$")))]
     #[serde(default = "default_jwks_timeout", deserialize_with = "duration::deserialize")]
     pub jwks_timeout: Duration,
     #[serde(default)]
     pub algorithms: Option<Vec<Algorithm>>,
+    #[cfg_attr(feature = "schema", schemars(with = "String", regex(pattern = r"^\s*[0-9]+(ms|s|m|h|d)\s*$")))]
     #[serde(default = "default_skew", deserialize_with = "duration::deserialize")]
     pub clock_skew: Duration,
     #[serde(default)]
     pub from: Option<RawTokenSource>,
     #[serde(default = "default_max_token_bytes")]
+    #[cfg_attr(feature = "schema", schemars(range(min = 256, max = 65536)))]
     pub max_token_bytes: usize,
 }
 
@@ -106,6 +116,7 @@ fn default_max_token_bytes() -> usize {
 }
 
 #[derive(Debug, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema), schemars(rename = "TokenSource"))]
 #[serde(deny_unknown_fields)]
 pub struct RawTokenSource {
     pub header: String,
@@ -114,6 +125,7 @@ pub struct RawTokenSource {
 }
 
 #[derive(Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema), schemars(rename = "Broker"))]
 #[serde(deny_unknown_fields)]
 pub struct RawBroker {
     pub cluster: String,
@@ -121,6 +133,7 @@ pub struct RawBroker {
     pub authority: String,
     #[serde(default = "default_broker_path")]
     pub path: String,
+    #[cfg_attr(feature = "schema", schemars(with = "String", regex(pattern = r"^\s*[0-9]+(ms|s|m|h|d)\s*$")))]
     #[serde(default = "default_broker_timeout", deserialize_with = "duration::deserialize")]
     pub timeout: Duration,
     pub credential: String,
@@ -151,8 +164,10 @@ fn default_broker_timeout() -> Duration {
 }
 
 #[derive(Debug, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema), schemars(rename = "LookerToken"))]
 #[serde(deny_unknown_fields)]
 pub struct RawLookerToken {
+    #[cfg_attr(feature = "schema", schemars(with = "String", regex(pattern = r"^\s*[0-9]+(ms|s|m|h|d)\s*$")))]
     #[serde(default = "default_refresh_before", deserialize_with = "duration::deserialize")]
     pub refresh_before: Duration,
 }

@@ -463,7 +463,9 @@ fn report_decision<H: Host>(host: &H, context_id: u32, request_id: &str, method:
         ("lookergate_reason", audit.reason.as_deref().unwrap_or("-")),
         ("lookergate_shadow", shadows.as_str()),
     ];
-    host.record_audit(&fields);
+    // Unset fields print as "-" in the access log anyway: skip their hostcalls.
+    let set: Vec<(&'static str, &str)> = fields.iter().copied().filter(|(_, v)| *v != "-").collect();
+    host.record_audit(&set);
     match audit.verdict {
         "allow" => host.count("lookergate.decision.allow", 1),
         _ => host.count(&format!("lookergate.decision.deny.{}", audit.reason.as_deref().unwrap_or("unknown")), 1),
@@ -471,12 +473,10 @@ fn report_decision<H: Host>(host: &H, context_id: u32, request_id: &str, method:
     for shadow in &audit.shadows {
         host.count(&format!("lookergate.shadow.{}", shadow.replace(':', ".would_")), 1);
     }
-    let line = fields.iter().map(|(k, v)| format!("{}={v}", k.trim_start_matches("lookergate_"))).collect::<Vec<_>>().join(" ");
-    let line = format!("lookergate[{context_id}] request_id={request_id} method={method} {line}");
-    if audit.verdict == "allow" && audit.shadows.is_empty() {
-        debug!("{line}");
-    } else {
-        info!("{line}");
+    let level = if audit.verdict == "allow" && audit.shadows.is_empty() { log::Level::Debug } else { log::Level::Info };
+    if log::log_enabled!(level) {
+        let line = fields.iter().map(|(k, v)| format!("{}={v}", k.trim_start_matches("lookergate_"))).collect::<Vec<_>>().join(" ");
+        log::log!(level, "lookergate[{context_id}] request_id={request_id} method={method} {line}");
     }
 }
 

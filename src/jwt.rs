@@ -33,6 +33,7 @@ const MAX_PEEK_BYTES: usize = 65_536;
 /// Asymmetric JWS algorithms we verify. HMAC (`HS*`) and `none` are deliberately absent:
 /// a public key must never serve as a shared secret.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub enum Algorithm {
     RS256,
     RS384,

@@ -9,6 +9,7 @@ use crate::ratelimit::RateLimit;
 
 /// A Looker identity the gateway acts as, as written in a rule.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema), schemars(rename = "Identity"))]
 #[serde(deny_unknown_fields, rename_all = "snake_case")]
 pub enum IdentitySpec {
     /// A service account per role; the broker holds its API3 credentials.
@@ -18,6 +19,7 @@ pub enum IdentitySpec {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema), schemars(rename = "UserIdentity"))]
 #[serde(deny_unknown_fields)]
 pub struct UserIdentitySpec {
     /// Claim holding the user's Looker credential id (default `email`).
@@ -57,6 +59,7 @@ impl LookerIdentity {
 
 /// One condition on the principal's claims.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema), schemars(rename = "Condition"))]
 #[serde(deny_unknown_fields)]
 pub struct RawCondition {
     pub claim: String,
@@ -71,6 +74,7 @@ pub struct RawCondition {
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema), schemars(rename = "Rule"))]
 #[serde(deny_unknown_fields)]
 pub struct RawRule {
     pub name: String,
@@ -109,6 +113,7 @@ pub struct RawRule {
 
 /// What a rule allows of a query (`model`, `view`, `limit`, `filters`).
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct QueryGuard {
     #[serde(default)]
@@ -162,6 +167,7 @@ pub struct Input<'a> {
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema), schemars(rename = "Policy"))]
 #[serde(deny_unknown_fields)]
 pub struct RawPolicy {
     pub rules: Vec<RawRule>,
@@ -339,20 +345,34 @@ impl Policy {
         Ok(Policy { rules })
     }
 
-    /// First matching (non-shadow) rule decides; no match is `default_deny`.
+    /// First matching (non-shadow) rule decides; no match is `default_deny`. The hot
+    /// path: no explanation is built (see [`Policy::explain`]).
     pub fn evaluate(&self, input: &Input<'_>) -> Evaluation {
+        self.run(input, false)
+    }
+
+    /// Like `evaluate`, with `trace`: why each rule before the deciding one did not apply.
+    pub fn explain(&self, input: &Input<'_>) -> Evaluation {
+        self.run(input, true)
+    }
+
+    fn run(&self, input: &Input<'_>, explain: bool) -> Evaluation {
         let mut shadows = Vec::new();
         let mut trace = Vec::new();
         for rule in &self.rules {
-            if let Err(why) = rule.matches(input) {
-                trace.push((rule.name.clone(), why));
+            if let Err(miss) = rule.matches(input) {
+                if explain {
+                    trace.push((rule.name.clone(), rule.describe(miss, input)));
+                }
                 continue;
             }
             let verdict = rule.decide(input);
             if rule.shadow {
                 let would = if matches!(verdict, Verdict::Allow { .. }) { "allow" } else { "deny" };
                 shadows.push(ShadowHit { rule: rule.name.clone(), would });
-                trace.push((rule.name.clone(), format!("shadow rule: would {would}")));
+                if explain {
+                    trace.push((rule.name.clone(), format!("shadow rule: would {would}")));
+                }
                 continue;
             }
             return Evaluation { verdict, shadows, trace };
@@ -384,49 +404,88 @@ impl RawRule {
     }
 }
 
+/// Why a rule does not apply to a request (described only when explaining).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Miss {
+    Method,
+    Path,
+    Operation,
+    SqlRunner,
+    Tag,
+    ActivityType,
+    Status,
+    QueryNotInspectable,
+    Condition(usize),
+}
+
 impl Rule {
     /// Method, path and operation only (no claims, no query).
-    fn matches_request(&self, input: &Input<'_>) -> Result<(), String> {
+    fn matches_request(&self, input: &Input<'_>) -> Result<(), Miss> {
         if !self.methods.is_empty() && !self.methods.iter().any(|m| m == input.method) {
-            return Err(format!("method {} is not in {:?}", input.method, self.methods));
+            return Err(Miss::Method);
         }
         if !self.paths.is_empty() && !self.paths.iter().any(|p| p.matches(input.path)) {
-            return Err("no path pattern matches".to_owned());
+            return Err(Miss::Path);
         }
         let op = input.operation;
         let id = op.map(|o| o.operation_id.as_str());
         if !self.operations.is_empty() && !id.is_some_and(|id| self.operations.iter().any(|o| o == id)) {
-            return Err(format!("operation {} is not in {:?}", id.unwrap_or("(none)"), self.operations));
+            return Err(Miss::Operation);
         }
         // SQL Runner is reachable only through a rule that names the operation.
         if let Some(id) = id {
             if SQL_RUNNER_OPERATIONS.contains(&id) && !self.operations.iter().any(|o| o == id) {
-                return Err(format!("{id} is SQL Runner: only a rule naming it in `operations` applies"));
+                return Err(Miss::SqlRunner);
             }
         }
         if !self.tags.is_empty() && !op.is_some_and(|o| o.tags.iter().any(|t| self.tags.contains(t))) {
-            return Err(format!("operation tags are not in {:?}", self.tags));
+            return Err(Miss::Tag);
         }
         if !self.activity_types.is_empty() && !op.is_some_and(|o| self.activity_types.contains(&o.activity_type)) {
-            return Err(format!("activity type is not in {:?}", self.activity_types));
+            return Err(Miss::ActivityType);
         }
         if !self.statuses.is_empty() && !op.is_some_and(|o| self.statuses.contains(&o.status)) {
-            return Err(format!("operation status is not in {:?}", self.statuses));
+            return Err(Miss::Status);
         }
         if self.query.is_some() && !id.is_some_and(|id| INSPECTABLE_QUERY_OPERATIONS.contains(&id)) {
-            return Err("has query guardrails, and this operation's query cannot be inspected".to_owned());
+            return Err(Miss::QueryNotInspectable);
         }
         Ok(())
     }
 
-    fn matches(&self, input: &Input<'_>) -> Result<(), String> {
+    fn matches(&self, input: &Input<'_>) -> Result<(), Miss> {
         self.matches_request(input)?;
-        for (i, c) in self.when.iter().enumerate() {
-            if !c.holds(input.claims) {
-                return Err(format!("condition when[{i}] on claim {:?} does not hold", c.claim.join(".")));
+        match self.when.iter().position(|c| !c.holds(input.claims)) {
+            Some(i) => Err(Miss::Condition(i)),
+            None => Ok(()),
+        }
+    }
+
+    fn describe(&self, miss: Miss, input: &Input<'_>) -> String {
+        let op = input.operation;
+        let id = op.map_or("(none)", |o| o.operation_id.as_str());
+        match miss {
+            Miss::Method => format!("method {} is not in {:?}", input.method, self.methods),
+            Miss::Path => format!("path {} matches none of its path patterns", input.path),
+            Miss::Operation => format!("operation {id} is not in {:?}", self.operations),
+            Miss::SqlRunner => format!("{id} is SQL Runner: only a rule naming it in `operations` applies"),
+            Miss::Tag => format!("operation tags {:?} are not in {:?}", op.map(|o| &o.tags), self.tags),
+            Miss::ActivityType => format!(
+                "activity type {} is not in {:?}",
+                op.map_or("(none)", |o| o.activity_type.as_str()),
+                self.activity_types
+            ),
+            Miss::Status => {
+                format!("operation status {} is not in {:?}", op.map_or("(none)", |o| o.status.as_str()), self.statuses)
+            }
+            Miss::QueryNotInspectable => {
+                "has query guardrails, and this operation's query cannot be inspected".to_owned()
+            }
+            Miss::Condition(i) => {
+                let claim = self.when.get(i).map(|c| c.claim.join(".")).unwrap_or_default();
+                format!("condition when[{i}] on claim {claim:?} does not hold")
             }
         }
-        Ok(())
     }
 
     fn decide(&self, input: &Input<'_>) -> Verdict {
@@ -826,6 +885,16 @@ mod tests {
         let e = eval(&p, "GET", "/api/4.0/user", &who, None);
         assert_eq!(e.shadows, vec![ShadowHit { rule: "would-allow-users".into(), would: "allow" }]);
         assert!(matches!(e.verdict, Verdict::Allow { ref rule, .. } if rule == "analysts"));
-        assert_eq!(e.trace.len(), 2, "{:?}", e.trace);
+        assert!(e.trace.is_empty(), "the hot path builds no explanation");
+        let operation = table().by_id("me");
+        let explained = p.explain(&Input { method: "GET", path: "/api/4.0/user", operation, claims: &who, query: None });
+        assert_eq!(explained.verdict, e.verdict);
+        assert_eq!(
+            explained.trace,
+            vec![
+                ("would-block-queries".to_owned(), "operation me is not in [\"run_inline_query\"]".to_owned()),
+                ("would-allow-users".to_owned(), "shadow rule: would allow".to_owned()),
+            ]
+        );
     }
 }

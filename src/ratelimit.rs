@@ -7,6 +7,7 @@ use crate::host::Host;
 
 /// A rule's limits for each principal (`sub`).
 #[derive(Debug, Clone, PartialEq, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct RateLimit {
     /// Sustained requests per second.

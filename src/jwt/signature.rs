@@ -186,7 +186,7 @@ impl<C: ForeignCall> SignatureBackend for HostVerifier<C> {
 /// A JWS ECDSA signature (`r || s`, each half the curve's byte size) as the DER
 /// `ECDSA-Sig-Value` BoringSSL expects, minimally encoded (BoringSSL refuses any other).
 pub fn ecdsa_signature_der(raw: &[u8]) -> Option<Vec<u8>> {
-    if raw.is_empty() || raw.len() % 2 != 0 {
+    if raw.is_empty() || raw.len() & 1 == 1 {
         return None;
     }
     let (r, s) = raw.split_at(raw.len() / 2);
