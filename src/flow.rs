@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use log::{debug, info, warn};
+use log::{debug, warn};
 
 use crate::broker::{self, MAX_RESPONSE_BYTES};
 use crate::config::Gateway;
