@@ -70,3 +70,48 @@ lint: wasm-target
 
 fmt:
 	$(CARGO) fmt --all
+
+# ---- bench (owned by the performance work; see bench/RESULTS.md) -------------------
+# `make bench`: lookergate vs bare Envoy, a no-op Wasm filter and native jwt_authn, side
+# by side on loopback (one Envoy worker, wrk). Writes bench/results.json,
+# bench/RESULTS.md (figures block) and bench/ratios.svg. ~10 minutes.
+BENCH_ROUNDS ?= 3
+BENCH_DURATION ?= 5
+BENCH_CONNECTIONS ?= 32
+BENCH_RATE ?= 1000
+BENCH_ONLY ?=
+
+.PHONY: bench
+bench: wasm-target envoy
+	$(CARGO) build --release --target $(WASM_TARGET) -p lookergate --lib -p lookergate-noop-filter
+	$(CARGO) build --release -p lookergate-broker -p lookergate-looker-sim
+	@command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk; }
+	@$(PYTHON) -c 'import cryptography, yaml' 2>/dev/null || $(PYTHON) -m pip install --quiet cryptography pyyaml
+	BENCH_ROUNDS=$(BENCH_ROUNDS) BENCH_DURATION=$(BENCH_DURATION) BENCH_CONNECTIONS=$(BENCH_CONNECTIONS) \
+	BENCH_RATE=$(BENCH_RATE) BENCH_ONLY=$(BENCH_ONLY) $(PYTHON) bench/bench.py
+
+# ---- fuzz (hardening; see docs/FUZZING.md) -------------------------------------------
+# `make fuzz`: each cargo-fuzz target for FUZZ_SECONDS (default 60), one at a time, then a
+# summary (fuzz/logs/summary.md). Needs the nightly toolchain and cargo-fuzz.
+FUZZ_SECONDS ?= 60
+FUZZ_TARGETS ?=
+
+.PHONY: fuzz
+fuzz:
+	@command -v cargo-fuzz >/dev/null || $(CARGO) install cargo-fuzz --locked
+	FUZZ_SECONDS=$(FUZZ_SECONDS) FUZZ_TARGETS="$(FUZZ_TARGETS)" fuzz/run.sh
+
+# ---- soak (hardening; see docs/SOAK.md) ----------------------------------------------
+# `make soak`: sim (30 s Looker tokens) + broker + dev IdP + Envoy (2 workers) with the
+# filter; a capacity probe, then SOAK_SECONDS at ~70% of it (or SOAK_RATE req/s) with JWTs
+# re-minted every minute and an IdP key rotation half way. Writes soak/last-run.json and
+# the results block of docs/SOAK.md; exits non-zero if anything went wrong.
+SOAK_SECONDS ?= 600
+SOAK_RATE ?=
+
+.PHONY: soak
+soak: wasm envoy
+	$(CARGO) build --release -p lookergate-broker -p lookergate-looker-sim -p lookergate-cli -p lookergate-soak
+	LOOKERGATE_WASM="$(CURDIR)/$(WASM)" LOOKERGATE_ENVOY="$(CURDIR)/$(ENVOY)" \
+	target/release/lookergate-soak --seconds $(SOAK_SECONDS) --rate "$(SOAK_RATE)" \
+	  --invocation "make soak SOAK_SECONDS=$(SOAK_SECONDS)$(if $(SOAK_RATE), SOAK_RATE=$(SOAK_RATE))"

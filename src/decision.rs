@@ -240,6 +240,9 @@ pub fn query_from_body(body: &[u8]) -> Result<QueryFacts, String> {
     let value: serde_json::Value =
         serde_json::from_slice(body).map_err(|_| "the query body is not valid JSON".to_owned())?;
     let object = value.as_object().ok_or_else(|| "the query body is not a JSON object".to_owned())?;
+    // serde_json keeps the last of duplicated keys; Looker's parser might keep another.
+    // `{"limit":"100000","limit":"10"}` must not mean one thing here and another there.
+    serde_json::from_slice::<UniqueKeys>(body).map_err(|e| format!("the query body is ambiguous: {e}"))?;
     let text = |key: &str| object.get(key).and_then(|v| v.as_str()).map(str::to_owned);
     let limit = match object.get("limit") {
         None | Some(serde_json::Value::Null) => None,
@@ -255,6 +258,32 @@ pub fn query_from_body(body: &[u8]) -> Result<QueryFacts, String> {
         _ => Vec::new(),
     };
     Ok(QueryFacts { model: text("model"), view: text("view"), limit, filters })
+}
+
+/// Deserializes a JSON object only to check that no top-level key repeats.
+struct UniqueKeys;
+
+impl<'de> serde::Deserialize<'de> for UniqueKeys {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = UniqueKeys;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<UniqueKeys, A::Error> {
+                let mut seen = std::collections::HashSet::new();
+                while let Some(key) = map.next_key::<String>()? {
+                    if !seen.insert(key.clone()) {
+                        return Err(serde::de::Error::custom(format!("key {key:?} appears twice")));
+                    }
+                    map.next_value::<serde::de::IgnoredAny>()?;
+                }
+                Ok(UniqueKeys)
+            }
+        }
+        deserializer.deserialize_map(Visitor)
+    }
 }
 
 /// `run_url_encoded_query`: `/queries/models/{model}/views/{view}/run/{format}` with
@@ -535,6 +564,9 @@ mod tests {
         assert_eq!(query_from_body(br#"{"limit":500}"#).unwrap().limit, Some(500));
         assert!(query_from_body(br#"{"limit":"ten"}"#).is_err());
         assert!(query_from_body(b"[1]").is_err());
+        // found by fuzzing review: last-one-wins duplicates would let a limit slip past
+        let dup = query_from_body(br#"{"limit":"100000","limit":"10"}"#).unwrap_err();
+        assert!(dup.contains("appears twice"), "{dup}");
         let u = query_from_url("/api/4.0/queries/models/thelook/views/orders/run/json", Some("limit=20&f[orders.status]=x"));
         assert_eq!((u.model.as_deref(), u.view.as_deref(), u.limit), (Some("thelook"), Some("orders"), Some(20)));
         assert_eq!(u.filters, vec!["orders.status".to_owned()]);

@@ -40,8 +40,10 @@ pub fn parse_target(raw: &str) -> Result<RequestTarget<'_>, BadPath> {
     if raw.bytes().any(|b| b < 0x20 || b == 0x7f) {
         return Err(BadPath("request target contains a control character"));
     }
-    if path.bytes().any(|b| b == b'\\' || b == b'#' || b >= 0x80) {
-        return Err(BadPath("path contains a backslash, '#' or a non-ASCII byte"));
+    // RFC 3986 pchar, less ';' (path parameters: some servers strip `;...` before
+    // routing, so `..;` would become `..` behind the policy's back).
+    if !path.bytes().all(is_path_byte) {
+        return Err(BadPath("path contains a character not allowed in a URI path (space, ';', '\\', '#', non-ASCII, ...)"));
     }
     let decoded = decode_unreserved(path)?;
     let body = decoded.strip_prefix('/').unwrap_or(&decoded);
@@ -63,6 +65,10 @@ pub fn parse_target(raw: &str) -> Result<RequestTarget<'_>, BadPath> {
     Ok(RequestTarget { path, query })
 }
 
+fn is_path_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"-._~!$&'()*+,=:@/%".contains(&b)
+}
+
 fn decode_unreserved(path: &str) -> Result<String, BadPath> {
     let bytes = path.as_bytes();
     let mut out = String::with_capacity(path.len());
@@ -80,7 +86,7 @@ fn decode_unreserved(path: &str) -> Result<String, BadPath> {
         let value = u8::try_from(hi * 16 + lo).unwrap_or(0);
         match value {
             // Encoded '/', backslash and '%' would change how the path splits or decodes.
-            b'/' | b'\\' | b'%' => return Err(BadPath("path contains an encoded '/', backslash or '%'")),
+            b'/' | b'\\' | b'%' | b';' => return Err(BadPath("path contains an encoded '/', backslash, '%' or ';'")),
             0x00..=0x1f | 0x7f => return Err(BadPath("path contains an encoded control character")),
             v if v.is_ascii_alphanumeric() || b"-._~".contains(&v) => out.push(char::from(v)),
             _ => out.push_str(&format!("%{value:02X}")),
@@ -150,6 +156,18 @@ mod tests {
             "/api/4.0/us\u{e9}r",
             "/api/4.0/user#frag",
             "/api/4.0/user?x=\u{7f}",
+            // found by fuzzing: a literal space survived and was forwarded
+            "/api/4.0/users/42/a b",
+            "/api/4.0/user%41 x",
+            // `..;` is `..` to servers that strip path parameters
+            "/api/4.0/groups/..;/users",
+            "/api/4.0/folders/%2e%2e;x/dashboards",
+            "/api/4.0/users/.;/1",
+            "/api/4.0/users/..%3b/1",
+            "/api/4.0/a\"b",
+            "/api/4.0/a<b>",
+            "/api/4.0/a{b}",
+            "/api/4.0/a|b",
         ];
         for raw in bad {
             assert!(parse_target(raw).is_err(), "{raw} should be refused");
