@@ -115,3 +115,12 @@ soak: wasm envoy
 	LOOKERGATE_WASM="$(CURDIR)/$(WASM)" LOOKERGATE_ENVOY="$(CURDIR)/$(ENVOY)" \
 	target/release/lookergate-soak --seconds $(SOAK_SECONDS) --rate "$(SOAK_RATE)" \
 	  --invocation "make soak SOAK_SECONDS=$(SOAK_SECONDS)$(if $(SOAK_RATE), SOAK_RATE=$(SOAK_RATE))"
+
+# ---- deployment artifacts (envoy/*.yaml, envoy/istio, envoy/envoy-gateway, Dockerfiles) -
+# `make deploy-check`: `envoy --mode validate` on every shipped Envoy config, the plugin
+# JSON of every config and manifest against the demo's (and loaded by the filter), the
+# manifests' field names, compose/Dockerfile consistency; see tests/deploy_check.py.
+.PHONY: deploy-check
+deploy-check: wasm envoy
+	@.venv/bin/python -c 'import yaml' 2>/dev/null || .venv/bin/pip install --quiet --disable-pip-version-check pyyaml==6.0.3
+	LOOKERGATE_ENVOY="$(CURDIR)/$(ENVOY)" .venv/bin/python tests/deploy_check.py

@@ -340,6 +340,13 @@ fn authenticate(
         presented = Some((header.as_str(), value));
     }
     let Some((header, value)) = presented else { return Err(Refusal::MissingToken) };
+    // Envoy folds repeated headers into one value joined by ','; a JWT has no ','.
+    if value.contains(',') {
+        return Err(Refusal::InvalidToken {
+            code: "multiple_tokens",
+            detail: format!("the {header} header carries more than one value"),
+        });
+    }
     // Several issuers may share a header; choose by the (unverified) `iss`, then verify.
     let candidates: Vec<_> = gateway.issuers.iter().filter(|i| i.source.header == header).collect();
     let chosen = match candidates.as_slice() {

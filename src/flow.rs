@@ -36,12 +36,20 @@ pub enum Stage {
     #[default]
     Headers,
     /// Headers held back while the body a rule inspects is buffered.
-    AwaitingBody { admitted: Box<Admitted>, request_id: String, method: String },
+    AwaitingBody { admitted: Box<Admitted>, request_id: String, method: String, since_ms: u64 },
     /// Headers held back while the issuer's keys are refetched (unknown `kid`); the
     /// body, if any, keeps buffering meanwhile.
     AwaitingKeys { body_size: usize, body_complete: bool },
-    Decided,
+    /// Allowed; paused until the broker answers. Body data must not move the stream.
+    AwaitingToken,
+    /// Answered locally (refused). Nothing more goes upstream.
+    Refused,
+    /// Forwarded with a Looker token.
+    Forwarded,
 }
+
+/// How long a request may take to deliver the body a rule inspects.
+const BODY_WAIT: Duration = Duration::from_secs(15);
 
 /// Handles a request's headers on context `context_id`.
 pub fn on_request<H: Host>(gateway: &Gateway, worker: &mut Worker, host: &H, context_id: u32, end_of_stream: bool) -> Next {
@@ -83,13 +91,18 @@ fn decide_request<H: Host>(
         }
         Decision::NeedBody(admitted) => match body {
             None => {
-                let stage = Stage::AwaitingBody { admitted, request_id: request.request_id, method: request.method };
+                let stage = Stage::AwaitingBody {
+                    admitted,
+                    request_id: request.request_id,
+                    method: request.method,
+                    since_ms: now_ms,
+                };
                 worker.stages.insert(context_id, stage);
                 return Next::Pause;
             }
             Some(size) => {
                 if size > gateway.max_body_bytes {
-                    worker.stages.insert(context_id, Stage::Decided);
+                    worker.stages.insert(context_id, Stage::Refused);
                     refuse(host, &Refusal::PayloadTooLarge { limit: gateway.max_body_bytes }, &request.request_id);
                     return Next::Pause;
                 }
@@ -99,7 +112,6 @@ fn decide_request<H: Host>(
         },
         other => other,
     };
-    worker.stages.insert(context_id, Stage::Decided);
     proceed(gateway, worker, host, context_id, &request.request_id, &request.method, decision, now_ms)
 }
 
@@ -115,10 +127,13 @@ pub fn on_body<H: Host>(
     let stage = worker.stages.entry(context_id).or_default();
     match stage {
         Stage::AwaitingBody { .. } | Stage::AwaitingKeys { .. } => {}
-        Stage::Headers | Stage::Decided => return Next::Continue,
+        Stage::Forwarded => return Next::Continue,
+        // Still waiting for the broker, or refused: body data must not resume the
+        // stream (it would go upstream without a Looker token).
+        Stage::AwaitingToken | Stage::Refused | Stage::Headers => return Next::Pause,
     }
     if body_size > gateway.max_body_bytes {
-        let request_id = match std::mem::replace(stage, Stage::Decided) {
+        let request_id = match std::mem::replace(stage, Stage::Refused) {
             Stage::AwaitingBody { request_id, .. } => request_id,
             _ => String::new(),
         };
@@ -134,8 +149,8 @@ pub fn on_body<H: Host>(
     if !end_of_stream {
         return Next::Pause; // keep buffering
     }
-    let Stage::AwaitingBody { admitted, request_id, method } = std::mem::replace(stage, Stage::Decided) else {
-        return Next::Continue;
+    let Stage::AwaitingBody { admitted, request_id, method, .. } = std::mem::replace(stage, Stage::Refused) else {
+        return Next::Pause;
     };
     let body = host.request_body(body_size);
     let decision = decision::decide_body(gateway, *admitted, &body);
@@ -194,16 +209,33 @@ fn proceed<H: Host>(
     decision: Decision,
     now_ms: u64,
 ) -> Next {
+    let (next, stage) = forward_or_refuse(gateway, worker, host, context_id, request_id, method, decision, now_ms);
+    worker.stages.insert(context_id, stage);
+    next
+}
+
+#[allow(clippy::too_many_arguments)]
+fn forward_or_refuse<H: Host>(
+    gateway: &Gateway,
+    worker: &mut Worker,
+    host: &H,
+    context_id: u32,
+    request_id: &str,
+    method: &str,
+    decision: Decision,
+    now_ms: u64,
+) -> (Next, Stage) {
+    let refused = (Next::Pause, Stage::Refused);
     match decision {
         Decision::NeedBody(_) => {
             // decide_body never asks for the body again; fail closed if it ever did.
             refuse(host, &Refusal::BadRequest { reason: "the request body could not be inspected".into() }, request_id);
-            Next::Pause
+            refused
         }
         Decision::Refuse { refusal, audit } => {
             report_decision(host, context_id, request_id, method, &audit);
             refuse(host, &refusal, request_id);
-            Next::Pause
+            refused
         }
         Decision::Forward { identity, subject, header_ops, mut audit } => {
             if let Err(refusal) = check_rate_limit(gateway, host, &subject, &audit, now_ms) {
@@ -211,7 +243,7 @@ fn proceed<H: Host>(
                 audit.reason = Some(refusal.code().to_owned());
                 report_decision(host, context_id, request_id, method, &audit);
                 refuse(host, &refusal, request_id);
-                return Next::Pause;
+                return refused;
             }
             report_decision(host, context_id, request_id, method, &audit);
             let rule = audit.rule.unwrap_or_default();
@@ -219,12 +251,12 @@ fn proceed<H: Host>(
                 return match host.apply(&decision::with_looker_token(header_ops, &token)) {
                     Ok(()) => {
                         worker.forwarded.insert(context_id, (identity, token));
-                        Next::Continue
+                        (Next::Continue, Stage::Forwarded)
                     }
                     Err(e) => {
                         warn!("lookergate[{context_id}] request_id={request_id} rewrite failed: {}", e.0);
                         refuse(host, &Refusal::BrokerUnavailable { reason: "gateway rewrite failed".into() }, request_id);
-                        Next::Pause
+                        refused
                     }
                 };
             }
@@ -232,7 +264,7 @@ fn proceed<H: Host>(
             let deadline_ms = now_ms + millis(gateway.broker.timeout + WAIT_GRACE);
             let waiter = Waiter { context_id, header_ops, request_id: request_id.to_owned(), rule, deadline_ms };
             let Err(waiter) = worker.join(&identity, waiter) else {
-                return Next::Pause; // a broker call for this identity is already in flight here
+                return (Next::Pause, Stage::AwaitingToken); // a call for this identity is in flight here
             };
             let (headers, body) = broker::token_request(&gateway.broker, &identity, &subject, request_id);
             match host.dispatch(&gateway.broker.cluster, &headers, body.as_bytes(), gateway.broker.timeout) {
@@ -247,13 +279,14 @@ fn proceed<H: Host>(
                         started_ms: now_ms,
                     };
                     worker.start(flight, Some(context_id));
+                    (Next::Pause, Stage::AwaitingToken)
                 }
                 Err(e) => {
                     warn!("lookergate[{context_id}] request_id={request_id} broker dispatch failed: {}", e.0);
                     refuse(host, &Refusal::BrokerUnavailable { reason: "cannot reach the token broker".into() }, request_id);
+                    refused
                 }
             }
-            Next::Pause
         }
     }
 }
@@ -339,8 +372,10 @@ pub fn on_broker_answer<H: Host>(
                 }
                 let ops = decision::with_looker_token(waiter.header_ops, &answer.access_token);
                 worker.forwarded.insert(waiter.context_id, (flight.identity.clone(), answer.access_token.clone()));
+                worker.stages.insert(waiter.context_id, Stage::Forwarded);
                 let resumed = host.apply(&ops).and_then(|()| host.resume());
                 if let Err(e) = resumed {
+                    worker.stages.insert(waiter.context_id, Stage::Refused);
                     warn!("lookergate[{}] request_id={} resume failed: {}", waiter.context_id, waiter.request_id, e.0);
                     refuse(host, &Refusal::BrokerUnavailable { reason: "gateway rewrite failed".into() }, &waiter.request_id);
                 }
@@ -354,6 +389,7 @@ pub fn on_broker_answer<H: Host>(
                 flight.waiters.len()
             );
             for waiter in flight.waiters {
+                worker.stages.insert(waiter.context_id, Stage::Refused);
                 if host.switch_to(waiter.context_id) {
                     let refusal = match &refusal {
                         Refusal::NoLookerUser { .. } => Refusal::NoLookerUser { rule: waiter.rule.clone() },
@@ -405,6 +441,23 @@ pub fn on_tick<H: Host>(gateway: &Gateway, worker: &mut Worker, host: &H, root_c
     for waiter in worker.keys.overdue(now_ms) {
         redecide_after_keys(gateway, worker, host, waiter.context_id);
     }
+    // A body that never arrives must not hold a request forever. (It also catches an
+    // Envoy that never delivers body data after paused headers: the Wasm filter needs
+    // `allow_on_headers_stop_iteration: true` for query guardrails.)
+    let stalled: Vec<u32> = worker
+        .stages
+        .iter()
+        .filter(|(_, stage)| matches!(stage, Stage::AwaitingBody { since_ms, .. } if now_ms >= since_ms + millis(BODY_WAIT)))
+        .map(|(ctx, _)| *ctx)
+        .collect();
+    for context_id in stalled {
+        if let Some(Stage::AwaitingBody { request_id, .. }) = worker.stages.insert(context_id, Stage::Refused) {
+            warn!("lookergate[{context_id}] request_id={request_id} body not received within {BODY_WAIT:?}; check allow_on_headers_stop_iteration");
+            if host.switch_to(context_id) {
+                refuse(host, &Refusal::BodyTimeout, &request_id);
+            }
+        }
+    }
     for flight in worker.orphans() {
         host.switch_to(root_context);
         let (headers, body) = broker::token_request(&gateway.broker, &flight.identity, &flight.subject, &flight.request_id);
@@ -416,6 +469,7 @@ pub fn on_tick<H: Host>(gateway: &Gateway, worker: &mut Worker, host: &H, root_c
             Err(e) => {
                 warn!("lookergate broker re-dispatch failed: {}", e.0);
                 for waiter in worker.abandon(&flight.identity) {
+                    worker.stages.insert(waiter.context_id, Stage::Refused);
                     if host.switch_to(waiter.context_id) {
                         refuse(host, &Refusal::BrokerUnavailable { reason: "cannot reach the token broker".into() }, &waiter.request_id);
                     }
@@ -424,6 +478,7 @@ pub fn on_tick<H: Host>(gateway: &Gateway, worker: &mut Worker, host: &H, root_c
         }
     }
     for waiter in worker.overdue(host.now_ms()) {
+        worker.stages.insert(waiter.context_id, Stage::Refused);
         if host.switch_to(waiter.context_id) {
             refuse(host, &Refusal::BrokerUnavailable { reason: "timed out waiting for the token broker".into() }, &waiter.request_id);
         }
@@ -804,7 +859,7 @@ mod tests {
         rig.start(30, &["querying"], "POST", "/api/4.0/queries/run/json", false);
         rig.body(30, &"x".repeat(2049), false);
         assert_eq!(rig.status(30), Some(413));
-        assert!(matches!(rig.worker.stages.get(&30), Some(Stage::Decided)));
+        assert!(matches!(rig.worker.stages.get(&30), Some(Stage::Refused)));
     }
 
     fn remote_rig() -> Rig {
@@ -856,7 +911,7 @@ mod tests {
         rig.answer(refetch_id, Some(200), &rig.idp.jwks.to_string(), 12);
         assert_eq!(rig.status(12), None, "no refusal: decided again with the new keys");
         assert_eq!(rig.status(13), None);
-        assert!(matches!(rig.worker.stages.get(&13), Some(Stage::Decided)));
+        assert!(matches!(rig.worker.stages.get(&13), Some(Stage::AwaitingToken)));
         // Another unknown kid within the refetch interval is refused at once, no fetch:
         // a storm of random kids costs at most one fetch per interval.
         let before = rig.host.dispatched.borrow().len();
@@ -933,5 +988,31 @@ mod tests {
         assert_eq!(rig.host.dispatched.borrow().len(), 3);
         rig.answer(3, Some(200), r#"{"access_token":"LOOKER2","expires_in":3600}"#, 12);
         assert_eq!(rig.authorization(12).as_deref(), Some("token LOOKER2"));
+    }
+
+    #[test]
+    fn body_data_never_resumes_a_request_still_waiting_for_its_token() {
+        let mut rig = Rig::new();
+        // Allowed at the headers, body still coming, token not yet there.
+        assert_eq!(rig.start(10, &["analysts"], "GET", "/api/4.0/user", false), Next::Pause);
+        assert!(matches!(rig.worker.stages.get(&10), Some(Stage::AwaitingToken)));
+        assert_eq!(rig.body(10, "{}", true), Next::Pause, "body data must not move the stream");
+        assert!(rig.host.resumed.borrow().is_empty());
+        rig.answer(1, Some(200), TOKEN_OK, 10);
+        assert_eq!(rig.host.resumed.borrow().as_slice(), &[10]);
+        assert_eq!(rig.body(10, "", true), Next::Continue, "forwarded: the rest flows");
+        // A refused request swallows its body too.
+        rig.start(11, &["nobody"], "GET", "/api/4.0/user", false);
+        assert_eq!(rig.body(11, "x", true), Next::Pause);
+    }
+
+    #[test]
+    fn a_body_that_never_arrives_is_answered_408() {
+        let mut rig = Rig::new();
+        rig.start(10, &["querying"], "POST", "/api/4.0/queries/run/json", false);
+        rig.host.now_ms.set(rig.host.now_ms.get() + 15_000);
+        on_tick(&rig.gateway, &mut rig.worker, &rig.host, ROOT);
+        assert_eq!(rig.status(10), Some(408));
+        assert!(rig.host.dispatched.borrow().is_empty());
     }
 }

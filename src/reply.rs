@@ -22,6 +22,8 @@ pub enum Refusal {
     GatewayOwnsAuthentication { operation: String },
     /// The body a rule must inspect is larger than the configured bound.
     PayloadTooLarge { limit: usize },
+    /// The body a rule must inspect did not arrive in time.
+    BodyTimeout,
     /// The principal exceeded a rule's rate limit.
     RateLimited { rule: String, retry_after_secs: u64, budget: &'static str },
     /// The issuer's keys are not available yet (remote JWKS never fetched, or stale).
@@ -52,6 +54,7 @@ impl Refusal {
             Refusal::PayloadTooLarge { .. } => "payload_too_large",
             Refusal::KeysUnavailable => "keys_unavailable",
             Refusal::RateLimited { .. } => "rate_limited",
+            Refusal::BodyTimeout => "body_timeout",
             Refusal::Forbidden { .. } => "forbidden",
             Refusal::NoLookerUser { .. } => "no_looker_user",
             Refusal::BrokerUnavailable { .. } => "broker_unavailable",
@@ -68,6 +71,7 @@ impl Refusal {
             Refusal::PayloadTooLarge { .. } => 413,
             Refusal::KeysUnavailable => 503,
             Refusal::RateLimited { .. } => 429,
+            Refusal::BodyTimeout => 408,
             Refusal::Forbidden { .. } | Refusal::NoLookerUser { .. } => 403,
             Refusal::BrokerUnavailable { .. } => 503,
             Refusal::LookerCredentialsRejected => 502,
@@ -114,6 +118,11 @@ impl Refusal {
                 "reason": format!("the request body exceeds {limit} bytes"),
                 "request_id": request_id,
             }),
+            Refusal::BodyTimeout => json!({
+                "error": "request_timeout",
+                "reason": "body_timeout: the request body a policy rule inspects did not arrive in time",
+                "request_id": request_id,
+            }),
             Refusal::RateLimited { rule, retry_after_secs, budget } => {
                 headers.push(("retry-after", retry_after_secs.to_string()));
                 json!({
@@ -150,6 +159,13 @@ impl Refusal {
                 "request_id": request_id,
             }),
         };
+        // Looker's clients (the official SDKs) read `message` from every error body.
+        let mut body = body;
+        if let Some(object) = body.as_object_mut() {
+            let message = object.get("reason").cloned().unwrap_or_default();
+            object.insert("message".to_owned(), message);
+            object.insert("documentation_url".to_owned(), json!("https://github.com/lookergate/lookergate#errors"));
+        }
         LocalReply { status: self.status(), headers, body: body.to_string() }
     }
 }
@@ -181,6 +197,7 @@ mod tests {
             (Refusal::GatewayOwnsAuthentication { operation: "login".into() }, 403, "forbidden"),
             (Refusal::PayloadTooLarge { limit: 10 }, 413, "payload_too_large"),
             (Refusal::KeysUnavailable, 503, "keys_unavailable"),
+            (Refusal::BodyTimeout, 408, "request_timeout"),
             (Refusal::RateLimited { rule: "r".into(), retry_after_secs: 2, budget: "requests" }, 429, "rate_limited"),
         ];
         for (refusal, status, error) in cases {
@@ -190,6 +207,7 @@ mod tests {
             assert_eq!(b["error"], error, "{refusal:?}");
             assert_eq!(b["request_id"], "req-1");
             assert!(b["reason"].as_str().is_some_and(|r| !r.is_empty()));
+            assert_eq!(b["message"], b["reason"], "Looker SDKs read `message`");
             assert_eq!(header(&reply, "content-type"), Some("application/json"));
         }
     }

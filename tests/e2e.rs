@@ -13,6 +13,22 @@ mod harness;
 #[path = "e2e/tokens.rs"]
 mod tokens;
 
+// Issue 3: per-user identities, Looker faults at login, no secret in any log.
+#[path = "e2e/broker.rs"]
+mod broker;
+// Issue 4: policy in Looker's terms, guardrails, shadow rules, rate limits, audit.
+#[path = "e2e/policy.rs"]
+mod policy;
+// Issue 4: request targets that try to slip past the policy.
+#[path = "e2e/bypass.rs"]
+mod bypass;
+// Issue 7: hostile tokens and headers.
+#[path = "e2e/attacks.rs"]
+mod attacks;
+// Issue 7: failing broker and Looker.
+#[path = "e2e/faults.rs"]
+mod faults;
+
 use std::time::Duration;
 
 use harness::{

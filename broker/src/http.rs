@@ -226,7 +226,7 @@ fn no_store(mut resp: Response) -> Response {
 }
 
 async fn healthz() -> Response {
-    Json(json!({"status": "ok"})).into_response()
+    Json(json!({"status": "ok", "version": crate::VERSION})).into_response()
 }
 
 async fn readyz(State(broker): State<AppState>) -> Response {
@@ -404,6 +404,17 @@ mod tests {
         };
         let Ok(resp) = app.clone().oneshot(req).await;
         assert_eq!(resp.status(), StatusCode::OK);
+        let health = resp
+            .into_body()
+            .collect()
+            .await
+            .map(|b| b.to_bytes())
+            .unwrap_or_default();
+        let health: serde_json::Value = serde_json::from_slice(&health).unwrap_or_default();
+        assert_eq!(
+            health,
+            json!({"status": "ok", "version": env!("CARGO_PKG_VERSION")})
+        );
         let _ = call(
             app.clone(),
             Some("Bearer nope-nope-nope-nope"),

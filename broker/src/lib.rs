@@ -21,6 +21,10 @@ pub use broker::{Broker, BrokerError};
 pub use config::{BrokerConfig, ConfigError};
 pub use http::{app, AppState};
 
+/// The broker's release version (the workspace version), shown by `--version` and
+/// `/healthz` so operators can tell which build answers during an upgrade.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;

@@ -17,6 +17,7 @@ usage:
   lookergate-broker check-config [--config FILE]
       validate the config and exit
   lookergate-broker print-demo-config
+  lookergate-broker --version
 
 environment overrides: LOOKERGATE_BROKER_LISTEN, LOOKERGATE_BROKER_LOOKER_URL,
 LOOKERGATE_BROKER_GATEWAY_CREDENTIALS (comma-separated)";
@@ -38,6 +39,7 @@ fn parse_args(mut it: impl Iterator<Item = String>) -> Result<Args, String> {
             "--listen" => args.listen = Some(value("--listen")?),
             "--role" => args.role = Some(value("--role")?),
             "-h" | "--help" => args.command = Some("help".into()),
+            "-V" | "--version" => args.command = Some("version".into()),
             cmd if !cmd.starts_with('-') && args.command.is_none() => {
                 args.command = Some(cmd.to_string())
             }
@@ -161,6 +163,10 @@ async fn main() -> ExitCode {
             print!("{}", DEMO_CONFIG.trim_start());
             Ok(ExitCode::SUCCESS)
         }
+        Some("version") => {
+            println!("lookergate-broker {}", lookergate_broker::VERSION);
+            Ok(ExitCode::SUCCESS)
+        }
         Some("help") => {
             println!("{USAGE}");
             Ok(ExitCode::SUCCESS)
@@ -172,6 +178,23 @@ async fn main() -> ExitCode {
         Err(e) => {
             log::error("fatal", json!({"message": e}));
             ExitCode::FAILURE
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn version_flag_selects_the_version_command() {
+        for flag in ["--version", "-V"] {
+            let args = parse_args([flag.to_string()].into_iter());
+            assert_eq!(
+                args.ok().and_then(|a| a.command).as_deref(),
+                Some("version"),
+                "{flag}"
+            );
         }
     }
 }

@@ -20,6 +20,8 @@ use crate::Error;
 /// The simulator's own record of this tool's lookups carries this `x-soak-user`.
 const VERIFIER: &str = "soak-verifier";
 const VIOLATIONS_KEPT: usize = 100;
+/// The simulator's admin (DESIGN.md), whose session the broker uses for sudo lookups.
+const ADMIN_USER_ID: u64 = 1;
 
 #[derive(Deserialize)]
 struct Recorded {
@@ -64,6 +66,9 @@ pub struct LookerSideReport {
     pub resolved_via_sim: u64,
     pub resolved_via_broker_log: u64,
     pub unresolved_tokens: u64,
+    /// The broker's own `GET /users/credential/email/...` (per-user sudo), not via Envoy.
+    pub broker_lookups: u64,
+    pub broker_lookup_tokens: u64,
     pub by_identity: BTreeMap<String, IdentityUse>,
     pub violations: u64,
     pub violation_examples: Vec<Violation>,
@@ -73,19 +78,32 @@ pub struct LookerAudit {
     client: reqwest::Client,
     sim: SocketAddr,
     tokens: HashMap<String, TokenUse>,
+    /// Tokens of the broker's own lookups -> Looker user (when the simulator still knew it).
+    admin_tokens: HashMap<String, Option<u64>>,
     report: LookerSideReport,
 }
 
 impl LookerAudit {
     pub fn new(sim: SocketAddr) -> Result<LookerAudit, Error> {
-        let client = reqwest::Client::builder().no_proxy().timeout(Duration::from_secs(10)).build()?;
-        Ok(LookerAudit { client, sim, tokens: HashMap::new(), report: LookerSideReport::default() })
+        let client = reqwest::Client::builder()
+            .no_proxy()
+            .timeout(Duration::from_secs(10))
+            .build()?;
+        Ok(LookerAudit {
+            client,
+            sim,
+            tokens: HashMap::new(),
+            admin_tokens: HashMap::new(),
+            report: LookerSideReport::default(),
+        })
     }
 
     fn violation(&mut self, kind: &'static str, detail: String) {
         self.report.violations += 1;
         if self.report.violation_examples.len() < VIOLATIONS_KEPT {
-            self.report.violation_examples.push(Violation { kind, detail });
+            self.report
+                .violation_examples
+                .push(Violation { kind, detail });
         }
     }
 
@@ -94,8 +112,10 @@ impl LookerAudit {
     /// to the audit (`requests_seen` vs. the client's count says how many).
     pub async fn sample(&mut self) -> Result<(), Error> {
         let url = format!("http://{}/__sim/requests", self.sim);
-        let recorded: Vec<Recorded> = self.client.get(&url).send().await?.json().await?;
+        let body = self.client.get(&url).send().await?.bytes().await?;
+        // Clear first, parse after: the window in which requests go unseen stays short.
         self.client.delete(&url).send().await?;
+        let recorded: Vec<Recorded> = serde_json::from_slice(&body)?;
         self.report.samples += 1;
         self.report.largest_sample = self.report.largest_sample.max(recorded.len() as u64);
         let mut fresh = Vec::new();
@@ -107,22 +127,62 @@ impl LookerAudit {
             self.report.requests_seen += 1;
             let seq = r.headers.get("x-soak-seq").cloned().unwrap_or_default();
             let what = format!("seq {seq} {caller} {} {}", r.method, r.path);
-            if let Some(name) = r.headers.iter().find(|(_, v)| v.contains("eyJ")).map(|(n, _)| n.clone()) {
-                self.violation("jwt_reached_looker", format!("{what}: header {name} carries a JWT"));
+            if let Some(name) = r
+                .headers
+                .iter()
+                .find(|(_, v)| v.contains("eyJ"))
+                .map(|(n, _)| n.clone())
+            {
+                self.violation(
+                    "jwt_reached_looker",
+                    format!("{what}: header {name} carries a JWT"),
+                );
             }
             let Some(user) = User::from_name(&caller) else {
+                // The broker's own per-user lookup (sudo path), straight to Looker: its
+                // token must be the admin's, checked in `finish`.
+                if caller.is_empty()
+                    && r.method == "GET"
+                    && r.path.starts_with("/api/4.0/users/credential/")
+                {
+                    self.report.broker_lookups += 1;
+                    if let Some(t) = r
+                        .headers
+                        .get("authorization")
+                        .and_then(|a| a.strip_prefix("token "))
+                    {
+                        if !self.admin_tokens.contains_key(t) {
+                            let id = self.looker_user_via_sim(t).await;
+                            self.admin_tokens.insert(t.to_owned(), id);
+                        }
+                    }
+                    continue;
+                }
                 self.violation("untagged_request", format!("{what}: no known x-soak-user"));
                 continue;
             };
-            let must_be_refused =
-                !MIX.iter().any(|c| c.user == user && c.method == r.method && c.path == r.path && c.expect == 200);
+            let must_be_refused = !MIX.iter().any(|c| {
+                c.user == user && c.method == r.method && c.path == r.path && c.expect == 200
+            });
             if must_be_refused {
                 self.violation("refused_call_reached_looker", what.clone());
             }
-            let token = match r.headers.get("authorization").and_then(|a| a.strip_prefix("token ")) {
+            let token = match r
+                .headers
+                .get("authorization")
+                .and_then(|a| a.strip_prefix("token "))
+            {
                 Some(t) => t.to_owned(),
                 None => {
-                    self.violation("no_looker_token", format!("{what}: authorization {:?}", r.headers.get("authorization").map(|a| a.get(..12).unwrap_or(a))));
+                    self.violation(
+                        "no_looker_token",
+                        format!(
+                            "{what}: authorization {:?}",
+                            r.headers
+                                .get("authorization")
+                                .map(|a| a.get(..12).unwrap_or(a))
+                        ),
+                    );
                     continue;
                 }
             };
@@ -140,6 +200,14 @@ impl LookerAudit {
 
     /// Asks the simulator who the token is, while it is still live.
     async fn resolve_via_sim(&mut self, token: &str) {
+        let id = self.looker_user_via_sim(token).await;
+        if let (Some(id), Some(entry)) = (id, self.tokens.get_mut(token)) {
+            entry.looker_user = Some(id);
+            entry.resolved_by = "sim";
+        }
+    }
+
+    async fn looker_user_via_sim(&self, token: &str) -> Option<u64> {
         let answer = self
             .client
             .get(format!("http://{}/api/4.0/user", self.sim))
@@ -147,13 +215,13 @@ impl LookerAudit {
             .header("x-soak-user", VERIFIER)
             .send()
             .await;
-        let id = match answer {
-            Ok(r) if r.status().is_success() => r.json::<Value>().await.ok().and_then(|v| v["id"].as_str()?.parse().ok()),
+        match answer {
+            Ok(r) if r.status().is_success() => r
+                .json::<Value>()
+                .await
+                .ok()
+                .and_then(|v| v["id"].as_str()?.parse().ok()),
             _ => None,
-        };
-        if let (Some(id), Some(entry)) = (id, self.tokens.get_mut(token)) {
-            entry.looker_user = Some(id);
-            entry.resolved_by = "sim";
         }
     }
 
@@ -183,7 +251,10 @@ impl LookerAudit {
                 _ => self.report.unresolved_tokens += 1,
             }
             let Some(id) = usage.looker_user else {
-                problems.push(("unresolved_token", format!("token {fp} ({:?}): Looker user unknown", usage.requests)));
+                problems.push((
+                    "unresolved_token",
+                    format!("token {fp} ({:?}): Looker user unknown", usage.requests),
+                ));
                 continue;
             };
             let identity = crate::workload::USERS
@@ -197,13 +268,36 @@ impl LookerAudit {
             for (caller, n) in &usage.requests {
                 entry.requests += n;
                 entry.callers.insert(caller.clone());
-                let expected = User::from_name(caller).and_then(User::looker_identity).map(|i| i.user_id);
+                let expected = User::from_name(caller)
+                    .and_then(User::looker_identity)
+                    .map(|i| i.user_id);
                 if expected != Some(id) {
                     problems.push((
                         "token_crossed_identities",
                         format!("token {fp} of Looker user {id} carried {n} request(s) of {caller} (expected Looker user {expected:?})"),
                     ));
                 }
+            }
+        }
+        self.report.broker_lookup_tokens = self.admin_tokens.len() as u64;
+        for (token, id) in &self.admin_tokens {
+            if self.tokens.contains_key(token) {
+                problems.push((
+                    "admin_token_forwarded",
+                    format!(
+                        "token {} of the broker's lookups also carried gateway requests",
+                        fingerprint(token)
+                    ),
+                ));
+            }
+            if id.is_some_and(|id| id != ADMIN_USER_ID) {
+                problems.push((
+                    "lookup_not_as_admin",
+                    format!(
+                        "broker lookup with token {} of Looker user {id:?}",
+                        fingerprint(token)
+                    ),
+                ));
             }
         }
         for (kind, detail) in problems {
@@ -217,7 +311,11 @@ impl LookerAudit {
 
 /// First 8 hex of SHA-256, as the broker logs tokens.
 fn fingerprint(token: &str) -> String {
-    Sha256::digest(token.as_bytes()).iter().take(4).map(|b| format!("{b:02x}")).collect()
+    Sha256::digest(token.as_bytes())
+        .iter()
+        .take(4)
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 /// `token_issued` audit lines of the broker: fingerprint -> identity (`role:analyst`,
@@ -226,7 +324,9 @@ fn broker_fingerprints(log: &Path) -> HashMap<String, String> {
     let text = std::fs::read_to_string(log).unwrap_or_default();
     let mut out = HashMap::new();
     for line in text.lines() {
-        let Ok(v) = serde_json::from_str::<Value>(line) else { continue };
+        let Ok(v) = serde_json::from_str::<Value>(line) else {
+            continue;
+        };
         if v["event"] != "token_issued" {
             continue;
         }
@@ -236,7 +336,10 @@ fn broker_fingerprints(log: &Path) -> HashMap<String, String> {
             Some("user") => format!(
                 "user:{}:{}",
                 id["credential_type"].as_str().unwrap_or("?"),
-                id["credential_id"].as_str().unwrap_or("?").to_ascii_lowercase()
+                id["credential_id"]
+                    .as_str()
+                    .unwrap_or("?")
+                    .to_ascii_lowercase()
             ),
             _ => id.to_string(),
         };
@@ -245,4 +348,14 @@ fn broker_fingerprints(log: &Path) -> HashMap<String, String> {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fingerprint_is_the_brokers_first_8_hex_of_sha256() {
+        assert_eq!(fingerprint("abc"), "ba7816bf");
+    }
 }

@@ -39,6 +39,13 @@ pub struct Problem {
     pub detail: String,
 }
 
+#[derive(Default)]
+pub struct Bucket {
+    pub requests: u64,
+    pub problems: u64,
+    pub latencies_us: Vec<u32>,
+}
+
 /// Everything a phase produced, folded as outcomes arrive.
 #[derive(Default)]
 pub struct Tally {
@@ -48,16 +55,23 @@ pub struct Tally {
     pub denied_us: Vec<u32>,
     pub problems: Vec<Problem>,
     pub problem_count: u64,
-    /// Per 10 s of the phase: (requests, requests with a problem).
-    pub timeline: BTreeMap<u64, (u64, u64)>,
+    /// `"<status> <reason code>"` of unexpected answers -> count.
+    pub problem_kinds: BTreeMap<String, u64>,
+    /// Per `bucket_s` of the phase (by when requests were due).
+    pub timeline: BTreeMap<u64, Bucket>,
+    pub bucket_s: u64,
     /// Due but not sent because `max_in_flight` requests were outstanding.
     pub not_sent: u64,
     pub elapsed: Duration,
 }
 
 impl Tally {
-    fn new() -> Tally {
-        Tally { statuses: vec![BTreeMap::new(); MIX.len()], ..Tally::default() }
+    fn new(bucket_s: u64) -> Tally {
+        Tally {
+            statuses: vec![BTreeMap::new(); MIX.len()],
+            bucket_s: bucket_s.max(1),
+            ..Tally::default()
+        }
     }
 
     fn add(&mut self, o: Outcome) {
@@ -69,11 +83,19 @@ impl Tally {
             Some(call) if call.expect == 200 => self.forwarded_us.push(us),
             _ => self.denied_us.push(us),
         }
-        let bucket = self.timeline.entry(o.at.as_secs() / 10 * 10).or_default();
-        bucket.0 += 1;
+        let bucket = self
+            .timeline
+            .entry(o.at.as_secs() / self.bucket_s * self.bucket_s)
+            .or_default();
+        bucket.requests += 1;
+        bucket.latencies_us.push(us);
         if let Some(detail) = o.problem {
-            bucket.1 += 1;
+            bucket.problems += 1;
             self.problem_count += 1;
+            *self
+                .problem_kinds
+                .entry(kind(o.status, &detail))
+                .or_default() += 1;
             if self.problems.len() < PROBLEMS_KEPT {
                 self.problems.push(Problem {
                     at_s: o.at.as_secs_f64(),
@@ -112,7 +134,12 @@ impl Tally {
     pub fn count(&self, pick: impl Fn(&Call, u16) -> bool) -> u64 {
         MIX.iter()
             .zip(&self.statuses)
-            .flat_map(|(call, counts)| counts.iter().filter(|(s, _)| pick(call, **s)).map(|(_, n)| *n))
+            .flat_map(|(call, counts)| {
+                counts
+                    .iter()
+                    .filter(|(s, _)| pick(call, **s))
+                    .map(|(_, n)| *n)
+            })
             .sum()
     }
 }
@@ -128,14 +155,25 @@ pub struct Driver {
 }
 
 impl Driver {
-    pub fn new(listener: std::net::SocketAddr, wallet: Arc<Wallet>, max_in_flight: usize) -> Result<Driver, Error> {
+    pub fn new(
+        listener: std::net::SocketAddr,
+        wallet: Arc<Wallet>,
+        max_in_flight: usize,
+    ) -> Result<Driver, Error> {
         let client = reqwest::Client::builder()
             .no_proxy()
             .http1_only()
             .timeout(REQUEST_TIMEOUT)
             .pool_max_idle_per_host(max_in_flight)
             .build()?;
-        Ok(Driver { client, base: format!("http://{listener}"), wallet, seq: AtomicU64::new(0), problems: AtomicU64::new(0), order: schedule() })
+        Ok(Driver {
+            client,
+            base: format!("http://{listener}"),
+            wallet,
+            seq: AtomicU64::new(0),
+            problems: AtomicU64::new(0),
+            order: schedule(),
+        })
     }
 
     /// Requests sent so far (also the last `x-soak-seq`).
@@ -154,7 +192,13 @@ impl Driver {
         let slot = usize::try_from(seq).unwrap_or(0) % self.order.len().max(1);
         let index = self.order.get(slot).copied().unwrap_or(0);
         let Some(call) = MIX.get(index) else {
-            return Outcome { call: index, status: 0, latency_us: 0, at: Duration::ZERO, problem: Some("no such call".into()) };
+            return Outcome {
+                call: index,
+                status: 0,
+                latency_us: 0,
+                at: Duration::ZERO,
+                problem: Some("no such call".into()),
+            };
         };
         let url = format!("{}{}", self.base, call.path);
         let mut request = match call.method {
@@ -166,7 +210,9 @@ impl Driver {
             .header("x-soak-user", call.user.name())
             .header("x-soak-seq", seq.to_string());
         if let Some(body) = call.body {
-            request = request.header("content-type", "application/json").body(body);
+            request = request
+                .header("content-type", "application/json")
+                .body(body);
         }
         let (status, problem) = match request.send().await {
             Err(e) => (0, Some(format!("no answer: {e}"))),
@@ -187,7 +233,8 @@ impl Driver {
         Outcome {
             call: index,
             status,
-            latency_us: u64::try_from(end.saturating_duration_since(due).as_micros()).unwrap_or(u64::MAX),
+            latency_us: u64::try_from(end.saturating_duration_since(due).as_micros())
+                .unwrap_or(u64::MAX),
             at: due.saturating_duration_since(phase_start),
             problem,
         }
@@ -197,7 +244,7 @@ impl Driver {
     /// and the answered requests per second.
     pub async fn probe(self: &Arc<Self>, concurrency: usize, length: Duration) -> (Tally, f64) {
         let (tx, rx) = mpsc::unbounded_channel();
-        let collector = tokio::spawn(collect(rx));
+        let collector = tokio::spawn(collect(rx, length.as_secs()));
         let start = Instant::now();
         let end = start + length;
         let mut senders = Vec::new();
@@ -218,18 +265,29 @@ impl Driver {
             let _ = s.await;
         }
         let elapsed = start.elapsed();
-        let mut tally = collector.await.unwrap_or_else(|_| Tally::new());
+        let mut tally = collector.await.unwrap_or_else(|_| Tally::new(1));
         tally.elapsed = elapsed;
         let answered = tally.total() - tally.by_status().get(&0).copied().unwrap_or(0);
         let rate = answered as f64 / elapsed.as_secs_f64().max(0.001);
         (tally, rate)
     }
 
-    /// Open loop: `rate` requests per second for `length`, at most `max_in_flight` at once.
-    pub async fn run(self: &Arc<Self>, rate: f64, length: Duration, max_in_flight: usize) -> Tally {
+    /// Open loop: `rate` requests per second for `length` over at most `connections`
+    /// requests at once (a client's connection pool: past it, due requests queue in the
+    /// client, and their wait counts in their latency); more than `max_queued` waiting
+    /// are not sent at all (counted).
+    pub async fn run(
+        self: &Arc<Self>,
+        rate: f64,
+        length: Duration,
+        connections: usize,
+        max_queued: usize,
+    ) -> Tally {
         let (tx, rx) = mpsc::unbounded_channel();
-        let collector = tokio::spawn(collect(rx));
-        let permits = Arc::new(Semaphore::new(max_in_flight));
+        // About ten slices of the run, at least 10 s each: latency over time.
+        let collector = tokio::spawn(collect(rx, (length.as_secs() / 10).max(10)));
+        let pool = Arc::new(Semaphore::new(connections));
+        let queue = Arc::new(Semaphore::new(max_queued));
         let start = Instant::now();
         let mut issued: u64 = 0;
         let mut not_sent: u64 = 0;
@@ -242,48 +300,67 @@ impl Driver {
             while issued < due_now {
                 let due = start + Duration::from_secs_f64(issued as f64 / rate);
                 issued += 1;
-                let Ok(permit) = Arc::clone(&permits).try_acquire_owned() else {
+                let Ok(queued) = Arc::clone(&queue).try_acquire_owned() else {
                     not_sent += 1;
                     continue;
                 };
-                let driver = Arc::clone(self);
-                let tx = tx.clone();
+                let (driver, tx, pool) = (Arc::clone(self), tx.clone(), Arc::clone(&pool));
                 tokio::spawn(async move {
+                    let Ok(connection) = pool.acquire_owned().await else {
+                        return;
+                    };
                     let outcome = driver.send_next(due, start).await;
-                    drop(permit);
+                    drop((connection, queued));
                     let _ = tx.send(outcome);
                 });
             }
         }
         drop(tx);
         // Every sender holds the channel: the collector ends when the last one finished.
-        let mut tally = collector.await.unwrap_or_else(|_| Tally::new());
+        let mut tally = collector.await.unwrap_or_else(|_| Tally::new(1));
         tally.not_sent = not_sent;
         tally.elapsed = start.elapsed();
         tally
     }
 }
 
-async fn collect(mut rx: mpsc::UnboundedReceiver<Outcome>) -> Tally {
-    let mut tally = Tally::new();
+async fn collect(mut rx: mpsc::UnboundedReceiver<Outcome>, bucket_s: u64) -> Tally {
+    let mut tally = Tally::new(bucket_s);
     while let Some(outcome) = rx.recv().await {
         tally.add(outcome);
     }
     tally
 }
 
+/// `"401 unknown_kid"`: the status and the gateway's reason code, from a problem's detail.
+fn kind(status: u16, detail: &str) -> String {
+    let code = detail
+        .split_once("\"reason\":\"")
+        .and_then(|(_, rest)| rest.split([':', '"']).next())
+        .unwrap_or(if status == 0 { "no answer" } else { "-" });
+    format!("{status} {code}")
+}
+
 /// `None` when the answer is what the call must get; otherwise why not.
 fn check(call: &Call, status: u16, body: &[u8]) -> Option<String> {
     let excerpt = || String::from_utf8_lossy(body.get(..300).unwrap_or(body)).into_owned();
     if status != call.expect {
-        return Some(format!("expected {}, got {status}: {}", call.expect, excerpt()));
+        return Some(format!(
+            "expected {}, got {status}: {}",
+            call.expect,
+            excerpt()
+        ));
     }
     // The simulator's `me` describes the token's user: the identity as Looker saw it.
     if status == 200 && call.path == "/api/4.0/user" {
         let expected = call.user.looker_identity().map(|i| i.user_id);
-        let seen = serde_json::from_slice::<Value>(body).ok().and_then(|v| v["id"].as_u64().or_else(|| v["id"].as_str()?.parse().ok()));
+        let seen = serde_json::from_slice::<Value>(body)
+            .ok()
+            .and_then(|v| v["id"].as_u64().or_else(|| v["id"].as_str()?.parse().ok()));
         if seen != expected {
-            return Some(format!("/user answered Looker user {seen:?}, expected {expected:?}"));
+            return Some(format!(
+                "/user answered Looker user {seen:?}, expected {expected:?}"
+            ));
         }
     }
     None
@@ -296,11 +373,51 @@ pub fn percentiles(samples: &mut [u32]) -> BTreeMap<&'static str, f64> {
     if samples.is_empty() {
         return out;
     }
-    for (name, q) in [("p50", 0.50), ("p90", 0.90), ("p99", 0.99), ("p99.9", 0.999), ("max", 1.0)] {
+    for (name, q) in [
+        ("p50", 0.50),
+        ("p90", 0.90),
+        ("p99", 0.99),
+        ("p99.9", 0.999),
+        ("max", 1.0),
+    ] {
         let rank = ((samples.len() as f64) * q).ceil() as usize;
         let index = rank.saturating_sub(1).min(samples.len() - 1);
         let us = samples.get(index).copied().unwrap_or(0);
-        out.insert(name, f64::from(us) / 1000.0);
+        out.insert(name, (f64::from(us) / 10.0).round() / 100.0);
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentiles_are_nearest_rank_in_milliseconds() {
+        let mut us: Vec<u32> = (1..=1000).map(|i| i * 1000).collect();
+        let p = percentiles(&mut us);
+        assert_eq!(
+            (p["p50"], p["p99"], p["p99.9"], p["max"]),
+            (500.0, 990.0, 999.0, 1000.0)
+        );
+        assert!(percentiles(&mut []).is_empty());
+    }
+
+    #[test]
+    fn a_refused_call_that_succeeds_is_a_problem_and_me_must_name_the_right_user() {
+        let eve = MIX
+            .iter()
+            .find(|c| c.user == crate::workload::User::Eve)
+            .copied()
+            .unwrap_or(MIX[0]);
+        assert!(check(&eve, 200, b"{}").is_some());
+        assert!(check(&eve, 403, b"{}").is_none());
+        let me = MIX
+            .iter()
+            .find(|c| c.user == crate::workload::User::Carol && c.path == "/api/4.0/user")
+            .copied()
+            .unwrap_or(MIX[0]);
+        assert!(check(&me, 200, br#"{"id": "203"}"#).is_none());
+        assert!(check(&me, 200, br#"{"id": "101"}"#).is_some());
+    }
 }

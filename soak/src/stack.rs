@@ -83,7 +83,12 @@ impl Drop for Process {
 }
 
 /// Starts a native lookergate service and reads its `listening on <addr>` line (DESIGN.md).
-fn start_service(name: &'static str, bin: &Path, args: &[&str], dir: &Path) -> Result<(Process, SocketAddr), Error> {
+fn start_service(
+    name: &'static str,
+    bin: &Path,
+    args: &[&str],
+    dir: &Path,
+) -> Result<(Process, SocketAddr), Error> {
     let log = dir.join(format!("{name}.log"));
     let stderr = File::create(&log)?;
     let mut child = Command::new(bin)
@@ -121,15 +126,20 @@ fn start_service(name: &'static str, bin: &Path, args: &[&str], dir: &Path) -> R
     let addr = first
         .strip_prefix("listening on ")
         .and_then(|a| a.trim().parse().ok())
-        .ok_or_else(|| format!("{name}: first stdout line is not `listening on <addr>`: {first:?}"))?;
+        .ok_or_else(|| {
+            format!("{name}: first stdout line is not `listening on <addr>`: {first:?}")
+        })?;
     Ok((process, addr))
 }
 
 /// The last `lines` lines of a text file.
 pub fn tail(path: &Path, lines: usize) -> String {
-    let text = fs::read_to_string(path).unwrap_or_else(|e| format!("<cannot read {}: {e}>", path.display()));
+    let text = fs::read_to_string(path)
+        .unwrap_or_else(|e| format!("<cannot read {}: {e}>", path.display()));
     let all: Vec<&str> = text.lines().filter(|l| !l.contains("]   ")).collect();
-    all.get(all.len().saturating_sub(lines)..).unwrap_or_default().join("\n")
+    all.get(all.len().saturating_sub(lines)..)
+        .unwrap_or_default()
+        .join("\n")
 }
 
 /// Broker config: the demo roles and sudo against the simulator. `refresh_before` is
@@ -181,25 +191,43 @@ impl Drop for Stack {
         for service in &mut self.services {
             service.stop();
         }
-        let _ = fs::remove_file(format!("/dev/shm/envoy_shared_memory_{}", self.base_id * 10));
+        let _ = fs::remove_file(format!(
+            "/dev/shm/envoy_shared_memory_{}",
+            self.base_id * 10
+        ));
     }
 }
 
 impl Stack {
-    pub async fn start(bins: &Binaries, dir: &Path, sim_token_ttl: u64, want_idp: bool) -> Result<Stack, Error> {
+    pub async fn start(
+        bins: &Binaries,
+        dir: &Path,
+        sim_token_ttl: u64,
+        want_idp: bool,
+    ) -> Result<Stack, Error> {
         let ttl = sim_token_ttl.to_string();
-        let (sim_process, sim) = start_service("looker-sim", &bins.sim, &["--listen", "127.0.0.1:0", "--token-ttl", &ttl], dir)?;
+        let (sim_process, sim) = start_service(
+            "looker-sim",
+            &bins.sim,
+            &["--listen", "127.0.0.1:0", "--token-ttl", &ttl],
+            dir,
+        )?;
         let mut services = vec![sim_process];
 
         let broker_toml = dir.join("broker.toml");
         fs::write(&broker_toml, broker_config(sim))?;
         let broker_toml = broker_toml.to_string_lossy().into_owned();
-        let (broker_process, broker) =
-            start_service("broker", &bins.broker, &["--listen", "127.0.0.1:0", "--config", &broker_toml], dir)?;
+        let (broker_process, broker) = start_service(
+            "broker",
+            &bins.broker,
+            &["--listen", "127.0.0.1:0", "--config", &broker_toml],
+            dir,
+        )?;
         services.push(broker_process);
 
         let idp = if want_idp && cli_has_idp(&bins.cli) {
-            let (idp_process, idp) = start_service("idp", &bins.cli, &["idp", "--listen", "127.0.0.1:0"], dir)?;
+            let (idp_process, idp) =
+                start_service("idp", &bins.cli, &["idp", "--listen", "127.0.0.1:0"], dir)?;
             services.push(idp_process);
             Some(idp)
         } else {
@@ -242,7 +270,14 @@ impl Stack {
         let child = Command::new(&bins.envoy)
             .arg("-c")
             .arg(&envoy_config)
-            .args(["--base-id", &base_id.to_string(), "--concurrency", "2", "--log-level", "info"])
+            .args([
+                "--base-id",
+                &base_id.to_string(),
+                "--concurrency",
+                "2",
+                "--log-level",
+                "info",
+            ])
             .arg("--admin-address-path")
             .arg(&admin_file)
             .stdin(Stdio::null())
@@ -250,7 +285,11 @@ impl Stack {
             .stderr(File::create(&log)?)
             .spawn()
             .map_err(|e| format!("cannot start Envoy ({}): {e}", bins.envoy.display()))?;
-        let mut envoy = Process { name: "envoy", child, log };
+        let mut envoy = Process {
+            name: "envoy",
+            child,
+            log,
+        };
         let admin = wait_until_ready(&mut envoy, &admin_file).await?;
         let listener = listener_address(admin).await?;
         Ok(Stack {
@@ -267,7 +306,9 @@ impl Stack {
     }
 
     pub fn process(&self, name: &str) -> Option<&Process> {
-        std::iter::once(&self.envoy).chain(&self.services).find(|p| p.name == name)
+        std::iter::once(&self.envoy)
+            .chain(&self.services)
+            .find(|p| p.name == name)
     }
 
     /// Processes that exited while they should be running, with how.
@@ -275,7 +316,11 @@ impl Stack {
         let mut gone = Vec::new();
         for p in std::iter::once(&mut self.envoy).chain(self.services.iter_mut()) {
             if let Some(how) = p.exited() {
-                gone.push(format!("{} exited: {how} (log {})", p.name, p.log.display()));
+                gone.push(format!(
+                    "{} exited: {how} (log {})",
+                    p.name,
+                    p.log.display()
+                ));
             }
         }
         gone
@@ -283,7 +328,8 @@ impl Stack {
 }
 
 pub fn repo_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+    let soak = Path::new(env!("CARGO_MANIFEST_DIR"));
+    soak.parent().unwrap_or(soak).to_path_buf()
 }
 
 /// The dev IdP is a recent addition to the CLI: use it only if this build has it.
@@ -291,12 +337,18 @@ fn cli_has_idp(cli: &Path) -> bool {
     Command::new(cli)
         .arg("--help")
         .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).contains("lookergate idp") || String::from_utf8_lossy(&o.stderr).contains("lookergate idp"))
+        .map(|o| {
+            String::from_utf8_lossy(&o.stdout).contains("lookergate idp")
+                || String::from_utf8_lossy(&o.stderr).contains("lookergate idp")
+        })
         .unwrap_or(false)
 }
 
 fn http() -> Result<reqwest::Client, Error> {
-    Ok(reqwest::Client::builder().no_proxy().timeout(Duration::from_secs(5)).build()?)
+    Ok(reqwest::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_secs(5))
+        .build()?)
 }
 
 /// Polls, with a deadline, until Envoy wrote its admin address and `/ready` says 200.
@@ -309,7 +361,9 @@ async fn wait_until_ready(envoy: &mut Process, admin_file: &Path) -> Result<Sock
             return Err(format!("Envoy exited ({how}):\n{}", tail(&envoy.log, 60)).into());
         }
         if admin.is_none() {
-            admin = fs::read_to_string(admin_file).ok().and_then(|a| a.trim().parse().ok());
+            admin = fs::read_to_string(admin_file)
+                .ok()
+                .and_then(|a| a.trim().parse().ok());
         }
         if let Some(admin) = admin {
             if let Ok(r) = client.get(format!("http://{admin}/ready")).send().await {
@@ -319,14 +373,23 @@ async fn wait_until_ready(envoy: &mut Process, admin_file: &Path) -> Result<Sock
             }
         }
         if Instant::now() > deadline {
-            return Err(format!("Envoy not ready after {ENVOY_READY_DEADLINE:?}:\n{}", tail(&envoy.log, 60)).into());
+            return Err(format!(
+                "Envoy not ready after {ENVOY_READY_DEADLINE:?}:\n{}",
+                tail(&envoy.log, 60)
+            )
+            .into());
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 
 async fn listener_address(admin: SocketAddr) -> Result<SocketAddr, Error> {
-    let listeners: Value = http()?.get(format!("http://{admin}/listeners?format=json")).send().await?.json().await?;
+    let listeners: Value = http()?
+        .get(format!("http://{admin}/listeners?format=json"))
+        .send()
+        .await?
+        .json()
+        .await?;
     let socket = &listeners["listener_statuses"][0]["local_address"]["socket_address"];
     match (socket["address"].as_str(), socket["port_value"].as_u64()) {
         (Some(ip), Some(port)) => Ok(format!("{ip}:{port}").parse()?),

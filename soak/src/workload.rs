@@ -44,9 +44,18 @@ impl User {
     /// role service accounts for alice and bob, carol herself; eve none.
     pub fn looker_identity(self) -> Option<LookerIdentity> {
         match self {
-            User::Alice => Some(LookerIdentity { name: "role:analyst", user_id: 101 }),
-            User::Bob => Some(LookerIdentity { name: "role:viewer", user_id: 102 }),
-            User::Carol => Some(LookerIdentity { name: "user:email:carol@example.com", user_id: 203 }),
+            User::Alice => Some(LookerIdentity {
+                name: "role:analyst",
+                user_id: 101,
+            }),
+            User::Bob => Some(LookerIdentity {
+                name: "role:viewer",
+                user_id: 102,
+            }),
+            User::Carol => Some(LookerIdentity {
+                name: "user:email:carol@example.com",
+                user_id: 203,
+            }),
             User::Eve => None,
         }
     }
@@ -62,7 +71,11 @@ pub struct LookerIdentity {
 
 /// The Looker user id behind a broker identity as the broker's audit line names it.
 pub fn looker_user_of_identity(identity: &str) -> Option<u64> {
-    USERS.into_iter().filter_map(User::looker_identity).find(|i| i.name == identity).map(|i| i.user_id)
+    USERS
+        .into_iter()
+        .filter_map(User::looker_identity)
+        .find(|i| i.name == identity)
+        .map(|i| i.user_id)
 }
 
 /// One kind of request in the mix.
@@ -84,21 +97,126 @@ const QUERY: &str =
 /// Allowed calls are chosen so the Looker identity is unambiguous: carol only uses the
 /// operations of the demo's `carol-as-herself` rule.
 pub const MIX: &[Call] = &[
-    Call { user: User::Alice, method: "GET", path: "/api/4.0/dashboards/1", body: None, expect: 200, weight: 8 },
-    Call { user: User::Alice, method: "GET", path: "/api/4.0/looks/1", body: None, expect: 200, weight: 6 },
-    Call { user: User::Alice, method: "GET", path: "/api/4.0/user", body: None, expect: 200, weight: 6 },
-    Call { user: User::Alice, method: "POST", path: "/api/4.0/queries/run/json", body: Some(QUERY), expect: 200, weight: 6 },
-    Call { user: User::Bob, method: "GET", path: "/api/4.0/dashboards/1", body: None, expect: 200, weight: 10 },
-    Call { user: User::Bob, method: "GET", path: "/api/4.0/looks/1", body: None, expect: 200, weight: 8 },
-    Call { user: User::Bob, method: "GET", path: "/api/4.0/user", body: None, expect: 200, weight: 6 },
-    Call { user: User::Bob, method: "POST", path: "/api/4.0/queries/run/json", body: Some(QUERY), expect: 403, weight: 3 },
-    Call { user: User::Carol, method: "GET", path: "/api/4.0/dashboards/1", body: None, expect: 200, weight: 8 },
-    Call { user: User::Carol, method: "GET", path: "/api/4.0/looks/1", body: None, expect: 200, weight: 6 },
-    Call { user: User::Carol, method: "GET", path: "/api/4.0/user", body: None, expect: 200, weight: 6 },
-    Call { user: User::Carol, method: "POST", path: "/api/4.0/queries/run/json", body: Some(QUERY), expect: 200, weight: 6 },
-    Call { user: User::Eve, method: "GET", path: "/api/4.0/user", body: None, expect: 403, weight: 5 },
-    Call { user: User::Eve, method: "GET", path: "/api/4.0/dashboards/1", body: None, expect: 403, weight: 4 },
-    Call { user: User::Eve, method: "POST", path: "/api/4.0/queries/run/json", body: Some(QUERY), expect: 403, weight: 2 },
+    Call {
+        user: User::Alice,
+        method: "GET",
+        path: "/api/4.0/dashboards/1",
+        body: None,
+        expect: 200,
+        weight: 8,
+    },
+    Call {
+        user: User::Alice,
+        method: "GET",
+        path: "/api/4.0/looks/1",
+        body: None,
+        expect: 200,
+        weight: 6,
+    },
+    Call {
+        user: User::Alice,
+        method: "GET",
+        path: "/api/4.0/user",
+        body: None,
+        expect: 200,
+        weight: 6,
+    },
+    Call {
+        user: User::Alice,
+        method: "POST",
+        path: "/api/4.0/queries/run/json",
+        body: Some(QUERY),
+        expect: 200,
+        weight: 6,
+    },
+    Call {
+        user: User::Bob,
+        method: "GET",
+        path: "/api/4.0/dashboards/1",
+        body: None,
+        expect: 200,
+        weight: 10,
+    },
+    Call {
+        user: User::Bob,
+        method: "GET",
+        path: "/api/4.0/looks/1",
+        body: None,
+        expect: 200,
+        weight: 8,
+    },
+    Call {
+        user: User::Bob,
+        method: "GET",
+        path: "/api/4.0/user",
+        body: None,
+        expect: 200,
+        weight: 6,
+    },
+    Call {
+        user: User::Bob,
+        method: "POST",
+        path: "/api/4.0/queries/run/json",
+        body: Some(QUERY),
+        expect: 403,
+        weight: 3,
+    },
+    Call {
+        user: User::Carol,
+        method: "GET",
+        path: "/api/4.0/dashboards/1",
+        body: None,
+        expect: 200,
+        weight: 8,
+    },
+    Call {
+        user: User::Carol,
+        method: "GET",
+        path: "/api/4.0/looks/1",
+        body: None,
+        expect: 200,
+        weight: 6,
+    },
+    Call {
+        user: User::Carol,
+        method: "GET",
+        path: "/api/4.0/user",
+        body: None,
+        expect: 200,
+        weight: 6,
+    },
+    Call {
+        user: User::Carol,
+        method: "POST",
+        path: "/api/4.0/queries/run/json",
+        body: Some(QUERY),
+        expect: 200,
+        weight: 6,
+    },
+    Call {
+        user: User::Eve,
+        method: "GET",
+        path: "/api/4.0/user",
+        body: None,
+        expect: 403,
+        weight: 5,
+    },
+    Call {
+        user: User::Eve,
+        method: "GET",
+        path: "/api/4.0/dashboards/1",
+        body: None,
+        expect: 403,
+        weight: 4,
+    },
+    Call {
+        user: User::Eve,
+        method: "POST",
+        path: "/api/4.0/queries/run/json",
+        body: Some(QUERY),
+        expect: 403,
+        weight: 2,
+    },
 ];
 
 impl Call {
@@ -117,7 +235,9 @@ pub fn schedule() -> Vec<usize> {
         for (c, call) in current.iter_mut().zip(MIX) {
             *c += i64::from(call.weight);
         }
-        let best = (0..MIX.len()).max_by_key(|&i| (current.get(i).copied().unwrap_or(0), std::cmp::Reverse(i))).unwrap_or(0);
+        let best = (0..MIX.len())
+            .max_by_key(|&i| (current.get(i).copied().unwrap_or(0), std::cmp::Reverse(i)))
+            .unwrap_or(0);
         if let Some(c) = current.get_mut(best) {
             *c -= total;
         }
@@ -129,7 +249,10 @@ pub fn schedule() -> Vec<usize> {
 /// Where JWTs come from.
 pub enum TokenSource {
     /// `POST {base}/token {"user", "ttl"}` on the dev IdP.
-    Idp { base: String, client: reqwest::Client },
+    Idp {
+        base: String,
+        client: reqwest::Client,
+    },
     /// `lookergate token --user U --ttl T` (the embedded demo key).
     Cli { bin: PathBuf },
 }
@@ -139,11 +262,18 @@ impl TokenSource {
     pub async fn mint(&self, user: User, ttl: u64) -> Result<(String, String), Error> {
         match self {
             TokenSource::Idp { base, client } => {
-                let response = client.post(format!("{base}/token")).json(&json!({"user": user.name(), "ttl": ttl})).send().await?;
+                let response = client
+                    .post(format!("{base}/token"))
+                    .json(&json!({"user": user.name(), "ttl": ttl}))
+                    .send()
+                    .await?;
                 let status = response.status();
                 let answer: Value = response.json().await?;
                 match (status.as_u16(), answer["access_token"].as_str()) {
-                    (200, Some(jwt)) => Ok((jwt.to_owned(), answer["kid"].as_str().unwrap_or("?").to_owned())),
+                    (200, Some(jwt)) => Ok((
+                        jwt.to_owned(),
+                        answer["kid"].as_str().unwrap_or("?").to_owned(),
+                    )),
                     _ => Err(format!("IdP /token for {}: {status} {answer}", user.name()).into()),
                 }
             }
@@ -151,13 +281,22 @@ impl TokenSource {
                 let bin = bin.clone();
                 let name = user.name();
                 let output = tokio::task::spawn_blocking(move || {
-                    Command::new(bin).args(["token", "--user", name, "--ttl", &ttl.to_string()]).output()
+                    Command::new(bin)
+                        .args(["token", "--user", name, "--ttl", &ttl.to_string()])
+                        .output()
                 })
                 .await??;
                 if !output.status.success() {
-                    return Err(format!("lookergate token --user {name}: {}", String::from_utf8_lossy(&output.stderr)).into());
+                    return Err(format!(
+                        "lookergate token --user {name}: {}",
+                        String::from_utf8_lossy(&output.stderr)
+                    )
+                    .into());
                 }
-                Ok((String::from_utf8_lossy(&output.stdout).trim().to_owned(), "demo-2026".to_owned()))
+                Ok((
+                    String::from_utf8_lossy(&output.stdout).trim().to_owned(),
+                    "demo-2026".to_owned(),
+                ))
             }
         }
     }
@@ -209,7 +348,12 @@ mod tests {
         let total: u32 = MIX.iter().map(|c| c.weight).sum();
         assert_eq!(order.len(), total as usize);
         for (i, call) in MIX.iter().enumerate() {
-            assert_eq!(order.iter().filter(|&&o| o == i).count(), call.weight as usize, "{}", call.label());
+            assert_eq!(
+                order.iter().filter(|&&o| o == i).count(),
+                call.weight as usize,
+                "{}",
+                call.label()
+            );
         }
     }
 }

@@ -7,8 +7,8 @@ use std::io::{BufRead, BufReader, Write};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::mpsc;
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use reqwest::header::HeaderMap;
@@ -200,7 +200,7 @@ fn tail(path: &Path, lines: usize) -> String {
 }
 
 /// What stands at the broker's address.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub enum BrokerKind {
     /// The real `lookergate-broker`, talking to the simulator.
     Real,
@@ -210,12 +210,17 @@ pub enum BrokerKind {
     Silent,
     /// Answers every request `200` with a body that is not JSON.
     Garbage,
+    /// Answers by a script and records what it was asked (see [`FakeBroker`]).
+    Scripted(Arc<FakeBroker>),
 }
 
 pub struct Options {
     pub broker: BrokerKind,
     /// Replaces the demo plugin JSON (start from [`demo_plugin_config`]).
     pub plugin: Option<Value>,
+    /// Edits the final Envoy YAML (for diagnosing a deployment setting; tests of the
+    /// shipped behaviour leave it `None`).
+    pub envoy_yaml_edit: Option<fn(String) -> String>,
 }
 
 impl Default for Options {
@@ -223,6 +228,7 @@ impl Default for Options {
         Options {
             broker: BrokerKind::Real,
             plugin: None,
+            envoy_yaml_edit: None,
         }
     }
 }
@@ -237,6 +243,8 @@ pub struct Gateway {
     fake_broker: Option<AbortHandle>,
     envoy: Envoy,
     services: Vec<Process>,
+    /// How to start the real broker again (`restart_broker`).
+    broker_command: Option<(PathBuf, String)>,
     _dir: ScratchDir,
 }
 
@@ -275,6 +283,7 @@ impl Gateway {
         );
         let mut services = vec![sim_process];
         let mut fake_broker = None;
+        let mut broker_command = None;
         let broker = match options.broker {
             BrokerKind::Real => {
                 let config = dir.0.join("broker.toml");
@@ -287,6 +296,12 @@ impl Gateway {
                     &dir.0,
                 );
                 services.push(process);
+                broker_command = Some((paths.broker.clone(), config));
+                addr
+            }
+            BrokerKind::Scripted(fake) => {
+                let (addr, handle) = fake.serve(sim).await;
+                fake_broker = Some(handle);
                 addr
             }
             BrokerKind::Down => closed_port().await,
@@ -301,7 +316,10 @@ impl Gateway {
                 addr
             }
         };
-        let yaml = envoy_config(sim, broker, &paths.wasm, options.plugin.as_ref());
+        let mut yaml = envoy_config(sim, broker, &paths.wasm, options.plugin.as_ref());
+        if let Some(edit) = options.envoy_yaml_edit {
+            yaml = edit(yaml);
+        }
         let mut envoy = start_envoy(&paths.envoy, &dir.0, &yaml);
         let admin = match wait_until_ready(&mut envoy, &dir.0).await {
             Ok(admin) => admin,
@@ -328,6 +346,7 @@ impl Gateway {
             fake_broker,
             envoy,
             services,
+            broker_command,
             _dir: dir,
         }
     }
@@ -366,10 +385,6 @@ impl Gateway {
     /// Sends `method target` byte for byte (no client-side normalisation of `..`, `%2e`
     /// or `//`, which reqwest would do) and reads the reply until Envoy closes.
     pub async fn send_raw(&self, method: &str, target: &str, headers: &[(&str, &str)]) -> Reply {
-        let started = Instant::now();
-        let mut socket = tokio::net::TcpStream::connect(self.listener)
-            .await
-            .expect("connect to Envoy");
         let mut request = format!(
             "{method} {target} HTTP/1.1\r\nhost: {}\r\nconnection: close\r\n",
             self.listener
@@ -378,37 +393,34 @@ impl Gateway {
             request.push_str(&format!("{name}: {value}\r\n"));
         }
         request.push_str("\r\n");
-        socket
-            .write_all(request.as_bytes())
+        self.send_raw_bytes(&[request.into_bytes()]).await
+    }
+
+    /// The `host` header value clients use for this gateway.
+    pub fn authority(&self) -> String {
+        self.listener.to_string()
+    }
+
+    /// Writes `pieces` to one connection, pausing between them (so Envoy sees a body
+    /// arrive in several reads), and reads the reply until Envoy closes.
+    pub async fn send_raw_bytes(&self, pieces: &[Vec<u8>]) -> Reply {
+        let started = Instant::now();
+        let mut socket = tokio::net::TcpStream::connect(self.listener)
             .await
-            .expect("write request");
-        let mut raw = Vec::new();
-        let _ = tokio::time::timeout(Duration::from_secs(20), socket.read_to_end(&mut raw)).await;
-        let text = String::from_utf8_lossy(&raw).into_owned();
-        let (head, body) = text.split_once("\r\n\r\n").unwrap_or((text.as_str(), ""));
-        let mut lines = head.lines();
-        let status = lines
-            .next()
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|s| s.parse().ok())
-            .unwrap_or_else(|| panic!("no HTTP status line from Envoy: {text:?}"));
-        let mut header_map = HeaderMap::new();
-        for line in lines {
-            if let Some((name, value)) = line.split_once(':') {
-                if let (Ok(name), Ok(value)) = (
-                    reqwest::header::HeaderName::from_bytes(name.trim().as_bytes()),
-                    reqwest::header::HeaderValue::from_str(value.trim()),
-                ) {
-                    header_map.append(name, value);
-                }
+            .expect("connect to Envoy");
+        for (i, piece) in pieces.iter().enumerate() {
+            if i > 0 {
+                tokio::time::sleep(Duration::from_millis(40)).await;
+            }
+            // Envoy may answer (and close) before everything was written: that is fine.
+            if socket.write_all(piece).await.is_err() {
+                break;
             }
         }
-        Reply {
-            status,
-            headers: header_map,
-            body: body.to_owned(),
-            elapsed: started.elapsed(),
-        }
+        let mut raw = Vec::new();
+        let _ =
+            tokio::time::timeout(Duration::from_secs(20), read_reply(&mut socket, &mut raw)).await;
+        parse_raw_reply(&raw, started.elapsed())
     }
 
     async fn get_json(&self, url: String) -> Value {
@@ -516,6 +528,440 @@ impl Gateway {
             .and_then(|v| v.trim().parse().ok())
             .unwrap_or(0)
     }
+}
+
+impl Gateway {
+    pub fn sim_url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.sim)
+    }
+
+    async fn sim_call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> u16 {
+        let mut request = self.client.request(method, self.sim_url(path));
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        request
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("simulator {path}: {e}"))
+            .status()
+            .as_u16()
+    }
+
+    /// `POST /__sim/faults`: the next logins / API calls fail as described.
+    pub async fn sim_faults(&self, faults: Value) {
+        let status = self
+            .sim_call(reqwest::Method::POST, "/__sim/faults", Some(faults.clone()))
+            .await;
+        assert_eq!(status, 204, "POST /__sim/faults {faults}");
+    }
+
+    pub async fn sim_clear_faults(&self) {
+        let status = self
+            .sim_call(reqwest::Method::DELETE, "/__sim/faults", None)
+            .await;
+        assert_eq!(status, 204, "DELETE /__sim/faults");
+    }
+
+    /// `POST /__sim/revoke`; the simulator's status (204 revoked, 404 not live).
+    pub async fn sim_revoke(&self, access_token: &str) -> u16 {
+        self.sim_call(
+            reqwest::Method::POST,
+            "/__sim/revoke",
+            Some(json!({ "access_token": access_token })),
+        )
+        .await
+    }
+
+    pub async fn clear_looker_requests(&self) {
+        let status = self
+            .sim_call(reqwest::Method::DELETE, "/__sim/requests", None)
+            .await;
+        assert_eq!(status, 204, "DELETE /__sim/requests");
+    }
+
+    /// Envoy's `/stats` lines whose name contains `part`.
+    pub async fn envoy_stats(&self, part: &str) -> Vec<String> {
+        let text = self
+            .client
+            .get(format!("http://{}/stats", self.admin))
+            .send()
+            .await
+            .expect("admin /stats")
+            .text()
+            .await
+            .unwrap_or_default();
+        text.lines()
+            .filter(|l| l.contains(part))
+            .map(str::to_owned)
+            .collect()
+    }
+
+    /// Whether the Envoy process is still running.
+    pub fn envoy_is_running(&mut self) -> bool {
+        !self.envoy.process.has_exited()
+    }
+
+    /// The access log's JSON lines, waiting (with a deadline) until there are `at_least`
+    /// (Envoy writes it on a flush timer, every 100 ms here).
+    pub async fn access_log(&self, at_least: usize) -> Vec<Value> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let entries: Vec<Value> = fs::read_to_string(&self.envoy.access_log)
+                .unwrap_or_default()
+                .lines()
+                .filter_map(|l| serde_json::from_str(l).ok())
+                .collect();
+            if entries.len() >= at_least || Instant::now() > deadline {
+                return entries;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Every log this gateway's processes wrote so far: (name, text). Envoy's access
+    /// log is written on a timer, so callers wanting it complete use `access_log` first.
+    pub fn captured_logs(&self) -> Vec<(String, String)> {
+        let mut logs = vec![
+            ("envoy log".to_owned(), read_lossy(&self.envoy.process.log)),
+            ("access log".to_owned(), read_lossy(&self.envoy.access_log)),
+        ];
+        if let Ok(entries) = fs::read_dir(&self._dir.0) {
+            for entry in entries.flatten() {
+                let path = entry.path();
+                let name = path
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default();
+                if name.ends_with(".log") && name != "envoy.log" && name != "access.log"
+                    || name.ends_with(".stdout")
+                {
+                    logs.push((name, read_lossy(&path)));
+                }
+            }
+        }
+        logs
+    }
+
+    /// The real broker's JSON log lines with `"event": event` (e.g. `token_issued`).
+    pub fn broker_events(&self, event: &str) -> Vec<Value> {
+        let mut events = Vec::new();
+        for service in self
+            .services
+            .iter()
+            .filter(|s| s.name.starts_with("broker"))
+        {
+            events.extend(
+                read_lossy(&service.log)
+                    .lines()
+                    .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+                    .filter(|v| v["event"] == event),
+            );
+        }
+        events
+    }
+
+    /// SIGKILLs the real broker (no goodbye to open connections).
+    pub fn kill_broker(&mut self) {
+        let broker = self
+            .services
+            .iter_mut()
+            .filter(|s| s.name.starts_with("broker"))
+            .find_map(|s| (!s.has_exited()).then_some(s))
+            .expect("a running real broker");
+        let _ = broker.child.kill();
+        let _ = broker.child.wait();
+    }
+
+    /// Starts the real broker again on its old address (after `kill_broker`).
+    pub fn restart_broker(&mut self) {
+        let (bin, config) = self
+            .broker_command
+            .clone()
+            .expect("the gateway runs the real broker");
+        let listen = self.broker.to_string();
+        let deadline = Instant::now() + SERVICE_READY_DEADLINE;
+        // The port is free once the old process is gone; SO_REUSEADDR covers TIME_WAIT.
+        let (process, addr) = loop {
+            let attempt = std::panic::catch_unwind(|| {
+                Process::start_service(
+                    "broker-restarted",
+                    &bin,
+                    &["--listen", &listen, "--config", &config],
+                    &self._dir.0,
+                )
+            });
+            match attempt {
+                Ok(started) => break started,
+                Err(_) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(200))
+                }
+                Err(e) => std::panic::resume_unwind(e),
+            }
+        };
+        assert_eq!(addr, self.broker, "restarted broker on another address");
+        self.services.push(process);
+    }
+}
+
+/// Reads one HTTP/1.1 reply: up to its content-length, the end of a chunked body, or
+/// the peer's close. (Waiting for the close costs Envoy's 1 s delayed-close timeout.)
+async fn read_reply(socket: &mut tokio::net::TcpStream, raw: &mut Vec<u8>) {
+    let mut chunk = [0u8; 8192];
+    loop {
+        match socket.read(&mut chunk).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => raw.extend_from_slice(&chunk[..n]),
+        }
+        let Some(end) = raw.windows(4).position(|w| w == b"\r\n\r\n") else {
+            continue;
+        };
+        let head = String::from_utf8_lossy(&raw[..end]).to_ascii_lowercase();
+        let body = &raw[end + 4..];
+        let length = head
+            .lines()
+            .find_map(|l| l.strip_prefix("content-length:"))
+            .and_then(|v| v.trim().parse::<usize>().ok());
+        let chunked = head
+            .lines()
+            .any(|l| l.starts_with("transfer-encoding:") && l.contains("chunked"));
+        match length {
+            Some(length) if body.len() >= length => return,
+            None if chunked && body.ends_with(b"0\r\n\r\n") => return,
+            _ => {}
+        }
+    }
+}
+
+fn read_lossy(path: &Path) -> String {
+    fs::read(path)
+        .map(|b| String::from_utf8_lossy(&b).into_owned())
+        .unwrap_or_default()
+}
+
+/// Parses an HTTP/1.1 reply read off a socket (content-length or close-delimited body;
+/// a chunked body is de-chunked).
+fn parse_raw_reply(raw: &[u8], elapsed: Duration) -> Reply {
+    let text = String::from_utf8_lossy(raw).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((text.as_str(), ""));
+    let mut lines = head.lines();
+    let status = lines
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no HTTP status line from Envoy: {text:?}"));
+    let mut header_map = HeaderMap::new();
+    for line in lines {
+        if let Some((name, value)) = line.split_once(':') {
+            if let (Ok(name), Ok(value)) = (
+                reqwest::header::HeaderName::from_bytes(name.trim().as_bytes()),
+                reqwest::header::HeaderValue::from_str(value.trim()),
+            ) {
+                header_map.append(name, value);
+            }
+        }
+    }
+    let chunked = header_map
+        .get("transfer-encoding")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case("chunked"));
+    let body = if chunked {
+        dechunk(body)
+    } else {
+        body.to_owned()
+    };
+    Reply {
+        status,
+        headers: header_map,
+        body,
+        elapsed,
+    }
+}
+
+fn dechunk(mut rest: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, after)) = rest.split_once("\r\n") {
+        let Ok(size) = usize::from_str_radix(size.trim(), 16) else {
+            break;
+        };
+        if size == 0 || after.len() < size {
+            break;
+        }
+        out.push_str(&after[..size]);
+        rest = after[size..].trim_start_matches("\r\n");
+    }
+    out
+}
+
+/// One answer of a [`FakeBroker`].
+#[derive(Debug, Clone)]
+pub enum FakeAnswer {
+    /// A complete HTTP answer.
+    Reply { status: u16, body: String },
+    /// A real Looker token: the fake logs in to the simulator as the analyst role.
+    LookerToken,
+    /// Headers announcing `content-length` bytes, then only `body`, then close.
+    CutShort { content_length: usize, body: String },
+    /// Closes the connection without answering.
+    Close,
+}
+
+/// What a [`FakeBroker`] was asked.
+#[derive(Debug, Clone)]
+pub struct FakeBrokerRequest {
+    pub head: String,
+    pub body: Value,
+}
+
+impl FakeBrokerRequest {
+    pub fn path(&self) -> &str {
+        self.head.split_whitespace().nth(1).unwrap_or_default()
+    }
+
+    pub fn header(&self, name: &str) -> Option<String> {
+        self.head.lines().skip(1).find_map(|l| {
+            let (n, v) = l.split_once(':')?;
+            n.trim()
+                .eq_ignore_ascii_case(name)
+                .then(|| v.trim().to_owned())
+        })
+    }
+}
+
+/// A broker stand-in: answers the n-th request with `script[n % len]` and records
+/// every request.
+#[derive(Debug)]
+pub struct FakeBroker {
+    script: Vec<FakeAnswer>,
+    next: AtomicUsize,
+    requests: Mutex<Vec<FakeBrokerRequest>>,
+}
+
+impl FakeBroker {
+    pub fn new(script: Vec<FakeAnswer>) -> Arc<FakeBroker> {
+        assert!(!script.is_empty(), "a fake broker needs a script");
+        Arc::new(FakeBroker {
+            script,
+            next: AtomicUsize::new(0),
+            requests: Mutex::new(Vec::new()),
+        })
+    }
+
+    pub fn requests(&self) -> Vec<FakeBrokerRequest> {
+        self.requests.lock().expect("fake broker lock").clone()
+    }
+
+    async fn serve(self: Arc<FakeBroker>, sim: SocketAddr) -> (SocketAddr, AbortHandle) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("local addr");
+        let task = tokio::spawn(async move {
+            while let Ok((mut socket, _)) = listener.accept().await {
+                let fake = Arc::clone(&self);
+                tokio::spawn(async move {
+                    let Some((head, body)) = read_request_text(&mut socket).await else {
+                        return;
+                    };
+                    let body = serde_json::from_slice(&body).unwrap_or(Value::Null);
+                    fake.requests
+                        .lock()
+                        .expect("fake broker lock")
+                        .push(FakeBrokerRequest { head, body });
+                    let n = fake.next.fetch_add(1, Ordering::SeqCst);
+                    let answer = fake.script[n % fake.script.len()].clone();
+                    let (status, body, length) = match answer {
+                        FakeAnswer::Close => {
+                            drop(socket);
+                            return;
+                        }
+                        FakeAnswer::Reply { status, body } => {
+                            let length = body.len();
+                            (status, body, length)
+                        }
+                        FakeAnswer::CutShort {
+                            content_length,
+                            body,
+                        } => (200, body, content_length),
+                        FakeAnswer::LookerToken => {
+                            let token =
+                                sim_login(sim, "demo-analyst-id", "demo-analyst-secret").await;
+                            let body = json!({"access_token": token, "token_type": "token", "expires_in": 3540});
+                            let body = body.to_string();
+                            let length = body.len();
+                            (200, body, length)
+                        }
+                    };
+                    let response = format!(
+                        "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: {length}\r\nconnection: close\r\n\r\n{body}"
+                    );
+                    let _ = socket.write_all(response.as_bytes()).await;
+                    let _ = socket.shutdown().await;
+                });
+            }
+        });
+        (addr, task.abort_handle())
+    }
+}
+
+/// Logs in to the simulator with API3 credentials, as the broker does.
+pub async fn sim_login(sim: SocketAddr, client_id: &str, client_secret: &str) -> String {
+    let client = reqwest::Client::builder()
+        .no_proxy()
+        .build()
+        .expect("client");
+    let answer: Value = client
+        .post(format!("http://{sim}/api/4.0/login"))
+        .form(&[("client_id", client_id), ("client_secret", client_secret)])
+        .send()
+        .await
+        .expect("simulator login")
+        .json()
+        .await
+        .expect("simulator login JSON");
+    answer["access_token"]
+        .as_str()
+        .expect("access_token")
+        .to_owned()
+}
+
+/// Reads one HTTP/1.1 request: (head, body by content-length).
+async fn read_request_text(socket: &mut tokio::net::TcpStream) -> Option<(String, Vec<u8>)> {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        let n = socket.read(&mut chunk).await.ok()?;
+        if n == 0 {
+            return None;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buf[..end]).into_owned();
+            let length: usize = head
+                .to_ascii_lowercase()
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:").map(str::to_owned))
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or(0);
+            if buf.len() >= end + 4 + length {
+                return Some((head, buf[end + 4..end + 4 + length].to_vec()));
+            }
+        }
+    }
+}
+
+/// A TCP listener that counts connections (and never answers): stands in for a
+/// server a token's `jku`/`x5u` points at.
+pub async fn connection_counter() -> (SocketAddr, Arc<AtomicUsize>, AbortHandle) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("local addr");
+    let count = Arc::new(AtomicUsize::new(0));
+    let seen = Arc::clone(&count);
+    let task = tokio::spawn(async move {
+        while let Ok((socket, _)) = listener.accept().await {
+            seen.fetch_add(1, Ordering::SeqCst);
+            drop(socket);
+        }
+    });
+    (addr, count, task.abort_handle())
 }
 
 impl Drop for Gateway {
@@ -692,7 +1138,14 @@ fn start_envoy(bin: &Path, dir: &Path, yaml: &str) -> Envoy {
         .arg("-c")
         .arg(&config)
         .args(["--base-id", &base_id.to_string(), "--concurrency", "2"])
-        .args(["--log-level", "info", "--component-log-level", "wasm:debug"])
+        // The access log is flushed every 10 s by default; tests read it right away.
+        .args(["--file-flush-interval-msec", "100"])
+        .args(["--log-level", "info", "--component-log-level"])
+        // For debugging a failing test, e.g. `wasm:trace,http:debug,router:debug`.
+        .arg(
+            std::env::var("LOOKERGATE_E2E_ENVOY_COMPONENT_LOG")
+                .unwrap_or_else(|_| "wasm:debug".to_owned()),
+        )
         .arg("--admin-address-path")
         .arg(dir.join("admin.address"))
         .current_dir(repo_root())

@@ -77,3 +77,43 @@ pub fn hs256_with_rsa_public_key(user: &str) -> String {
     let key = HS256Key::from_bytes(pem.as_bytes()).with_key_id(DEMO_KID);
     key.authenticate(spec(user).claims()).expect("hs256")
 }
+
+/// base64url (no padding) of `value`'s JSON.
+pub fn b64_json(value: &Value) -> String {
+    URL_SAFE_NO_PAD.encode(value.to_string())
+}
+
+/// An RS256 signature with the demo key over `signing_input`, base64url.
+pub fn rs256_signature(signing_input: &str) -> String {
+    use superboring::hash::MessageDigest;
+    use superboring::pkey::PKey;
+    use superboring::sign::Signer;
+    let key = demo_signing_key().expect("demo key");
+    let pkey = PKey::from_rsa(key.key_pair().as_ref().clone()).expect("pkey");
+    let mut signer = Signer::new(MessageDigest::sha256(), &pkey).expect("signer");
+    signer
+        .set_rsa_padding(superboring::rsa::Padding::PKCS1)
+        .expect("padding");
+    signer.update(signing_input.as_bytes()).expect("update");
+    URL_SAFE_NO_PAD.encode(signer.sign_to_vec().expect("sign"))
+}
+
+/// A token with exactly this JOSE `header` and this payload text (base64url-encoded
+/// as given), genuinely signed with the demo key: only the header makes it wrong.
+pub fn signed_raw(header: &Value, payload_b64: &str) -> String {
+    let input = format!("{}.{payload_b64}", b64_json(header));
+    let signature = rs256_signature(&input);
+    format!("{input}.{signature}")
+}
+
+/// The claims of `spec` as a JSON object (what the payload of [`signed`] holds).
+pub fn claims_json(spec: &TokenSpec) -> Value {
+    let token = signed(spec);
+    let payload = token.split('.').nth(1).expect("payload");
+    serde_json::from_slice(&URL_SAFE_NO_PAD.decode(payload).expect("b64")).expect("json")
+}
+
+/// The demo header: `{"alg":"RS256","typ":"JWT","kid":"demo-2026"}`.
+pub fn demo_header() -> Value {
+    json!({"alg": "RS256", "typ": "JWT", "kid": DEMO_KID})
+}
