@@ -17,7 +17,7 @@ WASM := target/$(WASM_TARGET)/release/lookergate.wasm
 ENVOY := .venv/bin/envoy
 NATIVE_PACKAGES := -p lookergate-broker -p lookergate-looker-sim -p lookergate-cli
 
-.PHONY: help wasm wasm-target envoy build demo token test test-bins lint fmt
+.PHONY: help wasm wasm-target envoy build demo token test test-bins sdk-test lint-filter lint fmt
 
 help:
 	@echo "targets: wasm envoy build demo token test lint fmt"
@@ -55,14 +55,26 @@ token:
 # The e2e tests run the native services as debug binaries: `cargo test` compiles their
 # dependencies in the dev profile anyway, so this costs no second build of them.
 test-bins:
-	$(CARGO) build -p lookergate-broker -p lookergate-looker-sim
+	$(CARGO) build -p lookergate-broker -p lookergate-looker-sim -p lookergate-cli
 
+# Everything: unit and e2e tests (cargo), the Looker SDK through the gateway, the
+# deployment artifacts, and clippy on the filter (no unwrap/expect/panic in the VM).
 test: wasm envoy test-bins
 	LOOKERGATE_WASM="$(CURDIR)/$(WASM)" \
 	LOOKERGATE_ENVOY="$(CURDIR)/$(ENVOY)" \
 	LOOKERGATE_BROKER_BIN="$(CURDIR)/target/debug/lookergate-broker" \
 	LOOKERGATE_SIM_BIN="$(CURDIR)/target/debug/lookergate-looker-sim" \
 	$(CARGO) test --workspace --no-fail-fast
+	$(MAKE) --no-print-directory sdk-test deploy-check lint-filter
+
+# The official Looker SDK (pinned) through the gateway, against the demo config.
+sdk-test: envoy test-bins
+	@.venv/bin/python -c 'import looker_sdk' 2>/dev/null || .venv/bin/pip install --quiet --disable-pip-version-check -r tests/sdk/requirements.txt
+	tests/sdk/run.sh
+
+# Clippy denies unwrap/expect/panic in the filter (Cargo.toml [workspace.lints]).
+lint-filter: wasm-target
+	$(CARGO) clippy -p lookergate --lib --target $(WASM_TARGET) -- -D warnings
 
 lint: wasm-target
 	$(CARGO) clippy --workspace --all-targets -- -D warnings

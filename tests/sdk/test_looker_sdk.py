@@ -154,12 +154,9 @@ class LookerSdkThroughGateway(unittest.TestCase):
             self.assertNotIn(entry.get("lookergate_identity"), (None, "", "-"), entry)
             self.assertNotIn(TOKEN, json.dumps(entry), "a token in the access log")
 
-    # KNOWN BUG (gateway error bodies): the SDK structures every non-2xx body into
-    # SDKError, whose `message` is required; lookergate's {"error","reason","request_id"}
-    # has none, so the SDK raises cattrs' ClassValidationError instead of SDKError. Fixed
-    # when the gateway's error JSON also carries a Looker-style "message"; then this
-    # passes, unittest reports an unexpected success, and the decorator must go.
-    @unittest.expectedFailure
+    # Regression: the SDK structures every non-2xx body into SDKError, whose `message` is
+    # required; the gateway's error JSON once had none and the SDK raised cattrs'
+    # ClassValidationError instead. Error bodies now carry a Looker-style "message".
     @unittest.skipUnless(DENIED_TOKEN, "set LOOKERGATE_DENIED_TOKEN to check refusals")
     def test_a_refused_caller_gets_the_gateways_403_as_an_sdk_error(self):
         sdk = gateway_sdk(URL, lambda: DENIED_TOKEN)
@@ -167,8 +164,6 @@ class LookerSdkThroughGateway(unittest.TestCase):
             sdk.dashboard("1", transport_options=self.options)
         self.assertTrue(caught.exception.message, "an SDKError without the gateway's reason")
 
-    # KNOWN BUG, as above: the gateway's 403 body has no "message".
-    @unittest.expectedFailure
     def test_the_sdk_cannot_log_in_through_the_gateway(self):
         # Looker's own /login is the gateway's business: clients are refused.
         with self.assertRaises(error.SDKError):

@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# Runs the Looker SDK test (tests/sdk/test_looker_sdk.py) against the demo stack —
+# simulator, broker and Envoy with envoy/demo.yaml — started here from the debug
+# binaries `make test` builds, on free ports, and stopped on exit.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/../.."
+
+BIN=${LOOKERGATE_BIN_DIR:-target/debug}
+work=$(mktemp -d)
+pids=()
+stop() {
+  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "$work"
+}
+trap stop EXIT
+
+# Starts a service on port 0 and prints the address from its `listening on` line.
+start() {
+  local log=$1; shift
+  "$@" > "$log.out" 2> "$log.err" & pids+=($!)
+  for _ in $(seq 1 100); do
+    if grep -q '^listening on ' "$log.out" 2>/dev/null; then
+      sed -n 's/^listening on //p' "$log.out" | head -1
+      return
+    fi
+    sleep 0.1
+  done
+  echo "sdk test: $* did not start; its log:" >&2; cat "$log.err" >&2; exit 1
+}
+free_port() { .venv/bin/python -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+sim=$(start "$work/sim" "$BIN/lookergate-looker-sim" --listen 127.0.0.1:0)
+broker=$(LOOKERGATE_BROKER_LOOKER_URL="http://$sim" start "$work/broker" "$BIN/lookergate-broker" --listen 127.0.0.1:0)
+listen=$(free_port); admin=$(free_port)
+sed -e "s/port_value: 10000/port_value: $listen/" -e "s/port_value: 9901/port_value: $admin/" \
+    -e "s/port_value: 10080/port_value: ${sim##*:}/" -e "s/port_value: 10090/port_value: ${broker##*:}/" \
+    envoy/demo.yaml > "$work/envoy.yaml"
+.venv/bin/envoy -c "$work/envoy.yaml" --concurrency 1 --base-id $((RANDOM + 2000)) --disable-hot-restart \
+  --file-flush-interval-msec 100 > "$work/access.log" 2> "$work/envoy.log" & pids+=($!)
+for _ in $(seq 1 200); do
+  curl -fsS -o /dev/null "http://127.0.0.1:$admin/ready" 2>/dev/null && break
+  sleep 0.1
+done
+curl -fsS -o /dev/null "http://127.0.0.1:$admin/ready" || { echo "sdk test: Envoy not ready" >&2; tail -20 "$work/envoy.log" >&2; exit 1; }
+
+LOOKERGATE_URL="http://127.0.0.1:$listen" \
+LOOKERGATE_TOKEN=$("$BIN/lookergate" token --user alice) \
+LOOKERGATE_DENIED_TOKEN=$("$BIN/lookergate" token --user eve) \
+LOOKERGATE_SIM_URL="http://$sim" \
+LOOKERGATE_ACCESS_LOG="$work/access.log" \
+  .venv/bin/python -m unittest -v tests/sdk/test_looker_sdk.py
