@@ -64,8 +64,8 @@ test: wasm envoy test-bins
 	LOOKERGATE_ENVOY="$(CURDIR)/$(ENVOY)" \
 	LOOKERGATE_BROKER_BIN="$(CURDIR)/target/debug/lookergate-broker" \
 	LOOKERGATE_SIM_BIN="$(CURDIR)/target/debug/lookergate-looker-sim" \
-	$(CARGO) test --workspace --no-fail-fast
-	$(MAKE) --no-print-directory sdk-test deploy-check lint-filter
+	$(CARGO) test --workspace --lib --bins --tests --no-fail-fast
+	$(MAKE) --no-print-directory lint-filter sdk-test deploy-check
 
 # The official Looker SDK (pinned) through the gateway, against the demo config.
 sdk-test: envoy test-bins
