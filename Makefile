@@ -64,6 +64,7 @@ test: wasm envoy test-bins
 	LOOKERGATE_ENVOY="$(CURDIR)/$(ENVOY)" \
 	LOOKERGATE_BROKER_BIN="$(CURDIR)/target/debug/lookergate-broker" \
 	LOOKERGATE_SIM_BIN="$(CURDIR)/target/debug/lookergate-looker-sim" \
+	LOOKERGATE_IDP_BIN="$(CURDIR)/target/debug/lookergate" \
 	$(CARGO) test --workspace --lib --bins --tests --no-fail-fast
 	$(MAKE) --no-print-directory lint-filter sdk-test deploy-check
 

@@ -192,6 +192,9 @@ def lookergate_plugin_config(jwks_doc):
     wasm = next(f for f in hcm["http_filters"] if f["name"] == "envoy.filters.http.wasm")
     config = json.loads(wasm["typed_config"]["config"]["configuration"]["value"])
     issuer = dict(config["issuers"][0])
+    # The bench's keys are inline: drop however the demo fetches its own.
+    for remote in ("jwks_uri", "discovery", "cluster", "jwks_refresh", "jwks_max_stale", "unknown_kid_refetch"):
+        issuer.pop(remote, None)
     issuer.update({"issuer": ISS, "audiences": [AUD], "jwks": jwks_doc, "algorithms": list(KIDS)})
     config["issuers"] = [issuer]
     return config

@@ -265,6 +265,14 @@ impl Issuer {
         }
     }
 
+    /// [`Issuer::verify`], sharing the worker's cached result (the filter's path).
+    pub fn verify_shared(&self, token: &str, now_unix: u64) -> Result<std::rc::Rc<crate::jwt::VerifiedToken>, IssuerError> {
+        match self.verifier.borrow().as_ref() {
+            None => Err(IssuerError::NoKeys),
+            Some(v) => v.verify_shared(token, now_unix).map_err(IssuerError::Token),
+        }
+    }
+
     /// Installs a new key set (a fresh verifier: its caches start empty).
     pub fn install_keys(&self, keys: KeySet) {
         let s = &self.settings;

@@ -1,14 +1,17 @@
 //! The per-request decision, pure: from what the client sent to either a refusal or
 //! "forward as this Looker identity, with these header changes".
 
+use std::borrow::Cow;
+use std::rc::Rc;
+
 use crate::config::{Gateway, IssuerError, TokenSource};
 use crate::jwt::{self, VerifiedToken};
 use crate::path;
-use crate::looker::Resolution;
+use crate::looker::{Operation, Resolution};
 use crate::policy::{Input, LookerIdentity, QueryFacts, Verdict};
 use crate::reply::Refusal;
 
-/// What the filter read from the request: just what the decision needs.
+/// A request with owned strings (the `explain` CLI, tests); see [`RequestHead`].
 #[derive(Debug, Default, Clone)]
 pub struct RequestView {
     pub method: String,
@@ -18,6 +21,36 @@ pub struct RequestView {
     pub request_id: String,
     /// Every request header as (lower-case name, value).
     pub headers: Vec<(String, String)>,
+}
+
+impl RequestView {
+    /// The headers, borrowed, as [`RequestHead::headers`] wants them.
+    pub fn header_pairs(&self) -> Vec<(Cow<'_, str>, Cow<'_, str>)> {
+        self.headers.iter().map(|(n, v)| (Cow::Borrowed(n.as_str()), Cow::Borrowed(v.as_str()))).collect()
+    }
+}
+
+/// What the decision reads from a request, borrowed: the filter reads it in place from
+/// the host's header block, with no copy per header.
+#[derive(Debug, Clone, Copy)]
+pub struct RequestHead<'a> {
+    pub method: &'a str,
+    /// `:path` as received (path and query).
+    pub path: &'a str,
+    /// Every request header as (lower-case name, value), in order.
+    pub headers: &'a [(Cow<'a, str>, Cow<'a, str>)],
+}
+
+impl<'a> RequestHead<'a> {
+    /// `:method` and `:path` (empty if absent, as an absent path is refused anyway).
+    pub fn new(headers: &'a [(Cow<'a, str>, Cow<'a, str>)]) -> RequestHead<'a> {
+        RequestHead { method: header(headers, ":method").unwrap_or_default(), path: header(headers, ":path").unwrap_or_default(), headers }
+    }
+}
+
+/// The first value of header `name`.
+pub fn header<'a>(headers: &'a [(Cow<'a, str>, Cow<'a, str>)], name: &str) -> Option<&'a str> {
+    headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_ref())
 }
 
 /// One change to the request headers before it is forwarded.
@@ -63,8 +96,8 @@ pub struct Admitted {
     /// Normalized path without the query.
     path: String,
     operation_id: Option<String>,
-    claims: serde_json::Map<String, serde_json::Value>,
-    subject: Option<String>,
+    /// The verified token (shared with the worker's verified-token cache).
+    token: Rc<VerifiedToken>,
     /// Header changes planned so far (credential stripping, path rewrite).
     header_ops: Vec<HeaderOp>,
     /// The query read from the URL (`run_url_encoded_query`).
@@ -81,26 +114,31 @@ const METHOD_OVERRIDE_HEADERS: &[&str] = &["x-http-method-override", "x-http-met
 /// Verifies the token, resolves the Looker operation, evaluates the policy and plans
 /// the rewrite.
 pub fn decide(gateway: &Gateway, request: &RequestView, now_unix: u64) -> Decision {
+    let headers = request.header_pairs();
+    decide_head(gateway, RequestHead { method: &request.method, path: &request.path, headers: &headers }, now_unix)
+}
+
+/// [`decide`] on a borrowed request (the filter's path).
+pub fn decide_head(gateway: &Gateway, request: RequestHead<'_>, now_unix: u64) -> Decision {
     match admit(gateway, request, now_unix) {
         Err(refused) => {
             let (refusal, audit) = *refused;
             refuse(refusal, audit)
         }
-        Ok(admitted) => {
-            let operation = admitted.operation_id.as_deref().and_then(|id| gateway.operations.by_id(id));
+        Ok((mut admitted, operation)) => {
             let input = Input {
                 method: &admitted.method,
                 path: &admitted.path,
                 operation,
-                claims: &admitted.claims,
+                claims: &admitted.token.claims,
                 query: admitted.url_query.as_ref(),
             };
             let reads_body = operation.is_some_and(|o| BODY_QUERY_OPERATIONS.contains(&o.operation_id.as_str()));
             if reads_body && gateway.policy.needs_query(&input) {
                 return Decision::NeedBody(Box::new(admitted));
             }
-            let query = admitted.url_query.clone();
-            judge(gateway, admitted, query.as_ref())
+            let query = admitted.url_query.take();
+            judge(gateway, admitted, operation, query.as_ref())
         }
     }
 }
@@ -108,7 +146,10 @@ pub fn decide(gateway: &Gateway, request: &RequestView, now_unix: u64) -> Decisi
 /// The verdict for a request whose body (a Looker `WriteQuery`) has been read.
 pub fn decide_body(gateway: &Gateway, admitted: Admitted, body: &[u8]) -> Decision {
     match query_from_body(body) {
-        Ok(facts) => judge(gateway, admitted, Some(&facts)),
+        Ok(facts) => {
+            let operation = admitted.operation_id.as_deref().and_then(|id| gateway.operations.by_id(id));
+            judge(gateway, admitted, operation, Some(&facts))
+        }
         Err(reason) => {
             let audit = admitted.audit.clone();
             refuse(Refusal::BadRequest { reason }, audit)
@@ -125,13 +166,21 @@ fn refuse(refusal: Refusal, mut audit: Audit) -> Decision {
     Decision::Refuse { refusal, audit }
 }
 
-fn admit(gateway: &Gateway, request: &RequestView, now_unix: u64) -> Result<Admitted, Box<(Refusal, Audit)>> {
+/// The admitted request with its resolved operation, or the refusal with its audit.
+type Admission<'g> = Result<(Admitted, Option<&'g Operation>), Box<(Refusal, Audit)>>;
+
+/// Authenticates and resolves the operation; returns it with the admitted request.
+fn admit<'g>(
+    gateway: &'g Gateway,
+    request: RequestHead<'_>,
+    now_unix: u64,
+) -> Admission<'g> {
     let mut audit = Audit { verdict: "deny", ..Audit::default() };
-    let target = match path::parse_target(&request.path) {
+    let target = match path::parse_target(request.path) {
         Ok(t) => t,
         Err(bad) => return Err(Box::new((Refusal::BadRequest { reason: bad.0.to_owned() }, audit))),
     };
-    if let Some((name, _)) = request.headers.iter().find(|(n, _)| METHOD_OVERRIDE_HEADERS.contains(&n.as_str())) {
+    if let Some((name, _)) = request.headers.iter().find(|(n, _)| METHOD_OVERRIDE_HEADERS.contains(&n.as_ref())) {
         let reason = format!("the {name} header is not allowed: the gateway decides on the request's own method");
         return Err(Box::new((Refusal::BadRequest { reason }, audit)));
     }
@@ -144,7 +193,7 @@ fn admit(gateway: &Gateway, request: &RequestView, now_unix: u64) -> Result<Admi
     audit.groups = groups_summary(&verified.claims);
     let mut operation = None;
     if let Some(rest) = below_prefix(&target.path, &gateway.api_prefix) {
-        match gateway.operations.resolve(&request.method, rest) {
+        match gateway.operations.resolve(request.method, rest) {
             Resolution::Found(op) => operation = Some(op),
             Resolution::NotFound | Resolution::WrongMethod => {
                 let reason = format!("{} {} is not an operation of Looker's API 4.0", request.method, target.path);
@@ -168,25 +217,24 @@ fn admit(gateway: &Gateway, request: &RequestView, now_unix: u64) -> Result<Admi
     if forward != request.path {
         header_ops.push(HeaderOp::Set(":path".to_owned(), forward));
     }
-    Ok(Admitted {
-        method: request.method.clone(),
+    let admitted = Admitted {
+        method: request.method.to_owned(),
         path: target.path,
         operation_id: operation.map(|o| o.operation_id.clone()),
-        claims: verified.claims,
-        subject: verified.subject,
+        token: verified,
         header_ops,
         url_query,
         audit,
-    })
+    };
+    Ok((admitted, operation))
 }
 
-fn judge(gateway: &Gateway, admitted: Admitted, query: Option<&QueryFacts>) -> Decision {
-    let operation = admitted.operation_id.as_deref().and_then(|id| gateway.operations.by_id(id));
+fn judge(gateway: &Gateway, admitted: Admitted, operation: Option<&Operation>, query: Option<&QueryFacts>) -> Decision {
     let evaluation = gateway.policy.evaluate(&Input {
         method: &admitted.method,
         path: &admitted.path,
         operation,
-        claims: &admitted.claims,
+        claims: &admitted.token.claims,
         query,
     });
     let mut audit = admitted.audit;
@@ -202,7 +250,7 @@ fn judge(gateway: &Gateway, admitted: Admitted, query: Option<&QueryFacts>) -> D
             audit.verdict = "allow";
             Decision::Forward {
                 identity,
-                subject: admitted.subject.unwrap_or_default(),
+                subject: admitted.token.subject.clone().unwrap_or_default(),
                 header_ops: admitted.header_ops,
                 audit,
             }
@@ -212,11 +260,20 @@ fn judge(gateway: &Gateway, admitted: Admitted, query: Option<&QueryFacts>) -> D
 
 /// The `groups` claim for the audit trail: comma-joined, at most 256 bytes.
 fn groups_summary(claims: &serde_json::Map<String, serde_json::Value>) -> Option<String> {
-    let mut summary = match claims.get("groups")? {
-        serde_json::Value::Array(items) => items.iter().filter_map(|g| g.as_str()).collect::<Vec<_>>().join(","),
-        serde_json::Value::String(s) => s.split_ascii_whitespace().collect::<Vec<_>>().join(","),
-        _ => return None,
+    // Joined into one buffer (no intermediate Vec): this runs on every request.
+    let mut summary = String::new();
+    let mut first = true;
+    let mut push = |group: &str| {
+        if !std::mem::take(&mut first) {
+            summary.push(',');
+        }
+        summary.push_str(group);
     };
+    match claims.get("groups")? {
+        serde_json::Value::Array(items) => items.iter().filter_map(|g| g.as_str()).for_each(&mut push),
+        serde_json::Value::String(s) => s.split_ascii_whitespace().for_each(&mut push),
+        _ => return None,
+    }
     if summary.len() > 256 {
         let mut cut = 253;
         while !summary.is_char_boundary(cut) {
@@ -309,7 +366,10 @@ fn query_from_url(path: &str, query: Option<&str>) -> QueryFacts {
 
 /// Appends the Looker token to a planned rewrite. Looker accepts `token X`.
 pub fn with_looker_token(mut header_ops: Vec<HeaderOp>, looker_token: &str) -> Vec<HeaderOp> {
-    header_ops.push(HeaderOp::Set("authorization".to_owned(), format!("token {looker_token}")));
+    let mut value = String::with_capacity(looker_token.len() + 6);
+    value.push_str("token ");
+    value.push_str(looker_token);
+    header_ops.push(HeaderOp::Set("authorization".to_owned(), value));
     header_ops
 }
 
@@ -317,13 +377,13 @@ pub fn with_looker_token(mut header_ops: Vec<HeaderOp>, looker_token: &str) -> V
 /// an unknown `kid` can be traced to the issuer whose keys to refetch.
 fn authenticate(
     gateway: &Gateway,
-    request: &RequestView,
+    request: RequestHead<'_>,
     now_unix: u64,
     issuer_seen: &mut Option<String>,
-) -> Result<VerifiedToken, Refusal> {
+) -> Result<Rc<VerifiedToken>, Refusal> {
     let mut presented: Option<(&str, &str)> = None; // (header, token)
     for header in &gateway.token_headers {
-        let mut values = request.headers.iter().filter(|(n, _)| n == header).map(|(_, v)| v.as_str());
+        let mut values = request.headers.iter().filter(|(n, _)| n == header).map(|(_, v)| v.as_ref());
         let Some(value) = values.next() else { continue };
         if values.next().is_some() {
             return Err(Refusal::InvalidToken {
@@ -367,7 +427,7 @@ fn authenticate(
         });
     };
     *issuer_seen = Some(issuer.issuer.clone());
-    issuer.verify(token, now_unix).map_err(|e| match e {
+    issuer.verify_shared(token, now_unix).map_err(|e| match e {
         IssuerError::NoKeys => Refusal::KeysUnavailable,
         IssuerError::Token(e) => Refusal::InvalidToken { code: e.code(), detail: e.to_string() },
     })
@@ -393,7 +453,7 @@ fn token_from<'v>(source: &TokenSource, value: &'v str) -> Option<&'v str> {
 
 /// Headers that must not reach Looker: the client's credentials and anything the
 /// gateway owns. `authorization` is set again with the Looker token.
-fn strip_client_credentials(gateway: &Gateway, request: &RequestView) -> Vec<HeaderOp> {
+fn strip_client_credentials(gateway: &Gateway, request: RequestHead<'_>) -> Vec<HeaderOp> {
     let mut ops: Vec<HeaderOp> = Vec::new();
     let mut remove = |name: &str| {
         if !ops.iter().any(|op| matches!(op, HeaderOp::Remove(n) if n == name)) {
@@ -405,7 +465,7 @@ fn strip_client_credentials(gateway: &Gateway, request: &RequestView) -> Vec<Hea
             remove(header);
         }
     }
-    for (name, _) in &request.headers {
+    for (name, _) in request.headers {
         if name == "cookie" || name == "proxy-authorization" || name.starts_with("x-lookergate-") {
             remove(name);
         }
@@ -560,6 +620,17 @@ mod tests {
             Decision::Forward { audit, .. } => assert_eq!(audit.operation.as_deref(), Some("dashboard")),
             other => panic!("expected forward, got {other:?}"),
         }
+    }
+
+    #[test]
+    fn groups_summary_joins_every_group_and_is_bounded() {
+        let summary = |groups: serde_json::Value| groups_summary(json!({ "groups": groups }).as_object().unwrap());
+        assert_eq!(summary(json!(["a", "b"])).as_deref(), Some("a,b"));
+        assert_eq!(summary(json!(["", "a", 5, "b"])).as_deref(), Some(",a,b"));
+        assert_eq!(summary(json!("a  b")).as_deref(), Some("a,b"));
+        assert_eq!(summary(json!([])).as_deref(), Some(""));
+        assert_eq!(summary(json!(5)), None);
+        assert_eq!(summary(json!(["x".repeat(300)])).map(|s| s.len()), Some(256));
     }
 
     #[test]

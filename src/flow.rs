@@ -7,7 +7,7 @@ use log::{debug, warn};
 
 use crate::broker::{self, MAX_RESPONSE_BYTES};
 use crate::config::Gateway;
-use crate::decision::{self, Admitted, Audit, Decision, RequestView};
+use crate::decision::{self, Admitted, Audit, Decision, RequestHead};
 use crate::keys::{FetchOutcome, UnknownKid};
 use crate::ratelimit;
 use crate::host::Host;
@@ -24,10 +24,6 @@ pub enum Next {
 
 /// Extra time a waiter is given past the broker timeout before the tick answers it.
 const WAIT_GRACE: Duration = Duration::from_millis(1000);
-
-fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
-    headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
-}
 
 /// Where a request stream is in the flow. Kept per worker by context id, so that a
 /// callout answered on one context can move another context along.
@@ -69,14 +65,11 @@ fn decide_request<H: Host>(
     retried: bool,
 ) -> Next {
     let now_ms = host.now_ms();
-    let headers = host.request_headers();
-    let request = RequestView {
-        method: header(&headers, ":method").unwrap_or_default().to_owned(),
-        path: header(&headers, ":path").unwrap_or_default().to_owned(),
-        request_id: header(&headers, "x-request-id").unwrap_or_default().to_owned(),
-        headers,
-    };
-    let decision = match decision::decide(gateway, &request, now_ms / 1000) {
+    let block = host.request_headers();
+    let headers = block.pairs();
+    let request = RequestHead::new(&headers);
+    let request_id = decision::header(&headers, "x-request-id").unwrap_or_default();
+    let decision = match decision::decide_head(gateway, request, now_ms / 1000) {
         Decision::Refuse { refusal: Refusal::InvalidToken { code: "unknown_kid", .. }, audit } if !retried => {
             let issuer = audit.issuer.clone().unwrap_or_default();
             match worker.keys.wait_for_unknown_kid(gateway, host, &issuer, context_id, now_ms) {
@@ -86,15 +79,15 @@ fn decide_request<H: Host>(
                     worker.stages.insert(context_id, Stage::AwaitingKeys { body_size, body_complete });
                     return Next::Pause;
                 }
-                UnknownKid::Refuse => decision::decide(gateway, &request, now_ms / 1000),
+                UnknownKid::Refuse => decision::decide_head(gateway, request, now_ms / 1000),
             }
         }
         Decision::NeedBody(admitted) => match body {
             None => {
                 let stage = Stage::AwaitingBody {
                     admitted,
-                    request_id: request.request_id,
-                    method: request.method,
+                    request_id: request_id.to_owned(),
+                    method: request.method.to_owned(),
                     since_ms: now_ms,
                 };
                 worker.stages.insert(context_id, stage);
@@ -103,7 +96,7 @@ fn decide_request<H: Host>(
             Some(size) => {
                 if size > gateway.max_body_bytes {
                     worker.stages.insert(context_id, Stage::Refused);
-                    refuse(host, &Refusal::PayloadTooLarge { limit: gateway.max_body_bytes }, &request.request_id);
+                    refuse(host, &Refusal::PayloadTooLarge { limit: gateway.max_body_bytes }, request_id);
                     return Next::Pause;
                 }
                 let bytes = if size == 0 { Vec::new() } else { host.request_body(size) };
@@ -112,7 +105,7 @@ fn decide_request<H: Host>(
         },
         other => other,
     };
-    proceed(gateway, worker, host, context_id, &request.request_id, &request.method, decision, now_ms)
+    proceed(gateway, worker, host, context_id, request_id, request.method, decision, now_ms)
 }
 
 /// Handles request body data: buffers (bounded) until the end, then decides.
@@ -437,8 +430,8 @@ pub fn on_response<H: Host>(gateway: &Gateway, worker: &mut Worker, host: &H, co
 /// and answer requests that waited past their deadline.
 pub fn on_tick<H: Host>(gateway: &Gateway, worker: &mut Worker, host: &H, root_context: u32) {
     let now_ms = host.now_ms();
-    worker.keys.tick(gateway, host, root_context, now_ms);
-    for waiter in worker.keys.overdue(now_ms) {
+    let woken = worker.keys.tick(gateway, host, root_context, now_ms);
+    for waiter in woken.into_iter().chain(worker.keys.overdue(now_ms)) {
         redecide_after_keys(gateway, worker, host, waiter.context_id);
     }
     // A body that never arrives must not hold a request forever. (It also catches an
@@ -506,7 +499,7 @@ fn millis(d: Duration) -> u64 {
 
 /// Logs, counts and records for the access log what was decided. Never a token.
 fn report_decision<H: Host>(host: &H, context_id: u32, request_id: &str, method: &str, audit: &Audit) {
-    let shadows = if audit.shadows.is_empty() { "-".to_owned() } else { audit.shadows.join(",") };
+    let shadows = if audit.shadows.is_empty() { std::borrow::Cow::Borrowed("-") } else { audit.shadows.join(",").into() };
     let fields = [
         ("lookergate_verdict", audit.verdict),
         ("lookergate_subject", audit.subject.as_deref().unwrap_or("-")),
@@ -516,11 +509,20 @@ fn report_decision<H: Host>(host: &H, context_id: u32, request_id: &str, method:
         ("lookergate_rule", audit.rule.as_deref().unwrap_or("-")),
         ("lookergate_identity", audit.identity.as_deref().unwrap_or("-")),
         ("lookergate_reason", audit.reason.as_deref().unwrap_or("-")),
-        ("lookergate_shadow", shadows.as_str()),
+        ("lookergate_shadow", shadows.as_ref()),
     ];
     // Unset fields print as "-" in the access log anyway: skip their hostcalls.
-    let set: Vec<(&'static str, &str)> = fields.iter().copied().filter(|(_, v)| *v != "-").collect();
-    host.record_audit(&set);
+    let mut set = fields;
+    let mut n = 0;
+    for field in fields {
+        if field.1 != "-" {
+            if let Some(slot) = set.get_mut(n) {
+                *slot = field;
+                n += 1;
+            }
+        }
+    }
+    host.record_audit(set.get(..n).unwrap_or_default());
     match audit.verdict {
         "allow" => host.count("lookergate.decision.allow", 1),
         _ => host.count(&format!("lookergate.decision.deny.{}", audit.reason.as_deref().unwrap_or("unknown")), 1),
@@ -542,7 +544,7 @@ mod tests {
     //! was told (rewrite + resume, or a local reply) and which callouts were made.
     use super::*;
     use crate::decision::HeaderOp;
-    use crate::host::HostError;
+    use crate::host::{HeaderBlock, HostError};
     use crate::reply::LocalReply;
     use crate::testkeys::{sign_rs256, TestIssuer};
     use serde_json::json;
@@ -573,8 +575,8 @@ mod tests {
         fn now_ms(&self) -> u64 {
             self.now_ms.get()
         }
-        fn request_headers(&self) -> Vec<(String, String)> {
-            self.headers.borrow().get(&self.current.get()).cloned().unwrap_or_default()
+        fn request_headers(&self) -> HeaderBlock {
+            HeaderBlock::from_pairs(&self.headers.borrow().get(&self.current.get()).cloned().unwrap_or_default())
         }
         fn apply(&self, ops: &[HeaderOp]) -> Result<(), HostError> {
             self.applied.borrow_mut().entry(self.current.get()).or_default().extend(ops.iter().cloned());
@@ -1014,5 +1016,35 @@ mod tests {
         on_tick(&rig.gateway, &mut rig.worker, &rig.host, ROOT);
         assert_eq!(rig.status(10), Some(408));
         assert!(rig.host.dispatched.borrow().is_empty());
+    }
+
+    #[test]
+    fn rotated_key_on_another_worker_waits_for_that_workers_refetch() {
+        // Found by the soak: while worker A refetched, worker B refused the new kid.
+        let mut rig = remote_rig();
+        on_tick(&rig.gateway, &mut rig.worker, &rig.host, ROOT);
+        rig.answer(1, Some(200), &rig.idp.jwks.to_string(), ROOT);
+        let mut worker_b = Worker::default();
+        std::mem::swap(&mut rig.worker, &mut worker_b);
+        on_tick(&rig.gateway, &mut rig.worker, &rig.host, ROOT); // B syncs the shared keys
+        std::mem::swap(&mut rig.worker, &mut worker_b);
+
+        rig.host.now_ms.set(rig.host.now_ms.get() + 1000);
+        rig.idp = TestIssuer::rotated();
+        assert_eq!(rig.request(20, &[]), Next::Pause, "worker A: unknown kid, refetching");
+        let refetch = rig.host.next_callout.get();
+        std::mem::swap(&mut rig.worker, &mut worker_b);
+        assert_eq!(rig.request(21, &[]), Next::Pause, "worker B: waits for A's refetch");
+        assert_eq!(rig.status(21), None, "not refused");
+        std::mem::swap(&mut rig.worker, &mut worker_b);
+        rig.answer(refetch, Some(200), &rig.idp.jwks.to_string(), 20);
+        std::mem::swap(&mut rig.worker, &mut worker_b);
+        on_tick(&rig.gateway, &mut rig.worker, &rig.host, ROOT);
+        assert_eq!(rig.status(21), None, "decided again with the new keys, no 401");
+        assert!(matches!(rig.worker.stages.get(&21), Some(Stage::AwaitingToken)));
+        // Once that refetch is done, a kid still unknown is refused at once on B too.
+        rig.idp = TestIssuer::new();
+        rig.request(22, &[]);
+        assert_eq!(rig.status(22), Some(401));
     }
 }

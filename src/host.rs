@@ -1,6 +1,7 @@
 //! The only door to the proxy: a `Host` trait with what the flow needs, and its
 //! proxy-wasm implementation. Nothing else in the crate calls `proxy_wasm::hostcalls`.
 
+use std::borrow::Cow;
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::time::{Duration, UNIX_EPOCH};
@@ -18,8 +19,8 @@ pub struct HostError(pub String);
 pub trait Host {
     /// Wall-clock time in milliseconds since the Unix epoch.
     fn now_ms(&self) -> u64;
-    /// All request headers of the current stream, as (lower-case name, value).
-    fn request_headers(&self) -> Vec<(String, String)>;
+    /// All request headers of the current stream, in one block read in place.
+    fn request_headers(&self) -> HeaderBlock;
     fn apply(&self, ops: &[HeaderOp]) -> Result<(), HostError>;
     /// The buffered request body (the first `size` bytes).
     fn request_body(&self, size: usize) -> Vec<u8>;
@@ -79,15 +80,8 @@ impl Host for ProxyHost {
             .unwrap_or(0)
     }
 
-    fn request_headers(&self) -> Vec<(String, String)> {
-        hostcalls::get_map_bytes(MapType::HttpRequestHeaders)
-            .map(|headers| {
-                headers
-                    .into_iter()
-                    .map(|(name, value)| (name, String::from_utf8_lossy(&value).into_owned()))
-                    .collect()
-            })
-            .unwrap_or_default()
+    fn request_headers(&self) -> HeaderBlock {
+        HeaderBlock::from_serialized(raw::header_map_pairs(MapType::HttpRequestHeaders).unwrap_or_default())
     }
 
     fn apply(&self, ops: &[HeaderOp]) -> Result<(), HostError> {
@@ -165,7 +159,7 @@ impl Host for ProxyHost {
         // Envoy stores these as filter state `wasm.<name>`: the access log prints them
         // with %FILTER_STATE(wasm.lookergate_subject:PLAIN)% and friends.
         for (name, value) in fields {
-            let _ = hostcalls::set_property(vec![name], Some(value.as_bytes()));
+            raw::set_property(name, value.as_bytes());
         }
     }
 
@@ -178,6 +172,113 @@ impl Host for ProxyHost {
     fn observe(&self, name: &str, value: u64) {
         if let Some(id) = metric_id(MetricType::Histogram, name) {
             let _ = hostcalls::record_metric(id, value);
+        }
+    }
+}
+
+/// A header map as proxy-wasm serializes it — a little-endian `u32` count, then each
+/// pair's name and value lengths (`u32` each), then each name and value followed by a
+/// NUL — kept as the one buffer the host wrote, and read in place: no copy per header.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HeaderBlock {
+    bytes: Vec<u8>,
+}
+
+impl HeaderBlock {
+    pub fn from_serialized(bytes: Vec<u8>) -> HeaderBlock {
+        HeaderBlock { bytes }
+    }
+
+    /// The block a host would send for these pairs (for fakes and tests).
+    pub fn from_pairs<N: AsRef<str>, V: AsRef<str>>(pairs: &[(N, V)]) -> HeaderBlock {
+        let mut bytes = Vec::new();
+        bytes.extend_from_slice(&u32::try_from(pairs.len()).unwrap_or(u32::MAX).to_le_bytes());
+        for (name, value) in pairs {
+            for part in [name.as_ref(), value.as_ref()] {
+                bytes.extend_from_slice(&u32::try_from(part.len()).unwrap_or(u32::MAX).to_le_bytes());
+            }
+        }
+        for (name, value) in pairs {
+            for part in [name.as_ref(), value.as_ref()] {
+                bytes.extend_from_slice(part.as_bytes());
+                bytes.push(0);
+            }
+        }
+        HeaderBlock { bytes }
+    }
+
+    /// Every (name, value) in order. Names and values that are not UTF-8 are read
+    /// lossily (U+FFFD), as before; a malformed block yields the pairs up to the damage.
+    pub fn pairs(&self) -> Vec<(Cow<'_, str>, Cow<'_, str>)> {
+        let bytes = self.bytes.as_slice();
+        let word = |at: usize| -> Option<usize> {
+            let b: [u8; 4] = bytes.get(at..at.checked_add(4)?)?.try_into().ok()?;
+            usize::try_from(u32::from_le_bytes(b)).ok()
+        };
+        let Some(count) = word(0) else { return Vec::new() };
+        let mut pairs = Vec::with_capacity(count.min(bytes.len() / 10));
+        let mut at = count.checked_mul(8).and_then(|n| n.checked_add(4)).unwrap_or(usize::MAX);
+        for i in 0..count {
+            let lengths = i.checked_mul(8).and_then(|n| n.checked_add(4));
+            let Some((name_len, value_len)) = lengths.and_then(|l| Some((word(l)?, word(l.checked_add(4)?)?))) else {
+                break;
+            };
+            let Some((name, after_name)) = part(bytes, at, name_len) else { break };
+            let Some((value, after_value)) = part(bytes, after_name, value_len) else { break };
+            at = after_value;
+            pairs.push((text(name), text(value)));
+        }
+        pairs
+    }
+}
+
+/// UTF-8 in place; lossily (U+FFFD) otherwise. `from_utf8` first: it is much faster than
+/// the lossy scan on the valid text that nearly every header is.
+fn text(bytes: &[u8]) -> Cow<'_, str> {
+    match std::str::from_utf8(bytes) {
+        Ok(text) => Cow::Borrowed(text),
+        Err(_) => String::from_utf8_lossy(bytes),
+    }
+}
+
+/// `len` bytes at `at`, and where the next part starts (past this one's NUL).
+fn part(bytes: &[u8], at: usize, len: usize) -> Option<(&[u8], usize)> {
+    let end = at.checked_add(len)?;
+    Some((bytes.get(at..end)?, end.checked_add(1)?))
+}
+
+/// Raw hostcalls the SDK only offers with a copy per item.
+mod raw {
+    use proxy_wasm::types::MapType;
+
+    #[link(wasm_import_module = "env")]
+    extern "C" {
+        fn proxy_get_header_map_pairs(map_type: u32, return_map_data: *mut *mut u8, return_map_size: *mut usize) -> u32;
+        fn proxy_set_property(path_data: *const u8, path_size: usize, value_data: *const u8, value_size: usize) -> u32;
+    }
+
+    /// Sets the one-segment property `name` (a one-element path is just its bytes), without
+    /// the SDK's two allocations per call. Failures are ignored, as before.
+    pub(super) fn set_property(name: &str, value: &[u8]) {
+        // SAFETY: both pointers are valid for their lengths for the duration of the call;
+        // the host only reads them.
+        unsafe {
+            proxy_set_property(name.as_ptr(), name.len(), value.as_ptr(), value.len());
+        }
+    }
+
+    /// The serialized header map, as the host wrote it (one allocation, no per-header copy).
+    pub(super) fn header_map_pairs(map_type: MapType) -> Option<Vec<u8>> {
+        let mut data: *mut u8 = std::ptr::null_mut();
+        let mut size: usize = 0;
+        // SAFETY: the host writes a pointer it obtained from this module's
+        // `proxy_on_memory_allocate` (a boxed slice of exactly `size` bytes) and its size;
+        // we take ownership of it exactly once, as the SDK's own `get_map_bytes` does.
+        unsafe {
+            if proxy_get_header_map_pairs(map_type as u32, &mut data, &mut size) != 0 || data.is_null() {
+                return None;
+            }
+            Some(Vec::from_raw_parts(data, size, size))
         }
     }
 }
@@ -220,4 +321,48 @@ pub fn install_host_crypto() -> Vec<crate::jwt::Algorithm> {
         crate::jwt::signature::install(std::rc::Rc::new(verifier));
     }
     enabled
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+mod tests {
+    use super::*;
+
+    fn owned(block: &HeaderBlock) -> Vec<(String, String)> {
+        block.pairs().into_iter().map(|(n, v)| (n.into_owned(), v.into_owned())).collect()
+    }
+
+    #[test]
+    fn header_block_reads_pairs_in_order_with_repeats_and_empty_values() {
+        let pairs = [(":method", "GET"), ("authorization", "Bearer a"), ("authorization", "Bearer b"), ("x-empty", "")];
+        let block = HeaderBlock::from_pairs(&pairs);
+        let expected: Vec<(String, String)> = pairs.iter().map(|(n, v)| (n.to_string(), v.to_string())).collect();
+        assert_eq!(owned(&block), expected);
+        assert!(block.pairs().iter().all(|(n, v)| matches!((n, v), (Cow::Borrowed(_), Cow::Borrowed(_)))), "no copies");
+        assert!(HeaderBlock::default().pairs().is_empty());
+        assert!(HeaderBlock::from_pairs::<&str, &str>(&[]).pairs().is_empty());
+    }
+
+    #[test]
+    fn header_block_reads_invalid_utf8_lossily_like_before() {
+        let mut block = HeaderBlock::from_pairs(&[("x-bad", "ab"), ("x-ok", "c")]);
+        let at = block.bytes.windows(3).position(|w| w == b"ab\0").unwrap();
+        block.bytes[at] = 0xff;
+        assert_eq!(owned(&block), vec![("x-bad".into(), "\u{fffd}b".into()), ("x-ok".into(), "c".into())]);
+    }
+
+    #[test]
+    fn header_block_that_is_cut_short_or_lies_about_sizes_yields_what_is_whole() {
+        let block = HeaderBlock::from_pairs(&[("a", "1"), ("b", "2")]);
+        for len in 0..block.bytes.len() {
+            let cut = HeaderBlock::from_serialized(block.bytes[..len].to_vec());
+            assert!(cut.pairs().len() <= 2, "{len}");
+        }
+        let mut huge = block.bytes.clone();
+        huge[..4].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert!(HeaderBlock::from_serialized(huge).pairs().is_empty());
+        let mut long_value = block.bytes.clone();
+        long_value[8..12].copy_from_slice(&1000u32.to_le_bytes());
+        assert!(HeaderBlock::from_serialized(long_value).pairs().is_empty());
+    }
 }

@@ -8,6 +8,7 @@ use std::fmt;
 use std::str::FromStr;
 
 use std::cell::RefCell;
+use std::rc::Rc;
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
@@ -174,7 +175,7 @@ impl fmt::Display for JwtError {
 impl std::error::Error for JwtError {}
 
 /// A token whose signature and claims checked out.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VerifiedToken {
     pub claims: Map<String, Value>,
     pub issuer: String,
@@ -323,15 +324,20 @@ impl IssuerVerifier {
     /// in that order, so claim errors are only reported for authentic tokens. A token
     /// verified before on this worker and not yet expired is answered from the cache.
     pub fn verify(&self, token: &str, now_unix: u64) -> Result<VerifiedToken, JwtError> {
+        self.verify_shared(token, now_unix).map(|verified| VerifiedToken::clone(&verified))
+    }
+
+    /// [`IssuerVerifier::verify`], sharing the cached result: a hit copies nothing.
+    pub fn verify_shared(&self, token: &str, now_unix: u64) -> Result<Rc<VerifiedToken>, JwtError> {
         if token.len() > self.max_token_bytes {
             return Err(JwtError::TooLarge { max: self.max_token_bytes });
         }
         if let Some(hit) = self.verified.borrow_mut().get(token, now_unix) {
             return Ok(hit);
         }
-        let verified = self.verify_uncached(token, now_unix)?;
+        let verified = Rc::new(self.verify_uncached(token, now_unix)?);
         let expired_from = verified.expires_at.saturating_add(self.clock_skew_secs);
-        self.verified.borrow_mut().insert(token, &verified, expired_from);
+        self.verified.borrow_mut().insert(token, Rc::clone(&verified), expired_from);
         Ok(verified)
     }
 

@@ -98,10 +98,18 @@ impl KeyState {
 
     /// Installs keys another worker (or an earlier VM) shared, if newer than ours,
     /// and drops keys older than the issuer's maximum staleness.
-    pub fn sync<H: Host>(&mut self, gateway: &Gateway, host: &H, now_ms: u64) {
+    /// Returns the requests that waited for keys another worker fetched: decide them again.
+    pub fn sync<H: Host>(&mut self, gateway: &Gateway, host: &H, now_ms: u64) -> Vec<KeyWaiter> {
+        let mut woken = Vec::new();
         for issuer in gateway.issuers.iter().filter(|i| i.remote.is_some()) {
-            self.sync_one(issuer, host, now_ms);
+            if self.sync_one(issuer, host, now_ms) {
+                let state = self.state(&issuer.issuer);
+                if state.fetch.is_none() {
+                    woken.append(&mut state.waiters);
+                }
+            }
         }
+        woken
     }
 
     fn sync_one<H: Host>(&mut self, issuer: &Issuer, host: &H, now_ms: u64) -> bool {
@@ -127,8 +135,9 @@ impl KeyState {
     }
 
     /// Timed refresh (root context): the worker that wins the shared lease fetches.
-    pub fn tick<H: Host>(&mut self, gateway: &Gateway, host: &H, root_context: u32, now_ms: u64) {
-        self.sync(gateway, host, now_ms);
+    /// Returns the requests to decide again (keys arrived from another worker).
+    pub fn tick<H: Host>(&mut self, gateway: &Gateway, host: &H, root_context: u32, now_ms: u64) -> Vec<KeyWaiter> {
+        let woken = self.sync(gateway, host, now_ms);
         for issuer in &gateway.issuers {
             let Some(remote) = &issuer.remote else { continue };
             let state = self.state(&issuer.issuer);
@@ -155,6 +164,7 @@ impl KeyState {
             host.switch_to(root_context);
             self.start(issuer, host, now_ms);
         }
+        woken
     }
 
     /// A token named a `kid` this issuer's keys lack: refetch now (rate limited across
@@ -182,8 +192,21 @@ impl KeyState {
             state.waiters.push(KeyWaiter { context_id, deadline_ms });
             return UnknownKid::Wait;
         }
-        if !take_refetch_slot(host, &issuer.issuer, now_ms, millis(remote.unknown_kid_refetch)) {
-            return UnknownKid::Refuse;
+        match take_refetch_slot(host, &issuer.issuer, now_ms, millis(remote.unknown_kid_refetch)) {
+            RefetchSlot::Ours => {}
+            // Another worker is refetching right now: wait for its keys (shared data,
+            // picked up by this worker's tick) instead of refusing a rotated key.
+            // Only while that refetch is still in flight: once its keys are shared
+            // (fetched at or after it started) the kid is simply unknown.
+            RefetchSlot::Busy { since_ms }
+                if now_ms < since_ms + millis(remote.timeout) + 1000
+                    && self.state(&issuer.issuer).fetched_at_ms < since_ms =>
+            {
+                let deadline_ms = since_ms + millis(remote.timeout) + 1000;
+                self.state(&issuer.issuer).waiters.push(KeyWaiter { context_id, deadline_ms });
+                return UnknownKid::Wait;
+            }
+            RefetchSlot::Busy { .. } => return UnknownKid::Refuse,
         }
         host.count(&format!("lookergate.jwks.unknown_kid_refetch.{}", metric_name(&issuer.issuer)), 1);
         if self.start(issuer, host, now_ms) {
@@ -354,13 +377,24 @@ fn take_lease<H: Host>(host: &H, issuer: &str, now_ms: u64, hold_ms: u64) -> boo
     host.shared_set_if(&key, (now_ms + hold_ms).to_string().as_bytes(), cas)
 }
 
-fn take_refetch_slot<H: Host>(host: &H, issuer: &str, now_ms: u64, interval_ms: u64) -> bool {
+/// Who may refetch an issuer's keys for an unknown `kid` now.
+enum RefetchSlot {
+    Ours,
+    /// Taken at `since_ms` (by another worker, or too recently).
+    Busy { since_ms: u64 },
+}
+
+fn take_refetch_slot<H: Host>(host: &H, issuer: &str, now_ms: u64, interval_ms: u64) -> RefetchSlot {
     let key = shared_key("jwks_refetch", issuer);
     let (value, cas) = host.shared_get_versioned(&key);
-    if value.as_deref().and_then(parse_u64).is_some_and(|at| now_ms < at + interval_ms) {
-        return false;
+    if let Some(at) = value.as_deref().and_then(parse_u64).filter(|at| now_ms < at + interval_ms) {
+        return RefetchSlot::Busy { since_ms: at };
     }
-    host.shared_set_if(&key, now_ms.to_string().as_bytes(), cas)
+    if host.shared_set_if(&key, now_ms.to_string().as_bytes(), cas) {
+        RefetchSlot::Ours
+    } else {
+        RefetchSlot::Busy { since_ms: now_ms } // another worker won the race just now
+    }
 }
 
 fn dispatch<H: Host>(host: &H, cluster: &str, url: &FetchUrl, timeout: Duration) -> Option<u32> {

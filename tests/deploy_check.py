@@ -53,7 +53,7 @@ OPERATIONS = ROOT / "looker-sim/operations.tsv"
 WASM_FILTER = "envoy.filters.http.wasm"
 CONTAINER_WASM = "/etc/lookergate/lookergate.wasm"
 # envoy/compose.yaml = demo.yaml with these upstream addresses (docker-compose services).
-COMPOSE_UPSTREAMS = {"looker": "looker-sim", "lookergate_broker": "broker"}
+COMPOSE_UPSTREAMS = {"looker": "looker-sim", "lookergate_broker": "broker", "lookergate_idp": "idp"}
 
 CHECKS: list[tuple[str, object]] = []
 
@@ -304,7 +304,7 @@ def compose_text() -> str:
     body = re.sub(r"(socket_address: \{ address: )127\.0\.0\.1(, port_value: (?:9901|10000) \})", r"\g<1>0.0.0.0\g<2>", body)
     body = re.sub(r"(filename: )\S+\.wasm", rf"\g<1>{CONTAINER_WASM}", body)
     body = body.replace("type: STATIC", "type: STRICT_DNS")
-    for port, service in (("10080", "looker-sim"), ("10090", "broker")):
+    for port, service in (("10080", "looker-sim"), ("10090", "broker"), ("10070", "idp")):
         body = body.replace(f"address: 127.0.0.1, port_value: {port} }}", f"address: {service}, port_value: {port} }}")
     return COMPOSE_HEADER + body
 
@@ -351,7 +351,7 @@ def docker_compose_file():
     base = DOCKER_COMPOSE.parent
     require(set(compose) <= COMPOSE_TOP | {k for k in compose if k.startswith("x-")}, f"unknown top-level keys {set(compose) - COMPOSE_TOP}")
     services = compose.get("services", {})
-    require({"envoy", "broker", "looker-sim"} <= set(services), f"services are {sorted(services)}")
+    require({"envoy", "broker", "looker-sim", "idp"} <= set(services), f"services are {sorted(services)}")
     for name, svc in services.items():
         unknown = set(svc) - COMPOSE_SERVICE
         require(not unknown, f"service {name}: unknown keys {sorted(unknown)}")
@@ -492,6 +492,9 @@ check("broker/Dockerfile: sources exist, builds lookergate-broker")(
 )
 check("looker-sim/Dockerfile: sources exist, builds lookergate-looker-sim")(
     lambda: check_rust_dockerfile(ROOT / "looker-sim/Dockerfile", "lookergate-looker-sim")
+)
+check("cli/Dockerfile: sources exist, builds lookergate-cli (the dev IdP)")(
+    lambda: check_rust_dockerfile(ROOT / "cli/Dockerfile", "lookergate-cli")
 )
 
 

@@ -220,13 +220,33 @@ mod tests {
 
     #[test]
     fn demo_envoy_config_trusts_the_demo_key() {
-        let jwks: Value = serde_json::from_str(DEMO_JWKS_JSON).unwrap();
-        let n = jwks["keys"][0]["n"].as_str().unwrap();
+        // envoy/demo.yaml takes the demo issuer's keys from the dev IdP through discovery,
+        // via the cluster `lookergate idp` listens on by default ...
         let demo_yaml = include_str!("../../envoy/demo.yaml");
-        assert!(
-            demo_yaml.contains(n),
-            "envoy/demo.yaml does not hold the demo JWKS"
+        let found = crate::source::find("envoy/demo.yaml", demo_yaml).unwrap();
+        assert_eq!(found.len(), 1, "one lookergate filter in envoy/demo.yaml");
+        let plugin: Value = serde_json::from_str(found[0].json.as_ref().unwrap()).unwrap();
+        let issuer = &plugin["issuers"][0];
+        assert_eq!(issuer["issuer"], DEMO_ISSUER);
+        assert_eq!(issuer["audiences"], json!([DEMO_AUDIENCE]));
+        assert_eq!(issuer["discovery"], true);
+        assert!(issuer.get("jwks").is_none() && issuer.get("jwks_uri").is_none());
+        let cluster = issuer["cluster"].as_str().unwrap();
+        let envoy: Value = serde_norway::from_str(demo_yaml).unwrap();
+        let clusters = envoy["static_resources"]["clusters"].as_array().unwrap();
+        let idp = clusters.iter().find(|c| c["name"] == cluster).unwrap();
+        let address = &idp["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]
+            ["address"]["socket_address"];
+        assert_eq!(
+            (address["address"].as_str(), address["port_value"].as_u64()),
+            (Some("127.0.0.1"), Some(10070)),
+            "the IdP cluster is not `lookergate idp`'s default address"
         );
+        // ... and the dev IdP publishes the committed demo key, which `make token` signs with.
+        let committed: Value = serde_json::from_str(DEMO_JWKS_JSON).unwrap();
+        let idp = crate::idp::Idp::demo().unwrap();
+        assert_eq!(idp.issuer(), DEMO_ISSUER);
+        assert_eq!(idp.jwks(), committed);
     }
 
     #[test]

@@ -47,6 +47,12 @@ fn demo_yaml() -> String {
     file("../envoy/demo.yaml")
 }
 
+/// The demo issuer's keys: envoy/demo.yaml fetches them from the dev IdP (discovery), so
+/// `explain --token` needs them given (`--jwks`), as an operator would.
+fn demo_jwks() -> String {
+    file("../envoy/demo/demo-jwks.json")
+}
+
 fn token(user: &str, change: impl FnOnce(&mut TokenSpec)) -> String {
     let mut spec = TokenSpec::for_demo_user(user, 600).unwrap();
     change(&mut spec);
@@ -75,7 +81,7 @@ fn check_accepts_the_demo_envoy_config_with_a_summary() {
     assert_eq!(run.code, 0, "{}{}", run.stdout, run.stderr);
     assert!(
         run.stdout.contains(
-            "(lookergate): ok: 1 issuer: https://idp.lookergate.demo (inline JWKS); 4 rules"
+            "(lookergate): ok: 1 issuer: https://idp.lookergate.demo (discovery via cluster lookergate_idp); 4 rules"
         ),
         "{}",
         run.stdout
@@ -209,7 +215,14 @@ fn explain_with_a_token_verifies_it_and_names_the_looker_user() {
     let carol = token("carol", |_| {});
     let run = explain(
         &demo_yaml(),
-        &["--token", &carol, "--request", "GET /api/4.0/user"],
+        &[
+            "--token",
+            &carol,
+            "--jwks",
+            &demo_jwks(),
+            "--request",
+            "GET /api/4.0/user",
+        ],
     );
     assert_eq!(run.code, 0, "{}{}", run.stdout, run.stderr);
     assert!(
@@ -241,7 +254,14 @@ fn explain_refuses_bad_tokens_as_the_filter_does() {
     for (jwt, want) in cases {
         let run = explain(
             &demo_yaml(),
-            &["--token", &jwt, "--request", "GET /api/4.0/user"],
+            &[
+                "--token",
+                &jwt,
+                "--jwks",
+                &demo_jwks(),
+                "--request",
+                "GET /api/4.0/user",
+            ],
         );
         assert_eq!(run.code, 1, "{}", run.stdout);
         assert!(

