@@ -211,6 +211,12 @@ fn main() {
     let config = demo_config();
     write(&dir, "demo", config);
     let mut value: Value = serde_json::from_str(config).unwrap();
+    // The demo issuer gets its keys by discovery; the seed trusts the fixture keys inline.
+    if let Some(issuer) = value["issuers"][0].as_object_mut() {
+        issuer.remove("discovery");
+        issuer.remove("cluster");
+        issuer.remove("jwks_uri");
+    }
     value["issuers"][0]["jwks"] = jwks.clone();
     value["issuers"][0]["algorithms"] = json!(["RS256", "PS256", "ES256", "ES384", "EdDSA"]);
     value["issuers"].as_array_mut().unwrap().push(json!({
