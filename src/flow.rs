@@ -70,6 +70,12 @@ fn decide_request<H: Host>(
     let request = RequestHead::new(&headers);
     let request_id = decision::header(&headers, "x-request-id").unwrap_or_default();
     let decision = match decision::decide_head(gateway, request, now_ms / 1000) {
+        // Keys another worker fetched reach this one on its tick; don't 503 meanwhile.
+        Decision::Refuse { refusal: Refusal::KeysUnavailable, audit }
+            if !retried && worker.keys.pick_up_shared(gateway, host, audit.issuer.as_deref().unwrap_or(""), now_ms) =>
+        {
+            return decide_request(gateway, worker, host, context_id, body, true);
+        }
         Decision::Refuse { refusal: Refusal::InvalidToken { code: "unknown_kid", .. }, audit } if !retried => {
             let issuer = audit.issuer.clone().unwrap_or_default();
             match worker.keys.wait_for_unknown_kid(gateway, host, &issuer, context_id, now_ms) {
@@ -898,8 +904,10 @@ mod tests {
         let calls = rig.host.dispatched.borrow().len();
         let mut other = Worker::default();
         std::mem::swap(&mut rig.worker, &mut other);
+        assert_eq!(rig.request(15, &[]), Next::Pause, "a worker without keys takes the shared ones at once");
+        assert_eq!(rig.status(15), None);
         on_tick(&rig.gateway, &mut rig.worker, &rig.host, ROOT);
-        assert_eq!(rig.host.dispatched.borrow().len(), calls, "lease held, keys shared: no second fetch");
+        assert_eq!(rig.host.dispatched.borrow().len(), calls + 1, "lease held, keys shared: only the broker call");
         std::mem::swap(&mut rig.worker, &mut other);
 
         // The IdP rotates: a token under the new kid waits for one refetch, then passes.

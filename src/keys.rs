@@ -112,6 +112,14 @@ impl KeyState {
         woken
     }
 
+    /// Installs the issuer's shared keys if newer than this worker's; `true` if it did.
+    pub fn pick_up_shared<H: Host>(&mut self, gateway: &Gateway, host: &H, issuer: &str, now_ms: u64) -> bool {
+        match gateway.issuers.iter().find(|i| i.issuer == issuer && i.remote.is_some()) {
+            Some(issuer) => self.sync_one(issuer, host, now_ms),
+            None => false,
+        }
+    }
+
     fn sync_one<H: Host>(&mut self, issuer: &Issuer, host: &H, now_ms: u64) -> bool {
         let Some(remote) = &issuer.remote else { return false };
         let state = self.state(&issuer.issuer);

@@ -11,7 +11,7 @@ CARGO_TARGET_DIR=target/harness CARGO_PROFILE_RELEASE_STRIP=false CARGO_PROFILE_
 for mode in warm cold; do
     out=target/harness/callgrind.$mode.out
     valgrind --tool=callgrind --toggle-collect='*measured*' --callgrind-out-file="$out" \
-        target/harness/release/lookergate-flow-harness "$mode" "$N" 2>"$out.log"
+        target/harness/release/lookergate-flow-harness "$mode" "$N" >"$out.log" 2>&1
     collected=$(sed -n 's/.*Collected : //p' "$out.log")
     echo "$mode: $((collected / N)) instructions/request ($out; callgrind_annotate --inclusive=yes $out)"
 done
