@@ -27,6 +27,16 @@ impl std::fmt::Debug for BrokerToken {
     }
 }
 
+/// An identity as the broker protocol writes it (docs/DESIGN.md).
+fn identity_json(identity: &LookerIdentity) -> serde_json::Value {
+    match identity {
+        LookerIdentity::Role(name) => json!({"kind": "role", "name": name}),
+        LookerIdentity::User { credential_type, credential_id } => {
+            json!({"kind": "user", "credential_type": credential_type, "credential_id": credential_id})
+        }
+    }
+}
+
 /// The callout: headers and JSON body.
 pub fn token_request(
     settings: &BrokerSettings,
@@ -34,12 +44,7 @@ pub fn token_request(
     subject: &str,
     request_id: &str,
 ) -> (Vec<(&'static str, String)>, String) {
-    let identity = match identity {
-        LookerIdentity::Role(name) => json!({"kind": "role", "name": name}),
-        LookerIdentity::User { credential_type, credential_id } => {
-            json!({"kind": "user", "credential_type": credential_type, "credential_id": credential_id})
-        }
-    };
+    let identity = identity_json(identity);
     let body = json!({"identity": identity, "subject": subject, "request_id": request_id}).to_string();
     let headers = vec![
         (":method", "POST".to_owned()),
@@ -59,12 +64,7 @@ pub fn invalidate_request(settings: &BrokerSettings, identity: &LookerIdentity) 
             *value = format!("{}/invalidate", settings.path.trim_end_matches('/'));
         }
     }
-    let identity = match identity {
-        LookerIdentity::Role(name) => json!({"kind": "role", "name": name}),
-        LookerIdentity::User { credential_type, credential_id } => {
-            json!({"kind": "user", "credential_type": credential_type, "credential_id": credential_id})
-        }
-    };
+    let identity = identity_json(identity);
     (headers, json!({ "identity": identity }).to_string())
 }
 
