@@ -142,33 +142,23 @@ pub fn tail(path: &Path, lines: usize) -> String {
         .join("\n")
 }
 
-/// Broker config: the demo roles and sudo against the simulator. `refresh_before` is
-/// shorter than the simulator's 30 s token life so the broker's cache serves some asks.
-fn broker_config(sim: SocketAddr) -> String {
-    format!(
-        r#"listen = "127.0.0.1:0"
-looker_url = "http://{sim}"
-gateway_credentials = ["demo-gateway-secret"]
-refresh_before = "10s"
-looker_timeout = "1s"
-retry_budget = "1500ms"
-
-[roles.analyst]
-client_id = "demo-analyst-id"
-client_secret = "demo-analyst-secret"
-user_id = "101"
-
-[roles.viewer]
-client_id = "demo-viewer-id"
-client_secret = "demo-viewer-secret"
-user_id = "102"
-
-[sudo]
-client_id = "demo-admin-id"
-client_secret = "demo-admin-secret"
-associative = false
-"#
-    )
+/// Broker config: the broker's own demo config (`print-demo-config`: demo roles and
+/// sudo) against the simulator. `refresh_before` is shorter than the simulator's 30 s
+/// token life so the broker's cache serves some asks.
+fn broker_config(broker: &Path, sim: SocketAddr) -> Result<String, Error> {
+    let out = Command::new(broker).arg("print-demo-config").output()?;
+    let demo = String::from_utf8_lossy(&out.stdout).into_owned();
+    let mut config = demo.clone();
+    for (from, to) in [
+        (r#"looker_url = "http://127.0.0.1:10080""#.to_owned(), format!(r#"looker_url = "http://{sim}""#)),
+        (r#"refresh_before = "60s""#.to_owned(), r#"refresh_before = "10s""#.to_owned()),
+    ] {
+        if !config.contains(&from) {
+            return Err(Error::from(format!("the broker's demo config has no `{from}`: {demo}")));
+        }
+        config = config.replace(&from, &to);
+    }
+    Ok(config)
 }
 
 pub struct Stack {
@@ -215,7 +205,7 @@ impl Stack {
         let mut services = vec![sim_process];
 
         let broker_toml = dir.join("broker.toml");
-        fs::write(&broker_toml, broker_config(sim))?;
+        fs::write(&broker_toml, broker_config(&bins.broker, sim)?)?;
         let broker_toml = broker_toml.to_string_lossy().into_owned();
         let (broker_process, broker) = start_service(
             "broker",

@@ -329,7 +329,7 @@ impl Gateway {
         let broker = match options.broker {
             BrokerKind::Real => {
                 let config = dir.0.join("broker.toml");
-                fs::write(&config, broker_config(sim)).expect("write broker config");
+                fs::write(&config, broker_config(&paths.broker, sim)).expect("write broker config");
                 let config = config.to_string_lossy().into_owned();
                 let (process, addr) = Process::start_service(
                     "broker",
@@ -1159,32 +1159,18 @@ impl Reply {
     }
 }
 
-/// The broker config for the tests: the embedded demo config with the simulator's address.
-fn broker_config(sim: SocketAddr) -> String {
-    format!(
-        r#"listen = "127.0.0.1:0"
-looker_url = "http://{sim}"
-gateway_credentials = ["{GATEWAY_CREDENTIAL}"]
-refresh_before = "60s"
-looker_timeout = "1s"
-retry_budget = "1500ms"
-
-[roles.analyst]
-client_id = "demo-analyst-id"
-client_secret = "demo-analyst-secret"
-user_id = "101"
-
-[roles.viewer]
-client_id = "demo-viewer-id"
-client_secret = "demo-viewer-secret"
-user_id = "102"
-
-[sudo]
-client_id = "demo-admin-id"
-client_secret = "demo-admin-secret"
-associative = false
-"#
-    )
+/// The broker config for the tests: the broker's own embedded demo config
+/// (`print-demo-config`) pointed at this test's simulator.
+fn broker_config(broker: &Path, sim: SocketAddr) -> String {
+    let out = Command::new(broker)
+        .arg("print-demo-config")
+        .output()
+        .expect("run lookergate-broker print-demo-config");
+    let demo = String::from_utf8(out.stdout).expect("demo config is UTF-8");
+    let default_url = r#"looker_url = "http://127.0.0.1:10080""#;
+    assert!(demo.contains(default_url), "the broker's demo config changed: {demo}");
+    assert!(demo.contains(GATEWAY_CREDENTIAL), "the broker's demo config has another gateway credential");
+    demo.replace(default_url, &format!(r#"looker_url = "http://{sim}""#))
 }
 
 pub fn demo_yaml() -> String {
