@@ -51,7 +51,7 @@ pub fn token_request(
         (":path", settings.path.clone()),
         (":authority", settings.authority.clone()),
         ("content-type", "application/json".to_owned()),
-        ("authorization", format!("Bearer {}", settings.credential)),
+        ("authorization", format!("Bearer {}", settings.credential.expose())),
     ];
     (headers, body)
 }

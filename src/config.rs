@@ -124,7 +124,7 @@ pub struct RawTokenSource {
     pub prefix: Option<String>,
 }
 
-#[derive(Deserialize)]
+#[derive(Debug, Deserialize)]
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema), schemars(rename = "Broker"))]
 #[serde(deny_unknown_fields)]
 pub struct RawBroker {
@@ -136,18 +136,30 @@ pub struct RawBroker {
     #[cfg_attr(feature = "schema", schemars(with = "String", regex(pattern = r"^\s*[0-9]+(ms|s|m|h|d)\s*$")))]
     #[serde(default = "default_broker_timeout", deserialize_with = "duration::deserialize")]
     pub timeout: Duration,
-    pub credential: String,
+    #[cfg_attr(feature = "schema", schemars(with = "String"))]
+    pub credential: Secret,
 }
 
-impl fmt::Debug for RawBroker {
+/// A secret from the configuration: `Debug` never shows it.
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl From<&str> for Secret {
+    fn from(value: &str) -> Secret {
+        Secret(value.to_owned())
+    }
+}
+
+impl fmt::Debug for Secret {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("RawBroker")
-            .field("cluster", &self.cluster)
-            .field("authority", &self.authority)
-            .field("path", &self.path)
-            .field("timeout", &self.timeout)
-            .field("credential", &"<redacted>")
-            .finish()
+        f.write_str("<redacted>")
     }
 }
 
@@ -298,26 +310,14 @@ impl Issuer {
 }
 
 /// How the gateway reaches the broker.
-#[derive(Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BrokerSettings {
     pub cluster: String,
     pub authority: String,
     pub path: String,
     pub timeout: Duration,
     /// Presented as `Authorization: Bearer …`; never logged.
-    pub credential: String,
-}
-
-impl fmt::Debug for BrokerSettings {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("BrokerSettings")
-            .field("cluster", &self.cluster)
-            .field("authority", &self.authority)
-            .field("path", &self.path)
-            .field("timeout", &self.timeout)
-            .field("credential", &"<redacted>")
-            .finish()
-    }
+    pub credential: Secret,
 }
 
 /// The compiled, immutable configuration shared by every request on a worker.
@@ -505,7 +505,8 @@ impl Gateway {
         if b.timeout < Duration::from_millis(50) || b.timeout > Duration::from_secs(60) {
             return Err(err("broker.timeout", "must be between 50ms and 60s"));
         }
-        if b.credential.len() < 16 || !b.credential.bytes().all(|c| c.is_ascii_graphic()) {
+        let credential = b.credential.expose();
+        if credential.len() < 16 || !credential.bytes().all(|c| c.is_ascii_graphic()) {
             return Err(err("broker.credential", "must be at least 16 printable characters without spaces"));
         }
         let refresh_before = raw.looker_token.refresh_before;
