@@ -75,9 +75,11 @@ sdk-test: envoy test-bins
 
 # Clippy denies unwrap/expect/panic in the filter (Cargo.toml [workspace.lints]).
 lint-filter: wasm-target
+	$(CARGO) fmt --all --check
 	$(CARGO) clippy -p lookergate --lib --target $(WASM_TARGET) -- -D warnings
 
 lint: wasm-target
+	$(CARGO) fmt --all --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 	$(CARGO) clippy -p lookergate --target $(WASM_TARGET) -- -D warnings
 

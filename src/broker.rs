@@ -21,7 +21,10 @@ pub struct BrokerToken {
 impl std::fmt::Debug for BrokerToken {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("BrokerToken")
-            .field("access_token", &crate::fingerprint(self.access_token.as_bytes()))
+            .field(
+                "access_token",
+                &crate::fingerprint(self.access_token.as_bytes()),
+            )
             .field("expires_in_secs", &self.expires_in_secs)
             .finish()
     }
@@ -31,7 +34,10 @@ impl std::fmt::Debug for BrokerToken {
 fn identity_json(identity: &LookerIdentity) -> serde_json::Value {
     match identity {
         LookerIdentity::Role(name) => json!({"kind": "role", "name": name}),
-        LookerIdentity::User { credential_type, credential_id } => {
+        LookerIdentity::User {
+            credential_type,
+            credential_id,
+        } => {
             json!({"kind": "user", "credential_type": credential_type, "credential_id": credential_id})
         }
     }
@@ -45,19 +51,26 @@ pub fn token_request(
     request_id: &str,
 ) -> (Vec<(&'static str, String)>, String) {
     let identity = identity_json(identity);
-    let body = json!({"identity": identity, "subject": subject, "request_id": request_id}).to_string();
+    let body =
+        json!({"identity": identity, "subject": subject, "request_id": request_id}).to_string();
     let headers = vec![
         (":method", "POST".to_owned()),
         (":path", settings.path.clone()),
         (":authority", settings.authority.clone()),
         ("content-type", "application/json".to_owned()),
-        ("authorization", format!("Bearer {}", settings.credential.expose())),
+        (
+            "authorization",
+            format!("Bearer {}", settings.credential.expose()),
+        ),
     ];
     (headers, body)
 }
 
 /// Asks the broker to drop an identity's token (Looker rejected it).
-pub fn invalidate_request(settings: &BrokerSettings, identity: &LookerIdentity) -> (Vec<(&'static str, String)>, String) {
+pub fn invalidate_request(
+    settings: &BrokerSettings,
+    identity: &LookerIdentity,
+) -> (Vec<(&'static str, String)>, String) {
     let (mut headers, _) = token_request(settings, identity, "", "");
     for (name, value) in headers.iter_mut() {
         if *name == ":path" {
@@ -81,8 +94,14 @@ struct ErrorAnswer {
 
 /// Interprets the broker's answer. `status` is `None` when Envoy could not reach the
 /// broker or the call timed out. Anything unexpected fails closed.
-pub fn parse_token_response(status: Option<u32>, body: &[u8], rule: &str) -> Result<BrokerToken, Refusal> {
-    let unavailable = |reason: &str| Refusal::BrokerUnavailable { reason: reason.to_owned() };
+pub fn parse_token_response(
+    status: Option<u32>,
+    body: &[u8],
+    rule: &str,
+) -> Result<BrokerToken, Refusal> {
+    let unavailable = |reason: &str| Refusal::BrokerUnavailable {
+        reason: reason.to_owned(),
+    };
     let Some(status) = status else {
         return Err(unavailable("the token broker did not answer in time"));
     };
@@ -90,26 +109,37 @@ pub fn parse_token_response(status: Option<u32>, body: &[u8], rule: &str) -> Res
         return Err(unavailable("the token broker's answer is too large"));
     }
     if status != 200 {
-        let code = serde_json::from_slice::<ErrorAnswer>(body).map(|e| e.error).unwrap_or_default();
+        let code = serde_json::from_slice::<ErrorAnswer>(body)
+            .map(|e| e.error)
+            .unwrap_or_default();
         return Err(match (status, code.as_str()) {
-            (403, "no_looker_user") => Refusal::NoLookerUser { rule: rule.to_owned() },
+            (403, "no_looker_user") => Refusal::NoLookerUser {
+                rule: rule.to_owned(),
+            },
             (502, "bad_credentials") => Refusal::LookerCredentialsRejected,
             (_, "looker_unavailable") => unavailable("Looker is unavailable to the token broker"),
             (_, "unknown_role") => unavailable("the token broker does not know this rule's role"),
             (401, _) => unavailable("the token broker refused the gateway's credential"),
-            _ => Refusal::BrokerUnavailable { reason: format!("the token broker answered {status}") },
+            _ => Refusal::BrokerUnavailable {
+                reason: format!("the token broker answered {status}"),
+            },
         });
     }
-    let answer: TokenAnswer =
-        serde_json::from_slice(body).map_err(|_| unavailable("the token broker's answer is not a token"))?;
+    let answer: TokenAnswer = serde_json::from_slice(body)
+        .map_err(|_| unavailable("the token broker's answer is not a token"))?;
     // The token becomes a header value: refuse anything that could split or smuggle.
     let valid = !answer.access_token.is_empty()
         && answer.access_token.len() <= 4096
         && answer.access_token.bytes().all(|b| b.is_ascii_graphic());
     if !valid || answer.expires_in == 0 {
-        return Err(unavailable("the token broker's answer is not a usable token"));
+        return Err(unavailable(
+            "the token broker's answer is not a usable token",
+        ));
     }
-    Ok(BrokerToken { access_token: answer.access_token, expires_in_secs: answer.expires_in })
+    Ok(BrokerToken {
+        access_token: answer.access_token,
+        expires_in_secs: answer.expires_in,
+    })
 }
 
 #[cfg(test)]
@@ -127,13 +157,21 @@ mod tests {
             timeout: Duration::from_secs(1),
             credential: "gateway-secret-123456".into(),
         };
-        let (headers, body) = token_request(&settings, &LookerIdentity::Role("analyst".into()), "alice", "r1");
+        let (headers, body) = token_request(
+            &settings,
+            &LookerIdentity::Role("analyst".into()),
+            "alice",
+            "r1",
+        );
         assert!(headers.contains(&("authorization", "Bearer gateway-secret-123456".into())));
         assert!(headers.contains(&(":path", "/v1/token".into())));
         let body: serde_json::Value = serde_json::from_str(&body).unwrap();
         assert_eq!(body["identity"], json!({"kind": "role", "name": "analyst"}));
         assert_eq!(body["subject"], "alice");
-        let user = LookerIdentity::User { credential_type: "email".into(), credential_id: "c@x".into() };
+        let user = LookerIdentity::User {
+            credential_type: "email".into(),
+            credential_id: "c@x".into(),
+        };
         let (_, body) = token_request(&settings, &user, "carol", "r2");
         let body: serde_json::Value = serde_json::from_str(&body).unwrap();
         assert_eq!(body["identity"]["credential_id"], "c@x");
@@ -144,13 +182,20 @@ mod tests {
         let ok = br#"{"access_token":"abc123","token_type":"token","expires_in":3600}"#;
         assert_eq!(
             parse_token_response(Some(200), ok, "r"),
-            Ok(BrokerToken { access_token: "abc123".into(), expires_in_secs: 3600 })
+            Ok(BrokerToken {
+                access_token: "abc123".into(),
+                expires_in_secs: 3600
+            })
         );
         let cases: Vec<(Option<u32>, &[u8], u32)> = vec![
             (None, b"", 503),
             (Some(200), b"<html>", 503),
             (Some(200), br#"{"access_token":"a b","expires_in":1}"#, 503),
-            (Some(200), br#"{"access_token":"a\r\nx: y","expires_in":1}"#, 503),
+            (
+                Some(200),
+                br#"{"access_token":"a\r\nx: y","expires_in":1}"#,
+                503,
+            ),
             (Some(200), br#"{"access_token":"","expires_in":1}"#, 503),
             (Some(200), br#"{"access_token":"abc","expires_in":0}"#, 503),
             (Some(200), br#"{"access_token":"abc""#, 503),
@@ -162,7 +207,12 @@ mod tests {
         ];
         for (status, body, want) in cases {
             let got = parse_token_response(status, body, "r").map_err(|r| r.status());
-            assert_eq!(got, Err(want), "{status:?} {:?}", String::from_utf8_lossy(body));
+            assert_eq!(
+                got,
+                Err(want),
+                "{status:?} {:?}",
+                String::from_utf8_lossy(body)
+            );
         }
         let huge = vec![b' '; MAX_RESPONSE_BYTES + 1];
         assert!(parse_token_response(Some(200), &huge, "r").is_err());

@@ -16,7 +16,11 @@ use crate::policy::{Policy, RawPolicy};
 pub const SUPPORTED_VERSION: u32 = 1;
 
 #[derive(Debug, Deserialize)]
-#[cfg_attr(feature = "schema", derive(schemars::JsonSchema), schemars(rename = "PluginConfig"))]
+#[cfg_attr(
+    feature = "schema",
+    derive(schemars::JsonSchema),
+    schemars(rename = "PluginConfig")
+)]
 #[serde(deny_unknown_fields)]
 pub struct RawConfig {
     #[serde(default = "default_version")]
@@ -49,7 +53,11 @@ fn default_version() -> u32 {
 }
 
 #[derive(Debug, Deserialize)]
-#[cfg_attr(feature = "schema", derive(schemars::JsonSchema), schemars(rename = "Issuer"))]
+#[cfg_attr(
+    feature = "schema",
+    derive(schemars::JsonSchema),
+    schemars(rename = "Issuer")
+)]
 #[serde(deny_unknown_fields)]
 pub struct RawIssuer {
     pub issuer: String,
@@ -66,22 +74,49 @@ pub struct RawIssuer {
     /// The Envoy cluster that reaches the IdP (for `jwks_uri` / `discovery`).
     #[serde(default)]
     pub cluster: Option<String>,
-    #[cfg_attr(feature = "schema", schemars(with = "String", regex(pattern = r"^\s*[0-9]+(ms|s|m|h|d)\s*$")))]
-    #[serde(default = "default_jwks_refresh", deserialize_with = "duration::deserialize")]
+    #[cfg_attr(
+        feature = "schema",
+        schemars(with = "String", regex(pattern = r"^\s*[0-9]+(ms|s|m|h|d)\s*$"))
+    )]
+    #[serde(
+        default = "default_jwks_refresh",
+        deserialize_with = "duration::deserialize"
+    )]
     pub jwks_refresh: Duration,
-    #[cfg_attr(feature = "schema", schemars(with = "String", regex(pattern = r"^\s*[0-9]+(ms|s|m|h|d)\s*$")))]
-    #[serde(default = "default_jwks_max_stale", deserialize_with = "duration::deserialize")]
+    #[cfg_attr(
+        feature = "schema",
+        schemars(with = "String", regex(pattern = r"^\s*[0-9]+(ms|s|m|h|d)\s*$"))
+    )]
+    #[serde(
+        default = "default_jwks_max_stale",
+        deserialize_with = "duration::deserialize"
+    )]
     pub jwks_max_stale: Duration,
     /// At most one refetch per this interval when a token names an unknown `kid`.
-    #[cfg_attr(feature = "schema", schemars(with = "String", regex(pattern = r"^\s*[0-9]+(ms|s|m|h|d)\s*$")))]
-    #[serde(default = "default_unknown_kid_refetch", deserialize_with = "duration::deserialize")]
+    #[cfg_attr(
+        feature = "schema",
+        schemars(with = "String", regex(pattern = r"^\s*[0-9]+(ms|s|m|h|d)\s*$"))
+    )]
+    #[serde(
+        default = "default_unknown_kid_refetch",
+        deserialize_with = "duration::deserialize"
+    )]
     pub unknown_kid_refetch: Duration,
-    #[cfg_attr(feature = "schema", schemars(with = "String", regex(pattern = r"^\s*[0-9]+(ms|s|m|h|d)\s*$")))]
-    #[serde(default = "default_jwks_timeout", deserialize_with = "duration::deserialize")]
+    #[cfg_attr(
+        feature = "schema",
+        schemars(with = "String", regex(pattern = r"^\s*[0-9]+(ms|s|m|h|d)\s*$"))
+    )]
+    #[serde(
+        default = "default_jwks_timeout",
+        deserialize_with = "duration::deserialize"
+    )]
     pub jwks_timeout: Duration,
     #[serde(default)]
     pub algorithms: Option<Vec<Algorithm>>,
-    #[cfg_attr(feature = "schema", schemars(with = "String", regex(pattern = r"^\s*[0-9]+(ms|s|m|h|d)\s*$")))]
+    #[cfg_attr(
+        feature = "schema",
+        schemars(with = "String", regex(pattern = r"^\s*[0-9]+(ms|s|m|h|d)\s*$"))
+    )]
     #[serde(default = "default_skew", deserialize_with = "duration::deserialize")]
     pub clock_skew: Duration,
     #[serde(default)]
@@ -116,7 +151,11 @@ fn default_max_token_bytes() -> usize {
 }
 
 #[derive(Debug, Deserialize)]
-#[cfg_attr(feature = "schema", derive(schemars::JsonSchema), schemars(rename = "TokenSource"))]
+#[cfg_attr(
+    feature = "schema",
+    derive(schemars::JsonSchema),
+    schemars(rename = "TokenSource")
+)]
 #[serde(deny_unknown_fields)]
 pub struct RawTokenSource {
     pub header: String,
@@ -125,7 +164,11 @@ pub struct RawTokenSource {
 }
 
 #[derive(Debug, Deserialize)]
-#[cfg_attr(feature = "schema", derive(schemars::JsonSchema), schemars(rename = "Broker"))]
+#[cfg_attr(
+    feature = "schema",
+    derive(schemars::JsonSchema),
+    schemars(rename = "Broker")
+)]
 #[serde(deny_unknown_fields)]
 pub struct RawBroker {
     pub cluster: String,
@@ -133,8 +176,14 @@ pub struct RawBroker {
     pub authority: String,
     #[serde(default = "default_broker_path")]
     pub path: String,
-    #[cfg_attr(feature = "schema", schemars(with = "String", regex(pattern = r"^\s*[0-9]+(ms|s|m|h|d)\s*$")))]
-    #[serde(default = "default_broker_timeout", deserialize_with = "duration::deserialize")]
+    #[cfg_attr(
+        feature = "schema",
+        schemars(with = "String", regex(pattern = r"^\s*[0-9]+(ms|s|m|h|d)\s*$"))
+    )]
+    #[serde(
+        default = "default_broker_timeout",
+        deserialize_with = "duration::deserialize"
+    )]
     pub timeout: Duration,
     #[cfg_attr(feature = "schema", schemars(with = "String"))]
     pub credential: Secret,
@@ -176,17 +225,29 @@ fn default_broker_timeout() -> Duration {
 }
 
 #[derive(Debug, Deserialize)]
-#[cfg_attr(feature = "schema", derive(schemars::JsonSchema), schemars(rename = "LookerToken"))]
+#[cfg_attr(
+    feature = "schema",
+    derive(schemars::JsonSchema),
+    schemars(rename = "LookerToken")
+)]
 #[serde(deny_unknown_fields)]
 pub struct RawLookerToken {
-    #[cfg_attr(feature = "schema", schemars(with = "String", regex(pattern = r"^\s*[0-9]+(ms|s|m|h|d)\s*$")))]
-    #[serde(default = "default_refresh_before", deserialize_with = "duration::deserialize")]
+    #[cfg_attr(
+        feature = "schema",
+        schemars(with = "String", regex(pattern = r"^\s*[0-9]+(ms|s|m|h|d)\s*$"))
+    )]
+    #[serde(
+        default = "default_refresh_before",
+        deserialize_with = "duration::deserialize"
+    )]
     pub refresh_before: Duration,
 }
 
 impl Default for RawLookerToken {
     fn default() -> Self {
-        RawLookerToken { refresh_before: default_refresh_before() }
+        RawLookerToken {
+            refresh_before: default_refresh_before(),
+        }
     }
 }
 
@@ -220,10 +281,16 @@ impl FetchUrl {
             Some(i) => (rest.get(..i).unwrap_or(""), rest.get(i..).unwrap_or("/")),
             None => (rest, "/"),
         };
-        if authority.is_empty() || authority.contains('@') || !authority.bytes().all(|b| b.is_ascii_graphic()) {
+        if authority.is_empty()
+            || authority.contains('@')
+            || !authority.bytes().all(|b| b.is_ascii_graphic())
+        {
             return Err(format!("{url:?} has no valid host"));
         }
-        Ok(FetchUrl { authority: authority.to_owned(), path: path.to_owned() })
+        Ok(FetchUrl {
+            authority: authority.to_owned(),
+            path: path.to_owned(),
+        })
     }
 }
 
@@ -270,7 +337,11 @@ pub struct Issuer {
 }
 
 impl Issuer {
-    pub fn verify(&self, token: &str, now_unix: u64) -> Result<crate::jwt::VerifiedToken, IssuerError> {
+    pub fn verify(
+        &self,
+        token: &str,
+        now_unix: u64,
+    ) -> Result<crate::jwt::VerifiedToken, IssuerError> {
         match self.verifier.borrow().as_ref() {
             None => Err(IssuerError::NoKeys),
             Some(v) => v.verify(token, now_unix).map_err(IssuerError::Token),
@@ -278,7 +349,11 @@ impl Issuer {
     }
 
     /// [`Issuer::verify`], sharing the worker's cached result (the filter's path).
-    pub fn verify_shared(&self, token: &str, now_unix: u64) -> Result<std::rc::Rc<crate::jwt::VerifiedToken>, IssuerError> {
+    pub fn verify_shared(
+        &self,
+        token: &str,
+        now_unix: u64,
+    ) -> Result<std::rc::Rc<crate::jwt::VerifiedToken>, IssuerError> {
         match self.verifier.borrow().as_ref() {
             None => Err(IssuerError::NoKeys),
             Some(v) => v.verify_shared(token, now_unix).map_err(IssuerError::Token),
@@ -354,7 +429,10 @@ impl fmt::Display for ConfigError {
 }
 
 fn err(field: impl Into<String>, message: impl Into<String>) -> ConfigError {
-    ConfigError { field: field.into(), message: message.into() }
+    ConfigError {
+        field: field.into(),
+        message: message.into(),
+    }
 }
 
 impl Gateway {
@@ -387,10 +465,16 @@ impl Gateway {
                 return Err(err(at("issuer"), "must not be empty"));
             }
             if !seen.insert(ri.issuer.clone()) {
-                return Err(err(at("issuer"), format!("issuer {:?} is listed twice", ri.issuer)));
+                return Err(err(
+                    at("issuer"),
+                    format!("issuer {:?} is listed twice", ri.issuer),
+                ));
             }
             if ri.audiences.is_empty() || ri.audiences.iter().any(|a| a.is_empty()) {
-                return Err(err(at("audiences"), "needs at least one non-empty audience"));
+                return Err(err(
+                    at("audiences"),
+                    "needs at least one non-empty audience",
+                ));
             }
             if ri.clock_skew > Duration::from_secs(300) {
                 return Err(err(at("clock_skew"), "must be at most 5m"));
@@ -399,19 +483,34 @@ impl Gateway {
                 return Err(err(at("max_token_bytes"), "must be between 256 and 65536"));
             }
             let algorithms = match ri.algorithms {
-                Some(list) if list.is_empty() => return Err(err(at("algorithms"), "must not be empty")),
+                Some(list) if list.is_empty() => {
+                    return Err(err(at("algorithms"), "must not be empty"))
+                }
                 Some(list) => list,
                 None => Algorithm::all().to_vec(),
             };
             let source = match ri.from {
-                None => TokenSource { header: "authorization".to_owned(), prefix: Some("Bearer ".to_owned()) },
+                None => TokenSource {
+                    header: "authorization".to_owned(),
+                    prefix: Some("Bearer ".to_owned()),
+                },
                 Some(src) => {
                     let header = src.header.to_ascii_lowercase();
-                    if header.is_empty() || !header.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
-                        return Err(err(at("from.header"), format!("{:?} is not a header name", src.header)));
+                    if header.is_empty()
+                        || !header
+                            .bytes()
+                            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+                    {
+                        return Err(err(
+                            at("from.header"),
+                            format!("{:?} is not a header name", src.header),
+                        ));
                     }
                     if header.starts_with("x-lookergate-") || header == "cookie" {
-                        return Err(err(at("from.header"), "may not be a gateway-owned header or cookie"));
+                        return Err(err(
+                            at("from.header"),
+                            "may not be a gateway-owned header or cookie",
+                        ));
                     }
                     let prefix = match src.prefix {
                         Some(p) if p.is_empty() => None,
@@ -440,8 +539,16 @@ impl Gateway {
                         None => None,
                     };
                     let discovery_url = if ri.discovery {
-                        let url = format!("{}/.well-known/openid-configuration", ri.issuer.trim_end_matches('/'));
-                        Some(FetchUrl::parse(&url).map_err(|e| err(at("issuer"), format!("discovery needs an http(s) issuer: {e}")))?)
+                        let url = format!(
+                            "{}/.well-known/openid-configuration",
+                            ri.issuer.trim_end_matches('/')
+                        );
+                        Some(FetchUrl::parse(&url).map_err(|e| {
+                            err(
+                                at("issuer"),
+                                format!("discovery needs an http(s) issuer: {e}"),
+                            )
+                        })?)
                     } else {
                         None
                     };
@@ -451,7 +558,9 @@ impl Gateway {
                     if ri.jwks_max_stale < ri.jwks_refresh {
                         return Err(err(at("jwks_max_stale"), "must be at least jwks_refresh"));
                     }
-                    if ri.jwks_timeout < Duration::from_millis(100) || ri.jwks_timeout > Duration::from_secs(30) {
+                    if ri.jwks_timeout < Duration::from_millis(100)
+                        || ri.jwks_timeout > Duration::from_secs(30)
+                    {
                         return Err(err(at("jwks_timeout"), "must be between 100ms and 30s"));
                     }
                     Some(RemoteKeys {
@@ -465,9 +574,17 @@ impl Gateway {
                     })
                 }
                 (false, false, false) => {
-                    return Err(err(at("jwks"), "an issuer needs keys: `jwks` (inline), `jwks_uri` or `discovery: true`"))
+                    return Err(err(
+                        at("jwks"),
+                        "an issuer needs keys: `jwks` (inline), `jwks_uri` or `discovery: true`",
+                    ))
                 }
-                _ => return Err(err(at("jwks"), "give exactly one of `jwks`, `jwks_uri` and `discovery`")),
+                _ => {
+                    return Err(err(
+                        at("jwks"),
+                        "give exactly one of `jwks`, `jwks_uri` and `discovery`",
+                    ))
+                }
             };
             let issuer = Issuer {
                 issuer: ri.issuer,
@@ -477,13 +594,19 @@ impl Gateway {
                 verifier: std::cell::RefCell::new(None),
             };
             if let Some(jwks) = &ri.jwks {
-                let (keys, skipped) = KeySet::from_jwks(jwks).map_err(|e| err(at("jwks"), e.to_string()))?;
-                warnings.extend(skipped.into_iter().map(|w| format!("issuers[{i}].jwks: {w}")));
+                let (keys, skipped) =
+                    KeySet::from_jwks(jwks).map_err(|e| err(at("jwks"), e.to_string()))?;
+                warnings.extend(
+                    skipped
+                        .into_iter()
+                        .map(|w| format!("issuers[{i}].jwks: {w}")),
+                );
                 issuer.install_keys(keys);
             }
             issuers.push(issuer);
         }
-        let operations = OperationTable::looker_4_0().map_err(|e| err("(built-in operation table)", e))?;
+        let operations =
+            OperationTable::looker_4_0().map_err(|e| err("(built-in operation table)", e))?;
         let api_prefix = raw.api_prefix.trim_end_matches('/').to_owned();
         if !api_prefix.starts_with('/') {
             return Err(err("api_prefix", "must start with '/'"));
@@ -491,13 +614,17 @@ impl Gateway {
         if !(1024..=16 * 1024 * 1024).contains(&raw.max_body_bytes) {
             return Err(err("max_body_bytes", "must be between 1024 and 16777216"));
         }
-        let policy = Policy::compile(&raw.policy, &operations).map_err(|e| match e.split_once(": ") {
-            Some((field, message)) => err(field, message),
-            None => err("policy", e),
-        })?;
+        let policy =
+            Policy::compile(&raw.policy, &operations).map_err(|e| match e.split_once(": ") {
+                Some((field, message)) => err(field, message),
+                None => err("policy", e),
+            })?;
         let b = raw.broker;
         if b.cluster.trim().is_empty() {
-            return Err(err("broker.cluster", "must name the Envoy cluster of the broker"));
+            return Err(err(
+                "broker.cluster",
+                "must name the Envoy cluster of the broker",
+            ));
         }
         if !b.path.starts_with('/') {
             return Err(err("broker.path", "must start with '/'"));
@@ -507,7 +634,10 @@ impl Gateway {
         }
         let credential = b.credential.expose();
         if credential.len() < 16 || !credential.bytes().all(|c| c.is_ascii_graphic()) {
-            return Err(err("broker.credential", "must be at least 16 printable characters without spaces"));
+            return Err(err(
+                "broker.credential",
+                "must be at least 16 printable characters without spaces",
+            ));
         }
         let refresh_before = raw.looker_token.refresh_before;
         if refresh_before > Duration::from_secs(3600) {

@@ -6,8 +6,8 @@ use std::rc::Rc;
 
 use crate::config::{Gateway, IssuerError, TokenSource};
 use crate::jwt::{self, VerifiedToken};
-use crate::path;
 use crate::looker::{Operation, Resolution};
+use crate::path;
 use crate::policy::{Input, LookerIdentity, QueryFacts, Verdict};
 use crate::reply::Refusal;
 
@@ -26,7 +26,10 @@ pub struct RequestView {
 impl RequestView {
     /// The headers, borrowed, as [`RequestHead::headers`] wants them.
     pub fn header_pairs(&self) -> Vec<(Cow<'_, str>, Cow<'_, str>)> {
-        self.headers.iter().map(|(n, v)| (Cow::Borrowed(n.as_str()), Cow::Borrowed(v.as_str()))).collect()
+        self.headers
+            .iter()
+            .map(|(n, v)| (Cow::Borrowed(n.as_str()), Cow::Borrowed(v.as_str())))
+            .collect()
     }
 }
 
@@ -44,13 +47,20 @@ pub struct RequestHead<'a> {
 impl<'a> RequestHead<'a> {
     /// `:method` and `:path` (empty if absent, as an absent path is refused anyway).
     pub fn new(headers: &'a [(Cow<'a, str>, Cow<'a, str>)]) -> RequestHead<'a> {
-        RequestHead { method: header(headers, ":method").unwrap_or_default(), path: header(headers, ":path").unwrap_or_default(), headers }
+        RequestHead {
+            method: header(headers, ":method").unwrap_or_default(),
+            path: header(headers, ":path").unwrap_or_default(),
+            headers,
+        }
     }
 }
 
 /// The first value of header `name`.
 pub fn header<'a>(headers: &'a [(Cow<'a, str>, Cow<'a, str>)], name: &str) -> Option<&'a str> {
-    headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_ref())
+    headers
+        .iter()
+        .find(|(n, _)| n == name)
+        .map(|(_, v)| v.as_ref())
 }
 
 /// One change to the request headers before it is forwarded.
@@ -80,10 +90,18 @@ pub struct Audit {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Decision {
-    Refuse { refusal: Refusal, audit: Audit },
+    Refuse {
+        refusal: Refusal,
+        audit: Audit,
+    },
     /// Forward once a Looker token for `identity` is at hand; `header_ops` excludes
     /// the Looker `authorization` header, added by [`with_looker_token`].
-    Forward { identity: LookerIdentity, subject: String, header_ops: Vec<HeaderOp>, audit: Audit },
+    Forward {
+        identity: LookerIdentity,
+        subject: String,
+        header_ops: Vec<HeaderOp>,
+        audit: Audit,
+    },
     /// A rule inspects the query this request carries in its body: read the body
     /// (bounded), then call [`decide_body`].
     NeedBody(Box<Admitted>),
@@ -109,13 +127,25 @@ pub struct Admitted {
 pub const GATEWAY_OWNED_OPERATIONS: &[&str] = &["login", "login_user", "logout"];
 
 /// Headers that ask a server to treat the request as another method.
-const METHOD_OVERRIDE_HEADERS: &[&str] = &["x-http-method-override", "x-http-method", "x-method-override"];
+const METHOD_OVERRIDE_HEADERS: &[&str] = &[
+    "x-http-method-override",
+    "x-http-method",
+    "x-method-override",
+];
 
 /// Verifies the token, resolves the Looker operation, evaluates the policy and plans
 /// the rewrite.
 pub fn decide(gateway: &Gateway, request: &RequestView, now_unix: u64) -> Decision {
     let headers = request.header_pairs();
-    decide_head(gateway, RequestHead { method: &request.method, path: &request.path, headers: &headers }, now_unix)
+    decide_head(
+        gateway,
+        RequestHead {
+            method: &request.method,
+            path: &request.path,
+            headers: &headers,
+        },
+        now_unix,
+    )
 }
 
 /// [`decide`] on a borrowed request (the filter's path).
@@ -133,7 +163,8 @@ pub fn decide_head(gateway: &Gateway, request: RequestHead<'_>, now_unix: u64) -
                 claims: &admitted.token.claims,
                 query: admitted.url_query.as_ref(),
             };
-            let reads_body = operation.is_some_and(|o| BODY_QUERY_OPERATIONS.contains(&o.operation_id.as_str()));
+            let reads_body =
+                operation.is_some_and(|o| BODY_QUERY_OPERATIONS.contains(&o.operation_id.as_str()));
             if reads_body && gateway.policy.needs_query(&input) {
                 return Decision::NeedBody(Box::new(admitted));
             }
@@ -147,7 +178,10 @@ pub fn decide_head(gateway: &Gateway, request: RequestHead<'_>, now_unix: u64) -
 pub fn decide_body(gateway: &Gateway, admitted: Admitted, body: &[u8]) -> Decision {
     match query_from_body(body) {
         Ok(facts) => {
-            let operation = admitted.operation_id.as_deref().and_then(|id| gateway.operations.by_id(id));
+            let operation = admitted
+                .operation_id
+                .as_deref()
+                .and_then(|id| gateway.operations.by_id(id));
             judge(gateway, admitted, operation, Some(&facts))
         }
         Err(reason) => {
@@ -170,18 +204,30 @@ fn refuse(refusal: Refusal, mut audit: Audit) -> Decision {
 type Admission<'g> = Result<(Admitted, Option<&'g Operation>), Box<(Refusal, Audit)>>;
 
 /// Authenticates and resolves the operation; returns it with the admitted request.
-fn admit<'g>(
-    gateway: &'g Gateway,
-    request: RequestHead<'_>,
-    now_unix: u64,
-) -> Admission<'g> {
-    let mut audit = Audit { verdict: "deny", ..Audit::default() };
+fn admit<'g>(gateway: &'g Gateway, request: RequestHead<'_>, now_unix: u64) -> Admission<'g> {
+    let mut audit = Audit {
+        verdict: "deny",
+        ..Audit::default()
+    };
     let target = match path::parse_target(request.path) {
         Ok(t) => t,
-        Err(bad) => return Err(Box::new((Refusal::BadRequest { reason: bad.0.to_owned() }, audit))),
+        Err(bad) => {
+            return Err(Box::new((
+                Refusal::BadRequest {
+                    reason: bad.0.to_owned(),
+                },
+                audit,
+            )))
+        }
     };
-    if let Some((name, _)) = request.headers.iter().find(|(n, _)| METHOD_OVERRIDE_HEADERS.contains(&n.as_ref())) {
-        let reason = format!("the {name} header is not allowed: the gateway decides on the request's own method");
+    if let Some((name, _)) = request
+        .headers
+        .iter()
+        .find(|(n, _)| METHOD_OVERRIDE_HEADERS.contains(&n.as_ref()))
+    {
+        let reason = format!(
+            "the {name} header is not allowed: the gateway decides on the request's own method"
+        );
         return Err(Box::new((Refusal::BadRequest { reason }, audit)));
     }
     let verified = match authenticate(gateway, request, now_unix, &mut audit.issuer) {
@@ -196,7 +242,10 @@ fn admit<'g>(
         match gateway.operations.resolve(request.method, rest) {
             Resolution::Found(op) => operation = Some(op),
             Resolution::NotFound | Resolution::WrongMethod => {
-                let reason = format!("{} {} is not an operation of Looker's API 4.0", request.method, target.path);
+                let reason = format!(
+                    "{} {} is not an operation of Looker's API 4.0",
+                    request.method, target.path
+                );
                 return Err(Box::new((Refusal::UnknownOperation { reason }, audit)));
             }
         }
@@ -204,11 +253,18 @@ fn admit<'g>(
     if let Some(op) = operation {
         audit.operation = Some(op.operation_id.clone());
         if GATEWAY_OWNED_OPERATIONS.contains(&op.operation_id.as_str()) {
-            return Err(Box::new((Refusal::GatewayOwnsAuthentication { operation: op.operation_id.clone() }, audit)));
+            return Err(Box::new((
+                Refusal::GatewayOwnsAuthentication {
+                    operation: op.operation_id.clone(),
+                },
+                audit,
+            )));
         }
     }
     let url_query = match operation {
-        Some(op) if op.operation_id == "run_url_encoded_query" => Some(query_from_url(&target.path, target.query)),
+        Some(op) if op.operation_id == "run_url_encoded_query" => {
+            Some(query_from_url(&target.path, target.query))
+        }
         _ => None,
     };
     let mut header_ops = strip_client_credentials(gateway, request);
@@ -229,7 +285,12 @@ fn admit<'g>(
     Ok((admitted, operation))
 }
 
-fn judge(gateway: &Gateway, admitted: Admitted, operation: Option<&Operation>, query: Option<&QueryFacts>) -> Decision {
+fn judge(
+    gateway: &Gateway,
+    admitted: Admitted,
+    operation: Option<&Operation>,
+    query: Option<&QueryFacts>,
+) -> Decision {
     let evaluation = gateway.policy.evaluate(&Input {
         method: &admitted.method,
         path: &admitted.path,
@@ -238,7 +299,11 @@ fn judge(gateway: &Gateway, admitted: Admitted, operation: Option<&Operation>, q
         query,
     });
     let mut audit = admitted.audit;
-    audit.shadows = evaluation.shadows.iter().map(|s| format!("{}:{}", s.rule, s.would)).collect();
+    audit.shadows = evaluation
+        .shadows
+        .iter()
+        .map(|s| format!("{}:{}", s.rule, s.would))
+        .collect();
     match evaluation.verdict {
         Verdict::Deny { rule, reason } => {
             audit.rule = Some(rule.clone());
@@ -270,7 +335,9 @@ fn groups_summary(claims: &serde_json::Map<String, serde_json::Value>) -> Option
         summary.push_str(group);
     };
     match claims.get("groups")? {
-        serde_json::Value::Array(items) => items.iter().filter_map(|g| g.as_str()).for_each(&mut push),
+        serde_json::Value::Array(items) => {
+            items.iter().filter_map(|g| g.as_str()).for_each(&mut push)
+        }
         serde_json::Value::String(s) => s.split_ascii_whitespace().for_each(&mut push),
         _ => return None,
     }
@@ -296,25 +363,38 @@ fn below_prefix<'p>(path: &'p str, prefix: &str) -> Option<&'p str> {
 pub fn query_from_body(body: &[u8]) -> Result<QueryFacts, String> {
     let value: serde_json::Value =
         serde_json::from_slice(body).map_err(|_| "the query body is not valid JSON".to_owned())?;
-    let object = value.as_object().ok_or_else(|| "the query body is not a JSON object".to_owned())?;
+    let object = value
+        .as_object()
+        .ok_or_else(|| "the query body is not a JSON object".to_owned())?;
     // serde_json keeps the last of duplicated keys; Looker's parser might keep another.
     // `{"limit":"100000","limit":"10"}` must not mean one thing here and another there.
-    serde_json::from_slice::<UniqueKeys>(body).map_err(|e| format!("the query body is ambiguous: {e}"))?;
+    serde_json::from_slice::<UniqueKeys>(body)
+        .map_err(|e| format!("the query body is ambiguous: {e}"))?;
     let text = |key: &str| object.get(key).and_then(|v| v.as_str()).map(str::to_owned);
     let limit = match object.get("limit") {
         None | Some(serde_json::Value::Null) => None,
         Some(serde_json::Value::String(s)) if s.trim().is_empty() => None,
-        Some(serde_json::Value::String(s)) => {
-            Some(s.trim().parse::<i64>().map_err(|_| format!("query.limit {s:?} is not a whole number"))?)
-        }
-        Some(serde_json::Value::Number(n)) => Some(n.as_i64().ok_or_else(|| "query.limit is not a whole number".to_owned())?),
+        Some(serde_json::Value::String(s)) => Some(
+            s.trim()
+                .parse::<i64>()
+                .map_err(|_| format!("query.limit {s:?} is not a whole number"))?,
+        ),
+        Some(serde_json::Value::Number(n)) => Some(
+            n.as_i64()
+                .ok_or_else(|| "query.limit is not a whole number".to_owned())?,
+        ),
         Some(_) => return Err("query.limit is not a whole number".to_owned()),
     };
     let filters = match object.get("filters") {
         Some(serde_json::Value::Object(map)) => map.keys().cloned().collect(),
         _ => Vec::new(),
     };
-    Ok(QueryFacts { model: text("model"), view: text("view"), limit, filters })
+    Ok(QueryFacts {
+        model: text("model"),
+        view: text("view"),
+        limit,
+        filters,
+    })
 }
 
 /// Deserializes a JSON object only to check that no top-level key repeats.
@@ -328,11 +408,16 @@ impl<'de> serde::Deserialize<'de> for UniqueKeys {
             fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
                 f.write_str("a JSON object")
             }
-            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<UniqueKeys, A::Error> {
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<UniqueKeys, A::Error> {
                 let mut seen = std::collections::HashSet::new();
                 while let Some(key) = map.next_key::<String>()? {
                     if !seen.insert(key.clone()) {
-                        return Err(serde::de::Error::custom(format!("key {key:?} appears twice")));
+                        return Err(serde::de::Error::custom(format!(
+                            "key {key:?} appears twice"
+                        )));
                     }
                     map.next_value::<serde::de::IgnoredAny>()?;
                 }
@@ -348,15 +433,27 @@ impl<'de> serde::Deserialize<'de> for UniqueKeys {
 fn query_from_url(path: &str, query: Option<&str>) -> QueryFacts {
     let parts: Vec<&str> = path.split('/').collect();
     let after = |name: &str| {
-        parts.iter().position(|p| *p == name).and_then(|i| parts.get(i + 1)).map(|s| (*s).to_owned())
+        parts
+            .iter()
+            .position(|p| *p == name)
+            .and_then(|i| parts.get(i + 1))
+            .map(|s| (*s).to_owned())
     };
-    let mut facts = QueryFacts { model: after("models"), view: after("views"), limit: None, filters: Vec::new() };
+    let mut facts = QueryFacts {
+        model: after("models"),
+        view: after("views"),
+        limit: None,
+        filters: Vec::new(),
+    };
     for pair in query.unwrap_or("").split('&') {
         let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
         if name == "limit" {
             // An unreadable limit counts as Looker's "no limit" so guardrails refuse it.
             facts.limit = Some(value.parse().unwrap_or(-1));
-        } else if let Some(field) = name.strip_prefix("f[").or_else(|| name.strip_prefix("f%5B")) {
+        } else if let Some(field) = name
+            .strip_prefix("f[")
+            .or_else(|| name.strip_prefix("f%5B"))
+        {
             let field = field.trim_end_matches(']').trim_end_matches("%5D");
             facts.filters.push(field.to_owned());
         }
@@ -383,7 +480,11 @@ fn authenticate(
 ) -> Result<Rc<VerifiedToken>, Refusal> {
     let mut presented: Option<(&str, &str)> = None; // (header, token)
     for header in &gateway.token_headers {
-        let mut values = request.headers.iter().filter(|(n, _)| n == header).map(|(_, v)| v.as_ref());
+        let mut values = request
+            .headers
+            .iter()
+            .filter(|(n, _)| n == header)
+            .map(|(_, v)| v.as_ref());
         let Some(value) = values.next() else { continue };
         if values.next().is_some() {
             return Err(Refusal::InvalidToken {
@@ -399,7 +500,9 @@ fn authenticate(
         }
         presented = Some((header.as_str(), value));
     }
-    let Some((header, value)) = presented else { return Err(Refusal::MissingToken) };
+    let Some((header, value)) = presented else {
+        return Err(Refusal::MissingToken);
+    };
     // Envoy folds repeated headers into one value joined by ','; a JWT has no ','.
     if value.contains(',') {
         return Err(Refusal::InvalidToken {
@@ -408,17 +511,26 @@ fn authenticate(
         });
     }
     // Several issuers may share a header; choose by the (unverified) `iss`, then verify.
-    let candidates: Vec<_> = gateway.issuers.iter().filter(|i| i.source.header == header).collect();
+    let candidates: Vec<_> = gateway
+        .issuers
+        .iter()
+        .filter(|i| i.source.header == header)
+        .collect();
     let chosen = match candidates.as_slice() {
         [only] => Some(*only),
         many => {
             let token = many.first().and_then(|i| token_from(&i.source, value));
             let iss = token.and_then(jwt::peek_issuer);
-            many.iter().copied().find(|i| Some(&i.issuer) == iss.as_ref())
+            many.iter()
+                .copied()
+                .find(|i| Some(&i.issuer) == iss.as_ref())
         }
     };
     let Some(issuer) = chosen else {
-        return Err(Refusal::InvalidToken { code: "unknown_issuer", detail: "the token's issuer is not trusted".to_owned() });
+        return Err(Refusal::InvalidToken {
+            code: "unknown_issuer",
+            detail: "the token's issuer is not trusted".to_owned(),
+        });
     };
     let Some(token) = token_from(&issuer.source, value) else {
         return Err(Refusal::InvalidToken {
@@ -429,7 +541,10 @@ fn authenticate(
     *issuer_seen = Some(issuer.issuer.clone());
     issuer.verify_shared(token, now_unix).map_err(|e| match e {
         IssuerError::NoKeys => Refusal::KeysUnavailable,
-        IssuerError::Token(e) => Refusal::InvalidToken { code: e.code(), detail: e.to_string() },
+        IssuerError::Token(e) => Refusal::InvalidToken {
+            code: e.code(),
+            detail: e.to_string(),
+        },
     })
 }
 
@@ -456,7 +571,10 @@ fn token_from<'v>(source: &TokenSource, value: &'v str) -> Option<&'v str> {
 fn strip_client_credentials(gateway: &Gateway, request: RequestHead<'_>) -> Vec<HeaderOp> {
     let mut ops: Vec<HeaderOp> = Vec::new();
     let mut remove = |name: &str| {
-        if !ops.iter().any(|op| matches!(op, HeaderOp::Remove(n) if n == name)) {
+        if !ops
+            .iter()
+            .any(|op| matches!(op, HeaderOp::Remove(n) if n == name))
+        {
             ops.push(HeaderOp::Remove(name.to_owned()));
         }
     };
@@ -502,34 +620,61 @@ mod tests {
             method: "GET".into(),
             path: path.into(),
             request_id: "rid".into(),
-            headers: headers.iter().map(|(n, v)| (n.to_string(), v.to_string())).collect(),
+            headers: headers
+                .iter()
+                .map(|(n, v)| (n.to_string(), v.to_string()))
+                .collect(),
         }
     }
 
     fn now() -> u64 {
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs()
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
     }
 
     #[test]
     fn allowed_request_strips_client_credentials_and_access_token() {
         let idp = TestIssuer::new();
         let gw = gateway(&idp);
-        let jwt = sign_rs256(&idp, json!({"sub": "alice", "groups": ["analysts"], "aud": "looker-api"}));
+        let jwt = sign_rs256(
+            &idp,
+            json!({"sub": "alice", "groups": ["analysts"], "aud": "looker-api"}),
+        );
         let bearer = format!("Bearer {jwt}");
         let req = request(
             "/api/4.0/user?access_token=stolen&fields=id",
-            &[("authorization", &bearer), ("cookie", "looker=1"), ("x-lookergate-identity", "role:admin")],
+            &[
+                ("authorization", &bearer),
+                ("cookie", "looker=1"),
+                ("x-lookergate-identity", "role:admin"),
+            ],
         );
         match decide(&gw, &req, now()) {
-            Decision::Forward { identity, subject, header_ops, audit } => {
+            Decision::Forward {
+                identity,
+                subject,
+                header_ops,
+                audit,
+            } => {
                 assert_eq!(identity, LookerIdentity::Role("analyst".into()));
                 assert_eq!(subject, "alice");
                 assert_eq!(audit.rule.as_deref(), Some("analysts"));
                 let ops = with_looker_token(header_ops, "LOOKER");
                 assert!(ops.contains(&HeaderOp::Remove("cookie".into())));
                 assert!(ops.contains(&HeaderOp::Remove("x-lookergate-identity".into())));
-                assert!(ops.contains(&HeaderOp::Set(":path".into(), "/api/4.0/user?fields=id".into())));
-                assert_eq!(ops.last(), Some(&HeaderOp::Set("authorization".into(), "token LOOKER".into())));
+                assert!(ops.contains(&HeaderOp::Set(
+                    ":path".into(),
+                    "/api/4.0/user?fields=id".into()
+                )));
+                assert_eq!(
+                    ops.last(),
+                    Some(&HeaderOp::Set(
+                        "authorization".into(),
+                        "token LOOKER".into()
+                    ))
+                );
             }
             other => panic!("expected forward, got {other:?}"),
         }
@@ -539,7 +684,10 @@ mod tests {
     fn token_in_a_custom_header_works_and_that_header_is_stripped() {
         let idp = TestIssuer::new();
         let gw = gateway(&idp);
-        let jwt = sign_rs256(&idp, json!({"iss": "https://access.example", "sub": "bob", "groups": ["analysts"], "aud": "app"}));
+        let jwt = sign_rs256(
+            &idp,
+            json!({"iss": "https://access.example", "sub": "bob", "groups": ["analysts"], "aud": "app"}),
+        );
         let req = request("/api/4.0/user", &[("cf-access-jwt-assertion", &jwt)]);
         match decide(&gw, &req, now()) {
             Decision::Forward { header_ops, .. } => {
@@ -553,19 +701,68 @@ mod tests {
     fn refusals_by_case() {
         let idp = TestIssuer::new();
         let gw = gateway(&idp);
-        let good = sign_rs256(&idp, json!({"sub": "alice", "groups": ["analysts"], "aud": "looker-api"}));
-        let eve = sign_rs256(&idp, json!({"sub": "eve", "groups": ["analysts"], "aud": "looker-api"}));
-        let bob = sign_rs256(&idp, json!({"sub": "bob", "groups": ["viewers"], "aud": "looker-api"}));
+        let good = sign_rs256(
+            &idp,
+            json!({"sub": "alice", "groups": ["analysts"], "aud": "looker-api"}),
+        );
+        let eve = sign_rs256(
+            &idp,
+            json!({"sub": "eve", "groups": ["analysts"], "aud": "looker-api"}),
+        );
+        let bob = sign_rs256(
+            &idp,
+            json!({"sub": "bob", "groups": ["viewers"], "aud": "looker-api"}),
+        );
         let b = |t: &str| format!("Bearer {t}");
         let cases: Vec<(RequestView, u32, &str)> = vec![
             (request("/api/4.0/user", &[]), 401, "missing_token"),
-            (request("/api/4.0/user", &[("authorization", &format!("Basic {good}"))]), 401, "unsupported_scheme"),
-            (request("/api/4.0/user", &[("authorization", &b(&good)), ("authorization", &b(&good))]), 401, "multiple_tokens"),
-            (request("/api/4.0/user", &[("authorization", &b(&good)), ("cf-access-jwt-assertion", &good)]), 401, "multiple_tokens"),
-            (request("/api/4.0/user", &[("authorization", "Bearer not.a.jwt")]), 401, ""),
-            (request("/api/4.0/user", &[("authorization", &b(&eve))]), 403, "forbidden"),
-            (request("/api/4.0/user", &[("authorization", &b(&bob))]), 403, "forbidden"),
-            (request("/api/4.0/../4.0/user", &[("authorization", &b(&good))]), 400, "bad_request"),
+            (
+                request(
+                    "/api/4.0/user",
+                    &[("authorization", &format!("Basic {good}"))],
+                ),
+                401,
+                "unsupported_scheme",
+            ),
+            (
+                request(
+                    "/api/4.0/user",
+                    &[("authorization", &b(&good)), ("authorization", &b(&good))],
+                ),
+                401,
+                "multiple_tokens",
+            ),
+            (
+                request(
+                    "/api/4.0/user",
+                    &[
+                        ("authorization", &b(&good)),
+                        ("cf-access-jwt-assertion", &good),
+                    ],
+                ),
+                401,
+                "multiple_tokens",
+            ),
+            (
+                request("/api/4.0/user", &[("authorization", "Bearer not.a.jwt")]),
+                401,
+                "",
+            ),
+            (
+                request("/api/4.0/user", &[("authorization", &b(&eve))]),
+                403,
+                "forbidden",
+            ),
+            (
+                request("/api/4.0/user", &[("authorization", &b(&bob))]),
+                403,
+                "forbidden",
+            ),
+            (
+                request("/api/4.0/../4.0/user", &[("authorization", &b(&good))]),
+                400,
+                "bad_request",
+            ),
         ];
         for (req, status, code) in cases {
             match decide(&gw, &req, now()) {
@@ -583,13 +780,19 @@ mod tests {
 
     #[test]
     fn bearer_scheme_is_case_insensitive_and_whitespace_tolerant() {
-        let src = TokenSource { header: "authorization".into(), prefix: Some("Bearer ".into()) };
+        let src = TokenSource {
+            header: "authorization".into(),
+            prefix: Some("Bearer ".into()),
+        };
         assert_eq!(token_from(&src, "bearer abc"), Some("abc"));
         assert_eq!(token_from(&src, "BEARER   abc "), Some("abc"));
         assert_eq!(token_from(&src, "Bearerabc"), None);
         assert_eq!(token_from(&src, "Bearer "), None);
         assert_eq!(token_from(&src, "token abc"), None);
-        let raw = TokenSource { header: "x-goog-iap-jwt-assertion".into(), prefix: None };
+        let raw = TokenSource {
+            header: "x-goog-iap-jwt-assertion".into(),
+            prefix: None,
+        };
         assert_eq!(token_from(&raw, " abc"), Some("abc"));
     }
 
@@ -597,40 +800,86 @@ mod tests {
     fn looker_operations_are_resolved_and_gateway_auth_is_refused() {
         let idp = TestIssuer::new();
         let gw = gateway(&idp);
-        let jwt = format!("Bearer {}", sign_rs256(&idp, json!({"sub": "alice", "groups": ["analysts"], "aud": "looker-api"})));
+        let jwt = format!(
+            "Bearer {}",
+            sign_rs256(
+                &idp,
+                json!({"sub": "alice", "groups": ["analysts"], "aud": "looker-api"})
+            )
+        );
         let cases: [(&str, &str, &[(&str, &str)], u32, &str); 5] = [
-            ("GET", "/api/4.0/no_such_endpoint", &[], 404, "unknown_operation"),
+            (
+                "GET",
+                "/api/4.0/no_such_endpoint",
+                &[],
+                404,
+                "unknown_operation",
+            ),
             ("DELETE", "/api/4.0/user", &[], 404, "unknown_operation"),
-            ("POST", "/api/4.0/login", &[], 403, "gateway_owns_authentication"),
-            ("DELETE", "/api/4.0/logout", &[], 403, "gateway_owns_authentication"),
-            ("GET", "/api/4.0/user", &[("x-http-method-override", "DELETE")], 400, "bad_request"),
+            (
+                "POST",
+                "/api/4.0/login",
+                &[],
+                403,
+                "gateway_owns_authentication",
+            ),
+            (
+                "DELETE",
+                "/api/4.0/logout",
+                &[],
+                403,
+                "gateway_owns_authentication",
+            ),
+            (
+                "GET",
+                "/api/4.0/user",
+                &[("x-http-method-override", "DELETE")],
+                400,
+                "bad_request",
+            ),
         ];
         for (method, path, extra, status, code) in cases {
             let mut req = request(path, &[("authorization", &jwt)]);
             req.method = method.into();
-            req.headers.extend(extra.iter().map(|(n, v)| (n.to_string(), v.to_string())));
+            req.headers
+                .extend(extra.iter().map(|(n, v)| (n.to_string(), v.to_string())));
             match decide(&gw, &req, now()) {
                 Decision::Refuse { refusal, .. } => {
-                    assert_eq!((refusal.status(), refusal.code()), (status, code), "{method} {path}");
+                    assert_eq!(
+                        (refusal.status(), refusal.code()),
+                        (status, code),
+                        "{method} {path}"
+                    );
                 }
                 other => panic!("{method} {path}: expected refusal, got {other:?}"),
             }
         }
-        match decide(&gw, &request("/api/4.0/dashboards/7", &[("authorization", &jwt)]), now()) {
-            Decision::Forward { audit, .. } => assert_eq!(audit.operation.as_deref(), Some("dashboard")),
+        match decide(
+            &gw,
+            &request("/api/4.0/dashboards/7", &[("authorization", &jwt)]),
+            now(),
+        ) {
+            Decision::Forward { audit, .. } => {
+                assert_eq!(audit.operation.as_deref(), Some("dashboard"))
+            }
             other => panic!("expected forward, got {other:?}"),
         }
     }
 
     #[test]
     fn groups_summary_joins_every_group_and_is_bounded() {
-        let summary = |groups: serde_json::Value| groups_summary(json!({ "groups": groups }).as_object().unwrap());
+        let summary = |groups: serde_json::Value| {
+            groups_summary(json!({ "groups": groups }).as_object().unwrap())
+        };
         assert_eq!(summary(json!(["a", "b"])).as_deref(), Some("a,b"));
         assert_eq!(summary(json!(["", "a", 5, "b"])).as_deref(), Some(",a,b"));
         assert_eq!(summary(json!("a  b")).as_deref(), Some("a,b"));
         assert_eq!(summary(json!([])).as_deref(), Some(""));
         assert_eq!(summary(json!(5)), None);
-        assert_eq!(summary(json!(["x".repeat(300)])).map(|s| s.len()), Some(256));
+        assert_eq!(
+            summary(json!(["x".repeat(300)])).map(|s| s.len()),
+            Some(256)
+        );
     }
 
     #[test]
@@ -639,14 +888,23 @@ mod tests {
         assert_eq!(q.model.as_deref(), Some("thelook"));
         assert_eq!(q.limit, Some(10));
         assert_eq!(q.filters, vec!["orders.status".to_owned()]);
-        assert_eq!(query_from_body(br#"{"limit":500}"#).unwrap().limit, Some(500));
+        assert_eq!(
+            query_from_body(br#"{"limit":500}"#).unwrap().limit,
+            Some(500)
+        );
         assert!(query_from_body(br#"{"limit":"ten"}"#).is_err());
         assert!(query_from_body(b"[1]").is_err());
         // found by fuzzing review: last-one-wins duplicates would let a limit slip past
         let dup = query_from_body(br#"{"limit":"100000","limit":"10"}"#).unwrap_err();
         assert!(dup.contains("appears twice"), "{dup}");
-        let u = query_from_url("/api/4.0/queries/models/thelook/views/orders/run/json", Some("limit=20&f[orders.status]=x"));
-        assert_eq!((u.model.as_deref(), u.view.as_deref(), u.limit), (Some("thelook"), Some("orders"), Some(20)));
+        let u = query_from_url(
+            "/api/4.0/queries/models/thelook/views/orders/run/json",
+            Some("limit=20&f[orders.status]=x"),
+        );
+        assert_eq!(
+            (u.model.as_deref(), u.view.as_deref(), u.limit),
+            (Some("thelook"), Some("orders"), Some(20))
+        );
         assert_eq!(u.filters, vec!["orders.status".to_owned()]);
     }
 }

@@ -20,7 +20,11 @@ pub fn parse(text: &str) -> Result<Duration, String> {
         "m" => 60_000,
         "h" => 3_600_000,
         "d" => 86_400_000,
-        _ => return Err(format!("duration {text:?} has unknown unit {unit:?} (use ms, s, m, h or d)")),
+        _ => {
+            return Err(format!(
+                "duration {text:?} has unknown unit {unit:?} (use ms, s, m, h or d)"
+            ))
+        }
     };
     value
         .checked_mul(millis_per_unit)
@@ -35,9 +39,12 @@ pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duratio
 }
 
 /// serde adapter for optional durations.
-pub fn deserialize_opt<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<Duration>, D::Error> {
+pub fn deserialize_opt<'de, D: Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<Duration>, D::Error> {
     let text = Option::<String>::deserialize(deserializer)?;
-    text.map(|t| parse(&t).map_err(serde::de::Error::custom)).transpose()
+    text.map(|t| parse(&t).map_err(serde::de::Error::custom))
+        .transpose()
 }
 
 #[cfg(test)]

@@ -31,17 +31,34 @@ struct GatewayRoot {
 }
 
 impl Context for GatewayRoot {
-    fn on_http_call_response(&mut self, token_id: u32, num_headers: usize, body_size: usize, _num_trailers: usize) {
+    fn on_http_call_response(
+        &mut self,
+        token_id: u32,
+        num_headers: usize,
+        body_size: usize,
+        _num_trailers: usize,
+    ) {
         let Some(gateway) = &self.gateway else { return };
         let (status, body) = flow::read_broker_answer(&ProxyHost, num_headers, body_size);
         let mut worker = self.worker.borrow_mut();
-        flow::on_callout(gateway, &mut worker, &ProxyHost, token_id, status, &body, self.context_id);
+        flow::on_callout(
+            gateway,
+            &mut worker,
+            &ProxyHost,
+            token_id,
+            status,
+            &body,
+            self.context_id,
+        );
     }
 }
 
 impl RootContext for GatewayRoot {
     fn on_configure(&mut self, plugin_configuration_size: usize) -> bool {
-        info!("lookergate: host signature verification for {:?}", crate::host::install_host_crypto());
+        info!(
+            "lookergate: host signature verification for {:?}",
+            crate::host::install_host_crypto()
+        );
         let bytes = match ProxyHost::plugin_configuration(plugin_configuration_size) {
             Some(bytes) => bytes,
             None => {
@@ -63,7 +80,10 @@ impl RootContext for GatewayRoot {
                 );
                 self.gateway = Some(Rc::new(gateway));
                 // Operators see the running version in /stats: lookergate.version.<x_y_z>.
-                ProxyHost.count(&format!("lookergate.version.{}", crate::VERSION.replace('.', "_")), 1);
+                ProxyHost.count(
+                    &format!("lookergate.version.{}", crate::VERSION.replace('.', "_")),
+                    1,
+                );
                 if !ProxyHost::set_tick_period(TICK) {
                     warn!("lookergate: cannot set the tick period; stuck broker calls rely on the callout timeout");
                 }
@@ -84,7 +104,11 @@ impl RootContext for GatewayRoot {
 
     fn create_http_context(&self, context_id: u32) -> Option<Box<dyn HttpContext>> {
         let gateway = self.gateway.clone()?;
-        Some(Box::new(GatewayStream { context_id, gateway, worker: Rc::clone(&self.worker) }))
+        Some(Box::new(GatewayStream {
+            context_id,
+            gateway,
+            worker: Rc::clone(&self.worker),
+        }))
     }
 
     fn get_type(&self) -> Option<ContextType> {
@@ -99,10 +123,24 @@ struct GatewayStream {
 }
 
 impl Context for GatewayStream {
-    fn on_http_call_response(&mut self, token_id: u32, num_headers: usize, body_size: usize, _num_trailers: usize) {
+    fn on_http_call_response(
+        &mut self,
+        token_id: u32,
+        num_headers: usize,
+        body_size: usize,
+        _num_trailers: usize,
+    ) {
         let (status, body) = flow::read_broker_answer(&ProxyHost, num_headers, body_size);
         let mut worker = self.worker.borrow_mut();
-        flow::on_callout(&self.gateway, &mut worker, &ProxyHost, token_id, status, &body, self.context_id);
+        flow::on_callout(
+            &self.gateway,
+            &mut worker,
+            &ProxyHost,
+            token_id,
+            status,
+            &body,
+            self.context_id,
+        );
     }
 
     fn on_done(&mut self) -> bool {
@@ -114,20 +152,39 @@ impl Context for GatewayStream {
 impl HttpContext for GatewayStream {
     fn on_http_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
         let mut worker = self.worker.borrow_mut();
-        let next = flow::on_request(&self.gateway, &mut worker, &ProxyHost, self.context_id, end_of_stream);
+        let next = flow::on_request(
+            &self.gateway,
+            &mut worker,
+            &ProxyHost,
+            self.context_id,
+            end_of_stream,
+        );
         action(next)
     }
 
     fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
         let status = ProxyHost::response_status();
         let mut worker = self.worker.borrow_mut();
-        flow::on_response(&self.gateway, &mut worker, &ProxyHost, self.context_id, status);
+        flow::on_response(
+            &self.gateway,
+            &mut worker,
+            &ProxyHost,
+            self.context_id,
+            status,
+        );
         Action::Continue
     }
 
     fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
         let mut worker = self.worker.borrow_mut();
-        let next = flow::on_body(&self.gateway, &mut worker, &ProxyHost, self.context_id, body_size, end_of_stream);
+        let next = flow::on_body(
+            &self.gateway,
+            &mut worker,
+            &ProxyHost,
+            self.context_id,
+            body_size,
+            end_of_stream,
+        );
         action(next)
     }
 }

@@ -8,10 +8,10 @@ use log::{debug, warn};
 use crate::broker::{self, MAX_RESPONSE_BYTES};
 use crate::config::Gateway;
 use crate::decision::{self, Admitted, Audit, Decision, RequestHead};
-use crate::keys::{FetchOutcome, UnknownKid};
-use crate::ratelimit;
 use crate::host::Host;
+use crate::keys::{FetchOutcome, UnknownKid};
 use crate::policy::LookerIdentity;
+use crate::ratelimit;
 use crate::reply::Refusal;
 use crate::tokens::{shared_key, CachedToken, Flight, Waiter, Worker};
 
@@ -32,10 +32,18 @@ pub enum Stage {
     #[default]
     Headers,
     /// Headers held back while the body a rule inspects is buffered.
-    AwaitingBody { admitted: Box<Admitted>, request_id: String, method: String, since_ms: u64 },
+    AwaitingBody {
+        admitted: Box<Admitted>,
+        request_id: String,
+        method: String,
+        since_ms: u64,
+    },
     /// Headers held back while the issuer's keys are refetched (unknown `kid`); the
     /// body, if any, keeps buffering meanwhile.
-    AwaitingKeys { body_size: usize, body_complete: bool },
+    AwaitingKeys {
+        body_size: usize,
+        body_complete: bool,
+    },
     /// Allowed; paused until the broker answers. Body data must not move the stream.
     AwaitingToken,
     /// Answered locally (refused). Nothing more goes upstream.
@@ -48,7 +56,13 @@ pub enum Stage {
 const BODY_WAIT: Duration = Duration::from_secs(15);
 
 /// Handles a request's headers on context `context_id`.
-pub fn on_request<H: Host>(gateway: &Gateway, worker: &mut Worker, host: &H, context_id: u32, end_of_stream: bool) -> Next {
+pub fn on_request<H: Host>(
+    gateway: &Gateway,
+    worker: &mut Worker,
+    host: &H,
+    context_id: u32,
+    end_of_stream: bool,
+) -> Next {
     let body = end_of_stream.then_some(0);
     decide_request(gateway, worker, host, context_id, body, false)
 }
@@ -71,18 +85,44 @@ fn decide_request<H: Host>(
     let request_id = decision::header(&headers, "x-request-id").unwrap_or_default();
     let decision = match decision::decide_head(gateway, request, now_ms / 1000) {
         // Keys another worker fetched reach this one on its tick; don't 503 meanwhile.
-        Decision::Refuse { refusal: Refusal::KeysUnavailable, audit }
-            if !retried && worker.keys.pick_up_shared(gateway, host, audit.issuer.as_deref().unwrap_or(""), now_ms) =>
+        Decision::Refuse {
+            refusal: Refusal::KeysUnavailable,
+            audit,
+        } if !retried
+            && worker.keys.pick_up_shared(
+                gateway,
+                host,
+                audit.issuer.as_deref().unwrap_or(""),
+                now_ms,
+            ) =>
         {
             return decide_request(gateway, worker, host, context_id, body, true);
         }
-        Decision::Refuse { refusal: Refusal::InvalidToken { code: "unknown_kid", .. }, audit } if !retried => {
+        Decision::Refuse {
+            refusal:
+                Refusal::InvalidToken {
+                    code: "unknown_kid",
+                    ..
+                },
+            audit,
+        } if !retried => {
             let issuer = audit.issuer.clone().unwrap_or_default();
-            match worker.keys.wait_for_unknown_kid(gateway, host, &issuer, context_id, now_ms) {
-                UnknownKid::Retry => return decide_request(gateway, worker, host, context_id, body, true),
+            match worker
+                .keys
+                .wait_for_unknown_kid(gateway, host, &issuer, context_id, now_ms)
+            {
+                UnknownKid::Retry => {
+                    return decide_request(gateway, worker, host, context_id, body, true)
+                }
                 UnknownKid::Wait => {
                     let (body_size, body_complete) = (body.unwrap_or(0), body.is_some());
-                    worker.stages.insert(context_id, Stage::AwaitingKeys { body_size, body_complete });
+                    worker.stages.insert(
+                        context_id,
+                        Stage::AwaitingKeys {
+                            body_size,
+                            body_complete,
+                        },
+                    );
                     return Next::Pause;
                 }
                 UnknownKid::Refuse => decision::decide_head(gateway, request, now_ms / 1000),
@@ -102,16 +142,35 @@ fn decide_request<H: Host>(
             Some(size) => {
                 if size > gateway.max_body_bytes {
                     worker.stages.insert(context_id, Stage::Refused);
-                    refuse(host, &Refusal::PayloadTooLarge { limit: gateway.max_body_bytes }, request_id);
+                    refuse(
+                        host,
+                        &Refusal::PayloadTooLarge {
+                            limit: gateway.max_body_bytes,
+                        },
+                        request_id,
+                    );
                     return Next::Pause;
                 }
-                let bytes = if size == 0 { Vec::new() } else { host.request_body(size) };
+                let bytes = if size == 0 {
+                    Vec::new()
+                } else {
+                    host.request_body(size)
+                };
                 decision::decide_body(gateway, *admitted, &bytes)
             }
         },
         other => other,
     };
-    proceed(gateway, worker, host, context_id, request_id, request.method, decision, now_ms)
+    proceed(
+        gateway,
+        worker,
+        host,
+        context_id,
+        request_id,
+        request.method,
+        decision,
+        now_ms,
+    )
 }
 
 /// Handles request body data: buffers (bounded) until the end, then decides.
@@ -137,10 +196,20 @@ pub fn on_body<H: Host>(
             _ => String::new(),
         };
         worker.keys.leave(context_id);
-        refuse(host, &Refusal::PayloadTooLarge { limit: gateway.max_body_bytes }, &request_id);
+        refuse(
+            host,
+            &Refusal::PayloadTooLarge {
+                limit: gateway.max_body_bytes,
+            },
+            &request_id,
+        );
         return Next::Pause;
     }
-    if let Stage::AwaitingKeys { body_size: size, body_complete } = stage {
+    if let Stage::AwaitingKeys {
+        body_size: size,
+        body_complete,
+    } = stage
+    {
         *size = body_size;
         *body_complete = end_of_stream;
         return Next::Pause; // the decision waits for the keys; keep buffering
@@ -148,12 +217,27 @@ pub fn on_body<H: Host>(
     if !end_of_stream {
         return Next::Pause; // keep buffering
     }
-    let Stage::AwaitingBody { admitted, request_id, method, .. } = std::mem::replace(stage, Stage::Refused) else {
+    let Stage::AwaitingBody {
+        admitted,
+        request_id,
+        method,
+        ..
+    } = std::mem::replace(stage, Stage::Refused)
+    else {
         return Next::Pause;
     };
     let body = host.request_body(body_size);
     let decision = decision::decide_body(gateway, *admitted, &body);
-    proceed(gateway, worker, host, context_id, &request_id, &method, decision, host.now_ms())
+    proceed(
+        gateway,
+        worker,
+        host,
+        context_id,
+        &request_id,
+        &method,
+        decision,
+        host.now_ms(),
+    )
 }
 
 /// Any callout answer: a key fetch or a broker call.
@@ -167,8 +251,19 @@ pub fn on_callout<H: Host>(
     current_context: u32,
 ) {
     let now_ms = host.now_ms();
-    match worker.keys.on_answer(gateway, host, callout, status, body, now_ms) {
-        FetchOutcome::NotOurs => on_broker_answer(gateway, worker, host, callout, status, body, current_context),
+    match worker
+        .keys
+        .on_answer(gateway, host, callout, status, body, now_ms)
+    {
+        FetchOutcome::NotOurs => on_broker_answer(
+            gateway,
+            worker,
+            host,
+            callout,
+            status,
+            body,
+            current_context,
+        ),
         FetchOutcome::Continuing => {}
         FetchOutcome::Done { waiters, .. } => {
             for waiter in waiters {
@@ -182,7 +277,10 @@ pub fn on_callout<H: Host>(
 /// Decides again a request that waited for keys (on its own context).
 fn redecide_after_keys<H: Host>(gateway: &Gateway, worker: &mut Worker, host: &H, context_id: u32) {
     let body = match worker.stages.get(&context_id) {
-        Some(Stage::AwaitingKeys { body_size, body_complete: true }) => Some(*body_size),
+        Some(Stage::AwaitingKeys {
+            body_size,
+            body_complete: true,
+        }) => Some(*body_size),
         Some(Stage::AwaitingKeys { .. }) => None,
         _ => return, // no longer waiting
     };
@@ -208,7 +306,9 @@ fn proceed<H: Host>(
     decision: Decision,
     now_ms: u64,
 ) -> Next {
-    let (next, stage) = forward_or_refuse(gateway, worker, host, context_id, request_id, method, decision, now_ms);
+    let (next, stage) = forward_or_refuse(
+        gateway, worker, host, context_id, request_id, method, decision, now_ms,
+    );
     worker.stages.insert(context_id, stage);
     next
 }
@@ -228,7 +328,13 @@ fn forward_or_refuse<H: Host>(
     match decision {
         Decision::NeedBody(_) => {
             // decide_body never asks for the body again; fail closed if it ever did.
-            refuse(host, &Refusal::BadRequest { reason: "the request body could not be inspected".into() }, request_id);
+            refuse(
+                host,
+                &Refusal::BadRequest {
+                    reason: "the request body could not be inspected".into(),
+                },
+                request_id,
+            );
             refused
         }
         Decision::Refuse { refusal, audit } => {
@@ -236,7 +342,12 @@ fn forward_or_refuse<H: Host>(
             refuse(host, &refusal, request_id);
             refused
         }
-        Decision::Forward { identity, subject, header_ops, mut audit } => {
+        Decision::Forward {
+            identity,
+            subject,
+            header_ops,
+            mut audit,
+        } => {
             if let Err(refusal) = check_rate_limit(gateway, host, &subject, &audit, now_ms) {
                 audit.verdict = "deny";
                 audit.reason = Some(refusal.code().to_owned());
@@ -253,20 +364,41 @@ fn forward_or_refuse<H: Host>(
                         (Next::Continue, Stage::Forwarded)
                     }
                     Err(e) => {
-                        warn!("lookergate[{context_id}] request_id={request_id} rewrite failed: {}", e.0);
-                        refuse(host, &Refusal::BrokerUnavailable { reason: "gateway rewrite failed".into() }, request_id);
+                        warn!(
+                            "lookergate[{context_id}] request_id={request_id} rewrite failed: {}",
+                            e.0
+                        );
+                        refuse(
+                            host,
+                            &Refusal::BrokerUnavailable {
+                                reason: "gateway rewrite failed".into(),
+                            },
+                            request_id,
+                        );
                         refused
                     }
                 };
             }
             host.count("lookergate.looker_token.cache_miss", 1);
             let deadline_ms = now_ms + millis(gateway.broker.timeout + WAIT_GRACE);
-            let waiter = Waiter { context_id, header_ops, request_id: request_id.to_owned(), rule, deadline_ms };
+            let waiter = Waiter {
+                context_id,
+                header_ops,
+                request_id: request_id.to_owned(),
+                rule,
+                deadline_ms,
+            };
             let Err(waiter) = worker.join(&identity, waiter) else {
                 return (Next::Pause, Stage::AwaitingToken); // a call for this identity is in flight here
             };
-            let (headers, body) = broker::token_request(&gateway.broker, &identity, &subject, request_id);
-            match host.dispatch(&gateway.broker.cluster, &headers, body.as_bytes(), gateway.broker.timeout) {
+            let (headers, body) =
+                broker::token_request(&gateway.broker, &identity, &subject, request_id);
+            match host.dispatch(
+                &gateway.broker.cluster,
+                &headers,
+                body.as_bytes(),
+                gateway.broker.timeout,
+            ) {
                 Ok(callout) => {
                     host.count("lookergate.broker.calls", 1);
                     let flight = Flight {
@@ -282,7 +414,13 @@ fn forward_or_refuse<H: Host>(
                 }
                 Err(e) => {
                     warn!("lookergate[{context_id}] request_id={request_id} broker dispatch failed: {}", e.0);
-                    refuse(host, &Refusal::BrokerUnavailable { reason: "cannot reach the token broker".into() }, request_id);
+                    refuse(
+                        host,
+                        &Refusal::BrokerUnavailable {
+                            reason: "cannot reach the token broker".into(),
+                        },
+                        request_id,
+                    );
                     refused
                 }
             }
@@ -292,9 +430,19 @@ fn forward_or_refuse<H: Host>(
 
 /// Draws from the deciding rule's buckets for this principal (and its `db_query`
 /// budget for query operations).
-fn check_rate_limit<H: Host>(gateway: &Gateway, host: &H, subject: &str, audit: &Audit, now_ms: u64) -> Result<(), Refusal> {
-    let Some(rule) = audit.rule.as_deref().and_then(|r| gateway.policy.rule(r)) else { return Ok(()) };
-    let Some(limit) = &rule.rate_limit else { return Ok(()) };
+fn check_rate_limit<H: Host>(
+    gateway: &Gateway,
+    host: &H,
+    subject: &str,
+    audit: &Audit,
+    now_ms: u64,
+) -> Result<(), Refusal> {
+    let Some(rule) = audit.rule.as_deref().and_then(|r| gateway.policy.rule(r)) else {
+        return Ok(());
+    };
+    let Some(limit) = &rule.rate_limit else {
+        return Ok(());
+    };
     let limited = |retry_after_ms: u64, budget: &'static str| Refusal::RateLimited {
         rule: rule.name.clone(),
         retry_after_secs: retry_after_ms.div_ceil(1000).max(1),
@@ -307,19 +455,33 @@ fn check_rate_limit<H: Host>(gateway: &Gateway, host: &H, subject: &str, audit: 
         .and_then(|id| gateway.operations.by_id(id))
         .is_some_and(|op| op.activity_type == "db_query");
     if let (true, Some(per_minute)) = (is_query, limit.db_queries_per_minute) {
-        ratelimit::take_shared(host, &key("db"), f64::from(per_minute) / 60.0, per_minute, now_ms)
-            .map_err(|ms| limited(ms, "db_query budget"))?;
+        ratelimit::take_shared(
+            host,
+            &key("db"),
+            f64::from(per_minute) / 60.0,
+            per_minute,
+            now_ms,
+        )
+        .map_err(|ms| limited(ms, "db_query budget"))?;
     }
-    ratelimit::take_shared(host, &key("req"), limit.per_second, limit.burst, now_ms).map_err(|ms| limited(ms, "requests"))
+    ratelimit::take_shared(host, &key("req"), limit.per_second, limit.burst, now_ms)
+        .map_err(|ms| limited(ms, "requests"))
 }
 
 /// The per-worker cache, then the shared data every worker sees.
-fn find_token<H: Host>(worker: &mut Worker, host: &H, identity: &LookerIdentity, now_ms: u64) -> Option<String> {
+fn find_token<H: Host>(
+    worker: &mut Worker,
+    host: &H,
+    identity: &LookerIdentity,
+    now_ms: u64,
+) -> Option<String> {
     if let Some(token) = worker.cached(identity, now_ms) {
         host.count("lookergate.looker_token.cache_hit", 1);
         return Some(token.to_owned());
     }
-    let shared = host.shared_get(&shared_key(identity)).and_then(|bytes| CachedToken::decode(&bytes))?;
+    let shared = host
+        .shared_get(&shared_key(identity))
+        .and_then(|bytes| CachedToken::decode(&bytes))?;
     if !shared.usable(now_ms) {
         return None;
     }
@@ -340,9 +502,14 @@ pub fn on_broker_answer<H: Host>(
     body: &[u8],
     current_context: u32,
 ) {
-    let Some(flight) = worker.finish(callout) else { return };
+    let Some(flight) = worker.finish(callout) else {
+        return;
+    };
     let now_ms = host.now_ms();
-    host.observe("lookergate.broker.latency_ms", now_ms.saturating_sub(flight.started_ms));
+    host.observe(
+        "lookergate.broker.latency_ms",
+        now_ms.saturating_sub(flight.started_ms),
+    );
     let answer = broker::parse_token_response(status, body, "");
     if let Err(refusal) = &answer {
         host.count(&format!("lookergate.broker.failure.{}", refusal.code()), 1);
@@ -362,7 +529,11 @@ pub fn on_broker_answer<H: Host>(
                 gateway.refresh_before,
             );
             if let Err(e) = host.shared_set(&shared_key(&flight.identity), &cached.encode()) {
-                warn!("lookergate cannot share the token of {}: {}", flight.identity.key(), e.0);
+                warn!(
+                    "lookergate cannot share the token of {}: {}",
+                    flight.identity.key(),
+                    e.0
+                );
             }
             worker.store(&flight.identity, cached, now_ms);
             for waiter in flight.waiters {
@@ -370,13 +541,25 @@ pub fn on_broker_answer<H: Host>(
                     continue; // the client went away
                 }
                 let ops = decision::with_looker_token(waiter.header_ops, &answer.access_token);
-                worker.forwarded.insert(waiter.context_id, (flight.identity.clone(), answer.access_token.clone()));
+                worker.forwarded.insert(
+                    waiter.context_id,
+                    (flight.identity.clone(), answer.access_token.clone()),
+                );
                 worker.stages.insert(waiter.context_id, Stage::Forwarded);
                 let resumed = host.apply(&ops).and_then(|()| host.resume());
                 if let Err(e) = resumed {
                     worker.stages.insert(waiter.context_id, Stage::Refused);
-                    warn!("lookergate[{}] request_id={} resume failed: {}", waiter.context_id, waiter.request_id, e.0);
-                    refuse(host, &Refusal::BrokerUnavailable { reason: "gateway rewrite failed".into() }, &waiter.request_id);
+                    warn!(
+                        "lookergate[{}] request_id={} resume failed: {}",
+                        waiter.context_id, waiter.request_id, e.0
+                    );
+                    refuse(
+                        host,
+                        &Refusal::BrokerUnavailable {
+                            reason: "gateway rewrite failed".into(),
+                        },
+                        &waiter.request_id,
+                    );
                 }
             }
         }
@@ -391,7 +574,9 @@ pub fn on_broker_answer<H: Host>(
                 worker.stages.insert(waiter.context_id, Stage::Refused);
                 if host.switch_to(waiter.context_id) {
                     let refusal = match &refusal {
-                        Refusal::NoLookerUser { .. } => Refusal::NoLookerUser { rule: waiter.rule.clone() },
+                        Refusal::NoLookerUser { .. } => Refusal::NoLookerUser {
+                            rule: waiter.rule.clone(),
+                        },
                         other => other.clone(),
                     };
                     refuse(host, &refusal, &waiter.request_id);
@@ -405,8 +590,16 @@ pub fn on_broker_answer<H: Host>(
 /// Looker answered a forwarded request. A 401 means Looker no longer accepts the token
 /// we injected (revoked or expired early): drop it from this worker's cache and from
 /// shared data, and ask the broker to drop it too, so the next request gets a fresh one.
-pub fn on_response<H: Host>(gateway: &Gateway, worker: &mut Worker, host: &H, context_id: u32, status: Option<u32>) {
-    let Some((identity, token)) = worker.forwarded.remove(&context_id) else { return };
+pub fn on_response<H: Host>(
+    gateway: &Gateway,
+    worker: &mut Worker,
+    host: &H,
+    context_id: u32,
+    status: Option<u32>,
+) {
+    let Some((identity, token)) = worker.forwarded.remove(&context_id) else {
+        return;
+    };
     if status != Some(401) {
         return;
     }
@@ -421,14 +614,32 @@ pub fn on_response<H: Host>(gateway: &Gateway, worker: &mut Worker, host: &H, co
     }
     let key = shared_key(&identity);
     let (value, cas) = host.shared_get_versioned(&key);
-    if value.as_deref().and_then(CachedToken::decode).is_some_and(|t| t.token == token) {
+    if value
+        .as_deref()
+        .and_then(CachedToken::decode)
+        .is_some_and(|t| t.token == token)
+    {
         // Only if it is still the token that failed: a newer one stays.
-        let expired = CachedToken { token, refresh_at_ms: 0 };
+        let expired = CachedToken {
+            token,
+            refresh_at_ms: 0,
+        };
         host.shared_set_if(&key, &expired.encode(), cas);
     }
     let (headers, body) = broker::invalidate_request(&gateway.broker, &identity);
-    if host.dispatch(&gateway.broker.cluster, &headers, body.as_bytes(), gateway.broker.timeout).is_err() {
-        warn!("lookergate[{context_id}] cannot ask the broker to invalidate the token of {}", identity.key());
+    if host
+        .dispatch(
+            &gateway.broker.cluster,
+            &headers,
+            body.as_bytes(),
+            gateway.broker.timeout,
+        )
+        .is_err()
+    {
+        warn!(
+            "lookergate[{context_id}] cannot ask the broker to invalidate the token of {}",
+            identity.key()
+        );
     }
 }
 
@@ -450,7 +661,9 @@ pub fn on_tick<H: Host>(gateway: &Gateway, worker: &mut Worker, host: &H, root_c
         .map(|(ctx, _)| *ctx)
         .collect();
     for context_id in stalled {
-        if let Some(Stage::AwaitingBody { request_id, .. }) = worker.stages.insert(context_id, Stage::Refused) {
+        if let Some(Stage::AwaitingBody { request_id, .. }) =
+            worker.stages.insert(context_id, Stage::Refused)
+        {
             warn!("lookergate[{context_id}] request_id={request_id} body not received within {BODY_WAIT:?}; check allow_on_headers_stop_iteration");
             if host.switch_to(context_id) {
                 refuse(host, &Refusal::BodyTimeout, &request_id);
@@ -459,8 +672,18 @@ pub fn on_tick<H: Host>(gateway: &Gateway, worker: &mut Worker, host: &H, root_c
     }
     for flight in worker.orphans() {
         host.switch_to(root_context);
-        let (headers, body) = broker::token_request(&gateway.broker, &flight.identity, &flight.subject, &flight.request_id);
-        match host.dispatch(&gateway.broker.cluster, &headers, body.as_bytes(), gateway.broker.timeout) {
+        let (headers, body) = broker::token_request(
+            &gateway.broker,
+            &flight.identity,
+            &flight.subject,
+            &flight.request_id,
+        );
+        match host.dispatch(
+            &gateway.broker.cluster,
+            &headers,
+            body.as_bytes(),
+            gateway.broker.timeout,
+        ) {
             Ok(callout) => {
                 host.count("lookergate.broker.calls", 1);
                 worker.adopt(&flight.identity, callout, host.now_ms());
@@ -470,7 +693,13 @@ pub fn on_tick<H: Host>(gateway: &Gateway, worker: &mut Worker, host: &H, root_c
                 for waiter in worker.abandon(&flight.identity) {
                     worker.stages.insert(waiter.context_id, Stage::Refused);
                     if host.switch_to(waiter.context_id) {
-                        refuse(host, &Refusal::BrokerUnavailable { reason: "cannot reach the token broker".into() }, &waiter.request_id);
+                        refuse(
+                            host,
+                            &Refusal::BrokerUnavailable {
+                                reason: "cannot reach the token broker".into(),
+                            },
+                            &waiter.request_id,
+                        );
                     }
                 }
             }
@@ -479,14 +708,24 @@ pub fn on_tick<H: Host>(gateway: &Gateway, worker: &mut Worker, host: &H, root_c
     for waiter in worker.overdue(host.now_ms()) {
         worker.stages.insert(waiter.context_id, Stage::Refused);
         if host.switch_to(waiter.context_id) {
-            refuse(host, &Refusal::BrokerUnavailable { reason: "timed out waiting for the token broker".into() }, &waiter.request_id);
+            refuse(
+                host,
+                &Refusal::BrokerUnavailable {
+                    reason: "timed out waiting for the token broker".into(),
+                },
+                &waiter.request_id,
+            );
         }
     }
     host.switch_to(root_context);
 }
 
 /// The answer for a callout arrives at the context that sent it: read it and go on.
-pub fn read_broker_answer<H: Host>(host: &H, num_headers: usize, body_size: usize) -> (Option<u32>, Vec<u8>) {
+pub fn read_broker_answer<H: Host>(
+    host: &H,
+    num_headers: usize,
+    body_size: usize,
+) -> (Option<u32>, Vec<u8>) {
     if num_headers == 0 {
         return (None, Vec::new()); // Envoy's way of saying: no answer (reset, timeout)
     }
@@ -495,7 +734,10 @@ pub fn read_broker_answer<H: Host>(host: &H, num_headers: usize, body_size: usiz
 
 fn refuse<H: Host>(host: &H, refusal: &Refusal, request_id: &str) {
     if let Err(e) = host.send_reply(&refusal.to_reply(request_id)) {
-        warn!("lookergate request_id={request_id} local reply failed: {}", e.0);
+        warn!(
+            "lookergate request_id={request_id} local reply failed: {}",
+            e.0
+        );
     }
 }
 
@@ -504,16 +746,35 @@ fn millis(d: Duration) -> u64 {
 }
 
 /// Logs, counts and records for the access log what was decided. Never a token.
-fn report_decision<H: Host>(host: &H, context_id: u32, request_id: &str, method: &str, audit: &Audit) {
-    let shadows = if audit.shadows.is_empty() { std::borrow::Cow::Borrowed("-") } else { audit.shadows.join(",").into() };
+fn report_decision<H: Host>(
+    host: &H,
+    context_id: u32,
+    request_id: &str,
+    method: &str,
+    audit: &Audit,
+) {
+    let shadows = if audit.shadows.is_empty() {
+        std::borrow::Cow::Borrowed("-")
+    } else {
+        audit.shadows.join(",").into()
+    };
     let fields = [
         ("lookergate_verdict", audit.verdict),
-        ("lookergate_subject", audit.subject.as_deref().unwrap_or("-")),
+        (
+            "lookergate_subject",
+            audit.subject.as_deref().unwrap_or("-"),
+        ),
         ("lookergate_issuer", audit.issuer.as_deref().unwrap_or("-")),
         ("lookergate_groups", audit.groups.as_deref().unwrap_or("-")),
-        ("lookergate_operation", audit.operation.as_deref().unwrap_or("-")),
+        (
+            "lookergate_operation",
+            audit.operation.as_deref().unwrap_or("-"),
+        ),
         ("lookergate_rule", audit.rule.as_deref().unwrap_or("-")),
-        ("lookergate_identity", audit.identity.as_deref().unwrap_or("-")),
+        (
+            "lookergate_identity",
+            audit.identity.as_deref().unwrap_or("-"),
+        ),
         ("lookergate_reason", audit.reason.as_deref().unwrap_or("-")),
         ("lookergate_shadow", shadows.as_ref()),
     ];
@@ -531,15 +792,35 @@ fn report_decision<H: Host>(host: &H, context_id: u32, request_id: &str, method:
     host.record_audit(set.get(..n).unwrap_or_default());
     match audit.verdict {
         "allow" => host.count("lookergate.decision.allow", 1),
-        _ => host.count(&format!("lookergate.decision.deny.{}", audit.reason.as_deref().unwrap_or("unknown")), 1),
+        _ => host.count(
+            &format!(
+                "lookergate.decision.deny.{}",
+                audit.reason.as_deref().unwrap_or("unknown")
+            ),
+            1,
+        ),
     }
     for shadow in &audit.shadows {
-        host.count(&format!("lookergate.shadow.{}", shadow.replace(':', ".would_")), 1);
+        host.count(
+            &format!("lookergate.shadow.{}", shadow.replace(':', ".would_")),
+            1,
+        );
     }
-    let level = if audit.verdict == "allow" && audit.shadows.is_empty() { log::Level::Debug } else { log::Level::Info };
+    let level = if audit.verdict == "allow" && audit.shadows.is_empty() {
+        log::Level::Debug
+    } else {
+        log::Level::Info
+    };
     if log::log_enabled!(level) {
-        let line = fields.iter().map(|(k, v)| format!("{}={v}", k.trim_start_matches("lookergate_"))).collect::<Vec<_>>().join(" ");
-        log::log!(level, "lookergate[{context_id}] request_id={request_id} method={method} {line}");
+        let line = fields
+            .iter()
+            .map(|(k, v)| format!("{}={v}", k.trim_start_matches("lookergate_")))
+            .collect::<Vec<_>>()
+            .join(" ");
+        log::log!(
+            level,
+            "lookergate[{context_id}] request_id={request_id} method={method} {line}"
+        );
     }
 }
 
@@ -582,34 +863,66 @@ mod tests {
             self.now_ms.get()
         }
         fn request_headers(&self) -> HeaderBlock {
-            HeaderBlock::from_pairs(&self.headers.borrow().get(&self.current.get()).cloned().unwrap_or_default())
+            HeaderBlock::from_pairs(
+                &self
+                    .headers
+                    .borrow()
+                    .get(&self.current.get())
+                    .cloned()
+                    .unwrap_or_default(),
+            )
         }
         fn apply(&self, ops: &[HeaderOp]) -> Result<(), HostError> {
-            self.applied.borrow_mut().entry(self.current.get()).or_default().extend(ops.iter().cloned());
+            self.applied
+                .borrow_mut()
+                .entry(self.current.get())
+                .or_default()
+                .extend(ops.iter().cloned());
             Ok(())
         }
         fn send_reply(&self, reply: &LocalReply) -> Result<(), HostError> {
-            let previous = self.replies.borrow_mut().insert(self.current.get(), reply.clone());
-            assert!(previous.is_none(), "context {} answered twice", self.current.get());
+            let previous = self
+                .replies
+                .borrow_mut()
+                .insert(self.current.get(), reply.clone());
+            assert!(
+                previous.is_none(),
+                "context {} answered twice",
+                self.current.get()
+            );
             Ok(())
         }
         fn resume(&self) -> Result<(), HostError> {
             self.resumed.borrow_mut().push(self.current.get());
             Ok(())
         }
-        fn dispatch(&self, cluster: &str, _h: &[(&str, String)], body: &[u8], _t: Duration) -> Result<u32, HostError> {
+        fn dispatch(
+            &self,
+            cluster: &str,
+            _h: &[(&str, String)],
+            body: &[u8],
+            _t: Duration,
+        ) -> Result<u32, HostError> {
             if self.fail_dispatch.get() {
                 return Err(HostError("no cluster".into()));
             }
-            assert!(self.allow_any_cluster.get() || cluster == "lookergate_broker", "{cluster}");
+            assert!(
+                self.allow_any_cluster.get() || cluster == "lookergate_broker",
+                "{cluster}"
+            );
             let id = self.next_callout.get() + 1;
             self.next_callout.set(id);
-            self.dispatched.borrow_mut().push((self.current.get(), String::from_utf8_lossy(body).into_owned()));
+            self.dispatched.borrow_mut().push((
+                self.current.get(),
+                String::from_utf8_lossy(body).into_owned(),
+            ));
             Ok(id)
         }
         fn request_body(&self, size: usize) -> Vec<u8> {
             let body = self.body.borrow().clone();
-            body.get(..size.min(body.len())).unwrap_or_default().to_vec()
+            body.get(..size.min(body.len()))
+                .unwrap_or_default()
+                .to_vec()
         }
         fn callout_response(&self, _b: usize, _m: usize) -> (Option<u32>, Vec<u8>) {
             unreachable!("tests pass answers directly")
@@ -623,7 +936,10 @@ mod tests {
             Ok(())
         }
         fn shared_get_versioned(&self, key: &str) -> (Option<Vec<u8>>, Option<u32>) {
-            (self.shared.borrow().get(key).cloned(), self.versions.borrow().get(key).copied())
+            (
+                self.shared.borrow().get(key).cloned(),
+                self.versions.borrow().get(key).copied(),
+            )
         }
         fn shared_set_if(&self, key: &str, value: &[u8], cas: Option<u32>) -> bool {
             let current = self.versions.borrow().get(key).copied();
@@ -638,7 +954,11 @@ mod tests {
             entry.extend(fields.iter().map(|(k, v)| (k.to_string(), v.to_string())));
         }
         fn count(&self, name: &str, delta: u64) {
-            *self.counters.borrow_mut().entry(name.to_owned()).or_default() += delta;
+            *self
+                .counters
+                .borrow_mut()
+                .entry(name.to_owned())
+                .or_default() += delta;
         }
         fn observe(&self, _name: &str, _value: u64) {}
         fn switch_to(&self, context_id: u32) -> bool {
@@ -675,16 +995,36 @@ mod tests {
             });
             let gateway = Gateway::load(config.to_string().as_bytes()).unwrap();
             let host = FakeHost::default();
-            host.now_ms.set(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64);
-            Rig { gateway, worker: Worker::default(), host, idp }
+            host.now_ms.set(
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap()
+                    .as_millis() as u64,
+            );
+            Rig {
+                gateway,
+                worker: Worker::default(),
+                host,
+                idp,
+            }
         }
 
         fn request(&mut self, context_id: u32, groups: &[&str]) -> Next {
             self.start(context_id, groups, "GET", "/api/4.0/user", true)
         }
 
-        fn start(&mut self, context_id: u32, groups: &[&str], method: &str, path: &str, eos: bool) -> Next {
-            let jwt = sign_rs256(&self.idp, json!({"sub": "alice", "email": "a@x", "groups": groups, "aud": "looker-api"}));
+        fn start(
+            &mut self,
+            context_id: u32,
+            groups: &[&str],
+            method: &str,
+            path: &str,
+            eos: bool,
+        ) -> Next {
+            let jwt = sign_rs256(
+                &self.idp,
+                json!({"sub": "alice", "email": "a@x", "groups": groups, "aud": "looker-api"}),
+            );
             let headers = vec![
                 (":method".to_owned(), method.to_owned()),
                 (":path".to_owned(), path.to_owned()),
@@ -697,26 +1037,54 @@ mod tests {
         }
 
         fn body(&mut self, context_id: u32, body: &str, eos: bool) -> Next {
-            self.host.body.borrow_mut().extend_from_slice(body.as_bytes());
+            self.host
+                .body
+                .borrow_mut()
+                .extend_from_slice(body.as_bytes());
             self.host.current.set(context_id);
             let size = self.host.body.borrow().len();
-            on_body(&self.gateway, &mut self.worker, &self.host, context_id, size, eos)
+            on_body(
+                &self.gateway,
+                &mut self.worker,
+                &self.host,
+                context_id,
+                size,
+                eos,
+            )
         }
 
         fn answer(&mut self, callout: u32, status: Option<u32>, body: &str, current: u32) {
             self.host.current.set(current);
-            on_callout(&self.gateway, &mut self.worker, &self.host, callout, status, body.as_bytes(), current);
+            on_callout(
+                &self.gateway,
+                &mut self.worker,
+                &self.host,
+                callout,
+                status,
+                body.as_bytes(),
+                current,
+            );
         }
 
         fn authorization(&self, context_id: u32) -> Option<String> {
-            self.host.applied.borrow().get(&context_id)?.iter().rev().find_map(|op| match op {
-                HeaderOp::Set(n, v) if n == "authorization" => Some(v.clone()),
-                _ => None,
-            })
+            self.host
+                .applied
+                .borrow()
+                .get(&context_id)?
+                .iter()
+                .rev()
+                .find_map(|op| match op {
+                    HeaderOp::Set(n, v) if n == "authorization" => Some(v.clone()),
+                    _ => None,
+                })
         }
 
         fn status(&self, context_id: u32) -> Option<u32> {
-            self.host.replies.borrow().get(&context_id).map(|r| r.status)
+            self.host
+                .replies
+                .borrow()
+                .get(&context_id)
+                .map(|r| r.status)
         }
     }
 
@@ -728,10 +1096,18 @@ mod tests {
         for ctx in 10..30 {
             assert_eq!(rig.request(ctx, &["analysts"]), Next::Pause);
         }
-        assert_eq!(rig.host.dispatched.borrow().len(), 1, "one broker call for 20 requests");
+        assert_eq!(
+            rig.host.dispatched.borrow().len(),
+            1,
+            "one broker call for 20 requests"
+        );
         rig.answer(1, Some(200), TOKEN_OK, 10);
         for ctx in 10..30 {
-            assert_eq!(rig.authorization(ctx).as_deref(), Some("token LOOKER1"), "ctx {ctx}");
+            assert_eq!(
+                rig.authorization(ctx).as_deref(),
+                Some("token LOOKER1"),
+                "ctx {ctx}"
+            );
         }
         assert_eq!(rig.host.resumed.borrow().len(), 20);
         let audit = rig.host.audits.borrow()[&10].clone();
@@ -790,12 +1166,23 @@ mod tests {
     fn unknown_looker_user_is_403_naming_the_rule() {
         let mut rig = Rig::new();
         rig.request(10, &["people"]);
-        assert!(rig.host.dispatched.borrow()[0].1.contains(r#""credential_id":"a@x""#));
-        rig.answer(1, Some(403), r#"{"error":"no_looker_user","message":"x"}"#, 10);
+        assert!(rig.host.dispatched.borrow()[0]
+            .1
+            .contains(r#""credential_id":"a@x""#));
+        rig.answer(
+            1,
+            Some(403),
+            r#"{"error":"no_looker_user","message":"x"}"#,
+            10,
+        );
         assert_eq!(rig.status(10), Some(403));
-        let body: serde_json::Value = serde_json::from_str(&rig.host.replies.borrow()[&10].body).unwrap();
+        let body: serde_json::Value =
+            serde_json::from_str(&rig.host.replies.borrow()[&10].body).unwrap();
         assert_eq!(body["rule"], "people");
-        assert!(body["reason"].as_str().unwrap().starts_with("no_looker_user"));
+        assert!(body["reason"]
+            .as_str()
+            .unwrap()
+            .starts_with("no_looker_user"));
     }
 
     #[test]
@@ -826,9 +1213,18 @@ mod tests {
         let mut rig = Rig::new();
         rig.request(10, &["nobody"]);
         assert_eq!(rig.status(10), Some(403));
-        rig.host.headers.borrow_mut().insert(11, vec![(":method".into(), "GET".into()), (":path".into(), "/api/4.0/user".into())]);
+        rig.host.headers.borrow_mut().insert(
+            11,
+            vec![
+                (":method".into(), "GET".into()),
+                (":path".into(), "/api/4.0/user".into()),
+            ],
+        );
         rig.host.current.set(11);
-        assert_eq!(on_request(&rig.gateway, &mut rig.worker, &rig.host, 11, true), Next::Pause);
+        assert_eq!(
+            on_request(&rig.gateway, &mut rig.worker, &rig.host, 11, true),
+            Next::Pause
+        );
         assert_eq!(rig.status(11), Some(401));
         assert!(rig.host.dispatched.borrow().is_empty());
         assert!(rig.host.applied.borrow().is_empty());
@@ -837,12 +1233,34 @@ mod tests {
     #[test]
     fn guarded_query_waits_for_the_body_then_is_judged_on_it() {
         let mut rig = Rig::new();
-        assert_eq!(rig.start(10, &["querying"], "POST", "/api/4.0/queries/run/json", false), Next::Pause);
-        assert!(matches!(rig.worker.stages.get(&10), Some(Stage::AwaitingBody { .. })));
-        assert!(rig.host.dispatched.borrow().is_empty(), "no broker call before the verdict");
-        assert_eq!(rig.body(10, r#"{"model":"thelook","view":"orders","#, false), Next::Pause);
+        assert_eq!(
+            rig.start(
+                10,
+                &["querying"],
+                "POST",
+                "/api/4.0/queries/run/json",
+                false
+            ),
+            Next::Pause
+        );
+        assert!(matches!(
+            rig.worker.stages.get(&10),
+            Some(Stage::AwaitingBody { .. })
+        ));
+        assert!(
+            rig.host.dispatched.borrow().is_empty(),
+            "no broker call before the verdict"
+        );
+        assert_eq!(
+            rig.body(10, r#"{"model":"thelook","view":"orders","#, false),
+            Next::Pause
+        );
         assert_eq!(rig.body(10, r#""limit":"50"}"#, true), Next::Pause);
-        assert_eq!(rig.host.dispatched.borrow().len(), 1, "allowed: token fetched");
+        assert_eq!(
+            rig.host.dispatched.borrow().len(),
+            1,
+            "allowed: token fetched"
+        );
         rig.answer(1, Some(200), TOKEN_OK, 10);
         assert_eq!(rig.authorization(10).as_deref(), Some("token LOOKER1"));
     }
@@ -850,21 +1268,40 @@ mod tests {
     #[test]
     fn guarded_query_violations_oversize_and_garbage_are_refused() {
         let cases: [(&str, u32, &str); 3] = [
-            (r#"{"model":"thelook","view":"orders","limit":"5000"}"#, 403, "query.limit"),
+            (
+                r#"{"model":"thelook","view":"orders","limit":"5000"}"#,
+                403,
+                "query.limit",
+            ),
             (r#"{"model":"secret","view":"orders"}"#, 403, "query.model"),
             ("not json", 400, "JSON"),
         ];
         for (i, (body, status, needle)) in cases.into_iter().enumerate() {
             let mut rig = Rig::new();
             let ctx = 10 + i as u32;
-                rig.start(ctx, &["querying"], "POST", "/api/4.0/queries/run/json", false);
+            rig.start(
+                ctx,
+                &["querying"],
+                "POST",
+                "/api/4.0/queries/run/json",
+                false,
+            );
             rig.body(ctx, body, true);
             assert_eq!(rig.status(ctx), Some(status), "{body}");
-            assert!(rig.host.replies.borrow()[&ctx].body.contains(needle), "{body}");
+            assert!(
+                rig.host.replies.borrow()[&ctx].body.contains(needle),
+                "{body}"
+            );
             assert!(rig.host.dispatched.borrow().is_empty());
         }
         let mut rig = Rig::new();
-        rig.start(30, &["querying"], "POST", "/api/4.0/queries/run/json", false);
+        rig.start(
+            30,
+            &["querying"],
+            "POST",
+            "/api/4.0/queries/run/json",
+            false,
+        );
         rig.body(30, &"x".repeat(2049), false);
         assert_eq!(rig.status(30), Some(413));
         assert!(matches!(rig.worker.stages.get(&30), Some(Stage::Refused)));
@@ -880,9 +1317,19 @@ mod tests {
         });
         let gateway = Gateway::load(config.to_string().as_bytes()).unwrap();
         let host = FakeHost::default();
-        host.now_ms.set(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64);
+        host.now_ms.set(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_millis() as u64,
+        );
         host.allow_any_cluster.set(true);
-        Rig { gateway, worker: Worker::default(), host, idp }
+        Rig {
+            gateway,
+            worker: Worker::default(),
+            host,
+            idp,
+        }
     }
 
     #[test]
@@ -891,37 +1338,69 @@ mod tests {
         // Before any fetch: 503 with Retry-After, never a 401.
         rig.request(10, &[]);
         assert_eq!(rig.status(10), Some(503));
-        assert!(rig.host.replies.borrow()[&10].headers.iter().any(|(n, _)| *n == "retry-after"));
+        assert!(rig.host.replies.borrow()[&10]
+            .headers
+            .iter()
+            .any(|(n, _)| *n == "retry-after"));
         on_tick(&rig.gateway, &mut rig.worker, &rig.host, ROOT);
         let fetch = rig.host.dispatched.borrow().last().cloned().unwrap();
         assert_eq!(fetch.0, ROOT, "timed fetch from the root context");
         rig.answer(1, Some(200), &rig.idp.jwks.to_string(), ROOT);
         let next = rig.request(11, &[]);
-        assert_eq!(rig.host.replies.borrow().get(&11).map(|r| r.body.clone()), None);
+        assert_eq!(
+            rig.host.replies.borrow().get(&11).map(|r| r.body.clone()),
+            None
+        );
         assert_eq!(next, Next::Pause, "verified; now waiting for the broker");
         assert_eq!(rig.status(11), None);
         // Another worker (fresh VM) picks the keys up from shared data without fetching.
         let calls = rig.host.dispatched.borrow().len();
         let mut other = Worker::default();
         std::mem::swap(&mut rig.worker, &mut other);
-        assert_eq!(rig.request(15, &[]), Next::Pause, "a worker without keys takes the shared ones at once");
+        assert_eq!(
+            rig.request(15, &[]),
+            Next::Pause,
+            "a worker without keys takes the shared ones at once"
+        );
         assert_eq!(rig.status(15), None);
         on_tick(&rig.gateway, &mut rig.worker, &rig.host, ROOT);
-        assert_eq!(rig.host.dispatched.borrow().len(), calls + 1, "lease held, keys shared: only the broker call");
+        assert_eq!(
+            rig.host.dispatched.borrow().len(),
+            calls + 1,
+            "lease held, keys shared: only the broker call"
+        );
         std::mem::swap(&mut rig.worker, &mut other);
 
         // The IdP rotates: a token under the new kid waits for one refetch, then passes.
         rig.idp = TestIssuer::rotated();
         assert_eq!(rig.request(12, &[]), Next::Pause);
         assert_eq!(rig.request(13, &[]), Next::Pause);
-        let refetches: Vec<_> = rig.host.dispatched.borrow().iter().filter(|(_, body)| body.is_empty()).cloned().collect();
-        assert_eq!(refetches.len(), 2, "initial fetch + one refetch for two requests");
+        let refetches: Vec<_> = rig
+            .host
+            .dispatched
+            .borrow()
+            .iter()
+            .filter(|(_, body)| body.is_empty())
+            .cloned()
+            .collect();
+        assert_eq!(
+            refetches.len(),
+            2,
+            "initial fetch + one refetch for two requests"
+        );
         let refetch_id = rig.host.next_callout.get();
         // A malformed answer would keep the old keys; this one is the rotated set.
         rig.answer(refetch_id, Some(200), &rig.idp.jwks.to_string(), 12);
-        assert_eq!(rig.status(12), None, "no refusal: decided again with the new keys");
+        assert_eq!(
+            rig.status(12),
+            None,
+            "no refusal: decided again with the new keys"
+        );
         assert_eq!(rig.status(13), None);
-        assert!(matches!(rig.worker.stages.get(&13), Some(Stage::AwaitingToken)));
+        assert!(matches!(
+            rig.worker.stages.get(&13),
+            Some(Stage::AwaitingToken)
+        ));
         // Another unknown kid within the refetch interval is refused at once, no fetch:
         // a storm of random kids costs at most one fetch per interval.
         let before = rig.host.dispatched.borrow().len();
@@ -930,7 +1409,14 @@ mod tests {
             rig.request(ctx, &[]);
             assert_eq!(rig.status(ctx), Some(401), "ctx {ctx}");
         }
-        let fetches_after = rig.host.dispatched.borrow().iter().skip(before).filter(|(_, b)| b.is_empty()).count();
+        let fetches_after = rig
+            .host
+            .dispatched
+            .borrow()
+            .iter()
+            .skip(before)
+            .filter(|(_, b)| b.is_empty())
+            .count();
         assert_eq!(fetches_after, 0);
     }
 
@@ -939,11 +1425,19 @@ mod tests {
         let mut rig = remote_rig();
         on_tick(&rig.gateway, &mut rig.worker, &rig.host, ROOT);
         rig.answer(1, Some(200), &rig.idp.jwks.to_string(), ROOT);
-        for (status, body) in [(Some(200), "{not json"), (Some(200), r#"{"keys":[]}"#), (Some(500), ""), (None, "")] {
+        for (status, body) in [
+            (Some(200), "{not json"),
+            (Some(200), r#"{"keys":[]}"#),
+            (Some(500), ""),
+            (None, ""),
+        ] {
             // Force a refresh attempt now.
             let callout = {
                 rig.host.now_ms.set(rig.host.now_ms.get() + 601_000);
-                rig.host.shared.borrow_mut().retain(|k, _| !k.contains("jwks_lease"));
+                rig.host
+                    .shared
+                    .borrow_mut()
+                    .retain(|k, _| !k.contains("jwks_lease"));
                 on_tick(&rig.gateway, &mut rig.worker, &rig.host, ROOT);
                 rig.host.next_callout.get()
             };
@@ -951,9 +1445,18 @@ mod tests {
             rig.host.now_ms.set(rig.host.now_ms.get() + 120_000); // past any backoff
         }
         // Tokens are signed with the real clock; keys are still the good ones.
-        rig.host.now_ms.set(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64);
+        rig.host.now_ms.set(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_millis() as u64,
+        );
         assert_eq!(rig.request(20, &[]), Next::Pause);
-        assert_eq!(rig.status(20), None, "still verified with the last good keys");
+        assert_eq!(
+            rig.status(20),
+            None,
+            "still verified with the last good keys"
+        );
     }
 
     #[test]
@@ -970,10 +1473,18 @@ mod tests {
         rig.request(10, &[]);
         rig.request(11, &[]);
         rig.request(12, &[]);
-        assert_eq!((rig.status(10), rig.status(11)), (None, None), "burst of 2 allowed");
+        assert_eq!(
+            (rig.status(10), rig.status(11)),
+            (None, None),
+            "burst of 2 allowed"
+        );
         assert_eq!(rig.status(12), Some(429));
         let reply = rig.host.replies.borrow()[&12].clone();
-        assert!(reply.headers.contains(&("retry-after", "1".to_owned())), "{:?}", reply.headers);
+        assert!(
+            reply.headers.contains(&("retry-after", "1".to_owned())),
+            "{:?}",
+            reply.headers
+        );
         assert!(reply.body.contains("limited"));
         rig.host.now_ms.set(rig.host.now_ms.get() + 1000);
         rig.request(13, &[]);
@@ -987,16 +1498,29 @@ mod tests {
         rig.answer(1, Some(200), TOKEN_OK, 10);
         assert_eq!(rig.request(11, &["analysts"]), Next::Continue);
         on_response(&rig.gateway, &mut rig.worker, &rig.host, 10, Some(200));
-        assert_eq!(rig.host.dispatched.borrow().len(), 1, "a 200 changes nothing");
+        assert_eq!(
+            rig.host.dispatched.borrow().len(),
+            1,
+            "a 200 changes nothing"
+        );
         rig.host.current.set(11);
         on_response(&rig.gateway, &mut rig.worker, &rig.host, 11, Some(401));
         let dispatched = rig.host.dispatched.borrow().clone();
         assert_eq!(dispatched.len(), 2);
-        assert!(dispatched[1].1.contains(r#""kind":"role""#), "invalidate names the identity: {}", dispatched[1].1);
+        assert!(
+            dispatched[1].1.contains(r#""kind":"role""#),
+            "invalidate names the identity: {}",
+            dispatched[1].1
+        );
         // The next request asks the broker for a fresh token instead of reusing the dead one.
         assert_eq!(rig.request(12, &["analysts"]), Next::Pause);
         assert_eq!(rig.host.dispatched.borrow().len(), 3);
-        rig.answer(3, Some(200), r#"{"access_token":"LOOKER2","expires_in":3600}"#, 12);
+        rig.answer(
+            3,
+            Some(200),
+            r#"{"access_token":"LOOKER2","expires_in":3600}"#,
+            12,
+        );
         assert_eq!(rig.authorization(12).as_deref(), Some("token LOOKER2"));
     }
 
@@ -1004,13 +1528,27 @@ mod tests {
     fn body_data_never_resumes_a_request_still_waiting_for_its_token() {
         let mut rig = Rig::new();
         // Allowed at the headers, body still coming, token not yet there.
-        assert_eq!(rig.start(10, &["analysts"], "GET", "/api/4.0/user", false), Next::Pause);
-        assert!(matches!(rig.worker.stages.get(&10), Some(Stage::AwaitingToken)));
-        assert_eq!(rig.body(10, "{}", true), Next::Pause, "body data must not move the stream");
+        assert_eq!(
+            rig.start(10, &["analysts"], "GET", "/api/4.0/user", false),
+            Next::Pause
+        );
+        assert!(matches!(
+            rig.worker.stages.get(&10),
+            Some(Stage::AwaitingToken)
+        ));
+        assert_eq!(
+            rig.body(10, "{}", true),
+            Next::Pause,
+            "body data must not move the stream"
+        );
         assert!(rig.host.resumed.borrow().is_empty());
         rig.answer(1, Some(200), TOKEN_OK, 10);
         assert_eq!(rig.host.resumed.borrow().as_slice(), &[10]);
-        assert_eq!(rig.body(10, "", true), Next::Continue, "forwarded: the rest flows");
+        assert_eq!(
+            rig.body(10, "", true),
+            Next::Continue,
+            "forwarded: the rest flows"
+        );
         // A refused request swallows its body too.
         rig.start(11, &["nobody"], "GET", "/api/4.0/user", false);
         assert_eq!(rig.body(11, "x", true), Next::Pause);
@@ -1019,7 +1557,13 @@ mod tests {
     #[test]
     fn a_body_that_never_arrives_is_answered_408() {
         let mut rig = Rig::new();
-        rig.start(10, &["querying"], "POST", "/api/4.0/queries/run/json", false);
+        rig.start(
+            10,
+            &["querying"],
+            "POST",
+            "/api/4.0/queries/run/json",
+            false,
+        );
         rig.host.now_ms.set(rig.host.now_ms.get() + 15_000);
         on_tick(&rig.gateway, &mut rig.worker, &rig.host, ROOT);
         assert_eq!(rig.status(10), Some(408));
@@ -1039,17 +1583,32 @@ mod tests {
 
         rig.host.now_ms.set(rig.host.now_ms.get() + 1000);
         rig.idp = TestIssuer::rotated();
-        assert_eq!(rig.request(20, &[]), Next::Pause, "worker A: unknown kid, refetching");
+        assert_eq!(
+            rig.request(20, &[]),
+            Next::Pause,
+            "worker A: unknown kid, refetching"
+        );
         let refetch = rig.host.next_callout.get();
         std::mem::swap(&mut rig.worker, &mut worker_b);
-        assert_eq!(rig.request(21, &[]), Next::Pause, "worker B: waits for A's refetch");
+        assert_eq!(
+            rig.request(21, &[]),
+            Next::Pause,
+            "worker B: waits for A's refetch"
+        );
         assert_eq!(rig.status(21), None, "not refused");
         std::mem::swap(&mut rig.worker, &mut worker_b);
         rig.answer(refetch, Some(200), &rig.idp.jwks.to_string(), 20);
         std::mem::swap(&mut rig.worker, &mut worker_b);
         on_tick(&rig.gateway, &mut rig.worker, &rig.host, ROOT);
-        assert_eq!(rig.status(21), None, "decided again with the new keys, no 401");
-        assert!(matches!(rig.worker.stages.get(&21), Some(Stage::AwaitingToken)));
+        assert_eq!(
+            rig.status(21),
+            None,
+            "decided again with the new keys, no 401"
+        );
+        assert!(matches!(
+            rig.worker.stages.get(&21),
+            Some(Stage::AwaitingToken)
+        ));
         // Once that refetch is done, a kid still unknown is refused at once on B too.
         rig.idp = TestIssuer::new();
         rig.request(22, &[]);

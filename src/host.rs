@@ -27,8 +27,13 @@ pub trait Host {
     fn send_reply(&self, reply: &LocalReply) -> Result<(), HostError>;
     fn resume(&self) -> Result<(), HostError>;
     /// Starts an HTTP callout from the current context; returns its token.
-    fn dispatch(&self, cluster: &str, headers: &[(&str, String)], body: &[u8], timeout: Duration)
-        -> Result<u32, HostError>;
+    fn dispatch(
+        &self,
+        cluster: &str,
+        headers: &[(&str, String)],
+        body: &[u8],
+        timeout: Duration,
+    ) -> Result<u32, HostError>;
     /// The `:status` and body (at most `max_body` bytes) of the callout being answered.
     fn callout_response(&self, body_size: usize, max_body: usize) -> (Option<u32>, Vec<u8>);
     fn shared_get(&self, key: &str) -> Option<Vec<u8>>;
@@ -54,7 +59,9 @@ pub struct ProxyHost;
 /// Hostcalls only the glue in `filter` needs (not part of the flow's `Host`).
 impl ProxyHost {
     pub fn plugin_configuration(size: usize) -> Option<Vec<u8>> {
-        hostcalls::get_buffer(BufferType::PluginConfiguration, 0, size).ok().flatten()
+        hostcalls::get_buffer(BufferType::PluginConfiguration, 0, size)
+            .ok()
+            .flatten()
     }
 
     pub fn set_tick_period(period: Duration) -> bool {
@@ -63,7 +70,10 @@ impl ProxyHost {
 
     /// The upstream response's `:status`.
     pub fn response_status() -> Option<u32> {
-        hostcalls::get_map_value(MapType::HttpResponseHeaders, ":status").ok().flatten().and_then(|s| s.parse().ok())
+        hostcalls::get_map_value(MapType::HttpResponseHeaders, ":status")
+            .ok()
+            .flatten()
+            .and_then(|s| s.parse().ok())
     }
 }
 
@@ -81,13 +91,17 @@ impl Host for ProxyHost {
     }
 
     fn request_headers(&self) -> HeaderBlock {
-        HeaderBlock::from_serialized(raw::header_map_pairs(MapType::HttpRequestHeaders).unwrap_or_default())
+        HeaderBlock::from_serialized(
+            raw::header_map_pairs(MapType::HttpRequestHeaders).unwrap_or_default(),
+        )
     }
 
     fn apply(&self, ops: &[HeaderOp]) -> Result<(), HostError> {
         for op in ops {
             match op {
-                HeaderOp::Remove(name) => hostcalls::set_map_value(MapType::HttpRequestHeaders, name, None),
+                HeaderOp::Remove(name) => {
+                    hostcalls::set_map_value(MapType::HttpRequestHeaders, name, None)
+                }
                 HeaderOp::Set(name, value) => {
                     hostcalls::set_map_value(MapType::HttpRequestHeaders, name, Some(value))
                 }
@@ -98,11 +112,18 @@ impl Host for ProxyHost {
     }
 
     fn request_body(&self, size: usize) -> Vec<u8> {
-        hostcalls::get_buffer(BufferType::HttpRequestBody, 0, size).ok().flatten().unwrap_or_default()
+        hostcalls::get_buffer(BufferType::HttpRequestBody, 0, size)
+            .ok()
+            .flatten()
+            .unwrap_or_default()
     }
 
     fn send_reply(&self, reply: &LocalReply) -> Result<(), HostError> {
-        let headers: Vec<(&str, &str)> = reply.headers.iter().map(|(n, v)| (*n, v.as_str())).collect();
+        let headers: Vec<(&str, &str)> = reply
+            .headers
+            .iter()
+            .map(|(n, v)| (*n, v.as_str()))
+            .collect();
         hostcalls::send_http_response(reply.status, headers, Some(reply.body.as_bytes()))
             .map_err(host_err("send local reply"))
     }
@@ -128,15 +149,21 @@ impl Host for ProxyHost {
             .ok()
             .flatten()
             .and_then(|s| s.parse().ok());
-        let body = hostcalls::get_buffer(BufferType::HttpCallResponseBody, 0, body_size.min(max_body.saturating_add(1)))
-            .ok()
-            .flatten()
-            .unwrap_or_default();
+        let body = hostcalls::get_buffer(
+            BufferType::HttpCallResponseBody,
+            0,
+            body_size.min(max_body.saturating_add(1)),
+        )
+        .ok()
+        .flatten()
+        .unwrap_or_default();
         (status, body)
     }
 
     fn shared_get(&self, key: &str) -> Option<Vec<u8>> {
-        hostcalls::get_shared_data(key).ok().and_then(|(value, _cas)| value)
+        hostcalls::get_shared_data(key)
+            .ok()
+            .and_then(|(value, _cas)| value)
     }
 
     fn shared_set(&self, key: &str, value: &[u8]) -> Result<(), HostError> {
@@ -195,7 +222,9 @@ impl HeaderBlock {
         bytes.extend_from_slice(&u32::try_from(pairs.len()).unwrap_or(u32::MAX).to_le_bytes());
         for (name, value) in pairs {
             for part in [name.as_ref(), value.as_ref()] {
-                bytes.extend_from_slice(&u32::try_from(part.len()).unwrap_or(u32::MAX).to_le_bytes());
+                bytes.extend_from_slice(
+                    &u32::try_from(part.len()).unwrap_or(u32::MAX).to_le_bytes(),
+                );
             }
         }
         for (name, value) in pairs {
@@ -215,16 +244,27 @@ impl HeaderBlock {
             let b: [u8; 4] = bytes.get(at..at.checked_add(4)?)?.try_into().ok()?;
             usize::try_from(u32::from_le_bytes(b)).ok()
         };
-        let Some(count) = word(0) else { return Vec::new() };
+        let Some(count) = word(0) else {
+            return Vec::new();
+        };
         let mut pairs = Vec::with_capacity(count.min(bytes.len() / 10));
-        let mut at = count.checked_mul(8).and_then(|n| n.checked_add(4)).unwrap_or(usize::MAX);
+        let mut at = count
+            .checked_mul(8)
+            .and_then(|n| n.checked_add(4))
+            .unwrap_or(usize::MAX);
         for i in 0..count {
             let lengths = i.checked_mul(8).and_then(|n| n.checked_add(4));
-            let Some((name_len, value_len)) = lengths.and_then(|l| Some((word(l)?, word(l.checked_add(4)?)?))) else {
+            let Some((name_len, value_len)) =
+                lengths.and_then(|l| Some((word(l)?, word(l.checked_add(4)?)?)))
+            else {
                 break;
             };
-            let Some((name, after_name)) = part(bytes, at, name_len) else { break };
-            let Some((value, after_value)) = part(bytes, after_name, value_len) else { break };
+            let Some((name, after_name)) = part(bytes, at, name_len) else {
+                break;
+            };
+            let Some((value, after_value)) = part(bytes, after_name, value_len) else {
+                break;
+            };
             at = after_value;
             pairs.push((text(name), text(value)));
         }
@@ -253,8 +293,17 @@ mod raw {
 
     #[link(wasm_import_module = "env")]
     extern "C" {
-        fn proxy_get_header_map_pairs(map_type: u32, return_map_data: *mut *mut u8, return_map_size: *mut usize) -> u32;
-        fn proxy_set_property(path_data: *const u8, path_size: usize, value_data: *const u8, value_size: usize) -> u32;
+        fn proxy_get_header_map_pairs(
+            map_type: u32,
+            return_map_data: *mut *mut u8,
+            return_map_size: *mut usize,
+        ) -> u32;
+        fn proxy_set_property(
+            path_data: *const u8,
+            path_size: usize,
+            value_data: *const u8,
+            value_size: usize,
+        ) -> u32;
     }
 
     /// Sets the one-segment property `name` (a one-element path is just its bytes), without
@@ -275,7 +324,9 @@ mod raw {
         // `proxy_on_memory_allocate` (a boxed slice of exactly `size` bytes) and its size;
         // we take ownership of it exactly once, as the SDK's own `get_map_bytes` does.
         unsafe {
-            if proxy_get_header_map_pairs(map_type as u32, &mut data, &mut size) != 0 || data.is_null() {
+            if proxy_get_header_map_pairs(map_type as u32, &mut data, &mut size) != 0
+                || data.is_null()
+            {
                 return None;
             }
             Some(Vec::from_raw_parts(data, size, size))
@@ -306,7 +357,9 @@ pub struct EnvoyVerifySignature;
 
 impl crate::jwt::ForeignCall for EnvoyVerifySignature {
     fn call(&self, arguments: &[u8]) -> Option<Vec<u8>> {
-        hostcalls::call_foreign_function("verify_signature", Some(arguments)).ok().flatten()
+        hostcalls::call_foreign_function("verify_signature", Some(arguments))
+            .ok()
+            .flatten()
     }
 }
 
@@ -329,18 +382,38 @@ mod tests {
     use super::*;
 
     fn owned(block: &HeaderBlock) -> Vec<(String, String)> {
-        block.pairs().into_iter().map(|(n, v)| (n.into_owned(), v.into_owned())).collect()
+        block
+            .pairs()
+            .into_iter()
+            .map(|(n, v)| (n.into_owned(), v.into_owned()))
+            .collect()
     }
 
     #[test]
     fn header_block_reads_pairs_in_order_with_repeats_and_empty_values() {
-        let pairs = [(":method", "GET"), ("authorization", "Bearer a"), ("authorization", "Bearer b"), ("x-empty", "")];
+        let pairs = [
+            (":method", "GET"),
+            ("authorization", "Bearer a"),
+            ("authorization", "Bearer b"),
+            ("x-empty", ""),
+        ];
         let block = HeaderBlock::from_pairs(&pairs);
-        let expected: Vec<(String, String)> = pairs.iter().map(|(n, v)| (n.to_string(), v.to_string())).collect();
+        let expected: Vec<(String, String)> = pairs
+            .iter()
+            .map(|(n, v)| (n.to_string(), v.to_string()))
+            .collect();
         assert_eq!(owned(&block), expected);
-        assert!(block.pairs().iter().all(|(n, v)| matches!((n, v), (Cow::Borrowed(_), Cow::Borrowed(_)))), "no copies");
+        assert!(
+            block
+                .pairs()
+                .iter()
+                .all(|(n, v)| matches!((n, v), (Cow::Borrowed(_), Cow::Borrowed(_)))),
+            "no copies"
+        );
         assert!(HeaderBlock::default().pairs().is_empty());
-        assert!(HeaderBlock::from_pairs::<&str, &str>(&[]).pairs().is_empty());
+        assert!(HeaderBlock::from_pairs::<&str, &str>(&[])
+            .pairs()
+            .is_empty());
     }
 
     #[test]
@@ -348,7 +421,13 @@ mod tests {
         let mut block = HeaderBlock::from_pairs(&[("x-bad", "ab"), ("x-ok", "c")]);
         let at = block.bytes.windows(3).position(|w| w == b"ab\0").unwrap();
         block.bytes[at] = 0xff;
-        assert_eq!(owned(&block), vec![("x-bad".into(), "\u{fffd}b".into()), ("x-ok".into(), "c".into())]);
+        assert_eq!(
+            owned(&block),
+            vec![
+                ("x-bad".into(), "\u{fffd}b".into()),
+                ("x-ok".into(), "c".into())
+            ]
+        );
     }
 
     #[test]

@@ -8,8 +8,8 @@ use std::fmt;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use jwt_simple::prelude::{
-    ES256PublicKey, ES384PublicKey, Ed25519PublicKey, PS256PublicKey, PS384PublicKey, PS512PublicKey,
-    RS256PublicKey, RS384PublicKey, RS512PublicKey,
+    ES256PublicKey, ES384PublicKey, Ed25519PublicKey, PS256PublicKey, PS384PublicKey,
+    PS512PublicKey, RS256PublicKey, RS384PublicKey, RS512PublicKey,
 };
 use serde_json::{Map, Value};
 
@@ -131,9 +131,13 @@ impl fmt::Display for JwksError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             JwksError::NotAKeySet => f.write_str(r#"must be a JSON Web Key Set: {"keys": [...]}"#),
-            JwksError::TooManyKeys(n) => write!(f, "has {n} keys, at most {MAX_KEYS} are supported"),
+            JwksError::TooManyKeys(n) => {
+                write!(f, "has {n} keys, at most {MAX_KEYS} are supported")
+            }
             JwksError::NoUsableKeys(reasons) if reasons.is_empty() => f.write_str("has no keys"),
-            JwksError::NoUsableKeys(reasons) => write!(f, "has no usable signature key ({})", reasons.join("; ")),
+            JwksError::NoUsableKeys(reasons) => {
+                write!(f, "has no usable signature key ({})", reasons.join("; "))
+            }
         }
     }
 }
@@ -143,7 +147,10 @@ impl std::error::Error for JwksError {}
 impl KeySet {
     /// Decodes a JWKS. Returns the usable keys and one warning per skipped key.
     pub fn from_jwks(jwks: &Value) -> Result<(KeySet, Vec<String>), JwksError> {
-        let entries = jwks.get("keys").and_then(Value::as_array).ok_or(JwksError::NotAKeySet)?;
+        let entries = jwks
+            .get("keys")
+            .and_then(Value::as_array)
+            .ok_or(JwksError::NotAKeySet)?;
         if entries.len() > MAX_KEYS {
             return Err(JwksError::TooManyKeys(entries.len()));
         }
@@ -156,7 +163,10 @@ impl KeySet {
                     // Two keys answering the same kid for the same algorithm would make the
                     // choice ambiguous; keep the first.
                     let clash = keys.iter().any(|k| {
-                        k.kid == key.kid && Algorithm::all().iter().any(|a| k.accepts(*a) && key.accepts(*a))
+                        k.kid == key.kid
+                            && Algorithm::all()
+                                .iter()
+                                .any(|a| k.accepts(*a) && key.accepts(*a))
                     });
                     if clash {
                         warnings.push(format!("{label} skipped: duplicates the kid of an earlier key of the same type"));
@@ -193,14 +203,24 @@ impl KeySet {
 
     /// The key for a token header: by `kid` when the token names one; without a kid,
     /// only when exactly one key accepts `alg`.
-    pub(crate) fn select(&self, kid: Option<&str>, alg: Algorithm) -> Result<&PublicJwk, KeyChoiceError> {
+    pub(crate) fn select(
+        &self,
+        kid: Option<&str>,
+        alg: Algorithm,
+    ) -> Result<&PublicJwk, KeyChoiceError> {
         match kid {
             Some(kid) => {
-                let mut named = self.keys.iter().filter(|k| k.kid.as_deref() == Some(kid)).peekable();
+                let mut named = self
+                    .keys
+                    .iter()
+                    .filter(|k| k.kid.as_deref() == Some(kid))
+                    .peekable();
                 if named.peek().is_none() {
                     return Err(KeyChoiceError::UnknownKid);
                 }
-                named.find(|k| k.accepts(alg)).ok_or(KeyChoiceError::AlgorithmMismatch)
+                named
+                    .find(|k| k.accepts(alg))
+                    .ok_or(KeyChoiceError::AlgorithmMismatch)
             }
             None => {
                 let mut usable = self.keys.iter().filter(|k| k.accepts(alg));
@@ -224,7 +244,13 @@ pub(crate) enum KeyChoiceError {
 impl fmt::Debug for KeySet {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_list()
-            .entries(self.keys.iter().map(|k| (k.kid.as_deref().unwrap_or("-"), k.key.material.kind(), k.alg)))
+            .entries(self.keys.iter().map(|k| {
+                (
+                    k.kid.as_deref().unwrap_or("-"),
+                    k.key.material.kind(),
+                    k.alg,
+                )
+            }))
             .finish()
     }
 }
@@ -256,32 +282,40 @@ fn decode_jwk(entry: &Value) -> Result<PublicJwk, String> {
         Some(other) => return Err(format!("use {other} is not \"sig\"")),
     }
     if let Some(ops) = jwk.get("key_ops") {
-        let verifies = ops.as_array().is_some_and(|ops| ops.iter().any(|op| op == "verify"));
+        let verifies = ops
+            .as_array()
+            .is_some_and(|ops| ops.iter().any(|op| op == "verify"));
         if !verifies {
             return Err("key_ops does not include \"verify\"".to_owned());
         }
     }
     let alg = match jwk.get("alg") {
         None => None,
-        Some(Value::String(alg)) => {
-            Some(alg.parse::<Algorithm>().map_err(|_| format!("alg {:?} is not supported", truncate(alg, 32)))?)
-        }
+        Some(Value::String(alg)) => Some(
+            alg.parse::<Algorithm>()
+                .map_err(|_| format!("alg {:?} is not supported", truncate(alg, 32)))?,
+        ),
         Some(_) => return Err("alg is not a string".to_owned()),
     };
-    let kty = jwk.get("kty").and_then(Value::as_str).ok_or("kty is missing")?;
+    let kty = jwk
+        .get("kty")
+        .and_then(Value::as_str)
+        .ok_or("kty is missing")?;
     let crv = jwk.get("crv").and_then(Value::as_str);
     let key = match (kty, crv) {
         ("RSA", _) => rsa_key(jwk)?,
         ("EC", Some("P-256")) => {
             let point = ec_point(jwk, 32)?;
-            let material =
-                KeyMaterial::P256(ES256PublicKey::from_bytes(&point).map_err(|_| "x,y is not a P-256 point")?);
+            let material = KeyMaterial::P256(
+                ES256PublicKey::from_bytes(&point).map_err(|_| "x,y is not a P-256 point")?,
+            );
             PreparedKey::new(material, spki::ec(spki::OID_P256, &point))
         }
         ("EC", Some("P-384")) => {
             let point = ec_point(jwk, 48)?;
-            let material =
-                KeyMaterial::P384(ES384PublicKey::from_bytes(&point).map_err(|_| "x,y is not a P-384 point")?);
+            let material = KeyMaterial::P384(
+                ES384PublicKey::from_bytes(&point).map_err(|_| "x,y is not a P-384 point")?,
+            );
             PreparedKey::new(material, spki::ec(spki::OID_P384, &point))
         }
         ("OKP", Some("Ed25519")) => {
@@ -289,19 +323,26 @@ fn decode_jwk(entry: &Value) -> Result<PublicJwk, String> {
             if x.len() != 32 {
                 return Err("x is not 32 bytes".to_owned());
             }
-            let material =
-                KeyMaterial::Ed25519(Ed25519PublicKey::from_bytes(&x).map_err(|_| "x is not a valid Ed25519 key")?);
+            let material = KeyMaterial::Ed25519(
+                Ed25519PublicKey::from_bytes(&x).map_err(|_| "x is not a valid Ed25519 key")?,
+            );
             PreparedKey::new(material, spki::ed25519(&x))
         }
         ("EC" | "OKP", crv) => {
-            return Err(format!("curve {:?} is not supported", truncate(crv.unwrap_or("(missing)"), 32)));
+            return Err(format!(
+                "curve {:?} is not supported",
+                truncate(crv.unwrap_or("(missing)"), 32)
+            ));
         }
         ("oct", _) => return Err("symmetric (oct) keys are never accepted".to_owned()),
         (kty, _) => return Err(format!("kty {:?} is not supported", truncate(kty, 32))),
     };
     if let Some(alg) = alg {
         if !key.material.supports(alg) {
-            return Err(format!("alg {alg} does not fit a {} key", key.material.kind()));
+            return Err(format!(
+                "alg {alg} does not fit a {} key",
+                key.material.kind()
+            ));
         }
     }
     Ok(PublicJwk { kid, alg, key })
@@ -341,11 +382,16 @@ fn ec_point(jwk: &Map<String, Value>, coordinate_len: usize) -> Result<Vec<u8>, 
 
 /// A base64url member. Padding is tolerated: some issuers emit it.
 fn member(jwk: &Map<String, Value>, name: &str) -> Result<Vec<u8>, String> {
-    let text = jwk.get(name).and_then(Value::as_str).ok_or_else(|| format!("{name} is missing"))?;
+    let text = jwk
+        .get(name)
+        .and_then(Value::as_str)
+        .ok_or_else(|| format!("{name} is missing"))?;
     if text.len() > MAX_MEMBER_CHARS {
         return Err(format!("{name} is too long"));
     }
-    URL_SAFE_NO_PAD.decode(text.trim_end_matches('=')).map_err(|_| format!("{name} is not base64url"))
+    URL_SAFE_NO_PAD
+        .decode(text.trim_end_matches('='))
+        .map_err(|_| format!("{name} is not base64url"))
 }
 
 /// Hand-rolled DER for the three `SubjectPublicKeyInfo` shapes we emit (RFC 5280,
@@ -377,7 +423,10 @@ pub(crate) mod spki {
 
     /// A non-negative INTEGER from big-endian magnitude bytes, minimally encoded.
     pub(crate) fn unsigned_integer(magnitude: &[u8]) -> Vec<u8> {
-        let first = magnitude.iter().position(|b| *b != 0).unwrap_or(magnitude.len());
+        let first = magnitude
+            .iter()
+            .position(|b| *b != 0)
+            .unwrap_or(magnitude.len());
         let trimmed = magnitude.get(first..).unwrap_or_default();
         let mut content = Vec::with_capacity(trimmed.len() + 1);
         if !matches!(trimmed.first(), Some(b) if b & 0x80 == 0) {
@@ -421,7 +470,12 @@ pub(crate) mod spki {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+#[allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
 mod tests {
     use jwt_simple::prelude::*;
     use serde_json::{json, Value};
@@ -448,8 +502,14 @@ mod tests {
         assert!(warnings.is_empty(), "{warnings:?}");
         assert!(set.select(Some("rsa"), Algorithm::PS384).is_ok());
         assert!(set.select(Some("p384"), Algorithm::ES384).is_ok());
-        assert_eq!(set.select(Some("p256"), Algorithm::ES384).err(), Some(KeyChoiceError::AlgorithmMismatch));
-        assert_eq!(set.select(Some("nope"), Algorithm::ES256).err(), Some(KeyChoiceError::UnknownKid));
+        assert_eq!(
+            set.select(Some("p256"), Algorithm::ES384).err(),
+            Some(KeyChoiceError::AlgorithmMismatch)
+        );
+        assert_eq!(
+            set.select(Some("nope"), Algorithm::ES256).err(),
+            Some(KeyChoiceError::UnknownKid)
+        );
         assert!(set.select(None, Algorithm::EdDSA).is_ok());
     }
 
@@ -461,9 +521,18 @@ mod tests {
         ]});
         let (set, _) = KeySet::from_jwks(&jwks).unwrap();
         let der = |kid: &str, alg| set.select(Some(kid), alg).unwrap().key.spki_der().to_vec();
-        assert_eq!(der("rsa", Algorithm::RS256), k.rsa.public_key().to_der().unwrap());
-        assert_eq!(der("p256", Algorithm::ES256), k.es256.public_key().to_der().unwrap());
-        assert_eq!(der("p384", Algorithm::ES384), k.es384.public_key().to_der().unwrap());
+        assert_eq!(
+            der("rsa", Algorithm::RS256),
+            k.rsa.public_key().to_der().unwrap()
+        );
+        assert_eq!(
+            der("p256", Algorithm::ES256),
+            k.es256.public_key().to_der().unwrap()
+        );
+        assert_eq!(
+            der("p384", Algorithm::ES384),
+            k.es384.public_key().to_der().unwrap()
+        );
         assert_eq!(der("ed", Algorithm::EdDSA), k.ed.public_key().to_der());
     }
 
@@ -473,33 +542,113 @@ mod tests {
         let good = es256_jwk(&k.es256, "good");
         let rsa = rsa_jwk(&k.rsa, "rsa");
         let cases: Vec<(&str, Value, &str)> = vec![
-            ("use enc", with(rsa.clone(), json!({"use": "enc"})), "use \"enc\""),
-            ("key_ops without verify", with(rsa.clone(), json!({"key_ops": ["encrypt"]})), "key_ops"),
-            ("unknown kty", json!({"kty": "foo", "kid": "x"}), "kty \"foo\""),
-            ("missing kty", json!({"kid": "x", "n": "AQAB"}), "kty is missing"),
-            ("symmetric key", json!({"kty": "oct", "kid": "x", "k": "c2VjcmV0"}), "symmetric"),
-            ("P-521", with(good.clone(), json!({"crv": "P-521"})), "curve \"P-521\""),
-            ("secp256k1", with(good.clone(), json!({"crv": "secp256k1"})), "curve"),
-            ("X25519", with(ed_jwk(&k.ed, "x"), json!({"crv": "X25519"})), "curve \"X25519\""),
-            ("HS256 alg on RSA", with(rsa.clone(), json!({"alg": "HS256"})), "alg \"HS256\""),
-            ("ES256 alg on RSA", with(rsa.clone(), json!({"alg": "ES256"})), "does not fit"),
-            ("RSA-OAEP alg", with(rsa.clone(), json!({"alg": "RSA-OAEP"})), "not supported"),
-            ("weak RSA modulus", with(rsa.clone(), json!({"n": b64([0xC5u8; 128])})), "2048 to 4096"),
-            ("RSA e = 3", with(rsa.clone(), json!({"e": "Aw"})), "e = 65537"),
-            ("RSA n not base64", with(rsa.clone(), json!({"n": "***"})), "n is not base64url"),
-            ("RSA without n", json!({"kty": "RSA", "e": "AQAB"}), "n is missing"),
-            ("EC short x", with(good.clone(), json!({"x": b64([1u8; 31])})), "32 bytes"),
-            ("EC point off the curve", ec_jwk(&[[4u8].as_slice(), &[1u8; 64]].concat(), "P-256", "off"), "not a P-256 point"),
-            ("Ed25519 short x", json!({"kty": "OKP", "crv": "Ed25519", "x": b64([9u8; 31])}), "32 bytes"),
+            (
+                "use enc",
+                with(rsa.clone(), json!({"use": "enc"})),
+                "use \"enc\"",
+            ),
+            (
+                "key_ops without verify",
+                with(rsa.clone(), json!({"key_ops": ["encrypt"]})),
+                "key_ops",
+            ),
+            (
+                "unknown kty",
+                json!({"kty": "foo", "kid": "x"}),
+                "kty \"foo\"",
+            ),
+            (
+                "missing kty",
+                json!({"kid": "x", "n": "AQAB"}),
+                "kty is missing",
+            ),
+            (
+                "symmetric key",
+                json!({"kty": "oct", "kid": "x", "k": "c2VjcmV0"}),
+                "symmetric",
+            ),
+            (
+                "P-521",
+                with(good.clone(), json!({"crv": "P-521"})),
+                "curve \"P-521\"",
+            ),
+            (
+                "secp256k1",
+                with(good.clone(), json!({"crv": "secp256k1"})),
+                "curve",
+            ),
+            (
+                "X25519",
+                with(ed_jwk(&k.ed, "x"), json!({"crv": "X25519"})),
+                "curve \"X25519\"",
+            ),
+            (
+                "HS256 alg on RSA",
+                with(rsa.clone(), json!({"alg": "HS256"})),
+                "alg \"HS256\"",
+            ),
+            (
+                "ES256 alg on RSA",
+                with(rsa.clone(), json!({"alg": "ES256"})),
+                "does not fit",
+            ),
+            (
+                "RSA-OAEP alg",
+                with(rsa.clone(), json!({"alg": "RSA-OAEP"})),
+                "not supported",
+            ),
+            (
+                "weak RSA modulus",
+                with(rsa.clone(), json!({"n": b64([0xC5u8; 128])})),
+                "2048 to 4096",
+            ),
+            (
+                "RSA e = 3",
+                with(rsa.clone(), json!({"e": "Aw"})),
+                "e = 65537",
+            ),
+            (
+                "RSA n not base64",
+                with(rsa.clone(), json!({"n": "***"})),
+                "n is not base64url",
+            ),
+            (
+                "RSA without n",
+                json!({"kty": "RSA", "e": "AQAB"}),
+                "n is missing",
+            ),
+            (
+                "EC short x",
+                with(good.clone(), json!({"x": b64([1u8; 31])})),
+                "32 bytes",
+            ),
+            (
+                "EC point off the curve",
+                ec_jwk(&[[4u8].as_slice(), &[1u8; 64]].concat(), "P-256", "off"),
+                "not a P-256 point",
+            ),
+            (
+                "Ed25519 short x",
+                json!({"kty": "OKP", "crv": "Ed25519", "x": b64([9u8; 31])}),
+                "32 bytes",
+            ),
             ("not an object", json!("key"), "not a JSON object"),
-            ("kid not a string", with(rsa.clone(), json!({"kid": 5})), "kid is not a string"),
+            (
+                "kid not a string",
+                with(rsa.clone(), json!({"kid": 5})),
+                "kid is not a string",
+            ),
         ];
         for (name, bad, reason) in cases {
             let jwks = json!({"keys": [bad, good.clone()]});
-            let (set, warnings) = KeySet::from_jwks(&jwks).unwrap_or_else(|e| panic!("{name}: {e}"));
+            let (set, warnings) =
+                KeySet::from_jwks(&jwks).unwrap_or_else(|e| panic!("{name}: {e}"));
             assert_eq!(set.len(), 1, "{name}");
             assert_eq!(warnings.len(), 1, "{name}: {warnings:?}");
-            assert!(warnings[0].starts_with("key 0") && warnings[0].contains(reason), "{name}: {warnings:?}");
+            assert!(
+                warnings[0].starts_with("key 0") && warnings[0].contains(reason),
+                "{name}: {warnings:?}"
+            );
         }
     }
 
@@ -508,16 +657,37 @@ mod tests {
         let k = keys();
         let jwks = json!({"keys": [with(rsa_jwk(&k.rsa, "enc-key"), json!({"use": "enc"})), {"kty": "oct", "k": "c2VjcmV0"}]});
         let err = KeySet::from_jwks(&jwks).err().unwrap();
-        let JwksError::NoUsableKeys(reasons) = &err else { panic!("{err:?}") };
+        let JwksError::NoUsableKeys(reasons) = &err else {
+            panic!("{err:?}")
+        };
         assert_eq!(reasons.len(), 2);
         let message = err.to_string();
-        assert!(message.contains("enc-key") && message.contains("symmetric"), "{message}");
-        assert_eq!(KeySet::from_jwks(&json!({"keys": []})).err(), Some(JwksError::NoUsableKeys(vec![])));
-        for not_a_set in [json!([]), json!({}), json!({"keys": {}}), json!("x"), json!(null)] {
-            assert_eq!(KeySet::from_jwks(&not_a_set).err(), Some(JwksError::NotAKeySet), "{not_a_set}");
+        assert!(
+            message.contains("enc-key") && message.contains("symmetric"),
+            "{message}"
+        );
+        assert_eq!(
+            KeySet::from_jwks(&json!({"keys": []})).err(),
+            Some(JwksError::NoUsableKeys(vec![]))
+        );
+        for not_a_set in [
+            json!([]),
+            json!({}),
+            json!({"keys": {}}),
+            json!("x"),
+            json!(null),
+        ] {
+            assert_eq!(
+                KeySet::from_jwks(&not_a_set).err(),
+                Some(JwksError::NotAKeySet),
+                "{not_a_set}"
+            );
         }
         let many = json!({"keys": vec![es256_jwk(&k.es256, "a"); 101]});
-        assert_eq!(KeySet::from_jwks(&many).err(), Some(JwksError::TooManyKeys(101)));
+        assert_eq!(
+            KeySet::from_jwks(&many).err(),
+            Some(JwksError::TooManyKeys(101))
+        );
     }
 
     #[test]
@@ -532,7 +702,10 @@ mod tests {
         let (set, warnings) = KeySet::from_jwks(&jwks).unwrap();
         assert_eq!(set.len(), 2);
         assert_eq!(warnings.len(), 1, "{warnings:?}");
-        assert!(warnings[0].starts_with("key 1 (kid \"k1\")"), "{warnings:?}");
+        assert!(
+            warnings[0].starts_with("key 1 (kid \"k1\")"),
+            "{warnings:?}"
+        );
         assert!(set.select(Some("k1"), Algorithm::EdDSA).is_ok());
     }
 
@@ -541,7 +714,10 @@ mod tests {
         let k = keys();
         let with_d = with(ed_jwk(&k.ed, "ed"), json!({"d": b64([7u8; 32])}));
         let rsa = rsa_jwk(&k.rsa, "rsa");
-        let padded = with(rsa.clone(), json!({"n": format!("{}==", rsa["n"].as_str().unwrap())}));
+        let padded = with(
+            rsa.clone(),
+            json!({"n": format!("{}==", rsa["n"].as_str().unwrap())}),
+        );
         let (set, warnings) = KeySet::from_jwks(&json!({"keys": [with_d, padded]})).unwrap();
         assert_eq!(set.len(), 2);
         assert_eq!(warnings.len(), 1);

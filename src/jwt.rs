@@ -19,8 +19,8 @@ use crate::jwks::KeyChoiceError;
 pub use crate::jwks::{JwksError, KeySet, PreparedKey};
 use cache::TokenCache;
 pub use signature::{
-    decode_verify_result, ecdsa_signature_der, encode_verify_request, ForeignCall, HostVerifier, PureRust,
-    SignatureBackend, SignedInput, HOST_CANDIDATES,
+    decode_verify_result, ecdsa_signature_der, encode_verify_request, ForeignCall, HostVerifier,
+    PureRust, SignatureBackend, SignedInput, HOST_CANDIDATES,
 };
 
 mod cache;
@@ -50,7 +50,9 @@ pub enum Algorithm {
 impl Algorithm {
     pub fn all() -> &'static [Algorithm] {
         use Algorithm::*;
-        &[RS256, RS384, RS512, PS256, PS384, PS512, ES256, ES384, EdDSA]
+        &[
+            RS256, RS384, RS512, PS256, PS384, PS512, ES256, ES384, EdDSA,
+        ]
     }
 
     pub fn as_str(self) -> &'static str {
@@ -104,7 +106,9 @@ pub enum JwtError {
     /// Not a well-formed compact JWS; says which part.
     Malformed(&'static str),
     /// Longer than the issuer's `max_token_bytes`.
-    TooLarge { max: usize },
+    TooLarge {
+        max: usize,
+    },
     /// `alg` is not in the issuer's list, or not an algorithm we verify at all (`none`,
     /// `HS256`, ...). Holds a printable rendering of the header's `alg`.
     AlgorithmNotAllowed(String),
@@ -155,16 +159,28 @@ impl fmt::Display for JwtError {
         match self {
             JwtError::Malformed(what) => write!(f, "the token is malformed: {what}"),
             JwtError::TooLarge { max } => write!(f, "the token is larger than {max} bytes"),
-            JwtError::AlgorithmNotAllowed(alg) => write!(f, "the signing algorithm {alg} is not allowed"),
-            JwtError::UnsupportedCritical => f.write_str("the token requires header extensions (crit) that are not supported"),
-            JwtError::UnknownKey => f.write_str("the token's key id (kid) is not in the issuer's key set"),
-            JwtError::MissingKid => f.write_str("the token has no key id (kid) and the issuer has several keys"),
-            JwtError::KeyAlgorithmMismatch => f.write_str("the token's algorithm does not match the type of its key"),
+            JwtError::AlgorithmNotAllowed(alg) => {
+                write!(f, "the signing algorithm {alg} is not allowed")
+            }
+            JwtError::UnsupportedCritical => {
+                f.write_str("the token requires header extensions (crit) that are not supported")
+            }
+            JwtError::UnknownKey => {
+                f.write_str("the token's key id (kid) is not in the issuer's key set")
+            }
+            JwtError::MissingKid => {
+                f.write_str("the token has no key id (kid) and the issuer has several keys")
+            }
+            JwtError::KeyAlgorithmMismatch => {
+                f.write_str("the token's algorithm does not match the type of its key")
+            }
             JwtError::BadSignature => f.write_str("the token signature is invalid"),
             JwtError::Expired => f.write_str("the token has expired"),
             JwtError::NotYetValid => f.write_str("the token is not valid yet (nbf)"),
             JwtError::IssuedInFuture => f.write_str("the token was issued in the future (iat)"),
-            JwtError::WrongIssuer => f.write_str("the token's issuer (iss) is not the expected one"),
+            JwtError::WrongIssuer => {
+                f.write_str("the token's issuer (iss) is not the expected one")
+            }
             JwtError::WrongAudience => f.write_str("the token's audience (aud) is not accepted"),
             JwtError::MissingExpiry => f.write_str("the token has no expiry (exp)"),
             JwtError::InvalidClaim(name) => write!(f, "the {name} claim has the wrong type"),
@@ -262,7 +278,10 @@ impl<'de> Deserialize<'de> for UniqueClaims {
             fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
                 f.write_str("a JSON object")
             }
-            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut access: A) -> Result<UniqueClaims, A::Error> {
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut access: A,
+            ) -> Result<UniqueClaims, A::Error> {
                 let mut claims = Map::new();
                 while let Some(name) = access.next_key::<String>()? {
                     let value: Value = access.next_value()?;
@@ -324,20 +343,25 @@ impl IssuerVerifier {
     /// in that order, so claim errors are only reported for authentic tokens. A token
     /// verified before on this worker and not yet expired is answered from the cache.
     pub fn verify(&self, token: &str, now_unix: u64) -> Result<VerifiedToken, JwtError> {
-        self.verify_shared(token, now_unix).map(|verified| VerifiedToken::clone(&verified))
+        self.verify_shared(token, now_unix)
+            .map(|verified| VerifiedToken::clone(&verified))
     }
 
     /// [`IssuerVerifier::verify`], sharing the cached result: a hit copies nothing.
     pub fn verify_shared(&self, token: &str, now_unix: u64) -> Result<Rc<VerifiedToken>, JwtError> {
         if token.len() > self.max_token_bytes {
-            return Err(JwtError::TooLarge { max: self.max_token_bytes });
+            return Err(JwtError::TooLarge {
+                max: self.max_token_bytes,
+            });
         }
         if let Some(hit) = self.verified.borrow_mut().get(token, now_unix) {
             return Ok(hit);
         }
         let verified = Rc::new(self.verify_uncached(token, now_unix)?);
         let expired_from = verified.expires_at.saturating_add(self.clock_skew_secs);
-        self.verified.borrow_mut().insert(token, Rc::clone(&verified), expired_from);
+        self.verified
+            .borrow_mut()
+            .insert(token, Rc::clone(&verified), expired_from);
         Ok(verified)
     }
 
@@ -362,26 +386,44 @@ impl IssuerVerifier {
         // Registered claims of the wrong JSON type are refused before any crypto.
         check_claim_types(&parts.payload)?;
         // `jku`, `x5u`, `jwk` and `x5c` are never read: keys come only from configuration.
-        let key = self.keys.select(parts.header.kid.as_deref(), alg).map_err(|e| match e {
-            KeyChoiceError::UnknownKid => JwtError::UnknownKey,
-            KeyChoiceError::AlgorithmMismatch => JwtError::KeyAlgorithmMismatch,
-            KeyChoiceError::KidRequired => JwtError::MissingKid,
-        })?;
+        let key = self
+            .keys
+            .select(parts.header.kid.as_deref(), alg)
+            .map_err(|e| match e {
+                KeyChoiceError::UnknownKid => JwtError::UnknownKey,
+                KeyChoiceError::AlgorithmMismatch => JwtError::KeyAlgorithmMismatch,
+                KeyChoiceError::KidRequired => JwtError::MissingKid,
+            })?;
         // Lengths are fixed per key; checking first keeps odd inputs away from the crypto code.
         if parts.signature.len() != key.key.signature_len() {
             return Err(JwtError::BadSignature);
         }
-        let input = SignedInput { token: parts.token, signing_input: parts.signing_input, signature: &parts.signature };
+        let input = SignedInput {
+            token: parts.token,
+            signing_input: parts.signing_input,
+            signature: &parts.signature,
+        };
         if !signature::check(alg, &key.key, &input) {
             return Err(JwtError::BadSignature);
         }
         let claims = parts.payload;
         let (issuer, subject, expires_at) = self.check_claims(&claims, now_unix)?;
-        Ok(VerifiedToken { issuer, subject, expires_at, kid: parts.header.kid, alg, claims })
+        Ok(VerifiedToken {
+            issuer,
+            subject,
+            expires_at,
+            kid: parts.header.kid,
+            alg,
+            claims,
+        })
     }
 
     /// Registered-claim checks on an authentic token; returns (iss, sub, exp).
-    fn check_claims(&self, claims: &Map<String, Value>, now: u64) -> Result<(String, Option<String>, u64), JwtError> {
+    fn check_claims(
+        &self,
+        claims: &Map<String, Value>,
+        now: u64,
+    ) -> Result<(String, Option<String>, u64), JwtError> {
         let skew = self.clock_skew_secs;
         let exp = numeric_date(claims, "exp")?.ok_or(JwtError::MissingExpiry)?;
         // RFC 7519 §4.1.4: invalid on or after `exp`.
@@ -404,9 +446,10 @@ impl IssuerVerifier {
         };
         let audience_ok = match claims.get("aud") {
             Some(Value::String(aud)) => self.audiences.contains(aud),
-            Some(Value::Array(auds)) => {
-                auds.iter().filter_map(Value::as_str).any(|aud| self.audiences.iter().any(|a| a == aud))
-            }
+            Some(Value::Array(auds)) => auds
+                .iter()
+                .filter_map(Value::as_str)
+                .any(|aud| self.audiences.iter().any(|a| a == aud)),
             Some(_) => return Err(JwtError::InvalidClaim("aud")),
             None => false,
         };
@@ -443,24 +486,37 @@ fn check_claim_types(claims: &Map<String, Value>) -> Result<(), JwtError> {
 /// Splits and decodes a compact JWS. Work is linear in the (already size-capped) token.
 fn split(token: &str) -> Result<Parts<'_>, JwtError> {
     let mut it = token.split('.');
-    let (Some(header_b64), Some(payload_b64), Some(signature_b64), None) = (it.next(), it.next(), it.next(), it.next())
+    let (Some(header_b64), Some(payload_b64), Some(signature_b64), None) =
+        (it.next(), it.next(), it.next(), it.next())
     else {
         return Err(JwtError::Malformed("not three dot-separated parts"));
     };
-    let signing_input = token.get(..header_b64.len() + 1 + payload_b64.len()).unwrap_or_default();
+    let signing_input = token
+        .get(..header_b64.len() + 1 + payload_b64.len())
+        .unwrap_or_default();
     if header_b64.len() > MAX_HEADER_CHARS {
         return Err(JwtError::Malformed("header too large"));
     }
-    let header_json = URL_SAFE_NO_PAD.decode(header_b64).map_err(|_| JwtError::Malformed("header is not base64url"))?;
+    let header_json = URL_SAFE_NO_PAD
+        .decode(header_b64)
+        .map_err(|_| JwtError::Malformed("header is not base64url"))?;
     let header: Header = serde_json::from_slice(&header_json)
         .map_err(|_| JwtError::Malformed("header is not a JSON object with a string alg"))?;
-    let payload_json =
-        URL_SAFE_NO_PAD.decode(payload_b64).map_err(|_| JwtError::Malformed("payload is not base64url"))?;
+    let payload_json = URL_SAFE_NO_PAD
+        .decode(payload_b64)
+        .map_err(|_| JwtError::Malformed("payload is not base64url"))?;
     let UniqueClaims(payload) = serde_json::from_slice(&payload_json)
         .map_err(|_| JwtError::Malformed("payload is not a JSON object with unique claim names"))?;
-    let signature =
-        URL_SAFE_NO_PAD.decode(signature_b64).map_err(|_| JwtError::Malformed("signature is not base64url"))?;
-    Ok(Parts { header, payload, signature, signing_input, token })
+    let signature = URL_SAFE_NO_PAD
+        .decode(signature_b64)
+        .map_err(|_| JwtError::Malformed("signature is not base64url"))?;
+    Ok(Parts {
+        header,
+        payload,
+        signature,
+        signing_input,
+        token,
+    })
 }
 
 /// A NumericDate claim as whole seconds; `None` when absent.
@@ -495,7 +551,11 @@ pub fn peek_issuer(token: &str) -> Option<String> {
 
 /// Renders an attacker-chosen `alg` safely for messages: short and plain ASCII, quoted.
 fn printable(alg: &str) -> String {
-    let ok = !alg.is_empty() && alg.len() <= 16 && alg.bytes().all(|b| b.is_ascii_alphanumeric() || b"+-_.".contains(&b));
+    let ok = !alg.is_empty()
+        && alg.len() <= 16
+        && alg
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"+-_.".contains(&b));
     if ok {
         format!("{alg:?}")
     } else {
@@ -504,7 +564,12 @@ fn printable(alg: &str) -> String {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+#[allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
 pub(crate) mod tests {
     use std::rc::Rc;
     use std::sync::OnceLock;
@@ -550,11 +615,19 @@ pub(crate) mod tests {
     }
 
     pub(crate) fn es256_jwk(key: &ES256KeyPair, kid: &str) -> Value {
-        ec_jwk(&key.public_key().public_key().to_bytes_uncompressed(), "P-256", kid)
+        ec_jwk(
+            &key.public_key().public_key().to_bytes_uncompressed(),
+            "P-256",
+            kid,
+        )
     }
 
     pub(crate) fn es384_jwk(key: &ES384KeyPair, kid: &str) -> Value {
-        ec_jwk(&key.public_key().public_key().to_bytes_uncompressed(), "P-384", kid)
+        ec_jwk(
+            &key.public_key().public_key().to_bytes_uncompressed(),
+            "P-384",
+            kid,
+        )
     }
 
     pub(crate) fn ed_jwk(key: &Ed25519KeyPair, kid: &str) -> Value {
@@ -572,10 +645,21 @@ pub(crate) mod tests {
         json!({"keys": [rsa_jwk(&k.rsa, "rsa-1"), es256, es384_jwk(&k.es384, "es384-1"), ed]})
     }
 
-    fn verifier_with(jwks: &Value, algorithms: &[Algorithm], max_token_bytes: usize) -> IssuerVerifier {
+    fn verifier_with(
+        jwks: &Value,
+        algorithms: &[Algorithm],
+        max_token_bytes: usize,
+    ) -> IssuerVerifier {
         let (keys, warnings) = KeySet::from_jwks(jwks).unwrap();
         assert!(warnings.is_empty(), "{warnings:?}");
-        IssuerVerifier::new(ISS.into(), vec!["looker-api".into()], algorithms.to_vec(), 30, max_token_bytes, keys)
+        IssuerVerifier::new(
+            ISS.into(),
+            vec!["looker-api".into()],
+            algorithms.to_vec(),
+            30,
+            max_token_bytes,
+            keys,
+        )
     }
 
     fn verifier() -> IssuerVerifier {
@@ -601,7 +685,8 @@ pub(crate) mod tests {
 
     /// Claims exactly as given (jwt-simple adds nothing: its own time fields are cleared).
     fn exact(claims: Value) -> JWTClaims<Map<String, Value>> {
-        let mut c = Claims::with_custom_claims(claims.as_object().unwrap().clone(), Duration::from_secs(1));
+        let mut c =
+            Claims::with_custom_claims(claims.as_object().unwrap().clone(), Duration::from_secs(1));
         c.issued_at = None;
         c.expires_at = None;
         c.invalid_before = None;
@@ -666,16 +751,64 @@ pub(crate) mod tests {
         let rsa_der = keys().rsa.to_der().unwrap();
         let cases = vec![
             ("RS256", rs256(claims()), "ok"),
-            ("RS384", rsa_as(RS384KeyPair::from_der(&rsa_der).unwrap().with_key_id("rsa-1"), claims()), "ok"),
-            ("RS512", rsa_as(RS512KeyPair::from_der(&rsa_der).unwrap().with_key_id("rsa-1"), claims()), "ok"),
-            ("PS256", rsa_as(PS256KeyPair::from_der(&rsa_der).unwrap().with_key_id("rsa-1"), claims()), "ok"),
-            ("PS512", rsa_as(PS512KeyPair::from_der(&rsa_der).unwrap().with_key_id("rsa-1"), claims()), "ok"),
+            (
+                "RS384",
+                rsa_as(
+                    RS384KeyPair::from_der(&rsa_der)
+                        .unwrap()
+                        .with_key_id("rsa-1"),
+                    claims(),
+                ),
+                "ok",
+            ),
+            (
+                "RS512",
+                rsa_as(
+                    RS512KeyPair::from_der(&rsa_der)
+                        .unwrap()
+                        .with_key_id("rsa-1"),
+                    claims(),
+                ),
+                "ok",
+            ),
+            (
+                "PS256",
+                rsa_as(
+                    PS256KeyPair::from_der(&rsa_der)
+                        .unwrap()
+                        .with_key_id("rsa-1"),
+                    claims(),
+                ),
+                "ok",
+            ),
+            (
+                "PS512",
+                rsa_as(
+                    PS512KeyPair::from_der(&rsa_der)
+                        .unwrap()
+                        .with_key_id("rsa-1"),
+                    claims(),
+                ),
+                "ok",
+            ),
             ("ES256", es256(claims()), "ok"),
             ("ES384", es384(claims()), "ok"),
             ("EdDSA", eddsa(claims()), "ok"),
-            ("typ at+jwt", craft(r#"{"alg":"EdDSA","kid":"ed-1","typ":"at+jwt"}"#, &claims()), "ok"),
-            ("fractional exp", eddsa(with(claims(), json!({"exp": (NOW + 600) as f64 + 0.5}))), "ok"),
-            ("no iat, no sub", eddsa(with(claims(), json!({"iat": null, "sub": null}))), "ok"),
+            (
+                "typ at+jwt",
+                craft(r#"{"alg":"EdDSA","kid":"ed-1","typ":"at+jwt"}"#, &claims()),
+                "ok",
+            ),
+            (
+                "fractional exp",
+                eddsa(with(claims(), json!({"exp": (NOW + 600) as f64 + 0.5}))),
+                "ok",
+            ),
+            (
+                "no iat, no sub",
+                eddsa(with(claims(), json!({"iat": null, "sub": null}))),
+                "ok",
+            ),
         ];
         run(&verifier(), cases);
     }
@@ -696,33 +829,137 @@ pub(crate) mod tests {
     fn jwt_time_and_claim_checks() {
         let c = claims;
         let cases = vec![
-            ("expired", eddsa(with(c(), json!({"exp": NOW - 60}))), "token_expired"),
-            ("expired at the skew boundary", eddsa(with(c(), json!({"exp": NOW - 30}))), "token_expired"),
-            ("expired within skew", eddsa(with(c(), json!({"exp": NOW - 10}))), "ok"),
-            ("expired RSA", rs256(with(c(), json!({"exp": NOW - 3600}))), "token_expired"),
-            ("nbf in the future", eddsa(with(c(), json!({"nbf": NOW + 120}))), "token_not_yet_valid"),
-            ("nbf within skew", eddsa(with(c(), json!({"nbf": NOW + 20}))), "ok"),
-            ("nbf in the past", eddsa(with(c(), json!({"nbf": NOW - 20}))), "ok"),
-            ("iat in the future", eddsa(with(c(), json!({"iat": NOW + 120}))), "iat_in_future"),
-            ("iat within skew", eddsa(with(c(), json!({"iat": NOW + 20}))), "ok"),
-            ("wrong iss", eddsa(with(c(), json!({"iss": "https://evil.test"}))), "wrong_issuer"),
-            ("iss with trailing slash", eddsa(with(c(), json!({"iss": "https://idp.test/"}))), "wrong_issuer"),
-            ("missing iss", eddsa(with(c(), json!({"iss": null}))), "wrong_issuer"),
-            ("wrong aud", eddsa(with(c(), json!({"aud": "other-app"}))), "wrong_audience"),
-            ("aud array match", eddsa(with(c(), json!({"aud": ["other-app", "looker-api"]}))), "ok"),
-            ("aud array no match", eddsa(with(c(), json!({"aud": ["other-app", "third"]}))), "wrong_audience"),
-            ("aud empty array", eddsa(with(c(), json!({"aud": []}))), "wrong_audience"),
-            ("missing aud", eddsa(with(c(), json!({"aud": null}))), "wrong_audience"),
-            ("missing exp", eddsa(with(c(), json!({"exp": null}))), "missing_exp"),
-            ("missing exp RSA", rs256(with(c(), json!({"exp": null}))), "missing_exp"),
+            (
+                "expired",
+                eddsa(with(c(), json!({"exp": NOW - 60}))),
+                "token_expired",
+            ),
+            (
+                "expired at the skew boundary",
+                eddsa(with(c(), json!({"exp": NOW - 30}))),
+                "token_expired",
+            ),
+            (
+                "expired within skew",
+                eddsa(with(c(), json!({"exp": NOW - 10}))),
+                "ok",
+            ),
+            (
+                "expired RSA",
+                rs256(with(c(), json!({"exp": NOW - 3600}))),
+                "token_expired",
+            ),
+            (
+                "nbf in the future",
+                eddsa(with(c(), json!({"nbf": NOW + 120}))),
+                "token_not_yet_valid",
+            ),
+            (
+                "nbf within skew",
+                eddsa(with(c(), json!({"nbf": NOW + 20}))),
+                "ok",
+            ),
+            (
+                "nbf in the past",
+                eddsa(with(c(), json!({"nbf": NOW - 20}))),
+                "ok",
+            ),
+            (
+                "iat in the future",
+                eddsa(with(c(), json!({"iat": NOW + 120}))),
+                "iat_in_future",
+            ),
+            (
+                "iat within skew",
+                eddsa(with(c(), json!({"iat": NOW + 20}))),
+                "ok",
+            ),
+            (
+                "wrong iss",
+                eddsa(with(c(), json!({"iss": "https://evil.test"}))),
+                "wrong_issuer",
+            ),
+            (
+                "iss with trailing slash",
+                eddsa(with(c(), json!({"iss": "https://idp.test/"}))),
+                "wrong_issuer",
+            ),
+            (
+                "missing iss",
+                eddsa(with(c(), json!({"iss": null}))),
+                "wrong_issuer",
+            ),
+            (
+                "wrong aud",
+                eddsa(with(c(), json!({"aud": "other-app"}))),
+                "wrong_audience",
+            ),
+            (
+                "aud array match",
+                eddsa(with(c(), json!({"aud": ["other-app", "looker-api"]}))),
+                "ok",
+            ),
+            (
+                "aud array no match",
+                eddsa(with(c(), json!({"aud": ["other-app", "third"]}))),
+                "wrong_audience",
+            ),
+            (
+                "aud empty array",
+                eddsa(with(c(), json!({"aud": []}))),
+                "wrong_audience",
+            ),
+            (
+                "missing aud",
+                eddsa(with(c(), json!({"aud": null}))),
+                "wrong_audience",
+            ),
+            (
+                "missing exp",
+                eddsa(with(c(), json!({"exp": null}))),
+                "missing_exp",
+            ),
+            (
+                "missing exp RSA",
+                rs256(with(c(), json!({"exp": null}))),
+                "missing_exp",
+            ),
             // Registered claims of the wrong type are refused before any crypto.
-            ("exp as string", eddsa(with(c(), json!({"exp": (NOW + 600).to_string()}))), "invalid_claim"),
-            ("negative exp", eddsa(with(c(), json!({"exp": -1}))), "invalid_claim"),
-            ("sub not a string", eddsa(with(c(), json!({"sub": 42}))), "invalid_claim"),
-            ("aud an object", eddsa(with(c(), json!({"aud": {"a": 1}}))), "invalid_claim"),
-            ("aud array with a number", eddsa(with(c(), json!({"aud": ["looker-api", 5]}))), "invalid_claim"),
-            ("jti not a string", eddsa(with(c(), json!({"jti": 5}))), "invalid_claim"),
-            ("exp as string RSA", rs256(with(c(), json!({"exp": "soon"}))), "invalid_claim"),
+            (
+                "exp as string",
+                eddsa(with(c(), json!({"exp": (NOW + 600).to_string()}))),
+                "invalid_claim",
+            ),
+            (
+                "negative exp",
+                eddsa(with(c(), json!({"exp": -1}))),
+                "invalid_claim",
+            ),
+            (
+                "sub not a string",
+                eddsa(with(c(), json!({"sub": 42}))),
+                "invalid_claim",
+            ),
+            (
+                "aud an object",
+                eddsa(with(c(), json!({"aud": {"a": 1}}))),
+                "invalid_claim",
+            ),
+            (
+                "aud array with a number",
+                eddsa(with(c(), json!({"aud": ["looker-api", 5]}))),
+                "invalid_claim",
+            ),
+            (
+                "jti not a string",
+                eddsa(with(c(), json!({"jti": 5}))),
+                "invalid_claim",
+            ),
+            (
+                "exp as string RSA",
+                rs256(with(c(), json!({"exp": "soon"}))),
+                "invalid_claim",
+            ),
         ];
         run(&verifier(), cases);
     }
@@ -735,42 +972,136 @@ pub(crate) mod tests {
         let evil_rsa = RS256KeyPair::generate(2048).unwrap().with_key_id("rsa-1");
         let evil_claims = with(claims(), json!({"sub": "admin"}));
         let mut cases = vec![
-            ("tampered payload RSA", tamper_payload(&rs256(claims()), &evil_claims), "bad_signature"),
-            ("tampered payload ES256", tamper_payload(&es256(claims()), &evil_claims), "bad_signature"),
-            ("tampered payload ES384", tamper_payload(&es384(claims()), &evil_claims), "bad_signature"),
-            ("tampered payload EdDSA", tamper_payload(&eddsa(claims()), &evil_claims), "bad_signature"),
-            ("other Ed25519 key, same kid", evil_ed.sign(exact(claims())).unwrap(), "bad_signature"),
-            ("other ES256 key, same kid", evil_es.sign(exact(claims())).unwrap(), "bad_signature"),
-            ("other RSA key, same kid", evil_rsa.sign(exact(claims())).unwrap(), "bad_signature"),
-            ("unknown kid", craft(r#"{"alg":"EdDSA","kid":"nope"}"#, &claims()), "unknown_kid"),
-            ("no kid, single EdDSA key", craft(r#"{"alg":"EdDSA"}"#, &claims()), "ok"),
-            ("no kid, single ES384 key", ES384KeyPair::from_bytes(&k.es384.to_bytes()).unwrap().sign(exact(claims())).unwrap(), "ok"),
-            ("ES256 header on the RSA kid", ES256KeyPair::from_bytes(&k.es256.to_bytes()).unwrap().with_key_id("rsa-1").sign(exact(claims())).unwrap(), "alg_key_mismatch"),
-            ("EdDSA header on the ES256 kid", craft(r#"{"alg":"EdDSA","kid":"es256-1"}"#, &claims()), "alg_key_mismatch"),
-            ("ES384 header on the ES256 kid", ES384KeyPair::from_bytes(&k.es384.to_bytes()).unwrap().with_key_id("es256-1").sign(exact(claims())).unwrap(), "alg_key_mismatch"),
+            (
+                "tampered payload RSA",
+                tamper_payload(&rs256(claims()), &evil_claims),
+                "bad_signature",
+            ),
+            (
+                "tampered payload ES256",
+                tamper_payload(&es256(claims()), &evil_claims),
+                "bad_signature",
+            ),
+            (
+                "tampered payload ES384",
+                tamper_payload(&es384(claims()), &evil_claims),
+                "bad_signature",
+            ),
+            (
+                "tampered payload EdDSA",
+                tamper_payload(&eddsa(claims()), &evil_claims),
+                "bad_signature",
+            ),
+            (
+                "other Ed25519 key, same kid",
+                evil_ed.sign(exact(claims())).unwrap(),
+                "bad_signature",
+            ),
+            (
+                "other ES256 key, same kid",
+                evil_es.sign(exact(claims())).unwrap(),
+                "bad_signature",
+            ),
+            (
+                "other RSA key, same kid",
+                evil_rsa.sign(exact(claims())).unwrap(),
+                "bad_signature",
+            ),
+            (
+                "unknown kid",
+                craft(r#"{"alg":"EdDSA","kid":"nope"}"#, &claims()),
+                "unknown_kid",
+            ),
+            (
+                "no kid, single EdDSA key",
+                craft(r#"{"alg":"EdDSA"}"#, &claims()),
+                "ok",
+            ),
+            (
+                "no kid, single ES384 key",
+                ES384KeyPair::from_bytes(&k.es384.to_bytes())
+                    .unwrap()
+                    .sign(exact(claims()))
+                    .unwrap(),
+                "ok",
+            ),
+            (
+                "ES256 header on the RSA kid",
+                ES256KeyPair::from_bytes(&k.es256.to_bytes())
+                    .unwrap()
+                    .with_key_id("rsa-1")
+                    .sign(exact(claims()))
+                    .unwrap(),
+                "alg_key_mismatch",
+            ),
+            (
+                "EdDSA header on the ES256 kid",
+                craft(r#"{"alg":"EdDSA","kid":"es256-1"}"#, &claims()),
+                "alg_key_mismatch",
+            ),
+            (
+                "ES384 header on the ES256 kid",
+                ES384KeyPair::from_bytes(&k.es384.to_bytes())
+                    .unwrap()
+                    .with_key_id("es256-1")
+                    .sign(exact(claims()))
+                    .unwrap(),
+                "alg_key_mismatch",
+            ),
             // jku/x5u/jwk are never followed: the attacker's own key is not used.
             (
                 "embedded jwk and jku are ignored",
                 craft_with(
                     &evil_ed,
-                    &format!(r#"{{"alg":"EdDSA","kid":"ed-1","jku":"https://evil.test/jwks","x5u":"https://evil.test/c","jwk":{}}}"#, ed_jwk(&evil_ed, "ed-1")),
+                    &format!(
+                        r#"{{"alg":"EdDSA","kid":"ed-1","jku":"https://evil.test/jwks","x5u":"https://evil.test/c","jwk":{}}}"#,
+                        ed_jwk(&evil_ed, "ed-1")
+                    ),
                     &claims(),
                 ),
                 "malformed_token",
             ),
-            ("jku pointing elsewhere", craft_with(&evil_ed, r#"{"alg":"EdDSA","kid":"ed-1","jku":"https://evil.test/jwks"}"#, &claims()), "bad_signature"),
-            ("genuine token with jku/x5u", craft(r#"{"alg":"EdDSA","kid":"ed-1","jku":"https://x.test/j","x5u":"https://x.test/c"}"#, &claims()), "ok"),
+            (
+                "jku pointing elsewhere",
+                craft_with(
+                    &evil_ed,
+                    r#"{"alg":"EdDSA","kid":"ed-1","jku":"https://evil.test/jwks"}"#,
+                    &claims(),
+                ),
+                "bad_signature",
+            ),
+            (
+                "genuine token with jku/x5u",
+                craft(
+                    r#"{"alg":"EdDSA","kid":"ed-1","jku":"https://x.test/j","x5u":"https://x.test/c"}"#,
+                    &claims(),
+                ),
+                "ok",
+            ),
         ];
         // Signatures of the wrong length, or cut, for every key type.
-        for (name, token) in [("RSA", rs256(claims())), ("ES256", es256(claims())), ("ES384", es384(claims())), ("EdDSA", eddsa(claims()))] {
+        for (name, token) in [
+            ("RSA", rs256(claims())),
+            ("ES256", es256(claims())),
+            ("ES384", es384(claims())),
+            ("EdDSA", eddsa(claims())),
+        ] {
             let (input, sig) = token.rsplit_once('.').unwrap();
             let sig_bytes = Base64UrlSafeNoPadding::decode_to_vec(sig, None).unwrap();
-            cases.push((name, format!("{input}.{}", b64(&sig_bytes[..sig_bytes.len() - 3])), "bad_signature"));
+            cases.push((
+                name,
+                format!("{input}.{}", b64(&sig_bytes[..sig_bytes.len() - 3])),
+                "bad_signature",
+            ));
             let mut flipped = sig_bytes.clone();
             flipped[0] ^= 1;
             cases.push((name, format!("{input}.{}", b64(&flipped)), "bad_signature"));
             cases.push((name, format!("{input}.{}", b64([0u8; 1])), "bad_signature"));
-            cases.push((name, format!("{input}.{sig}{}", b64([0u8; 3])), "bad_signature"));
+            cases.push((
+                name,
+                format!("{input}.{sig}{}", b64([0u8; 3])),
+                "bad_signature",
+            ));
         }
         run(&verifier(), cases);
     }
@@ -784,9 +1115,29 @@ pub(crate) mod tests {
         run(
             &v,
             vec![
-                ("no kid, two candidates", a.sign(exact(claims())).unwrap(), "kid_required"),
-                ("kid a", ES256KeyPair::from_bytes(&a.to_bytes()).unwrap().with_key_id("a").sign(exact(claims())).unwrap(), "ok"),
-                ("kid b signed by a", ES256KeyPair::from_bytes(&a.to_bytes()).unwrap().with_key_id("b").sign(exact(claims())).unwrap(), "bad_signature"),
+                (
+                    "no kid, two candidates",
+                    a.sign(exact(claims())).unwrap(),
+                    "kid_required",
+                ),
+                (
+                    "kid a",
+                    ES256KeyPair::from_bytes(&a.to_bytes())
+                        .unwrap()
+                        .with_key_id("a")
+                        .sign(exact(claims()))
+                        .unwrap(),
+                    "ok",
+                ),
+                (
+                    "kid b signed by a",
+                    ES256KeyPair::from_bytes(&a.to_bytes())
+                        .unwrap()
+                        .with_key_id("b")
+                        .sign(exact(claims()))
+                        .unwrap(),
+                    "bad_signature",
+                ),
             ],
         );
     }
@@ -797,19 +1148,52 @@ pub(crate) mod tests {
         let public = k.rsa.public_key();
         let hs_pem = HS256Key::from_bytes(public.to_pem().unwrap().as_bytes()).with_key_id("rsa-1");
         let hs_der = HS256Key::from_bytes(&public.to_der().unwrap()).with_key_id("rsa-1");
-        let hs384_pem = HS384Key::from_bytes(public.to_pem().unwrap().as_bytes()).with_key_id("rsa-1");
+        let hs384_pem =
+            HS384Key::from_bytes(public.to_pem().unwrap().as_bytes()).with_key_id("rsa-1");
         let c = claims();
         let mut cases = vec![
-            ("HS256 with the RSA public key PEM", hs_pem.authenticate(exact(c.clone())).unwrap(), "alg_not_allowed"),
-            ("HS256 with the RSA public key DER", hs_der.authenticate(exact(c.clone())).unwrap(), "alg_not_allowed"),
-            ("HS384 with the RSA public key PEM", hs384_pem.authenticate(exact(c.clone())).unwrap(), "alg_not_allowed"),
-            ("lower-case rs256", craft(r#"{"alg":"rs256","kid":"rsa-1"}"#, &c), "alg_not_allowed"),
-            ("empty alg", craft(r#"{"alg":"","kid":"ed-1"}"#, &c), "alg_not_allowed"),
-            ("Ed25519 alias is not an allowed name", craft(r#"{"alg":"Ed25519","kid":"ed-1"}"#, &c), "alg_not_allowed"),
+            (
+                "HS256 with the RSA public key PEM",
+                hs_pem.authenticate(exact(c.clone())).unwrap(),
+                "alg_not_allowed",
+            ),
+            (
+                "HS256 with the RSA public key DER",
+                hs_der.authenticate(exact(c.clone())).unwrap(),
+                "alg_not_allowed",
+            ),
+            (
+                "HS384 with the RSA public key PEM",
+                hs384_pem.authenticate(exact(c.clone())).unwrap(),
+                "alg_not_allowed",
+            ),
+            (
+                "lower-case rs256",
+                craft(r#"{"alg":"rs256","kid":"rsa-1"}"#, &c),
+                "alg_not_allowed",
+            ),
+            (
+                "empty alg",
+                craft(r#"{"alg":"","kid":"ed-1"}"#, &c),
+                "alg_not_allowed",
+            ),
+            (
+                "Ed25519 alias is not an allowed name",
+                craft(r#"{"alg":"Ed25519","kid":"ed-1"}"#, &c),
+                "alg_not_allowed",
+            ),
         ];
         for alg in ["none", "None", "NONE", "nOnE"] {
-            cases.push(("alg none, empty signature", unsigned(&format!(r#"{{"alg":"{alg}","kid":"rsa-1"}}"#), &c), "alg_not_allowed"));
-            cases.push(("alg none, no kid", unsigned(&format!(r#"{{"alg":"{alg}"}}"#), &c), "alg_not_allowed"));
+            cases.push((
+                "alg none, empty signature",
+                unsigned(&format!(r#"{{"alg":"{alg}","kid":"rsa-1"}}"#), &c),
+                "alg_not_allowed",
+            ));
+            cases.push((
+                "alg none, no kid",
+                unsigned(&format!(r#"{{"alg":"{alg}"}}"#), &c),
+                "alg_not_allowed",
+            ));
         }
         run(&verifier(), cases);
 
@@ -823,10 +1207,19 @@ pub(crate) mod tests {
                 ("EdDSA not in list", eddsa(claims()), "alg_not_allowed"),
                 (
                     "PS256 not in list",
-                    rsa_as(PS256KeyPair::from_der(&k.rsa.to_der().unwrap()).unwrap().with_key_id("rsa-1"), claims()),
+                    rsa_as(
+                        PS256KeyPair::from_der(&k.rsa.to_der().unwrap())
+                            .unwrap()
+                            .with_key_id("rsa-1"),
+                        claims(),
+                    ),
                     "alg_not_allowed",
                 ),
-                ("HS256 with PEM", hs_pem.authenticate(exact(claims())).unwrap(), "alg_not_allowed"),
+                (
+                    "HS256 with PEM",
+                    hs_pem.authenticate(exact(claims())).unwrap(),
+                    "alg_not_allowed",
+                ),
             ],
         );
     }
@@ -837,12 +1230,18 @@ pub(crate) mod tests {
         let mut rsa = rsa_jwk(&k.rsa, "rsa-1");
         rsa["alg"] = json!("RS256");
         let v = verifier_with(&json!({"keys": [rsa]}), Algorithm::all(), 8192);
-        let ps256 = PS256KeyPair::from_der(&k.rsa.to_der().unwrap()).unwrap().with_key_id("rsa-1");
+        let ps256 = PS256KeyPair::from_der(&k.rsa.to_der().unwrap())
+            .unwrap()
+            .with_key_id("rsa-1");
         run(
             &v,
             vec![
                 ("RS256 on RS256 key", rs256(claims()), "ok"),
-                ("PS256 on RS256-pinned key", rsa_as(ps256, claims()), "alg_key_mismatch"),
+                (
+                    "PS256 on RS256-pinned key",
+                    rsa_as(ps256, claims()),
+                    "alg_key_mismatch",
+                ),
             ],
         );
     }
@@ -853,7 +1252,10 @@ pub(crate) mod tests {
         let good = eddsa(c.clone());
         let (h, rest) = good.split_once('.').unwrap();
         let (p, s) = rest.split_once('.').unwrap();
-        let huge_header = format!(r#"{{"alg":"EdDSA","kid":"ed-1","pad":"{}"}}"#, "x".repeat(20_000));
+        let huge_header = format!(
+            r#"{{"alg":"EdDSA","kid":"ed-1","pad":"{}"}}"#,
+            "x".repeat(20_000)
+        );
         let cases = vec![
             ("empty", String::new(), "malformed_token"),
             ("one part", "abc".to_owned(), "malformed_token"),
@@ -862,23 +1264,94 @@ pub(crate) mod tests {
             ("dots only", "..".to_owned(), "malformed_token"),
             ("not base64", "!!!.@@@.###".to_owned(), "malformed_token"),
             ("non-ascii", "ä.ö.ü".to_owned(), "malformed_token"),
-            ("padded base64 header", format!("{h}=.{p}.{s}"), "malformed_token"),
-            ("standard base64 alphabet", format!("{h}.{p}.{}", s.replace('-', "+").replace('_', "/") + "+/"), "malformed_token"),
-            ("header not JSON", format!("{}.{p}.{s}", b64("not json")), "malformed_token"),
-            ("header a JSON array", format!("{}.{p}.{s}", b64("[1,2]")), "malformed_token"),
-            ("header without alg", craft(r#"{"kid":"ed-1"}"#, &c), "malformed_token"),
-            ("alg not a string", craft(r#"{"alg":1,"kid":"ed-1"}"#, &c), "malformed_token"),
-            ("kid not a string", craft(r#"{"alg":"EdDSA","kid":7}"#, &c), "malformed_token"),
-            ("duplicate alg", craft(r#"{"alg":"EdDSA","alg":"none","kid":"ed-1"}"#, &c), "malformed_token"),
-            ("typ JOSE", craft(r#"{"alg":"EdDSA","kid":"ed-1","typ":"JOSE"}"#, &c), "malformed_token"),
-            ("payload not base64", format!("{h}.***.{s}"), "malformed_token"),
-            ("payload not an object", craft(r#"{"alg":"EdDSA","kid":"ed-1"}"#, &json!(["a"])), "malformed_token"),
-            ("signature not base64", format!("{h}.{p}.%%%"), "malformed_token"),
-            ("huge header within max bytes", craft(&huge_header, &c), "malformed_token"),
-            ("crit list", craft(r#"{"alg":"EdDSA","kid":"ed-1","crit":["exp"],"exp":1}"#, &c), "crit_unsupported"),
-            ("crit empty", craft(r#"{"alg":"EdDSA","kid":"ed-1","crit":[]}"#, &c), "crit_unsupported"),
-            ("crit null", craft(r#"{"alg":"EdDSA","kid":"ed-1","crit":null}"#, &c), "crit_unsupported"),
-            ("b64 false", craft(r#"{"alg":"EdDSA","kid":"ed-1","b64":false,"crit":["b64"]}"#, &c), "crit_unsupported"),
+            (
+                "padded base64 header",
+                format!("{h}=.{p}.{s}"),
+                "malformed_token",
+            ),
+            (
+                "standard base64 alphabet",
+                format!("{h}.{p}.{}", s.replace('-', "+").replace('_', "/") + "+/"),
+                "malformed_token",
+            ),
+            (
+                "header not JSON",
+                format!("{}.{p}.{s}", b64("not json")),
+                "malformed_token",
+            ),
+            (
+                "header a JSON array",
+                format!("{}.{p}.{s}", b64("[1,2]")),
+                "malformed_token",
+            ),
+            (
+                "header without alg",
+                craft(r#"{"kid":"ed-1"}"#, &c),
+                "malformed_token",
+            ),
+            (
+                "alg not a string",
+                craft(r#"{"alg":1,"kid":"ed-1"}"#, &c),
+                "malformed_token",
+            ),
+            (
+                "kid not a string",
+                craft(r#"{"alg":"EdDSA","kid":7}"#, &c),
+                "malformed_token",
+            ),
+            (
+                "duplicate alg",
+                craft(r#"{"alg":"EdDSA","alg":"none","kid":"ed-1"}"#, &c),
+                "malformed_token",
+            ),
+            (
+                "typ JOSE",
+                craft(r#"{"alg":"EdDSA","kid":"ed-1","typ":"JOSE"}"#, &c),
+                "malformed_token",
+            ),
+            (
+                "payload not base64",
+                format!("{h}.***.{s}"),
+                "malformed_token",
+            ),
+            (
+                "payload not an object",
+                craft(r#"{"alg":"EdDSA","kid":"ed-1"}"#, &json!(["a"])),
+                "malformed_token",
+            ),
+            (
+                "signature not base64",
+                format!("{h}.{p}.%%%"),
+                "malformed_token",
+            ),
+            (
+                "huge header within max bytes",
+                craft(&huge_header, &c),
+                "malformed_token",
+            ),
+            (
+                "crit list",
+                craft(r#"{"alg":"EdDSA","kid":"ed-1","crit":["exp"],"exp":1}"#, &c),
+                "crit_unsupported",
+            ),
+            (
+                "crit empty",
+                craft(r#"{"alg":"EdDSA","kid":"ed-1","crit":[]}"#, &c),
+                "crit_unsupported",
+            ),
+            (
+                "crit null",
+                craft(r#"{"alg":"EdDSA","kid":"ed-1","crit":null}"#, &c),
+                "crit_unsupported",
+            ),
+            (
+                "b64 false",
+                craft(
+                    r#"{"alg":"EdDSA","kid":"ed-1","b64":false,"crit":["b64"]}"#,
+                    &c,
+                ),
+                "crit_unsupported",
+            ),
         ];
         run(&verifier_with(&jwks(), Algorithm::all(), 65_536), cases);
 
@@ -886,8 +1359,14 @@ pub(crate) mod tests {
         let big = eddsa(with(claims(), json!({"pad": "x".repeat(9000)})));
         assert_eq!(v.verify(&big, NOW), Err(JwtError::TooLarge { max: 8192 }));
         // Refused on length alone: this is not even a token.
-        assert_eq!(v.verify(&"!".repeat(8193), NOW), Err(JwtError::TooLarge { max: 8192 }));
-        assert_eq!(v.verify(&"a".repeat(8192), NOW).map_err(|e| e.code()), Err("malformed_token"));
+        assert_eq!(
+            v.verify(&"!".repeat(8193), NOW),
+            Err(JwtError::TooLarge { max: 8192 })
+        );
+        assert_eq!(
+            v.verify(&"a".repeat(8192), NOW).map_err(|e| e.code()),
+            Err("malformed_token")
+        );
     }
 
     #[test]
@@ -897,9 +1376,23 @@ pub(crate) mod tests {
         let err = verifier().verify(&token, NOW).unwrap_err();
         assert_eq!(err.code(), "alg_not_allowed");
         let message = err.to_string();
-        assert!(!message.contains("script") && !message.contains('\n'), "{message}");
-        assert_eq!(verifier().verify(&unsigned(r#"{"alg":"HS256"}"#, &claims()), NOW).unwrap_err().to_string(), "the signing algorithm \"HS256\" is not allowed");
-        for err in [JwtError::BadSignature, JwtError::Expired, JwtError::Malformed("x"), JwtError::UnknownKey] {
+        assert!(
+            !message.contains("script") && !message.contains('\n'),
+            "{message}"
+        );
+        assert_eq!(
+            verifier()
+                .verify(&unsigned(r#"{"alg":"HS256"}"#, &claims()), NOW)
+                .unwrap_err()
+                .to_string(),
+            "the signing algorithm \"HS256\" is not allowed"
+        );
+        for err in [
+            JwtError::BadSignature,
+            JwtError::Expired,
+            JwtError::Malformed("x"),
+            JwtError::UnknownKey,
+        ] {
             assert!(!err.to_string().is_empty() && !err.code().is_empty());
         }
     }
@@ -910,20 +1403,30 @@ pub(crate) mod tests {
         assert_eq!(peek_issuer(&token).as_deref(), Some(ISS));
         let forged = unsigned(r#"{"alg":"none"}"#, &json!({"iss": "https://other.test"}));
         assert_eq!(peek_issuer(&forged).as_deref(), Some("https://other.test"));
-        assert_eq!(peek_issuer(&unsigned(r#"{"alg":"none"}"#, &json!({"sub": "x"}))), None);
-        assert_eq!(peek_issuer(&unsigned(r#"{"alg":"none"}"#, &json!({"iss": 5}))), None);
+        assert_eq!(
+            peek_issuer(&unsigned(r#"{"alg":"none"}"#, &json!({"sub": "x"}))),
+            None
+        );
+        assert_eq!(
+            peek_issuer(&unsigned(r#"{"alg":"none"}"#, &json!({"iss": 5}))),
+            None
+        );
         for garbage in ["", "a", "a.b", "a.!!!.c", "..", "ä.ö.ü"] {
             assert_eq!(peek_issuer(garbage), None, "{garbage}");
         }
-        let huge = unsigned(r#"{"alg":"none"}"#, &json!({"iss": ISS, "pad": "x".repeat(70_000)}));
+        let huge = unsigned(
+            r#"{"alg":"none"}"#,
+            &json!({"iss": ISS, "pad": "x".repeat(70_000)}),
+        );
         assert_eq!(peek_issuer(&huge), None);
     }
 
     /// `n - s` for a P-256 signature: the other valid ("high-S") form of the same signature.
     fn p256_high_s(token: &str) -> String {
         const N: [u8; 32] = [
-            0xff, 0xff, 0xff, 0xff, 0x00, 0x00, 0x00, 0x00, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xbc, 0xe6,
-            0xfa, 0xad, 0xa7, 0x17, 0x9e, 0x84, 0xf3, 0xb9, 0xca, 0xc2, 0xfc, 0x63, 0x25, 0x51,
+            0xff, 0xff, 0xff, 0xff, 0x00, 0x00, 0x00, 0x00, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+            0xff, 0xff, 0xbc, 0xe6, 0xfa, 0xad, 0xa7, 0x17, 0x9e, 0x84, 0xf3, 0xb9, 0xca, 0xc2,
+            0xfc, 0x63, 0x25, 0x51,
         ];
         let (input, sig) = token.rsplit_once('.').unwrap();
         let mut raw = Base64UrlSafeNoPadding::decode_to_vec(sig, None).unwrap();
@@ -944,9 +1447,24 @@ pub(crate) mod tests {
         let evil_rsa = RS256KeyPair::generate(2048).unwrap().with_key_id("rsa-1");
         let evil_es = ES256KeyPair::generate().with_key_id("es256-1");
         let evil = with(claims(), json!({"sub": "admin"}));
-        let rs384 = rsa_as(RS384KeyPair::from_der(&rsa_der).unwrap().with_key_id("rsa-1"), claims());
-        let rs512 = rsa_as(RS512KeyPair::from_der(&rsa_der).unwrap().with_key_id("rsa-1"), claims());
-        let ps256 = rsa_as(PS256KeyPair::from_der(&rsa_der).unwrap().with_key_id("rsa-1"), claims());
+        let rs384 = rsa_as(
+            RS384KeyPair::from_der(&rsa_der)
+                .unwrap()
+                .with_key_id("rsa-1"),
+            claims(),
+        );
+        let rs512 = rsa_as(
+            RS512KeyPair::from_der(&rsa_der)
+                .unwrap()
+                .with_key_id("rsa-1"),
+            claims(),
+        );
+        let ps256 = rsa_as(
+            PS256KeyPair::from_der(&rsa_der)
+                .unwrap()
+                .with_key_id("rsa-1"),
+            claims(),
+        );
         let es256_token = es256(claims());
         let mut cases = vec![
             ("RS256", rs256(claims()), "ok"),
@@ -957,20 +1475,72 @@ pub(crate) mod tests {
             ("ES384", es384(claims()), "ok"),
             ("PS256", ps256.clone(), "ok"),
             ("EdDSA", eddsa(claims()), "ok"),
-            ("RS256 expired", rs256(with(claims(), json!({"exp": NOW - 3600}))), "token_expired"),
-            ("RS256 tampered", tamper_payload(&rs256(claims()), &evil), "bad_signature"),
-            ("RS384 tampered", tamper_payload(&rs384, &evil), "bad_signature"),
-            ("RS512 tampered", tamper_payload(&rs512, &evil), "bad_signature"),
-            ("ES256 tampered", tamper_payload(&es256_token, &evil), "bad_signature"),
-            ("ES384 tampered", tamper_payload(&es384(claims()), &evil), "bad_signature"),
-            ("PS256 tampered", tamper_payload(&ps256, &evil), "bad_signature"),
-            ("EdDSA tampered", tamper_payload(&eddsa(claims()), &evil), "bad_signature"),
-            ("RS256 other key", evil_rsa.sign(exact(claims())).unwrap(), "bad_signature"),
-            ("ES256 other key", evil_es.sign(exact(claims())).unwrap(), "bad_signature"),
-            ("ES256 zero r and s", format!("{}.{}", es256_token.rsplit_once('.').unwrap().0, b64([0u8; 64])), "bad_signature"),
+            (
+                "RS256 expired",
+                rs256(with(claims(), json!({"exp": NOW - 3600}))),
+                "token_expired",
+            ),
+            (
+                "RS256 tampered",
+                tamper_payload(&rs256(claims()), &evil),
+                "bad_signature",
+            ),
+            (
+                "RS384 tampered",
+                tamper_payload(&rs384, &evil),
+                "bad_signature",
+            ),
+            (
+                "RS512 tampered",
+                tamper_payload(&rs512, &evil),
+                "bad_signature",
+            ),
+            (
+                "ES256 tampered",
+                tamper_payload(&es256_token, &evil),
+                "bad_signature",
+            ),
+            (
+                "ES384 tampered",
+                tamper_payload(&es384(claims()), &evil),
+                "bad_signature",
+            ),
+            (
+                "PS256 tampered",
+                tamper_payload(&ps256, &evil),
+                "bad_signature",
+            ),
+            (
+                "EdDSA tampered",
+                tamper_payload(&eddsa(claims()), &evil),
+                "bad_signature",
+            ),
+            (
+                "RS256 other key",
+                evil_rsa.sign(exact(claims())).unwrap(),
+                "bad_signature",
+            ),
+            (
+                "ES256 other key",
+                evil_es.sign(exact(claims())).unwrap(),
+                "bad_signature",
+            ),
+            (
+                "ES256 zero r and s",
+                format!(
+                    "{}.{}",
+                    es256_token.rsplit_once('.').unwrap().0,
+                    b64([0u8; 64])
+                ),
+                "bad_signature",
+            ),
             ("duplicate exp", craft_duplicate_exp(), "malformed_token"),
         ];
-        for (name, token) in [("RS256", rs256(claims())), ("ES256", es256(claims())), ("ES384", es384(claims()))] {
+        for (name, token) in [
+            ("RS256", rs256(claims())),
+            ("ES256", es256(claims())),
+            ("ES384", es384(claims())),
+        ] {
             let (input, sig) = token.rsplit_once('.').unwrap();
             let mut flipped = Base64UrlSafeNoPadding::decode_to_vec(sig, None).unwrap();
             let last = flipped.len() - 1;
@@ -981,19 +1551,31 @@ pub(crate) mod tests {
             cases.push((name, format!("{input}.{}", b64(&first)), "bad_signature"));
         }
         signature::uninstall();
-        let pure: Vec<_> = cases.iter().map(|(_, t, _)| code(verifier().verify(t, NOW))).collect();
+        let pure: Vec<_> = cases
+            .iter()
+            .map(|(_, t, _)| code(verifier().verify(t, NOW)))
+            .collect();
         let host = Rc::new(HostVerifier::probe(FakeEnvoy::default()));
         signature::install(host.clone());
-        let via_host: Vec<_> = cases.iter().map(|(_, t, _)| code(verifier().verify(t, NOW))).collect();
+        let via_host: Vec<_> = cases
+            .iter()
+            .map(|(_, t, _)| code(verifier().verify(t, NOW)))
+            .collect();
         signature::uninstall();
         let mut failures = Vec::new();
         for (((name, _, expected), p), h) in cases.iter().zip(&pure).zip(&via_host) {
             if p != expected || h != expected {
-                failures.push(format!("{name}: expected {expected}, pure Rust {p}, host {h}"));
+                failures.push(format!(
+                    "{name}: expected {expected}, pure Rust {p}, host {h}"
+                ));
             }
         }
         assert!(failures.is_empty(), "{}", failures.join("\n"));
-        assert!(host.call().calls.get() >= 20, "the host path was taken ({} calls)", host.call().calls.get());
+        assert!(
+            host.call().calls.get() >= 20,
+            "the host path was taken ({} calls)",
+            host.call().calls.get()
+        );
     }
 
     /// A signed token whose payload names `exp` twice (first expired, then valid).
@@ -1041,11 +1623,17 @@ pub(crate) mod tests {
     fn jwt_algorithm_names_round_trip() {
         for alg in Algorithm::all() {
             assert_eq!(alg.to_string().parse::<Algorithm>(), Ok(*alg));
-            assert_eq!(serde_json::from_value::<Algorithm>(json!(alg.to_string())).unwrap(), *alg);
+            assert_eq!(
+                serde_json::from_value::<Algorithm>(json!(alg.to_string())).unwrap(),
+                *alg
+            );
         }
         for bad in ["none", "HS256", "rs256", "ES512", ""] {
             assert!(bad.parse::<Algorithm>().is_err(), "{bad}");
-            assert!(serde_json::from_value::<Algorithm>(json!(bad)).is_err(), "{bad}");
+            assert!(
+                serde_json::from_value::<Algorithm>(json!(bad)).is_err(),
+                "{bad}"
+            );
         }
     }
 }

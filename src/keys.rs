@@ -71,7 +71,10 @@ pub enum FetchOutcome {
     /// Discovery answered; the JWKS fetch has been sent.
     Continuing,
     /// Done (fresh keys or not): these requests should be decided again.
-    Done { refreshed: bool, waiters: Vec<KeyWaiter> },
+    Done {
+        refreshed: bool,
+        waiters: Vec<KeyWaiter>,
+    },
 }
 
 #[derive(Deserialize)]
@@ -113,15 +116,27 @@ impl KeyState {
     }
 
     /// Installs the issuer's shared keys if newer than this worker's; `true` if it did.
-    pub fn pick_up_shared<H: Host>(&mut self, gateway: &Gateway, host: &H, issuer: &str, now_ms: u64) -> bool {
-        match gateway.issuers.iter().find(|i| i.issuer == issuer && i.remote.is_some()) {
+    pub fn pick_up_shared<H: Host>(
+        &mut self,
+        gateway: &Gateway,
+        host: &H,
+        issuer: &str,
+        now_ms: u64,
+    ) -> bool {
+        match gateway
+            .issuers
+            .iter()
+            .find(|i| i.issuer == issuer && i.remote.is_some())
+        {
             Some(issuer) => self.sync_one(issuer, host, now_ms),
             None => false,
         }
     }
 
     fn sync_one<H: Host>(&mut self, issuer: &Issuer, host: &H, now_ms: u64) -> bool {
-        let Some(remote) = &issuer.remote else { return false };
+        let Some(remote) = &issuer.remote else {
+            return false;
+        };
         let state = self.state(&issuer.issuer);
         let (value, cas) = host.shared_get_versioned(&shared_key("jwks", &issuer.issuer));
         let mut installed = false;
@@ -135,7 +150,9 @@ impl KeyState {
                 }
             }
         }
-        if issuer.has_keys() && now_ms.saturating_sub(state.fetched_at_ms) > millis(remote.max_stale) {
+        if issuer.has_keys()
+            && now_ms.saturating_sub(state.fetched_at_ms) > millis(remote.max_stale)
+        {
             warn!("lookergate: keys of {} are older than jwks_max_stale; refusing its tokens until a fetch succeeds", issuer.issuer);
             issuer.drop_keys();
         }
@@ -144,10 +161,18 @@ impl KeyState {
 
     /// Timed refresh (root context): the worker that wins the shared lease fetches.
     /// Returns the requests to decide again (keys arrived from another worker).
-    pub fn tick<H: Host>(&mut self, gateway: &Gateway, host: &H, root_context: u32, now_ms: u64) -> Vec<KeyWaiter> {
+    pub fn tick<H: Host>(
+        &mut self,
+        gateway: &Gateway,
+        host: &H,
+        root_context: u32,
+        now_ms: u64,
+    ) -> Vec<KeyWaiter> {
         let woken = self.sync(gateway, host, now_ms);
         for issuer in &gateway.issuers {
-            let Some(remote) = &issuer.remote else { continue };
+            let Some(remote) = &issuer.remote else {
+                continue;
+            };
             let state = self.state(&issuer.issuer);
             if let Some(fetch) = &state.fetch {
                 // A fetch whose owner went away never answers: forget it after its timeout.
@@ -189,7 +214,9 @@ impl KeyState {
         let Some(issuer) = gateway.issuers.iter().find(|i| i.issuer == issuer_name) else {
             return UnknownKid::Refuse;
         };
-        let Some(remote) = &issuer.remote else { return UnknownKid::Refuse };
+        let Some(remote) = &issuer.remote else {
+            return UnknownKid::Refuse;
+        };
         // Another worker may already have fetched the rotated keys.
         if self.sync_one(issuer, host, now_ms) {
             return UnknownKid::Retry;
@@ -197,10 +224,18 @@ impl KeyState {
         let deadline_ms = now_ms + millis(remote.timeout) + 1000;
         let state = self.state(&issuer.issuer);
         if state.fetch.is_some() {
-            state.waiters.push(KeyWaiter { context_id, deadline_ms });
+            state.waiters.push(KeyWaiter {
+                context_id,
+                deadline_ms,
+            });
             return UnknownKid::Wait;
         }
-        match take_refetch_slot(host, &issuer.issuer, now_ms, millis(remote.unknown_kid_refetch)) {
+        match take_refetch_slot(
+            host,
+            &issuer.issuer,
+            now_ms,
+            millis(remote.unknown_kid_refetch),
+        ) {
             RefetchSlot::Ours => {}
             // Another worker is refetching right now: wait for its keys (shared data,
             // picked up by this worker's tick) instead of refusing a rotated key.
@@ -211,14 +246,26 @@ impl KeyState {
                     && self.state(&issuer.issuer).fetched_at_ms < since_ms =>
             {
                 let deadline_ms = since_ms + millis(remote.timeout) + 1000;
-                self.state(&issuer.issuer).waiters.push(KeyWaiter { context_id, deadline_ms });
+                self.state(&issuer.issuer).waiters.push(KeyWaiter {
+                    context_id,
+                    deadline_ms,
+                });
                 return UnknownKid::Wait;
             }
             RefetchSlot::Busy { .. } => return UnknownKid::Refuse,
         }
-        host.count(&format!("lookergate.jwks.unknown_kid_refetch.{}", metric_name(&issuer.issuer)), 1);
+        host.count(
+            &format!(
+                "lookergate.jwks.unknown_kid_refetch.{}",
+                metric_name(&issuer.issuer)
+            ),
+            1,
+        );
         if self.start(issuer, host, now_ms) {
-            self.state(&issuer.issuer).waiters.push(KeyWaiter { context_id, deadline_ms });
+            self.state(&issuer.issuer).waiters.push(KeyWaiter {
+                context_id,
+                deadline_ms,
+            });
             UnknownKid::Wait
         } else {
             UnknownKid::Refuse
@@ -227,7 +274,9 @@ impl KeyState {
 
     /// Sends the next fetch for `issuer` from the current context.
     fn start<H: Host>(&mut self, issuer: &Issuer, host: &H, now_ms: u64) -> bool {
-        let Some(remote) = &issuer.remote else { return false };
+        let Some(remote) = &issuer.remote else {
+            return false;
+        };
         let state = self.state(&issuer.issuer);
         let (url, step) = match (&remote.jwks_url, &state.discovered, &remote.discovery_url) {
             (Some(url), _, _) | (None, Some(url), _) => (url.clone(), Step::Jwks),
@@ -236,11 +285,18 @@ impl KeyState {
         };
         match dispatch(host, &remote.cluster, &url, remote.timeout) {
             Some(callout) => {
-                state.fetch = Some(Fetch { callout, step, started_ms: now_ms });
+                state.fetch = Some(Fetch {
+                    callout,
+                    step,
+                    started_ms: now_ms,
+                });
                 true
             }
             None => {
-                warn!("lookergate: cannot send the key fetch for {} through cluster {:?}", issuer.issuer, remote.cluster);
+                warn!(
+                    "lookergate: cannot send the key fetch for {} through cluster {:?}",
+                    issuer.issuer, remote.cluster
+                );
                 backoff(state, remote.refresh, now_ms);
                 false
             }
@@ -258,20 +314,30 @@ impl KeyState {
         now_ms: u64,
     ) -> FetchOutcome {
         let Some(issuer) = gateway.issuers.iter().find(|i| {
-            self.issuers.get(&i.issuer).and_then(|s| s.fetch.as_ref()).is_some_and(|f| f.callout == callout)
+            self.issuers
+                .get(&i.issuer)
+                .and_then(|s| s.fetch.as_ref())
+                .is_some_and(|f| f.callout == callout)
         }) else {
             return FetchOutcome::NotOurs;
         };
-        let Some(remote) = &issuer.remote else { return FetchOutcome::NotOurs };
+        let Some(remote) = &issuer.remote else {
+            return FetchOutcome::NotOurs;
+        };
         let metric = metric_name(&issuer.issuer);
         let state = self.state(&issuer.issuer);
-        let Some(fetch) = state.fetch.take() else { return FetchOutcome::NotOurs };
+        let Some(fetch) = state.fetch.take() else {
+            return FetchOutcome::NotOurs;
+        };
         let ok_body = match status {
             Some(200) if body.len() <= MAX_DOCUMENT_BYTES => Some(body),
             _ => None,
         };
         let result: Result<bool, String> = match (fetch.step, ok_body) {
-            (_, None) => Err(format!("the IdP answered {}", status.map_or("nothing (timeout or reset)".to_owned(), |s| s.to_string()))),
+            (_, None) => Err(format!(
+                "the IdP answered {}",
+                status.map_or("nothing (timeout or reset)".to_owned(), |s| s.to_string())
+            )),
             (Step::Discovery, Some(body)) => match serde_json::from_slice::<Discovery>(body)
                 .map_err(|_| "the discovery document has no jwks_uri".to_owned())
                 .and_then(|d| FetchUrl::parse(&d.jwks_uri))
@@ -297,7 +363,10 @@ impl KeyState {
                     let mut record = format!("{now_ms}\n").into_bytes();
                     record.extend_from_slice(body);
                     if let Err(e) = host.shared_set(&shared_key("jwks", &issuer.issuer), &record) {
-                        warn!("lookergate: cannot share the keys of {}: {}", issuer.issuer, e.0);
+                        warn!(
+                            "lookergate: cannot share the keys of {}: {}",
+                            issuer.issuer, e.0
+                        );
                     }
                     let (_, cas) = host.shared_get_versioned(&shared_key("jwks", &issuer.issuer));
                     issuer.install_keys(keys);
@@ -307,7 +376,10 @@ impl KeyState {
                     state.failures = 0;
                     state.next_refresh_ms = 0;
                     host.observe(&format!("lookergate.jwks.keys.{metric}"), count as u64);
-                    info!("lookergate: fetched {count} signing key(s) of {}", issuer.issuer);
+                    info!(
+                        "lookergate: fetched {count} signing key(s) of {}",
+                        issuer.issuer
+                    );
                     Ok(true)
                 }
                 Err(e) => Err(e),
@@ -320,7 +392,10 @@ impl KeyState {
             }
             Err(reason) => {
                 // Keep the last good keys; try again with backoff.
-                warn!("lookergate: key fetch for {} failed: {reason}; keeping the last good keys", issuer.issuer);
+                warn!(
+                    "lookergate: key fetch for {} failed: {reason}; keeping the last good keys",
+                    issuer.issuer
+                );
                 host.count(&format!("lookergate.jwks.fetch_failed.{metric}"), 1);
                 let state = self.state(&issuer.issuer);
                 backoff(state, remote.refresh, now_ms);
@@ -342,8 +417,10 @@ impl KeyState {
     pub fn overdue(&mut self, now_ms: u64) -> Vec<KeyWaiter> {
         let mut late = Vec::new();
         for state in self.issuers.values_mut() {
-            let (gone, kept): (Vec<KeyWaiter>, Vec<KeyWaiter>) =
-                state.waiters.drain(..).partition(|w| w.deadline_ms <= now_ms);
+            let (gone, kept): (Vec<KeyWaiter>, Vec<KeyWaiter>) = state
+                .waiters
+                .drain(..)
+                .partition(|w| w.deadline_ms <= now_ms);
             state.waiters = kept;
             late.extend(gone);
         }
@@ -364,7 +441,9 @@ pub enum UnknownKid {
 
 fn backoff(state: &mut IssuerState, refresh: Duration, now_ms: u64) {
     state.failures = state.failures.saturating_add(1);
-    let delay = 1000u64.saturating_mul(1 << state.failures.min(10)).min(millis(refresh));
+    let delay = 1000u64
+        .saturating_mul(1 << state.failures.min(10))
+        .min(millis(refresh));
     state.next_refresh_ms = now_ms + delay;
 }
 
@@ -379,7 +458,11 @@ fn decode_record(value: &[u8]) -> Option<(u64, KeySet)> {
 fn take_lease<H: Host>(host: &H, issuer: &str, now_ms: u64, hold_ms: u64) -> bool {
     let key = shared_key("jwks_lease", issuer);
     let (value, cas) = host.shared_get_versioned(&key);
-    if value.as_deref().and_then(parse_u64).is_some_and(|until| until > now_ms) {
+    if value
+        .as_deref()
+        .and_then(parse_u64)
+        .is_some_and(|until| until > now_ms)
+    {
         return false;
     }
     host.shared_set_if(&key, (now_ms + hold_ms).to_string().as_bytes(), cas)
@@ -389,13 +472,24 @@ fn take_lease<H: Host>(host: &H, issuer: &str, now_ms: u64, hold_ms: u64) -> boo
 enum RefetchSlot {
     Ours,
     /// Taken at `since_ms` (by another worker, or too recently).
-    Busy { since_ms: u64 },
+    Busy {
+        since_ms: u64,
+    },
 }
 
-fn take_refetch_slot<H: Host>(host: &H, issuer: &str, now_ms: u64, interval_ms: u64) -> RefetchSlot {
+fn take_refetch_slot<H: Host>(
+    host: &H,
+    issuer: &str,
+    now_ms: u64,
+    interval_ms: u64,
+) -> RefetchSlot {
     let key = shared_key("jwks_refetch", issuer);
     let (value, cas) = host.shared_get_versioned(&key);
-    if let Some(at) = value.as_deref().and_then(parse_u64).filter(|at| now_ms < at + interval_ms) {
+    if let Some(at) = value
+        .as_deref()
+        .and_then(parse_u64)
+        .filter(|at| now_ms < at + interval_ms)
+    {
         return RefetchSlot::Busy { since_ms: at };
     }
     if host.shared_set_if(&key, now_ms.to_string().as_bytes(), cas) {
@@ -421,6 +515,12 @@ fn metric_name(issuer: &str) -> String {
         .trim_start_matches("https://")
         .trim_start_matches("http://")
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
         .collect()
 }

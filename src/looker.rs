@@ -57,25 +57,38 @@ impl OperationTable {
     /// Parses `method \t path \t operationId \t tags(,) \t activity \t status` lines;
     /// `#` starts a comment line.
     pub fn from_tsv(text: &str) -> Result<OperationTable, String> {
-        let mut table = OperationTable { root: Node::default(), operations: Vec::new() };
+        let mut table = OperationTable {
+            root: Node::default(),
+            operations: Vec::new(),
+        };
         for (n, line) in text.lines().enumerate() {
             if line.trim().is_empty() || line.starts_with('#') {
                 continue;
             }
             let cols: Vec<&str> = line.split('\t').collect();
-            let [method, template, operation_id, tags, activity_type, status] = cols.as_slice() else {
-                return Err(format!("operation table line {}: expected 6 tab-separated columns", n + 1));
+            let [method, template, operation_id, tags, activity_type, status] = cols.as_slice()
+            else {
+                return Err(format!(
+                    "operation table line {}: expected 6 tab-separated columns",
+                    n + 1
+                ));
             };
             let op = Operation {
                 method: method.to_ascii_uppercase(),
                 template: (*template).to_owned(),
                 operation_id: (*operation_id).to_owned(),
                 // `-` marks an empty cell.
-                tags: tags.split(',').filter(|t| !t.is_empty() && *t != "-").map(str::to_owned).collect(),
+                tags: tags
+                    .split(',')
+                    .filter(|t| !t.is_empty() && *t != "-")
+                    .map(str::to_owned)
+                    .collect(),
                 activity_type: (*activity_type).to_owned(),
                 status: (*status).to_owned(),
             };
-            table.insert(op).map_err(|e| format!("operation table line {}: {e}", n + 1))?;
+            table
+                .insert(op)
+                .map_err(|e| format!("operation table line {}: {e}", n + 1))?;
         }
         Ok(table)
     }
@@ -105,7 +118,10 @@ impl OperationTable {
         match find(&self.root, &parts) {
             None => Resolution::NotFound,
             Some(node) => match node.methods.iter().find(|(m, _)| m == method) {
-                Some((_, i)) => self.operations.get(*i).map_or(Resolution::NotFound, Resolution::Found),
+                Some((_, i)) => self
+                    .operations
+                    .get(*i)
+                    .map_or(Resolution::NotFound, Resolution::Found),
                 None => Resolution::WrongMethod,
             },
         }
@@ -116,7 +132,9 @@ impl OperationTable {
     }
 
     pub fn by_id(&self, operation_id: &str) -> Option<&Operation> {
-        self.operations.iter().find(|o| o.operation_id == operation_id)
+        self.operations
+            .iter()
+            .find(|o| o.operation_id == operation_id)
     }
 }
 
@@ -128,7 +146,11 @@ fn find<'n>(node: &'n Node, parts: &[&str]) -> Option<&'n Node> {
     let Some((first, rest)) = parts.split_first() else {
         return (!node.methods.is_empty()).then_some(node);
     };
-    if let Some(found) = node.literals.get(*first).and_then(|child| find(child, rest)) {
+    if let Some(found) = node
+        .literals
+        .get(*first)
+        .and_then(|child| find(child, rest))
+    {
         return Some(found);
     }
     node.param.as_deref().and_then(|child| find(child, rest))
@@ -150,12 +172,18 @@ mod tests {
     #[test]
     fn every_spec_operation_resolves_to_itself() {
         let table = OperationTable::looker_4_0().unwrap();
-        assert!(table.operations().len() >= 480, "{} operations", table.operations().len());
+        assert!(
+            table.operations().len() >= 480,
+            "{} operations",
+            table.operations().len()
+        );
         for op in table.operations() {
             // A parameter value equal to a sibling literal would (correctly) resolve to
             // the literal route; "x1" is no literal in Looker's API.
             match table.resolve(&op.method, &sample(&op.template)) {
-                Resolution::Found(found) => assert_eq!(found.operation_id, op.operation_id, "{}", op.template),
+                Resolution::Found(found) => {
+                    assert_eq!(found.operation_id, op.operation_id, "{}", op.template)
+                }
                 other => panic!("{} {} resolved to {other:?}", op.method, op.template),
             }
         }

@@ -86,8 +86,14 @@ fn decode_unreserved(path: &str) -> Result<String, BadPath> {
         let value = u8::try_from(hi * 16 + lo).unwrap_or(0);
         match value {
             // Encoded '/', backslash and '%' would change how the path splits or decodes.
-            b'/' | b'\\' | b'%' | b';' => return Err(BadPath("path contains an encoded '/', backslash, '%' or ';'")),
-            0x00..=0x1f | 0x7f => return Err(BadPath("path contains an encoded control character")),
+            b'/' | b'\\' | b'%' | b';' => {
+                return Err(BadPath(
+                    "path contains an encoded '/', backslash, '%' or ';'",
+                ))
+            }
+            0x00..=0x1f | 0x7f => {
+                return Err(BadPath("path contains an encoded control character"))
+            }
             v if v.is_ascii_alphanumeric() || b"-._~".contains(&v) => out.push(char::from(v)),
             _ => out.push_str(&format!("%{value:02X}")),
         }
@@ -107,7 +113,10 @@ pub fn strip_access_token(target: &RequestTarget<'_>) -> Option<String> {
     if !query.split('&').any(|p| is_token(&p)) {
         return None;
     }
-    let kept: Vec<&str> = query.split('&').filter(|p| !p.is_empty() && !is_token(p)).collect();
+    let kept: Vec<&str> = query
+        .split('&')
+        .filter(|p| !p.is_empty() && !is_token(p))
+        .collect();
     Some(if kept.is_empty() {
         target.path.clone()
     } else {
@@ -130,11 +139,21 @@ mod tests {
             ("/api/4.0/looks/?x=1", "/api/4.0/looks"),
             ("/api/4.0/x%20y", "/api/4.0/x%20y"),
             ("/api/4.0/%75ser", "/api/4.0/user"),
-            ("/api/4.0/users/credential/email/a%40b.c", "/api/4.0/users/credential/email/a%40b.c"),
-            ("/api/4.0/users/credential/email/a%2bb", "/api/4.0/users/credential/email/a%2Bb"),
+            (
+                "/api/4.0/users/credential/email/a%40b.c",
+                "/api/4.0/users/credential/email/a%40b.c",
+            ),
+            (
+                "/api/4.0/users/credential/email/a%2bb",
+                "/api/4.0/users/credential/email/a%2Bb",
+            ),
         ];
         for (raw, want) in ok {
-            assert_eq!(parse_target(raw).map(|t| t.path), Ok(want.to_owned()), "{raw}");
+            assert_eq!(
+                parse_target(raw).map(|t| t.path),
+                Ok(want.to_owned()),
+                "{raw}"
+            );
         }
         let bad = [
             "api/4.0/user",

@@ -9,7 +9,11 @@ use crate::ratelimit::RateLimit;
 
 /// A Looker identity the gateway acts as, as written in a rule.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[cfg_attr(feature = "schema", derive(schemars::JsonSchema), schemars(rename = "Identity"))]
+#[cfg_attr(
+    feature = "schema",
+    derive(schemars::JsonSchema),
+    schemars(rename = "Identity")
+)]
 #[serde(deny_unknown_fields, rename_all = "snake_case")]
 pub enum IdentitySpec {
     /// A service account per role; the broker holds its API3 credentials.
@@ -19,7 +23,11 @@ pub enum IdentitySpec {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[cfg_attr(feature = "schema", derive(schemars::JsonSchema), schemars(rename = "UserIdentity"))]
+#[cfg_attr(
+    feature = "schema",
+    derive(schemars::JsonSchema),
+    schemars(rename = "UserIdentity")
+)]
 #[serde(deny_unknown_fields)]
 pub struct UserIdentitySpec {
     /// Claim holding the user's Looker credential id (default `email`).
@@ -42,7 +50,10 @@ fn default_credential_type() -> String {
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum LookerIdentity {
     Role(String),
-    User { credential_type: String, credential_id: String },
+    User {
+        credential_type: String,
+        credential_id: String,
+    },
 }
 
 impl LookerIdentity {
@@ -51,7 +62,10 @@ impl LookerIdentity {
         // Concatenated by hand: `format!` costs several times more on the hot path.
         let parts: [&str; 4] = match self {
             LookerIdentity::Role(name) => ["role:", name, "", ""],
-            LookerIdentity::User { credential_type, credential_id } => ["user:", credential_type, ":", credential_id],
+            LookerIdentity::User {
+                credential_type,
+                credential_id,
+            } => ["user:", credential_type, ":", credential_id],
         };
         let mut key = String::with_capacity(parts.iter().map(|p| p.len()).sum());
         for part in parts {
@@ -63,7 +77,11 @@ impl LookerIdentity {
 
 /// One condition on the principal's claims.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
-#[cfg_attr(feature = "schema", derive(schemars::JsonSchema), schemars(rename = "Condition"))]
+#[cfg_attr(
+    feature = "schema",
+    derive(schemars::JsonSchema),
+    schemars(rename = "Condition")
+)]
 #[serde(deny_unknown_fields)]
 pub struct RawCondition {
     pub claim: String,
@@ -78,7 +96,11 @@ pub struct RawCondition {
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
-#[cfg_attr(feature = "schema", derive(schemars::JsonSchema), schemars(rename = "Rule"))]
+#[cfg_attr(
+    feature = "schema",
+    derive(schemars::JsonSchema),
+    schemars(rename = "Rule")
+)]
 #[serde(deny_unknown_fields)]
 pub struct RawRule {
     pub name: String,
@@ -153,7 +175,8 @@ pub const SQL_RUNNER_OPERATIONS: &[&str] = &[
 ];
 
 /// Operations whose query the gateway can read (body `WriteQuery`, or URL).
-pub const INSPECTABLE_QUERY_OPERATIONS: &[&str] = &["run_inline_query", "create_query", "run_url_encoded_query"];
+pub const INSPECTABLE_QUERY_OPERATIONS: &[&str] =
+    &["run_inline_query", "create_query", "run_url_encoded_query"];
 
 /// Looker's default row limit when a query gives none.
 pub const LOOKER_DEFAULT_LIMIT: i64 = 5000;
@@ -171,7 +194,11 @@ pub struct Input<'a> {
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
-#[cfg_attr(feature = "schema", derive(schemars::JsonSchema), schemars(rename = "Policy"))]
+#[cfg_attr(
+    feature = "schema",
+    derive(schemars::JsonSchema),
+    schemars(rename = "Policy")
+)]
 #[serde(deny_unknown_fields)]
 pub struct RawPolicy {
     pub rules: Vec<RawRule>,
@@ -251,7 +278,10 @@ pub struct Policy {
 /// What the policy decided for one request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Verdict {
-    Allow { rule: String, identity: LookerIdentity },
+    Allow {
+        rule: String,
+        identity: LookerIdentity,
+    },
     /// A rule denied, or no rule matched (`rule` = `default_deny`), or an allow rule
     /// could not resolve its identity (e.g. the user claim is missing).
     Deny { rule: String, reason: String },
@@ -279,7 +309,9 @@ impl Policy {
                 }
                 (None, Some(true)) => Effect::Deny,
                 (Some(_), Some(true)) => return Err(format!("{at}: has both allow and deny")),
-                (None, _) => return Err(format!("{at}: needs `allow` (an identity) or `deny: true`")),
+                (None, _) => {
+                    return Err(format!("{at}: needs `allow` (an identity) or `deny: true`"))
+                }
             };
             let mut methods = Vec::new();
             for (j, m) in rule.methods.iter().enumerate() {
@@ -299,26 +331,36 @@ impl Policy {
             }
             for (j, id) in rule.operations.iter().enumerate() {
                 if table.by_id(id).is_none() {
-                    return Err(format!("{at}.operations[{j}]: {id:?} is not a Looker API 4.0 operationId"));
+                    return Err(format!(
+                        "{at}.operations[{j}]: {id:?} is not a Looker API 4.0 operationId"
+                    ));
                 }
             }
             for (j, tag) in rule.tags.iter().enumerate() {
                 if !table.operations().iter().any(|o| o.tags.contains(tag)) {
-                    return Err(format!("{at}.tags[{j}]: {tag:?} is not a Looker API 4.0 tag"));
+                    return Err(format!(
+                        "{at}.tags[{j}]: {tag:?} is not a Looker API 4.0 tag"
+                    ));
                 }
             }
             for (j, a) in rule.activity_types.iter().enumerate() {
                 if !["db_query", "non_query", "none"].contains(&a.as_str()) {
-                    return Err(format!("{at}.activity_types[{j}]: {a:?} is not db_query, non_query or none"));
+                    return Err(format!(
+                        "{at}.activity_types[{j}]: {a:?} is not db_query, non_query or none"
+                    ));
                 }
             }
             for (j, st) in rule.statuses.iter().enumerate() {
                 if !["stable", "beta", "alpha", "deprecated"].contains(&st.as_str()) {
-                    return Err(format!("{at}.statuses[{j}]: {st:?} is not stable, beta, alpha or deprecated"));
+                    return Err(format!(
+                        "{at}.statuses[{j}]: {st:?} is not stable, beta, alpha or deprecated"
+                    ));
                 }
             }
             if let Some(limit) = &rule.rate_limit {
-                limit.validate().map_err(|e| format!("{at}.rate_limit: {e}"))?;
+                limit
+                    .validate()
+                    .map_err(|e| format!("{at}.rate_limit: {e}"))?;
                 if rule.effect_is_deny() {
                     return Err(format!("{at}.rate_limit: limits belong on allow rules"));
                 }
@@ -372,25 +414,42 @@ impl Policy {
             }
             let verdict = rule.decide(input);
             if rule.shadow {
-                let would = if matches!(verdict, Verdict::Allow { .. }) { "allow" } else { "deny" };
-                shadows.push(ShadowHit { rule: rule.name.clone(), would });
+                let would = if matches!(verdict, Verdict::Allow { .. }) {
+                    "allow"
+                } else {
+                    "deny"
+                };
+                shadows.push(ShadowHit {
+                    rule: rule.name.clone(),
+                    would,
+                });
                 if explain {
                     trace.push((rule.name.clone(), format!("shadow rule: would {would}")));
                 }
                 continue;
             }
-            return Evaluation { verdict, shadows, trace };
+            return Evaluation {
+                verdict,
+                shadows,
+                trace,
+            };
         }
         let verdict = Verdict::Deny {
             rule: DEFAULT_DENY.to_owned(),
             reason: "no rule allows this request".to_owned(),
         };
-        Evaluation { verdict, shadows, trace }
+        Evaluation {
+            verdict,
+            shadows,
+            trace,
+        }
     }
 
     /// Does any rule that could match this request need to read its query?
     pub fn needs_query(&self, input: &Input<'_>) -> bool {
-        self.rules.iter().any(|r| r.query.is_some() && r.matches_request(input).is_ok())
+        self.rules
+            .iter()
+            .any(|r| r.query.is_some() && r.matches_request(input).is_ok())
     }
 
     pub fn rule(&self, name: &str) -> Option<&Rule> {
@@ -433,7 +492,9 @@ impl Rule {
         }
         let op = input.operation;
         let id = op.map(|o| o.operation_id.as_str());
-        if !self.operations.is_empty() && !id.is_some_and(|id| self.operations.iter().any(|o| o == id)) {
+        if !self.operations.is_empty()
+            && !id.is_some_and(|id| self.operations.iter().any(|o| o == id))
+        {
             return Err(Miss::Operation);
         }
         // SQL Runner is reachable only through a rule that names the operation.
@@ -442,16 +503,21 @@ impl Rule {
                 return Err(Miss::SqlRunner);
             }
         }
-        if !self.tags.is_empty() && !op.is_some_and(|o| o.tags.iter().any(|t| self.tags.contains(t))) {
+        if !self.tags.is_empty()
+            && !op.is_some_and(|o| o.tags.iter().any(|t| self.tags.contains(t)))
+        {
             return Err(Miss::Tag);
         }
-        if !self.activity_types.is_empty() && !op.is_some_and(|o| self.activity_types.contains(&o.activity_type)) {
+        if !self.activity_types.is_empty()
+            && !op.is_some_and(|o| self.activity_types.contains(&o.activity_type))
+        {
             return Err(Miss::ActivityType);
         }
         if !self.statuses.is_empty() && !op.is_some_and(|o| self.statuses.contains(&o.status)) {
             return Err(Miss::Status);
         }
-        if self.query.is_some() && !id.is_some_and(|id| INSPECTABLE_QUERY_OPERATIONS.contains(&id)) {
+        if self.query.is_some() && !id.is_some_and(|id| INSPECTABLE_QUERY_OPERATIONS.contains(&id))
+        {
             return Err(Miss::QueryNotInspectable);
         }
         Ok(())
@@ -472,21 +538,35 @@ impl Rule {
             Miss::Method => format!("method {} is not in {:?}", input.method, self.methods),
             Miss::Path => format!("path {} matches none of its path patterns", input.path),
             Miss::Operation => format!("operation {id} is not in {:?}", self.operations),
-            Miss::SqlRunner => format!("{id} is SQL Runner: only a rule naming it in `operations` applies"),
-            Miss::Tag => format!("operation tags {:?} are not in {:?}", op.map(|o| &o.tags), self.tags),
+            Miss::SqlRunner => {
+                format!("{id} is SQL Runner: only a rule naming it in `operations` applies")
+            }
+            Miss::Tag => format!(
+                "operation tags {:?} are not in {:?}",
+                op.map(|o| &o.tags),
+                self.tags
+            ),
             Miss::ActivityType => format!(
                 "activity type {} is not in {:?}",
                 op.map_or("(none)", |o| o.activity_type.as_str()),
                 self.activity_types
             ),
             Miss::Status => {
-                format!("operation status {} is not in {:?}", op.map_or("(none)", |o| o.status.as_str()), self.statuses)
+                format!(
+                    "operation status {} is not in {:?}",
+                    op.map_or("(none)", |o| o.status.as_str()),
+                    self.statuses
+                )
             }
             Miss::QueryNotInspectable => {
                 "has query guardrails, and this operation's query cannot be inspected".to_owned()
             }
             Miss::Condition(i) => {
-                let claim = self.when.get(i).map(|c| c.claim.join(".")).unwrap_or_default();
+                let claim = self
+                    .when
+                    .get(i)
+                    .map(|c| c.claim.join("."))
+                    .unwrap_or_default();
                 format!("condition when[{i}] on claim {claim:?} does not hold")
             }
         }
@@ -494,17 +574,29 @@ impl Rule {
 
     fn decide(&self, input: &Input<'_>) -> Verdict {
         match &self.effect {
-            Effect::Deny => Verdict::Deny { rule: self.name.clone(), reason: format!("denied by rule {:?}", self.name) },
+            Effect::Deny => Verdict::Deny {
+                rule: self.name.clone(),
+                reason: format!("denied by rule {:?}", self.name),
+            },
             Effect::Allow(spec) => {
                 if let Some(guard) = &self.query {
                     let facts = input.query.cloned().unwrap_or_default();
                     if let Err(reason) = guard.check(&facts) {
-                        return Verdict::Deny { rule: self.name.clone(), reason };
+                        return Verdict::Deny {
+                            rule: self.name.clone(),
+                            reason,
+                        };
                     }
                 }
                 match resolve_identity(spec, input.claims) {
-                    Ok(identity) => Verdict::Allow { rule: self.name.clone(), identity },
-                    Err(reason) => Verdict::Deny { rule: self.name.clone(), reason },
+                    Ok(identity) => Verdict::Allow {
+                        rule: self.name.clone(),
+                        identity,
+                    },
+                    Err(reason) => Verdict::Deny {
+                        rule: self.name.clone(),
+                        reason,
+                    },
                 }
             }
         }
@@ -515,10 +607,18 @@ impl QueryGuard {
     /// Checks a query against the guardrails; the error names the field.
     pub fn check(&self, q: &QueryFacts) -> Result<(), String> {
         if !self.models.is_empty() && !q.model.as_ref().is_some_and(|m| self.models.contains(m)) {
-            return Err(format!("query.model {:?} is not allowed (allowed: {:?})", q.model.as_deref().unwrap_or(""), self.models));
+            return Err(format!(
+                "query.model {:?} is not allowed (allowed: {:?})",
+                q.model.as_deref().unwrap_or(""),
+                self.models
+            ));
         }
         if !self.views.is_empty() && !q.view.as_ref().is_some_and(|v| self.views.contains(v)) {
-            return Err(format!("query.view {:?} is not allowed (allowed: {:?})", q.view.as_deref().unwrap_or(""), self.views));
+            return Err(format!(
+                "query.view {:?} is not allowed (allowed: {:?})",
+                q.view.as_deref().unwrap_or(""),
+                self.views
+            ));
         }
         if let Some(max) = self.max_limit {
             let limit = q.limit.unwrap_or(LOOKER_DEFAULT_LIMIT);
@@ -538,21 +638,30 @@ impl QueryGuard {
 
 fn validate_identity(identity: &IdentitySpec) -> Result<(), String> {
     let ok_name = |s: &str| {
-        !s.is_empty() && s.len() <= 128 && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+        !s.is_empty()
+            && s.len() <= 128
+            && s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
     };
     match identity {
-        IdentitySpec::Role(role) if !ok_name(role) => {
-            Err(format!("role {role:?} must be 1-128 characters of letters, digits, '-', '_' or '.'"))
+        IdentitySpec::Role(role) if !ok_name(role) => Err(format!(
+            "role {role:?} must be 1-128 characters of letters, digits, '-', '_' or '.'"
+        )),
+        IdentitySpec::User(user) if user.claim.is_empty() => {
+            Err("user.claim must not be empty".to_owned())
         }
-        IdentitySpec::User(user) if user.claim.is_empty() => Err("user.claim must not be empty".to_owned()),
-        IdentitySpec::User(user) if !ok_name(&user.credential_type) => {
-            Err(format!("user.credential_type {:?} is not a Looker credential type", user.credential_type))
-        }
+        IdentitySpec::User(user) if !ok_name(&user.credential_type) => Err(format!(
+            "user.credential_type {:?} is not a Looker credential type",
+            user.credential_type
+        )),
         _ => Ok(()),
     }
 }
 
-fn resolve_identity(spec: &IdentitySpec, claims: &Map<String, Value>) -> Result<LookerIdentity, String> {
+fn resolve_identity(
+    spec: &IdentitySpec,
+    claims: &Map<String, Value>,
+) -> Result<LookerIdentity, String> {
     match spec {
         IdentitySpec::Role(name) => Ok(LookerIdentity::Role(name.clone())),
         IdentitySpec::User(user) => {
@@ -562,7 +671,10 @@ fn resolve_identity(spec: &IdentitySpec, claims: &Map<String, Value>) -> Result<
                     credential_type: user.credential_type.clone(),
                     credential_id: id.clone(),
                 }),
-                _ => Err(format!("token has no string claim {:?} to find the Looker user", user.claim)),
+                _ => Err(format!(
+                    "token has no string claim {:?} to find the Looker user",
+                    user.claim
+                )),
             }
         }
     }
@@ -572,14 +684,22 @@ fn compile_pattern(pattern: &str) -> Result<PathPattern, String> {
     let rest = pattern
         .strip_prefix('/')
         .ok_or_else(|| format!("pattern {pattern:?} must start with '/'"))?;
-    let parts: Vec<&str> = if rest.is_empty() { Vec::new() } else { rest.split('/').collect() };
+    let parts: Vec<&str> = if rest.is_empty() {
+        Vec::new()
+    } else {
+        rest.split('/').collect()
+    };
     let mut segments = Vec::with_capacity(parts.len());
     for (i, part) in parts.iter().enumerate() {
         let segment = match *part {
             "" => return Err(format!("pattern {pattern:?} has an empty segment")),
             "*" => Segment::One,
             "**" if i + 1 == parts.len() => Segment::Rest,
-            "**" => return Err(format!("pattern {pattern:?}: '**' may only be the last segment")),
+            "**" => {
+                return Err(format!(
+                    "pattern {pattern:?}: '**' may only be the last segment"
+                ))
+            }
             p if p.contains('*') => {
                 return Err(format!("pattern {pattern:?}: '*' must be a whole segment"));
             }
@@ -627,7 +747,10 @@ fn compile_condition(raw: &RawCondition) -> Result<Condition, String> {
     .collect();
     let mut tests = tests.into_iter();
     match (tests.next(), tests.next()) {
-        (Some(test), None) => Ok(Condition { claim: raw.claim.split('.').map(str::to_owned).collect(), test }),
+        (Some(test), None) => Ok(Condition {
+            claim: raw.claim.split('.').map(str::to_owned).collect(),
+            test,
+        }),
         _ => Err("needs exactly one of equals, one_of, contains, exists".to_owned()),
     }
 }
@@ -676,14 +799,26 @@ mod tests {
     }
 
     /// Evaluates as the filter would: resolve the operation, then the rules.
-    fn eval(p: &Policy, method: &str, path: &str, claims: &Map<String, Value>, query: Option<&QueryFacts>) -> Evaluation {
+    fn eval(
+        p: &Policy,
+        method: &str,
+        path: &str,
+        claims: &Map<String, Value>,
+        query: Option<&QueryFacts>,
+    ) -> Evaluation {
         let operation = path
             .strip_prefix(crate::looker::API_PREFIX)
             .and_then(|rest| match table().resolve(method, rest) {
                 crate::looker::Resolution::Found(op) => Some(op),
                 _ => None,
             });
-        p.evaluate(&Input { method, path, operation, claims, query })
+        p.evaluate(&Input {
+            method,
+            path,
+            operation,
+            claims,
+            query,
+        })
     }
 
     fn verdict(p: &Policy, method: &str, path: &str, claims: &Map<String, Value>) -> Verdict {
@@ -712,33 +847,114 @@ mod tests {
     #[test]
     fn rules_decide_in_order_with_default_deny() {
         let p = demo();
-        let alice = claims(json!({"sub": "alice", "groups": ["analysts"], "email": "alice@example.com"}));
+        let alice =
+            claims(json!({"sub": "alice", "groups": ["analysts"], "email": "alice@example.com"}));
         let eve = claims(json!({"sub": "eve", "groups": ["analysts"]}));
-        let admin = claims(json!({"sub": "root", "email": "root@example.com", "realm_access": {"roles": ["looker-admin"]}}));
+        let admin = claims(
+            json!({"sub": "root", "email": "root@example.com", "realm_access": {"roles": ["looker-admin"]}}),
+        );
         let acme = claims(json!({"sub": "x", "tenant": "acme"}));
         let acme_contractor = claims(json!({"sub": "x", "tenant": "acme", "contractor": true}));
         let scoped = claims(json!({"sub": "s", "groups": "viewers analysts"}));
-        let role = |r: &str, n: &str| Verdict::Allow { rule: r.into(), identity: LookerIdentity::Role(n.into()) };
+        let role = |r: &str, n: &str| Verdict::Allow {
+            rule: r.into(),
+            identity: LookerIdentity::Role(n.into()),
+        };
         fn denied(r: &'static str) -> impl Fn(&Verdict) -> bool {
             move |v: &Verdict| matches!(v, Verdict::Deny { rule, .. } if rule == r)
         }
-        let cases: Vec<(&str, &str, &Map<String, Value>, Box<dyn Fn(&Verdict) -> bool>)> = vec![
-            ("GET", "/api/4.0/dashboards/1", &alice, Box::new(|v| *v == role("analysts-read", "analyst"))),
-            ("GET", "/api/4.0/dashboards/1/elements", &alice, Box::new(|v| *v == role("analysts-read", "analyst"))),
-            ("GET", "/api/4.0/dashboards", &alice, Box::new(|v| *v == role("analysts-read", "analyst"))),
-            ("GET", "/api/4.0/looks/7", &alice, Box::new(|v| *v == role("analysts-read", "analyst"))),
-            ("GET", "/api/4.0/looks/7/run", &alice, Box::new(denied(DEFAULT_DENY))),
-            ("GET", "/api/4.0/looks", &alice, Box::new(denied(DEFAULT_DENY))),
-            ("DELETE", "/api/4.0/dashboards/1", &alice, Box::new(denied(DEFAULT_DENY))),
-            ("POST", "/api/4.0/queries/run/json", &alice, Box::new(|v| *v == role("analysts-query", "analyst"))),
-            ("GET", "/api/4.0/dashboards/1", &eve, Box::new(denied("no-eve"))),
-            ("GET", "/api/4.0/user", &scoped, Box::new(|v| *v == role("analysts-read", "analyst"))),
-            ("GET", "/api/4.0/looks/1", &acme, Box::new(|v| *v == role("tenant", "viewer"))),
-            ("GET", "/api/4.0/looks/1", &acme_contractor, Box::new(denied(DEFAULT_DENY))),
-            ("PATCH", "/api/4.0/users/1", &admin, Box::new(|v| {
-                *v == Verdict::Allow { rule: "realm-admins".into(), identity: LookerIdentity::User {
-                    credential_type: "email".into(), credential_id: "root@example.com".into() } }
-            })),
+        let cases: Vec<(
+            &str,
+            &str,
+            &Map<String, Value>,
+            Box<dyn Fn(&Verdict) -> bool>,
+        )> = vec![
+            (
+                "GET",
+                "/api/4.0/dashboards/1",
+                &alice,
+                Box::new(|v| *v == role("analysts-read", "analyst")),
+            ),
+            (
+                "GET",
+                "/api/4.0/dashboards/1/elements",
+                &alice,
+                Box::new(|v| *v == role("analysts-read", "analyst")),
+            ),
+            (
+                "GET",
+                "/api/4.0/dashboards",
+                &alice,
+                Box::new(|v| *v == role("analysts-read", "analyst")),
+            ),
+            (
+                "GET",
+                "/api/4.0/looks/7",
+                &alice,
+                Box::new(|v| *v == role("analysts-read", "analyst")),
+            ),
+            (
+                "GET",
+                "/api/4.0/looks/7/run",
+                &alice,
+                Box::new(denied(DEFAULT_DENY)),
+            ),
+            (
+                "GET",
+                "/api/4.0/looks",
+                &alice,
+                Box::new(denied(DEFAULT_DENY)),
+            ),
+            (
+                "DELETE",
+                "/api/4.0/dashboards/1",
+                &alice,
+                Box::new(denied(DEFAULT_DENY)),
+            ),
+            (
+                "POST",
+                "/api/4.0/queries/run/json",
+                &alice,
+                Box::new(|v| *v == role("analysts-query", "analyst")),
+            ),
+            (
+                "GET",
+                "/api/4.0/dashboards/1",
+                &eve,
+                Box::new(denied("no-eve")),
+            ),
+            (
+                "GET",
+                "/api/4.0/user",
+                &scoped,
+                Box::new(|v| *v == role("analysts-read", "analyst")),
+            ),
+            (
+                "GET",
+                "/api/4.0/looks/1",
+                &acme,
+                Box::new(|v| *v == role("tenant", "viewer")),
+            ),
+            (
+                "GET",
+                "/api/4.0/looks/1",
+                &acme_contractor,
+                Box::new(denied(DEFAULT_DENY)),
+            ),
+            (
+                "PATCH",
+                "/api/4.0/users/1",
+                &admin,
+                Box::new(|v| {
+                    *v == Verdict::Allow {
+                        rule: "realm-admins".into(),
+                        identity: LookerIdentity::User {
+                            credential_type: "email".into(),
+                            credential_id: "root@example.com".into(),
+                        },
+                    }
+                }),
+            ),
         ];
         for (method, path, who, check) in cases {
             let got = verdict(&p, method, path, who);
@@ -763,21 +979,63 @@ mod tests {
     fn invalid_rules_are_rejected_naming_the_field() {
         let cases = [
             (json!([{"name": "a"}]), "policy.rules[0]: needs"),
-            (json!([{"name": "a", "deny": true}, {"name": "a", "deny": true}]), "policy.rules[1].name"),
-            (json!([{"name": "a", "deny": true, "allow": {"role": "x"}}]), "both allow and deny"),
-            (json!([{"name": "a", "deny": true, "paths": ["api"]}]), "policy.rules[0].paths[0]"),
-            (json!([{"name": "a", "deny": true, "paths": ["/a/**/b"]}]), "policy.rules[0].paths[0]"),
-            (json!([{"name": "a", "deny": true, "paths": ["/a/b*"]}]), "policy.rules[0].paths[0]"),
-            (json!([{"name": "a", "deny": true, "methods": ["GE T"]}]), "policy.rules[0].methods[0]"),
-            (json!([{"name": "a", "deny": true, "when": [{"claim": "g"}]}]), "policy.rules[0].when[0]"),
-            (json!([{"name": "a", "deny": true, "when": [{"claim": "g", "equals": 1, "exists": true}]}]), "policy.rules[0].when[0]"),
-            (json!([{"name": "a", "allow": {"role": "bad role"}}]), "policy.rules[0].allow"),
+            (
+                json!([{"name": "a", "deny": true}, {"name": "a", "deny": true}]),
+                "policy.rules[1].name",
+            ),
+            (
+                json!([{"name": "a", "deny": true, "allow": {"role": "x"}}]),
+                "both allow and deny",
+            ),
+            (
+                json!([{"name": "a", "deny": true, "paths": ["api"]}]),
+                "policy.rules[0].paths[0]",
+            ),
+            (
+                json!([{"name": "a", "deny": true, "paths": ["/a/**/b"]}]),
+                "policy.rules[0].paths[0]",
+            ),
+            (
+                json!([{"name": "a", "deny": true, "paths": ["/a/b*"]}]),
+                "policy.rules[0].paths[0]",
+            ),
+            (
+                json!([{"name": "a", "deny": true, "methods": ["GE T"]}]),
+                "policy.rules[0].methods[0]",
+            ),
+            (
+                json!([{"name": "a", "deny": true, "when": [{"claim": "g"}]}]),
+                "policy.rules[0].when[0]",
+            ),
+            (
+                json!([{"name": "a", "deny": true, "when": [{"claim": "g", "equals": 1, "exists": true}]}]),
+                "policy.rules[0].when[0]",
+            ),
+            (
+                json!([{"name": "a", "allow": {"role": "bad role"}}]),
+                "policy.rules[0].allow",
+            ),
             (json!([{"name": "", "deny": true}]), "policy.rules[0].name"),
-            (json!([{"name": "a", "deny": true, "operations": ["no_such_op"]}]), "policy.rules[0].operations[0]"),
-            (json!([{"name": "a", "deny": true, "tags": ["Dashboards"]}]), "policy.rules[0].tags[0]"),
-            (json!([{"name": "a", "deny": true, "activity_types": ["query"]}]), "policy.rules[0].activity_types[0]"),
-            (json!([{"name": "a", "deny": true, "statuses": ["experimental"]}]), "policy.rules[0].statuses[0]"),
-            (json!([{"name": "a", "allow": {"role": "x"}, "query": {"max_limit": 0}}]), "policy.rules[0].query.max_limit"),
+            (
+                json!([{"name": "a", "deny": true, "operations": ["no_such_op"]}]),
+                "policy.rules[0].operations[0]",
+            ),
+            (
+                json!([{"name": "a", "deny": true, "tags": ["Dashboards"]}]),
+                "policy.rules[0].tags[0]",
+            ),
+            (
+                json!([{"name": "a", "deny": true, "activity_types": ["query"]}]),
+                "policy.rules[0].activity_types[0]",
+            ),
+            (
+                json!([{"name": "a", "deny": true, "statuses": ["experimental"]}]),
+                "policy.rules[0].statuses[0]",
+            ),
+            (
+                json!([{"name": "a", "allow": {"role": "x"}, "query": {"max_limit": 0}}]),
+                "policy.rules[0].query.max_limit",
+            ),
         ];
         for (rules, want) in cases {
             let raw: RawPolicy = serde_json::from_value(json!({ "rules": rules })).unwrap();
@@ -812,21 +1070,65 @@ mod tests {
             Verdict::Deny { rule, .. } => format!("deny:{rule}"),
         };
         let cases = [
-            ("GET", "/api/4.0/dashboards/7", &viewer, "allow:dashboards-by-tag"),
-            ("DELETE", "/api/4.0/dashboards/7", &viewer, "deny:default_deny"),
+            (
+                "GET",
+                "/api/4.0/dashboards/7",
+                &viewer,
+                "allow:dashboards-by-tag",
+            ),
+            (
+                "DELETE",
+                "/api/4.0/dashboards/7",
+                &viewer,
+                "deny:default_deny",
+            ),
             ("GET", "/api/4.0/looks/1", &viewer, "allow:look-by-id"),
             ("GET", "/api/4.0/looks/1/run", &viewer, "deny:default_deny"),
-            ("POST", "/api/4.0/queries/run/json", &analyst, "allow:queries-by-activity"),
-            ("POST", "/api/4.0/queries/run/json", &viewer, "deny:default_deny"),
+            (
+                "POST",
+                "/api/4.0/queries/run/json",
+                &analyst,
+                "allow:queries-by-activity",
+            ),
+            (
+                "POST",
+                "/api/4.0/queries/run/json",
+                &viewer,
+                "deny:default_deny",
+            ),
             // SQL Runner is db_query, yet only a rule naming it applies.
-            ("POST", "/api/4.0/sql_queries", &analyst, "deny:default_deny"),
+            (
+                "POST",
+                "/api/4.0/sql_queries",
+                &analyst,
+                "deny:default_deny",
+            ),
             ("POST", "/api/4.0/sql_queries", &admin, "deny:default_deny"),
-            ("POST", "/api/4.0/sql_queries", &dba, "allow:sql-runner-for-dbas"),
-            ("GET", "/api/4.0/agents/search", &viewer, "deny:no-beta-for-viewers"),
-            ("GET", "/api/4.0/agents/search", &admin, "allow:anything-for-admins"),
+            (
+                "POST",
+                "/api/4.0/sql_queries",
+                &dba,
+                "allow:sql-runner-for-dbas",
+            ),
+            (
+                "GET",
+                "/api/4.0/agents/search",
+                &viewer,
+                "deny:no-beta-for-viewers",
+            ),
+            (
+                "GET",
+                "/api/4.0/agents/search",
+                &admin,
+                "allow:anything-for-admins",
+            ),
         ];
         for (method, path, who, want) in cases {
-            assert_eq!(rule_of(verdict(&p, method, path, who)), want, "{method} {path} for {who:?}");
+            assert_eq!(
+                rule_of(verdict(&p, method, path, who)),
+                want,
+                "{method} {path} for {who:?}"
+            );
         }
     }
 
@@ -844,14 +1146,34 @@ mod tests {
             limit,
             filters: filters.iter().map(|f| f.to_string()).collect(),
         };
-        let run = |facts: &QueryFacts| eval(&p, "POST", "/api/4.0/queries/run/json", &who, Some(facts)).verdict;
-        assert!(matches!(run(&q("thelook", "orders", Some(100), &["orders.created_date"])), Verdict::Allow { .. }));
+        let run = |facts: &QueryFacts| {
+            eval(&p, "POST", "/api/4.0/queries/run/json", &who, Some(facts)).verdict
+        };
+        assert!(matches!(
+            run(&q("thelook", "orders", Some(100), &["orders.created_date"])),
+            Verdict::Allow { .. }
+        ));
         let cases = [
-            (q("other", "orders", Some(100), &["orders.created_date"]), "query.model"),
-            (q("thelook", "users", Some(100), &["orders.created_date"]), "query.view"),
-            (q("thelook", "orders", Some(501), &["orders.created_date"]), "query.limit"),
-            (q("thelook", "orders", None, &["orders.created_date"]), "query.limit 5000"),
-            (q("thelook", "orders", Some(-1), &["orders.created_date"]), "query.limit"),
+            (
+                q("other", "orders", Some(100), &["orders.created_date"]),
+                "query.model",
+            ),
+            (
+                q("thelook", "users", Some(100), &["orders.created_date"]),
+                "query.view",
+            ),
+            (
+                q("thelook", "orders", Some(501), &["orders.created_date"]),
+                "query.limit",
+            ),
+            (
+                q("thelook", "orders", None, &["orders.created_date"]),
+                "query.limit 5000",
+            ),
+            (
+                q("thelook", "orders", Some(-1), &["orders.created_date"]),
+                "query.limit",
+            ),
             (q("thelook", "orders", Some(10), &[]), "query.filters"),
         ];
         for (facts, field) in cases {
@@ -865,7 +1187,10 @@ mod tests {
         }
         // A query task names a saved query by id: nothing to inspect, so the rule does not apply.
         let task = eval(&p, "POST", "/api/4.0/query_tasks", &who, None).verdict;
-        assert!(matches!(task, Verdict::Deny { ref rule, .. } if rule == DEFAULT_DENY), "{task:?}");
+        assert!(
+            matches!(task, Verdict::Deny { ref rule, .. } if rule == DEFAULT_DENY),
+            "{task:?}"
+        );
         assert!(p.needs_query(&Input {
             method: "POST",
             path: "/api/4.0/queries/run/json",
@@ -883,21 +1208,51 @@ mod tests {
             {"name": "analysts", "paths": ["/api/4.0/**"], "allow": {"role": "analyst"}}
         ]));
         let who = claims(json!({"sub": "a"}));
-        let e = eval(&p, "POST", "/api/4.0/queries/run/json", &who, Some(&QueryFacts::default()));
+        let e = eval(
+            &p,
+            "POST",
+            "/api/4.0/queries/run/json",
+            &who,
+            Some(&QueryFacts::default()),
+        );
         assert!(matches!(e.verdict, Verdict::Allow { ref rule, .. } if rule == "analysts"));
-        assert_eq!(e.shadows, vec![ShadowHit { rule: "would-block-queries".into(), would: "deny" }]);
+        assert_eq!(
+            e.shadows,
+            vec![ShadowHit {
+                rule: "would-block-queries".into(),
+                would: "deny"
+            }]
+        );
         let e = eval(&p, "GET", "/api/4.0/user", &who, None);
-        assert_eq!(e.shadows, vec![ShadowHit { rule: "would-allow-users".into(), would: "allow" }]);
+        assert_eq!(
+            e.shadows,
+            vec![ShadowHit {
+                rule: "would-allow-users".into(),
+                would: "allow"
+            }]
+        );
         assert!(matches!(e.verdict, Verdict::Allow { ref rule, .. } if rule == "analysts"));
         assert!(e.trace.is_empty(), "the hot path builds no explanation");
         let operation = table().by_id("me");
-        let explained = p.explain(&Input { method: "GET", path: "/api/4.0/user", operation, claims: &who, query: None });
+        let explained = p.explain(&Input {
+            method: "GET",
+            path: "/api/4.0/user",
+            operation,
+            claims: &who,
+            query: None,
+        });
         assert_eq!(explained.verdict, e.verdict);
         assert_eq!(
             explained.trace,
             vec![
-                ("would-block-queries".to_owned(), "operation me is not in [\"run_inline_query\"]".to_owned()),
-                ("would-allow-users".to_owned(), "shadow rule: would allow".to_owned()),
+                (
+                    "would-block-queries".to_owned(),
+                    "operation me is not in [\"run_inline_query\"]".to_owned()
+                ),
+                (
+                    "would-allow-users".to_owned(),
+                    "shadow rule: would allow".to_owned()
+                ),
             ]
         );
     }

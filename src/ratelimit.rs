@@ -43,7 +43,10 @@ pub struct Bucket {
 
 impl Bucket {
     pub fn full(capacity: u32, now_ms: u64) -> Bucket {
-        Bucket { milli_tokens: u64::from(capacity) * 1000, at_ms: now_ms }
+        Bucket {
+            milli_tokens: u64::from(capacity) * 1000,
+            at_ms: now_ms,
+        }
     }
 
     /// Refills at `per_ms` tokens per millisecond up to `capacity`, then takes one.
@@ -55,7 +58,10 @@ impl Bucket {
         let max = u64::from(capacity) * 1000;
         let milli_tokens = self.milli_tokens.saturating_add(refill).min(max);
         if milli_tokens >= 1000 {
-            return Ok(Bucket { milli_tokens: milli_tokens - 1000, at_ms: now_ms });
+            return Ok(Bucket {
+                milli_tokens: milli_tokens - 1000,
+                at_ms: now_ms,
+            });
         }
         let missing = (1000 - milli_tokens) as f64;
         Err((missing / per_second).ceil() as u64)
@@ -68,16 +74,28 @@ impl Bucket {
     pub fn decode(bytes: &[u8]) -> Option<Bucket> {
         let text = std::str::from_utf8(bytes).ok()?;
         let (tokens, at) = text.split_once(' ')?;
-        Some(Bucket { milli_tokens: tokens.parse().ok()?, at_ms: at.parse().ok()? })
+        Some(Bucket {
+            milli_tokens: tokens.parse().ok()?,
+            at_ms: at.parse().ok()?,
+        })
     }
 }
 
 /// Takes one token from the shared bucket `key`; `Err(retry_after_ms)` when empty.
 /// Contention with other workers is retried a few times, then treated as empty.
-pub fn take_shared<H: Host>(host: &H, key: &str, per_second: f64, capacity: u32, now_ms: u64) -> Result<(), u64> {
+pub fn take_shared<H: Host>(
+    host: &H,
+    key: &str,
+    per_second: f64,
+    capacity: u32,
+    now_ms: u64,
+) -> Result<(), u64> {
     for _ in 0..5 {
         let (value, cas) = host.shared_get_versioned(key);
-        let bucket = value.as_deref().and_then(Bucket::decode).unwrap_or_else(|| Bucket::full(capacity, now_ms));
+        let bucket = value
+            .as_deref()
+            .and_then(Bucket::decode)
+            .unwrap_or_else(|| Bucket::full(capacity, now_ms));
         let next = bucket.take(per_second, capacity, now_ms)?;
         if host.shared_set_if(key, &next.encode(), cas) {
             return Ok(());
@@ -107,13 +125,33 @@ mod tests {
 
     #[test]
     fn record_round_trips_and_limits_validate() {
-        let b = Bucket { milli_tokens: 1500, at_ms: 42 };
+        let b = Bucket {
+            milli_tokens: 1500,
+            at_ms: 42,
+        };
         assert_eq!(Bucket::decode(&b.encode()), Some(b));
         assert_eq!(Bucket::decode(b"x y"), None);
-        let bad = [(0.0, 1, None), (f64::NAN, 1, None), (1.0, 0, None), (1.0, 1, Some(0))];
+        let bad = [
+            (0.0, 1, None),
+            (f64::NAN, 1, None),
+            (1.0, 0, None),
+            (1.0, 1, Some(0)),
+        ];
         for (per_second, burst, db) in bad {
-            assert!(RateLimit { per_second, burst, db_queries_per_minute: db }.validate().is_err());
+            assert!(RateLimit {
+                per_second,
+                burst,
+                db_queries_per_minute: db
+            }
+            .validate()
+            .is_err());
         }
-        assert!(RateLimit { per_second: 5.0, burst: 10, db_queries_per_minute: Some(30) }.validate().is_ok());
+        assert!(RateLimit {
+            per_second: 5.0,
+            burst: 10,
+            db_queries_per_minute: Some(30)
+        }
+        .validate()
+        .is_ok());
     }
 }

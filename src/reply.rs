@@ -25,7 +25,11 @@ pub enum Refusal {
     /// The body a rule must inspect did not arrive in time.
     BodyTimeout,
     /// The principal exceeded a rule's rate limit.
-    RateLimited { rule: String, retry_after_secs: u64, budget: &'static str },
+    RateLimited {
+        rule: String,
+        retry_after_secs: u64,
+        budget: &'static str,
+    },
     /// The issuer's keys are not available yet (remote JWKS never fetched, or stale).
     KeysUnavailable,
     /// The broker (or Looker behind it) could not give a token in time.
@@ -86,7 +90,10 @@ impl Refusal {
         ];
         let body = match self {
             Refusal::MissingToken => {
-                headers.push(("www-authenticate", r#"Bearer realm="lookergate""#.to_owned()));
+                headers.push((
+                    "www-authenticate",
+                    r#"Bearer realm="lookergate""#.to_owned(),
+                ));
                 json!({"error": "missing_token", "reason": "no bearer token was presented", "request_id": request_id})
             }
             Refusal::InvalidToken { code, detail } => {
@@ -123,7 +130,11 @@ impl Refusal {
                 "reason": "body_timeout: the request body a policy rule inspects did not arrive in time",
                 "request_id": request_id,
             }),
-            Refusal::RateLimited { rule, retry_after_secs, budget } => {
+            Refusal::RateLimited {
+                rule,
+                retry_after_secs,
+                budget,
+            } => {
                 headers.push(("retry-after", retry_after_secs.to_string()));
                 json!({
                     "error": "rate_limited",
@@ -164,9 +175,16 @@ impl Refusal {
         if let Some(object) = body.as_object_mut() {
             let message = object.get("reason").cloned().unwrap_or_default();
             object.insert("message".to_owned(), message);
-            object.insert("documentation_url".to_owned(), json!("https://github.com/lookergate/lookergate#errors"));
+            object.insert(
+                "documentation_url".to_owned(),
+                json!("https://github.com/lookergate/lookergate#errors"),
+            );
         }
-        LocalReply { status: self.status(), headers, body: body.to_string() }
+        LocalReply {
+            status: self.status(),
+            headers,
+            body: body.to_string(),
+        }
     }
 }
 
@@ -180,25 +198,75 @@ mod tests {
     }
 
     fn header<'a>(reply: &'a LocalReply, name: &str) -> Option<&'a str> {
-        reply.headers.iter().find(|(n, _)| *n == name).map(|(_, v)| v.as_str())
+        reply
+            .headers
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, v)| v.as_str())
     }
 
     #[test]
     fn each_refusal_has_its_status_and_json_shape() {
         let cases = [
             (Refusal::MissingToken, 401, "missing_token"),
-            (Refusal::InvalidToken { code: "token_expired", detail: "the token expired".into() }, 401, "invalid_token"),
-            (Refusal::BadRequest { reason: "x".into() }, 400, "bad_request"),
-            (Refusal::Forbidden { rule: "no-eve".into(), reason: "denied".into() }, 403, "forbidden"),
+            (
+                Refusal::InvalidToken {
+                    code: "token_expired",
+                    detail: "the token expired".into(),
+                },
+                401,
+                "invalid_token",
+            ),
+            (
+                Refusal::BadRequest { reason: "x".into() },
+                400,
+                "bad_request",
+            ),
+            (
+                Refusal::Forbidden {
+                    rule: "no-eve".into(),
+                    reason: "denied".into(),
+                },
+                403,
+                "forbidden",
+            ),
             (Refusal::NoLookerUser { rule: "r".into() }, 403, "forbidden"),
-            (Refusal::BrokerUnavailable { reason: "timeout".into() }, 503, "broker_unavailable"),
+            (
+                Refusal::BrokerUnavailable {
+                    reason: "timeout".into(),
+                },
+                503,
+                "broker_unavailable",
+            ),
             (Refusal::LookerCredentialsRejected, 502, "bad_gateway"),
-            (Refusal::UnknownOperation { reason: "x".into() }, 404, "not_found"),
-            (Refusal::GatewayOwnsAuthentication { operation: "login".into() }, 403, "forbidden"),
-            (Refusal::PayloadTooLarge { limit: 10 }, 413, "payload_too_large"),
+            (
+                Refusal::UnknownOperation { reason: "x".into() },
+                404,
+                "not_found",
+            ),
+            (
+                Refusal::GatewayOwnsAuthentication {
+                    operation: "login".into(),
+                },
+                403,
+                "forbidden",
+            ),
+            (
+                Refusal::PayloadTooLarge { limit: 10 },
+                413,
+                "payload_too_large",
+            ),
             (Refusal::KeysUnavailable, 503, "keys_unavailable"),
             (Refusal::BodyTimeout, 408, "request_timeout"),
-            (Refusal::RateLimited { rule: "r".into(), retry_after_secs: 2, budget: "requests" }, 429, "rate_limited"),
+            (
+                Refusal::RateLimited {
+                    rule: "r".into(),
+                    retry_after_secs: 2,
+                    budget: "requests",
+                },
+                429,
+                "rate_limited",
+            ),
         ];
         for (refusal, status, error) in cases {
             let reply = refusal.to_reply("req-1");
@@ -215,16 +283,33 @@ mod tests {
     #[test]
     fn unauthorized_replies_carry_rfc6750_challenges() {
         let missing = Refusal::MissingToken.to_reply("r");
-        assert_eq!(header(&missing, "www-authenticate"), Some(r#"Bearer realm="lookergate""#));
-        let invalid = Refusal::InvalidToken { code: "bad_signature", detail: "sig \"bad\"\n".into() }.to_reply("r");
+        assert_eq!(
+            header(&missing, "www-authenticate"),
+            Some(r#"Bearer realm="lookergate""#)
+        );
+        let invalid = Refusal::InvalidToken {
+            code: "bad_signature",
+            detail: "sig \"bad\"\n".into(),
+        }
+        .to_reply("r");
         let challenge = header(&invalid, "www-authenticate").unwrap();
-        assert!(challenge.contains(r#"error="invalid_token""#), "{challenge}");
-        assert!(challenge.ends_with(r#"error_description="sig bad""#), "{challenge}");
+        assert!(
+            challenge.contains(r#"error="invalid_token""#),
+            "{challenge}"
+        );
+        assert!(
+            challenge.ends_with(r#"error_description="sig bad""#),
+            "{challenge}"
+        );
     }
 
     #[test]
     fn forbidden_names_the_rule() {
-        let reply = Refusal::Forbidden { rule: "no-eve".into(), reason: "denied by rule".into() }.to_reply("r");
+        let reply = Refusal::Forbidden {
+            rule: "no-eve".into(),
+            reason: "denied by rule".into(),
+        }
+        .to_reply("r");
         let b = body(&reply);
         assert_eq!(b["rule"], "no-eve");
         assert!(b["reason"].as_str().unwrap().contains("no-eve"));

@@ -41,7 +41,11 @@ impl TestIssuer {
             "kty": "RSA", "kid": kid, "alg": "RS256", "use": "sig",
             "n": URL_SAFE_NO_PAD.encode(&c.n), "e": URL_SAFE_NO_PAD.encode(&c.e),
         }]});
-        TestIssuer { iss: "https://idp.test".to_owned(), jwks, key }
+        TestIssuer {
+            iss: "https://idp.test".to_owned(),
+            jwks,
+            key,
+        }
     }
 }
 
@@ -49,9 +53,16 @@ impl TestIssuer {
 /// `sub`, `aud`, `iss` go to the standard fields, everything else is custom.
 pub fn sign_rs256(issuer: &TestIssuer, claims: Value) -> String {
     let mut custom: Map<String, Value> = claims.as_object().cloned().unwrap_or_default();
-    let iss = custom.remove("iss").and_then(|v| v.as_str().map(str::to_owned)).unwrap_or(issuer.iss.clone());
-    let sub = custom.remove("sub").and_then(|v| v.as_str().map(str::to_owned));
-    let aud = custom.remove("aud").and_then(|v| v.as_str().map(str::to_owned));
+    let iss = custom
+        .remove("iss")
+        .and_then(|v| v.as_str().map(str::to_owned))
+        .unwrap_or(issuer.iss.clone());
+    let sub = custom
+        .remove("sub")
+        .and_then(|v| v.as_str().map(str::to_owned));
+    let aud = custom
+        .remove("aud")
+        .and_then(|v| v.as_str().map(str::to_owned));
     let mut c = Claims::with_custom_claims(custom, Duration::from_secs(600)).with_issuer(iss);
     if let Some(sub) = sub {
         c = c.with_subject(sub);

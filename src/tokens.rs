@@ -31,10 +31,20 @@ impl std::fmt::Debug for CachedToken {
 impl CachedToken {
     /// Cache until `refresh_before` ahead of expiry; a short-lived token is kept for
     /// at most half its life so a refresh margin always remains.
-    pub fn new(token: String, now_ms: u64, expires_in: Duration, refresh_before: Duration) -> CachedToken {
+    pub fn new(
+        token: String,
+        now_ms: u64,
+        expires_in: Duration,
+        refresh_before: Duration,
+    ) -> CachedToken {
         let life = u64::try_from(expires_in.as_millis()).unwrap_or(u64::MAX);
-        let margin = u64::try_from(refresh_before.as_millis()).unwrap_or(u64::MAX).min(life / 2);
-        CachedToken { token, refresh_at_ms: now_ms.saturating_add(life - margin) }
+        let margin = u64::try_from(refresh_before.as_millis())
+            .unwrap_or(u64::MAX)
+            .min(life / 2);
+        CachedToken {
+            token,
+            refresh_at_ms: now_ms.saturating_add(life - margin),
+        }
     }
 
     pub fn usable(&self, now_ms: u64) -> bool {
@@ -57,7 +67,10 @@ impl CachedToken {
         if token.is_empty() || !token.bytes().all(|b| b.is_ascii_graphic()) {
             return None;
         }
-        Some(CachedToken { token: token.to_owned(), refresh_at_ms })
+        Some(CachedToken {
+            token: token.to_owned(),
+            refresh_at_ms,
+        })
     }
 }
 
@@ -111,7 +124,10 @@ pub struct Worker {
 
 impl Worker {
     pub fn cached(&self, identity: &LookerIdentity, now_ms: u64) -> Option<&str> {
-        self.cache.get(&identity.key()).filter(|t| t.usable(now_ms)).map(|t| t.token.as_str())
+        self.cache
+            .get(&identity.key())
+            .filter(|t| t.usable(now_ms))
+            .map(|t| t.token.as_str())
     }
 
     pub fn store(&mut self, identity: &LookerIdentity, token: CachedToken, now_ms: u64) {
@@ -186,7 +202,11 @@ impl Worker {
 
     /// Flights without a live callout: the caller dispatches them again.
     pub fn orphans(&self) -> Vec<Flight> {
-        self.flights.values().filter(|f| f.callout.is_none()).cloned().collect()
+        self.flights
+            .values()
+            .filter(|f| f.callout.is_none())
+            .cloned()
+            .collect()
     }
 
     /// Gives an orphaned flight its new callout.
@@ -201,15 +221,20 @@ impl Worker {
 
     /// Removes an orphaned flight that could not be re-sent, returning its waiters.
     pub fn abandon(&mut self, identity: &LookerIdentity) -> Vec<Waiter> {
-        self.flights.remove(&identity.key()).map(|f| f.waiters).unwrap_or_default()
+        self.flights
+            .remove(&identity.key())
+            .map(|f| f.waiters)
+            .unwrap_or_default()
     }
 
     /// Removes and returns the waiters whose deadline has passed.
     pub fn overdue(&mut self, now_ms: u64) -> Vec<Waiter> {
         let mut late = Vec::new();
         for flight in self.flights.values_mut() {
-            let (gone, kept): (Vec<Waiter>, Vec<Waiter>) =
-                flight.waiters.drain(..).partition(|w| w.deadline_ms <= now_ms);
+            let (gone, kept): (Vec<Waiter>, Vec<Waiter>) = flight
+                .waiters
+                .drain(..)
+                .partition(|w| w.deadline_ms <= now_ms);
             flight.waiters = kept;
             late.extend(gone);
         }
@@ -231,29 +256,67 @@ mod tests {
     }
 
     fn waiter(id: u32, deadline_ms: u64) -> Waiter {
-        Waiter { context_id: id, header_ops: vec![], request_id: format!("r{id}"), rule: "r".into(), deadline_ms }
+        Waiter {
+            context_id: id,
+            header_ops: vec![],
+            request_id: format!("r{id}"),
+            rule: "r".into(),
+            deadline_ms,
+        }
     }
 
     fn flight(identity: LookerIdentity, callout: u32, first: Waiter) -> Flight {
-        Flight { identity, subject: "s".into(), request_id: "r".into(), callout: Some(callout), waiters: vec![first], started_ms: 0 }
+        Flight {
+            identity,
+            subject: "s".into(),
+            request_id: "r".into(),
+            callout: Some(callout),
+            waiters: vec![first],
+            started_ms: 0,
+        }
     }
 
     #[test]
     fn cached_token_keeps_a_refresh_margin() {
-        let t = CachedToken::new("tok".into(), 1_000, Duration::from_secs(3600), Duration::from_secs(60));
+        let t = CachedToken::new(
+            "tok".into(),
+            1_000,
+            Duration::from_secs(3600),
+            Duration::from_secs(60),
+        );
         assert!(t.usable(1_000 + 3_539_999));
         assert!(!t.usable(1_000 + 3_540_000));
         // A 10 s token with a 60 s margin is kept for 5 s, not never.
-        let short = CachedToken::new("tok".into(), 0, Duration::from_secs(10), Duration::from_secs(60));
+        let short = CachedToken::new(
+            "tok".into(),
+            0,
+            Duration::from_secs(10),
+            Duration::from_secs(60),
+        );
         assert!(short.usable(4_999) && !short.usable(5_000));
     }
 
     #[test]
     fn shared_record_round_trips_and_rejects_garbage() {
-        let t = CachedToken { token: "abc".into(), refresh_at_ms: 42 };
+        let t = CachedToken {
+            token: "abc".into(),
+            refresh_at_ms: 42,
+        };
         assert_eq!(CachedToken::decode(&t.encode()), Some(t));
-        for bad in [&b""[..], b"v2 1 abc", b"v1 x abc", b"v1 1 ", b"v1 1 a b", b"v1 1"] {
-            assert_eq!(CachedToken::decode(bad), None, "{:?}", String::from_utf8_lossy(bad));
+        for bad in [
+            &b""[..],
+            b"v2 1 abc",
+            b"v1 x abc",
+            b"v1 1 ",
+            b"v1 1 a b",
+            b"v1 1",
+        ] {
+            assert_eq!(
+                CachedToken::decode(bad),
+                None,
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
         }
     }
 
@@ -280,10 +343,20 @@ mod tests {
         w.start(flight(id.clone(), 7, waiter(1, 100)), Some(1));
         w.join(&id, waiter(2, 100)).unwrap();
         w.leave(1);
-        assert!(w.finish(7).is_none(), "the lost callout no longer resolves anything");
+        assert!(
+            w.finish(7).is_none(),
+            "the lost callout no longer resolves anything"
+        );
         let orphans = w.orphans();
         assert_eq!(orphans.len(), 1);
-        assert_eq!(orphans[0].waiters.iter().map(|w| w.context_id).collect::<Vec<_>>(), vec![2]);
+        assert_eq!(
+            orphans[0]
+                .waiters
+                .iter()
+                .map(|w| w.context_id)
+                .collect::<Vec<_>>(),
+            vec![2]
+        );
         w.adopt(&id, 9, 0);
         assert_eq!(w.finish(9).unwrap().waiters.len(), 1);
     }
@@ -298,21 +371,38 @@ mod tests {
         w.start(flight(id.clone(), 8, waiter(3, 100)), Some(3));
         w.join(&id, waiter(4, 200)).unwrap();
         let late = w.overdue(150);
-        assert_eq!(late.iter().map(|w| w.context_id).collect::<Vec<_>>(), vec![3]);
+        assert_eq!(
+            late.iter().map(|w| w.context_id).collect::<Vec<_>>(),
+            vec![3]
+        );
         assert_eq!(w.finish(8).unwrap().waiters.len(), 1);
     }
 
     #[test]
     fn cache_is_per_identity_and_bounded() {
         let mut w = Worker::default();
-        w.store(&role("a"), CachedToken { token: "ta".into(), refresh_at_ms: 100 }, 0);
+        w.store(
+            &role("a"),
+            CachedToken {
+                token: "ta".into(),
+                refresh_at_ms: 100,
+            },
+            0,
+        );
         assert_eq!(w.cached(&role("a"), 50), Some("ta"));
         assert_eq!(w.cached(&role("b"), 50), None);
         assert_eq!(w.cached(&role("a"), 100), None);
         w.forget(&role("a"));
         assert_eq!(w.cached(&role("a"), 50), None);
         for i in 0..MAX_CACHED_IDENTITIES + 5 {
-            w.store(&role(&format!("r{i}")), CachedToken { token: "t".into(), refresh_at_ms: 1 }, 10);
+            w.store(
+                &role(&format!("r{i}")),
+                CachedToken {
+                    token: "t".into(),
+                    refresh_at_ms: 1,
+                },
+                10,
+            );
         }
         assert!(w.cache.len() <= MAX_CACHED_IDENTITIES);
     }

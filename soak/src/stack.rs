@@ -150,11 +150,19 @@ fn broker_config(broker: &Path, sim: SocketAddr) -> Result<String, Error> {
     let demo = String::from_utf8_lossy(&out.stdout).into_owned();
     let mut config = demo.clone();
     for (from, to) in [
-        (r#"looker_url = "http://127.0.0.1:10080""#.to_owned(), format!(r#"looker_url = "http://{sim}""#)),
-        (r#"refresh_before = "60s""#.to_owned(), r#"refresh_before = "10s""#.to_owned()),
+        (
+            r#"looker_url = "http://127.0.0.1:10080""#.to_owned(),
+            format!(r#"looker_url = "http://{sim}""#),
+        ),
+        (
+            r#"refresh_before = "60s""#.to_owned(),
+            r#"refresh_before = "10s""#.to_owned(),
+        ),
     ] {
         if !config.contains(&from) {
-            return Err(Error::from(format!("the broker's demo config has no `{from}`: {demo}")));
+            return Err(Error::from(format!(
+                "the broker's demo config has no `{from}`: {demo}"
+            )));
         }
         config = config.replace(&from, &to);
     }

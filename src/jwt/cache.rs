@@ -76,7 +76,9 @@ impl TokenCache {
 
     fn slot(&self, token: &str) -> u64 {
         let bytes = token.as_bytes();
-        let tail = bytes.get(bytes.len().saturating_sub(HASHED_TAIL)..).unwrap_or_default();
+        let tail = bytes
+            .get(bytes.len().saturating_sub(HASHED_TAIL)..)
+            .unwrap_or_default();
         self.hasher.hash_one((bytes.len(), tail))
     }
 
@@ -109,12 +111,19 @@ impl TokenCache {
             self.by_use.remove(&old.last_use);
         }
         while self.entries.len() >= self.capacity {
-            let Some((_, lru)) = self.by_use.pop_first() else { break };
+            let Some((_, lru)) = self.by_use.pop_first() else {
+                break;
+            };
             self.entries.remove(&lru);
         }
         self.clock += 1;
         self.by_use.insert(self.clock, slot);
-        let entry = Entry { token: Box::from(token), verified, expired_from, last_use: self.clock };
+        let entry = Entry {
+            token: Box::from(token),
+            verified,
+            expired_from,
+            last_use: self.clock,
+        };
         self.entries.insert(slot, entry);
     }
 }
@@ -142,8 +151,14 @@ mod tests {
     fn cache_hit_returns_the_verified_token() {
         let mut cache = TokenCache::new(10);
         cache.insert("a.b.c", verified("alice"), 1030);
-        assert_eq!(cache.get("a.b.c", 900).unwrap().subject.as_deref(), Some("alice"));
-        assert_eq!(cache.get("a.b.c", 1029).unwrap().subject.as_deref(), Some("alice"));
+        assert_eq!(
+            cache.get("a.b.c", 900).unwrap().subject.as_deref(),
+            Some("alice")
+        );
+        assert_eq!(
+            cache.get("a.b.c", 1029).unwrap().subject.as_deref(),
+            Some("alice")
+        );
     }
 
     #[test]
@@ -159,7 +174,12 @@ mod tests {
     fn cache_misses_a_different_token_with_the_same_prefix() {
         let mut cache = TokenCache::new(10);
         cache.insert("header.payload.signature", verified("alice"), 1030);
-        for other in ["header.payload.signatur", "header.payload.signaturE", "header.payload.signature.", "header.payload"] {
+        for other in [
+            "header.payload.signatur",
+            "header.payload.signaturE",
+            "header.payload.signature.",
+            "header.payload",
+        ] {
             assert!(cache.get(other, 900).is_none(), "{other}");
         }
     }
@@ -189,12 +209,19 @@ mod tests {
         let mut cache = TokenCache::new(10);
         let tail = "s".repeat(HASHED_TAIL);
         let (a, b) = (format!("A.{tail}"), format!("B.{tail}"));
-        assert_eq!(cache.slot(&a), cache.slot(&b), "same length and tail: same slot");
+        assert_eq!(
+            cache.slot(&a),
+            cache.slot(&b),
+            "same length and tail: same slot"
+        );
         cache.insert(&a, verified("alice"), 2000);
         assert!(cache.get(&b, 900).is_none(), "b is not a");
         cache.insert(&b, verified("bob"), 2000);
         assert_eq!(cache.get(&b, 900).unwrap().subject.as_deref(), Some("bob"));
-        assert!(cache.get(&a, 900).is_none(), "a was replaced, not confused with b");
+        assert!(
+            cache.get(&a, 900).is_none(),
+            "a was replaced, not confused with b"
+        );
         assert_eq!((cache.len(), cache.by_use.len()), (1, 1));
     }
 

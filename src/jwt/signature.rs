@@ -12,8 +12,8 @@ use std::cell::RefCell;
 use std::rc::Rc;
 
 use jwt_simple::prelude::{
-    Duration, ECDSAP256PublicKeyLike, ECDSAP384PublicKeyLike, EdDSAPublicKeyLike, NoCustomClaims, RSAPublicKeyLike,
-    UnixTimeStamp, VerificationOptions,
+    Duration, ECDSAP256PublicKeyLike, ECDSAP384PublicKeyLike, EdDSAPublicKeyLike, NoCustomClaims,
+    RSAPublicKeyLike, UnixTimeStamp, VerificationOptions,
 };
 
 use super::{Algorithm, MAX_HEADER_CHARS};
@@ -70,8 +70,15 @@ impl SignatureBackend for PureRust {
     fn verify(&self, alg: Algorithm, key: &PreparedKey, input: &SignedInput<'_>) -> Option<bool> {
         if let (KeyMaterial::Ed25519(k), Algorithm::EdDSA) = (&key.material, alg) {
             // The signature type is ed25519-compact's, inferred from `verify`.
-            let Ok(signature) = TryFrom::try_from(input.signature) else { return Some(false) };
-            return Some(k.public_key().as_ref().verify(input.signing_input, &signature).is_ok());
+            let Ok(signature) = TryFrom::try_from(input.signature) else {
+                return Some(false);
+            };
+            return Some(
+                k.public_key()
+                    .as_ref()
+                    .verify(input.signing_input, &signature)
+                    .is_ok(),
+            );
         }
         let token = input.token;
         let options = Some(VerificationOptions {
@@ -83,14 +90,36 @@ impl SignatureBackend for PureRust {
             ..VerificationOptions::default()
         });
         let outcome = match (&key.material, alg) {
-            (KeyMaterial::Rsa(k), Algorithm::RS256) => k.rs256.verify_token::<NoCustomClaims>(token, options).map(drop),
-            (KeyMaterial::Rsa(k), Algorithm::RS384) => k.rs384.verify_token::<NoCustomClaims>(token, options).map(drop),
-            (KeyMaterial::Rsa(k), Algorithm::RS512) => k.rs512.verify_token::<NoCustomClaims>(token, options).map(drop),
-            (KeyMaterial::Rsa(k), Algorithm::PS256) => k.ps256.verify_token::<NoCustomClaims>(token, options).map(drop),
-            (KeyMaterial::Rsa(k), Algorithm::PS384) => k.ps384.verify_token::<NoCustomClaims>(token, options).map(drop),
-            (KeyMaterial::Rsa(k), Algorithm::PS512) => k.ps512.verify_token::<NoCustomClaims>(token, options).map(drop),
-            (KeyMaterial::P256(k), Algorithm::ES256) => k.verify_token::<NoCustomClaims>(token, options).map(drop),
-            (KeyMaterial::P384(k), Algorithm::ES384) => k.verify_token::<NoCustomClaims>(token, options).map(drop),
+            (KeyMaterial::Rsa(k), Algorithm::RS256) => k
+                .rs256
+                .verify_token::<NoCustomClaims>(token, options)
+                .map(drop),
+            (KeyMaterial::Rsa(k), Algorithm::RS384) => k
+                .rs384
+                .verify_token::<NoCustomClaims>(token, options)
+                .map(drop),
+            (KeyMaterial::Rsa(k), Algorithm::RS512) => k
+                .rs512
+                .verify_token::<NoCustomClaims>(token, options)
+                .map(drop),
+            (KeyMaterial::Rsa(k), Algorithm::PS256) => k
+                .ps256
+                .verify_token::<NoCustomClaims>(token, options)
+                .map(drop),
+            (KeyMaterial::Rsa(k), Algorithm::PS384) => k
+                .ps384
+                .verify_token::<NoCustomClaims>(token, options)
+                .map(drop),
+            (KeyMaterial::Rsa(k), Algorithm::PS512) => k
+                .ps512
+                .verify_token::<NoCustomClaims>(token, options)
+                .map(drop),
+            (KeyMaterial::P256(k), Algorithm::ES256) => {
+                k.verify_token::<NoCustomClaims>(token, options).map(drop)
+            }
+            (KeyMaterial::P384(k), Algorithm::ES384) => {
+                k.verify_token::<NoCustomClaims>(token, options).map(drop)
+            }
             _ => return Some(false),
         };
         // Fail closed: any refusal, whatever jwt-simple calls it, is "not verified".
@@ -114,14 +143,22 @@ pub struct HostVerifier<C> {
 
 /// Algorithms the `verify_signature` function can do: PKCS#1 v1.5 RSA and ECDSA. RSA-PSS
 /// needs a padding option the function lacks; EdDSA stays in pure Rust by design.
-pub const HOST_CANDIDATES: [Algorithm; 5] =
-    [Algorithm::RS256, Algorithm::RS384, Algorithm::RS512, Algorithm::ES256, Algorithm::ES384];
+pub const HOST_CANDIDATES: [Algorithm; 5] = [
+    Algorithm::RS256,
+    Algorithm::RS384,
+    Algorithm::RS512,
+    Algorithm::ES256,
+    Algorithm::ES384,
+];
 
 impl<C: ForeignCall> HostVerifier<C> {
     /// Builds a verifier trusted only with the algorithms whose known-good vector
     /// verifies and whose corrupted copy is refused.
     pub fn probe(call: C) -> HostVerifier<C> {
-        let mut verifier = HostVerifier { call, enabled: HOST_CANDIDATES.to_vec() };
+        let mut verifier = HostVerifier {
+            call,
+            enabled: HOST_CANDIDATES.to_vec(),
+        };
         let vectors = probe::vectors();
         verifier.enabled = HOST_CANDIDATES
             .iter()
@@ -150,7 +187,13 @@ impl<C: ForeignCall> HostVerifier<C> {
         &self.call
     }
 
-    fn check(&self, alg: Algorithm, key: &PreparedKey, text: &[u8], signature: &[u8]) -> Option<bool> {
+    fn check(
+        &self,
+        alg: Algorithm,
+        key: &PreparedKey,
+        text: &[u8],
+        signature: &[u8],
+    ) -> Option<bool> {
         let hash = match alg {
             Algorithm::RS256 | Algorithm::ES256 => "sha256",
             Algorithm::RS384 | Algorithm::ES384 => "sha384",
@@ -197,9 +240,20 @@ pub fn ecdsa_signature_der(raw: &[u8]) -> Option<Vec<u8>> {
 
 /// Serializes `VerifySignatureArguments { hash_function = 1; public_key = 2;
 /// signature = 3; text = 4 }` (Envoy `source/extensions/common/wasm/ext/verify_signature.proto`).
-pub fn encode_verify_request(hash: &str, spki_der: &[u8], signature: &[u8], text: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(hash.len() + spki_der.len() + signature.len() + text.len() + 16);
-    for (field, bytes) in [(1u8, hash.as_bytes()), (2, spki_der), (3, signature), (4, text)] {
+pub fn encode_verify_request(
+    hash: &str,
+    spki_der: &[u8],
+    signature: &[u8],
+    text: &[u8],
+) -> Vec<u8> {
+    let mut out =
+        Vec::with_capacity(hash.len() + spki_der.len() + signature.len() + text.len() + 16);
+    for (field, bytes) in [
+        (1u8, hash.as_bytes()),
+        (2, spki_der),
+        (3, signature),
+        (4, text),
+    ] {
         out.push(field << 3 | 2); // length-delimited
         put_varint(&mut out, bytes.len() as u64);
         out.extend_from_slice(bytes);
@@ -271,7 +325,8 @@ pub(crate) mod probe {
     const RS512_SIG: &str = "CbLdZ8wYrN9gWXf97fPSFifJAR2JGKgcNi7tRWlhqDH--XQmr1FdIvE4TSHipCU3YlqinkPmXy5kZdPQal59HFyi0w5NCwjhdnLwotNF9GvdiGnggA8bunicFV7tQq959Z41QcNOcP65xcq07Wl9MA_s5qiIICwQuG_y67j2YzLz9KTOqvQ9r7yT-omgt_MgEVKsLCth7hNYTaPZfqVzHyGlDABGgk1HMpJZ1JnBYPuAY9iK1DlkiJSnh_3JPsDYinq1H-bi2jI0PX0uGktZBSMs4B1FItAp5pxDIKv4EQGV3iCtgVYt9pSgzmMzctM-muFznmd5ZP7MoLYyAvaRnw";
     const ES256_X: &str = "_tSCXxUs2KKQTdc3eYmRjwB4V0xp3JRtcPVquXdaZXk";
     const ES256_Y: &str = "A_hX7WZtZEdLeABSmT6w_aozqd2IouL2lQsRAsAEcyo";
-    const ES256_SIG: &str = "En0CU3SWzTK0-cUto3vcI4ujIs7pw5Gdvc8DM8Hu3P0FmZos5inNhQjJa95TNxCd91svqjayRyS_KobC4b-gKQ";
+    const ES256_SIG: &str =
+        "En0CU3SWzTK0-cUto3vcI4ujIs7pw5Gdvc8DM8Hu3P0FmZos5inNhQjJa95TNxCd91svqjayRyS_KobC4b-gKQ";
     const ES384_X: &str = "QO2ZgTjZmFselpTmcvHmMzqH-p1Mr4liiUuporbVlASQSf1AJ1SAFnD18iXKjgMd";
     const ES384_Y: &str = "czTgWg-UV0iCitiQGqbZ0Ax9-ugJPBEwwp88jCFndqz314erC0uPrJ3sfaJr2Zyl";
     const ES384_SIG: &str = "DJp3fxTfftWSRC_a2n94HPVcFbbTyMD6O2rC2ssMuEmltzOlLj8MR0hIt-Fo7DNuzZfVpAKGsqcREcL1mYA8XhPO047TzXyA8UjhTWvHddibaOdrUwk75e7zxji1BaKo";
@@ -302,20 +357,38 @@ pub(crate) mod probe {
             (Algorithm::RS256, rsa(), RS256_SIG),
             (Algorithm::RS384, rsa(), RS384_SIG),
             (Algorithm::RS512, rsa(), RS512_SIG),
-            (Algorithm::ES256, json!({"kty": "EC", "crv": "P-256", "x": ES256_X, "y": ES256_Y}), ES256_SIG),
-            (Algorithm::ES384, json!({"kty": "EC", "crv": "P-384", "x": ES384_X, "y": ES384_Y}), ES384_SIG),
+            (
+                Algorithm::ES256,
+                json!({"kty": "EC", "crv": "P-256", "x": ES256_X, "y": ES256_Y}),
+                ES256_SIG,
+            ),
+            (
+                Algorithm::ES384,
+                json!({"kty": "EC", "crv": "P-384", "x": ES384_X, "y": ES384_Y}),
+                ES384_SIG,
+            ),
         ];
         cases
             .into_iter()
             .filter_map(|(alg, jwk, sig)| {
-                Some(Vector { alg, key: key(jwk)?, message: message(alg), signature: URL_SAFE_NO_PAD.decode(sig).ok()? })
+                Some(Vector {
+                    alg,
+                    key: key(jwk)?,
+                    message: message(alg),
+                    signature: URL_SAFE_NO_PAD.decode(sig).ok()?,
+                })
             })
             .collect()
     }
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+#[allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
 pub(crate) mod tests {
     use std::cell::Cell;
     use std::collections::HashMap;
@@ -373,7 +446,11 @@ pub(crate) mod tests {
         }
         let mut raw = vec![0u8; 2 * half];
         for (value, end) in [(r, half), (s, 2 * half)] {
-            let value = if value.len() > half { &value[value.len() - half..] } else { value };
+            let value = if value.len() > half {
+                &value[value.len() - half..]
+            } else {
+                value
+            };
             raw[end - value.len()..end].copy_from_slice(value);
         }
         Some(raw)
@@ -400,23 +477,51 @@ pub(crate) mod tests {
                     ..VerificationOptions::default()
                 })
             };
-            let token = |raw: &[u8]| format!("{text}.{}", Base64UrlSafeNoPadding::encode_to_string(raw).unwrap());
+            let token = |raw: &[u8]| {
+                format!(
+                    "{text}.{}",
+                    Base64UrlSafeNoPadding::encode_to_string(raw).unwrap()
+                )
+            };
             let ok = match hash {
-                "sha256" if ES256PublicKey::from_der(spki).is_ok() => match der_to_raw(signature, 32) {
-                    Some(raw) => ES256PublicKey::from_der(spki).unwrap().verify_token::<NoCustomClaims>(&token(&raw), options()).is_ok(),
-                    None => return None, // BoringSSL: not a valid DER signature
-                },
-                "sha384" if ES384PublicKey::from_der(spki).is_ok() => match der_to_raw(signature, 48) {
-                    Some(raw) => ES384PublicKey::from_der(spki).unwrap().verify_token::<NoCustomClaims>(&token(&raw), options()).is_ok(),
-                    None => return None,
-                },
-                "sha256" => RS256PublicKey::from_der(spki).unwrap().verify_token::<NoCustomClaims>(&token(signature), options()).is_ok(),
-                "sha384" => RS384PublicKey::from_der(spki).unwrap().verify_token::<NoCustomClaims>(&token(signature), options()).is_ok(),
-                "sha512" => RS512PublicKey::from_der(spki).unwrap().verify_token::<NoCustomClaims>(&token(signature), options()).is_ok(),
+                "sha256" if ES256PublicKey::from_der(spki).is_ok() => {
+                    match der_to_raw(signature, 32) {
+                        Some(raw) => ES256PublicKey::from_der(spki)
+                            .unwrap()
+                            .verify_token::<NoCustomClaims>(&token(&raw), options())
+                            .is_ok(),
+                        None => return None, // BoringSSL: not a valid DER signature
+                    }
+                }
+                "sha384" if ES384PublicKey::from_der(spki).is_ok() => {
+                    match der_to_raw(signature, 48) {
+                        Some(raw) => ES384PublicKey::from_der(spki)
+                            .unwrap()
+                            .verify_token::<NoCustomClaims>(&token(&raw), options())
+                            .is_ok(),
+                        None => return None,
+                    }
+                }
+                "sha256" => RS256PublicKey::from_der(spki)
+                    .unwrap()
+                    .verify_token::<NoCustomClaims>(&token(signature), options())
+                    .is_ok(),
+                "sha384" => RS384PublicKey::from_der(spki)
+                    .unwrap()
+                    .verify_token::<NoCustomClaims>(&token(signature), options())
+                    .is_ok(),
+                "sha512" => RS512PublicKey::from_der(spki)
+                    .unwrap()
+                    .verify_token::<NoCustomClaims>(&token(signature), options())
+                    .is_ok(),
                 other => panic!("hash {other}"),
             };
             // What Envoy answers: `result` only when true, an `error` string when false.
-            Some(if ok { vec![0x08, 0x01] } else { [&[0x12, 0x03][..], b"bad"].concat() })
+            Some(if ok {
+                vec![0x08, 0x01]
+            } else {
+                [&[0x12, 0x03][..], b"bad"].concat()
+            })
         }
     }
 
@@ -439,28 +544,57 @@ pub(crate) mod tests {
         let vectors = probe::vectors();
         assert_eq!(vectors.len(), HOST_CANDIDATES.len());
         for v in vectors {
-            let token = format!("{}.{}", v.message, Base64UrlSafeNoPadding::encode_to_string(&v.signature).unwrap());
-            let input = SignedInput { token: &token, signing_input: &v.message, signature: &v.signature };
-            assert_eq!(PureRust.verify(v.alg, &v.key, &input), Some(true), "{}", v.alg);
+            let token = format!(
+                "{}.{}",
+                v.message,
+                Base64UrlSafeNoPadding::encode_to_string(&v.signature).unwrap()
+            );
+            let input = SignedInput {
+                token: &token,
+                signing_input: &v.message,
+                signature: &v.signature,
+            };
+            assert_eq!(
+                PureRust.verify(v.alg, &v.key, &input),
+                Some(true),
+                "{}",
+                v.alg
+            );
         }
     }
 
     #[test]
     fn probe_enables_only_a_host_that_answers_right() {
-        assert_eq!(HostVerifier::probe(FakeEnvoy::default()).enabled(), &HOST_CANDIDATES);
-        assert!(HostVerifier::probe(Refuses).enabled().is_empty(), "no foreign function");
-        assert!(HostVerifier::probe(SaysYes).enabled().is_empty(), "a host that accepts anything");
+        assert_eq!(
+            HostVerifier::probe(FakeEnvoy::default()).enabled(),
+            &HOST_CANDIDATES
+        );
+        assert!(
+            HostVerifier::probe(Refuses).enabled().is_empty(),
+            "no foreign function"
+        );
+        assert!(
+            HostVerifier::probe(SaysYes).enabled().is_empty(),
+            "a host that accepts anything"
+        );
     }
 
     #[test]
     fn host_verifier_declines_what_it_was_not_enabled_for() {
         let host = HostVerifier::probe(FakeEnvoy::default());
         let v = &probe::vectors()[0];
-        let input = SignedInput { token: "", signing_input: &v.message, signature: &v.signature };
+        let input = SignedInput {
+            token: "",
+            signing_input: &v.message,
+            signature: &v.signature,
+        };
         assert_eq!(host.verify(Algorithm::PS256, &v.key, &input), None);
         assert_eq!(host.verify(Algorithm::EdDSA, &v.key, &input), None);
         assert_eq!(host.verify(Algorithm::RS256, &v.key, &input), Some(true));
-        assert_eq!(HostVerifier::probe(Refuses).verify(Algorithm::RS256, &v.key, &input), None);
+        assert_eq!(
+            HostVerifier::probe(Refuses).verify(Algorithm::RS256, &v.key, &input),
+            None
+        );
     }
 
     #[test]
@@ -474,7 +608,10 @@ pub(crate) mod tests {
         assert_eq!(der, expected);
         assert_eq!(der_to_raw(&der, 32).unwrap(), raw);
         // Zero halves stay valid DER (the verifier refuses them, not the encoder).
-        assert_eq!(ecdsa_signature_der(&[0u8; 64]).unwrap(), vec![0x30, 0x06, 0x02, 0x01, 0x00, 0x02, 0x01, 0x00]);
+        assert_eq!(
+            ecdsa_signature_der(&[0u8; 64]).unwrap(),
+            vec![0x30, 0x06, 0x02, 0x01, 0x00, 0x02, 0x01, 0x00]
+        );
         // Full-width P-384 halves with the top bit set: 2 + 2 * (2 + 49) bytes, short form.
         let der = ecdsa_signature_der(&[0xffu8; 96]).unwrap();
         assert_eq!((der.len(), der[1]), (104, 102));
@@ -488,12 +625,25 @@ pub(crate) mod tests {
         let request = encode_verify_request("sha256", &[0xAA; 2], &[0xBB; 3], b"t");
         assert_eq!(
             request,
-            [&[0x0A, 6][..], b"sha256", &[0x12, 2, 0xAA, 0xAA], &[0x1A, 3, 0xBB, 0xBB, 0xBB], &[0x22, 1], b"t"].concat()
+            [
+                &[0x0A, 6][..],
+                b"sha256",
+                &[0x12, 2, 0xAA, 0xAA],
+                &[0x1A, 3, 0xBB, 0xBB, 0xBB],
+                &[0x22, 1],
+                b"t"
+            ]
+            .concat()
         );
         // Lengths of 128 and more take a multi-byte varint.
         let text = vec![7u8; 300];
-        let f = fields(&encode_verify_request("sha512", &[1; 294], &[2; 256], &text));
-        assert_eq!((f[&1].as_slice(), f[&2].len(), f[&3].len(), f[&4].as_slice()), (&b"sha512"[..], 294, 256, &text[..]));
+        let f = fields(&encode_verify_request(
+            "sha512", &[1; 294], &[2; 256], &text,
+        ));
+        assert_eq!(
+            (f[&1].as_slice(), f[&2].len(), f[&3].len(), f[&4].as_slice()),
+            (&b"sha512"[..], 294, 256, &text[..])
+        );
     }
 
     #[test]
@@ -506,7 +656,7 @@ pub(crate) mod tests {
             (&[0x12, 0x01, b'x', 0x08, 0x01], Some(true)),
             (&[0x08, 0x81, 0x00], Some(true)), // non-minimal varint is still 1
             (&[0x18, 0x05, 0x08, 0x01], Some(true)), // unknown varint field skipped
-            (&[0x12, 0x05, b'x'], None), // truncated
+            (&[0x12, 0x05, b'x'], None),       // truncated
             (&[0x08], None),
             (&[0x0B], None), // group wire type
         ];

@@ -1168,8 +1168,14 @@ fn broker_config(broker: &Path, sim: SocketAddr) -> String {
         .expect("run lookergate-broker print-demo-config");
     let demo = String::from_utf8(out.stdout).expect("demo config is UTF-8");
     let default_url = r#"looker_url = "http://127.0.0.1:10080""#;
-    assert!(demo.contains(default_url), "the broker's demo config changed: {demo}");
-    assert!(demo.contains(GATEWAY_CREDENTIAL), "the broker's demo config has another gateway credential");
+    assert!(
+        demo.contains(default_url),
+        "the broker's demo config changed: {demo}"
+    );
+    assert!(
+        demo.contains(GATEWAY_CREDENTIAL),
+        "the broker's demo config has another gateway credential"
+    );
     demo.replace(default_url, &format!(r#"looker_url = "http://{sim}""#))
 }
 

@@ -7,7 +7,12 @@
 //! `lookergate-flow-harness warm|cold <requests>` (tokens and plugin config from
 //! `bench/work/`, written by `make bench` or `BENCH_GEN_ONLY=1 python3 bench/bench.py`).
 
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
 
 use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, HashSet};
@@ -68,7 +73,13 @@ impl Host for FakeHost {
         self.hostcall("resume", 1);
         Ok(())
     }
-    fn dispatch(&self, _c: &str, _h: &[(&str, String)], _b: &[u8], _t: Duration) -> Result<u32, HostError> {
+    fn dispatch(
+        &self,
+        _c: &str,
+        _h: &[(&str, String)],
+        _b: &[u8],
+        _t: Duration,
+    ) -> Result<u32, HostError> {
         panic!("the harness pre-shares every Looker token: no broker call expected")
     }
     fn callout_response(&self, _b: usize, _m: usize) -> (Option<u32>, Vec<u8>) {
@@ -76,7 +87,8 @@ impl Host for FakeHost {
     }
     fn shared_get(&self, key: &str) -> Option<Vec<u8>> {
         self.hostcall("get_shared_data", 1);
-        key.starts_with("lookergate.looker_token.").then(|| self.looker_token.clone())
+        key.starts_with("lookergate.looker_token.")
+            .then(|| self.looker_token.clone())
     }
     fn shared_set(&self, _key: &str, _value: &[u8]) -> Result<(), HostError> {
         self.hostcall("set_shared_data", 1);
@@ -119,7 +131,12 @@ struct NoCrypto {
 impl ForeignCall for NoCrypto {
     fn call(&self, arguments: &[u8]) -> Option<Vec<u8>> {
         self.calls.set(self.calls.get() + 1);
-        if self.probed.get() || self.seen.borrow_mut().insert(arguments[arguments.len() - 60..].to_vec()) {
+        if self.probed.get()
+            || self
+                .seen
+                .borrow_mut()
+                .insert(arguments[arguments.len() - 60..].to_vec())
+        {
             return Some(vec![0x08, 0x01]);
         }
         Some(vec![0x12, 0x03, b'b', b'a', b'd'])
@@ -133,14 +150,27 @@ fn work() -> PathBuf {
 /// The lookergate plugin configuration `make bench` ran with.
 fn plugin_config() -> String {
     let path = work().join("envoy-lookergate-warm.json");
-    let envoy: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path).expect("bench/work/envoy-lookergate-warm.json")).unwrap();
-    let filters = &envoy["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]["http_filters"];
-    let wasm = filters.as_array().unwrap().iter().find(|f| f["name"] == "envoy.filters.http.wasm").unwrap();
-    wasm["typed_config"]["config"]["configuration"]["value"].as_str().unwrap().to_owned()
+    let envoy: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(&path).expect("bench/work/envoy-lookergate-warm.json"),
+    )
+    .unwrap();
+    let filters = &envoy["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]
+        ["typed_config"]["http_filters"];
+    let wasm = filters
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["name"] == "envoy.filters.http.wasm")
+        .unwrap();
+    wasm["typed_config"]["config"]["configuration"]["value"]
+        .as_str()
+        .unwrap()
+        .to_owned()
 }
 
 fn tokens(pool: &str, n: usize) -> Vec<String> {
-    let text = std::fs::read_to_string(work().join(format!("pool-{pool}.txt"))).expect("token pool");
+    let text =
+        std::fs::read_to_string(work().join(format!("pool-{pool}.txt"))).expect("token pool");
     text.lines().take(n).map(str::to_owned).collect()
 }
 
@@ -169,18 +199,31 @@ fn headers(context_id: u32, token: &str) -> Vec<u8> {
         (":scheme".into(), "http".into()),
         ("authorization".into(), format!("Bearer {token}")),
         ("x-forwarded-proto".into(), "http".into()),
-        ("x-request-id".into(), format!("5f1d2c3a-8b4e-4a7f-9c6d-{context_id:012}")),
+        (
+            "x-request-id".into(),
+            format!("5f1d2c3a-8b4e-4a7f-9c6d-{context_id:012}"),
+        ),
     ];
     serialized(&headers)
 }
 
 /// One request through the glue's three callbacks.
-fn request(gateway: &Gateway, worker: &mut Worker, host: &FakeHost, context_id: u32, headers: &[u8]) {
+fn request(
+    gateway: &Gateway,
+    worker: &mut Worker,
+    host: &FakeHost,
+    context_id: u32,
+    headers: &[u8],
+) {
     // What the host does: allocate in the module and copy the serialized map in.
     host.headers.borrow_mut().clear();
     host.headers.borrow_mut().extend_from_slice(headers);
     let next = flow::on_request(gateway, worker, host, context_id, true);
-    assert_eq!(next, flow::Next::Continue, "request {context_id} was not forwarded");
+    assert_eq!(
+        next,
+        flow::Next::Continue,
+        "request {context_id} was not forwarded"
+    );
     host.hostcall("get_map_value(:status)", 1);
     flow::on_response(gateway, worker, host, context_id, Some(200));
     worker.leave(context_id);
@@ -200,7 +243,10 @@ fn main() {
     let args: Vec<String> = std::env::args().collect();
     let mode = args.get(1).map(String::as_str).unwrap_or("warm");
     let n: usize = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(2000);
-    let now_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64;
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
     let gateway = Gateway::load(plugin_config().as_bytes()).unwrap();
     let crypto = Rc::new(HostVerifier::probe(NoCrypto::default()));
     assert!(!crypto.enabled().is_empty(), "probe failed");
@@ -209,7 +255,12 @@ fn main() {
     let host = FakeHost {
         now_ms,
         headers: RefCell::new(Vec::new()),
-        looker_token: format!("v1 {} {}", now_ms + 3_600_000, "lookerAccessToken0123456789abcdefghijklmn").into_bytes(),
+        looker_token: format!(
+            "v1 {} {}",
+            now_ms + 3_600_000,
+            "lookerAccessToken0123456789abcdefghijklmn"
+        )
+        .into_bytes(),
         calls: RefCell::new(BTreeMap::new()),
         replies: Cell::new(0),
     };
@@ -223,7 +274,10 @@ fn main() {
             (pool, measure)
         }
         "cold" => {
-            let fill = std::env::var("HARNESS_COLD_FILL").ok().and_then(|s| s.parse().ok()).unwrap_or(10_000);
+            let fill = std::env::var("HARNESS_COLD_FILL")
+                .ok()
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(10_000);
             let mut pool = tokens("cold-RS256", fill + n);
             let measure = pool.split_off(fill.min(pool.len()));
             (pool, measure)
@@ -231,7 +285,11 @@ fn main() {
         other => panic!("mode {other}: warm or cold"),
     };
     let prepare = |tokens: &[String], first: u32| -> Vec<(u32, Vec<u8>)> {
-        tokens.iter().enumerate().map(|(i, t)| (first + i as u32, headers(first + i as u32, t))).collect()
+        tokens
+            .iter()
+            .enumerate()
+            .map(|(i, t)| (first + i as u32, headers(first + i as u32, t)))
+            .collect()
     };
     let (warmup, measure) = (prepare(&warmup, 2), prepare(&measure, 1_000_000));
     warm_up(&gateway, &mut worker, &host, &warmup);
@@ -239,7 +297,11 @@ fn main() {
     let before = crypto.call().calls.get();
     measured(&gateway, &mut worker, &host, &measure);
     assert_eq!(host.replies.get(), 0, "a request was refused");
-    println!("mode {mode}: {} requests; foreign calls/request {:.2}", measure.len(), (crypto.call().calls.get() - before) as f64 / measure.len() as f64);
+    println!(
+        "mode {mode}: {} requests; foreign calls/request {:.2}",
+        measure.len(),
+        (crypto.call().calls.get() - before) as f64 / measure.len() as f64
+    );
     let mut total = 0.0;
     for (kind, count) in host.calls.borrow().iter() {
         let per = *count as f64 / measure.len() as f64;
