@@ -8,8 +8,8 @@ use std::fmt;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use jwt_simple::prelude::{
-    ES256PublicKey, ES384PublicKey, Ed25519PublicKey, PS256PublicKey, PS384PublicKey,
-    PS512PublicKey, RS256PublicKey, RS384PublicKey, RS512PublicKey,
+    ES256PublicKey, ES384PublicKey, PS256PublicKey, PS384PublicKey, PS512PublicKey, RS256PublicKey,
+    RS384PublicKey, RS512PublicKey,
 };
 use serde_json::{Map, Value};
 
@@ -56,13 +56,16 @@ impl PreparedKey {
     }
 }
 
-/// The public key in the form jwt-simple verifies with. An RSA key is held once per
-/// RSA algorithm because jwt-simple types keys by algorithm.
+/// The public key in the form the pure-Rust verifiers take. An RSA key is held once per
+/// RSA algorithm because jwt-simple types keys by algorithm. Ed25519 uses
+/// ed25519-dalek rather than jwt-simple's ed25519-compact: on wasm32 dalek's 32-bit
+/// field arithmetic avoids the emulated 128-bit multiplications that made
+/// ed25519-compact ~2.5x slower in V8 (bench/RESULTS.md).
 pub(crate) enum KeyMaterial {
     Rsa(Box<RsaKeys>),
     P256(ES256PublicKey),
     P384(ES384PublicKey),
-    Ed25519(Ed25519PublicKey),
+    Ed25519(ed25519_dalek::VerifyingKey),
 }
 
 pub(crate) struct RsaKeys {
@@ -323,8 +326,13 @@ fn decode_jwk(entry: &Value) -> Result<PublicJwk, String> {
             if x.len() != 32 {
                 return Err("x is not 32 bytes".to_owned());
             }
+            let bytes: [u8; 32] = x
+                .as_slice()
+                .try_into()
+                .map_err(|_| "x is not 32 bytes".to_owned())?;
             let material = KeyMaterial::Ed25519(
-                Ed25519PublicKey::from_bytes(&x).map_err(|_| "x is not a valid Ed25519 key")?,
+                ed25519_dalek::VerifyingKey::from_bytes(&bytes)
+                    .map_err(|_| "x is not a valid Ed25519 key")?,
             );
             PreparedKey::new(material, spki::ed25519(&x))
         }

@@ -12,8 +12,8 @@ use std::cell::RefCell;
 use std::rc::Rc;
 
 use jwt_simple::prelude::{
-    Duration, ECDSAP256PublicKeyLike, ECDSAP384PublicKeyLike, EdDSAPublicKeyLike, NoCustomClaims,
-    RSAPublicKeyLike, UnixTimeStamp, VerificationOptions,
+    Duration, ECDSAP256PublicKeyLike, ECDSAP384PublicKeyLike, NoCustomClaims, RSAPublicKeyLike,
+    UnixTimeStamp, VerificationOptions,
 };
 
 use super::{Algorithm, MAX_HEADER_CHARS};
@@ -69,14 +69,13 @@ pub struct PureRust;
 impl SignatureBackend for PureRust {
     fn verify(&self, alg: Algorithm, key: &PreparedKey, input: &SignedInput<'_>) -> Option<bool> {
         if let (KeyMaterial::Ed25519(k), Algorithm::EdDSA) = (&key.material, alg) {
-            // The signature type is ed25519-compact's, inferred from `verify`.
-            let Ok(signature) = TryFrom::try_from(input.signature) else {
+            let Ok(signature) = ed25519_dalek::Signature::from_slice(input.signature) else {
                 return Some(false);
             };
+            // Strict: canonical `s`, and no small-order `A` or `R` (the rules
+            // ed25519-compact applied before; RFC 8032 leaves them to the verifier).
             return Some(
-                k.public_key()
-                    .as_ref()
-                    .verify(input.signing_input, &signature)
+                k.verify_strict(input.signing_input.as_bytes(), &signature)
                     .is_ok(),
             );
         }
@@ -142,7 +141,10 @@ pub struct HostVerifier<C> {
 }
 
 /// Algorithms the `verify_signature` function can do: PKCS#1 v1.5 RSA and ECDSA. RSA-PSS
-/// needs a padding option the function lacks; EdDSA stays in pure Rust by design.
+/// needs a padding option the function lacks. EdDSA cannot go through it: Envoy 1.40
+/// always sets a digest, which BoringSSL refuses for Ed25519 keys (tried with every hash
+/// name: "sha256"/"sha512" answer "Failed to initialize digest verify.", others "... is
+/// not supported."), so Ed25519 stays in pure Rust (ed25519-dalek).
 pub const HOST_CANDIDATES: [Algorithm; 5] = [
     Algorithm::RS256,
     Algorithm::RS384,
@@ -561,6 +563,67 @@ pub(crate) mod tests {
                 v.alg
             );
         }
+    }
+
+    #[test]
+    fn eddsa_is_strict_about_s_and_small_order_keys() {
+        let pair = Ed25519KeyPair::generate();
+        let x = Base64UrlSafeNoPadding::encode_to_string(pair.public_key().to_bytes()).unwrap();
+        let (set, _) = crate::jwks::KeySet::from_jwks(
+            &serde_json::json!({"keys": [{"kty": "OKP", "crv": "Ed25519", "x": x}]}),
+        )
+        .unwrap();
+        let key = set.into_keys().into_iter().next().unwrap().key;
+        let token = pair.sign(Claims::create(Duration::from_secs(60))).unwrap();
+        let (signing_input, sig_b64) = token.rsplit_once('.').unwrap();
+        let signature = Base64UrlSafeNoPadding::decode_to_vec(sig_b64, None).unwrap();
+        let verify = |key: &PreparedKey, signature: &[u8]| {
+            PureRust.verify(
+                Algorithm::EdDSA,
+                key,
+                &SignedInput {
+                    token: &token,
+                    signing_input,
+                    signature,
+                },
+            )
+        };
+        assert_eq!(verify(&key, &signature), Some(true));
+        // s + L (little-endian): the same signature, non-canonically encoded.
+        const L: [u8; 32] = [
+            0xed, 0xd3, 0xf5, 0x5c, 0x1a, 0x63, 0x12, 0x58, 0xd6, 0x9c, 0xf7, 0xa2, 0xde, 0xf9,
+            0xde, 0x14, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x10,
+        ];
+        let mut malleated = signature.clone();
+        let mut carry = 0u16;
+        for (i, l) in L.iter().enumerate() {
+            let sum = u16::from(malleated[32 + i]) + u16::from(*l) + carry;
+            malleated[32 + i] = sum as u8;
+            carry = sum >> 8;
+        }
+        assert_eq!(verify(&key, &malleated), Some(false), "non-canonical s");
+        assert_eq!(
+            verify(&key, &signature[..63]),
+            Some(false),
+            "short signature"
+        );
+        // The identity point (small order): a key any signature with R = identity and
+        // s = 0 would satisfy.
+        let mut identity = [0u8; 32];
+        identity[0] = 1;
+        let weak = crate::jwks::KeySet::from_jwks(&serde_json::json!({"keys": [{
+            "kty": "OKP", "crv": "Ed25519",
+            "x": Base64UrlSafeNoPadding::encode_to_string(identity).unwrap()}]}))
+        .unwrap()
+        .0
+        .into_keys()
+        .into_iter()
+        .next()
+        .unwrap()
+        .key;
+        let mut forged = vec![0u8; 64];
+        forged[0] = 1;
+        assert_eq!(verify(&weak, &forged), Some(false), "small-order key");
     }
 
     #[test]
