@@ -54,10 +54,17 @@ PATH = "/api/4.0/dashboards/1"
 STATIC_LOOKER_TOKEN = "static-looker-token-for-the-native-peer"
 KIDS = {"RS256": "bench-rs256", "ES256": "bench-es256", "EdDSA": "bench-ed25519"}
 
+# The hostcalls lookergate makes on an allowed warm request (bench/noop-filter's op names):
+# the request header block, the time, 2 counters, 7 audit properties, the Looker
+# `authorization` header, the response `:status`.
+HOSTCALLS = "pairs,time,metric,metric,prop,prop,prop,prop,prop,prop,prop,auth,status"
+
 # name -> (Envoy kind, token pool, what it stands for)
 CONFIGS = {
     "limit": ("limit", "warm", "Envoy passthrough, no auth"),
     "floor": ("floor", "warm", "no-op proxy-wasm filter"),
+    "floor-hostcalls": ("floor:" + HOSTCALLS, "warm",
+                        "the no-op filter making lookergate's warm-path hostcalls and nothing else"),
     "native-cache-warm": ("native-cache", "warm", "jwt_authn with jwt_cache_config + rbac, warm tokens"),
     "native-nocache-rs256": ("native-nocache", "cold-RS256", "jwt_authn without cache + rbac, never-seen RS256"),
     "native-nocache-es256": ("native-nocache", "cold-ES256", "jwt_authn without cache + rbac, never-seen ES256"),
@@ -204,8 +211,9 @@ def envoy_config(kind, port, admin_port, jwks_doc, broker_addr):
     route = {"match": {"prefix": "/"}, "direct_response": {"status": 200, "body": {"inline_string": "ok"}}}
     filters = []
     clusters = []
-    if kind == "floor":
-        filters.append(wasm_filter("noop", NOOP_WASM, "{}"))
+    if kind == "floor" or kind.startswith("floor:"):
+        # "floor:OPS": the no-op filter making those hostcalls (bench/noop-filter/src/lib.rs).
+        filters.append(wasm_filter("noop", NOOP_WASM, kind.partition(":")[2] or "{}"))
     elif kind.startswith("native"):
         provider = {
             "issuer": ISS, "audiences": [AUD], "local_jwks": {"inline_string": json.dumps(jwks_doc)},
@@ -466,6 +474,8 @@ def ratios(summary):
     return {
         "floor/limit": r("floor", "limit"),
         "warm/floor": r("lookergate-warm", "floor"),
+        "floor-hostcalls/floor": r("floor-hostcalls", "floor"),
+        "warm/floor-hostcalls": r("lookergate-warm", "floor-hostcalls"),
         "warm/native-cache": r("lookergate-warm", "native-cache-warm"),
         "warm/limit": r("lookergate-warm", "limit"),
         "cold-rs256/native-nocache-rs256": r("lookergate-cold-rs256", "native-nocache-rs256"),
