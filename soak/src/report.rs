@@ -168,7 +168,7 @@ pub fn log_findings(path: &Path) -> LogFindings {
 
 /// The filter's metrics and Envoy's request counters from the admin `/stats`.
 pub async fn envoy_stats(http: &reqwest::Client, admin: SocketAddr) -> BTreeMap<String, u64> {
-    let filter = r"lookergate|^cluster\.(looker|idp|lookergate_broker)\.upstream_rq_(total|[2345]xx|timeout)$|^http\.looker_api\.downstream_rq_([2345]xx|total)$|^wasm\.";
+    let filter = r"^wasmcustom\.lookergate\.|^cluster\.(looker|lookergate_idp|lookergate_broker)\.upstream_rq_(total|[2345]xx|timeout)$|^http\.looker_api\.downstream_rq_([2345]xx|total)$|^wasm\.";
     let text = match http
         .get(format!("http://{admin}/stats"))
         .query(&[("filter", filter)])
@@ -491,7 +491,7 @@ impl Report {
             "config": {
                 "seconds": o.seconds, "rate_requested": o.rate, "envoy_version": envoy, "envoy_workers": 2,
                 "looker_token_ttl_s": o.looker_token_ttl, "jwt_ttl_s": o.jwt_ttl, "jwt_reminted_every_s": o.jwt_ttl,
-                "issuer_keys": if i.idp { "OIDC discovery from the dev IdP through Envoy cluster idp" } else { "inline demo JWKS (no dev IdP)" },
+                "issuer_keys": if i.idp { "OIDC discovery from the dev IdP through Envoy cluster lookergate_idp" } else { "inline demo JWKS (no dev IdP)" },
                 "idp_rotation": i.idp,
                 "broker_refresh_before_s": 10, "filter_refresh_before_s": 60, "connections": o.probe_concurrency, "max_queued": crate::MAX_QUEUED,
             },

@@ -169,6 +169,106 @@ fn broker_config(broker: &Path, sim: SocketAddr) -> Result<String, Error> {
     Ok(config)
 }
 
+/// The values in envoy/demo.yaml that the soak replaces, each of which must occur there
+/// exactly once (tests/e2e/harness.rs replaces the same ones).
+const DEMO_ADMIN_PORT: &str = "port_value: 9901 ";
+const DEMO_LISTENER_PORT: &str = "port_value: 10000 ";
+const DEMO_LOOKER_PORT: &str = "port_value: 10080 ";
+const DEMO_BROKER_PORT: &str = "port_value: 10090 ";
+const DEMO_IDP_PORT: &str = "port_value: 10070 ";
+const DEMO_WASM_PATH: &str = "filename: target/wasm32-wasip1/release/lookergate.wasm";
+const DEMO_ACCESS_LOGGER: &str = "- name: envoy.access_loggers.stdout";
+const DEMO_ACCESS_LOG_TYPE: &str =
+    r#""@type": type.googleapis.com/envoy.extensions.access_loggers.stream.v3.StdoutAccessLog"#;
+const DEMO_DISCOVERY: &str = r#""discovery": true,"#;
+const DEMO_IDP_CLUSTER: &str = r#""cluster": "lookergate_idp","#;
+
+/// Where the filter gets the demo issuer's keys.
+pub enum IssuerKeys {
+    /// OIDC discovery from the dev IdP through the demo's `lookergate_idp` cluster.
+    Discovery { idp: SocketAddr },
+    /// The demo's JWKS inline in the plugin config (no dev IdP in this CLI).
+    Inline(Value),
+}
+
+/// The soak's Envoy config: envoy/demo.yaml with free ports (0 for admin and listener,
+/// which the soak reads back from the admin API), the given wasm, a file access log
+/// (a 10-minute soak's log is gigabytes; stdout would be a pipe to drain) and `keys`.
+pub fn envoy_config(
+    demo: &str,
+    sim: SocketAddr,
+    broker: SocketAddr,
+    keys: &IssuerKeys,
+    wasm: &Path,
+    access_log: &Path,
+) -> Result<String, Error> {
+    // Without the IdP nothing uses its cluster; any port will do.
+    let idp_port = match keys {
+        IssuerKeys::Discovery { idp } => idp.port(),
+        IssuerKeys::Inline(_) => sim.port(),
+    };
+    let issuer_keys = match keys {
+        // The timed refresh (2m) also runs several times in a 10-minute soak.
+        IssuerKeys::Discovery { .. } => {
+            format!(r#"{DEMO_DISCOVERY} {DEMO_IDP_CLUSTER} "jwks_refresh": "2m","#)
+        }
+        IssuerKeys::Inline(jwks) => format!(r#""jwks": {jwks},"#),
+    };
+    let log_type_indent = indent_of(demo, DEMO_ACCESS_LOG_TYPE)?;
+    let mut yaml = demo.to_owned();
+    for (from, to) in [
+        (DEMO_ADMIN_PORT.to_owned(), "port_value: 0 ".to_owned()),
+        (DEMO_LISTENER_PORT.to_owned(), "port_value: 0 ".to_owned()),
+        (DEMO_LOOKER_PORT.to_owned(), format!("port_value: {} ", sim.port())),
+        (DEMO_BROKER_PORT.to_owned(), format!("port_value: {} ", broker.port())),
+        (DEMO_IDP_PORT.to_owned(), format!("port_value: {idp_port} ")),
+        (DEMO_WASM_PATH.to_owned(), format!("filename: {}", wasm.display())),
+        (
+            DEMO_ACCESS_LOGGER.to_owned(),
+            "- name: envoy.access_loggers.file".to_owned(),
+        ),
+        (
+            DEMO_ACCESS_LOG_TYPE.to_owned(),
+            format!(
+                "\"@type\": type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog\n\
+                 {log_type_indent}path: \"{}\"",
+                access_log.display()
+            ),
+        ),
+        (
+            format!(
+                "{DEMO_DISCOVERY}\n{}{DEMO_IDP_CLUSTER}",
+                indent_of(demo, DEMO_IDP_CLUSTER)?
+            ),
+            issuer_keys,
+        ),
+    ] {
+        yaml = replace_once(&yaml, &from, &to)?;
+    }
+    Ok(format!(
+        "# Written by lookergate-soak (soak/src/stack.rs) from envoy/demo.yaml.\n{yaml}"
+    ))
+}
+
+/// `text` with `from`, which must occur in it exactly once, replaced by `to`.
+fn replace_once(text: &str, from: &str, to: &str) -> Result<String, Error> {
+    match text.matches(from).count() {
+        1 => Ok(text.replacen(from, to, 1)),
+        n => {
+            Err(format!("envoy/demo.yaml must contain `{from}` exactly once, not {n} times").into())
+        }
+    }
+}
+
+/// The leading whitespace of the one line of `text` that contains `needle`.
+fn indent_of<'a>(text: &'a str, needle: &str) -> Result<&'a str, Error> {
+    let mut lines = text.lines().filter(|l| l.contains(needle));
+    match (lines.next(), lines.next()) {
+        (Some(line), None) => Ok(line.strip_suffix(line.trim_start()).unwrap_or_default()),
+        _ => Err(format!("envoy/demo.yaml must have exactly one line with `{needle}`").into()),
+    }
+}
+
 pub struct Stack {
     pub sim: SocketAddr,
     pub broker: SocketAddr,
@@ -233,31 +333,15 @@ impl Stack {
         };
 
         let issuer_keys = match idp {
-            // The timed refresh (2m) also runs several times in a 10-minute soak.
-            Some(_) => r#""discovery": true, "cluster": "idp", "jwks_refresh": "2m""#.to_owned(),
+            Some(idp) => IssuerKeys::Discovery { idp },
             None => {
                 let demo = repo_root().join("envoy/demo/demo-jwks.json");
-                let jwks: Value = serde_json::from_str(&fs::read_to_string(&demo)?)?;
-                format!(r#""jwks": {jwks}"#)
+                IssuerKeys::Inline(serde_json::from_str(&fs::read_to_string(&demo)?)?)
             }
         };
         let access_log = dir.join("access.log");
-        let template = fs::read_to_string(repo_root().join("soak/envoy.yaml"))?;
-        let mut yaml = template;
-        for (hole, value) in [
-            ("@ISSUER_KEYS@", issuer_keys),
-            ("@SIM_PORT@", sim.port().to_string()),
-            ("@BROKER_PORT@", broker.port().to_string()),
-            // Without the IdP nothing uses the cluster; any port will do.
-            ("@IDP_PORT@", idp.unwrap_or(sim).port().to_string()),
-            ("@WASM@", bins.wasm.display().to_string()),
-            ("@ACCESS_LOG@", access_log.display().to_string()),
-        ] {
-            if !yaml.contains(hole) {
-                return Err(format!("soak/envoy.yaml has no {hole}").into());
-            }
-            yaml = yaml.replace(hole, &value);
-        }
+        let demo = fs::read_to_string(repo_root().join("envoy/demo.yaml"))?;
+        let yaml = envoy_config(&demo, sim, broker, &issuer_keys, &bins.wasm, &access_log)?;
         let envoy_config = dir.join("envoy.yaml");
         fs::write(&envoy_config, &yaml)?;
 
@@ -392,5 +476,132 @@ async fn listener_address(admin: SocketAddr) -> Result<SocketAddr, Error> {
     match (socket["address"].as_str(), socket["port_value"].as_u64()) {
         (Some(ip), Some(port)) => Ok(format!("{ip}:{port}").parse()?),
         _ => Err(format!("no listener address in {listeners}").into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SIM: &str = "127.0.0.1:41001";
+    const BROKER: &str = "127.0.0.1:41002";
+    const IDP: &str = "127.0.0.1:41003";
+
+    fn demo() -> Result<String, Error> {
+        Ok(fs::read_to_string(repo_root().join("envoy/demo.yaml"))?)
+    }
+
+    fn soak_config(demo: &str, keys: &IssuerKeys, wasm: &str) -> Result<String, Error> {
+        envoy_config(
+            demo,
+            SIM.parse()?,
+            BROKER.parse()?,
+            keys,
+            Path::new(wasm),
+            Path::new("/tmp/soak run/access.log"),
+        )
+    }
+
+    /// The plugin JSON: the block scalar under the one `value: |` line.
+    fn plugin_json(yaml: &str) -> Result<Value, Error> {
+        let mut lines = yaml
+            .lines()
+            .skip_while(|l| !l.trim_end().ends_with("value: |"));
+        let header = lines.next().ok_or("no `value: |` block")?;
+        let indent = header.len() - header.trim_start().len();
+        let block: Vec<&str> = lines
+            .take_while(|l| l.trim().is_empty() || l.len() - l.trim_start().len() > indent)
+            .collect();
+        Ok(serde_json::from_str(&block.join("\n"))?)
+    }
+
+    /// Every `port_value: N` of the config, in order.
+    fn ports(yaml: &str) -> Vec<u16> {
+        yaml.split("port_value: ")
+            .skip(1)
+            .filter_map(|rest| {
+                rest.split(|c: char| !c.is_ascii_digit())
+                    .next()?
+                    .parse()
+                    .ok()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn soak_config_is_the_demo_with_free_ports_the_given_wasm_and_a_file_access_log(
+    ) -> Result<(), Error> {
+        let demo = demo()?;
+        let jwks: Value = serde_json::from_str(&fs::read_to_string(
+            repo_root().join("envoy/demo/demo-jwks.json"),
+        )?)?;
+        let wasm = "/build/out/lookergate.wasm";
+        for (keys, idp_port) in [
+            (IssuerKeys::Discovery { idp: IDP.parse()? }, 41003),
+            // Without the IdP its cluster points at the simulator; nothing uses it.
+            (IssuerKeys::Inline(jwks.clone()), 41001),
+        ] {
+            let yaml = soak_config(&demo, &keys, wasm)?;
+            // Admin, listener, Looker, broker, IdP: none of the demo's ports is left.
+            assert_eq!(ports(&yaml), [0, 0, 41001, 41002, idp_port]);
+            assert!(!yaml.contains(DEMO_WASM_PATH));
+            assert_eq!(yaml.matches(&format!("filename: {wasm}\n")).count(), 1);
+
+            assert!(!yaml.contains("Stdout") && !yaml.contains("access_loggers.stdout"));
+            assert!(yaml.contains("- name: envoy.access_loggers.file\n"));
+            let log_type = yaml
+                .lines()
+                .find(|l| l.contains("access_loggers.file.v3.FileAccessLog"))
+                .ok_or("no FileAccessLog")?;
+            let indent = log_type
+                .strip_suffix(log_type.trim_start())
+                .unwrap_or_default();
+            assert!(yaml.contains(&format!(
+                "{log_type}\n{indent}path: \"/tmp/soak run/access.log\"\n{indent}log_format:\n"
+            )));
+
+            // The demo's cluster name is kept, and the plugin JSON is still JSON.
+            assert!(yaml.contains("  - name: lookergate_idp\n"));
+            let issuer = &plugin_json(&yaml)?["issuers"][0];
+            assert_eq!(issuer["issuer"], "https://idp.lookergate.demo");
+            match keys {
+                IssuerKeys::Discovery { .. } => {
+                    assert_eq!(issuer["discovery"], true);
+                    assert_eq!(issuer["cluster"], "lookergate_idp");
+                    assert_eq!(issuer["jwks_refresh"], "2m");
+                    assert!(issuer.get("jwks").is_none());
+                }
+                IssuerKeys::Inline(_) => {
+                    assert_eq!(issuer["jwks"], jwks);
+                    assert!(issuer.get("discovery").is_none() && issuer.get("cluster").is_none());
+                }
+            }
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn the_demo_wasm_path_stays_when_it_is_the_one_given() -> Result<(), Error> {
+        let wasm = "target/wasm32-wasip1/release/lookergate.wasm";
+        let yaml = soak_config(&demo()?, &IssuerKeys::Discovery { idp: IDP.parse()? }, wasm)?;
+        assert_eq!(yaml.matches(DEMO_WASM_PATH).count(), 1);
+        Ok(())
+    }
+
+    #[test]
+    fn a_demo_value_missing_or_repeated_is_an_error_naming_it() -> Result<(), Error> {
+        let demo = demo()?;
+        let keys = IssuerKeys::Discovery { idp: IDP.parse()? };
+        let wasm = "/build/out/lookergate.wasm";
+        let missing = demo.replace(DEMO_ADMIN_PORT, "port_value: 9902 ");
+        let repeated = format!("{demo}# {DEMO_ACCESS_LOGGER}\n");
+        for (broken, named) in [(missing, DEMO_ADMIN_PORT), (repeated, DEMO_ACCESS_LOGGER)] {
+            let error = soak_config(&broken, &keys, wasm)
+                .err()
+                .ok_or("a broken demo.yaml was accepted")?
+                .to_string();
+            assert!(error.contains(named), "{error}");
+        }
+        Ok(())
     }
 }
