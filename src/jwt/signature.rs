@@ -142,9 +142,10 @@ pub struct HostVerifier<C> {
 
 /// Algorithms the `verify_signature` function can do: PKCS#1 v1.5 RSA and ECDSA. RSA-PSS
 /// needs a padding option the function lacks. EdDSA cannot go through it: Envoy 1.40
-/// always sets a digest, which BoringSSL refuses for Ed25519 keys (tried with every hash
-/// name: "sha256"/"sha512" answer "Failed to initialize digest verify.", others "... is
-/// not supported."), so Ed25519 stays in pure Rust (ed25519-dalek).
+/// always sets a digest, which BoringSSL refuses for Ed25519 keys (tried with a valid
+/// vector: "sha256", "sha512", "SHA512" answer "Failed to initialize digest verify.";
+/// "", "none", "ed25519" "... is not supported."), so Ed25519 stays in pure Rust
+/// (ed25519-dalek).
 pub const HOST_CANDIDATES: [Algorithm; 5] = [
     Algorithm::RS256,
     Algorithm::RS384,
