@@ -60,7 +60,7 @@ impl PreparedKey {
 /// RSA algorithm because jwt-simple types keys by algorithm. Ed25519 uses
 /// ed25519-dalek rather than jwt-simple's ed25519-compact: on wasm32 dalek's 32-bit
 /// field arithmetic avoids the emulated 128-bit multiplications that made
-/// ed25519-compact ~2.5x slower in V8 (bench/RESULTS.md).
+/// ed25519-compact's verification ~1.5x slower in V8 (bench/RESULTS.md).
 pub(crate) enum KeyMaterial {
     Rsa(Box<RsaKeys>),
     P256(ES256PublicKey),
