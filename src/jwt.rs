@@ -500,12 +500,18 @@ fn split(token: &str) -> Result<Parts<'_>, JwtError> {
     let header_json = URL_SAFE_NO_PAD
         .decode(header_b64)
         .map_err(|_| JwtError::Malformed("header is not base64url"))?;
-    let header: Header = serde_json::from_slice(&header_json)
+    // UTF-8 first: serde_json skips the strings of members it ignores without checking
+    // them, and RFC 7515 requires the whole header to be UTF-8 JSON (found by fuzzing).
+    let header_json = std::str::from_utf8(&header_json)
+        .map_err(|_| JwtError::Malformed("header is not UTF-8"))?;
+    let header: Header = serde_json::from_str(header_json)
         .map_err(|_| JwtError::Malformed("header is not a JSON object with a string alg"))?;
     let payload_json = URL_SAFE_NO_PAD
         .decode(payload_b64)
         .map_err(|_| JwtError::Malformed("payload is not base64url"))?;
-    let UniqueClaims(payload) = serde_json::from_slice(&payload_json)
+    let payload_json = std::str::from_utf8(&payload_json)
+        .map_err(|_| JwtError::Malformed("payload is not UTF-8"))?;
+    let UniqueClaims(payload) = serde_json::from_str(payload_json)
         .map_err(|_| JwtError::Malformed("payload is not a JSON object with unique claim names"))?;
     let signature = URL_SAFE_NO_PAD
         .decode(signature_b64)
@@ -1181,6 +1187,16 @@ pub(crate) mod tests {
                 "Ed25519 alias is not an allowed name",
                 craft(r#"{"alg":"Ed25519","kid":"ed-1"}"#, &c),
                 "alg_not_allowed",
+            ),
+            (
+                "invalid UTF-8 in a header member nobody reads (signed)",
+                {
+                    let header = b"{\"alg\":\"EdDSA\",\"kid\":\"ed-1\",\"x\":\"\xe5d\"}";
+                    let input = format!("{}.{}", b64(header), b64(c.to_string()));
+                    let signature = keys().ed.key_pair().as_ref().sk.sign(&input, None);
+                    format!("{input}.{}", b64(signature.as_ref()))
+                },
+                "malformed_token",
             ),
         ];
         for alg in ["none", "None", "NONE", "nOnE"] {
