@@ -66,7 +66,7 @@ test: wasm envoy test-bins
 	LOOKERGATE_SIM_BIN="$(CURDIR)/target/debug/lookergate-looker-sim" \
 	LOOKERGATE_IDP_BIN="$(CURDIR)/target/debug/lookergate" \
 	$(CARGO) test --workspace --lib --bins --tests --no-fail-fast
-	$(MAKE) --no-print-directory lint-filter sdk-test deploy-check
+	$(MAKE) --no-print-directory lint-filter sdk-test deploy-check fuzz-replay
 
 # The official Looker SDK (pinned) through the gateway, against the demo config.
 sdk-test: envoy test-bins
@@ -104,6 +104,12 @@ bench: wasm-target envoy
 	@$(PYTHON) -c 'import cryptography, yaml' 2>/dev/null || $(PYTHON) -m pip install --quiet cryptography pyyaml
 	BENCH_ROUNDS=$(BENCH_ROUNDS) BENCH_DURATION=$(BENCH_DURATION) BENCH_CONNECTIONS=$(BENCH_CONNECTIONS) \
 	BENCH_RATE=$(BENCH_RATE) BENCH_ONLY=$(BENCH_ONLY) $(PYTHON) bench/bench.py
+
+# The fuzz crate's committed seeds and regressions, replayed natively (stable toolchain,
+# no libFuzzer): keeps the fuzz crate compiling and every fixed finding fixed.
+.PHONY: fuzz-replay
+fuzz-replay:
+	$(CARGO) test --release --manifest-path fuzz/Cargo.toml
 
 # ---- fuzz (hardening; see docs/FUZZING.md) -------------------------------------------
 # `make fuzz`: each cargo-fuzz target for FUZZ_SECONDS (default 60), one at a time, then a
