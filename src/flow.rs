@@ -1307,15 +1307,20 @@ mod tests {
         assert!(matches!(rig.worker.stages.get(&30), Some(Stage::Refused)));
     }
 
-    fn remote_rig() -> Rig {
-        let idp = TestIssuer::new();
+    /// One worker's (one VM's) gateway for `remote_rig`'s issuer: its own key set.
+    fn remote_gateway(idp: &TestIssuer) -> Gateway {
         let config = json!({
             "issuers": [{"issuer": idp.iss, "audiences": ["looker-api"], "jwks_uri": "https://idp.test/keys", "cluster": "idp",
                          "unknown_kid_refetch": "30s"}],
             "policy": {"rules": [{"name": "all", "paths": ["/api/4.0/**"], "allow": {"role": "analyst"}}]},
             "broker": {"cluster": "lookergate_broker", "credential": "gateway-secret-0123456789"}
         });
-        let gateway = Gateway::load(config.to_string().as_bytes()).unwrap();
+        Gateway::load(config.to_string().as_bytes()).unwrap()
+    }
+
+    fn remote_rig() -> Rig {
+        let idp = TestIssuer::new();
+        let gateway = remote_gateway(&idp);
         let host = FakeHost::default();
         host.now_ms.set(
             std::time::SystemTime::now()
@@ -1613,5 +1618,68 @@ mod tests {
         rig.idp = TestIssuer::new();
         rig.request(22, &[]);
         assert_eq!(rig.status(22), Some(401));
+    }
+
+    #[test]
+    fn a_waiter_wakes_even_when_a_later_request_installed_the_shared_keys() {
+        // Found by the soak: worker B's request 21 waits for A's refetch; A shares the
+        // keys; B's next request (23) finds them shared and installs them itself. B's
+        // tick must still wake 21 — it used to sit until its deadline (~4 s). Each
+        // worker has its own VM, so its own gateway (key set) and worker state.
+        let mut rig = remote_rig();
+        let mut b = (Worker::default(), remote_gateway(&rig.idp));
+        let swap = |rig: &mut Rig, b: &mut (Worker, Gateway)| {
+            std::mem::swap(&mut rig.worker, &mut b.0);
+            std::mem::swap(&mut rig.gateway, &mut b.1);
+        };
+        on_tick(&rig.gateway, &mut rig.worker, &rig.host, ROOT);
+        rig.answer(1, Some(200), &rig.idp.jwks.to_string(), ROOT);
+        swap(&mut rig, &mut b);
+        on_tick(&rig.gateway, &mut rig.worker, &rig.host, ROOT); // B syncs the shared keys
+        swap(&mut rig, &mut b);
+
+        rig.host.now_ms.set(rig.host.now_ms.get() + 1000);
+        rig.idp = TestIssuer::rotated();
+        assert_eq!(
+            rig.request(20, &[]),
+            Next::Pause,
+            "A: unknown kid, refetching"
+        );
+        let refetch = rig.host.next_callout.get();
+        swap(&mut rig, &mut b);
+        assert_eq!(
+            rig.request(21, &[]),
+            Next::Pause,
+            "B: waits for A's refetch"
+        );
+        assert!(matches!(
+            rig.worker.stages.get(&21),
+            Some(Stage::AwaitingKeys { .. })
+        ));
+        swap(&mut rig, &mut b);
+        rig.answer(refetch, Some(200), &rig.idp.jwks.to_string(), 20);
+        swap(&mut rig, &mut b);
+        rig.host.now_ms.set(rig.host.now_ms.get() + 5);
+        assert_eq!(
+            rig.request(23, &[]),
+            Next::Pause,
+            "B: shared keys taken at once"
+        );
+        assert!(matches!(
+            rig.worker.stages.get(&23),
+            Some(Stage::AwaitingToken)
+        ));
+        assert!(matches!(
+            rig.worker.stages.get(&21),
+            Some(Stage::AwaitingKeys { .. })
+        ));
+        rig.host.now_ms.set(rig.host.now_ms.get() + 500);
+        on_tick(&rig.gateway, &mut rig.worker, &rig.host, ROOT);
+        assert_eq!(rig.status(21), None, "not refused");
+        assert!(
+            matches!(rig.worker.stages.get(&21), Some(Stage::AwaitingToken)),
+            "21 decided again on the first tick, not at its deadline: {:?}",
+            rig.worker.stages.get(&21)
+        );
     }
 }

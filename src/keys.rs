@@ -40,6 +40,9 @@ struct Fetch {
 pub struct KeyWaiter {
     pub context_id: u32,
     pub deadline_ms: u64,
+    /// The shared-keys version this worker had installed when the request parked: keys
+    /// installed since (by any path) wake it.
+    pub seen_version: Option<u32>,
 }
 
 /// One issuer's fetch state on this worker.
@@ -105,11 +108,19 @@ impl KeyState {
     pub fn sync<H: Host>(&mut self, gateway: &Gateway, host: &H, now_ms: u64) -> Vec<KeyWaiter> {
         let mut woken = Vec::new();
         for issuer in gateway.issuers.iter().filter(|i| i.remote.is_some()) {
-            if self.sync_one(issuer, host, now_ms) {
-                let state = self.state(&issuer.issuer);
-                if state.fetch.is_none() {
-                    woken.append(&mut state.waiters);
-                }
+            self.sync_one(issuer, host, now_ms);
+            let state = self.state(&issuer.issuer);
+            if state.fetch.is_none() {
+                // Keys newer than a waiter saw: installed now, or earlier by a request
+                // that found them shared (found by the soak: such waiters sat until their
+                // deadline, ~4 s, at every key rotation).
+                let version = state.installed_version;
+                let (newer, still): (Vec<KeyWaiter>, Vec<KeyWaiter>) = state
+                    .waiters
+                    .drain(..)
+                    .partition(|w| w.seen_version != version);
+                state.waiters = still;
+                woken.extend(newer);
             }
         }
         woken
@@ -223,10 +234,12 @@ impl KeyState {
         }
         let deadline_ms = now_ms + millis(remote.timeout) + 1000;
         let state = self.state(&issuer.issuer);
+        let seen_version = state.installed_version;
         if state.fetch.is_some() {
             state.waiters.push(KeyWaiter {
                 context_id,
                 deadline_ms,
+                seen_version,
             });
             return UnknownKid::Wait;
         }
@@ -249,6 +262,7 @@ impl KeyState {
                 self.state(&issuer.issuer).waiters.push(KeyWaiter {
                     context_id,
                     deadline_ms,
+                    seen_version,
                 });
                 return UnknownKid::Wait;
             }
@@ -265,6 +279,7 @@ impl KeyState {
             self.state(&issuer.issuer).waiters.push(KeyWaiter {
                 context_id,
                 deadline_ms,
+                seen_version,
             });
             UnknownKid::Wait
         } else {
