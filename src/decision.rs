@@ -429,8 +429,8 @@ impl<'de> serde::Deserialize<'de> for UniqueKeys {
 }
 
 /// `run_url_encoded_query`: `/queries/models/{model}/views/{view}/run/{format}` with
-/// `limit` and `f[field]=value` in the query string.
-fn query_from_url(path: &str, query: Option<&str>) -> QueryFacts {
+/// `limit` and `f[field]=value` in the query string. Public for `lookergate explain`.
+pub fn query_from_url(path: &str, query: Option<&str>) -> QueryFacts {
     let parts: Vec<&str> = path.split('/').collect();
     let after = |name: &str| {
         parts

@@ -115,12 +115,9 @@ impl KeyState {
                 // that found them shared (found by the soak: such waiters sat until their
                 // deadline, ~4 s, at every key rotation).
                 let version = state.installed_version;
-                let (newer, still): (Vec<KeyWaiter>, Vec<KeyWaiter>) = state
-                    .waiters
-                    .drain(..)
-                    .partition(|w| w.seen_version != version);
-                state.waiters = still;
-                woken.extend(newer);
+                woken.extend(take_waiters(&mut state.waiters, |w| {
+                    w.seen_version != version
+                }));
             }
         }
         woken
@@ -432,15 +429,19 @@ impl KeyState {
     pub fn overdue(&mut self, now_ms: u64) -> Vec<KeyWaiter> {
         let mut late = Vec::new();
         for state in self.issuers.values_mut() {
-            let (gone, kept): (Vec<KeyWaiter>, Vec<KeyWaiter>) = state
-                .waiters
-                .drain(..)
-                .partition(|w| w.deadline_ms <= now_ms);
-            state.waiters = kept;
-            late.extend(gone);
+            late.extend(take_waiters(&mut state.waiters, |w| {
+                w.deadline_ms <= now_ms
+            }));
         }
         late
     }
+}
+
+/// Removes and returns the waiters `pick` selects, keeping the others in order.
+fn take_waiters(waiters: &mut Vec<KeyWaiter>, pick: impl Fn(&KeyWaiter) -> bool) -> Vec<KeyWaiter> {
+    let (taken, kept) = waiters.drain(..).partition(|w| pick(w));
+    *waiters = kept;
+    taken
 }
 
 /// What to do with a request whose token names an unknown `kid`.

@@ -267,8 +267,12 @@ impl Explanation {
             }
         }
         let id = operation.map(|o| o.operation_id.as_str());
-        let mut query = (id == Some("run_url_encoded_query"))
-            .then(|| (query_from_url(&target.path, target.query), "the URL"));
+        let mut query = (id == Some("run_url_encoded_query")).then(|| {
+            (
+                decision::query_from_url(&target.path, target.query),
+                "the URL",
+            )
+        });
         let mut input = Input {
             method: &request.method,
             path: &target.path,
@@ -632,41 +636,4 @@ fn refusal_reason(refusal: &Refusal) -> String {
         }
         other => other.code().to_owned(),
     }
-}
-
-/// `run_url_encoded_query`: `/queries/models/{model}/views/{view}/run/{format}` with
-/// `limit` and `f[field]=value` in the query string. A copy of the filter's private
-/// `decision::query_from_url` (kept equal by a test against `decide`).
-fn query_from_url(path: &str, query: Option<&str>) -> QueryFacts {
-    let parts: Vec<&str> = path.split('/').collect();
-    let after = |name: &str| {
-        parts
-            .iter()
-            .position(|p| *p == name)
-            .and_then(|i| parts.get(i + 1))
-            .map(|s| (*s).to_owned())
-    };
-    let mut facts = QueryFacts {
-        model: after("models"),
-        view: after("views"),
-        limit: None,
-        filters: Vec::new(),
-    };
-    for pair in query.unwrap_or("").split('&') {
-        let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
-        if name == "limit" {
-            facts.limit = Some(value.parse().unwrap_or(-1));
-        } else if let Some(field) = name
-            .strip_prefix("f[")
-            .or_else(|| name.strip_prefix("f%5B"))
-        {
-            facts.filters.push(
-                field
-                    .trim_end_matches(']')
-                    .trim_end_matches("%5D")
-                    .to_owned(),
-            );
-        }
-    }
-    facts
 }
