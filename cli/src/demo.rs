@@ -181,6 +181,58 @@ pub fn public_key_pem(key: &RS256KeyPair) -> Result<String, TokenError> {
         .map_err(|e| TokenError::Key(e.to_string()))
 }
 
+/// Values of envoy/demo.yaml that the end-to-end tests and the soak replace to run the
+/// demo on free ports with another build of the filter. Each occurs there exactly once.
+pub const DEMO_ENVOY_ADMIN_PORT: &str = "port_value: 9901 ";
+pub const DEMO_ENVOY_LISTENER_PORT: &str = "port_value: 10000 ";
+pub const DEMO_ENVOY_LOOKER_PORT: &str = "port_value: 10080 ";
+pub const DEMO_ENVOY_BROKER_PORT: &str = "port_value: 10090 ";
+pub const DEMO_ENVOY_IDP_PORT: &str = "port_value: 10070 ";
+pub const DEMO_ENVOY_WASM_PATH: &str = "filename: target/wasm32-wasip1/release/lookergate.wasm";
+
+/// Where the demo's Envoy config points, for [`demo_envoy_yaml`].
+#[derive(Debug, Clone, Copy)]
+pub struct DemoEnvoyPorts {
+    pub admin: u16,
+    pub listener: u16,
+    pub looker: u16,
+    pub broker: u16,
+    pub idp: u16,
+}
+
+/// envoy/demo.yaml (`demo`) with other ports and another `lookergate.wasm`.
+pub fn demo_envoy_yaml(
+    demo: &str,
+    ports: DemoEnvoyPorts,
+    wasm: &std::path::Path,
+) -> Result<String, String> {
+    let mut yaml = demo.to_owned();
+    for (from, port) in [
+        (DEMO_ENVOY_ADMIN_PORT, ports.admin),
+        (DEMO_ENVOY_LISTENER_PORT, ports.listener),
+        (DEMO_ENVOY_LOOKER_PORT, ports.looker),
+        (DEMO_ENVOY_BROKER_PORT, ports.broker),
+        (DEMO_ENVOY_IDP_PORT, ports.idp),
+    ] {
+        yaml = replace_once(&yaml, from, &format!("port_value: {port} "))?;
+    }
+    replace_once(
+        &yaml,
+        DEMO_ENVOY_WASM_PATH,
+        &format!("filename: {}", wasm.display()),
+    )
+}
+
+/// `text` with `from`, which must occur in it exactly once, replaced by `to`.
+pub fn replace_once(text: &str, from: &str, to: &str) -> Result<String, String> {
+    match text.matches(from).count() {
+        1 => Ok(text.replacen(from, to, 1)),
+        n => Err(format!(
+            "envoy/demo.yaml must contain `{from}` exactly once, not {n} times"
+        )),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]

@@ -12,6 +12,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+use lookergate_cli::{demo_envoy_yaml, replace_once, DemoEnvoyPorts};
+
 use crate::Error;
 
 const SERVICE_READY_DEADLINE: Duration = Duration::from_secs(30);
@@ -169,14 +171,9 @@ fn broker_config(broker: &Path, sim: SocketAddr) -> Result<String, Error> {
     Ok(config)
 }
 
-/// The values in envoy/demo.yaml that the soak replaces, each of which must occur there
-/// exactly once (tests/e2e/harness.rs replaces the same ones).
-const DEMO_ADMIN_PORT: &str = "port_value: 9901 ";
-const DEMO_LISTENER_PORT: &str = "port_value: 10000 ";
-const DEMO_LOOKER_PORT: &str = "port_value: 10080 ";
-const DEMO_BROKER_PORT: &str = "port_value: 10090 ";
-const DEMO_IDP_PORT: &str = "port_value: 10070 ";
-const DEMO_WASM_PATH: &str = "filename: target/wasm32-wasip1/release/lookergate.wasm";
+/// More values of envoy/demo.yaml the soak replaces (the ports and the wasm path are
+/// `lookergate_cli::demo_envoy_yaml`'s, shared with tests/e2e/harness.rs); each must occur
+/// there exactly once.
 const DEMO_ACCESS_LOGGER: &str = "- name: envoy.access_loggers.stdout";
 const DEMO_ACCESS_LOG_TYPE: &str =
     r#""@type": type.googleapis.com/envoy.extensions.access_loggers.stream.v3.StdoutAccessLog"#;
@@ -215,14 +212,15 @@ pub fn envoy_config(
         IssuerKeys::Inline(jwks) => format!(r#""jwks": {jwks},"#),
     };
     let log_type_indent = indent_of(demo, DEMO_ACCESS_LOG_TYPE)?;
-    let mut yaml = demo.to_owned();
+    let ports = DemoEnvoyPorts {
+        admin: 0,
+        listener: 0,
+        looker: sim.port(),
+        broker: broker.port(),
+        idp: idp_port,
+    };
+    let mut yaml = demo_envoy_yaml(demo, ports, wasm)?;
     for (from, to) in [
-        (DEMO_ADMIN_PORT.to_owned(), "port_value: 0 ".to_owned()),
-        (DEMO_LISTENER_PORT.to_owned(), "port_value: 0 ".to_owned()),
-        (DEMO_LOOKER_PORT.to_owned(), format!("port_value: {} ", sim.port())),
-        (DEMO_BROKER_PORT.to_owned(), format!("port_value: {} ", broker.port())),
-        (DEMO_IDP_PORT.to_owned(), format!("port_value: {idp_port} ")),
-        (DEMO_WASM_PATH.to_owned(), format!("filename: {}", wasm.display())),
         (
             DEMO_ACCESS_LOGGER.to_owned(),
             "- name: envoy.access_loggers.file".to_owned(),
@@ -248,16 +246,6 @@ pub fn envoy_config(
     Ok(format!(
         "# Written by lookergate-soak (soak/src/stack.rs) from envoy/demo.yaml.\n{yaml}"
     ))
-}
-
-/// `text` with `from`, which must occur in it exactly once, replaced by `to`.
-fn replace_once(text: &str, from: &str, to: &str) -> Result<String, Error> {
-    match text.matches(from).count() {
-        1 => Ok(text.replacen(from, to, 1)),
-        n => {
-            Err(format!("envoy/demo.yaml must contain `{from}` exactly once, not {n} times").into())
-        }
-    }
 }
 
 /// The leading whitespace of the one line of `text` that contains `needle`.
@@ -544,7 +532,7 @@ mod tests {
             let yaml = soak_config(&demo, &keys, wasm)?;
             // Admin, listener, Looker, broker, IdP: none of the demo's ports is left.
             assert_eq!(ports(&yaml), [0, 0, 41001, 41002, idp_port]);
-            assert!(!yaml.contains(DEMO_WASM_PATH));
+            assert!(!yaml.contains(lookergate_cli::DEMO_ENVOY_WASM_PATH));
             assert_eq!(yaml.matches(&format!("filename: {wasm}\n")).count(), 1);
 
             assert!(!yaml.contains("Stdout") && !yaml.contains("access_loggers.stdout"));
@@ -584,7 +572,10 @@ mod tests {
     fn the_demo_wasm_path_stays_when_it_is_the_one_given() -> Result<(), Error> {
         let wasm = "target/wasm32-wasip1/release/lookergate.wasm";
         let yaml = soak_config(&demo()?, &IssuerKeys::Discovery { idp: IDP.parse()? }, wasm)?;
-        assert_eq!(yaml.matches(DEMO_WASM_PATH).count(), 1);
+        assert_eq!(
+            yaml.matches(lookergate_cli::DEMO_ENVOY_WASM_PATH).count(),
+            1
+        );
         Ok(())
     }
 
@@ -593,9 +584,12 @@ mod tests {
         let demo = demo()?;
         let keys = IssuerKeys::Discovery { idp: IDP.parse()? };
         let wasm = "/build/out/lookergate.wasm";
-        let missing = demo.replace(DEMO_ADMIN_PORT, "port_value: 9902 ");
+        let missing = demo.replace(lookergate_cli::DEMO_ENVOY_ADMIN_PORT, "port_value: 9902 ");
         let repeated = format!("{demo}# {DEMO_ACCESS_LOGGER}\n");
-        for (broken, named) in [(missing, DEMO_ADMIN_PORT), (repeated, DEMO_ACCESS_LOGGER)] {
+        for (broken, named) in [
+            (missing, lookergate_cli::DEMO_ENVOY_ADMIN_PORT),
+            (repeated, DEMO_ACCESS_LOGGER),
+        ] {
             let error = soak_config(&broken, &keys, wasm)
                 .err()
                 .ok_or("a broken demo.yaml was accepted")?

@@ -12,6 +12,7 @@ use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use lookergate_cli::{demo_envoy_yaml, DemoEnvoyPorts};
 use reqwest::header::HeaderMap;
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -32,14 +33,6 @@ const KEYS_DEADLINE: Duration = Duration::from_secs(20);
 const WORKER_SYNC: Duration = Duration::from_millis(1200);
 /// The demo issuer as a metric name segment (`lookergate.jwks.*.<issuer>`).
 pub const DEMO_ISSUER_METRIC: &str = "idp_lookergate_demo";
-
-// Ports as written in envoy/demo.yaml; each must occur exactly once.
-const DEMO_ADMIN_PORT: &str = "port_value: 9901 ";
-const DEMO_LISTENER_PORT: &str = "port_value: 10000 ";
-const DEMO_LOOKER_PORT: &str = "port_value: 10080 ";
-const DEMO_BROKER_PORT: &str = "port_value: 10090 ";
-const DEMO_IDP_PORT: &str = "port_value: 10070 ";
-const DEMO_WASM_PATH: &str = "filename: target/wasm32-wasip1/release/lookergate.wasm";
 
 fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -1229,7 +1222,7 @@ fn envoy_config(
     plugin: Option<&Value>,
 ) -> String {
     let yaml = demo_yaml();
-    let mut yaml = match plugin {
+    let yaml = match plugin {
         None => yaml,
         Some(plugin) => {
             let lines: Vec<&str> = yaml.lines().collect();
@@ -1243,23 +1236,14 @@ fn envoy_config(
             out.join("\n") + "\n"
         }
     };
-    let wasm_line = format!("filename: {}", wasm.display());
-    for (from, to) in [
-        (DEMO_ADMIN_PORT, "port_value: 0 ".to_owned()),
-        (DEMO_LISTENER_PORT, "port_value: 0 ".to_owned()),
-        (DEMO_LOOKER_PORT, format!("port_value: {} ", sim.port())),
-        (DEMO_BROKER_PORT, format!("port_value: {} ", broker.port())),
-        (DEMO_IDP_PORT, format!("port_value: {} ", idp.port())),
-        (DEMO_WASM_PATH, wasm_line),
-    ] {
-        assert_eq!(
-            yaml.matches(from).count(),
-            1,
-            "envoy/demo.yaml must contain `{from}` exactly once"
-        );
-        yaml = yaml.replace(from, &to);
-    }
-    yaml
+    let ports = DemoEnvoyPorts {
+        admin: 0,
+        listener: 0,
+        looker: sim.port(),
+        broker: broker.port(),
+        idp: idp.port(),
+    };
+    demo_envoy_yaml(&yaml, ports, wasm).unwrap_or_else(|e| panic!("{e}"))
 }
 
 fn start_envoy(bin: &Path, dir: &Path, yaml: &str) -> Envoy {
