@@ -31,8 +31,6 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench  # noqa: E402
 
-WARMUP = 20
-
 
 def parse(specs):
     variants = []
@@ -42,7 +40,7 @@ def parse(specs):
         if not name or len(fields) != 4:
             raise SystemExit(f"ab: bad variant {spec!r}; see the docstring")
         wasm, kind, pool, overrides = fields
-        variants.append((name, Path(wasm) if wasm else bench.WASM, kind, pool, json.loads(overrides or "{}")))
+        variants.append((name, Path(wasm) if wasm else None, kind, pool, json.loads(overrides or "{}")))
     return variants
 
 
@@ -53,42 +51,28 @@ def main():
     os.chdir(bench.ROOT)
     paths = bench.load_or_make_keys()
     jwks_doc = bench.jwks(paths)
-    pools = {"warm": bench.token_pool("warm", "RS256", bench.WARM_POOL, paths)}
-    for alg in bench.KIDS:
-        pools[f"cold-{alg}"] = bench.token_pool(f"cold-{alg}", alg, bench.POOL, paths)
-    sim, sim_addr = bench.start_service(bench.SIM)
-    broker, broker_addr = bench.start_service(bench.BROKER, {"LOOKERGATE_BROKER_LOOKER_URL": f"http://{sim_addr}"})
-    plugin_config, shipped_wasm = bench.lookergate_plugin_config, bench.WASM
+    pools = bench.token_pools(paths)
+    sim, broker, broker_addr = bench.start_backends()
     results = {v[0]: [] for v in variants}
     try:
         for rnd in range(rounds):
             for name, wasm, kind, pool, overrides in variants if rnd % 2 == 0 else variants[::-1]:
-                bench.lookergate_plugin_config = lambda doc, o=overrides: {**plugin_config(doc), **o}
-                bench.WASM = wasm
-                envoy = bench.Envoy(f"ab-{name}", kind, jwks_doc, broker_addr)
+                envoy = bench.Envoy(f"ab-{name}", kind, jwks_doc, broker_addr, wasm=wasm, overrides=overrides)
                 try:
-                    warm = bench.first_token(pools["warm"])
-                    status = [envoy.get(warm) for _ in range(WARMUP)][-1]
-                    cpu0 = envoy.cpu_seconds()
-                    load = bench.wrk(envoy.port, pools[pool], bench.CONNECTIONS, bench.DURATION)
-                    cpu = envoy.cpu_seconds() - cpu0
-                    row = {"us": cpu / max(1, load["requests"]) * 1e6, "rps": load["requests"] / load["seconds"],
-                           "rss": envoy.rss_mb(), "ready": envoy.ready_s, "status": status, "non2xx": load["non2xx"]}
+                    row = bench.throughput(envoy, name, pools, pool)
                 finally:
                     envoy.stop()
-                    bench.lookergate_plugin_config, bench.WASM = plugin_config, shipped_wasm
                 results[name].append(row)
-                print(f"ab: round {rnd + 1} {name}: {row['us']:.1f} µs/req, {row['rps']:.0f} req/s, "
-                      f"RSS {row['rss']:.1f} MB, ready {row['ready']:.2f} s, warm-up status {status}, "
-                      f"non-2xx {row['non2xx']}", flush=True)
+                print(f"ab: round {rnd + 1} {name}: {row['cpu_us_per_req']:.1f} µs/req, {row['rps']:.0f} req/s, "
+                      f"RSS {row['rss_mb']:.1f} MB, ready {row['ready_s']:.2f} s, non-2xx {row['non_2xx']}", flush=True)
     finally:
         broker.kill()
         sim.kill()
     for name, rows in results.items():
-        med = {k: statistics.median(r[k] for r in rows) for k in ("us", "rps", "rss", "ready")}
-        print(f"{name}: median {med['us']:.1f} µs/req ({min(r['us'] for r in rows):.1f}–"
-              f"{max(r['us'] for r in rows):.1f}), {med['rps']:.0f} req/s, RSS {med['rss']:.1f} MB, "
-              f"ready {med['ready']:.2f} s")
+        us = [r["cpu_us_per_req"] for r in rows]
+        med = {k: statistics.median(r[k] for r in rows) for k in ("rps", "rss_mb", "ready_s")}
+        print(f"{name}: median {statistics.median(us):.1f} µs/req ({min(us):.1f}–{max(us):.1f}), "
+              f"{med['rps']:.0f} req/s, RSS {med['rss_mb']:.1f} MB, ready {med['ready_s']:.2f} s")
 
 
 if __name__ == "__main__":

@@ -207,7 +207,9 @@ def lookergate_plugin_config(jwks_doc):
     return config
 
 
-def envoy_config(kind, port, admin_port, jwks_doc, broker_addr):
+def envoy_config(kind, port, admin_port, jwks_doc, broker_addr, wasm=None, overrides=None):
+    """`wasm` and `overrides` (merged over the plugin JSON's top level) change lookergate's
+    build and settings (`bench/ab.py`)."""
     route = {"match": {"prefix": "/"}, "direct_response": {"status": 200, "body": {"inline_string": "ok"}}}
     filters = []
     clusters = []
@@ -252,8 +254,8 @@ def envoy_config(kind, port, admin_port, jwks_doc, broker_addr):
             "append_action": "OVERWRITE_IF_EXISTS_OR_ADD",
         }]
     elif kind == "lookergate":
-        config = lookergate_plugin_config(jwks_doc)
-        filters.append(wasm_filter("lookergate", WASM, json.dumps(config)))
+        config = {**lookergate_plugin_config(jwks_doc), **(overrides or {})}
+        filters.append(wasm_filter("lookergate", wasm or WASM, json.dumps(config)))
         host, bport = broker_addr.rsplit(":", 1)
         clusters.append({
             "name": config["broker"]["cluster"], "type": "STATIC", "connect_timeout": "1s",
@@ -292,10 +294,10 @@ def wasm_filter(name, path, configuration):
 
 
 class Envoy:
-    def __init__(self, name, kind, jwks_doc, broker_addr, concurrency=1):
+    def __init__(self, name, kind, jwks_doc, broker_addr, concurrency=1, wasm=None, overrides=None):
         self.port, self.admin = free_port(), free_port()
         self.config = WORK / f"envoy-{name}.json"
-        self.config.write_text(json.dumps(envoy_config(kind, self.port, self.admin, jwks_doc, broker_addr), indent=1))
+        self.config.write_text(json.dumps(envoy_config(kind, self.port, self.admin, jwks_doc, broker_addr, wasm, overrides), indent=1))
         self.log = WORK / f"envoy-{name}.log"
         t0 = time.monotonic()
         self.proc = subprocess.Popen(
@@ -371,31 +373,38 @@ def first_token(pool):
         return f.readline().strip()
 
 
+def throughput(envoy, name, pools, pool_name, sanity=None):
+    """Warm-up, then wrk at CONNECTIONS for DURATION: req/s, Envoy's CPU per request, RSS."""
+    warm_token = first_token(pools["warm"])
+    # Warm-up with a warm token: the Looker token gets cached, the VM is hot.
+    statuses = [envoy.get(warm_token) for _ in range(20)]
+    if statuses[-1] != 200:
+        raise SystemExit(f"bench: {name}: warm-up answered {statuses}; see {envoy.log}")
+    if sanity is not None:
+        sanity(envoy)
+    cpu0 = envoy.cpu_seconds()
+    load = wrk(envoy.port, pools[pool_name], CONNECTIONS, DURATION)
+    cpu = envoy.cpu_seconds() - cpu0
+    return {
+        "rps": load["requests"] / load["seconds"], "requests": load["requests"], "non_2xx": load["non2xx"],
+        "errors": load["errors"],
+        "cpu_us_per_req": 1e6 * cpu / max(1, load["requests"]), "rss_mb": envoy.rss_mb(), "ready_s": envoy.ready_s,
+        "p50_ms_saturated": load["p50_us"] / 1000, "p99_ms_saturated": load["p99_us"] / 1000,
+    }
+
+
 def run_one(name, pools, jwks_doc, broker_addr, sanity=None):
     kind, pool_name, _ = CONFIGS[name]
     envoy = Envoy(name, kind, jwks_doc, broker_addr)
     try:
-        warm_token = first_token(pools["warm"])
-        # Warm-up with a warm token: the Looker token gets cached, the VM is hot.
-        statuses = [envoy.get(warm_token) for _ in range(20)]
-        if statuses[-1] != 200:
-            raise SystemExit(f"bench: {name}: warm-up answered {statuses}; see {envoy.log}")
-        if sanity is not None:
-            sanity(envoy)
-        cpu0 = envoy.cpu_seconds()
-        load = wrk(envoy.port, pools[pool_name], CONNECTIONS, DURATION)
-        cpu = envoy.cpu_seconds() - cpu0
-        rss = envoy.rss_mb()
+        result = throughput(envoy, name, pools, pool_name, sanity)
         paced = wrk(envoy.port, pools[pool_name], max(1, RATE // 100), LATENCY_DURATION, delay_ms=10)
         return {
-            "rps": load["requests"] / load["seconds"], "requests": load["requests"], "non_2xx": load["non2xx"],
-            "errors": load["errors"],
+            **result,
             # Warm pools are reused on purpose; a cold pool must never wrap (tokens would repeat).
-            "wrapped": pool_name.startswith("cold") and load["requests"] > POOL_SIZES[pool_name],
-            "cpu_us_per_req": 1e6 * cpu / max(1, load["requests"]), "rss_mb": rss, "ready_s": envoy.ready_s,
+            "wrapped": pool_name.startswith("cold") and result["requests"] > POOL_SIZES[pool_name],
             "latency_rate_rps": paced["requests"] / paced["seconds"],
             "p50_ms": paced["p50_us"] / 1000, "p99_ms": paced["p99_us"] / 1000,
-            "p50_ms_saturated": load["p50_us"] / 1000, "p99_ms_saturated": load["p99_us"] / 1000,
         }
     finally:
         envoy.stop()
@@ -553,6 +562,21 @@ def markdown(result):
     return "\n".join(lines) + "\n"
 
 
+def token_pools(paths):
+    """The warm pool and one cold pool per algorithm (signed once, cached in bench/work/)."""
+    pools = {"warm": token_pool("warm", "RS256", WARM_POOL, paths)}
+    for alg in KIDS:
+        pools[f"cold-{alg}"] = token_pool(f"cold-{alg}", alg, POOL, paths)
+    return pools
+
+
+def start_backends():
+    """The Looker simulator and the broker in front of it: (sim, broker, broker address)."""
+    sim, sim_addr = start_service(SIM)
+    broker, broker_addr = start_service(BROKER, {"LOOKERGATE_BROKER_LOOKER_URL": f"http://{sim_addr}"})
+    return sim, broker, broker_addr
+
+
 def main():
     for f in (ENVOY, WASM, NOOP_WASM, BROKER, SIM):
         if not f.exists():
@@ -560,16 +584,13 @@ def main():
     WORK.mkdir(parents=True, exist_ok=True)
     paths = load_or_make_keys()
     jwks_doc = jwks(paths)
-    pools = {"warm": token_pool("warm", "RS256", WARM_POOL, paths)}
-    for alg in KIDS:
-        pools[f"cold-{alg}"] = token_pool(f"cold-{alg}", alg, POOL, paths)
+    pools = token_pools(paths)
     for name, path in pools.items():
         POOL_SIZES[name] = sum(1 for _ in path.open())
     if os.environ.get("BENCH_GEN_ONLY"):
         return
 
-    sim, sim_addr = start_service(SIM)
-    broker, broker_addr = start_service(BROKER, {"LOOKERGATE_BROKER_LOOKER_URL": f"http://{sim_addr}"})
+    sim, broker, broker_addr = start_backends()
     names = [n for n in CONFIGS if not ONLY or n in ONLY]
     runs = {n: [] for n in names}
     started = time.strftime("%Y-%m-%d %H:%M:%S")
