@@ -614,11 +614,14 @@ impl Gateway {
         if !(1024..=16 * 1024 * 1024).contains(&raw.max_body_bytes) {
             return Err(err("max_body_bytes", "must be between 1024 and 16777216"));
         }
-        let policy =
-            Policy::compile(&raw.policy, &operations).map_err(|e| match e.split_once(": ") {
+        let issuer_names: Vec<&str> = issuers.iter().map(|i| i.issuer.as_str()).collect();
+        let policy = Policy::compile(&raw.policy, &operations, &issuer_names).map_err(|e| {
+            match e.split_once(": ") {
                 Some((field, message)) => err(field, message),
                 None => err("policy", e),
-            })?;
+            }
+        })?;
+        warnings.extend(policy.warnings(&operations));
         let b = raw.broker;
         if b.cluster.trim().is_empty() {
             return Err(err(

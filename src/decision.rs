@@ -8,7 +8,7 @@ use crate::config::{Gateway, IssuerError, TokenSource};
 use crate::jwt::{self, VerifiedToken};
 use crate::looker::{Operation, Resolution};
 use crate::path;
-use crate::policy::{Input, LookerIdentity, QueryFacts, Verdict};
+use crate::policy::{Input, LookerIdentity, QueryFacts, Verdict, INSPECTABLE_QUERY_OPERATIONS};
 use crate::reply::Refusal;
 
 /// A request with owned strings (the `explain` CLI, tests); see [`RequestHead`].
@@ -86,6 +86,8 @@ pub struct Audit {
     pub reason: Option<String>,
     /// Shadow rules that matched, as `rule:would`.
     pub shadows: Vec<String>,
+    /// Why it was refused, in words (the decision's log line; never a secret).
+    pub detail: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -98,6 +100,8 @@ pub enum Decision {
     /// the Looker `authorization` header, added by [`with_looker_token`].
     Forward {
         identity: LookerIdentity,
+        /// The verified `iss`: with `subject`, the principal (rate-limit buckets).
+        issuer: String,
         subject: String,
         header_ops: Vec<HeaderOp>,
         audit: Audit,
@@ -118,8 +122,8 @@ pub struct Admitted {
     token: Rc<VerifiedToken>,
     /// Header changes planned so far (credential stripping, path rewrite).
     header_ops: Vec<HeaderOp>,
-    /// The query read from the URL (`run_url_encoded_query`).
-    url_query: Option<QueryFacts>,
+    /// The query string as received (guarded operations read it as Looker does).
+    query_string: Option<String>,
     pub audit: Audit,
 }
 
@@ -155,48 +159,56 @@ pub fn decide_head(gateway: &Gateway, request: RequestHead<'_>, now_unix: u64) -
             let (refusal, audit) = *refused;
             refuse(refusal, audit)
         }
-        Ok((mut admitted, operation)) => {
+        Ok((admitted, operation)) => {
             let input = Input {
+                issuer: &admitted.token.issuer,
                 method: &admitted.method,
                 path: &admitted.path,
                 operation,
                 claims: &admitted.token.claims,
-                query: admitted.url_query.as_ref(),
+                query: None,
             };
-            let reads_body =
-                operation.is_some_and(|o| BODY_QUERY_OPERATIONS.contains(&o.operation_id.as_str()));
-            if reads_body && gateway.policy.needs_query(&input) {
+            let id = operation.map_or("", |o| o.operation_id.as_str());
+            if !INSPECTABLE_QUERY_OPERATIONS.contains(&id) || !gateway.policy.needs_query(&input) {
+                return judge(gateway, admitted, operation, None);
+            }
+            if BODY_QUERY_OPERATIONS.contains(&id) {
                 return Decision::NeedBody(Box::new(admitted));
             }
-            let query = admitted.url_query.take();
-            judge(gateway, admitted, operation, query.as_ref())
+            match read_query(id, &admitted.path, admitted.query_string.as_deref(), None) {
+                Ok(facts) => judge(gateway, admitted, operation, Some(&facts)),
+                Err(reason) => refuse(Refusal::BadRequest { reason }, admitted.audit),
+            }
         }
     }
 }
 
 /// The verdict for a request whose body (a Looker `WriteQuery`) has been read.
 pub fn decide_body(gateway: &Gateway, admitted: Admitted, body: &[u8]) -> Decision {
-    match query_from_body(body) {
+    let id = admitted.operation_id.as_deref().unwrap_or_default();
+    match read_query(
+        id,
+        &admitted.path,
+        admitted.query_string.as_deref(),
+        Some(body),
+    ) {
         Ok(facts) => {
-            let operation = admitted
-                .operation_id
-                .as_deref()
-                .and_then(|id| gateway.operations.by_id(id));
+            let operation = gateway.operations.by_id(id);
             judge(gateway, admitted, operation, Some(&facts))
         }
-        Err(reason) => {
-            let audit = admitted.audit.clone();
-            refuse(Refusal::BadRequest { reason }, audit)
-        }
+        Err(reason) => refuse(Refusal::BadRequest { reason }, admitted.audit),
     }
 }
 
 /// Operations whose body is a `WriteQuery`.
-const BODY_QUERY_OPERATIONS: &[&str] = &["run_inline_query", "create_query"];
+pub const BODY_QUERY_OPERATIONS: &[&str] = &["run_inline_query", "create_query"];
 
 fn refuse(refusal: Refusal, mut audit: Audit) -> Decision {
     audit.verdict = "deny";
     audit.reason = Some(refusal.code().to_owned());
+    if let Refusal::Forbidden { reason, .. } | Refusal::BadRequest { reason } = &refusal {
+        audit.detail = Some(reason.clone());
+    }
     Decision::Refuse { refusal, audit }
 }
 
@@ -261,13 +273,7 @@ fn admit<'g>(gateway: &'g Gateway, request: RequestHead<'_>, now_unix: u64) -> A
             )));
         }
     }
-    let url_query = match operation {
-        Some(op) if op.operation_id == "run_url_encoded_query" => {
-            Some(query_from_url(&target.path, target.query))
-        }
-        _ => None,
-    };
-    let mut header_ops = strip_client_credentials(gateway, request);
+    let mut header_ops = strip_client_headers(gateway, request);
     // Forward exactly the path the policy matched (normalized), minus any token.
     let forward = path::strip_access_token(&target).unwrap_or_else(|| target.to_path());
     if forward != request.path {
@@ -279,7 +285,7 @@ fn admit<'g>(gateway: &'g Gateway, request: RequestHead<'_>, now_unix: u64) -> A
         operation_id: operation.map(|o| o.operation_id.clone()),
         token: verified,
         header_ops,
-        url_query,
+        query_string: target.query.map(str::to_owned),
         audit,
     };
     Ok((admitted, operation))
@@ -292,6 +298,7 @@ fn judge(
     query: Option<&QueryFacts>,
 ) -> Decision {
     let evaluation = gateway.policy.evaluate(&Input {
+        issuer: &admitted.token.issuer,
         method: &admitted.method,
         path: &admitted.path,
         operation,
@@ -315,6 +322,7 @@ fn judge(
             audit.verdict = "allow";
             Decision::Forward {
                 identity,
+                issuer: admitted.token.issuer.clone(),
                 subject: admitted.token.subject.clone().unwrap_or_default(),
                 header_ops: admitted.header_ops,
                 audit,
@@ -358,8 +366,75 @@ fn below_prefix<'p>(path: &'p str, prefix: &str) -> Option<&'p str> {
     (rest.is_empty() || rest.starts_with('/')).then_some(rest)
 }
 
+/// The query a guarded operation carries, read where and how Looker reads it:
+/// `run_url_encoded_query` from its path and URL; `run_inline_query` and `create_query`
+/// from their `WriteQuery` body, where a URL `limit` overrides the body's (Looker's spec:
+/// "Row limit (may override the limit in the saved query)"). Anything two readers could
+/// take two ways (a repeated name, `limit[]`, a `;` separator, a duplicated JSON key, the
+/// query's model in the URL of a body operation) is an error: the request is refused.
+pub fn read_query(
+    operation_id: &str,
+    path: &str,
+    url_query: Option<&str>,
+    body: Option<&[u8]>,
+) -> Result<QueryFacts, String> {
+    let params = crate::query::parse(url_query.unwrap_or("")).map_err(|e| e.0)?;
+    let mut seen = std::collections::HashSet::new();
+    for p in &params {
+        if !seen.insert(p.name.as_str()) {
+            return Err(format!(
+                "the query string names {:?} more than once",
+                p.name
+            ));
+        }
+        let base = p.base();
+        if base != p.name && ["limit", "model", "view", "filter_expression", "filter_config"].contains(&base) {
+            return Err(format!("the query string parameter {:?} is not a single value", p.name));
+        }
+    }
+    let url_limit = match params.iter().find(|p| p.name == "limit") {
+        Some(p) => Some(parse_limit(&p.value).map_err(|e| format!("the URL's {e}"))?),
+        None => None,
+    };
+    let mut facts = match body {
+        None => query_from_url_params(path, &params)?,
+        Some(body) => {
+            // Looker builds these queries from the body alone; a query field in the URL
+            // would be read by one server and not another.
+            if let Some(p) = params.iter().find(|p| {
+                ["model", "view", "filters", "filter_expression", "filter_config", "f"]
+                    .contains(&p.base())
+            }) {
+                return Err(format!(
+                    "the query's {} belongs in the body, not the URL",
+                    p.base()
+                ));
+            }
+            query_from_body(body)?
+        }
+    };
+    if operation_id == "create_query" && url_limit.is_some() {
+        return Err("create_query takes the query's limit in the body, not the URL".to_owned());
+    }
+    if let Some(limit) = url_limit {
+        facts.limit = limit;
+    }
+    Ok(facts)
+}
+
+/// A limit as Looker reads it: blank is none (its default applies), else a whole number.
+fn parse_limit(text: &str) -> Result<Option<i64>, String> {
+    let text = text.trim();
+    if text.is_empty() {
+        return Ok(None);
+    }
+    text.parse::<i64>()
+        .map(Some)
+        .map_err(|_| format!("query.limit {text:?} is not a whole number"))
+}
+
 /// Reads a Looker `WriteQuery` (`model`, `view`, `limit` — a string in Looker's
-/// schema, a number accepted too — and `filters`).
+/// schema, a number accepted too — `filters`, `filter_expression`, `filter_config`).
 pub fn query_from_body(body: &[u8]) -> Result<QueryFacts, String> {
     let value: serde_json::Value =
         serde_json::from_slice(body).map_err(|_| "the query body is not valid JSON".to_owned())?;
@@ -367,18 +442,14 @@ pub fn query_from_body(body: &[u8]) -> Result<QueryFacts, String> {
         .as_object()
         .ok_or_else(|| "the query body is not a JSON object".to_owned())?;
     // serde_json keeps the last of duplicated keys; Looker's parser might keep another.
-    // `{"limit":"100000","limit":"10"}` must not mean one thing here and another there.
+    // `{"limit":"100000","limit":"10"}` must not mean one thing here and another there,
+    // at any depth (`filters` too).
     serde_json::from_slice::<UniqueKeys>(body)
         .map_err(|e| format!("the query body is ambiguous: {e}"))?;
     let text = |key: &str| object.get(key).and_then(|v| v.as_str()).map(str::to_owned);
     let limit = match object.get("limit") {
         None | Some(serde_json::Value::Null) => None,
-        Some(serde_json::Value::String(s)) if s.trim().is_empty() => None,
-        Some(serde_json::Value::String(s)) => Some(
-            s.trim()
-                .parse::<i64>()
-                .map_err(|_| format!("query.limit {s:?} is not a whole number"))?,
-        ),
+        Some(serde_json::Value::String(s)) => parse_limit(s)?,
         Some(serde_json::Value::Number(n)) => Some(
             n.as_i64()
                 .ok_or_else(|| "query.limit is not a whole number".to_owned())?,
@@ -386,18 +457,35 @@ pub fn query_from_body(body: &[u8]) -> Result<QueryFacts, String> {
         Some(_) => return Err("query.limit is not a whole number".to_owned()),
     };
     let filters = match object.get("filters") {
-        Some(serde_json::Value::Object(map)) => map.keys().cloned().collect(),
-        _ => Vec::new(),
+        Some(serde_json::Value::Object(map)) => map
+            .iter()
+            .map(|(field, value)| {
+                // A filter that is not a string filters nothing.
+                let expression = value.as_str().unwrap_or_default().to_owned();
+                (field.clone(), expression)
+            })
+            .collect(),
+        None | Some(serde_json::Value::Null) => Vec::new(),
+        Some(_) => return Err("query.filters is not a JSON object".to_owned()),
+    };
+    let present = |key: &str| match object.get(key) {
+        None | Some(serde_json::Value::Null) => false,
+        Some(serde_json::Value::String(s)) => !s.trim().is_empty(),
+        Some(serde_json::Value::Object(map)) => !map.is_empty(),
+        Some(serde_json::Value::Array(items)) => !items.is_empty(),
+        Some(_) => true,
     };
     Ok(QueryFacts {
         model: text("model"),
         view: text("view"),
         limit,
         filters,
+        filter_expression: present("filter_expression"),
+        filter_config: present("filter_config"),
     })
 }
 
-/// Deserializes a JSON object only to check that no top-level key repeats.
+/// Deserializes JSON only to check that no object, at any depth, repeats a key.
 struct UniqueKeys;
 
 impl<'de> serde::Deserialize<'de> for UniqueKeys {
@@ -406,7 +494,7 @@ impl<'de> serde::Deserialize<'de> for UniqueKeys {
         impl<'de> serde::de::Visitor<'de> for Visitor {
             type Value = UniqueKeys;
             fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str("a JSON object")
+                f.write_str("JSON")
             }
             fn visit_map<A: serde::de::MapAccess<'de>>(
                 self,
@@ -419,18 +507,46 @@ impl<'de> serde::Deserialize<'de> for UniqueKeys {
                             "key {key:?} appears twice"
                         )));
                     }
-                    map.next_value::<serde::de::IgnoredAny>()?;
+                    map.next_value::<UniqueKeys>()?;
                 }
                 Ok(UniqueKeys)
             }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<UniqueKeys, A::Error> {
+                while seq.next_element::<UniqueKeys>()?.is_some() {}
+                Ok(UniqueKeys)
+            }
+            fn visit_bool<E>(self, _: bool) -> Result<UniqueKeys, E> {
+                Ok(UniqueKeys)
+            }
+            fn visit_i64<E>(self, _: i64) -> Result<UniqueKeys, E> {
+                Ok(UniqueKeys)
+            }
+            fn visit_u64<E>(self, _: u64) -> Result<UniqueKeys, E> {
+                Ok(UniqueKeys)
+            }
+            fn visit_f64<E>(self, _: f64) -> Result<UniqueKeys, E> {
+                Ok(UniqueKeys)
+            }
+            fn visit_str<E>(self, _: &str) -> Result<UniqueKeys, E> {
+                Ok(UniqueKeys)
+            }
+            fn visit_unit<E>(self) -> Result<UniqueKeys, E> {
+                Ok(UniqueKeys)
+            }
         }
-        deserializer.deserialize_map(Visitor)
+        deserializer.deserialize_any(Visitor)
     }
 }
 
 /// `run_url_encoded_query`: `/queries/models/{model}/views/{view}/run/{format}` with
-/// `limit` and `f[field]=value` in the query string. Public for `lookergate explain`.
-pub fn query_from_url(path: &str, query: Option<&str>) -> QueryFacts {
+/// `limit`, `f[field]=value`, `filter_expression` in the (decoded) query string.
+fn query_from_url_params(
+    path: &str,
+    params: &[crate::query::Param],
+) -> Result<QueryFacts, String> {
     let parts: Vec<&str> = path.split('/').collect();
     let after = |name: &str| {
         parts
@@ -442,23 +558,25 @@ pub fn query_from_url(path: &str, query: Option<&str>) -> QueryFacts {
     let mut facts = QueryFacts {
         model: after("models"),
         view: after("views"),
-        limit: None,
-        filters: Vec::new(),
+        ..QueryFacts::default()
     };
-    for pair in query.unwrap_or("").split('&') {
-        let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
-        if name == "limit" {
-            // An unreadable limit counts as Looker's "no limit" so guardrails refuse it.
-            facts.limit = Some(value.parse().unwrap_or(-1));
-        } else if let Some(field) = name
-            .strip_prefix("f[")
-            .or_else(|| name.strip_prefix("f%5B"))
-        {
-            let field = field.trim_end_matches(']').trim_end_matches("%5D");
-            facts.filters.push(field.to_owned());
+    for p in params {
+        match p.base() {
+            "f" => {
+                let field = p
+                    .name
+                    .strip_prefix("f[")
+                    .and_then(|rest| rest.strip_suffix(']'))
+                    .filter(|field| !field.is_empty() && !field.contains(['[', ']']))
+                    .ok_or_else(|| format!("the filter parameter {:?} is not f[field]", p.name))?;
+                facts.filters.push((field.to_owned(), p.value.clone()));
+            }
+            "filter_expression" => facts.filter_expression |= !p.value.trim().is_empty(),
+            "filter_config" => facts.filter_config |= !p.value.trim().is_empty(),
+            _ => {}
         }
     }
-    facts
+    Ok(facts)
 }
 
 /// Appends the Looker token to a planned rewrite. Looker accepts `token X`.
@@ -566,9 +684,10 @@ fn token_from<'v>(source: &TokenSource, value: &'v str) -> Option<&'v str> {
     (!token.is_empty()).then_some(token)
 }
 
-/// Headers that must not reach Looker: the client's credentials and anything the
-/// gateway owns. `authorization` is set again with the Looker token.
-fn strip_client_credentials(gateway: &Gateway, request: RequestHead<'_>) -> Vec<HeaderOp> {
+/// Headers that must not reach Looker: the client's credentials, anything the gateway
+/// owns, and what a client could use to steer Envoy or to spoof where it comes from.
+/// `authorization` is set again with the Looker token.
+fn strip_client_headers(gateway: &Gateway, request: RequestHead<'_>) -> Vec<HeaderOp> {
     let mut ops: Vec<HeaderOp> = Vec::new();
     let mut remove = |name: &str| {
         if !ops
@@ -583,9 +702,36 @@ fn strip_client_credentials(gateway: &Gateway, request: RequestHead<'_>) -> Vec<
             remove(header);
         }
     }
-    for (name, _) in request.headers {
-        if name == "cookie" || name == "proxy-authorization" || name.starts_with("x-lookergate-") {
+    let mut forwarded_for: Option<&str> = None;
+    for (name, value) in request.headers {
+        let name = name.as_ref();
+        if name == "x-forwarded-for" {
+            forwarded_for = Some(value);
+            continue;
+        }
+        // `x-envoy-*`: Envoy's router reads `x-envoy-retry-on`, `-max-retries`,
+        // `-upstream-rq-timeout-ms`, ... after this filter: a client must not retry a
+        // query or cut its timeout. `forwarded` and `x-forwarded-*` (but -for and
+        // -proto, which Envoy itself sets under `use_remote_address`) are the client's.
+        let spoofable = name.starts_with("x-envoy-")
+            || name == "forwarded"
+            || (name.starts_with("x-forwarded-") && name != "x-forwarded-proto");
+        if spoofable
+            || name == "cookie"
+            || name == "proxy-authorization"
+            || name.starts_with("x-lookergate-")
+        {
             remove(name);
+        }
+    }
+    // Envoy appends the peer's address as the last hop (`use_remote_address: true` in
+    // every shipped config); the hops before it are whatever the client wrote.
+    if let Some(value) = forwarded_for {
+        let last = value.rsplit(',').next().unwrap_or_default().trim();
+        if last.is_empty() {
+            remove("x-forwarded-for");
+        } else if last != value {
+            ops.push(HeaderOp::Set("x-forwarded-for".to_owned(), last.to_owned()));
         }
     }
     ops
@@ -657,6 +803,7 @@ mod tests {
                 subject,
                 header_ops,
                 audit,
+                ..
             } => {
                 assert_eq!(identity, LookerIdentity::Role("analyst".into()));
                 assert_eq!(subject, "alice");
@@ -887,7 +1034,10 @@ mod tests {
         let q = query_from_body(br#"{"model":"thelook","view":"orders","limit":"10","filters":{"orders.status":"complete"}}"#).unwrap();
         assert_eq!(q.model.as_deref(), Some("thelook"));
         assert_eq!(q.limit, Some(10));
-        assert_eq!(q.filters, vec!["orders.status".to_owned()]);
+        assert_eq!(
+            q.filters,
+            vec![("orders.status".to_owned(), "complete".to_owned())]
+        );
         assert_eq!(
             query_from_body(br#"{"limit":500}"#).unwrap().limit,
             Some(500)
@@ -897,14 +1047,140 @@ mod tests {
         // found by fuzzing review: last-one-wins duplicates would let a limit slip past
         let dup = query_from_body(br#"{"limit":"100000","limit":"10"}"#).unwrap_err();
         assert!(dup.contains("appears twice"), "{dup}");
-        let u = query_from_url(
+        let nested = query_from_body(br#"{"filters":{"a":"","a":"x"}}"#).unwrap_err();
+        assert!(nested.contains("appears twice"), "{nested}");
+        let flags = query_from_body(
+            br#"{"filter_expression":"${orders.id} > 0","filter_config":{"x":1},"filters":{"a":null}}"#,
+        )
+        .unwrap();
+        assert!(flags.filter_expression && flags.filter_config);
+        assert_eq!(flags.filters, vec![("a".to_owned(), String::new())]);
+        let blank = query_from_body(br#"{"filter_expression":"","filter_config":null}"#).unwrap();
+        assert!(!blank.filter_expression && !blank.filter_config);
+        let u = read_query(
+            "run_url_encoded_query",
             "/api/4.0/queries/models/thelook/views/orders/run/json",
-            Some("limit=20&f[orders.status]=x"),
-        );
+            Some("limit=20&f%5Borders.status%5D=x+y"),
+            None,
+        )
+        .unwrap();
         assert_eq!(
             (u.model.as_deref(), u.view.as_deref(), u.limit),
             (Some("thelook"), Some("orders"), Some(20))
         );
-        assert_eq!(u.filters, vec!["orders.status".to_owned()]);
+        assert_eq!(
+            u.filters,
+            vec![("orders.status".to_owned(), "x y".to_owned())]
+        );
+    }
+
+    #[test]
+    fn the_url_limit_overrides_the_body_and_ambiguity_is_refused() {
+        let inline = |url: &str, body: &str| {
+            read_query(
+                "run_inline_query",
+                "/api/4.0/queries/run/json",
+                Some(url),
+                Some(body.as_bytes()),
+            )
+        };
+        let body = r#"{"model":"thelook","view":"orders","limit":"10"}"#;
+        assert_eq!(inline("limit=100000", body).unwrap().limit, Some(100_000));
+        assert_eq!(inline("%6Cimit=-1", body).unwrap().limit, Some(-1));
+        assert_eq!(inline("limit=", body).unwrap().limit, None);
+        assert_eq!(inline("cache=true", body).unwrap().limit, Some(10));
+        for (url, why) in [
+            ("limit=1&limit=100000", "more than once"),
+            ("limit=1&%6Cimit=2", "more than once"),
+            ("limit[]=5", "not a single value"),
+            ("limit=10;limit=99999", "';'"),
+            ("limit=1e6", "whole number"),
+            ("limit=%zz", "percent-escape"),
+            ("model=other", "belongs in the body"),
+            ("f[orders.id]=1", "belongs in the body"),
+        ] {
+            let err = inline(url, body).unwrap_err();
+            assert!(err.contains(why), "{url}: {err}");
+        }
+        let create = read_query(
+            "create_query",
+            "/api/4.0/queries",
+            Some("limit=5"),
+            Some(body.as_bytes()),
+        );
+        assert!(create.is_err(), "{create:?}");
+        for (url, why) in [
+            ("f[a]=1&f[a]=2", "more than once"),
+            ("f[a][b]=1", "not f[field]"),
+            ("f[]=1", "not f[field]"),
+        ] {
+            let err = read_query(
+                "run_url_encoded_query",
+                "/api/4.0/queries/models/m/views/v/run/json",
+                Some(url),
+                None,
+            )
+            .unwrap_err();
+            assert!(err.contains(why), "{url}: {err}");
+        }
+    }
+
+    #[test]
+    fn client_headers_that_steer_envoy_or_spoof_origin_are_stripped() {
+        let idp = TestIssuer::new();
+        let gw = gateway(&idp);
+        let jwt = sign_rs256(
+            &idp,
+            json!({"sub": "alice", "groups": ["analysts"], "aud": "looker-api"}),
+        );
+        let bearer = format!("Bearer {jwt}");
+        let req = request(
+            "/api/4.0/user",
+            &[
+                ("authorization", &bearer),
+                ("x-envoy-retry-on", "5xx"),
+                ("x-envoy-upstream-rq-timeout-ms", "1"),
+                ("forwarded", "for=6.6.6.6"),
+                ("x-forwarded-host", "evil"),
+                ("x-forwarded-proto", "https"),
+                ("x-forwarded-for", "6.6.6.6, 10.0.0.1,127.0.0.1"),
+            ],
+        );
+        let Decision::Forward { header_ops, .. } = decide(&gw, &req, now()) else {
+            panic!("expected forward");
+        };
+        for name in [
+            "x-envoy-retry-on",
+            "x-envoy-upstream-rq-timeout-ms",
+            "forwarded",
+            "x-forwarded-host",
+        ] {
+            assert!(header_ops.contains(&HeaderOp::Remove(name.into())), "{name}");
+        }
+        assert!(!header_ops.contains(&HeaderOp::Remove("x-forwarded-proto".into())));
+        assert!(header_ops.contains(&HeaderOp::Set(
+            "x-forwarded-for".into(),
+            "127.0.0.1".into()
+        )));
+    }
+
+    #[test]
+    fn a_token_without_a_subject_is_refused() {
+        let idp = TestIssuer::new();
+        let gw = gateway(&idp);
+        for claims in [
+            json!({"groups": ["analysts"], "aud": "looker-api"}),
+            json!({"sub": "", "groups": ["analysts"], "aud": "looker-api"}),
+        ] {
+            let bearer = format!("Bearer {}", sign_rs256(&idp, claims));
+            let req = request("/api/4.0/user", &[("authorization", &bearer)]);
+            match decide(&gw, &req, now()) {
+                Decision::Refuse {
+                    refusal: Refusal::InvalidToken { code, .. },
+                    ..
+                } => assert_eq!(code, "missing_sub"),
+                other => panic!("expected 401 missing_sub, got {other:?}"),
+            }
+        }
     }
 }

@@ -39,15 +39,14 @@ impl Context for GatewayRoot {
         _num_trailers: usize,
     ) {
         let Some(gateway) = &self.gateway else { return };
-        let (status, body) = flow::read_broker_answer(&ProxyHost, num_headers, body_size);
         let mut worker = self.worker.borrow_mut();
-        flow::on_callout(
+        flow::on_http_call_answer(
             gateway,
             &mut worker,
             &ProxyHost,
             token_id,
-            status,
-            &body,
+            num_headers,
+            body_size,
             self.context_id,
         );
     }
@@ -130,15 +129,14 @@ impl Context for GatewayStream {
         body_size: usize,
         _num_trailers: usize,
     ) {
-        let (status, body) = flow::read_broker_answer(&ProxyHost, num_headers, body_size);
         let mut worker = self.worker.borrow_mut();
-        flow::on_callout(
+        flow::on_http_call_answer(
             &self.gateway,
             &mut worker,
             &ProxyHost,
             token_id,
-            status,
-            &body,
+            num_headers,
+            body_size,
             self.context_id,
         );
     }
@@ -185,6 +183,14 @@ impl HttpContext for GatewayStream {
             body_size,
             end_of_stream,
         );
+        action(next)
+    }
+
+    // Without this the SDK's default (`Continue`) would resume a request still paused
+    // for its body, its issuer's keys or the broker: unchecked, with the client's JWT.
+    fn on_http_request_trailers(&mut self, _num_trailers: usize) -> Action {
+        let mut worker = self.worker.borrow_mut();
+        let next = flow::on_trailers(&self.gateway, &mut worker, &ProxyHost, self.context_id);
         action(next)
     }
 }

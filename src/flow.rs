@@ -9,7 +9,7 @@ use crate::broker::{self, MAX_RESPONSE_BYTES};
 use crate::config::Gateway;
 use crate::decision::{self, Admitted, Audit, Decision, RequestHead};
 use crate::host::Host;
-use crate::keys::{FetchOutcome, UnknownKid};
+use crate::keys::{FetchOutcome, Step, UnknownKid, MAX_DISCOVERY_BYTES, MAX_JWKS_BYTES};
 use crate::policy::LookerIdentity;
 use crate::ratelimit;
 use crate::reply::Refusal;
@@ -154,7 +154,14 @@ fn decide_request<H: Host>(
                 let bytes = if size == 0 {
                     Vec::new()
                 } else {
-                    host.request_body(size)
+                    match complete_body(gateway, host) {
+                        Ok(bytes) => bytes,
+                        Err(refusal) => {
+                            worker.stages.insert(context_id, Stage::Refused);
+                            refuse(host, &refusal, request_id);
+                            return Next::Pause;
+                        }
+                    }
                 };
                 decision::decide_body(gateway, *admitted, &bytes)
             }
@@ -217,17 +224,32 @@ pub fn on_body<H: Host>(
     if !end_of_stream {
         return Next::Pause; // keep buffering
     }
-    let Stage::AwaitingBody {
+    judge_complete_body(gateway, worker, host, context_id)
+}
+
+/// The awaited body is complete (its last data, or trailers): read it and decide.
+fn judge_complete_body<H: Host>(
+    gateway: &Gateway,
+    worker: &mut Worker,
+    host: &H,
+    context_id: u32,
+) -> Next {
+    let Some(Stage::AwaitingBody {
         admitted,
         request_id,
         method,
         ..
-    } = std::mem::replace(stage, Stage::Refused)
+    }) = worker.stages.insert(context_id, Stage::Refused)
     else {
         return Next::Pause;
     };
-    let body = host.request_body(body_size);
-    let decision = decision::decide_body(gateway, *admitted, &body);
+    let decision = match complete_body(gateway, host) {
+        Ok(body) => decision::decide_body(gateway, *admitted, &body),
+        Err(refusal) => {
+            refuse(host, &refusal, &request_id);
+            return Next::Pause;
+        }
+    };
     proceed(
         gateway,
         worker,
@@ -240,7 +262,125 @@ pub fn on_body<H: Host>(
     )
 }
 
-/// Any callout answer: a key fetch or a broker call.
+/// The whole buffered request body, or 413 when it exceeds `max_body_bytes`. Read with
+/// the limit as the length (the host returns what there is): the sizes proxy-wasm
+/// reports per body callback are not the whole buffer on every host.
+fn complete_body<H: Host>(gateway: &Gateway, host: &H) -> Result<Vec<u8>, Refusal> {
+    let body = host.request_body(gateway.max_body_bytes.saturating_add(1));
+    if body.len() > gateway.max_body_bytes {
+        return Err(Refusal::PayloadTooLarge {
+            limit: gateway.max_body_bytes,
+        });
+    }
+    Ok(body)
+}
+
+/// Request trailers: the end of the request. They never resume a stream the filter has
+/// not decided (the SDK's default would `Continue` it, sending the client's request
+/// upstream unchecked); where a body is awaited they end it. The client's trailers never
+/// reach Looker.
+pub fn on_trailers<H: Host>(
+    gateway: &Gateway,
+    worker: &mut Worker,
+    host: &H,
+    context_id: u32,
+) -> Next {
+    if let Err(e) = host.clear_request_trailers() {
+        warn!("lookergate[{context_id}] cannot remove the request trailers: {}", e.0);
+        worker.keys.leave(context_id);
+        let previous = worker.stages.insert(context_id, Stage::Refused);
+        if !matches!(previous, Some(Stage::Refused)) {
+            refuse(
+                host,
+                &Refusal::BadRequest {
+                    reason: "request trailers are not accepted".into(),
+                },
+                "",
+            );
+        }
+        return Next::Pause;
+    }
+    let stage = worker.stages.entry(context_id).or_default();
+    match stage {
+        Stage::Forwarded => Next::Continue,
+        Stage::AwaitingKeys { body_complete, .. } => {
+            *body_complete = true;
+            Next::Pause
+        }
+        Stage::AwaitingBody { .. } => judge_complete_body(gateway, worker, host, context_id),
+        Stage::AwaitingToken | Stage::Refused | Stage::Headers => Next::Pause,
+    }
+}
+
+/// What a callout answer is, found by its token before anything of it is read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Callout {
+    /// A broker call for a Looker token.
+    Token,
+    /// An issuer's key fetch (discovery document or JWKS).
+    Keys(Step),
+    /// A token-invalidation call to the broker (its answer is not used).
+    Invalidate,
+}
+
+impl Callout {
+    /// The largest answer body this kind accepts; a larger one is a failed call.
+    pub fn max_body(self) -> usize {
+        match self {
+            Callout::Token => MAX_RESPONSE_BYTES,
+            Callout::Keys(Step::Discovery) => MAX_DISCOVERY_BYTES,
+            Callout::Keys(Step::Jwks) => MAX_JWKS_BYTES,
+            Callout::Invalidate => 0,
+        }
+    }
+}
+
+/// The kind of the callout answered by `callout`; `None`: not one of ours (any more).
+pub fn route(worker: &Worker, callout: u32) -> Option<Callout> {
+    if worker.is_flight(callout) {
+        return Some(Callout::Token);
+    }
+    if let Some(step) = worker.keys.fetch_step(callout) {
+        return Some(Callout::Keys(step));
+    }
+    worker
+        .invalidations_pending(callout)
+        .then_some(Callout::Invalidate)
+}
+
+/// A callout answer as proxy-wasm delivers it: routed by its token to its kind, then
+/// read with that kind's bound (`num_headers == 0`: no answer — reset or timeout).
+#[allow(clippy::too_many_arguments)]
+pub fn on_http_call_answer<H: Host>(
+    gateway: &Gateway,
+    worker: &mut Worker,
+    host: &H,
+    callout: u32,
+    num_headers: usize,
+    body_size: usize,
+    current_context: u32,
+) {
+    let Some(kind) = route(worker, callout) else {
+        return;
+    };
+    let (status, body) = if num_headers == 0 || kind == Callout::Invalidate {
+        (None, Vec::new())
+    } else {
+        host.callout_response(body_size, kind.max_body())
+    };
+    answer(
+        gateway,
+        worker,
+        host,
+        kind,
+        callout,
+        status,
+        &body,
+        current_context,
+    );
+}
+
+/// Any callout answer whose body was read: routed by its token (see [`route`]).
 pub fn on_callout<H: Host>(
     gateway: &Gateway,
     worker: &mut Worker,
@@ -250,12 +390,33 @@ pub fn on_callout<H: Host>(
     body: &[u8],
     current_context: u32,
 ) {
-    let now_ms = host.now_ms();
-    match worker
-        .keys
-        .on_answer(gateway, host, callout, status, body, now_ms)
-    {
-        FetchOutcome::NotOurs => on_broker_answer(
+    if let Some(kind) = route(worker, callout) {
+        answer(
+            gateway,
+            worker,
+            host,
+            kind,
+            callout,
+            status,
+            body,
+            current_context,
+        );
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn answer<H: Host>(
+    gateway: &Gateway,
+    worker: &mut Worker,
+    host: &H,
+    kind: Callout,
+    callout: u32,
+    status: Option<u32>,
+    body: &[u8],
+    current_context: u32,
+) {
+    match kind {
+        Callout::Token => on_broker_answer(
             gateway,
             worker,
             host,
@@ -264,12 +425,23 @@ pub fn on_callout<H: Host>(
             body,
             current_context,
         ),
-        FetchOutcome::Continuing => {}
-        FetchOutcome::Done { waiters, .. } => {
-            for waiter in waiters {
-                redecide_after_keys(gateway, worker, host, waiter.context_id);
+        Callout::Invalidate => {
+            worker.invalidated(callout);
+        }
+        Callout::Keys(_) => {
+            let now_ms = host.now_ms();
+            match worker
+                .keys
+                .on_answer(gateway, host, callout, status, body, now_ms)
+            {
+                FetchOutcome::NotOurs | FetchOutcome::Continuing => {}
+                FetchOutcome::Done { waiters, .. } => {
+                    for waiter in waiters {
+                        redecide_after_keys(gateway, worker, host, waiter.context_id);
+                    }
+                    host.switch_to(current_context);
+                }
             }
-            host.switch_to(current_context);
         }
     }
 }
@@ -344,11 +516,14 @@ fn forward_or_refuse<H: Host>(
         }
         Decision::Forward {
             identity,
+            issuer,
             subject,
             header_ops,
             mut audit,
         } => {
-            if let Err(refusal) = check_rate_limit(gateway, host, &subject, &audit, now_ms) {
+            if let Err(refusal) =
+                check_rate_limit(gateway, host, &issuer, &subject, &audit, now_ms)
+            {
                 audit.verdict = "deny";
                 audit.reason = Some(refusal.code().to_owned());
                 report_decision(host, context_id, request_id, method, &audit);
@@ -433,6 +608,7 @@ fn forward_or_refuse<H: Host>(
 fn check_rate_limit<H: Host>(
     gateway: &Gateway,
     host: &H,
+    issuer: &str,
     subject: &str,
     audit: &Audit,
     now_ms: u64,
@@ -448,7 +624,8 @@ fn check_rate_limit<H: Host>(
         retry_after_secs: retry_after_ms.div_ceil(1000).max(1),
         budget,
     };
-    let key = |bucket: &str| format!("lookergate.rl.v1.{}.{bucket}.{subject}", rule.name);
+    let principal = ratelimit::principal_key(issuer, subject);
+    let key = |bucket: &str| format!("lookergate.rl.v2.{}.{bucket}.{principal}", rule.name);
     let is_query = audit
         .operation
         .as_deref()
@@ -627,19 +804,17 @@ pub fn on_response<H: Host>(
         host.shared_set_if(&key, &expired.encode(), cas);
     }
     let (headers, body) = broker::invalidate_request(&gateway.broker, &identity);
-    if host
-        .dispatch(
-            &gateway.broker.cluster,
-            &headers,
-            body.as_bytes(),
-            gateway.broker.timeout,
-        )
-        .is_err()
-    {
-        warn!(
+    match host.dispatch(
+        &gateway.broker.cluster,
+        &headers,
+        body.as_bytes(),
+        gateway.broker.timeout,
+    ) {
+        Ok(callout) => worker.invalidating(callout),
+        Err(_) => warn!(
             "lookergate[{context_id}] cannot ask the broker to invalidate the token of {}",
             identity.key()
-        );
+        ),
     }
 }
 
@@ -718,18 +893,6 @@ pub fn on_tick<H: Host>(gateway: &Gateway, worker: &mut Worker, host: &H, root_c
         }
     }
     host.switch_to(root_context);
-}
-
-/// The answer for a callout arrives at the context that sent it: read it and go on.
-pub fn read_broker_answer<H: Host>(
-    host: &H,
-    num_headers: usize,
-    body_size: usize,
-) -> (Option<u32>, Vec<u8>) {
-    if num_headers == 0 {
-        return (None, Vec::new()); // Envoy's way of saying: no answer (reset, timeout)
-    }
-    host.callout_response(body_size, MAX_RESPONSE_BYTES)
 }
 
 fn refuse<H: Host>(host: &H, refusal: &Refusal, request_id: &str) {
@@ -856,6 +1019,7 @@ mod tests {
         counters: RefCell<HashMap<String, u64>>,
         versions: RefCell<HashMap<String, u32>>,
         allow_any_cluster: Cell<bool>,
+        trailers_cleared: RefCell<Vec<u32>>,
     }
 
     impl Host for FakeHost {
@@ -890,6 +1054,10 @@ mod tests {
                 "context {} answered twice",
                 self.current.get()
             );
+            Ok(())
+        }
+        fn clear_request_trailers(&self) -> Result<(), HostError> {
+            self.trailers_cleared.borrow_mut().push(self.current.get());
             Ok(())
         }
         fn resume(&self) -> Result<(), HostError> {
@@ -1023,7 +1191,7 @@ mod tests {
         ) -> Next {
             let jwt = sign_rs256(
                 &self.idp,
-                json!({"sub": "alice", "email": "a@x", "groups": groups, "aud": "looker-api"}),
+                json!({"sub": "alice", "email": "a@x", "email_verified": true, "groups": groups, "aud": "looker-api"}),
             );
             let headers = vec![
                 (":method".to_owned(), method.to_owned()),

@@ -25,6 +25,8 @@ pub trait Host {
     /// The buffered request body (the first `size` bytes).
     fn request_body(&self, size: usize) -> Vec<u8>;
     fn send_reply(&self, reply: &LocalReply) -> Result<(), HostError>;
+    /// Removes every request trailer of the current stream (Looker reads none).
+    fn clear_request_trailers(&self) -> Result<(), HostError>;
     fn resume(&self) -> Result<(), HostError>;
     /// Starts an HTTP callout from the current context; returns its token.
     fn dispatch(
@@ -126,6 +128,11 @@ impl Host for ProxyHost {
             .collect();
         hostcalls::send_http_response(reply.status, headers, Some(reply.body.as_bytes()))
             .map_err(host_err("send local reply"))
+    }
+
+    fn clear_request_trailers(&self) -> Result<(), HostError> {
+        hostcalls::set_map(MapType::HttpRequestTrailers, vec![])
+            .map_err(host_err("remove request trailers"))
     }
 
     fn resume(&self) -> Result<(), HostError> {

@@ -127,6 +127,8 @@ pub enum JwtError {
     WrongIssuer,
     WrongAudience,
     MissingExpiry,
+    /// No `sub`, or an empty one: every principal must be named (audit, rate limits).
+    MissingSubject,
     /// A registered claim has the wrong JSON type.
     InvalidClaim(&'static str),
 }
@@ -149,6 +151,7 @@ impl JwtError {
             JwtError::WrongIssuer => "wrong_issuer",
             JwtError::WrongAudience => "wrong_audience",
             JwtError::MissingExpiry => "missing_exp",
+            JwtError::MissingSubject => "missing_sub",
             JwtError::InvalidClaim(_) => "invalid_claim",
         }
     }
@@ -183,6 +186,7 @@ impl fmt::Display for JwtError {
             }
             JwtError::WrongAudience => f.write_str("the token's audience (aud) is not accepted"),
             JwtError::MissingExpiry => f.write_str("the token has no expiry (exp)"),
+            JwtError::MissingSubject => f.write_str("the token has no subject (sub)"),
             JwtError::InvalidClaim(name) => write!(f, "the {name} claim has the wrong type"),
         }
     }
@@ -457,7 +461,8 @@ impl IssuerVerifier {
             return Err(JwtError::WrongAudience);
         }
         let subject = match claims.get("sub") {
-            None => None,
+            None => return Err(JwtError::MissingSubject),
+            Some(Value::String(sub)) if sub.is_empty() => return Err(JwtError::MissingSubject),
             Some(Value::String(sub)) => Some(sub.clone()),
             Some(_) => return Err(JwtError::InvalidClaim("sub")),
         };
@@ -811,9 +816,19 @@ pub(crate) mod tests {
                 "ok",
             ),
             (
-                "no iat, no sub",
-                eddsa(with(claims(), json!({"iat": null, "sub": null}))),
+                "no iat",
+                eddsa(with(claims(), json!({"iat": null}))),
                 "ok",
+            ),
+            (
+                "no sub: every principal is named",
+                eddsa(with(claims(), json!({"sub": null}))),
+                "missing_sub",
+            ),
+            (
+                "empty sub",
+                eddsa(with(claims(), json!({"sub": ""}))),
+                "missing_sub",
             ),
         ];
         run(&verifier(), cases);

@@ -18,12 +18,16 @@ use crate::config::{FetchUrl, Gateway, Issuer};
 use crate::host::Host;
 use crate::jwt::KeySet;
 
-/// Largest JWKS or discovery document accepted.
-pub const MAX_DOCUMENT_BYTES: usize = 256 * 1024;
+/// Largest JWKS accepted: a real tenant's (Entra ID: ~10 RSA keys with `x5c`
+/// certificate chains) is 15-25 KB; this leaves room for several times that.
+pub const MAX_JWKS_BYTES: usize = 256 * 1024;
+
+/// Largest OIDC discovery document accepted (real ones are 2-10 KB).
+pub const MAX_DISCOVERY_BYTES: usize = 64 * 1024;
 
 /// What an in-flight fetch is getting.
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum Step {
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
     Discovery,
     Jwks,
 }
@@ -315,6 +319,15 @@ impl KeyState {
         }
     }
 
+    /// What the key fetch answered by `callout` is getting, if it is one.
+    pub fn fetch_step(&self, callout: u32) -> Option<Step> {
+        self.issuers
+            .values()
+            .filter_map(|s| s.fetch.as_ref())
+            .find(|f| f.callout == callout)
+            .map(|f| f.step)
+    }
+
     /// Handles a callout answer if it belongs to a key fetch.
     pub fn on_answer<H: Host>(
         &mut self,
@@ -341,11 +354,18 @@ impl KeyState {
         let Some(fetch) = state.fetch.take() else {
             return FetchOutcome::NotOurs;
         };
+        let bound = match fetch.step {
+            Step::Discovery => MAX_DISCOVERY_BYTES,
+            Step::Jwks => MAX_JWKS_BYTES,
+        };
         let ok_body = match status {
-            Some(200) if body.len() <= MAX_DOCUMENT_BYTES => Some(body),
+            Some(200) if body.len() <= bound => Some(body),
             _ => None,
         };
         let result: Result<bool, String> = match (fetch.step, ok_body) {
+            (_, None) if status == Some(200) => Err(format!(
+                "the IdP's document exceeds {bound} bytes"
+            )),
             (_, None) => Err(format!(
                 "the IdP answered {}",
                 status.map_or("nothing (timeout or reset)".to_owned(), |s| s.to_string())

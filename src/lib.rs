@@ -17,6 +17,7 @@ pub mod keys;
 pub mod looker;
 pub mod path;
 pub mod policy;
+pub mod query;
 pub mod ratelimit;
 pub mod reply;
 pub mod tokens;

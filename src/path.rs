@@ -103,24 +103,14 @@ fn decode_unreserved(path: &str) -> Result<String, BadPath> {
 }
 
 /// Rebuilds the request target without `access_token` query parameters (Looker accepts
-/// a token there; a client's must never reach it). Returns `None` when nothing changes.
+/// a token there; a client's must never reach it), however the name is escaped. Returns
+/// `None` when nothing changes.
 pub fn strip_access_token(target: &RequestTarget<'_>) -> Option<String> {
-    let query = target.query?;
-    let is_token = |pair: &&str| {
-        let name = pair.split('=').next().unwrap_or("");
-        name.eq_ignore_ascii_case("access_token") || name.eq_ignore_ascii_case("access%5ftoken")
-    };
-    if !query.split('&').any(|p| is_token(&p)) {
-        return None;
-    }
-    let kept: Vec<&str> = query
-        .split('&')
-        .filter(|p| !p.is_empty() && !is_token(p))
-        .collect();
+    let kept = crate::query::without_access_token(target.query?)?;
     Some(if kept.is_empty() {
         target.path.clone()
     } else {
-        format!("{}?{}", target.path, kept.join("&"))
+        format!("{}?{kept}", target.path)
     })
 }
 

@@ -36,6 +36,15 @@ pub struct UserIdentitySpec {
     /// Looker credential type used to find the user (default `email`).
     #[serde(default = "default_credential_type")]
     pub credential_type: String,
+    /// When `claim` is `email`: act as the user only if the token says
+    /// `"email_verified": true` (default). An IdP that lets users set an unverified
+    /// address would otherwise let them become any Looker user.
+    #[serde(default = "default_true")]
+    pub require_email_verified: bool,
+}
+
+fn default_true() -> bool {
+    true
 }
 
 fn default_user_claim() -> String {
@@ -120,6 +129,10 @@ pub struct RawRule {
     /// `x-looker-status`: `stable`, `beta`, `alpha`, `deprecated`.
     #[serde(default)]
     pub statuses: Vec<String>,
+    /// The issuers (`iss`) whose tokens this rule accepts; empty: any configured issuer.
+    /// Required on a rule that acts as the user when several issuers are configured.
+    #[serde(default)]
+    pub issuers: Vec<String>,
     #[serde(default)]
     pub when: Vec<RawCondition>,
     /// Guardrails on the query a query operation carries.
@@ -147,24 +160,40 @@ pub struct QueryGuard {
     /// Explores (`view` in a Looker query).
     #[serde(default)]
     pub views: Vec<String>,
+    /// The most rows a query may ask for. Looker reads a missing or `0` limit as its
+    /// default (5000) and a negative one as "no limit": both count against it.
     #[serde(default)]
     pub max_limit: Option<i64>,
-    /// Fields that must carry a filter (`orders.created_date`).
+    /// Fields that must carry a non-empty filter (`orders.created_date`).
     #[serde(default)]
     pub required_filters: Vec<String>,
+    /// Allow a `filter_expression` (a Looker expression that can widen the query).
+    #[serde(default)]
+    pub allow_filter_expression: bool,
+    /// Allow a `filter_config` (Looker's UI filter state, which takes precedence over
+    /// `filters` in some paths).
+    #[serde(default)]
+    pub allow_filter_config: bool,
 }
 
-/// The query a request carries, as far as the gateway could read it.
+/// The query a request carries, read as Looker reads it (see `decision::read_query`).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct QueryFacts {
     pub model: Option<String>,
     pub view: Option<String>,
-    /// `None`: no limit given (Looker then applies its default of 5000).
+    /// The effective row limit: `None` when none was given; `0` and `None` mean Looker's
+    /// default (5000), a negative value "no limit".
     pub limit: Option<i64>,
-    pub filters: Vec<String>,
+    /// `(field, filter expression)` pairs.
+    pub filters: Vec<(String, String)>,
+    /// A non-empty `filter_expression` was given.
+    pub filter_expression: bool,
+    /// A non-empty `filter_config` was given.
+    pub filter_config: bool,
 }
 
-/// Operations that run arbitrary SQL: no rule reaches them unless it names them.
+/// Operations that run SQL written by the client: no rule reaches them unless it names
+/// them in `operations` (not by path, tag or activity type).
 pub const SQL_RUNNER_OPERATIONS: &[&str] = &[
     "create_sql_query",
     "sql_query",
@@ -172,6 +201,41 @@ pub const SQL_RUNNER_OPERATIONS: &[&str] = &[
     "create_sql_interface_query",
     "run_sql_interface_query",
     "sql_interface_metadata",
+    // Takes raw SQL (`CreateCostEstimate.sql`) and runs it as an EXPLAIN.
+    "connection_cost_estimate",
+];
+
+/// Operations that change the Looker session or mint, change or destroy credentials
+/// outside the gateway. Reached only through a rule that names them in `operations`,
+/// and only as the user themselves: on a role's account they would act for every
+/// principal sharing it (`update_session` would switch them all to dev mode).
+pub const SESSION_OPERATIONS: &[&str] = &[
+    "update_session",
+    "create_user_credentials_api3",
+    "update_user_credentials_api3",
+    "delete_user_credentials_api3",
+    "create_user_credentials_email",
+    "update_user_credentials_email",
+    "delete_user_credentials_email",
+    "create_user_credentials_email_password_reset",
+    "create_user_credentials_totp",
+    "delete_user_credentials_totp",
+    "delete_user_credentials_ldap",
+    "delete_user_credentials_google",
+    "delete_user_credentials_saml",
+    "delete_user_credentials_oidc",
+    "delete_user_credentials_looker_openid",
+    "delete_user_credentials_embed",
+    "delete_user_session",
+    "create_embed_url_as_me",
+    "create_sso_embed_url",
+    "acquire_embed_cookieless_session",
+    "generate_tokens_for_cookieless_session",
+    "delete_embed_cookieless_session",
+    "create_embed_secret",
+    "delete_embed_secret",
+    "invalidate_tokens",
+    "create_oauth_application_user_state",
 ];
 
 /// Operations whose query the gateway can read (body `WriteQuery`, or URL).
@@ -184,6 +248,8 @@ pub const LOOKER_DEFAULT_LIMIT: i64 = 5000;
 /// One request, as the policy sees it.
 #[derive(Debug, Clone, Copy)]
 pub struct Input<'a> {
+    /// The verified token's issuer (`iss`).
+    pub issuer: &'a str,
     pub method: &'a str,
     /// Normalized path, no query string.
     pub path: &'a str,
@@ -245,6 +311,7 @@ pub struct Rule {
     tags: Vec<String>,
     activity_types: Vec<String>,
     statuses: Vec<String>,
+    issuers: Vec<String>,
     when: Vec<Condition>,
     query: Option<QueryGuard>,
     pub shadow: bool,
@@ -283,7 +350,8 @@ pub enum Verdict {
         identity: LookerIdentity,
     },
     /// A rule denied, or no rule matched (`rule` = `default_deny`), or an allow rule
-    /// could not resolve its identity (e.g. the user claim is missing).
+    /// could not resolve its identity (e.g. the user claim is missing). `reason` goes
+    /// to the client: it names what failed, never what the policy allows.
     Deny { rule: String, reason: String },
 }
 
@@ -291,7 +359,12 @@ pub const DEFAULT_DENY: &str = "default_deny";
 
 impl Policy {
     /// Compiles the raw rules; errors name the field (`policy.rules[2].paths[0]`).
-    pub fn compile(raw: &RawPolicy, table: &OperationTable) -> Result<Policy, String> {
+    /// `issuers`: the configured issuers (`iss`), which rules may name.
+    pub fn compile(
+        raw: &RawPolicy,
+        table: &OperationTable,
+        issuers: &[&str],
+    ) -> Result<Policy, String> {
         let mut rules = Vec::with_capacity(raw.rules.len());
         let mut names = std::collections::HashSet::new();
         for (i, rule) in raw.rules.iter().enumerate() {
@@ -335,6 +408,28 @@ impl Policy {
                         "{at}.operations[{j}]: {id:?} is not a Looker API 4.0 operationId"
                     ));
                 }
+                if SESSION_OPERATIONS.contains(&id.as_str())
+                    && matches!(rule.allow, Some(IdentitySpec::Role(_)))
+                {
+                    return Err(format!(
+                        "{at}.operations[{j}]: {id} changes the Looker session or credentials of the identity it runs as; allow it only as the user themselves, never on a role's account shared by every principal of the rule"
+                    ));
+                }
+            }
+            for (j, iss) in rule.issuers.iter().enumerate() {
+                if !issuers.contains(&iss.as_str()) {
+                    return Err(format!(
+                        "{at}.issuers[{j}]: {iss:?} is not one of the configured issuers"
+                    ));
+                }
+            }
+            if matches!(rule.allow, Some(IdentitySpec::User(_)))
+                && issuers.len() > 1
+                && rule.issuers.is_empty()
+            {
+                return Err(format!(
+                    "{at}.issuers: a rule that acts as the user themselves must name the issuers it trusts when several are configured (a token from any of them could otherwise claim any user)"
+                ));
             }
             for (j, tag) in rule.tags.iter().enumerate() {
                 if !table.operations().iter().any(|o| o.tags.contains(tag)) {
@@ -369,6 +464,9 @@ impl Policy {
                 if guard.max_limit.is_some_and(|l| l <= 0) {
                     return Err(format!("{at}.query.max_limit: must be positive"));
                 }
+                if let Some(j) = guard.required_filters.iter().position(|f| f.trim().is_empty()) {
+                    return Err(format!("{at}.query.required_filters[{j}]: must name a field"));
+                }
                 if rule.effect_is_deny() {
                     return Err(format!("{at}.query: guardrails belong on allow rules"));
                 }
@@ -381,6 +479,7 @@ impl Policy {
                 tags: rule.tags.clone(),
                 activity_types: rule.activity_types.clone(),
                 statuses: rule.statuses.clone(),
+                issuers: rule.issuers.clone(),
                 when,
                 query: rule.query.clone(),
                 shadow: rule.shadow,
@@ -459,6 +558,39 @@ impl Policy {
     pub fn rules(&self) -> &[Rule] {
         &self.rules
     }
+
+    /// What an operator should know about a policy that loads: rules that grant
+    /// database queries without guardrails. `lookergate check` prints them; the filter
+    /// logs them at configuration.
+    pub fn warnings(&self, table: &OperationTable) -> Vec<String> {
+        let mut warnings = Vec::new();
+        for rule in &self.rules {
+            if rule.query.is_some() || rule.effect == Effect::Deny {
+                continue;
+            }
+            let mut granted: Vec<&str> = rule
+                .operations
+                .iter()
+                .filter(|id| {
+                    table
+                        .by_id(id)
+                        .is_some_and(|o| o.activity_type == "db_query")
+                })
+                .map(String::as_str)
+                .collect();
+            if rule.activity_types.iter().any(|a| a == "db_query") {
+                granted.insert(0, "every db_query operation");
+            }
+            if !granted.is_empty() {
+                warnings.push(format!(
+                    "rule {:?} grants database queries ({}) without `query` guardrails: its principals may run any query their Looker identity can",
+                    rule.name,
+                    granted.join(", ")
+                ));
+            }
+        }
+        warnings
+    }
 }
 
 impl RawRule {
@@ -474,6 +606,9 @@ enum Miss {
     Path,
     Operation,
     SqlRunner,
+    SessionOperation,
+    QueryNotGranted,
+    Issuer,
     Tag,
     ActivityType,
     Status,
@@ -497,11 +632,23 @@ impl Rule {
         {
             return Err(Miss::Operation);
         }
-        // SQL Runner is reachable only through a rule that names the operation.
+        let named = id.is_some_and(|id| self.operations.iter().any(|o| o == id));
+        // SQL Runner and session-changing operations: only a rule naming them applies.
         if let Some(id) = id {
-            if SQL_RUNNER_OPERATIONS.contains(&id) && !self.operations.iter().any(|o| o == id) {
+            if SQL_RUNNER_OPERATIONS.contains(&id) && !named {
                 return Err(Miss::SqlRunner);
             }
+            if SESSION_OPERATIONS.contains(&id) && !named {
+                return Err(Miss::SessionOperation);
+            }
+        }
+        // Database access is never granted by accident: a path, tag or method that
+        // happens to cover `run_look` does not; naming it or `db_query` does.
+        if op.is_some_and(is_db_query)
+            && !named
+            && !self.activity_types.iter().any(|a| a == "db_query")
+        {
+            return Err(Miss::QueryNotGranted);
         }
         if !self.tags.is_empty()
             && !op.is_some_and(|o| o.tags.iter().any(|t| self.tags.contains(t)))
@@ -516,14 +663,18 @@ impl Rule {
         if !self.statuses.is_empty() && !op.is_some_and(|o| self.statuses.contains(&o.status)) {
             return Err(Miss::Status);
         }
-        if self.query.is_some() && !id.is_some_and(|id| INSPECTABLE_QUERY_OPERATIONS.contains(&id))
-        {
+        // Guardrails apply to query operations; a guarded rule refuses (in `decide`) the
+        // ones whose query it cannot see, and does not apply to other operations.
+        if self.query.is_some() && !op.is_some_and(is_db_query) {
             return Err(Miss::QueryNotInspectable);
         }
         Ok(())
     }
 
     fn matches(&self, input: &Input<'_>) -> Result<(), Miss> {
+        if !self.issuers.is_empty() && !self.issuers.iter().any(|i| i == input.issuer) {
+            return Err(Miss::Issuer);
+        }
         self.matches_request(input)?;
         match self.when.iter().position(|c| !c.holds(input.claims)) {
             Some(i) => Err(Miss::Condition(i)),
@@ -539,8 +690,18 @@ impl Rule {
             Miss::Path => format!("path {} matches none of its path patterns", input.path),
             Miss::Operation => format!("operation {id} is not in {:?}", self.operations),
             Miss::SqlRunner => {
-                format!("{id} is SQL Runner: only a rule naming it in `operations` applies")
+                format!("{id} runs SQL: only a rule naming it in `operations` applies")
             }
+            Miss::SessionOperation => format!(
+                "{id} changes the Looker session or credentials: only a rule naming it in `operations` applies"
+            ),
+            Miss::QueryNotGranted => format!(
+                "{id} runs a database query: only a rule naming it in `operations`, or `db_query` in `activity_types`, applies"
+            ),
+            Miss::Issuer => format!(
+                "the token's issuer {:?} is not in {:?}",
+                input.issuer, self.issuers
+            ),
             Miss::Tag => format!(
                 "operation tags {:?} are not in {:?}",
                 op.map(|o| &o.tags),
@@ -559,7 +720,7 @@ impl Rule {
                 )
             }
             Miss::QueryNotInspectable => {
-                "has query guardrails, and this operation's query cannot be inspected".to_owned()
+                "has query guardrails, which apply to query operations only".to_owned()
             }
             Miss::Condition(i) => {
                 let claim = self
@@ -579,7 +740,16 @@ impl Rule {
                 reason: format!("denied by rule {:?}", self.name),
             },
             Effect::Allow(spec) => {
+                let id = input.operation.map_or("", |o| o.operation_id.as_str());
                 if let Some(guard) = &self.query {
+                    if !INSPECTABLE_QUERY_OPERATIONS.contains(&id) {
+                        return Verdict::Deny {
+                            rule: self.name.clone(),
+                            reason: format!(
+                                "{id} runs a query the gateway cannot inspect, and this rule puts guardrails on queries (use run_inline_query, run_url_encoded_query or create_query)"
+                            ),
+                        };
+                    }
                     let facts = input.query.cloned().unwrap_or_default();
                     if let Err(reason) = guard.check(&facts) {
                         return Verdict::Deny {
@@ -588,7 +758,17 @@ impl Rule {
                         };
                     }
                 }
-                match resolve_identity(spec, input.claims) {
+                let identity = resolve_identity(spec, input.claims);
+                if SESSION_OPERATIONS.contains(&id)
+                    && matches!(identity, Ok(LookerIdentity::Role(_)))
+                {
+                    // `compile` refuses such rules; never act on a shared account anyway.
+                    return Verdict::Deny {
+                        rule: self.name.clone(),
+                        reason: format!("{id} is never run on a role's shared account"),
+                    };
+                }
+                match identity {
                     Ok(identity) => Verdict::Allow {
                         rule: self.name.clone(),
                         identity,
@@ -604,36 +784,61 @@ impl Rule {
 }
 
 impl QueryGuard {
-    /// Checks a query against the guardrails; the error names the field.
+    /// Checks a query against the guardrails. The error names the field that failed,
+    /// never the allowed values (the client learns nothing of the policy from it).
     pub fn check(&self, q: &QueryFacts) -> Result<(), String> {
         if !self.models.is_empty() && !q.model.as_ref().is_some_and(|m| self.models.contains(m)) {
             return Err(format!(
-                "query.model {:?} is not allowed (allowed: {:?})",
-                q.model.as_deref().unwrap_or(""),
-                self.models
+                "query.model {:?} is not allowed by this rule",
+                q.model.as_deref().unwrap_or("")
             ));
         }
         if !self.views.is_empty() && !q.view.as_ref().is_some_and(|v| self.views.contains(v)) {
             return Err(format!(
-                "query.view {:?} is not allowed (allowed: {:?})",
-                q.view.as_deref().unwrap_or(""),
-                self.views
+                "query.view {:?} is not allowed by this rule",
+                q.view.as_deref().unwrap_or("")
             ));
         }
         if let Some(max) = self.max_limit {
-            let limit = q.limit.unwrap_or(LOOKER_DEFAULT_LIMIT);
-            // Looker reads -1 as "no limit".
-            if limit < 0 || limit > max {
-                return Err(format!("query.limit {limit} exceeds the maximum {max}"));
+            match q.limit {
+                Some(limit) if limit < 0 => {
+                    return Err(format!(
+                        "query.limit {limit} means no limit, above the maximum {max}"
+                    ))
+                }
+                None | Some(0) if LOOKER_DEFAULT_LIMIT > max => {
+                    return Err(format!(
+                        "query.limit is not set, so Looker's default of {LOOKER_DEFAULT_LIMIT} rows applies, above the maximum {max}"
+                    ))
+                }
+                Some(limit) if limit > max => {
+                    return Err(format!("query.limit {limit} exceeds the maximum {max}"))
+                }
+                _ => {}
             }
         }
         for field in &self.required_filters {
-            if !q.filters.contains(field) {
-                return Err(format!("query.filters must filter on {field:?}"));
+            let mut values = q.filters.iter().filter(|(f, _)| f == field);
+            match values.next() {
+                None => return Err(format!("query.filters must filter on {field:?}")),
+                Some((_, value)) if value.trim().is_empty() => {
+                    return Err(format!("query.filters[{field:?}] must not be empty"))
+                }
+                Some(_) => {}
             }
+        }
+        if q.filter_expression && !self.allow_filter_expression {
+            return Err("query.filter_expression is not allowed by this rule".to_owned());
+        }
+        if q.filter_config && !self.allow_filter_config {
+            return Err("query.filter_config is not allowed by this rule".to_owned());
         }
         Ok(())
     }
+}
+
+fn is_db_query(op: &Operation) -> bool {
+    op.activity_type == "db_query"
 }
 
 fn validate_identity(identity: &IdentitySpec) -> Result<(), String> {
@@ -666,6 +871,16 @@ fn resolve_identity(
         IdentitySpec::Role(name) => Ok(LookerIdentity::Role(name.clone())),
         IdentitySpec::User(user) => {
             let path: Vec<String> = user.claim.split('.').map(str::to_owned).collect();
+            if user.claim == "email"
+                && user.require_email_verified
+                && !matches!(claims.get("email_verified"), Some(Value::Bool(true)))
+                // Some IdPs (Cognito) send the boolean as a string.
+                && !matches!(claims.get("email_verified"), Some(Value::String(v)) if v == "true")
+            {
+                return Err(
+                    "the token's email is not verified (email_verified is not true), so it cannot name a Looker user".to_owned(),
+                );
+            }
             match lookup(claims, &path) {
                 Some(Value::String(id)) if !id.is_empty() => Ok(LookerIdentity::User {
                     credential_type: user.credential_type.clone(),
@@ -795,8 +1010,10 @@ mod tests {
 
     fn policy(rules: Value) -> Policy {
         let raw: RawPolicy = serde_json::from_value(json!({ "rules": rules })).unwrap();
-        Policy::compile(&raw, table()).unwrap()
+        Policy::compile(&raw, table(), &ISSUERS[..1]).unwrap()
     }
+
+    const ISSUERS: [&str; 2] = ["https://idp.example", "https://other.example"];
 
     /// Evaluates as the filter would: resolve the operation, then the rules.
     fn eval(
@@ -812,7 +1029,12 @@ mod tests {
                 crate::looker::Resolution::Found(op) => Some(op),
                 _ => None,
             });
+        let issuer = claims
+            .get("iss")
+            .and_then(Value::as_str)
+            .unwrap_or(ISSUERS[0]);
         p.evaluate(&Input {
+            issuer,
             method,
             path,
             operation,
@@ -834,7 +1056,7 @@ mod tests {
             {"name": "no-eve", "when": [{"claim": "sub", "equals": "eve"}], "deny": true},
             {"name": "analysts-read", "methods": ["get"], "paths": ["/api/4.0/dashboards/**", "/api/4.0/looks/*", "/api/4.0/user"],
              "when": [{"claim": "groups", "contains": "analysts"}], "allow": {"role": "analyst"}},
-            {"name": "analysts-query", "methods": ["POST"], "paths": ["/api/4.0/queries/run/*"],
+            {"name": "analysts-query", "methods": ["POST"], "paths": ["/api/4.0/queries/run/*"], "activity_types": ["db_query"],
              "when": [{"claim": "groups", "contains": "analysts"}], "allow": {"role": "analyst"}},
             {"name": "realm-admins", "paths": ["/api/4.0/**"],
              "when": [{"claim": "realm_access.roles", "contains": "looker-admin"}], "allow": {"user": {}}},
@@ -851,7 +1073,7 @@ mod tests {
             claims(json!({"sub": "alice", "groups": ["analysts"], "email": "alice@example.com"}));
         let eve = claims(json!({"sub": "eve", "groups": ["analysts"]}));
         let admin = claims(
-            json!({"sub": "root", "email": "root@example.com", "realm_access": {"roles": ["looker-admin"]}}),
+            json!({"sub": "root", "email": "root@example.com", "email_verified": true, "realm_access": {"roles": ["looker-admin"]}}),
         );
         let acme = claims(json!({"sub": "x", "tenant": "acme"}));
         let acme_contractor = claims(json!({"sub": "x", "tenant": "acme", "contractor": true}));
@@ -1039,7 +1261,7 @@ mod tests {
         ];
         for (rules, want) in cases {
             let raw: RawPolicy = serde_json::from_value(json!({ "rules": rules })).unwrap();
-            let err = Policy::compile(&raw, table()).expect_err("must be rejected");
+            let err = Policy::compile(&raw, table(), &ISSUERS).expect_err("must be rejected");
             assert!(err.contains(want), "{err:?} should contain {want:?}");
         }
     }
@@ -1144,7 +1366,11 @@ mod tests {
             model: Some(model.into()),
             view: Some(view.into()),
             limit,
-            filters: filters.iter().map(|f| f.to_string()).collect(),
+            filters: filters
+                .iter()
+                .map(|f| (f.to_string(), "7 days".to_owned()))
+                .collect(),
+            ..QueryFacts::default()
         };
         let run = |facts: &QueryFacts| {
             eval(&p, "POST", "/api/4.0/queries/run/json", &who, Some(facts)).verdict
@@ -1168,7 +1394,7 @@ mod tests {
             ),
             (
                 q("thelook", "orders", None, &["orders.created_date"]),
-                "query.limit 5000",
+                "Looker's default of 5000",
             ),
             (
                 q("thelook", "orders", Some(-1), &["orders.created_date"]),
@@ -1185,13 +1411,15 @@ mod tests {
                 other => panic!("{facts:?}: expected deny, got {other:?}"),
             }
         }
-        // A query task names a saved query by id: nothing to inspect, so the rule does not apply.
+        // A query task names a saved query by id: nothing to inspect, so the guarded rule
+        // refuses it rather than letting a later rule run it unguarded.
         let task = eval(&p, "POST", "/api/4.0/query_tasks", &who, None).verdict;
         assert!(
-            matches!(task, Verdict::Deny { ref rule, .. } if rule == DEFAULT_DENY),
+            matches!(task, Verdict::Deny { ref rule, ref reason } if rule == "thelook-orders" && reason.contains("cannot inspect")),
             "{task:?}"
         );
         assert!(p.needs_query(&Input {
+            issuer: ISSUERS[0],
             method: "POST",
             path: "/api/4.0/queries/run/json",
             operation: table().by_id("run_inline_query"),
@@ -1205,7 +1433,7 @@ mod tests {
         let p = policy(json!([
             {"name": "would-block-queries", "shadow": true, "operations": ["run_inline_query"], "deny": true},
             {"name": "would-allow-users", "shadow": true, "operations": ["me"], "allow": {"role": "viewer"}},
-            {"name": "analysts", "paths": ["/api/4.0/**"], "allow": {"role": "analyst"}}
+            {"name": "analysts", "paths": ["/api/4.0/**"], "activity_types": ["db_query", "non_query", "none"], "allow": {"role": "analyst"}}
         ]));
         let who = claims(json!({"sub": "a"}));
         let e = eval(
@@ -1235,6 +1463,7 @@ mod tests {
         assert!(e.trace.is_empty(), "the hot path builds no explanation");
         let operation = table().by_id("me");
         let explained = p.explain(&Input {
+            issuer: ISSUERS[0],
             method: "GET",
             path: "/api/4.0/user",
             operation,
@@ -1255,5 +1484,172 @@ mod tests {
                 ),
             ]
         );
+    }
+
+    #[test]
+    fn database_queries_are_granted_only_by_name() {
+        let p = policy(json!([
+            {"name": "look-readers", "methods": ["GET"], "tags": ["Look"], "allow": {"role": "viewer"}},
+            {"name": "all-paths", "paths": ["/api/4.0/**"], "allow": {"role": "viewer"}}
+        ]));
+        let who = claims(json!({"sub": "a"}));
+        // `look` is non_query: allowed by the tag rule. `run_look` is db_query: no rule names it.
+        assert!(matches!(
+            verdict(&p, "GET", "/api/4.0/looks/1", &who),
+            Verdict::Allow { ref rule, .. } if rule == "look-readers"
+        ));
+        for (method, path) in [
+            ("GET", "/api/4.0/looks/1/run/json"),
+            ("GET", "/api/4.0/queries/7/run/json"),
+            ("POST", "/api/4.0/queries/run/json"),
+            ("POST", "/api/4.0/connections/db/cost_estimate"),
+            ("PATCH", "/api/4.0/session"),
+        ] {
+            let got = eval(&p, method, path, &who, Some(&QueryFacts::default()));
+            assert!(
+                matches!(got.verdict, Verdict::Deny { ref rule, .. } if rule == DEFAULT_DENY),
+                "{method} {path}: {:?}",
+                got.verdict
+            );
+        }
+        let named = policy(json!([
+            {"name": "by-name", "operations": ["run_look"], "allow": {"role": "viewer"}},
+            {"name": "by-activity", "activity_types": ["db_query"], "allow": {"role": "analyst"}}
+        ]));
+        assert!(matches!(
+            verdict(&named, "GET", "/api/4.0/looks/1/run/json", &who),
+            Verdict::Allow { ref rule, .. } if rule == "by-name"
+        ));
+        assert!(matches!(
+            verdict(&named, "GET", "/api/4.0/queries/7/run/json", &who),
+            Verdict::Allow { ref rule, .. } if rule == "by-activity"
+        ));
+        // SQL stays out of reach of `db_query`: only its name grants it.
+        assert!(matches!(
+            verdict(&named, "POST", "/api/4.0/connections/db/cost_estimate", &who),
+            Verdict::Deny { ref rule, .. } if rule == DEFAULT_DENY
+        ));
+        let warnings = named.warnings(table());
+        assert_eq!(warnings.len(), 2, "{warnings:?}");
+        assert!(warnings[0].contains("by-name") && warnings[0].contains("run_look"));
+        assert!(warnings[1].contains("every db_query operation"));
+    }
+
+    #[test]
+    fn session_operations_only_by_name_and_only_as_the_user() {
+        let raw: RawPolicy = serde_json::from_value(json!({"rules": [
+            {"name": "r", "operations": ["update_session"], "allow": {"role": "analyst"}}
+        ]}))
+        .unwrap();
+        let err = Policy::compile(&raw, table(), &ISSUERS[..1]).unwrap_err();
+        assert!(err.starts_with("policy.rules[0].operations[0]:"), "{err}");
+        let p = policy(json!([
+            {"name": "everything", "paths": ["/api/4.0/**"], "activity_types": ["db_query", "non_query", "none"], "allow": {"user": {}}},
+            {"name": "sessions", "operations": ["update_session"], "allow": {"user": {}}}
+        ]));
+        let who = claims(json!({"sub": "a", "email": "a@x", "email_verified": true}));
+        assert!(matches!(
+            verdict(&p, "PATCH", "/api/4.0/session", &who),
+            Verdict::Allow { ref rule, .. } if rule == "sessions"
+        ));
+        assert!(matches!(
+            verdict(&p, "POST", "/api/4.0/users/1/credentials_api3", &who),
+            Verdict::Deny { ref rule, .. } if rule == DEFAULT_DENY
+        ));
+    }
+
+    #[test]
+    fn identities_are_bound_to_their_issuer() {
+        let rules = json!({"rules": [
+            {"name": "people", "issuers": ["https://idp.example"], "allow": {"user": {}}},
+            {"name": "partners", "issuers": ["https://other.example"], "methods": ["GET"], "allow": {"role": "viewer"}}
+        ]});
+        let raw: RawPolicy = serde_json::from_value(rules).unwrap();
+        let p = Policy::compile(&raw, table(), &ISSUERS).unwrap();
+        let from = |iss: &str, verified: Value| {
+            claims(json!({"iss": iss, "sub": "x", "email": "boss@corp.example", "email_verified": verified}))
+        };
+        assert!(matches!(
+            verdict(&p, "GET", "/api/4.0/user", &from(ISSUERS[0], json!(true))),
+            Verdict::Allow { identity: LookerIdentity::User { .. }, .. }
+        ));
+        // The other issuer's token claiming the same e-mail never becomes that user.
+        assert!(matches!(
+            verdict(&p, "GET", "/api/4.0/user", &from(ISSUERS[1], json!(true))),
+            Verdict::Allow { identity: LookerIdentity::Role(_), .. }
+        ));
+        // An unverified e-mail names no one.
+        for unverified in [json!(false), json!(null), json!("false")] {
+            let got = verdict(&p, "GET", "/api/4.0/user", &from(ISSUERS[0], unverified.clone()));
+            assert!(
+                matches!(got, Verdict::Deny { ref rule, ref reason } if rule == "people" && reason.contains("email_verified")),
+                "{unverified}: {got:?}"
+            );
+        }
+        for (rules, field) in [
+            (json!([{"name": "u", "allow": {"user": {}}}]), "policy.rules[0].issuers:"),
+            (json!([{"name": "u", "issuers": ["https://nope"], "allow": {"role": "x"}}]), "policy.rules[0].issuers[0]:"),
+        ] {
+            let raw: RawPolicy = serde_json::from_value(json!({ "rules": rules })).unwrap();
+            let err = Policy::compile(&raw, table(), &ISSUERS).unwrap_err();
+            assert!(err.starts_with(field), "{err}");
+        }
+        let opt_out = policy(json!([
+            {"name": "u", "allow": {"user": {"require_email_verified": false}}}
+        ]));
+        assert!(matches!(
+            verdict(&opt_out, "GET", "/api/4.0/user", &from(ISSUERS[0], json!(false))),
+            Verdict::Allow { .. }
+        ));
+    }
+
+    #[test]
+    fn guardrails_count_default_and_negative_limits_and_need_real_filters() {
+        let guard = QueryGuard {
+            models: vec!["thelook".into()],
+            views: vec![],
+            max_limit: Some(100),
+            required_filters: vec!["orders.created_date".into()],
+            allow_filter_expression: false,
+            allow_filter_config: false,
+        };
+        let facts = |limit: Option<i64>, filter: &str| QueryFacts {
+            model: Some("thelook".into()),
+            limit,
+            filters: vec![("orders.created_date".into(), filter.into())],
+            ..QueryFacts::default()
+        };
+        assert!(guard.check(&facts(Some(100), "7 days")).is_ok());
+        for (f, why) in [
+            (facts(Some(0), "7 days"), "default of 5000"),
+            (facts(None, "7 days"), "default of 5000"),
+            (facts(Some(-1), "7 days"), "no limit"),
+            (facts(Some(101), "7 days"), "exceeds"),
+            (facts(Some(10), ""), "must not be empty"),
+            (facts(Some(10), "  "), "must not be empty"),
+            (
+                QueryFacts {
+                    filter_expression: true,
+                    ..facts(Some(10), "7 days")
+                },
+                "filter_expression",
+            ),
+            (
+                QueryFacts {
+                    filter_config: true,
+                    ..facts(Some(10), "7 days")
+                },
+                "filter_config",
+            ),
+        ] {
+            let err = guard.check(&f).unwrap_err();
+            assert!(err.contains(why), "{f:?}: {err}");
+        }
+        let other = QueryFacts {
+            model: Some("secret_model".into()),
+            ..facts(Some(10), "7 days")
+        };
+        let err = guard.check(&other).unwrap_err();
+        assert!(!err.contains("thelook"), "the refusal lists the allowed models: {err}");
     }
 }

@@ -34,6 +34,23 @@ impl RateLimit {
     }
 }
 
+/// The bucket key part naming a principal: a 64-bit FNV-1a hash of issuer and subject
+/// (never `sub` alone: two issuers may both have an `alice`), as 16 hex digits, so that
+/// a long `sub` cannot make long keys. Stable across workers and VMs.
+///
+/// Shared data has no delete in the proxy-wasm ABI: each principal that used a limited
+/// rule keeps its bucket (about 80 bytes) for the life of the Envoy process. Only the
+/// IdP mints principals (tokens are verified before any bucket is touched), so this is
+/// bounded by the IdP's population: 100,000 users on two budgets of one rule is ~16 MB.
+pub fn principal_key(issuer: &str, subject: &str) -> String {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in issuer.bytes().chain([0u8]).chain(subject.bytes()) {
+        hash ^= u64::from(byte);
+        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    format!("{hash:016x}")
+}
+
 /// A token bucket: `tokens` (thousandths) as of `at_ms`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Bucket {

@@ -120,6 +120,8 @@ pub struct Worker {
     callouts: HashMap<u32, String>,
     /// context id -> callout it owns (dispatched from that context)
     owners: HashMap<u32, u32>,
+    /// Token-invalidation calls to the broker whose answer is still due (ignored).
+    invalidations: std::collections::HashSet<u32>,
 }
 
 impl Worker {
@@ -239,6 +241,31 @@ impl Worker {
             late.extend(gone);
         }
         late
+    }
+
+    /// Is `callout` the broker call of a flight?
+    pub fn is_flight(&self, callout: u32) -> bool {
+        self.callouts.contains_key(&callout)
+    }
+
+    /// Records a token-invalidation call, so that its answer is recognised.
+    pub fn invalidating(&mut self, callout: u32) {
+        // Envoy cancels a callout whose context ends without answering it: bound what
+        // such lost answers leave behind.
+        if self.invalidations.len() >= 1024 {
+            self.invalidations.clear();
+        }
+        self.invalidations.insert(callout);
+    }
+
+    /// Is `callout` an invalidation call still due?
+    pub fn invalidations_pending(&self, callout: u32) -> bool {
+        self.invalidations.contains(&callout)
+    }
+
+    /// Removes an answered invalidation call; `false` if `callout` was not one.
+    pub fn invalidated(&mut self, callout: u32) -> bool {
+        self.invalidations.remove(&callout)
     }
 
     pub fn in_flight(&self) -> usize {

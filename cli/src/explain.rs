@@ -17,8 +17,8 @@ use lookergate::ratelimit::RateLimit;
 use lookergate::reply::Refusal;
 use serde_json::{Map, Value};
 
-/// Operations whose body is a Looker `WriteQuery` (as in `lookergate::decision`).
-const BODY_QUERY_OPERATIONS: &[&str] = &["run_inline_query", "create_query"];
+use lookergate::decision::BODY_QUERY_OPERATIONS;
+use lookergate::policy::INSPECTABLE_QUERY_OPERATIONS;
 
 /// Headers that ask a server to treat the request as another method (as in the filter).
 const METHOD_OVERRIDE_HEADERS: &[&str] = &[
@@ -266,35 +266,35 @@ impl Explanation {
                 });
             }
         }
-        let id = operation.map(|o| o.operation_id.as_str());
-        let mut query = (id == Some("run_url_encoded_query")).then(|| {
-            (
-                decision::query_from_url(&target.path, target.query),
-                "the URL",
-            )
-        });
+        let id = operation.map_or("", |o| o.operation_id.as_str());
+        let issuer = claims.get("iss").and_then(Value::as_str).unwrap_or_default();
         let mut input = Input {
+            issuer,
             method: &request.method,
             path: &target.path,
             operation,
             claims,
             query: None,
         };
-        if id.is_some_and(|id| BODY_QUERY_OPERATIONS.contains(&id))
-            && gateway.policy.needs_query(&input)
-        {
-            let body = request.body.as_deref().unwrap_or_default();
-            if request.body.is_none() {
-                self.notes.push("a rule inspects this operation's query body, and no --body was given: the filter reads an empty body".to_owned());
-            }
-            if body.len() > gateway.max_body_bytes {
-                return Err(Refusal::PayloadTooLarge {
-                    limit: gateway.max_body_bytes,
-                });
-            }
-            let facts =
-                decision::query_from_body(body).map_err(|reason| Refusal::BadRequest { reason })?;
-            query = Some((facts, "the body"));
+        let mut query = None;
+        if INSPECTABLE_QUERY_OPERATIONS.contains(&id) && gateway.policy.needs_query(&input) {
+            let (body, from) = if BODY_QUERY_OPERATIONS.contains(&id) {
+                let body = request.body.as_deref().unwrap_or_default();
+                if request.body.is_none() {
+                    self.notes.push("a rule inspects this operation's query body, and no --body was given: the filter reads an empty body".to_owned());
+                }
+                if body.len() > gateway.max_body_bytes {
+                    return Err(Refusal::PayloadTooLarge {
+                        limit: gateway.max_body_bytes,
+                    });
+                }
+                (Some(body), "the body and the URL")
+            } else {
+                (None, "the URL")
+            };
+            let facts = decision::read_query(id, &target.path, target.query, body)
+                .map_err(|reason| Refusal::BadRequest { reason })?;
+            query = Some((facts, from));
         }
         self.query.clone_from(&query);
         input.query = query.as_ref().map(|(facts, _)| facts);
@@ -384,7 +384,11 @@ impl Explanation {
             let filters = if q.filters.is_empty() {
                 "none".to_owned()
             } else {
-                q.filters.join(", ")
+                q.filters
+                    .iter()
+                    .map(|(field, value)| format!("{field}={value:?}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
             };
             line(
                 "query",

@@ -69,6 +69,10 @@ impl Host for FakeHost {
         std::hint::black_box(reply);
         Ok(())
     }
+    fn clear_request_trailers(&self) -> Result<(), HostError> {
+        self.hostcall("set_map(request trailers)", 1);
+        Ok(())
+    }
     fn resume(&self) -> Result<(), HostError> {
         self.hostcall("resume", 1);
         Ok(())
