@@ -615,12 +615,13 @@ impl Gateway {
             return Err(err("max_body_bytes", "must be between 1024 and 16777216"));
         }
         let issuer_names: Vec<&str> = issuers.iter().map(|i| i.issuer.as_str()).collect();
-        let policy = Policy::compile(&raw.policy, &operations, &issuer_names).map_err(|e| {
-            match e.split_once(": ") {
-                Some((field, message)) => err(field, message),
-                None => err("policy", e),
-            }
-        })?;
+        let policy =
+            Policy::compile(&raw.policy, &operations, &issuer_names).map_err(|e| {
+                match e.split_once(": ") {
+                    Some((field, message)) => err(field, message),
+                    None => err("policy", e),
+                }
+            })?;
         warnings.extend(policy.warnings(&operations));
         let b = raw.broker;
         if b.cluster.trim().is_empty() {

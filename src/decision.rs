@@ -388,8 +388,20 @@ pub fn read_query(
             ));
         }
         let base = p.base();
-        if base != p.name && ["limit", "model", "view", "filter_expression", "filter_config"].contains(&base) {
-            return Err(format!("the query string parameter {:?} is not a single value", p.name));
+        if base != p.name
+            && [
+                "limit",
+                "model",
+                "view",
+                "filter_expression",
+                "filter_config",
+            ]
+            .contains(&base)
+        {
+            return Err(format!(
+                "the query string parameter {:?} is not a single value",
+                p.name
+            ));
         }
     }
     let url_limit = match params.iter().find(|p| p.name == "limit") {
@@ -402,8 +414,15 @@ pub fn read_query(
             // Looker builds these queries from the body alone; a query field in the URL
             // would be read by one server and not another.
             if let Some(p) = params.iter().find(|p| {
-                ["model", "view", "filters", "filter_expression", "filter_config", "f"]
-                    .contains(&p.base())
+                [
+                    "model",
+                    "view",
+                    "filters",
+                    "filter_expression",
+                    "filter_config",
+                    "f",
+                ]
+                .contains(&p.base())
             }) {
                 return Err(format!(
                     "the query's {} belongs in the body, not the URL",
@@ -543,10 +562,7 @@ impl<'de> serde::Deserialize<'de> for UniqueKeys {
 
 /// `run_url_encoded_query`: `/queries/models/{model}/views/{view}/run/{format}` with
 /// `limit`, `f[field]=value`, `filter_expression` in the (decoded) query string.
-fn query_from_url_params(
-    path: &str,
-    params: &[crate::query::Param],
-) -> Result<QueryFacts, String> {
+fn query_from_url_params(path: &str, params: &[crate::query::Param]) -> Result<QueryFacts, String> {
     let parts: Vec<&str> = path.split('/').collect();
     let after = |name: &str| {
         parts
@@ -1155,13 +1171,13 @@ mod tests {
             "forwarded",
             "x-forwarded-host",
         ] {
-            assert!(header_ops.contains(&HeaderOp::Remove(name.into())), "{name}");
+            assert!(
+                header_ops.contains(&HeaderOp::Remove(name.into())),
+                "{name}"
+            );
         }
         assert!(!header_ops.contains(&HeaderOp::Remove("x-forwarded-proto".into())));
-        assert!(header_ops.contains(&HeaderOp::Set(
-            "x-forwarded-for".into(),
-            "127.0.0.1".into()
-        )));
+        assert!(header_ops.contains(&HeaderOp::Set("x-forwarded-for".into(), "127.0.0.1".into())));
     }
 
     #[test]

@@ -286,7 +286,10 @@ pub fn on_trailers<H: Host>(
     context_id: u32,
 ) -> Next {
     if let Err(e) = host.clear_request_trailers() {
-        warn!("lookergate[{context_id}] cannot remove the request trailers: {}", e.0);
+        warn!(
+            "lookergate[{context_id}] cannot remove the request trailers: {}",
+            e.0
+        );
         worker.keys.leave(context_id);
         let previous = worker.stages.insert(context_id, Stage::Refused);
         if !matches!(previous, Some(Stage::Refused)) {
@@ -521,8 +524,7 @@ fn forward_or_refuse<H: Host>(
             header_ops,
             mut audit,
         } => {
-            if let Err(refusal) =
-                check_rate_limit(gateway, host, &issuer, &subject, &audit, now_ms)
+            if let Err(refusal) = check_rate_limit(gateway, host, &issuer, &subject, &audit, now_ms)
             {
                 audit.verdict = "deny";
                 audit.reason = Some(refusal.code().to_owned());
@@ -1020,6 +1022,9 @@ mod tests {
         versions: RefCell<HashMap<String, u32>>,
         allow_any_cluster: Cell<bool>,
         trailers_cleared: RefCell<Vec<u32>>,
+        /// The answer body `callout_response` serves, and the bounds it was read with.
+        callout_body: RefCell<Vec<u8>>,
+        read_bounds: RefCell<Vec<usize>>,
     }
 
     impl Host for FakeHost {
@@ -1092,8 +1097,11 @@ mod tests {
                 .unwrap_or_default()
                 .to_vec()
         }
-        fn callout_response(&self, _b: usize, _m: usize) -> (Option<u32>, Vec<u8>) {
-            unreachable!("tests pass answers directly")
+        fn callout_response(&self, body_size: usize, max_body: usize) -> (Option<u32>, Vec<u8>) {
+            self.read_bounds.borrow_mut().push(max_body);
+            let body = self.callout_body.borrow();
+            let take = body_size.min(max_body.saturating_add(1)).min(body.len());
+            (Some(200), body[..take].to_vec())
         }
         fn shared_get(&self, key: &str) -> Option<Vec<u8>> {
             self.shared.borrow().get(key).cloned()
@@ -1849,5 +1857,148 @@ mod tests {
             "21 decided again on the first tick, not at its deadline: {:?}",
             rig.worker.stages.get(&21)
         );
+    }
+
+    fn trailers(rig: &mut Rig, context_id: u32) -> Next {
+        rig.host.current.set(context_id);
+        on_trailers(&rig.gateway, &mut rig.worker, &rig.host, context_id)
+    }
+
+    #[test]
+    fn trailers_never_resume_an_undecided_request_and_end_an_awaited_body() {
+        let mut rig = Rig::new();
+        // Waiting for the broker: trailers keep it paused; the token resumes it.
+        assert_eq!(rig.request(10, &["analysts"]), Next::Pause);
+        assert_eq!(trailers(&mut rig, 10), Next::Pause);
+        assert!(rig.host.resumed.borrow().is_empty());
+        assert_eq!(rig.authorization(10), None, "nothing forwarded yet");
+        rig.answer(1, Some(200), TOKEN_OK, 10);
+        assert_eq!(*rig.host.resumed.borrow(), vec![10]);
+        assert_eq!(rig.authorization(10).as_deref(), Some("token LOOKER1"));
+        // Refused: trailers change nothing.
+        rig.request(20, &[]);
+        assert_eq!(rig.status(20), Some(403));
+        assert_eq!(trailers(&mut rig, 20), Next::Pause);
+        // Forwarded at once (cached token): trailers go on, emptied.
+        assert_eq!(rig.request(30, &["analysts"]), Next::Continue);
+        assert_eq!(trailers(&mut rig, 30), Next::Continue);
+        assert_eq!(*rig.host.trailers_cleared.borrow(), vec![10, 20, 30]);
+
+        // A guarded query whose body ends with trailers: judged on that body.
+        let path = "/api/4.0/queries/run/json";
+        assert_eq!(
+            rig.start(40, &["querying"], "POST", path, false),
+            Next::Pause
+        );
+        assert_eq!(
+            rig.body(
+                40,
+                r#"{"model":"other","view":"orders","limit":"10"}"#,
+                false
+            ),
+            Next::Pause
+        );
+        assert_eq!(trailers(&mut rig, 40), Next::Pause);
+        assert_eq!(rig.status(40), Some(403), "the body was judged");
+        rig.host.body.borrow_mut().clear();
+        assert_eq!(
+            rig.start(41, &["querying"], "POST", path, false),
+            Next::Pause
+        );
+        rig.body(
+            41,
+            r#"{"model":"thelook","view":"orders","limit":"10"}"#,
+            false,
+        );
+        assert_eq!(trailers(&mut rig, 41), Next::Continue);
+        assert_eq!(rig.status(41), None);
+        assert_eq!(rig.authorization(41).as_deref(), Some("token LOOKER1"));
+        // Trailers with no body at all: an empty body, which is no query.
+        rig.host.body.borrow_mut().clear();
+        assert_eq!(
+            rig.start(42, &["querying"], "POST", path, false),
+            Next::Pause
+        );
+        assert_eq!(trailers(&mut rig, 42), Next::Pause);
+        assert_eq!(rig.status(42), Some(400));
+    }
+
+    #[test]
+    fn a_body_larger_than_its_last_reported_size_is_still_bounded() {
+        let mut rig = Rig::new();
+        let path = "/api/4.0/queries/run/json";
+        assert_eq!(
+            rig.start(10, &["querying"], "POST", path, false),
+            Next::Pause
+        );
+        rig.body(10, r#"{"model":"thelook","#, false);
+        // More data buffered than any callback reported, then the end (trailers).
+        rig.host
+            .body
+            .borrow_mut()
+            .extend_from_slice(&vec![b' '; rig.gateway.max_body_bytes]);
+        assert_eq!(trailers(&mut rig, 10), Next::Pause);
+        assert_eq!(rig.status(10), Some(413));
+    }
+
+    #[test]
+    fn callout_answers_are_routed_by_token_and_read_with_their_own_bound() {
+        let mut rig = remote_rig();
+        on_tick(&rig.gateway, &mut rig.worker, &rig.host, ROOT);
+        let jwks = rig.idp.jwks.to_string();
+        // A JWKS well above the broker's 16 KiB cap: read whole, with the JWKS bound.
+        let mut big: serde_json::Value = rig.idp.jwks.clone();
+        let padding = "A".repeat(40 * 1024);
+        big["keys"].as_array_mut().unwrap().push(
+            json!({"kty": "RSA", "kid": "padding", "n": padding, "e": "AQAB", "x5c": ["MIIB"]}),
+        );
+        let big = big.to_string();
+        assert!(big.len() > MAX_RESPONSE_BYTES && big.len() < MAX_JWKS_BYTES);
+        assert!(jwks.len() < big.len());
+        *rig.host.callout_body.borrow_mut() = big.clone().into_bytes();
+        assert_eq!(route(&rig.worker, 1), Some(Callout::Keys(Step::Jwks)));
+        on_http_call_answer(
+            &rig.gateway,
+            &mut rig.worker,
+            &rig.host,
+            1,
+            3,
+            big.len(),
+            ROOT,
+        );
+        assert_eq!(*rig.host.read_bounds.borrow(), vec![MAX_JWKS_BYTES]);
+        assert_eq!(
+            rig.host.counters.borrow().get(&format!(
+                "lookergate.jwks.fetch_ok.{}",
+                crate::keys::metric_name(&rig.idp.iss)
+            )),
+            Some(&1),
+            "{:?}",
+            rig.host.counters.borrow()
+        );
+        // The token is now verified and waits for the broker: its callout is a token call.
+        assert_eq!(rig.request(10, &[]), Next::Pause);
+        let broker_call = rig.host.next_callout.get();
+        assert_eq!(route(&rig.worker, broker_call), Some(Callout::Token));
+        *rig.host.callout_body.borrow_mut() = TOKEN_OK.as_bytes().to_vec();
+        rig.host.current.set(10);
+        on_http_call_answer(
+            &rig.gateway,
+            &mut rig.worker,
+            &rig.host,
+            broker_call,
+            2,
+            TOKEN_OK.len(),
+            10,
+        );
+        assert_eq!(
+            rig.host.read_bounds.borrow().last(),
+            Some(&MAX_RESPONSE_BYTES)
+        );
+        assert_eq!(rig.authorization(10).as_deref(), Some("token LOOKER1"));
+        // An answer nobody is waiting for is not read at all.
+        let reads = rig.host.read_bounds.borrow().len();
+        on_http_call_answer(&rig.gateway, &mut rig.worker, &rig.host, 999, 2, 10, ROOT);
+        assert_eq!(rig.host.read_bounds.borrow().len(), reads);
     }
 }

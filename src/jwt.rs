@@ -815,11 +815,7 @@ pub(crate) mod tests {
                 eddsa(with(claims(), json!({"exp": (NOW + 600) as f64 + 0.5}))),
                 "ok",
             ),
-            (
-                "no iat",
-                eddsa(with(claims(), json!({"iat": null}))),
-                "ok",
-            ),
+            ("no iat", eddsa(with(claims(), json!({"iat": null}))), "ok"),
             (
                 "no sub: every principal is named",
                 eddsa(with(claims(), json!({"sub": null}))),

@@ -363,9 +363,9 @@ impl KeyState {
             _ => None,
         };
         let result: Result<bool, String> = match (fetch.step, ok_body) {
-            (_, None) if status == Some(200) => Err(format!(
-                "the IdP's document exceeds {bound} bytes"
-            )),
+            (_, None) if status == Some(200) => {
+                Err(format!("the IdP's document exceeds {bound} bytes"))
+            }
             (_, None) => Err(format!(
                 "the IdP answered {}",
                 status.map_or("nothing (timeout or reset)".to_owned(), |s| s.to_string())
@@ -546,7 +546,7 @@ fn dispatch<H: Host>(host: &H, cluster: &str, url: &FetchUrl, timeout: Duration)
 }
 
 /// Issuer URL as a metric name segment.
-fn metric_name(issuer: &str) -> String {
+pub(crate) fn metric_name(issuer: &str) -> String {
     issuer
         .trim_start_matches("https://")
         .trim_start_matches("http://")

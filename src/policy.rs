@@ -464,8 +464,14 @@ impl Policy {
                 if guard.max_limit.is_some_and(|l| l <= 0) {
                     return Err(format!("{at}.query.max_limit: must be positive"));
                 }
-                if let Some(j) = guard.required_filters.iter().position(|f| f.trim().is_empty()) {
-                    return Err(format!("{at}.query.required_filters[{j}]: must name a field"));
+                if let Some(j) = guard
+                    .required_filters
+                    .iter()
+                    .position(|f| f.trim().is_empty())
+                {
+                    return Err(format!(
+                        "{at}.query.required_filters[{j}]: must name a field"
+                    ));
                 }
                 if rule.effect_is_deny() {
                     return Err(format!("{at}.query: guardrails belong on allow rules"));
@@ -1567,28 +1573,47 @@ mod tests {
         let raw: RawPolicy = serde_json::from_value(rules).unwrap();
         let p = Policy::compile(&raw, table(), &ISSUERS).unwrap();
         let from = |iss: &str, verified: Value| {
-            claims(json!({"iss": iss, "sub": "x", "email": "boss@corp.example", "email_verified": verified}))
+            claims(
+                json!({"iss": iss, "sub": "x", "email": "boss@corp.example", "email_verified": verified}),
+            )
         };
         assert!(matches!(
             verdict(&p, "GET", "/api/4.0/user", &from(ISSUERS[0], json!(true))),
-            Verdict::Allow { identity: LookerIdentity::User { .. }, .. }
+            Verdict::Allow {
+                identity: LookerIdentity::User { .. },
+                ..
+            }
         ));
         // The other issuer's token claiming the same e-mail never becomes that user.
         assert!(matches!(
             verdict(&p, "GET", "/api/4.0/user", &from(ISSUERS[1], json!(true))),
-            Verdict::Allow { identity: LookerIdentity::Role(_), .. }
+            Verdict::Allow {
+                identity: LookerIdentity::Role(_),
+                ..
+            }
         ));
         // An unverified e-mail names no one.
         for unverified in [json!(false), json!(null), json!("false")] {
-            let got = verdict(&p, "GET", "/api/4.0/user", &from(ISSUERS[0], unverified.clone()));
+            let got = verdict(
+                &p,
+                "GET",
+                "/api/4.0/user",
+                &from(ISSUERS[0], unverified.clone()),
+            );
             assert!(
                 matches!(got, Verdict::Deny { ref rule, ref reason } if rule == "people" && reason.contains("email_verified")),
                 "{unverified}: {got:?}"
             );
         }
         for (rules, field) in [
-            (json!([{"name": "u", "allow": {"user": {}}}]), "policy.rules[0].issuers:"),
-            (json!([{"name": "u", "issuers": ["https://nope"], "allow": {"role": "x"}}]), "policy.rules[0].issuers[0]:"),
+            (
+                json!([{"name": "u", "allow": {"user": {}}}]),
+                "policy.rules[0].issuers:",
+            ),
+            (
+                json!([{"name": "u", "issuers": ["https://nope"], "allow": {"role": "x"}}]),
+                "policy.rules[0].issuers[0]:",
+            ),
         ] {
             let raw: RawPolicy = serde_json::from_value(json!({ "rules": rules })).unwrap();
             let err = Policy::compile(&raw, table(), &ISSUERS).unwrap_err();
@@ -1598,7 +1623,12 @@ mod tests {
             {"name": "u", "allow": {"user": {"require_email_verified": false}}}
         ]));
         assert!(matches!(
-            verdict(&opt_out, "GET", "/api/4.0/user", &from(ISSUERS[0], json!(false))),
+            verdict(
+                &opt_out,
+                "GET",
+                "/api/4.0/user",
+                &from(ISSUERS[0], json!(false))
+            ),
             Verdict::Allow { .. }
         ));
     }
@@ -1650,6 +1680,9 @@ mod tests {
             ..facts(Some(10), "7 days")
         };
         let err = guard.check(&other).unwrap_err();
-        assert!(!err.contains("thelook"), "the refusal lists the allowed models: {err}");
+        assert!(
+            !err.contains("thelook"),
+            "the refusal lists the allowed models: {err}"
+        );
     }
 }

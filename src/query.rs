@@ -127,7 +127,13 @@ mod tests {
 
     #[test]
     fn ambiguous_query_strings_are_refused() {
-        for bad in ["limit=1;limit=2", "limit=%zz", "limit=%4", "%ff=1", "a=%c3%28"] {
+        for bad in [
+            "limit=1;limit=2",
+            "limit=%zz",
+            "limit=%4",
+            "%ff=1",
+            "a=%c3%28",
+        ] {
             assert!(parse(bad).is_err(), "{bad}");
         }
     }

@@ -267,7 +267,10 @@ impl Explanation {
             }
         }
         let id = operation.map_or("", |o| o.operation_id.as_str());
-        let issuer = claims.get("iss").and_then(Value::as_str).unwrap_or_default();
+        let issuer = claims
+            .get("iss")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
         let mut input = Input {
             issuer,
             method: &request.method,

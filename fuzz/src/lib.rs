@@ -497,21 +497,40 @@ pub fn path_and_operation(data: &[u8]) {
     }
 }
 
-/// `query_body`: `decision::query_from_body`, then a fixed guardrail over the result.
+/// `query_body`: `decision::read_query` for `run_inline_query` (byte 0 splits a URL
+/// query string from the body), then a fixed guardrail over the result.
 pub fn query_body(data: &[u8]) {
-    let Ok(facts) = lookergate::decision::query_from_body(data) else { return };
+    let (url, body) = match data.split_first() {
+        Some((&n, rest)) if usize::from(n) <= rest.len() => rest.split_at(usize::from(n)),
+        _ => (&[][..], data),
+    };
+    let url = String::from_utf8_lossy(url);
+    let Ok(facts) = lookergate::decision::read_query(
+        "run_inline_query",
+        "/api/4.0/queries/run/json",
+        Some(&url),
+        Some(body),
+    ) else {
+        return;
+    };
     let guard = QueryGuard {
         models: vec!["thelook".into()],
         views: vec!["orders".into()],
         max_limit: Some(5000),
         required_filters: vec!["orders.created_date".into()],
+        allow_filter_expression: false,
+        allow_filter_config: false,
     };
     if guard.check(&facts).is_ok() {
         let limit = facts.limit.unwrap_or(5000);
         assert!((0..=5000).contains(&limit), "limit {limit} passed the guard");
         assert_eq!(facts.model.as_deref(), Some("thelook"));
         assert_eq!(facts.view.as_deref(), Some("orders"));
-        assert!(facts.filters.iter().any(|f| f == "orders.created_date"));
+        assert!(facts
+            .filters
+            .iter()
+            .any(|(f, v)| f == "orders.created_date" && !v.trim().is_empty()));
+        assert!(!facts.filter_expression && !facts.filter_config);
     }
 }
 
