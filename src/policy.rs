@@ -639,6 +639,30 @@ impl Rule {
             return Err(Miss::Operation);
         }
         let named = id.is_some_and(|id| self.operations.iter().any(|o| o == id));
+        // This narrows what an allow rule grants; a deny rule denies whatever it covers
+        // (a blanket `no-contractors` must stop SQL Runner too).
+        if self.effect != Effect::Deny {
+            self.grants(op, named)?;
+        }
+        if !self.tags.is_empty()
+            && !op.is_some_and(|o| o.tags.iter().any(|t| self.tags.contains(t)))
+        {
+            return Err(Miss::Tag);
+        }
+        if !self.activity_types.is_empty()
+            && !op.is_some_and(|o| self.activity_types.contains(&o.activity_type))
+        {
+            return Err(Miss::ActivityType);
+        }
+        if !self.statuses.is_empty() && !op.is_some_and(|o| self.statuses.contains(&o.status)) {
+            return Err(Miss::Status);
+        }
+        self.matches_query_scope(op)
+    }
+
+    /// What an allow rule grants only by name: SQL, session changes, database queries.
+    fn grants(&self, op: Option<&Operation>, named: bool) -> Result<(), Miss> {
+        let id = op.map(|o| o.operation_id.as_str());
         // SQL Runner and session-changing operations: only a rule naming them applies.
         if let Some(id) = id {
             if SQL_RUNNER_OPERATIONS.contains(&id) && !named {
@@ -656,21 +680,12 @@ impl Rule {
         {
             return Err(Miss::QueryNotGranted);
         }
-        if !self.tags.is_empty()
-            && !op.is_some_and(|o| o.tags.iter().any(|t| self.tags.contains(t)))
-        {
-            return Err(Miss::Tag);
-        }
-        if !self.activity_types.is_empty()
-            && !op.is_some_and(|o| self.activity_types.contains(&o.activity_type))
-        {
-            return Err(Miss::ActivityType);
-        }
-        if !self.statuses.is_empty() && !op.is_some_and(|o| self.statuses.contains(&o.status)) {
-            return Err(Miss::Status);
-        }
-        // Guardrails apply to query operations; a guarded rule refuses (in `decide`) the
-        // ones whose query it cannot see, and does not apply to other operations.
+        Ok(())
+    }
+
+    /// Guardrails apply to query operations; a guarded rule refuses (in `decide`) the
+    /// ones whose query it cannot see, and does not apply to other operations.
+    fn matches_query_scope(&self, op: Option<&Operation>) -> Result<(), Miss> {
         if self.query.is_some() && !op.is_some_and(is_db_query) {
             return Err(Miss::QueryNotInspectable);
         }
@@ -1684,5 +1699,27 @@ mod tests {
             !err.contains("thelook"),
             "the refusal lists the allowed models: {err}"
         );
+    }
+
+    #[test]
+    fn a_deny_rule_covers_sql_and_queries_without_naming_them() {
+        let p = policy(json!([
+            {"name": "no-contractors", "when": [{"claim": "contractor", "equals": true}], "deny": true},
+            {"name": "sql", "operations": ["create_sql_query", "run_look"], "allow": {"role": "analyst"}}
+        ]));
+        let contractor = claims(json!({"sub": "c", "contractor": true}));
+        for (method, path) in [
+            ("POST", "/api/4.0/sql_queries"),
+            ("GET", "/api/4.0/looks/1/run/json"),
+        ] {
+            assert!(matches!(
+                verdict(&p, method, path, &contractor),
+                Verdict::Deny { ref rule, .. } if rule == "no-contractors"
+            ));
+        }
+        assert!(matches!(
+            verdict(&p, "POST", "/api/4.0/sql_queries", &claims(json!({"sub": "e"}))),
+            Verdict::Allow { ref rule, .. } if rule == "sql"
+        ));
     }
 }

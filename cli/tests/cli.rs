@@ -86,7 +86,18 @@ fn check_accepts_the_demo_envoy_config_with_a_summary() {
         "{}",
         run.stdout
     );
-    assert_eq!(run.stdout.lines().count(), 1, "one line: {}", run.stdout);
+    // The demo's query rules have no guardrails (yet): check says so, and only that.
+    let warnings: Vec<&str> = run.stdout.lines().skip(1).collect();
+    assert_eq!(warnings.len(), 2, "{}", run.stdout);
+    for (warning, rule) in warnings
+        .iter()
+        .zip(["carol-as-herself", "analysts-run-queries"])
+    {
+        assert!(
+            warning.contains(&format!("rule {rule:?} grants database queries (run_inline_query) without `query` guardrails")),
+            "{warning}"
+        );
+    }
 }
 
 #[test]
@@ -344,7 +355,7 @@ fn explain_reads_the_query_body_and_names_the_guardrail() {
         assert_eq!(run.code, 0, "{}{}", run.stdout, run.stderr);
         assert_eq!(
             line(&run.stdout, "query"),
-            "model thelook, view orders, limit 100, filters orders.created_date (from the body)"
+            "model thelook, view orders, limit 100, filters orders.created_date=\"7 days\" (from the body and the URL)"
         );
         assert!(run.stdout.contains("1. no-contractors        no match: condition when[0] on claim \"contractor\" does not hold"), "{}", run.stdout);
         assert!(
@@ -426,7 +437,7 @@ fn explain_reads_url_encoded_queries_as_the_filter_does() {
 #[test]
 fn explain_shows_shadow_hits_and_sql_runner_opt_in() {
     let config = fixture("guarded.json");
-    let admin = r#"{"sub": "root", "groups": ["admins", "viewers"], "email": "root@example.com"}"#;
+    let admin = r#"{"sub": "root", "groups": ["admins", "viewers"], "email": "root@example.com", "email_verified": true}"#;
     // A beta operation: the shadow rule would deny but does not decide; nothing else allows it.
     let run = explain(
         &config,
