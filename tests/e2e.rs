@@ -28,6 +28,9 @@ mod attacks;
 // Issue 7: failing broker and Looker.
 #[path = "e2e/faults.rs"]
 mod faults;
+// Issue 12: guardrails, grants, session operations and issuers, as an attacker.
+#[path = "e2e/holes.rs"]
+mod holes;
 // Issue 5: remote keys through discovery: start, rotation, IdP failures, refetch storms.
 #[path = "e2e/keys.rs"]
 mod keys;
