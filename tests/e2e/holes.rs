@@ -42,7 +42,9 @@ fn assert_forbidden(reply: &Reply, rule: &str, fragment: &str) -> Value {
 
 fn guarded() -> Value {
     json!([
-        {"name": "alice-guarded", "operations": ["run_inline_query", "create_query", "run_url_encoded_query"],
+        // Scoped by activity type, so it covers every query operation: it checks the ones
+        // it can read and refuses the ones it cannot.
+        {"name": "alice-guarded", "activity_types": ["db_query"],
          "when": [{"claim": "sub", "equals": "alice"}],
          "query": {"models": ["thelook"], "max_limit": 100, "required_filters": ["orders.created_date"]},
          "allow": {"role": "analyst"}},
@@ -125,7 +127,13 @@ async fn the_url_limit_empty_filters_and_filter_expressions_cannot_slip_past_the
             Some(&alice),
         )
         .await;
-    assert_eq!(good.status, 200, "{}", good.body);
+    // Forwarded (the simulator does not implement this operation yet: its 501 says so).
+    assert!(
+        ![400, 401, 403].contains(&good.status),
+        "{}: {}",
+        good.status,
+        good.body
+    );
 
     let seen = gw.forwarded_requests().await;
     let paths: Vec<&str> = seen.iter().filter_map(|r| r["path"].as_str()).collect();
@@ -339,6 +347,11 @@ async fn identities_and_rate_limits_are_bound_to_the_issuer() {
     assert_gateway_error(&again, 429);
 
     let seen = gw.forwarded_requests().await;
-    let paths: Vec<&str> = seen.iter().filter_map(|r| r["path"].as_str()).collect();
+    // (The broker's own look-up of carol by e-mail is there too: leave it out.)
+    let paths: Vec<&str> = seen
+        .iter()
+        .filter_map(|r| r["path"].as_str())
+        .filter(|p| !p.starts_with("/api/4.0/users/credential/"))
+        .collect();
     assert_eq!(paths, ["/api/4.0/user", dashboard, dashboard], "{seen:#?}");
 }
