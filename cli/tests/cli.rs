@@ -680,3 +680,57 @@ fn dev_idp_serves_on_a_real_socket_and_prints_its_address() {
     assert_eq!(run.code, 0, "{}", run.stdout);
     std::fs::remove_dir_all(&dir).ok();
 }
+
+#[test]
+fn explain_shows_why_a_rule_never_grants_a_query_by_accident() {
+    let config = fixture("guarded.json");
+    let viewer = r#"{"sub": "vera", "groups": ["viewers"]}"#;
+    // read-content is GET on tags Dashboard and Look: it reads a look, it does not run one.
+    let run = explain(
+        &config,
+        &[
+            "--claims",
+            viewer,
+            "--request",
+            "GET /api/4.0/looks/1/run/json",
+        ],
+    );
+    assert_eq!(run.code, 1, "{}", run.stdout);
+    assert!(
+        run.stdout.contains("4. read-content          no match: run_look runs a database query: only a rule naming it in `operations`, or `db_query` in `activity_types`, applies"),
+        "{}",
+        run.stdout
+    );
+    // A stored query: the guarded rule names only the operations it can read, and no
+    // other rule grants run_query.
+    let analyst = r#"{"sub": "ann", "groups": ["analysts"]}"#;
+    let run = explain(
+        &config,
+        &[
+            "--claims",
+            analyst,
+            "--request",
+            "GET /api/4.0/queries/7/run/json",
+        ],
+    );
+    assert_eq!(run.code, 1, "{}", run.stdout);
+    assert!(
+        line(&run.stdout, "verdict").starts_with("DENY by rule \"default_deny\""),
+        "{}",
+        run.stdout
+    );
+    // check warns about the one query grant without guardrails (SQL Runner, by name).
+    let check = lookergate(&["check", &config]);
+    assert_eq!(check.code, 0, "{}", check.stdout);
+    let warnings: Vec<&str> = check
+        .stdout
+        .lines()
+        .filter(|l| l.contains("warning"))
+        .collect();
+    assert_eq!(warnings.len(), 1, "{}", check.stdout);
+    assert!(
+        warnings[0].contains("rule \"sql-runner-as-myself\" grants database queries (create_sql_query, run_sql_query) without `query` guardrails"),
+        "{}",
+        check.stdout
+    );
+}
