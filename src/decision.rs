@@ -796,15 +796,20 @@ mod tests {
             .as_secs()
     }
 
+    /// `Authorization` for alice, an analyst of `idp`.
+    fn alice_bearer(idp: &TestIssuer) -> String {
+        let jwt = sign_rs256(
+            idp,
+            json!({"sub": "alice", "groups": ["analysts"], "aud": "looker-api"}),
+        );
+        format!("Bearer {jwt}")
+    }
+
     #[test]
     fn allowed_request_strips_client_credentials_and_access_token() {
         let idp = TestIssuer::new();
         let gw = gateway(&idp);
-        let jwt = sign_rs256(
-            &idp,
-            json!({"sub": "alice", "groups": ["analysts"], "aud": "looker-api"}),
-        );
-        let bearer = format!("Bearer {jwt}");
+        let bearer = alice_bearer(&idp);
         let req = request(
             "/api/4.0/user?access_token=stolen&fields=id",
             &[
@@ -1145,11 +1150,7 @@ mod tests {
     fn client_headers_that_steer_envoy_or_spoof_origin_are_stripped() {
         let idp = TestIssuer::new();
         let gw = gateway(&idp);
-        let jwt = sign_rs256(
-            &idp,
-            json!({"sub": "alice", "groups": ["analysts"], "aud": "looker-api"}),
-        );
-        let bearer = format!("Bearer {jwt}");
+        let bearer = alice_bearer(&idp);
         let req = request(
             "/api/4.0/user",
             &[

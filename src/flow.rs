@@ -371,11 +371,10 @@ pub fn on_http_call_answer<H: Host>(
     } else {
         host.callout_response(body_size, kind.max_body())
     };
-    answer(
+    on_callout(
         gateway,
         worker,
         host,
-        kind,
         callout,
         status,
         &body,
