@@ -18,6 +18,10 @@ root, after `make wasm envoy`).
   broker cluster, hosts, targetRefs) line up.
 - The long-query routes of production.yaml, the Istio VirtualService and the
   HTTPRoute give Looker's query-running operations 300s and everything else 30s.
+- Every shipped HTTP connection manager (and anything in a manifest that sets one) has
+  `use_remote_address: true`, no `internal_address_config` and no trusted
+  X-Forwarded-For hop unless the config documents a load balancer in front; Envoy
+  Gateway's ClientTrafficPolicy keeps that so (no customHeader, 0 hops).
 
 Needs PyYAML. Prints one line per check and `N passed, M failed`; exits 1 on failure.
 """
@@ -599,6 +603,13 @@ SCHEMAS = {
         "type": ANY, "targetRef": TARGET_REF, "priority": ANY,
         "jsonPatches": {"type": ANY, "name": ANY, "operation": {"op": ANY, "path": ANY, "jsonPath": ANY, "from": ANY, "value": ANY}},
     },
+    ("gateway.envoyproxy.io/v1alpha1", "ClientTrafficPolicy"): {
+        "targetRef": TARGET_REF, "targetRefs": TARGET_REF, "targetSelectors": ANY,
+        "clientIPDetection": {"xForwardedFor": {"numTrustedHops": ANY, "trustedCIDRs": ANY}, "customHeader": ANY},
+        "tcpKeepalive": ANY, "enableProxyProtocol": ANY, "proxyProtocol": ANY, "tls": ANY, "path": ANY, "headers": ANY,
+        "timeout": ANY, "connection": ANY, "http1": ANY, "http2": ANY, "http3": ANY, "grpc": ANY, "healthCheck": ANY,
+        "scheme": ANY,
+    },
     ("gateway.envoyproxy.io/v1alpha1", "Backend"): {
         "type": ANY, "appProtocols": ANY, "fallback": ANY,
         "endpoints": {"fqdn": {"hostname": ANY, "port": ANY}, "ip": {"address": ANY, "port": ANY}, "unix": {"path": ANY}, "hostname": ANY, "zone": ANY},
@@ -915,6 +926,88 @@ def access_log_fields():
     for path in (PRODUCTION, COMPOSE_ENVOY):
         missing = wanted - fields(path)
         require(not missing, f"{rel(path)} does not log {sorted(missing)}")
+
+
+# ---- clients are external (use_remote_address) -------------------------------------
+
+HCM_TYPE = "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
+# Configs that document a load balancer in front of Envoy, and how many X-Forwarded-For
+# hops it appends; every other config trusts none.
+TRUSTED_HOPS = {PRODUCTION: 1}
+
+
+def remote_address_problems(node, label: str, trusted_hops: int) -> tuple[int, list[str]]:
+    """(HCMs found, problems): every HttpConnectionManager, and any mapping that sets
+    use_remote_address (an EnvoyFilter or patch), must make Envoy treat clients as
+    external: use_remote_address true, no internal_address_config (an internal peer's
+    x-envoy-* headers are obeyed), no original IP detection extension, and at most
+    `trusted_hops` trusted X-Forwarded-For hops."""
+    found, problems = 0, []
+
+    def walk(node, path):
+        nonlocal found
+        if isinstance(node, dict):
+            is_hcm = str(node.get("@type", "")).endswith(HCM_TYPE)
+            if is_hcm or "use_remote_address" in node:
+                found += is_hcm
+                where = f"{label} {path or '/'}"
+                if node.get("use_remote_address") is not True:
+                    problems.append(f"{where}: use_remote_address is {node.get('use_remote_address')!r}, must be true")
+                hops = node.get("xff_num_trusted_hops", 0)
+                if hops != trusted_hops:
+                    problems.append(f"{where}: xff_num_trusted_hops {hops}, expected {trusted_hops}")
+                for key in ("internal_address_config", "original_ip_detection_extensions"):
+                    if key in node:
+                        problems.append(f"{where}: sets {key}")
+            for key, value in node.items():
+                walk(value, f"{path}.{key}")
+        elif isinstance(node, list):
+            for i, value in enumerate(node):
+                walk(value, f"{path}[{i}]")
+
+    walk(node, "")
+    return found, problems
+
+
+@check("every shipped HTTP connection manager treats clients as external (use_remote_address: true)")
+def clients_are_external():
+    problems = []
+    for path in envoy_configs():
+        found, mine = remote_address_problems(yaml.safe_load(path.read_text()), rel(path), TRUSTED_HOPS.get(path, 0))
+        require(found, f"{rel(path)}: no HttpConnectionManager found (is the @type spelled differently?)")
+        problems.extend(mine)
+    for path, doc in manifests():
+        problems.extend(remote_address_problems(doc, f"{rel(path)} {doc.get('kind')}", 0)[1])
+    require(not problems, "\n".join(problems))
+
+
+@check("the use_remote_address check refuses a config without it (control)")
+def clients_are_external_control():
+    demo = yaml.safe_load(DEMO.read_text())
+    found, problems = remote_address_problems(demo, "demo.yaml", 0)
+    require(found and not problems, f"demo.yaml: {found} HCMs, {problems}")
+    for edit in (
+        lambda hcm: hcm.pop("use_remote_address"),
+        lambda hcm: hcm.update(xff_num_trusted_hops=1),
+        lambda hcm: hcm.update(internal_address_config={"cidr_ranges": []}),
+    ):
+        broken = copy.deepcopy(demo)
+        edit(broken["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"])
+        require(remote_address_problems(broken, "demo.yaml", 0)[1], "a broken HCM passed the check")
+
+
+@check("Envoy Gateway: a ClientTrafficPolicy keeps clients external on the Gateway the routes use")
+def envoy_gateway_client_ip():
+    gateways = {ref["name"] for r in docs_of("HTTPRoute") for ref in r["spec"]["parentRefs"]}
+    covered = set()
+    for policy in docs_of("ClientTrafficPolicy"):
+        detection = policy["spec"].get("clientIPDetection") or {}
+        # customHeader makes Envoy Gateway build the listener with use_remote_address: false.
+        require("customHeader" not in detection, f"{policy['metadata']['name']}: clientIPDetection.customHeader")
+        hops = (detection.get("xForwardedFor") or {}).get("numTrustedHops")
+        require(hops == 0, f"{policy['metadata']['name']}: xForwardedFor.numTrustedHops is {hops!r}, expected 0")
+        covered |= {ref["name"] for ref in policy["spec"]["targetRefs"] if ref["kind"] == "Gateway"}
+    require(gateways and gateways <= covered, f"Gateways {sorted(gateways - covered)} have no ClientTrafficPolicy")
 
 
 # ---- runner ------------------------------------------------------------------------

@@ -10,7 +10,7 @@ use crate::metrics::Metrics;
 use crate::secret::Secret;
 use axum::http::StatusCode;
 use serde_json::json;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
@@ -111,6 +111,41 @@ pub struct Issued {
 impl Issued {
     pub fn expires_in(&self) -> u64 {
         self.token.remaining(Instant::now()).as_secs()
+    }
+}
+
+/// The answer of [`Broker::readiness`]. Its details name roles and quote Looker's errors
+/// (no secrets): they go to authenticated gateways and the log, never to a bare probe.
+#[derive(Debug)]
+pub struct Readiness {
+    pub ready: bool,
+    /// `"role:<name>"` or `"sudo"` -> the error its login ended in (`None`: logged in).
+    pub checks: BTreeMap<String, Option<BrokerError>>,
+}
+
+impl Readiness {
+    pub fn status(&self) -> &'static str {
+        if self.ready {
+            "ready"
+        } else {
+            "not_ready"
+        }
+    }
+
+    /// `{"status": "ready" | "not_ready", "checks": {"role:analyst": "ok", ...}}`.
+    pub fn details(&self) -> serde_json::Value {
+        let checks: serde_json::Map<String, serde_json::Value> = self
+            .checks
+            .iter()
+            .map(|(name, failed)| {
+                let check = match failed {
+                    None => json!("ok"),
+                    Some(e) => json!({"error": e.code(), "message": e.to_string()}),
+                };
+                (name.clone(), check)
+            })
+            .collect();
+        json!({"status": self.status(), "checks": checks})
     }
 }
 
@@ -410,7 +445,7 @@ impl Broker {
     }
 
     /// Every role (and the sudo admin, if configured) can log in right now.
-    pub async fn readiness(self: &Arc<Self>) -> (bool, serde_json::Value) {
+    pub async fn readiness(self: &Arc<Self>) -> Readiness {
         let rt = self.runtime();
         let mut checks = tokio::task::JoinSet::new();
         for name in rt.config.roles.keys() {
@@ -431,21 +466,23 @@ impl Broker {
                 )
             });
         }
-        let mut ready = true;
-        let mut details = serde_json::Map::new();
+        let mut readiness = Readiness {
+            ready: true,
+            checks: BTreeMap::new(),
+        };
         while let Some(joined) = checks.join_next().await {
             match joined {
-                Ok((name, None)) => {
-                    details.insert(name, json!("ok"));
+                Ok((name, failed)) => {
+                    readiness.ready &= failed.is_none();
+                    readiness.checks.insert(name, failed);
                 }
-                Ok((name, Some(e))) => {
-                    ready = false;
-                    details.insert(name, json!({"error": e.code(), "message": e.to_string()}));
-                }
-                Err(_) => ready = false,
+                Err(_) => readiness.ready = false,
             }
         }
-        (ready, json!({"ready": ready, "checks": details}))
+        if !readiness.ready {
+            log::warn("not_ready", readiness.details());
+        }
+        readiness
     }
 
     /// Periodic housekeeping: forget expired tokens and user lookups.

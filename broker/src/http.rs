@@ -229,14 +229,22 @@ async fn healthz() -> Response {
     Json(json!({"status": "ok", "version": crate::VERSION})).into_response()
 }
 
-async fn readyz(State(broker): State<AppState>) -> Response {
-    let (ready, details) = broker.readiness().await;
-    let status = if ready {
+/// Probes (Kubernetes, Envoy health checks) call this without credentials and get the
+/// status alone: role names and Looker's errors go only to a gateway credential (and the log).
+async fn readyz(State(broker): State<AppState>, headers: HeaderMap) -> Response {
+    let authenticated = authenticate(&broker, &headers).is_ok();
+    let readiness = broker.readiness().await;
+    let status = if readiness.ready {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
-    (status, Json(details)).into_response()
+    let body = if authenticated {
+        readiness.details()
+    } else {
+        json!({"status": readiness.status()})
+    };
+    no_store((status, Json(body)).into_response())
 }
 
 async fn metrics(State(broker): State<AppState>) -> Response {
@@ -394,6 +402,56 @@ mod tests {
         )
         .await;
         assert_eq!(status, StatusCode::NO_CONTENT);
+    }
+
+    async fn readyz(app: Router, auth: Option<&str>) -> (StatusCode, String) {
+        let mut req = Request::get("/readyz");
+        if let Some(auth) = auth {
+            req = req.header("authorization", auth);
+        }
+        let Ok(req) = req.body(Body::empty()) else {
+            return (StatusCode::IM_A_TEAPOT, String::new());
+        };
+        let Ok(resp) = app.oneshot(req).await;
+        let status = resp.status();
+        let bytes = resp
+            .into_body()
+            .collect()
+            .await
+            .map(|b| b.to_bytes())
+            .unwrap_or_default();
+        (status, String::from_utf8_lossy(&bytes).into_owned())
+    }
+
+    #[tokio::test]
+    async fn readyz_shows_roles_and_looker_errors_only_to_a_gateway() {
+        // Looker is unreachable in test_app: every check fails with an error to leak.
+        let app = test_app();
+        for auth in [None, Some("Bearer wrong-gateway-secret")] {
+            let (status, body) = readyz(app.clone(), auth).await;
+            assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{auth:?}: {body}");
+            assert_eq!(
+                serde_json::from_str::<serde_json::Value>(&body).ok(),
+                Some(json!({"status": "not_ready"})),
+                "{auth:?}: {body}"
+            );
+            for leak in ["analyst", "viewer", "sudo", "role", "looker", "error"] {
+                assert!(!body.to_lowercase().contains(leak), "{leak}: {body}");
+            }
+        }
+
+        let (status, body) = readyz(app, Some("Bearer second-gateway-secret")).await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+        let details: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+        assert_eq!(details["status"], "not_ready", "{body}");
+        for check in ["role:analyst", "role:viewer", "sudo"] {
+            assert_eq!(
+                details["checks"][check]["error"], "looker_unavailable",
+                "{body}"
+            );
+            assert!(details["checks"][check]["message"].is_string(), "{body}");
+        }
+        assert!(!body.contains("-secret"), "{body}");
     }
 
     #[tokio::test]

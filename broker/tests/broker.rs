@@ -156,7 +156,20 @@ impl Broker {
     }
 
     async fn get(&self, path: &str) -> Result<(u16, String), reqwest::Error> {
-        let resp = reqwest::get(format!("{}{path}", self.url)).await?;
+        self.get_as(path, None).await
+    }
+
+    /// `GET path`, with `Authorization: auth` when given.
+    async fn get_as(
+        &self,
+        path: &str,
+        auth: Option<&str>,
+    ) -> Result<(u16, String), reqwest::Error> {
+        let mut req = reqwest::Client::new().get(format!("{}{path}", self.url));
+        if let Some(auth) = auth {
+            req = req.header("authorization", auth);
+        }
+        let resp = req.send().await?;
         let status = resp.status().as_u16();
         Ok((status, resp.text().await?))
     }
@@ -377,18 +390,64 @@ async fn readyz_is_200_when_every_role_logs_in_and_503_otherwise() -> TestResult
     let broker = Broker::with_sim(&sim).await?;
     assert_eq!(broker.get("/healthz").await?.0, 200);
     let (status, body) = broker.get("/readyz").await?;
-    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        (status, serde_json::from_str::<Value>(&body)?),
+        (200, json!({"status": "ready"}))
+    );
+    let (status, body) = broker.get_as("/readyz", Some(GATEWAY)).await?;
+    assert_eq!(
+        (status, serde_json::from_str::<Value>(&body)?),
+        (
+            200,
+            json!({"status": "ready", "checks": {"role:analyst": "ok", "role:viewer": "ok", "sudo": "ok"}})
+        )
+    );
 
     let text = config_text(&sim.url, |t| {
         t.replace("demo-viewer-secret", "wrong-secret")
     });
     let broken = Broker::start(&text, None).await?;
-    let (status, body) = broken.get("/readyz").await?;
+    let (status, body) = broken.get_as("/readyz", Some(GATEWAY)).await?;
     assert_eq!(status, 503, "{body}");
     assert!(
         body.contains("role:viewer") && body.contains("bad_credentials"),
         "{body}"
     );
+    Ok(())
+}
+
+#[tokio::test]
+async fn readyz_without_a_gateway_credential_shows_no_role_and_no_looker_error() -> TestResult {
+    let sim = Sim::start().await?;
+    // Every login fails with a 500 (retries included): an error for /readyz to leak.
+    sim.fault(json!({"login_status": 500, "count": 1000}))
+        .await?;
+    let broker = Broker::with_sim(&sim).await?;
+    for auth in [None, Some("Bearer wrong-gateway-secret")] {
+        let (status, body) = broker.get_as("/readyz", auth).await?;
+        assert_eq!(
+            (status, serde_json::from_str::<Value>(&body)?),
+            (503, json!({"status": "not_ready"})),
+            "{auth:?}"
+        );
+    }
+
+    let (status, body) = broker.get_as("/readyz", Some(GATEWAY)).await?;
+    assert_eq!(status, 503, "{body}");
+    let details: Value = serde_json::from_str(&body)?;
+    for check in ["role:analyst", "role:viewer", "sudo"] {
+        assert_eq!(
+            details["checks"][check]["error"], "looker_unavailable",
+            "{body}"
+        );
+        assert!(
+            details["checks"][check]["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("500")),
+            "{body}"
+        );
+    }
+    assert!(!body.contains("-secret"), "{body}");
     Ok(())
 }
 
