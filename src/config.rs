@@ -38,6 +38,12 @@ pub struct RawConfig {
     #[serde(default = "default_max_body_bytes")]
     #[cfg_attr(feature = "schema", schemars(range(min = 1024, max = 16777216)))]
     pub max_body_bytes: usize,
+    /// The HTTP connection manager's `xff_num_trusted_hops`: `x-forwarded-for` reaches
+    /// Looker with only its last `xff_num_trusted_hops + 1` entries (what Envoy and the
+    /// trusted proxies in front of it appended), never what the client wrote before them.
+    #[serde(default)]
+    #[cfg_attr(feature = "schema", schemars(range(min = 0, max = 10)))]
+    pub xff_num_trusted_hops: usize,
 }
 
 fn default_api_prefix() -> String {
@@ -403,6 +409,8 @@ pub struct Gateway {
     pub operations: OperationTable,
     pub api_prefix: String,
     pub max_body_bytes: usize,
+    /// `x-forwarded-for` entries kept, from the end: trusted hops + Envoy's own.
+    pub forwarded_for_kept: usize,
     pub broker: BrokerSettings,
     pub refresh_before: Duration,
     /// Distinct token header names, in issuer order.
@@ -614,6 +622,9 @@ impl Gateway {
         if !(1024..=16 * 1024 * 1024).contains(&raw.max_body_bytes) {
             return Err(err("max_body_bytes", "must be between 1024 and 16777216"));
         }
+        if raw.xff_num_trusted_hops > 10 {
+            return Err(err("xff_num_trusted_hops", "must be between 0 and 10"));
+        }
         let issuer_names: Vec<&str> = issuers.iter().map(|i| i.issuer.as_str()).collect();
         let policy =
             Policy::compile(&raw.policy, &operations, &issuer_names).map_err(|e| {
@@ -659,6 +670,7 @@ impl Gateway {
             operations,
             api_prefix,
             max_body_bytes: raw.max_body_bytes,
+            forwarded_for_kept: raw.xff_num_trusted_hops + 1,
             broker: BrokerSettings {
                 cluster: b.cluster,
                 authority: b.authority,

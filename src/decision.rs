@@ -731,6 +731,7 @@ fn strip_client_headers(gateway: &Gateway, request: RequestHead<'_>) -> Vec<Head
         // -proto, which Envoy itself sets under `use_remote_address`) are the client's.
         let spoofable = name.starts_with("x-envoy-")
             || name == "forwarded"
+            || name == "x-real-ip"
             || (name.starts_with("x-forwarded-") && name != "x-forwarded-proto");
         if spoofable
             || name == "cookie"
@@ -741,13 +742,17 @@ fn strip_client_headers(gateway: &Gateway, request: RequestHead<'_>) -> Vec<Head
         }
     }
     // Envoy appends the peer's address as the last hop (`use_remote_address: true` in
-    // every shipped config); the hops before it are whatever the client wrote.
+    // every shipped config), after the trusted proxies' entries; the hops before those
+    // are whatever the client wrote.
     if let Some(value) = forwarded_for {
-        let last = value.rsplit(',').next().unwrap_or_default().trim();
-        if last.is_empty() {
+        let hops: Vec<&str> = value.split(',').map(str::trim).collect();
+        let kept = hops
+            .get(hops.len().saturating_sub(gateway.forwarded_for_kept)..)
+            .unwrap_or_default();
+        if kept.iter().any(|h| h.is_empty()) {
             remove("x-forwarded-for");
-        } else if last != value {
-            ops.push(HeaderOp::Set("x-forwarded-for".to_owned(), last.to_owned()));
+        } else if kept.len() < hops.len() {
+            ops.push(HeaderOp::Set("x-forwarded-for".to_owned(), kept.join(",")));
         }
     }
     ops
@@ -761,6 +766,10 @@ mod tests {
     use serde_json::json;
 
     fn gateway(issuer: &TestIssuer) -> Gateway {
+        Gateway::load(gateway_json(issuer).as_bytes()).unwrap()
+    }
+
+    fn gateway_json(issuer: &TestIssuer) -> String {
         let config = json!({
             "issuers": [
                 {"issuer": issuer.iss, "audiences": ["looker-api"], "jwks": issuer.jwks},
@@ -774,7 +783,7 @@ mod tests {
             ]},
             "broker": {"cluster": "broker", "credential": "0123456789abcdef-secret"}
         });
-        Gateway::load(config.to_string().as_bytes()).unwrap()
+        config.to_string()
     }
 
     fn request(path: &str, headers: &[(&str, &str)]) -> RequestView {
@@ -1179,6 +1188,17 @@ mod tests {
         }
         assert!(!header_ops.contains(&HeaderOp::Remove("x-forwarded-proto".into())));
         assert!(header_ops.contains(&HeaderOp::Set("x-forwarded-for".into(), "127.0.0.1".into())));
+        // Behind one trusted load balancer: its client entry stays too.
+        let mut config: serde_json::Value = serde_json::from_str(&gateway_json(&idp)).unwrap();
+        config["xff_num_trusted_hops"] = json!(1);
+        let behind_lb = Gateway::load(config.to_string().as_bytes()).unwrap();
+        let Decision::Forward { header_ops, .. } = decide(&behind_lb, &req, now()) else {
+            panic!("expected forward");
+        };
+        assert!(header_ops.contains(&HeaderOp::Set(
+            "x-forwarded-for".into(),
+            "10.0.0.1,127.0.0.1".into()
+        )));
     }
 
     #[test]

@@ -966,6 +966,11 @@ def remote_address_problems(node, label: str, trusted_hops: int) -> tuple[int, l
                 walk(value, f"{path}[{i}]")
 
     walk(node, "")
+    # The filter keeps the same number of client-side X-Forwarded-For hops.
+    for plugin in plugin_json_of_envoy_config(node) if isinstance(node, dict) else []:
+        hops = json.loads(plugin).get("xff_num_trusted_hops", 0)
+        if hops != trusted_hops:
+            problems.append(f"{label}: the lookergate plugin's xff_num_trusted_hops is {hops}, the connection manager's {trusted_hops}")
     return found, problems
 
 
