@@ -34,6 +34,9 @@ mod holes;
 // Issue 5: remote keys through discovery: start, rotation, IdP failures, refetch storms.
 #[path = "e2e/keys.rs"]
 mod keys;
+// Issue 12: request trailers never resume a request the filter has not decided.
+#[path = "e2e/trailers.rs"]
+mod trailers;
 
 use std::time::Duration;
 

@@ -4,10 +4,11 @@
 
 use std::collections::BTreeMap;
 
-use axum::body::{to_bytes, Body, Bytes};
+use axum::body::Bytes;
 use axum::extract::{Request, State};
 use axum::http::{header, request::Parts, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
+use http_body_util::{BodyExt, Limited};
 use serde_json::{json, Value};
 
 use crate::demo::{self, DemoUser, ADMIN_USER_ID};
@@ -127,14 +128,27 @@ pub(crate) async fn handle(State(state): State<SimState>, request: Request) -> R
     // Logins are recorded in `/__sim/logins` instead: this list is what clients sent
     // through the gateway, so tests can assert exactly what reached Looker.
     let is_login = path == "/api/4.0/login" || path.starts_with("/api/4.0/login/");
-    if path.starts_with("/api/") && !is_login {
+    let record = (path.starts_with("/api/") && !is_login).then(|| {
         state.world().record_request(RecordedRequest {
             method: parts.method.to_string(),
             path: path.clone(),
             query: parts.uri.query().unwrap_or_default().to_owned(),
             headers: header_map(&parts.headers),
-        });
-    }
+            trailers: BTreeMap::new(),
+        })
+    });
+    // Read whole here, trailers included, so the record shows any trailer that got through.
+    let body = match Limited::new(body, MAX_BODY_BYTES).collect().await {
+        Ok(collected) => {
+            if let (Some(id), Some(trailers)) = (record, collected.trailers()) {
+                state.world().record_trailers(id, header_map(trailers));
+            }
+            Ok(collected.to_bytes())
+        }
+        Err(_) => Err(ApiError::BadRequest(format!(
+            "request body larger than {MAX_BODY_BYTES} bytes"
+        ))),
+    };
     let response = dispatch(&state, &parts, body)
         .await
         .unwrap_or_else(IntoResponse::into_response);
@@ -218,7 +232,12 @@ fn authenticate(state: &SimState, token: Option<String>) -> Result<Caller, ApiEr
     Ok(Caller { user_id, token })
 }
 
-async fn dispatch(state: &SimState, parts: &Parts, body: Body) -> Result<Response, ApiError> {
+/// `body`: the request body, or the error for one over the size limit.
+async fn dispatch(
+    state: &SimState,
+    parts: &Parts,
+    body: Result<Bytes, ApiError>,
+) -> Result<Response, ApiError> {
     let path = parts.uri.path();
     let relative = path
         .strip_prefix(API_BASE)
@@ -228,9 +247,7 @@ async fn dispatch(state: &SimState, parts: &Parts, body: Body) -> Result<Respons
         .find(parts.method.as_str(), relative)
         .ok_or(ApiError::NotFound)?;
     let params = query_params(parts);
-    let body = to_bytes(body, MAX_BODY_BYTES).await.map_err(|_| {
-        ApiError::BadRequest(format!("request body larger than {MAX_BODY_BYTES} bytes"))
-    })?;
+    let body = body?;
     let token = access_token(parts, &params);
     let operation_id = matched.operation.operation_id.as_str();
     match operation_id {

@@ -29,7 +29,15 @@ pub struct RecordedRequest {
     pub query: String,
     /// Lower-case header names; repeated headers joined with ", ".
     pub headers: BTreeMap<String, String>,
+    /// The request's trailer fields (chunked HTTP/1.1), as `headers`; filled in once the
+    /// body has arrived, so tests can prove no client trailer reached Looker.
+    #[serde(default)]
+    pub trailers: BTreeMap<String, String>,
 }
+
+/// Names one recorded request, to add what arrives after its headers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct RecordId(u64);
 
 /// One login attempt (`POST /login` or `POST /login/{user_id}`); never holds a secret.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -95,7 +103,9 @@ pub(crate) struct World {
     sessions: HashMap<String, Session>,
     pub queries: BTreeMap<u64, QuerySpec>,
     next_query_id: u64,
-    requests: Vec<RecordedRequest>,
+    /// Each with the id `record_request` returned for it.
+    requests: Vec<(RecordId, RecordedRequest)>,
+    next_record: u64,
     logins: Vec<LoginAttempt>,
     login_faults: Option<(LoginFault, u32)>,
     api_faults: Option<(ApiFault, u32)>,
@@ -124,6 +134,7 @@ impl SimState {
             next_query_id: queries.len() as u64 + 1,
             queries,
             requests: Vec::new(),
+            next_record: 0,
             logins: Vec::new(),
             login_faults: None,
             api_faults: None,
@@ -145,7 +156,8 @@ impl SimState {
 
     /// Every request received under `/api/`, oldest first.
     pub fn requests(&self) -> Vec<RecordedRequest> {
-        self.world().requests.clone()
+        let world = self.world();
+        world.requests.iter().map(|(_, r)| r.clone()).collect()
     }
 
     pub fn clear_requests(&self) {
@@ -201,11 +213,21 @@ impl SimState {
 }
 
 impl World {
-    pub fn record_request(&mut self, request: RecordedRequest) {
+    pub fn record_request(&mut self, request: RecordedRequest) -> RecordId {
         if self.requests.len() >= MAX_RECORDED_REQUESTS {
             self.requests.remove(0);
         }
-        self.requests.push(request);
+        let id = RecordId(self.next_record);
+        self.next_record += 1;
+        self.requests.push((id, request));
+        id
+    }
+
+    /// Adds the trailers of a recorded request (gone already if the list was cleared).
+    pub fn record_trailers(&mut self, id: RecordId, trailers: BTreeMap<String, String>) {
+        if let Some((_, request)) = self.requests.iter_mut().rev().find(|(i, _)| *i == id) {
+            request.trailers = trailers;
+        }
     }
 
     pub fn record_login(&mut self, attempt: LoginAttempt) {

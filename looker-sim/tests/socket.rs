@@ -111,3 +111,60 @@ fn bad_arguments_exit_with_usage() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("usage:"));
     assert!(out.stdout.is_empty());
 }
+
+#[tokio::test]
+async fn chunked_request_trailers_are_recorded_and_the_body_still_answered() {
+    let (_sim, addr) = start(&["--listen", "127.0.0.1:0"]);
+    let form = "client_id=demo-analyst-id&client_secret=demo-analyst-secret";
+    let (status, body) = http(
+        addr,
+        format!(
+            "POST /api/4.0/login HTTP/1.1\r\nHost: looker\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{form}",
+            form.len()
+        ),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let login: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let token = login["access_token"].as_str().unwrap();
+
+    let query = r#"{"model":"thelook","view":"orders","fields":["orders.count"]}"#;
+    let (first, second) = query.split_at(20);
+    let (status, body) = http(
+        addr,
+        format!(
+            "POST /api/4.0/queries/run/json HTTP/1.1\r\nHost: looker\r\nAuthorization: token {token}\r\n\
+             Content-Type: application/json\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n\
+             {:x}\r\n{first}\r\n{:x}\r\n{second}\r\n0\r\nX-Client-Trailer: sneaky\r\nX-Other: 1\r\n\r\n",
+            first.len(),
+            second.len()
+        ),
+    )
+    .await;
+    assert_eq!(status, 200, "the chunked query must still run: {body}");
+    let (status, body) = http(
+        addr,
+        format!("GET /api/4.0/user HTTP/1.1\r\nHost: looker\r\nAuthorization: token {token}\r\nConnection: close\r\n\r\n"),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+
+    let (status, body) = http(
+        addr,
+        "GET /__sim/requests HTTP/1.1\r\nHost: looker\r\nConnection: close\r\n\r\n".into(),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let seen: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(seen.as_array().unwrap().len(), 2, "{seen}");
+    assert_eq!(
+        seen[0]["trailers"],
+        serde_json::json!({"x-client-trailer": "sneaky", "x-other": "1"}),
+        "{seen}"
+    );
+    assert_eq!(
+        seen[1]["trailers"],
+        serde_json::json!({}),
+        "a request without trailers records none: {seen}"
+    );
+}

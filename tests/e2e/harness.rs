@@ -487,6 +487,59 @@ impl Gateway {
         parse_raw_reply(&raw, started.elapsed())
     }
 
+    /// Opens a request and sends its head only, never ending the stream: the body and
+    /// trailers follow piece by piece through the [`StreamedRequest`].
+    pub async fn open_request(
+        &self,
+        wire: Wire,
+        method: &str,
+        target: &str,
+        headers: &[(&str, &str)],
+    ) -> StreamedRequest {
+        StreamedRequest::open(self.listener, wire, method, target, headers, false).await
+    }
+
+    /// One request whose body is `chunks` (each its own DATA frame or chunk, a pause
+    /// apart, so Envoy sees them separately) ended by the trailer block `trailers`.
+    pub async fn send_with_trailers(
+        &self,
+        wire: Wire,
+        method: &str,
+        target: &str,
+        headers: &[(&str, &str)],
+        chunks: &[&str],
+        trailers: &[(&str, &str)],
+    ) -> Reply {
+        let mut request = self.open_request(wire, method, target, headers).await;
+        for chunk in chunks {
+            tokio::time::sleep(PIECE_PAUSE).await;
+            request.send_data(chunk).await;
+        }
+        tokio::time::sleep(PIECE_PAUSE).await;
+        request.send_trailers(trailers).await;
+        request.reply().await
+    }
+
+    /// The same request, but head, body and trailers leave in one write: Envoy decodes
+    /// them all in one go, before any callout the head started can be answered.
+    pub async fn send_at_once_with_trailers(
+        &self,
+        wire: Wire,
+        method: &str,
+        target: &str,
+        headers: &[(&str, &str)],
+        chunks: &[&str],
+        trailers: &[(&str, &str)],
+    ) -> Reply {
+        let mut request =
+            StreamedRequest::open(self.listener, wire, method, target, headers, true).await;
+        for chunk in chunks {
+            request.send_data(chunk).await;
+        }
+        request.send_trailers(trailers).await;
+        request.reply().await
+    }
+
     async fn get_json(&self, url: String) -> Value {
         let response = self
             .client
@@ -818,6 +871,228 @@ impl Gateway {
         assert_eq!(addr, self.broker, "restarted broker on another address");
         self.services.push(process);
     }
+}
+
+/// The pause between the pieces of a [`Gateway::send_with_trailers`] request.
+const PIECE_PAUSE: Duration = Duration::from_millis(40);
+/// How long a streamed request may wait for its reply.
+const REPLY_DEADLINE: Duration = Duration::from_secs(20);
+
+/// How a request with trailers travels to Envoy's listener (the demo HCM's codec is
+/// AUTO: it speaks both).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Wire {
+    /// h2c with prior knowledge: HEADERS, DATA frames, then a trailer HEADERS frame
+    /// with END_STREAM.
+    Http2,
+    /// HTTP/1.1 `transfer-encoding: chunked`, a trailer section after the last chunk.
+    /// Envoy drops it unless the HCM sets `http_protocol_options.enable_trailers`.
+    Http1Chunked,
+}
+
+/// A request sent piece by piece on its own connection: head at `open`, then body
+/// pieces and trailers, then [`StreamedRequest::reply`]. Errors while sending are
+/// ignored: Envoy may answer (and reset the stream) before everything was sent.
+pub struct StreamedRequest {
+    wire: Wire,
+    started: Instant,
+    stream: Streamed,
+}
+
+enum Streamed {
+    Http2 {
+        body: h2::SendStream<bytes::Bytes>,
+        response: h2::client::ResponseFuture,
+        /// The connection, not yet driven when everything is to leave in one write.
+        unsent: Option<Box<H2Connection>>,
+        driver: Option<AbortHandle>,
+    },
+    Http1 {
+        socket: tokio::net::TcpStream,
+        /// What is not written yet (everything, when it is to leave in one write).
+        held: Option<Vec<u8>>,
+    },
+}
+
+impl StreamedRequest {
+    async fn open(
+        listener: SocketAddr,
+        wire: Wire,
+        method: &str,
+        target: &str,
+        headers: &[(&str, &str)],
+        at_once: bool,
+    ) -> StreamedRequest {
+        let started = Instant::now();
+        let socket = tokio::net::TcpStream::connect(listener)
+            .await
+            .expect("connect to Envoy");
+        let stream = match wire {
+            Wire::Http2 => {
+                let (client, connection) = h2::client::handshake(socket)
+                    .await
+                    .expect("HTTP/2 handshake with Envoy");
+                let mut request = http::Request::builder()
+                    .method(method)
+                    .uri(format!("http://{listener}{target}"));
+                for (name, value) in headers {
+                    request = request.header(*name, *value);
+                }
+                let request = request.body(()).expect("HTTP/2 request");
+                let mut client = client.ready().await.expect("HTTP/2 stream available");
+                // No END_STREAM: a body or trailers follow.
+                let (response, body) = client
+                    .send_request(request, false)
+                    .expect("send HTTP/2 HEADERS");
+                let (unsent, driver) = if at_once {
+                    (Some(Box::new(connection)), None)
+                } else {
+                    (None, Some(drive(connection)))
+                };
+                Streamed::Http2 {
+                    body,
+                    response,
+                    unsent,
+                    driver,
+                }
+            }
+            Wire::Http1Chunked => {
+                let mut head = format!("{method} {target} HTTP/1.1\r\nhost: {listener}\r\n");
+                for (name, value) in headers {
+                    head.push_str(&format!("{name}: {value}\r\n"));
+                }
+                head.push_str("transfer-encoding: chunked\r\nconnection: close\r\n\r\n");
+                let mut stream = Streamed::Http1 {
+                    socket,
+                    held: at_once.then(Vec::new),
+                };
+                stream.write_http1(head.as_bytes()).await;
+                stream
+            }
+        };
+        StreamedRequest {
+            wire,
+            started,
+            stream,
+        }
+    }
+
+    /// One DATA frame (HTTP/2) or chunk (HTTP/1.1); the stream stays open.
+    pub async fn send_data(&mut self, piece: &str) {
+        match &mut self.stream {
+            Streamed::Http2 { body, .. } => {
+                let _ = body.send_data(bytes::Bytes::copy_from_slice(piece.as_bytes()), false);
+            }
+            http1 => {
+                let chunk = format!("{:x}\r\n{piece}\r\n", piece.len());
+                http1.write_http1(chunk.as_bytes()).await;
+            }
+        }
+    }
+
+    /// The trailer block, which ends the request.
+    pub async fn send_trailers(&mut self, trailers: &[(&str, &str)]) {
+        match &mut self.stream {
+            Streamed::Http2 { body, .. } => {
+                let mut map = http::HeaderMap::new();
+                for (name, value) in trailers {
+                    map.append(
+                        http::HeaderName::from_bytes(name.as_bytes()).expect("trailer name"),
+                        http::HeaderValue::from_str(value).expect("trailer value"),
+                    );
+                }
+                let _ = body.send_trailers(map);
+            }
+            http1 => {
+                let mut last = "0\r\n".to_owned();
+                for (name, value) in trailers {
+                    last.push_str(&format!("{name}: {value}\r\n"));
+                }
+                last.push_str("\r\n");
+                http1.write_http1(last.as_bytes()).await;
+            }
+        }
+    }
+
+    /// Sends what is held back, then waits (up to a deadline) for the whole reply.
+    pub async fn reply(self) -> Reply {
+        let StreamedRequest {
+            wire,
+            started,
+            stream,
+        } = self;
+        match stream {
+            Streamed::Http2 {
+                body,
+                response,
+                unsent,
+                driver,
+            } => {
+                let driver = driver.or_else(|| unsent.map(|connection| drive(*connection)));
+                let read = async {
+                    let response = response.await?;
+                    let (head, mut answer) = response.into_parts();
+                    let mut bytes = Vec::new();
+                    while let Some(chunk) = answer.data().await {
+                        let chunk = chunk?;
+                        let _ = answer.flow_control().release_capacity(chunk.len());
+                        bytes.extend_from_slice(&chunk);
+                    }
+                    Ok::<_, h2::Error>((head, bytes))
+                };
+                let outcome = tokio::time::timeout(REPLY_DEADLINE, read).await;
+                drop(body);
+                if let Some(driver) = driver {
+                    driver.abort();
+                }
+                let (head, bytes) = match outcome {
+                    Ok(Ok(answer)) => answer,
+                    Ok(Err(e)) => panic!("{wire:?}: the stream failed without a reply: {e}"),
+                    Err(_) => panic!("{wire:?}: no reply within {REPLY_DEADLINE:?}"),
+                };
+                Reply {
+                    status: head.status.as_u16(),
+                    headers: head.headers,
+                    body: String::from_utf8_lossy(&bytes).into_owned(),
+                    elapsed: started.elapsed(),
+                }
+            }
+            Streamed::Http1 { mut socket, held } => {
+                if let Some(held) = held {
+                    let _ = socket.write_all(&held).await;
+                }
+                let mut raw = Vec::new();
+                let read = read_reply(&mut socket, &mut raw);
+                if tokio::time::timeout(REPLY_DEADLINE, read).await.is_err() {
+                    panic!("{wire:?}: no reply within {REPLY_DEADLINE:?}");
+                }
+                parse_raw_reply(&raw, started.elapsed())
+            }
+        }
+    }
+}
+
+impl Streamed {
+    async fn write_http1(&mut self, bytes: &[u8]) {
+        if let Streamed::Http1 { socket, held } = self {
+            match held {
+                Some(held) => held.extend_from_slice(bytes),
+                None => {
+                    let _ = socket.write_all(bytes).await;
+                }
+            }
+        }
+    }
+}
+
+type H2Connection = h2::client::Connection<tokio::net::TcpStream, bytes::Bytes>;
+
+/// Runs an HTTP/2 client connection in a task until it ends or is aborted.
+fn drive(connection: H2Connection) -> AbortHandle {
+    tokio::spawn(async move {
+        let _ = connection.await;
+    })
+    .abort_handle()
 }
 
 /// Reads one HTTP/1.1 reply: up to its content-length, the end of a chunked body, or
