@@ -9,7 +9,7 @@ use jwt_simple::prelude::*;
 use lookergate_cli::{jwks, mint, TokenSpec};
 use serde_json::{json, Value};
 
-use crate::harness::{demo_plugin_config, envoy_refusing, Gateway, Options, Reply};
+use crate::harness::{demo_plugin_config, envoy_refusing, Gateway, Options, Reply, Wire};
 use crate::{assert_gateway_error, assert_invalid_token, assert_nothing_reached_looker, tokens};
 
 fn plugin_with(rules: Value) -> Value {
@@ -103,6 +103,53 @@ async fn the_url_limit_empty_filters_and_filter_expressions_cannot_slip_past_the
         if status == 403 {
             assert_eq!(error["rule"], "alice-guarded", "{what}: {error}");
         }
+    }
+    // The same over HTTP/2, the body in two DATA frames ended by a trailer block.
+    let bearer = format!("Bearer {alice}");
+    let h2 = [
+        ("?limit=100000", query(json!({})), 403, "query.limit 100000"),
+        (
+            "?limit=10&limit=100000",
+            query(json!({})),
+            400,
+            "more than once",
+        ),
+        (
+            "",
+            query(json!({"filters": {"orders.created_date": " "}})),
+            403,
+            "must not be empty",
+        ),
+        (
+            "",
+            query(json!({"filter_expression": "1=1"})),
+            403,
+            "filter_expression",
+        ),
+    ];
+    for (url_query, body, status, fragment) in h2 {
+        let (head, tail) = body.split_at(body.len() / 2);
+        let reply = gw
+            .send_with_trailers(
+                Wire::Http2,
+                "POST",
+                &format!("/api/4.0/queries/run/json{url_query}"),
+                &[
+                    ("authorization", &bearer),
+                    ("content-type", "application/json"),
+                ],
+                &[head, tail],
+                &[("x-client-trailer", "1")],
+            )
+            .await;
+        let error = assert_gateway_error(&reply, status);
+        assert!(
+            error["reason"]
+                .as_str()
+                .unwrap_or_default()
+                .contains(fragment),
+            "HTTP/2 {url_query}: reason lacks {fragment:?}: {error}"
+        );
     }
     assert_nothing_reached_looker(&gw).await;
 
