@@ -31,6 +31,9 @@ mod faults;
 // Issue 5: remote keys through discovery: start, rotation, IdP failures, refetch storms.
 #[path = "e2e/keys.rs"]
 mod keys;
+// Issue 12 item 8: x-envoy-* and forwarding headers a client may not set.
+#[path = "e2e/hygiene.rs"]
+mod hygiene;
 
 use std::time::Duration;
 
