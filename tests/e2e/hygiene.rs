@@ -68,7 +68,12 @@ async fn start_with_trusted_peer() -> Gateway {
 /// The one request that reached Looker.
 async fn the_forwarded_request(gw: &Gateway) -> Value {
     let seen = gw.forwarded_requests().await;
-    assert_eq!(seen.len(), 1, "Looker saw: {seen:#?}");
+    let headers: Vec<Value> = seen.iter().map(redacted).collect();
+    assert_eq!(
+        seen.len(),
+        1,
+        "Looker saw requests with these headers: {headers:#?}"
+    );
     seen.into_iter().next().expect("one request")
 }
 
