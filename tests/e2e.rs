@@ -37,6 +37,9 @@ mod keys;
 // Issue 12: request trailers never resume a request the filter has not decided.
 #[path = "e2e/trailers.rs"]
 mod trailers;
+// Issue 12 item 8: x-envoy-* and forwarding headers a client may not set.
+#[path = "e2e/hygiene.rs"]
+mod hygiene;
 
 use std::time::Duration;
 

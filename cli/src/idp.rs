@@ -8,6 +8,8 @@
 //! - `POST /token` `{"user": "alice", "ttl": 600, "claims": {..}, "kid": ".."}` -> a JWT
 //! - `POST /rotate[?keep_old=false]` -> a new key with a new kid (old one kept by default)
 //! - `POST /__idp/fail` `{"mode": "500" | "garbage" | "ok"}` -> discovery and JWKS fail
+//! - `POST /__idp/jwks_padding` `{"extra_keys": 19, "x5c_bytes": 2500}` -> a JWKS as large
+//!   as a real tenant's (more keys, `x5c` certificates); zero and zero undo it
 //! - `GET /__idp/stats` -> fetch counts and published kids; `GET /healthz`
 
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -17,6 +19,8 @@ use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use base64::Engine;
 use jwt_simple::prelude::RS256KeyPair;
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
@@ -27,6 +31,10 @@ use crate::demo::{jwk, mint, unix_now, TokenSpec, DEFAULT_TTL_SECS, DEMO_AUDIENC
 pub const MAX_TTL_SECS: u64 = 7 * 24 * 3600;
 /// RSA size of keys made by `/rotate`.
 const ROTATED_KEY_BITS: usize = 2048;
+/// Bounds of `/__idp/jwks_padding`: enough for a JWKS well past any filter limit, not
+/// enough to exhaust memory by a typo.
+const MAX_PADDING_KEYS: usize = 500;
+const MAX_X5C_BYTES: usize = 64 * 1024;
 
 /// How discovery and JWKS answer (`/__idp/fail`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -62,6 +70,17 @@ struct Keys {
     jwks_requests: u64,
     tokens_issued: u64,
     rotations: u64,
+    padding: JwksPadding,
+}
+
+/// What `/__idp/jwks_padding` adds to the published JWKS, as real tenants' sets have it
+/// (Entra ID: 8-10 RSA keys, each with its certificate in `x5c`, 15-25 KB).
+#[derive(Debug, Default)]
+struct JwksPadding {
+    /// Published before the signing keys, which thus come last in a large document.
+    extra_keys: Vec<Value>,
+    /// Length of the `x5c` certificate given to every published key (0: none).
+    x5c_bytes: usize,
 }
 
 /// The IdP: its issuer, audience and keys. Cheap to clone (shared state).
@@ -90,6 +109,7 @@ impl Idp {
                 jwks_requests: 0,
                 tokens_issued: 0,
                 rotations: 0,
+                padding: JwksPadding::default(),
             })),
         }
     }
@@ -117,14 +137,41 @@ impl Idp {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// The published JWKS: current key first.
+    /// The published JWKS: the padding keys (if any), then the current key, then the
+    /// previous one.
     pub fn jwks(&self) -> Value {
         let keys = self.keys();
-        let mut published = vec![jwk(&keys.current.key, &keys.current.kid)];
-        if let Some(previous) = &keys.previous {
-            published.push(jwk(&previous.key, &previous.kid));
+        let x5c_bytes = keys.padding.x5c_bytes;
+        let mut published = keys.padding.extra_keys.clone();
+        let signing = std::iter::once(&keys.current).chain(keys.previous.as_ref());
+        for key in signing {
+            let mut entry = jwk(&key.key, &key.kid);
+            if x5c_bytes > 0 {
+                add_certificate(&mut entry, &key.kid, x5c_bytes);
+            }
+            published.push(entry);
         }
         json!({ "keys": published })
+    }
+
+    /// Publishes `extra_keys` more RSA keys and gives every key an `x5c` certificate of
+    /// `x5c_bytes` base64 characters (0 and 0: the plain JWKS again). Signing is unchanged.
+    pub fn pad_jwks(&self, extra_keys: usize, x5c_bytes: usize) {
+        let salt = unix_now();
+        let extra_keys = (0..extra_keys)
+            .map(|i| {
+                let kid = format!("padding-{salt}-{i}");
+                let mut entry = filler_rsa_jwk(&kid);
+                if x5c_bytes > 0 {
+                    add_certificate(&mut entry, &kid, x5c_bytes);
+                }
+                entry
+            })
+            .collect();
+        self.keys().padding = JwksPadding {
+            extra_keys,
+            x5c_bytes,
+        };
     }
 
     /// Installs a new current key; the old one stays published when `keep_old`.
@@ -148,6 +195,7 @@ pub fn app(idp: Idp) -> Router {
         .route("/token", post(token))
         .route("/rotate", post(rotate))
         .route("/__idp/fail", get(fail_mode).post(set_fail_mode))
+        .route("/__idp/jwks_padding", post(set_jwks_padding))
         .route("/__idp/stats", get(stats))
         .route("/healthz", get(|| async { "ok" }))
         .with_state(idp)
@@ -358,6 +406,87 @@ async fn set_fail_mode(
     Json(json!({"mode": fail.name()})).into_response()
 }
 
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PaddingRequest {
+    extra_keys: usize,
+    x5c_bytes: usize,
+}
+
+/// Answers the size of the JWKS now published: `{"keys": n, "bytes": len}`.
+async fn set_jwks_padding(
+    State(idp): State<Idp>,
+    body: Result<Json<PaddingRequest>, axum::extract::rejection::JsonRejection>,
+) -> Response {
+    let Json(PaddingRequest {
+        extra_keys,
+        x5c_bytes,
+    }) = match body {
+        Ok(body) => body,
+        Err(e) => return error(StatusCode::BAD_REQUEST, "bad_request", e.body_text()),
+    };
+    if extra_keys > MAX_PADDING_KEYS || x5c_bytes > MAX_X5C_BYTES {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            format!("at most {MAX_PADDING_KEYS} extra keys and {MAX_X5C_BYTES} x5c bytes"),
+        );
+    }
+    idp.pad_jwks(extra_keys, x5c_bytes);
+    let jwks = idp.jwks();
+    let keys = jwks
+        .get("keys")
+        .and_then(Value::as_array)
+        .map_or(0, Vec::len);
+    Json(json!({"keys": keys, "bytes": jwks.to_string().len()})).into_response()
+}
+
+/// A JWK shaped like an issuer's other published RSA keys: a 2048-bit modulus of
+/// random-looking bytes, e = 65537. Nobody signs with it (the filter only decodes it),
+/// and generating 19 real keys in a debug build would take the better part of a minute.
+fn filler_rsa_jwk(kid: &str) -> Value {
+    let mut modulus = filler_bytes(kid, 256);
+    if let Some(first) = modulus.first_mut() {
+        *first |= 0x80; // exactly 2048 bits
+    }
+    if let Some(last) = modulus.last_mut() {
+        *last |= 1; // odd, as every RSA modulus is
+    }
+    json!({
+        "kty": "RSA", "kid": kid, "alg": "RS256", "use": "sig",
+        "n": URL_SAFE_NO_PAD.encode(&modulus), "e": "AQAB",
+    })
+}
+
+/// Adds `x5c` (one certificate of `x5c_bytes` standard-base64 characters, as Entra ID
+/// publishes) and its `x5t` thumbprint to `entry`. The filter never reads `x5c` or `x5t`
+/// (src/jwks.rs takes `n` and `e` only: keys come from the configured issuer, not from
+/// certificates), so random bytes of a real certificate's size stand in for the DER.
+fn add_certificate(entry: &mut Value, kid: &str, x5c_bytes: usize) {
+    let der = filler_bytes(&format!("x5c/{kid}"), x5c_bytes / 4 * 3);
+    let thumbprint = filler_bytes(&format!("x5t/{kid}"), 20);
+    entry["x5c"] = json!([STANDARD.encode(der)]);
+    entry["x5t"] = json!(URL_SAFE_NO_PAD.encode(thumbprint));
+}
+
+/// `len` random-looking bytes, the same for the same `seed` (splitmix64): a key's filler
+/// stays the same from one JWKS fetch to the next.
+fn filler_bytes(seed: &str, len: usize) -> Vec<u8> {
+    let mut state = seed.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    });
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        out.extend_from_slice(&(z ^ (z >> 31)).to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
 async fn fail_mode(State(idp): State<Idp>) -> Response {
     Json(json!({"mode": idp.keys().fail.name()})).into_response()
 }
@@ -372,7 +501,9 @@ async fn stats(State(idp): State<Idp>) -> Response {
         "tokens_issued": keys.tokens_issued,
         "rotations": keys.rotations,
         "current_kid": keys.current.kid,
+        // The signing keys; `/__idp/jwks_padding`'s extra keys are only counted.
         "published_kids": kids,
+        "padding_keys": keys.padding.extra_keys.len(),
         "fail_mode": keys.fail.name(),
     }))
     .into_response()
@@ -638,6 +769,78 @@ mod tests {
             call(&idp, "GET", "/healthz", None).await.status,
             StatusCode::OK
         );
+    }
+
+    #[tokio::test]
+    async fn padding_publishes_a_large_jwks_that_still_verifies_the_current_key() {
+        let idp = Idp::demo().unwrap();
+        let set = call(
+            &idp,
+            "POST",
+            "/__idp/jwks_padding",
+            Some(json!({"extra_keys": 19, "x5c_bytes": 2500})),
+        )
+        .await;
+        assert_eq!(set.status, StatusCode::OK, "{}", set.text);
+        let jwks_reply = call(&idp, "GET", "/jwks", None).await;
+        let jwks = jwks_reply.json();
+        assert_eq!(set.json()["keys"], 20);
+        assert_eq!(set.json()["bytes"], jwks_reply.text.len());
+        assert!(
+            (55_000..70_000).contains(&jwks_reply.text.len()),
+            "{} bytes",
+            jwks_reply.text.len()
+        );
+        let keys = jwks["keys"].as_array().unwrap();
+        assert_eq!(keys.last().unwrap()["kid"], "demo-2026", "signing key last");
+        for key in keys {
+            let x5c = key["x5c"].as_array().unwrap();
+            assert_eq!(x5c.len(), 1, "{key}");
+            assert_eq!(x5c[0].as_str().unwrap().len(), 2500);
+        }
+        // The filter's own decoder takes every key, padding included.
+        let (decoded, skipped) = lookergate::jwt::KeySet::from_jwks(&jwks).unwrap();
+        assert_eq!((decoded.len(), skipped), (20, Vec::<String>::new()));
+        // Tokens are still signed with the current key and verify against the padded set.
+        let token = call(&idp, "POST", "/token", Some(json!({"user": "alice"})))
+            .await
+            .json();
+        assert_eq!(token["kid"], "demo-2026");
+        verify(token["access_token"].as_str().unwrap(), &jwks);
+        // The same document on every fetch.
+        assert_eq!(call(&idp, "GET", "/jwks", None).await.text, jwks_reply.text);
+        let stats = call(&idp, "GET", "/__idp/stats", None).await.json();
+        assert_eq!(stats["padding_keys"], 19);
+
+        let big = call(
+            &idp,
+            "POST",
+            "/__idp/jwks_padding",
+            Some(json!({"extra_keys": 39, "x5c_bytes": 6400})),
+        )
+        .await
+        .json();
+        assert!(big["bytes"].as_u64().unwrap() > 256 * 1024, "{big}");
+        assert_eq!(big["keys"], 40);
+
+        let reset = call(
+            &idp,
+            "POST",
+            "/__idp/jwks_padding",
+            Some(json!({"extra_keys": 0, "x5c_bytes": 0})),
+        )
+        .await;
+        assert_eq!(reset.json()["keys"], 1);
+        let committed: Value = serde_json::from_str(crate::DEMO_JWKS_JSON).unwrap();
+        assert_eq!(call(&idp, "GET", "/jwks", None).await.json(), committed);
+        for bad in [
+            json!({"extra_keys": MAX_PADDING_KEYS + 1, "x5c_bytes": 0}),
+            json!({"extra_keys": 0, "x5c_bytes": MAX_X5C_BYTES + 1}),
+            json!({"extra_keys": 1}),
+        ] {
+            let reply = call(&idp, "POST", "/__idp/jwks_padding", Some(bad.clone())).await;
+            assert_eq!(reply.status, StatusCode::BAD_REQUEST, "{bad}");
+        }
     }
 
     #[tokio::test]

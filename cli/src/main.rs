@@ -35,7 +35,8 @@ usage:
       run the dev OIDC issuer (default 127.0.0.1:10070, issuer https://idp.lookergate.demo,
       the demo key, kid demo-2026): /.well-known/openid-configuration, /jwks,
       POST /token {\"user\": \"alice\", \"ttl\": 600}, POST /rotate[?keep_old=false],
-      POST /__idp/fail {\"mode\": \"500\"|\"garbage\"|\"ok\"}, GET /__idp/stats.
+      POST /__idp/fail {\"mode\": \"500\"|\"garbage\"|\"ok\"}, GET /__idp/stats,
+      POST /__idp/jwks_padding {\"extra_keys\": 19, \"x5c_bytes\": 2500} (a large JWKS).
       Prints `listening on <ip:port>` once bound.
   lookergate token --user NAME [--ttl SECS] [--kid K] [--key PEM_FILE] [--iss ISS] [--aud AUD]
       print a signed RS256 JWT for a demo user (alice, bob, carol, eve)

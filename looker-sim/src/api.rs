@@ -255,13 +255,16 @@ async fn dispatch(
         "login_user" => return login_user(state, &matched, token).await,
         _ => {}
     }
-    if let Some(fault) = state.world().take_api_fault() {
-        let status =
-            StatusCode::from_u16(fault.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        return Err(ApiError::Injected {
-            status,
-            retry_after: fault.retry_after,
-        });
+    let fault = state.world().take_api_fault();
+    if let Some(fault) = fault {
+        tokio::time::sleep(fault.delay).await;
+        if let Some(status) = fault.status {
+            let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+            return Err(ApiError::Injected {
+                status,
+                retry_after: fault.retry_after,
+            });
+        }
     }
     let caller = authenticate(state, token)?;
     let fields = param(&params, "fields");

@@ -52,7 +52,7 @@ pub struct LoginAttempt {
 }
 
 /// Injected failures, set with `POST /__sim/faults`: the next `count` logins (and, with
-/// `api_status`, the next `count` other API calls) fail or are slowed down.
+/// `api_status` or `api_delay_ms`, the next `count` other API calls) fail or are slowed down.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Faults {
@@ -64,6 +64,9 @@ pub struct Faults {
     pub api_status: Option<u16>,
     /// `Retry-After` seconds sent with `api_status`; by default 1 for 429 and 503.
     pub retry_after: Option<u64>,
+    /// Delay before each of the next non-login API calls answers (with `api_status`, or
+    /// normally without it).
+    pub api_delay_ms: Option<u64>,
     /// How many calls each fault affects (default 1).
     pub count: Option<u32>,
 }
@@ -76,8 +79,10 @@ pub(crate) struct LoginFault {
 
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct ApiFault {
-    pub status: u16,
+    /// None: the call is only delayed, then answered normally.
+    pub status: Option<u16>,
     pub retry_after: Option<u64>,
+    pub delay: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -184,18 +189,21 @@ impl SimState {
                     count,
                 )
             });
-        world.api_faults = faults.api_status.map(|status| {
-            let retry_after = faults
-                .retry_after
-                .or(matches!(status, 429 | 503).then_some(1));
-            (
-                ApiFault {
-                    status,
-                    retry_after,
-                },
-                count,
-            )
-        });
+        world.api_faults =
+            (faults.api_status.is_some() || faults.api_delay_ms.is_some()).then(|| {
+                let retry_after =
+                    faults
+                        .retry_after
+                        .or(matches!(faults.api_status, Some(429 | 503)).then_some(1));
+                (
+                    ApiFault {
+                        status: faults.api_status,
+                        retry_after,
+                        delay: Duration::from_millis(faults.api_delay_ms.unwrap_or(0)),
+                    },
+                    count,
+                )
+            });
     }
 
     /// Revokes an access token early; `false` when it was not a live token.
@@ -422,7 +430,7 @@ mod tests {
         assert_eq!(world.take_login_fault().and_then(|f| f.status), Some(500));
         assert!(world.take_login_fault().is_none());
         let api = world.take_api_fault().unwrap();
-        assert_eq!((api.status, api.retry_after), (429, Some(1)));
+        assert_eq!((api.status, api.retry_after), (Some(429), Some(1)));
     }
 
     #[test]

@@ -918,6 +918,31 @@ async fn api_faults_hit_non_login_calls_with_retry_after() {
 }
 
 #[tokio::test]
+async fn api_delay_fault_slows_the_next_api_calls_then_answers_them() {
+    let sim = Sim::new();
+    let token = sim.analyst().await;
+    let fault = json!({"api_delay_ms": 150, "count": 1});
+    sim.call(Method::POST, "/__sim/faults", None, Some(fault))
+        .await;
+    sim.analyst().await; // logins are not affected
+    let started = std::time::Instant::now();
+    let slow = sim.get("/api/4.0/dashboards/1", &token).await;
+    assert_eq!(slow.status, StatusCode::OK);
+    assert!(
+        started.elapsed() >= Duration::from_millis(150),
+        "{:?}",
+        started.elapsed()
+    );
+    let started = std::time::Instant::now();
+    sim.get("/api/4.0/dashboards/1", &token).await;
+    assert!(
+        started.elapsed() < Duration::from_millis(150),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+#[tokio::test]
 async fn invalid_faults_are_refused() {
     let sim = Sim::new();
     for body in [

@@ -1768,3 +1768,24 @@ async fn read_request(socket: &mut tokio::net::TcpStream) {
         }
     }
 }
+
+// ---- issue 12: large JWKS (item 7) ----
+
+impl Gateway {
+    /// `POST /__idp/jwks_padding`: the IdP publishes `extra_keys` more RSA keys and gives
+    /// every key an `x5c` certificate of `x5c_bytes` base64 characters, still signing with
+    /// its current key (published last). Returns `{"keys", "bytes"}` of the new JWKS.
+    pub async fn idp_pad_jwks(&self, extra_keys: usize, x5c_bytes: usize) -> Value {
+        let url = self.idp_url("/__idp/jwks_padding");
+        let body = json!({"extra_keys": extra_keys, "x5c_bytes": x5c_bytes});
+        let response = self
+            .client
+            .post(&url)
+            .json(&body)
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("POST {url}: {e}"));
+        assert_eq!(response.status().as_u16(), 200, "POST {url} {body}");
+        response.json().await.expect("jwks_padding answer is JSON")
+    }
+}
