@@ -12,7 +12,7 @@
 use lookergate_cli::replace_once;
 use serde_json::{json, Value};
 
-use crate::harness::{Gateway, Options, Reply};
+use crate::harness::{Gateway, Options, Reply, Wire};
 use crate::tokens;
 
 const USER: &str = "/api/4.0/user";
@@ -29,6 +29,7 @@ const CLIENT_HEADERS: &[(&str, &str)] = &[
     ("x-forwarded-port", "1"),
     ("x-forwarded-prefix", "/evil"),
     ("x-forwarded-for", "6.6.6.6"),
+    ("x-real-ip", "6.6.6.6"),
 ];
 
 /// Envoy's own verdict on where a request came from: a client's `x-forwarded-for` sways
@@ -122,17 +123,43 @@ fn redacted(request: &Value) -> Value {
     headers
 }
 
-/// Sends `/api/4.0/user` once plainly, then with `client_headers`, and compares what
-/// Looker received.
+/// Sends `/api/4.0/user` once plainly, then with `client_headers` (over HTTP/1.1, or
+/// HTTP/2 with a trailer block when `wire` says so), and compares what Looker received.
 async fn assert_client_headers_stop_at_the_gateway(gw: &Gateway, client_headers: &[(&str, &str)]) {
+    assert_client_headers_stop_at_the_gateway_over(gw, client_headers, None).await;
+}
+
+async fn assert_client_headers_stop_at_the_gateway_over(
+    gw: &Gateway,
+    client_headers: &[(&str, &str)],
+    wire: Option<Wire>,
+) {
     let jwt = tokens::valid("alice");
     let clean = gw.get(USER, Some(&jwt)).await;
     assert_eq!(clean.status, 200, "body: {}", clean.body);
     let clean = the_forwarded_request(gw).await;
     gw.clear_looker_requests().await;
 
-    let request = gw.client.get(gw.url(USER)).bearer_auth(&jwt);
-    let reply = gw.send(with_headers(request, client_headers)).await;
+    let reply = match wire {
+        None => {
+            let request = gw.client.get(gw.url(USER)).bearer_auth(&jwt);
+            gw.send(with_headers(request, client_headers)).await
+        }
+        Some(wire) => {
+            let bearer = format!("Bearer {jwt}");
+            let mut headers = vec![("authorization", bearer.as_str())];
+            headers.extend_from_slice(client_headers);
+            gw.send_with_trailers(
+                wire,
+                "GET",
+                USER,
+                &headers,
+                &[],
+                &[("x-client-trailer", "1")],
+            )
+            .await
+        }
+    };
 
     // What Looker saw first: a request cut by the client's timeout still reached it.
     let seen = the_forwarded_request(gw).await;
@@ -151,6 +178,16 @@ async fn assert_client_headers_stop_at_the_gateway(gw: &Gateway, client_headers:
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn client_envoy_and_forwarding_headers_do_not_reach_looker() {
     assert_client_headers_stop_at_the_gateway(&Gateway::start().await, CLIENT_HEADERS).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_envoy_and_forwarding_headers_do_not_reach_looker_over_http2() {
+    assert_client_headers_stop_at_the_gateway_over(
+        &Gateway::start().await,
+        CLIENT_HEADERS,
+        Some(Wire::Http2),
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
