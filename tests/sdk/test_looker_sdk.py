@@ -94,7 +94,9 @@ class LookerSdkThroughGateway(unittest.TestCase):
         # A marker on every request, to find this test's calls in what Looker received.
         self.marker = f"sdk-{uuid.uuid4().hex[:12]}"
         self.sdk = gateway_sdk(URL, lambda: TOKEN)
-        self.options = {"headers": {"x-request-id": self.marker}}
+        # (Not x-request-id: under use_remote_address Envoy replaces a client's with its own.)
+        self.options = {"headers": {"x-sdk-test-marker": self.marker}}
+        self.request_ids = []
 
     def test_me_dashboard_and_inline_query_succeed_with_the_idp_token(self):
         me = self.sdk.me(transport_options=self.options)
@@ -125,8 +127,10 @@ class LookerSdkThroughGateway(unittest.TestCase):
             self.assert_calls_are_audited(["me", "dashboard", "run_inline_query"])
 
     def assert_looker_got_looker_tokens_only(self):
-        requests = [r for r in get_json(f"{SIM_URL}/__sim/requests") if r["headers"].get("x-request-id") == self.marker]
+        requests = [r for r in get_json(f"{SIM_URL}/__sim/requests") if r["headers"].get("x-sdk-test-marker") == self.marker]
         paths = [r["path"] for r in requests]
+        # Envoy's request ids for this test's calls: how the access log names them.
+        self.request_ids = [r["headers"].get("x-request-id") for r in requests]
         self.assertEqual(
             paths, ["/api/4.0/user", "/api/4.0/dashboards/1", "/api/4.0/queries/run/json"], f"Looker received {paths}"
         )
@@ -142,7 +146,7 @@ class LookerSdkThroughGateway(unittest.TestCase):
             lines = []
             with open(ACCESS_LOG) as f:
                 for line in f:
-                    if self.marker in line and line.lstrip().startswith("{"):
+                    if line.lstrip().startswith("{") and json.loads(line).get("request_id") in self.request_ids:
                         lines.append(json.loads(line))
             if len(lines) >= len(operations) or time.monotonic() > deadline:
                 break
