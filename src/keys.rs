@@ -78,10 +78,7 @@ pub enum FetchOutcome {
     /// Discovery answered; the JWKS fetch has been sent.
     Continuing,
     /// Done (fresh keys or not): these requests should be decided again.
-    Done {
-        refreshed: bool,
-        waiters: Vec<KeyWaiter>,
-    },
+    Done { waiters: Vec<KeyWaiter> },
 }
 
 #[derive(Deserialize)]
@@ -362,7 +359,7 @@ impl KeyState {
             Some(200) if body.len() <= bound => Some(body),
             _ => None,
         };
-        let result: Result<bool, String> = match (fetch.step, ok_body) {
+        let result: Result<(), String> = match (fetch.step, ok_body) {
             (_, None) if status == Some(200) => {
                 Err(format!("the IdP's document exceeds {bound} bytes"))
             }
@@ -412,16 +409,13 @@ impl KeyState {
                         "lookergate: fetched {count} signing key(s) of {}",
                         issuer.issuer
                     );
-                    Ok(true)
+                    Ok(())
                 }
                 Err(e) => Err(e),
             },
         };
-        let refreshed = match result {
-            Ok(refreshed) => {
-                host.count(&format!("lookergate.jwks.fetch_ok.{metric}"), 1);
-                refreshed
-            }
+        match result {
+            Ok(()) => host.count(&format!("lookergate.jwks.fetch_ok.{metric}"), 1),
             Err(reason) => {
                 // Keep the last good keys; try again with backoff.
                 warn!(
@@ -431,11 +425,10 @@ impl KeyState {
                 host.count(&format!("lookergate.jwks.fetch_failed.{metric}"), 1);
                 let state = self.state(&issuer.issuer);
                 backoff(state, remote.refresh, now_ms);
-                false
             }
-        };
+        }
         let waiters = std::mem::take(&mut self.state(&issuer.issuer).waiters);
-        FetchOutcome::Done { refreshed, waiters }
+        FetchOutcome::Done { waiters }
     }
 
     /// A request context ends: it stops waiting for keys.
@@ -560,3 +553,4 @@ pub(crate) fn metric_name(issuer: &str) -> String {
         })
         .collect()
 }
+
