@@ -12,6 +12,9 @@ use proxy_wasm::types::{BufferType, MapType, MetricType};
 use crate::decision::HeaderOp;
 use crate::reply::LocalReply;
 
+#[cfg(any(test, feature = "test-util"))]
+pub mod fake;
+
 /// A hostcall failed; the flow fails closed on it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HostError(pub String);
