@@ -143,7 +143,6 @@ pub fn parse_token_response(
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use std::time::Duration;

@@ -684,3 +684,200 @@ impl Gateway {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testkeys::TestIssuer;
+    use serde_json::{json, Value};
+
+    fn base() -> Value {
+        json!({
+            "issuers": [{"issuer": "https://idp.test", "audiences": ["looker-api"], "jwks": TestIssuer::new().jwks}],
+            "policy": {"rules": [
+                {"name": "first", "paths": ["/api/4.0/**"], "allow": {"role": "analyst"}},
+                {"name": "second", "operations": ["me"], "allow": {"role": "viewer"}}
+            ]},
+            "broker": {"cluster": "lookergate_broker", "credential": "gateway-secret-0123456789"},
+            "max_body_bytes": 4096,
+            "xff_num_trusted_hops": 1
+        })
+    }
+
+    fn load(config: &Value) -> Result<Gateway, ConfigError> {
+        Gateway::load(config.to_string().as_bytes())
+    }
+
+    #[test]
+    fn a_valid_config_compiles_with_its_settings_and_defaults() {
+        let gateway = load(&base()).unwrap();
+        assert_eq!(gateway.issuers.len(), 1);
+        assert!(gateway.issuers[0].has_keys(), "inline keys installed");
+        assert!(gateway.issuers[0].remote.is_none());
+        assert_eq!(gateway.max_body_bytes, 4096);
+        assert_eq!(gateway.forwarded_for_kept, 2, "trusted hops + Envoy's own");
+        assert_eq!(gateway.broker.timeout, Duration::from_secs(2));
+        assert_eq!(gateway.broker.path, "/v1/token");
+        assert_eq!(gateway.token_headers, vec!["authorization".to_owned()]);
+        assert_eq!(format!("{:?}", gateway.broker.credential), "<redacted>");
+    }
+
+    #[test]
+    fn load_errors_name_the_field() {
+        // (JSON pointer, new value or `None` to remove it, field named, words of the message)
+        let cases: Vec<(&str, Option<Value>, &str, &str)> = vec![
+            (
+                "/issuers",
+                Some(json!([])),
+                "issuers",
+                "at least one issuer",
+            ),
+            ("/issuers", None, ".", "missing field `issuers`"),
+            (
+                "/issuers/0/issuer",
+                Some(json!(" ")),
+                "issuers[0].issuer",
+                "must not be empty",
+            ),
+            (
+                "/issuers/0/audiences",
+                Some(json!([])),
+                "issuers[0].audiences",
+                "non-empty audience",
+            ),
+            (
+                "/issuers/0/clock_skew",
+                Some(json!("30x")),
+                "issuers[0].clock_skew",
+                "unknown unit",
+            ),
+            (
+                "/issuers/0/jwks",
+                None,
+                "issuers[0].jwks",
+                "an issuer needs keys",
+            ),
+            (
+                "/issuers/0/jwks_uri",
+                Some(json!("https://idp.test/keys")),
+                "issuers[0].jwks",
+                "exactly one of",
+            ),
+            (
+                "/broker/credential",
+                Some(json!("too-short")),
+                "broker.credential",
+                "at least 16 printable",
+            ),
+            (
+                "/broker/credential",
+                Some(json!("a secret with spaces in it")),
+                "broker.credential",
+                "without spaces",
+            ),
+            (
+                "/broker/credential",
+                Some(json!(42)),
+                "broker.credential",
+                "invalid type",
+            ),
+            (
+                "/broker/credential",
+                None,
+                "broker",
+                "missing field `credential`",
+            ),
+            (
+                "/max_body_bytes",
+                Some(json!(1023)),
+                "max_body_bytes",
+                "between 1024 and 16777216",
+            ),
+            (
+                "/max_body_bytes",
+                Some(json!(16_777_217)),
+                "max_body_bytes",
+                "between 1024 and 16777216",
+            ),
+            (
+                "/max_body_bytes",
+                Some(json!("4k")),
+                "max_body_bytes",
+                "invalid type",
+            ),
+            (
+                "/xff_num_trusted_hops",
+                Some(json!(11)),
+                "xff_num_trusted_hops",
+                "between 0 and 10",
+            ),
+            (
+                "/xff_num_trusted_hops",
+                Some(json!(-1)),
+                "xff_num_trusted_hops",
+                "invalid value",
+            ),
+            (
+                "/policy/rules/1/name",
+                Some(json!("first")),
+                "policy.rules[1].name",
+                "duplicate rule name",
+            ),
+            (
+                "/policy/rules/1/operations",
+                Some(json!(["me", "no_such_op"])),
+                "policy.rules[1].operations[1]",
+                "not a Looker API 4.0 operationId",
+            ),
+            (
+                "/policy/rules/0/deny",
+                Some(json!(true)),
+                "policy.rules[0]",
+                "both allow and deny",
+            ),
+            (
+                "/policy/rules/0/issuers",
+                Some(json!(["https://other.test"])),
+                "policy.rules[0].issuers[0]",
+                "not one of the configured issuers",
+            ),
+            (
+                "/policy/rules/0/methods",
+                Some(json!(["GET", "G E T"])),
+                "policy.rules[0].methods[1]",
+                "not an HTTP method",
+            ),
+        ];
+        for (pointer, value, field, words) in cases {
+            let mut config = base();
+            let (parent, key) = pointer.rsplit_once('/').unwrap();
+            let parent = config.pointer_mut(parent).unwrap().as_object_mut().unwrap();
+            match value {
+                Some(value) => parent.insert(key.to_owned(), value),
+                None => parent.remove(key),
+            };
+            let error = match load(&config) {
+                Ok(_) => panic!("{pointer}: loaded"),
+                Err(error) => error,
+            };
+            assert_eq!(error.field, field, "{pointer}: {error}");
+            assert!(error.message.contains(words), "{pointer}: {error}");
+        }
+    }
+
+    #[test]
+    fn an_error_reads_field_then_message() {
+        let mut config = base();
+        config["max_body_bytes"] = json!(1);
+        let error = load(&config).err().unwrap();
+        assert_eq!(
+            error.to_string(),
+            "max_body_bytes: must be between 1024 and 16777216"
+        );
+        let root = ConfigError {
+            field: ".".into(),
+            message: "EOF while parsing".into(),
+        };
+        assert_eq!(root.to_string(), "EOF while parsing");
+    }
+}

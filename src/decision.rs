@@ -759,7 +759,6 @@ fn strip_client_headers(gateway: &Gateway, request: RequestHead<'_>) -> Vec<Head
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod tests {
     use super::*;
     use crate::testkeys::{sign_rs256, TestIssuer};

@@ -38,15 +38,6 @@ pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duratio
     parse(&text).map_err(serde::de::Error::custom)
 }
 
-/// serde adapter for optional durations.
-pub fn deserialize_opt<'de, D: Deserializer<'de>>(
-    deserializer: D,
-) -> Result<Option<Duration>, D::Error> {
-    let text = Option::<String>::deserialize(deserializer)?;
-    text.map(|t| parse(&t).map_err(serde::de::Error::custom))
-        .transpose()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

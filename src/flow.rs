@@ -437,7 +437,7 @@ fn answer<H: Host>(
                 .on_answer(gateway, host, callout, status, body, now_ms)
             {
                 FetchOutcome::NotOurs | FetchOutcome::Continuing => {}
-                FetchOutcome::Done { waiters, .. } => {
+                FetchOutcome::Done { waiters } => {
                     for waiter in waiters {
                         redecide_after_keys(gateway, worker, host, waiter.context_id);
                     }
@@ -989,161 +989,15 @@ fn report_decision<H: Host>(
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod tests {
     //! The flow against a fake host that records effects: what each request context
     //! was told (rewrite + resume, or a local reply) and which callouts were made.
     use super::*;
     use crate::decision::HeaderOp;
-    use crate::host::{HeaderBlock, HostError};
-    use crate::reply::LocalReply;
+    use crate::host::fake::FakeHost;
+    use crate::host::HeaderBlock;
     use crate::testkeys::{sign_rs256, TestIssuer};
     use serde_json::json;
-    use std::cell::{Cell, RefCell};
-    use std::collections::HashMap;
-
-    #[derive(Default)]
-    struct FakeHost {
-        now_ms: Cell<u64>,
-        current: Cell<u32>,
-        headers: RefCell<HashMap<u32, Vec<(String, String)>>>,
-        applied: RefCell<HashMap<u32, Vec<HeaderOp>>>,
-        replies: RefCell<HashMap<u32, LocalReply>>,
-        resumed: RefCell<Vec<u32>>,
-        dispatched: RefCell<Vec<(u32, String)>>,
-        shared: RefCell<HashMap<String, Vec<u8>>>,
-        gone: RefCell<Vec<u32>>,
-        fail_dispatch: Cell<bool>,
-        next_callout: Cell<u32>,
-        body: RefCell<Vec<u8>>,
-        audits: RefCell<HashMap<u32, HashMap<String, String>>>,
-        counters: RefCell<HashMap<String, u64>>,
-        versions: RefCell<HashMap<String, u32>>,
-        allow_any_cluster: Cell<bool>,
-        trailers_cleared: RefCell<Vec<u32>>,
-        /// The answer body `callout_response` serves, and the bounds it was read with.
-        callout_body: RefCell<Vec<u8>>,
-        read_bounds: RefCell<Vec<usize>>,
-    }
-
-    impl Host for FakeHost {
-        fn now_ms(&self) -> u64 {
-            self.now_ms.get()
-        }
-        fn request_headers(&self) -> HeaderBlock {
-            HeaderBlock::from_pairs(
-                &self
-                    .headers
-                    .borrow()
-                    .get(&self.current.get())
-                    .cloned()
-                    .unwrap_or_default(),
-            )
-        }
-        fn apply(&self, ops: &[HeaderOp]) -> Result<(), HostError> {
-            self.applied
-                .borrow_mut()
-                .entry(self.current.get())
-                .or_default()
-                .extend(ops.iter().cloned());
-            Ok(())
-        }
-        fn send_reply(&self, reply: &LocalReply) -> Result<(), HostError> {
-            let previous = self
-                .replies
-                .borrow_mut()
-                .insert(self.current.get(), reply.clone());
-            assert!(
-                previous.is_none(),
-                "context {} answered twice",
-                self.current.get()
-            );
-            Ok(())
-        }
-        fn clear_request_trailers(&self) -> Result<(), HostError> {
-            self.trailers_cleared.borrow_mut().push(self.current.get());
-            Ok(())
-        }
-        fn resume(&self) -> Result<(), HostError> {
-            self.resumed.borrow_mut().push(self.current.get());
-            Ok(())
-        }
-        fn dispatch(
-            &self,
-            cluster: &str,
-            _h: &[(&str, String)],
-            body: &[u8],
-            _t: Duration,
-        ) -> Result<u32, HostError> {
-            if self.fail_dispatch.get() {
-                return Err(HostError("no cluster".into()));
-            }
-            assert!(
-                self.allow_any_cluster.get() || cluster == "lookergate_broker",
-                "{cluster}"
-            );
-            let id = self.next_callout.get() + 1;
-            self.next_callout.set(id);
-            self.dispatched.borrow_mut().push((
-                self.current.get(),
-                String::from_utf8_lossy(body).into_owned(),
-            ));
-            Ok(id)
-        }
-        fn request_body(&self, size: usize) -> Vec<u8> {
-            let body = self.body.borrow().clone();
-            body.get(..size.min(body.len()))
-                .unwrap_or_default()
-                .to_vec()
-        }
-        fn callout_response(&self, body_size: usize, max_body: usize) -> (Option<u32>, Vec<u8>) {
-            self.read_bounds.borrow_mut().push(max_body);
-            let body = self.callout_body.borrow();
-            let take = body_size.min(max_body.saturating_add(1)).min(body.len());
-            (Some(200), body[..take].to_vec())
-        }
-        fn shared_get(&self, key: &str) -> Option<Vec<u8>> {
-            self.shared.borrow().get(key).cloned()
-        }
-        fn shared_set(&self, key: &str, value: &[u8]) -> Result<(), HostError> {
-            self.shared.borrow_mut().insert(key.into(), value.into());
-            *self.versions.borrow_mut().entry(key.into()).or_default() += 1;
-            Ok(())
-        }
-        fn shared_get_versioned(&self, key: &str) -> (Option<Vec<u8>>, Option<u32>) {
-            (
-                self.shared.borrow().get(key).cloned(),
-                self.versions.borrow().get(key).copied(),
-            )
-        }
-        fn shared_set_if(&self, key: &str, value: &[u8], cas: Option<u32>) -> bool {
-            let current = self.versions.borrow().get(key).copied();
-            if cas.is_some() && cas != current {
-                return false;
-            }
-            self.shared_set(key, value).is_ok()
-        }
-        fn record_audit(&self, fields: &[(&'static str, &str)]) {
-            let mut audits = self.audits.borrow_mut();
-            let entry = audits.entry(self.current.get()).or_default();
-            entry.extend(fields.iter().map(|(k, v)| (k.to_string(), v.to_string())));
-        }
-        fn count(&self, name: &str, delta: u64) {
-            *self
-                .counters
-                .borrow_mut()
-                .entry(name.to_owned())
-                .or_default() += delta;
-        }
-        fn observe(&self, _name: &str, _value: u64) {}
-        fn switch_to(&self, context_id: u32) -> bool {
-            if self.gone.borrow().contains(&context_id) {
-                return false;
-            }
-            self.current.set(context_id);
-            true
-        }
-    }
 
     struct Rig {
         gateway: Gateway,
@@ -1169,13 +1023,9 @@ mod tests {
                 "broker": {"cluster": "lookergate_broker", "credential": "gateway-secret-0123456789", "timeout": "2s"}
             });
             let gateway = Gateway::load(config.to_string().as_bytes()).unwrap();
-            let host = FakeHost::default();
-            host.now_ms.set(
-                std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .unwrap()
-                    .as_millis() as u64,
-            );
+            let host = FakeHost::recording();
+            host.set_clock_to_now();
+            *host.clusters.borrow_mut() = Some(vec!["lookergate_broker".to_owned()]);
             Rig {
                 gateway,
                 worker: Worker::default(),
@@ -1206,7 +1056,8 @@ mod tests {
                 ("x-request-id".to_owned(), format!("req-{context_id}")),
                 ("authorization".to_owned(), format!("Bearer {jwt}")),
             ];
-            self.host.headers.borrow_mut().insert(context_id, headers);
+            self.host
+                .set_request_headers(context_id, HeaderBlock::from_pairs(&headers));
             self.host.current.set(context_id);
             on_request(&self.gateway, &mut self.worker, &self.host, context_id, eos)
         }
@@ -1334,7 +1185,10 @@ mod tests {
         rig.host.fail_dispatch.set(true);
         assert_eq!(rig.request(10, &["analysts"]), Next::Pause);
         assert_eq!(rig.status(10), Some(503));
-        assert_eq!(rig.worker.in_flight(), 0);
+        // No flight is left behind for the next request to join: it calls the broker.
+        rig.host.fail_dispatch.set(false);
+        assert_eq!(rig.request(11, &["analysts"]), Next::Pause);
+        assert_eq!(rig.host.dispatched.borrow().len(), 1);
     }
 
     #[test]
@@ -1342,7 +1196,7 @@ mod tests {
         let mut rig = Rig::new();
         rig.request(10, &["people"]);
         assert!(rig.host.dispatched.borrow()[0]
-            .1
+            .body
             .contains(r#""credential_id":"a@x""#));
         rig.answer(
             1,
@@ -1370,7 +1224,10 @@ mod tests {
         on_tick(&rig.gateway, &mut rig.worker, &rig.host, ROOT);
         let dispatched = rig.host.dispatched.borrow().clone();
         assert_eq!(dispatched.len(), 2);
-        assert_eq!(dispatched[1].0, ROOT, "re-sent from the root context");
+        assert_eq!(
+            dispatched[1].context_id, ROOT,
+            "re-sent from the root context"
+        );
         rig.answer(2, Some(200), TOKEN_OK, ROOT);
         assert_eq!(rig.authorization(11).as_deref(), Some("token LOOKER1"));
         // A waiter whose call never comes back is answered by the tick.
@@ -1388,12 +1245,9 @@ mod tests {
         let mut rig = Rig::new();
         rig.request(10, &["nobody"]);
         assert_eq!(rig.status(10), Some(403));
-        rig.host.headers.borrow_mut().insert(
+        rig.host.set_request_headers(
             11,
-            vec![
-                (":method".into(), "GET".into()),
-                (":path".into(), "/api/4.0/user".into()),
-            ],
+            HeaderBlock::from_pairs(&[(":method", "GET"), (":path", "/api/4.0/user")]),
         );
         rig.host.current.set(11);
         assert_eq!(
@@ -1496,14 +1350,9 @@ mod tests {
     fn remote_rig() -> Rig {
         let idp = TestIssuer::new();
         let gateway = remote_gateway(&idp);
-        let host = FakeHost::default();
-        host.now_ms.set(
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .as_millis() as u64,
-        );
-        host.allow_any_cluster.set(true);
+        // Key fetches go to the IdP's cluster, broker calls to the broker's: any cluster.
+        let host = FakeHost::recording();
+        host.set_clock_to_now();
         Rig {
             gateway,
             worker: Worker::default(),
@@ -1524,7 +1373,7 @@ mod tests {
             .any(|(n, _)| *n == "retry-after"));
         on_tick(&rig.gateway, &mut rig.worker, &rig.host, ROOT);
         let fetch = rig.host.dispatched.borrow().last().cloned().unwrap();
-        assert_eq!(fetch.0, ROOT, "timed fetch from the root context");
+        assert_eq!(fetch.context_id, ROOT, "timed fetch from the root context");
         rig.answer(1, Some(200), &rig.idp.jwks.to_string(), ROOT);
         let next = rig.request(11, &[]);
         assert_eq!(
@@ -1560,7 +1409,7 @@ mod tests {
             .dispatched
             .borrow()
             .iter()
-            .filter(|(_, body)| body.is_empty())
+            .filter(|d| d.body.is_empty())
             .cloned()
             .collect();
         assert_eq!(
@@ -1595,7 +1444,7 @@ mod tests {
             .borrow()
             .iter()
             .skip(before)
-            .filter(|(_, b)| b.is_empty())
+            .filter(|d| d.body.is_empty())
             .count();
         assert_eq!(fetches_after, 0);
     }
@@ -1625,12 +1474,7 @@ mod tests {
             rig.host.now_ms.set(rig.host.now_ms.get() + 120_000); // past any backoff
         }
         // Tokens are signed with the real clock; keys are still the good ones.
-        rig.host.now_ms.set(
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .as_millis() as u64,
-        );
+        rig.host.set_clock_to_now();
         assert_eq!(rig.request(20, &[]), Next::Pause);
         assert_eq!(
             rig.status(20),
@@ -1688,9 +1532,9 @@ mod tests {
         let dispatched = rig.host.dispatched.borrow().clone();
         assert_eq!(dispatched.len(), 2);
         assert!(
-            dispatched[1].1.contains(r#""kind":"role""#),
+            dispatched[1].body.contains(r#""kind":"role""#),
             "invalidate names the identity: {}",
-            dispatched[1].1
+            dispatched[1].body
         );
         // The next request asks the broker for a fresh token instead of reusing the dead one.
         assert_eq!(rig.request(12, &["analysts"]), Next::Pause);

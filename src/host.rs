@@ -12,6 +12,9 @@ use proxy_wasm::types::{BufferType, MapType, MetricType};
 use crate::decision::HeaderOp;
 use crate::reply::LocalReply;
 
+#[cfg(any(test, feature = "test-util"))]
+pub mod fake;
+
 /// A hostcall failed; the flow fails closed on it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HostError(pub String);
@@ -384,7 +387,6 @@ pub fn install_host_crypto() -> Vec<crate::jwt::Algorithm> {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod tests {
     use super::*;
 
@@ -439,10 +441,30 @@ mod tests {
 
     #[test]
     fn header_block_that_is_cut_short_or_lies_about_sizes_yields_what_is_whole() {
-        let block = HeaderBlock::from_pairs(&[("a", "1"), ("b", "2")]);
-        for len in 0..block.bytes.len() {
+        let pairs = [("a", "1"), ("bb", "22"), ("ccc", "")];
+        let block = HeaderBlock::from_pairs(&pairs);
+        // Where each pair's value ends (its NUL aside): from there on the pair is whole.
+        let mut at = 4 + 8 * pairs.len();
+        let ends: Vec<usize> = pairs
+            .iter()
+            .map(|(name, value)| {
+                at += name.len() + 1 + value.len() + 1;
+                at - 1
+            })
+            .collect();
+        for len in 0..=block.bytes.len() {
             let cut = HeaderBlock::from_serialized(block.bytes[..len].to_vec());
-            assert!(cut.pairs().len() <= 2, "{len}");
+            let whole = ends.iter().filter(|end| **end <= len).count();
+            let expected: Vec<(String, String)> = pairs[..whole]
+                .iter()
+                .map(|(n, v)| (n.to_string(), v.to_string()))
+                .collect();
+            assert_eq!(
+                owned(&cut),
+                expected,
+                "cut at {len} of {}",
+                block.bytes.len()
+            );
         }
         let mut huge = block.bytes.clone();
         huge[..4].copy_from_slice(&u32::MAX.to_le_bytes());

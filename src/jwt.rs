@@ -330,14 +330,6 @@ impl IssuerVerifier {
         }
     }
 
-    pub fn issuer(&self) -> &str {
-        &self.issuer
-    }
-
-    pub fn keys(&self) -> &KeySet {
-        &self.keys
-    }
-
     /// Tokens currently remembered as verified on this worker.
     pub fn cached_tokens(&self) -> usize {
         self.verified.borrow().len()

@@ -78,10 +78,7 @@ pub enum FetchOutcome {
     /// Discovery answered; the JWKS fetch has been sent.
     Continuing,
     /// Done (fresh keys or not): these requests should be decided again.
-    Done {
-        refreshed: bool,
-        waiters: Vec<KeyWaiter>,
-    },
+    Done { waiters: Vec<KeyWaiter> },
 }
 
 #[derive(Deserialize)]
@@ -362,7 +359,7 @@ impl KeyState {
             Some(200) if body.len() <= bound => Some(body),
             _ => None,
         };
-        let result: Result<bool, String> = match (fetch.step, ok_body) {
+        let result: Result<(), String> = match (fetch.step, ok_body) {
             (_, None) if status == Some(200) => {
                 Err(format!("the IdP's document exceeds {bound} bytes"))
             }
@@ -412,16 +409,13 @@ impl KeyState {
                         "lookergate: fetched {count} signing key(s) of {}",
                         issuer.issuer
                     );
-                    Ok(true)
+                    Ok(())
                 }
                 Err(e) => Err(e),
             },
         };
-        let refreshed = match result {
-            Ok(refreshed) => {
-                host.count(&format!("lookergate.jwks.fetch_ok.{metric}"), 1);
-                refreshed
-            }
+        match result {
+            Ok(()) => host.count(&format!("lookergate.jwks.fetch_ok.{metric}"), 1),
             Err(reason) => {
                 // Keep the last good keys; try again with backoff.
                 warn!(
@@ -431,11 +425,10 @@ impl KeyState {
                 host.count(&format!("lookergate.jwks.fetch_failed.{metric}"), 1);
                 let state = self.state(&issuer.issuer);
                 backoff(state, remote.refresh, now_ms);
-                false
             }
-        };
+        }
         let waiters = std::mem::take(&mut self.state(&issuer.issuer).waiters);
-        FetchOutcome::Done { refreshed, waiters }
+        FetchOutcome::Done { waiters }
     }
 
     /// A request context ends: it stops waiting for keys.
@@ -559,4 +552,326 @@ pub(crate) fn metric_name(issuer: &str) -> String {
             }
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    //! Key fetching against the fake host: what was dispatched, what was shared, which
+    //! keys each worker ends up verifying with.
+    use super::*;
+    use crate::host::fake::FakeHost;
+    use crate::testkeys::{sign_rs256, TestIssuer};
+    use serde_json::json;
+
+    const ROOT: u32 = 1;
+    const ISS: &str = "https://idp.test";
+
+    /// One worker's (VM's) gateway: the issuer's keys come from `keys` (JSON fields of
+    /// the issuer: `jwks_uri` or `discovery`, plus timings).
+    fn gateway(keys: serde_json::Value) -> Gateway {
+        let mut issuer = json!({"issuer": ISS, "audiences": ["looker-api"], "cluster": "idp"});
+        for (name, value) in keys.as_object().unwrap() {
+            issuer[name] = value.clone();
+        }
+        let config = json!({
+            "issuers": [issuer],
+            "policy": {"rules": [{"name": "all", "paths": ["/api/4.0/**"], "allow": {"role": "analyst"}}]},
+            "broker": {"cluster": "lookergate_broker", "credential": "gateway-secret-0123456789"}
+        });
+        Gateway::load(config.to_string().as_bytes()).unwrap()
+    }
+
+    fn direct() -> Gateway {
+        gateway(
+            json!({"jwks_uri": "https://keys.idp.test/jwks", "jwks_timeout": "100ms", "jwks_refresh": "60s"}),
+        )
+    }
+
+    fn host() -> FakeHost {
+        let host = FakeHost::recording();
+        host.set_clock_to_now();
+        *host.clusters.borrow_mut() = Some(vec!["idp".to_owned()]);
+        host
+    }
+
+    /// Does the issuer's installed key set verify a token of `idp`?
+    fn verifies(gateway: &Gateway, idp: &TestIssuer, host: &FakeHost) -> bool {
+        let token = sign_rs256(idp, json!({"sub": "alice", "aud": "looker-api"}));
+        gateway.issuers[0]
+            .verify(&token, host.now_ms.get() / 1000)
+            .is_ok()
+    }
+
+    fn jwks_record(host: &FakeHost) -> Option<String> {
+        let record = host
+            .shared
+            .borrow()
+            .get(&shared_key("jwks", ISS))
+            .cloned()?;
+        Some(String::from_utf8(record).unwrap())
+    }
+
+    /// Answers the last callout as the IdP would, then returns the outcome.
+    fn answer(
+        keys: &mut KeyState,
+        gateway: &Gateway,
+        host: &FakeHost,
+        status: Option<u32>,
+        body: &str,
+    ) -> FetchOutcome {
+        let callout = host.last_dispatched().unwrap().callout;
+        keys.on_answer(
+            gateway,
+            host,
+            callout,
+            status,
+            body.as_bytes(),
+            host.now_ms.get(),
+        )
+    }
+
+    #[test]
+    fn discovery_is_fetched_first_then_the_jwks_it_names() {
+        let (gateway, host, mut keys) = (
+            gateway(json!({"discovery": true})),
+            host(),
+            KeyState::default(),
+        );
+        let idp = TestIssuer::new();
+        keys.tick(&gateway, &host, ROOT, host.now_ms.get());
+        let discovery = host.last_dispatched().unwrap();
+        assert_eq!(discovery.cluster, "idp");
+        assert_eq!(discovery.context_id, ROOT);
+        assert_eq!(discovery.header(":authority"), Some("idp.test"));
+        assert_eq!(
+            discovery.header(":path"),
+            Some("/.well-known/openid-configuration")
+        );
+        assert_eq!(keys.fetch_step(discovery.callout), Some(Step::Discovery));
+
+        let doc = json!({"issuer": ISS, "jwks_uri": "https://keys.idp.test/v1/jwks"}).to_string();
+        assert_eq!(
+            answer(&mut keys, &gateway, &host, Some(200), &doc),
+            FetchOutcome::Continuing
+        );
+        let jwks = host.last_dispatched().unwrap();
+        assert_eq!(jwks.cluster, "idp");
+        assert_eq!(jwks.header(":authority"), Some("keys.idp.test"));
+        assert_eq!(jwks.header(":path"), Some("/v1/jwks"));
+        assert_eq!(keys.fetch_step(jwks.callout), Some(Step::Jwks));
+        assert_eq!(keys.fetch_step(discovery.callout), None, "answered");
+        assert!(!gateway.issuers[0].has_keys());
+
+        let outcome = answer(&mut keys, &gateway, &host, Some(200), &idp.jwks.to_string());
+        assert_eq!(outcome, FetchOutcome::Done { waiters: vec![] });
+        assert!(verifies(&gateway, &idp, &host));
+        let record = jwks_record(&host).unwrap();
+        assert_eq!(
+            record.split_once('\n').map(|(at, _)| at.to_owned()),
+            Some(host.now_ms.get().to_string()),
+            "shared with its fetch time"
+        );
+        assert_eq!(
+            host.counters.borrow()["lookergate.jwks.fetch_ok.idp_test"],
+            1
+        );
+        assert_eq!(
+            host.observed.borrow()["lookergate.jwks.keys.idp_test"],
+            vec![1]
+        );
+        assert_eq!(host.dispatched.borrow().len(), 2);
+        // The discovered URL is remembered: the next refresh goes straight to the JWKS.
+        host.now_ms.set(host.now_ms.get() + 600_000);
+        keys.tick(&gateway, &host, ROOT, host.now_ms.get());
+        assert_eq!(
+            host.last_dispatched().unwrap().header(":path"),
+            Some("/v1/jwks")
+        );
+    }
+
+    #[test]
+    fn answers_over_their_bound_are_refused() {
+        let idp = TestIssuer::new();
+        // JSON may end in whitespace: pad a valid document to exactly `len` bytes.
+        let padded = |doc: String, len: usize| format!("{doc}{}", " ".repeat(len - doc.len()));
+        let jwks = idp.jwks.to_string();
+        for (len, accepted) in [(MAX_JWKS_BYTES, true), (MAX_JWKS_BYTES + 1, false)] {
+            let (gateway, host, mut keys) = (direct(), host(), KeyState::default());
+            keys.tick(&gateway, &host, ROOT, host.now_ms.get());
+            answer(
+                &mut keys,
+                &gateway,
+                &host,
+                Some(200),
+                &padded(jwks.clone(), len),
+            );
+            assert_eq!(
+                verifies(&gateway, &idp, &host),
+                accepted,
+                "JWKS of {len} bytes"
+            );
+            assert_eq!(
+                jwks_record(&host).is_some(),
+                accepted,
+                "JWKS of {len} bytes"
+            );
+            let failed = host
+                .counters
+                .borrow()
+                .get("lookergate.jwks.fetch_failed.idp_test")
+                .copied();
+            assert_eq!(failed, (!accepted).then_some(1), "JWKS of {len} bytes");
+        }
+        let doc = json!({"jwks_uri": "https://keys.idp.test/jwks"}).to_string();
+        for (len, accepted) in [
+            (MAX_DISCOVERY_BYTES, true),
+            (MAX_DISCOVERY_BYTES + 1, false),
+        ] {
+            let (gateway, host, mut keys) = (
+                gateway(json!({"discovery": true})),
+                host(),
+                KeyState::default(),
+            );
+            keys.tick(&gateway, &host, ROOT, host.now_ms.get());
+            let outcome = answer(
+                &mut keys,
+                &gateway,
+                &host,
+                Some(200),
+                &padded(doc.clone(), len),
+            );
+            let jwks_sent = host.dispatched.borrow().len() == 2;
+            assert_eq!(jwks_sent, accepted, "discovery document of {len} bytes");
+            assert_eq!(outcome == FetchOutcome::Continuing, accepted, "{len} bytes");
+        }
+    }
+
+    #[test]
+    fn failed_fetches_back_off_doubling_up_to_the_refresh_interval() {
+        let (gateway, host, mut keys) = (direct(), host(), KeyState::default());
+        let idp = TestIssuer::new();
+        keys.tick(&gateway, &host, ROOT, host.now_ms.get());
+        let mut sent = 1;
+        // jwks_refresh is 60s: 2s, 4s, ... then capped at 60s.
+        for delay in [2_000, 4_000, 8_000, 16_000, 32_000, 60_000, 60_000] {
+            answer(&mut keys, &gateway, &host, Some(503), "");
+            let failed_at = host.now_ms.get();
+            keys.tick(&gateway, &host, ROOT, failed_at + delay - 1);
+            assert_eq!(
+                host.dispatched.borrow().len(),
+                sent,
+                "not before {delay} ms"
+            );
+            host.now_ms.set(failed_at + delay);
+            keys.tick(&gateway, &host, ROOT, host.now_ms.get());
+            sent += 1;
+            assert_eq!(
+                host.dispatched.borrow().len(),
+                sent,
+                "again after {delay} ms"
+            );
+        }
+        // Success resets the backoff: the next failure waits 2s again.
+        answer(&mut keys, &gateway, &host, Some(200), &idp.jwks.to_string());
+        assert!(verifies(&gateway, &idp, &host));
+        host.now_ms.set(host.now_ms.get() + 60_000);
+        keys.tick(&gateway, &host, ROOT, host.now_ms.get());
+        assert_eq!(host.dispatched.borrow().len(), sent + 1, "timed refresh");
+        answer(&mut keys, &gateway, &host, None, "");
+        assert!(verifies(&gateway, &idp, &host), "the last good keys stay");
+        keys.tick(&gateway, &host, ROOT, host.now_ms.get() + 2_000);
+        assert_eq!(host.dispatched.borrow().len(), sent + 2);
+        assert_eq!(
+            host.counters.borrow()["lookergate.jwks.fetch_failed.idp_test"],
+            8
+        );
+    }
+
+    #[test]
+    fn keys_another_worker_shared_are_installed_without_a_fetch() {
+        let host = host();
+        let (gateway_a, mut a) = (direct(), KeyState::default());
+        let (gateway_b, mut b) = (direct(), KeyState::default());
+        let (idp, rotated) = (TestIssuer::new(), TestIssuer::rotated());
+        a.tick(&gateway_a, &host, ROOT, host.now_ms.get());
+        answer(&mut a, &gateway_a, &host, Some(200), &idp.jwks.to_string());
+        assert!(b
+            .tick(&gateway_b, &host, ROOT, host.now_ms.get())
+            .is_empty());
+        assert!(verifies(&gateway_b, &idp, &host), "B took A's keys");
+        assert_eq!(host.dispatched.borrow().len(), 1, "B fetched nothing");
+        assert!(
+            !b.pick_up_shared(&gateway_b, &host, ISS, host.now_ms.get()),
+            "nothing newer"
+        );
+
+        // A refetches the rotated set; B, seeing the new kid, takes it instead of fetching.
+        host.now_ms.set(host.now_ms.get() + 60_000);
+        a.tick(&gateway_a, &host, ROOT, host.now_ms.get());
+        answer(
+            &mut a,
+            &gateway_a,
+            &host,
+            Some(200),
+            &rotated.jwks.to_string(),
+        );
+        let now = host.now_ms.get();
+        assert_eq!(
+            b.wait_for_unknown_kid(&gateway_b, &host, ISS, 20, now),
+            UnknownKid::Retry
+        );
+        assert!(verifies(&gateway_b, &rotated, &host));
+        assert!(!verifies(&gateway_b, &idp, &host));
+        assert_eq!(host.dispatched.borrow().len(), 2, "still only A's fetches");
+    }
+
+    #[test]
+    fn an_unknown_kid_refetches_once_and_overdue_waiters_are_handed_back() {
+        let (gateway, host, mut keys) = (direct(), host(), KeyState::default());
+        let idp = TestIssuer::new();
+        keys.tick(&gateway, &host, ROOT, host.now_ms.get());
+        answer(&mut keys, &gateway, &host, Some(200), &idp.jwks.to_string());
+        let now = host.now_ms.get() + 1_000;
+        host.now_ms.set(now);
+        assert_eq!(
+            keys.wait_for_unknown_kid(&gateway, &host, ISS, 10, now),
+            UnknownKid::Wait
+        );
+        assert_eq!(
+            keys.wait_for_unknown_kid(&gateway, &host, ISS, 11, now),
+            UnknownKid::Wait
+        );
+        assert_eq!(
+            keys.wait_for_unknown_kid(&gateway, &host, ISS, 12, now),
+            UnknownKid::Wait
+        );
+        assert_eq!(
+            host.dispatched.borrow().len(),
+            2,
+            "one refetch for three requests"
+        );
+        assert_eq!(
+            host.counters.borrow()["lookergate.jwks.unknown_kid_refetch.idp_test"],
+            1
+        );
+        keys.leave(12);
+        // Deadline: the fetch timeout (100ms) and a second of grace.
+        assert!(keys.overdue(now + 1_099).is_empty());
+        let late: Vec<u32> = keys
+            .overdue(now + 1_100)
+            .iter()
+            .map(|w| w.context_id)
+            .collect();
+        assert_eq!(late, vec![10, 11]);
+        assert!(keys.overdue(now + 5_000).is_empty(), "handed back once");
+        // The answer comes late: nobody is left to wake.
+        let outcome = answer(&mut keys, &gateway, &host, Some(200), &idp.jwks.to_string());
+        assert_eq!(outcome, FetchOutcome::Done { waiters: vec![] });
+        // Within unknown_kid_refetch (30s) another unknown kid is refused, not refetched.
+        assert_eq!(
+            keys.wait_for_unknown_kid(&gateway, &host, ISS, 13, now + 2_000),
+            UnknownKid::Refuse
+        );
+        assert_eq!(host.dispatched.borrow().len(), 2);
+    }
 }

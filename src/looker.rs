@@ -157,7 +157,6 @@ fn find<'n>(node: &'n Node, parts: &[&str]) -> Option<&'n Node> {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used, clippy::panic)]
 mod tests {
     use super::*;
 

@@ -115,7 +115,6 @@ pub fn strip_access_token(target: &RequestTarget<'_>) -> Option<String> {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

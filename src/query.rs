@@ -99,7 +99,6 @@ pub fn without_access_token(query: &str) -> Option<String> {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

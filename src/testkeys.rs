@@ -1,6 +1,5 @@
 //! Test-only identity provider: an RS256 key generated once per test run, its JWKS,
 //! and tokens signed at run time.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::sync::OnceLock;
 

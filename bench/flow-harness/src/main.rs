@@ -1,7 +1,8 @@
-//! Drives lookergate's request flow natively against a fake host, the way the filter
-//! glue does (request headers, response headers, done), so that callgrind can count the
-//! instructions our own code spends per request without V8 or Envoy in the way. It also
-//! counts the hostcalls each request would make (their cost is in V8 and Envoy).
+//! Drives lookergate's request flow natively against the crate's fake host
+//! (`host::fake`, counting only), the way the filter glue does (request headers,
+//! response headers, done), so that callgrind can count the instructions our own code
+//! spends per request without V8 or Envoy in the way. It also counts the hostcalls each
+//! request would make (their cost is in V8 and Envoy).
 //!
 //! `bench/flow-harness/run.sh` runs it under callgrind; by hand:
 //! `lookergate-flow-harness warm|cold <requests>` (tokens and plugin config from
@@ -15,112 +16,19 @@
 )]
 
 use std::cell::{Cell, RefCell};
-use std::collections::{BTreeMap, HashSet};
+use std::collections::HashSet;
 use std::path::PathBuf;
 use std::rc::Rc;
-use std::time::Duration;
 
 use lookergate::config::Gateway;
-use lookergate::decision::HeaderOp;
 use lookergate::flow;
-use lookergate::host::{HeaderBlock, Host, HostError};
+use lookergate::host::fake::{FakeHost, Hostcall};
+use lookergate::host::HeaderBlock;
 use lookergate::jwt::{signature, ForeignCall, HostVerifier};
-use lookergate::reply::LocalReply;
 use lookergate::tokens::Worker;
 
-/// A host that answers like Envoy on the bench's route and counts hostcalls by kind.
-struct FakeHost {
-    now_ms: u64,
-    /// The request headers, serialized as Envoy hands them over.
-    headers: RefCell<Vec<u8>>,
-    /// The shared-data record of the Looker token every identity gets.
-    looker_token: Vec<u8>,
-    calls: RefCell<BTreeMap<&'static str, u64>>,
-    replies: Cell<u64>,
-}
-
-impl FakeHost {
-    fn hostcall(&self, kind: &'static str, n: u64) {
-        *self.calls.borrow_mut().entry(kind).or_default() += n;
-    }
-}
-
-impl Host for FakeHost {
-    fn now_ms(&self) -> u64 {
-        self.hostcall("get_current_time", 1);
-        self.now_ms
-    }
-    fn request_headers(&self) -> HeaderBlock {
-        self.hostcall("get_map(request headers)", 1);
-        HeaderBlock::from_serialized(self.headers.borrow().to_vec())
-    }
-    fn apply(&self, ops: &[HeaderOp]) -> Result<(), HostError> {
-        self.hostcall("set_map_value", ops.len() as u64);
-        std::hint::black_box(ops);
-        Ok(())
-    }
-    fn request_body(&self, _size: usize) -> Vec<u8> {
-        self.hostcall("get_buffer", 1);
-        Vec::new()
-    }
-    fn send_reply(&self, reply: &LocalReply) -> Result<(), HostError> {
-        self.hostcall("send_http_response", 1);
-        self.replies.set(self.replies.get() + 1);
-        std::hint::black_box(reply);
-        Ok(())
-    }
-    fn clear_request_trailers(&self) -> Result<(), HostError> {
-        self.hostcall("set_map(request trailers)", 1);
-        Ok(())
-    }
-    fn resume(&self) -> Result<(), HostError> {
-        self.hostcall("resume", 1);
-        Ok(())
-    }
-    fn dispatch(
-        &self,
-        _c: &str,
-        _h: &[(&str, String)],
-        _b: &[u8],
-        _t: Duration,
-    ) -> Result<u32, HostError> {
-        panic!("the harness pre-shares every Looker token: no broker call expected")
-    }
-    fn callout_response(&self, _b: usize, _m: usize) -> (Option<u32>, Vec<u8>) {
-        (None, Vec::new())
-    }
-    fn shared_get(&self, key: &str) -> Option<Vec<u8>> {
-        self.hostcall("get_shared_data", 1);
-        key.starts_with("lookergate.looker_token.")
-            .then(|| self.looker_token.clone())
-    }
-    fn shared_set(&self, _key: &str, _value: &[u8]) -> Result<(), HostError> {
-        self.hostcall("set_shared_data", 1);
-        Ok(())
-    }
-    fn shared_get_versioned(&self, key: &str) -> (Option<Vec<u8>>, Option<u32>) {
-        (self.shared_get(key), Some(1))
-    }
-    fn shared_set_if(&self, key: &str, value: &[u8], _cas: Option<u32>) -> bool {
-        self.shared_set(key, value).is_ok()
-    }
-    fn switch_to(&self, _context_id: u32) -> bool {
-        self.hostcall("set_effective_context", 1);
-        true
-    }
-    fn record_audit(&self, fields: &[(&'static str, &str)]) {
-        self.hostcall("set_property", fields.len() as u64);
-        std::hint::black_box(fields);
-    }
-    fn count(&self, name: &str, _delta: u64) {
-        self.hostcall("increment_metric", 1);
-        std::hint::black_box(name);
-    }
-    fn observe(&self, name: &str, _value: u64) {
-        self.hostcall("record_metric", 1);
-        std::hint::black_box(name);
-    }
-}
+/// The broker's answer for an identity seen for the first time (during the warm-up).
+const BROKER_ANSWER: &str = r#"{"access_token":"lookerAccessToken0123456789abcdefghijklmn","token_type":"token","expires_in":3600}"#;
 
 /// Stands in for Envoy's `verify_signature`, so cold requests take the host-crypto path
 /// without paying for crypto here: passes the probe (a text seen a second time is the
@@ -178,24 +86,8 @@ fn tokens(pool: &str, n: usize) -> Vec<String> {
     text.lines().take(n).map(str::to_owned).collect()
 }
 
-/// The proxy-wasm header map serialization (what `proxy_get_header_map_pairs` returns).
-fn serialized(pairs: &[(String, String)]) -> Vec<u8> {
-    let mut out = (pairs.len() as u32).to_le_bytes().to_vec();
-    for (n, v) in pairs {
-        out.extend((n.len() as u32).to_le_bytes());
-        out.extend((v.len() as u32).to_le_bytes());
-    }
-    for (n, v) in pairs {
-        out.extend(n.as_bytes());
-        out.push(0);
-        out.extend(v.as_bytes());
-        out.push(0);
-    }
-    out
-}
-
 /// wrk's request headers as Envoy hands them to the filter.
-fn headers(context_id: u32, token: &str) -> Vec<u8> {
+fn headers(context_id: u32, token: &str) -> HeaderBlock {
     let headers: Vec<(String, String)> = vec![
         (":authority".into(), "127.0.0.1:10000".into()),
         (":path".into(), "/api/4.0/dashboards/1".into()),
@@ -208,7 +100,7 @@ fn headers(context_id: u32, token: &str) -> Vec<u8> {
             format!("5f1d2c3a-8b4e-4a7f-9c6d-{context_id:012}"),
         ),
     ];
-    serialized(&headers)
+    HeaderBlock::from_pairs(&headers)
 }
 
 /// One request through the glue's three callbacks.
@@ -217,25 +109,31 @@ fn request(
     worker: &mut Worker,
     host: &FakeHost,
     context_id: u32,
-    headers: &[u8],
+    headers: &HeaderBlock,
 ) {
-    // What the host does: allocate in the module and copy the serialized map in.
-    host.headers.borrow_mut().clear();
-    host.headers.borrow_mut().extend_from_slice(headers);
+    // What the host does: a new stream whose serialized headers it copies into the module.
+    host.set_request_headers(context_id, headers.clone());
+    host.current.set(context_id);
     let next = flow::on_request(gateway, worker, host, context_id, true);
     assert_eq!(
         next,
         flow::Next::Continue,
         "request {context_id} was not forwarded"
     );
-    host.hostcall("get_map_value(:status)", 1);
+    host.hostcall(Hostcall::GetResponseStatus, 1);
     flow::on_response(gateway, worker, host, context_id, Some(200));
     worker.leave(context_id);
+    host.end_stream(context_id);
 }
 
 /// The measured requests (callgrind: `--toggle-collect=*measured*`).
 #[inline(never)]
-fn measured(gateway: &Gateway, worker: &mut Worker, host: &FakeHost, requests: &[(u32, Vec<u8>)]) {
+fn measured(
+    gateway: &Gateway,
+    worker: &mut Worker,
+    host: &FakeHost,
+    requests: &[(u32, HeaderBlock)],
+) {
     // Not identical to `warm_up`, so that the linker keeps both (callgrind toggles on this one).
     std::hint::black_box("measured");
     for (context_id, headers) in requests {
@@ -256,18 +154,8 @@ fn main() {
     assert!(!crypto.enabled().is_empty(), "probe failed");
     crypto.call().probed.set(true);
     signature::install(crypto.clone());
-    let host = FakeHost {
-        now_ms,
-        headers: RefCell::new(Vec::new()),
-        looker_token: format!(
-            "v1 {} {}",
-            now_ms + 3_600_000,
-            "lookerAccessToken0123456789abcdefghijklmn"
-        )
-        .into_bytes(),
-        calls: RefCell::new(BTreeMap::new()),
-        replies: Cell::new(0),
-    };
+    let host = FakeHost::counting();
+    host.now_ms.set(now_ms);
     let mut worker = Worker::default();
     // Warm-up (not measured): warm verifies its pool once; cold fills the verified-token
     // cache to its bound, so measured requests also pay for evicting, as in `make bench`.
@@ -288,7 +176,7 @@ fn main() {
         }
         other => panic!("mode {other}: warm or cold"),
     };
-    let prepare = |tokens: &[String], first: u32| -> Vec<(u32, Vec<u8>)> {
+    let prepare = |tokens: &[String], first: u32| -> Vec<(u32, HeaderBlock)> {
         tokens
             .iter()
             .enumerate()
@@ -297,27 +185,65 @@ fn main() {
     };
     let (warmup, measure) = (prepare(&warmup, 2), prepare(&measure, 1_000_000));
     warm_up(&gateway, &mut worker, &host, &warmup);
-    host.calls.borrow_mut().clear();
+    assert_eq!(
+        host.calls(Hostcall::SendReply),
+        0,
+        "a warm-up request was refused"
+    );
+    host.reset_counts();
     let before = crypto.call().calls.get();
     measured(&gateway, &mut worker, &host, &measure);
-    assert_eq!(host.replies.get(), 0, "a request was refused");
+    assert_eq!(host.calls(Hostcall::SendReply), 0, "a request was refused");
+    assert_eq!(host.calls(Hostcall::Dispatch), 0, "a request called out");
     println!(
         "mode {mode}: {} requests; foreign calls/request {:.2}",
         measure.len(),
         (crypto.call().calls.get() - before) as f64 / measure.len() as f64
     );
     let mut total = 0.0;
-    for (kind, count) in host.calls.borrow().iter() {
-        let per = *count as f64 / measure.len() as f64;
+    for kind in Hostcall::ALL.into_iter().filter(|k| host.calls(*k) > 0) {
+        let (kind, count) = (kind.name(), host.calls(kind));
+        let per = count as f64 / measure.len() as f64;
         total += per;
         println!("  hostcalls/request {kind}: {per:.2}");
     }
     println!("  hostcalls/request total (plus the foreign call): {total:.2}");
 }
 
+/// Like `measured`, except that the first request of each identity waits for the broker
+/// (answered at once, as the glue delivers it), which puts its Looker token in the cache.
 #[inline(never)]
-fn warm_up(gateway: &Gateway, worker: &mut Worker, host: &FakeHost, requests: &[(u32, Vec<u8>)]) {
+fn warm_up(
+    gateway: &Gateway,
+    worker: &mut Worker,
+    host: &FakeHost,
+    requests: &[(u32, HeaderBlock)],
+) {
     for (context_id, headers) in requests {
-        request(gateway, worker, host, *context_id, headers);
+        let context_id = *context_id;
+        host.set_request_headers(context_id, headers.clone());
+        host.current.set(context_id);
+        if flow::on_request(gateway, worker, host, context_id, true) == flow::Next::Pause {
+            let call = host
+                .last_dispatched()
+                .expect("paused without a broker call");
+            assert_eq!(
+                call.context_id, context_id,
+                "request {context_id} was not forwarded"
+            );
+            let answer = BROKER_ANSWER.as_bytes();
+            flow::on_callout(
+                gateway,
+                worker,
+                host,
+                call.callout,
+                Some(200),
+                answer,
+                context_id,
+            );
+        }
+        flow::on_response(gateway, worker, host, context_id, Some(200));
+        worker.leave(context_id);
+        host.end_stream(context_id);
     }
 }
