@@ -1,55 +1,52 @@
 //! `lookergate-broker` command line: run the broker, or rotate a role's API3 key.
 
+use clap::error::ErrorKind;
+use clap::{CommandFactory, Parser, Subcommand};
 use lookergate_broker::config::{BrokerConfig, ConfigFile, DEMO_CONFIG};
 use lookergate_broker::{log, rotate};
 use serde_json::json;
 use std::io::Write;
-use std::path::PathBuf;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-const USAGE: &str = "\
-usage:
-  lookergate-broker [--config FILE] [--listen ADDR]
-      run the broker (without --config: embedded demo config)
-  lookergate-broker rotate --config FILE --role NAME
-      create a new API3 key for the role, prove it, rewrite FILE (keeps FILE.bak),
-      then delete the old key
-  lookergate-broker check-config [--config FILE]
-      validate the config and exit
-  lookergate-broker print-demo-config
-  lookergate-broker --version
-
-environment overrides: LOOKERGATE_BROKER_LISTEN, LOOKERGATE_BROKER_LOOKER_URL,
-LOOKERGATE_BROKER_GATEWAY_CREDENTIALS (comma-separated)";
-
-#[derive(Default)]
-struct Args {
-    command: Option<String>,
+/// `lookergate-broker`: holds Looker API3 credentials and issues short-lived Looker tokens.
+#[derive(Debug, Parser)]
+#[command(name = "lookergate-broker", version, after_help = ENVIRONMENT)]
+struct Cli {
+    /// Broker config (TOML); without it, the embedded demo config
+    #[arg(long, global = true, value_name = "FILE")]
     config: Option<PathBuf>,
-    listen: Option<String>,
-    role: Option<String>,
+    /// Address to listen on (port 0 picks a free one); wins over the config and the environment
+    #[arg(long, global = true, value_name = "IP:PORT")]
+    listen: Option<SocketAddr>,
+    #[command(subcommand)]
+    command: Option<Command>,
 }
 
-fn parse_args(mut it: impl Iterator<Item = String>) -> Result<Args, String> {
-    let mut args = Args::default();
-    while let Some(arg) = it.next() {
-        let mut value = |name: &str| it.next().ok_or_else(|| format!("{name} needs a value"));
-        match arg.as_str() {
-            "--config" => args.config = Some(PathBuf::from(value("--config")?)),
-            "--listen" => args.listen = Some(value("--listen")?),
-            "--role" => args.role = Some(value("--role")?),
-            "-h" | "--help" => args.command = Some("help".into()),
-            "-V" | "--version" => args.command = Some("version".into()),
-            cmd if !cmd.starts_with('-') && args.command.is_none() => {
-                args.command = Some(cmd.to_string())
-            }
-            other => return Err(format!("unknown argument {other:?}")),
-        }
-    }
-    Ok(args)
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the broker (the default)
+    Run,
+    /// Create a new API3 key for the role, prove it, rewrite FILE (keeps FILE.bak), then
+    /// delete the old key; needs --config FILE
+    Rotate {
+        /// The role whose key to rotate
+        #[arg(long, value_name = "NAME")]
+        role: String,
+    },
+    /// Validate the config and exit
+    CheckConfig,
+    /// Print the embedded demo config
+    PrintDemoConfig,
 }
 
-fn load_config(args: &Args) -> Result<BrokerConfig, String> {
+const ENVIRONMENT: &str = "\
+Environment overrides: LOOKERGATE_BROKER_LISTEN, LOOKERGATE_BROKER_LOOKER_URL,
+LOOKERGATE_BROKER_GATEWAY_CREDENTIALS (comma-separated).
+Exit codes: 0 ok, 1 error, 2 usage, 3 rotate left the old key in place.";
+
+fn load_config(args: &Cli) -> Result<BrokerConfig, String> {
     let mut config = match &args.config {
         Some(path) => BrokerConfig::load(path).map_err(|e| format!("{}: {e}", path.display()))?,
         None => {
@@ -59,15 +56,13 @@ fn load_config(args: &Args) -> Result<BrokerConfig, String> {
                 .map_err(|e| format!("embedded demo config: {e}"))?
         }
     };
-    if let Some(listen) = &args.listen {
-        config.listen = listen
-            .parse()
-            .map_err(|_| format!("--listen: {listen:?} is not an ip:port address"))?;
+    if let Some(listen) = args.listen {
+        config.listen = listen;
     }
     Ok(config)
 }
 
-async fn run_broker(args: Args) -> Result<(), String> {
+async fn run_broker(args: Cli) -> Result<(), String> {
     let config = load_config(&args)?;
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
@@ -119,10 +114,8 @@ async fn shutdown_signal() {
     }
 }
 
-async fn run_rotate(args: Args) -> Result<ExitCode, String> {
-    let path = args.config.ok_or("rotate needs --config FILE")?;
-    let role = args.role.ok_or("rotate needs --role NAME")?;
-    let report = rotate::rotate_role(&path, &role)
+async fn run_rotate(path: &Path, role: &str) -> Result<ExitCode, String> {
+    let report = rotate::rotate_role(path, role)
         .await
         .map_err(|e| e.to_string())?;
     let line = report.to_json();
@@ -141,17 +134,19 @@ async fn run_rotate(args: Args) -> Result<ExitCode, String> {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let args = match parse_args(std::env::args().skip(1)) {
-        Ok(a) => a,
-        Err(e) => {
-            eprintln!("{e}\n\n{USAGE}");
-            return ExitCode::from(2);
-        }
-    };
-    let result = match args.command.as_deref() {
-        None | Some("run") => run_broker(args).await.map(|()| ExitCode::SUCCESS),
-        Some("rotate") => run_rotate(args).await,
-        Some("check-config") => load_config(&args).map(|c| {
+    let cli = Cli::parse();
+    let result = match &cli.command {
+        None | Some(Command::Run) => run_broker(cli).await.map(|()| ExitCode::SUCCESS),
+        Some(Command::Rotate { role }) => match &cli.config {
+            Some(path) => run_rotate(path, role).await,
+            None => Cli::command()
+                .error(
+                    ErrorKind::MissingRequiredArgument,
+                    "rotate rewrites a config file: give --config FILE",
+                )
+                .exit(),
+        },
+        Some(Command::CheckConfig) => load_config(&cli).map(|c| {
             println!(
                 "config ok: {} role(s), sudo {}",
                 c.roles.len(),
@@ -159,19 +154,10 @@ async fn main() -> ExitCode {
             );
             ExitCode::SUCCESS
         }),
-        Some("print-demo-config") => {
+        Some(Command::PrintDemoConfig) => {
             print!("{}", DEMO_CONFIG.trim_start());
             Ok(ExitCode::SUCCESS)
         }
-        Some("version") => {
-            println!("lookergate-broker {}", lookergate_broker::VERSION);
-            Ok(ExitCode::SUCCESS)
-        }
-        Some("help") => {
-            println!("{USAGE}");
-            Ok(ExitCode::SUCCESS)
-        }
-        Some(other) => Err(format!("unknown command {other:?}\n\n{USAGE}")),
     };
     match result {
         Ok(code) => code,
@@ -183,18 +169,79 @@ async fn main() -> ExitCode {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::panic)]
 mod tests {
     use super::*;
 
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("lookergate-broker").chain(args.iter().copied()))
+    }
+
     #[test]
-    fn version_flag_selects_the_version_command() {
-        for flag in ["--version", "-V"] {
-            let args = parse_args([flag.to_string()].into_iter());
+    fn command_line_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn flags_parse_in_both_spellings_and_on_either_side_of_the_command() {
+        let cases: [(&[&str], Option<&str>, Option<&str>); 6] = [
+            (&[], None, None),
+            (&["--listen", "127.0.0.1:0"], None, Some("127.0.0.1:0")),
+            (
+                &["--config=b.toml", "--listen=0.0.0.0:1"],
+                Some("b.toml"),
+                Some("0.0.0.0:1"),
+            ),
+            (
+                &["check-config", "--config", "b.toml"],
+                Some("b.toml"),
+                None,
+            ),
+            (
+                &["--config", "b.toml", "check-config"],
+                Some("b.toml"),
+                None,
+            ),
+            (
+                &["rotate", "--config=b.toml", "--role", "analyst"],
+                Some("b.toml"),
+                None,
+            ),
+        ];
+        for (args, config, listen) in cases {
+            let cli = parse(args).unwrap();
+            assert_eq!(cli.config.as_deref(), config.map(Path::new), "{args:?}");
             assert_eq!(
-                args.ok().and_then(|a| a.command).as_deref(),
-                Some("version"),
-                "{flag}"
+                cli.listen.map(|a| a.to_string()).as_deref(),
+                listen,
+                "{args:?}"
             );
+        }
+    }
+
+    #[test]
+    fn usage_errors_are_refused() {
+        for args in [
+            &["--config"][..],
+            &["--listen", "localhost"],
+            &["--bogus"],
+            &["rotate"],
+            &["frobnicate"],
+            &["--config", "a.toml", "--config", "b.toml"],
+        ] {
+            let err = parse(args)
+                .err()
+                .unwrap_or_else(|| panic!("{args:?} parsed"));
+            assert_eq!(err.exit_code(), 2, "{args:?}");
+        }
+    }
+
+    #[test]
+    fn version_flag_prints_the_version() {
+        for flag in ["--version", "-V"] {
+            let err = parse(&[flag]).err().unwrap();
+            assert_eq!(err.kind(), ErrorKind::DisplayVersion, "{flag}");
+            assert!(err.to_string().contains(lookergate_broker::VERSION));
         }
     }
 }

@@ -1,34 +1,54 @@
 //! Secret strings (API3 secrets, gateway credentials, Looker tokens) that never print.
 //!
-//! `Debug` shows only a short SHA-256 fingerprint, so a secret can be correlated across
-//! log lines without being revealed. There is deliberately no `Display`/`Serialize`.
+//! The clear text lives in a `secrecy::SecretString`, zeroed when dropped. `Debug` shows
+//! only a short SHA-256 fingerprint, so a secret can be correlated across log lines
+//! without being revealed. There is deliberately no `Display`/`Serialize`.
 
-use serde::Deserialize;
+use secrecy::{ExposeSecret, SecretString};
+use serde::{Deserialize, Deserializer};
 use sha2::{Digest, Sha256};
 use std::fmt;
+use subtle::ConstantTimeEq;
 
 /// A string that must not appear in logs, errors or responses (except where handed out on purpose).
-#[derive(Clone, PartialEq, Eq, Deserialize)]
-#[serde(transparent)]
-pub struct Secret(String);
+#[derive(Clone)]
+pub struct Secret(SecretString);
 
 impl Secret {
     pub fn new(value: impl Into<String>) -> Self {
-        Secret(value.into())
+        Secret(SecretString::from(value.into()))
     }
 
     /// The clear text; call sites are the few places that send it on the wire.
     pub fn expose(&self) -> &str {
-        &self.0
+        self.0.expose_secret()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
+        self.expose().is_empty()
     }
 
     /// First 8 hex digits of SHA-256: enough to tell secrets apart in logs.
     pub fn fingerprint(&self) -> String {
-        fingerprint(self.0.as_bytes())
+        fingerprint(self.expose().as_bytes())
+    }
+}
+
+/// Constant time, so comparing secrets (config reloads) reveals nothing by its duration.
+impl PartialEq for Secret {
+    fn eq(&self, other: &Self) -> bool {
+        self.expose()
+            .as_bytes()
+            .ct_eq(other.expose().as_bytes())
+            .into()
+    }
+}
+
+impl Eq for Secret {}
+
+impl<'de> Deserialize<'de> for Secret {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        String::deserialize(deserializer).map(Secret::new)
     }
 }
 
@@ -61,5 +81,13 @@ mod tests {
         assert!(!shown.contains("demo-analyst-secret"), "{shown}");
         assert!(shown.contains(&s.fingerprint()));
         assert_eq!(s.fingerprint().len(), 8);
+    }
+
+    #[test]
+    fn secrets_compare_by_value_and_deserialize_from_a_string() {
+        let s: Secret = serde_json::from_str("\"demo-analyst-secret\"").unwrap();
+        assert_eq!(s, Secret::new("demo-analyst-secret"));
+        assert_ne!(s, Secret::new("demo-analyst-secreT"));
+        assert_ne!(s, Secret::new("demo"));
     }
 }

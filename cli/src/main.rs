@@ -2,8 +2,11 @@
 //! config's JSON Schema, run the dev IdP, and mint demo tokens.
 
 use std::io::Write;
-use std::path::Path;
+use std::path::PathBuf;
 use std::process::ExitCode;
+
+use clap::{ArgGroup, Args, Parser, Subcommand};
+use jwt_simple::algorithms::RS256KeyPair;
 
 use lookergate::config::Gateway;
 use lookergate_cli::explain::{self, Principal, Request};
@@ -15,93 +18,136 @@ use lookergate_cli::{
 };
 use serde_json::Value;
 
-const USAGE: &str = "\
-usage:
-  lookergate check CONFIG...
-      validate plugin configurations exactly as the filter loads them; every error with
-      its field path (the filter stops at the first; the JSON Schema finds more).
-      CONFIG: a plugin JSON file, or an Envoy config (YAML/JSON) whose
-      envoy.filters.http.wasm filters carry it. Exit 0 valid, 1 invalid, 2 unreadable.
-  lookergate explain CONFIG (--claims FILE|JSON | --token JWT) --request \"METHOD /path\"
-                     [--body FILE] [--header 'name: value']... [--jwks FILE] [--plugin N]
-      what the policy decides for one request and why: the Looker operation, each rule
-      tried, shadow hits, the Looker identity. --claims skips token verification;
-      --token verifies as the filter would, now (--jwks: keys for issuers that fetch
-      theirs remotely). --plugin N picks the Nth plugin of an Envoy config.
-      Exit 0 allow, 1 deny, 2 usage or invalid config.
-  lookergate schema
-      print the JSON Schema of the plugin configuration (docs/schema/plugin-config.schema.json)
-  lookergate idp [--listen ADDR] [--issuer URL] [--audience AUD] [--key PEM_FILE] [--kid K]
-      run the dev OIDC issuer (default 127.0.0.1:10070, issuer https://idp.lookergate.demo,
-      the demo key, kid demo-2026): /.well-known/openid-configuration, /jwks,
-      POST /token {\"user\": \"alice\", \"ttl\": 600}, POST /rotate[?keep_old=false],
-      POST /__idp/fail {\"mode\": \"500\"|\"garbage\"|\"ok\"}, GET /__idp/stats,
-      POST /__idp/jwks_padding {\"extra_keys\": 19, \"x5c_bytes\": 2500} (a large JWKS).
-      Prints `listening on <ip:port>` once bound.
-  lookergate token --user NAME [--ttl SECS] [--kid K] [--key PEM_FILE] [--iss ISS] [--aud AUD]
-      print a signed RS256 JWT for a demo user (alice, bob, carol, eve)
-  lookergate jwks [--kid K] [--key PEM_FILE]
-      print the public JWKS of the signing key
-The default key is the embedded DEMO key (envoy/demo/demo-signing-key.pem): demo only.";
-
-/// Command-line arguments: positionals and `--flag value` pairs (also `--flag=value`).
-#[derive(Debug, Default)]
-struct Args {
-    positionals: Vec<String>,
-    flags: Vec<(String, String)>,
+/// Check plugin configurations, explain policy decisions, print the config's JSON Schema,
+/// run the dev IdP, and mint demo tokens.
+#[derive(Debug, Parser)]
+#[command(name = "lookergate", version, arg_required_else_help = true, after_help = EXAMPLES)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
 }
 
-impl Args {
-    fn parse(args: &[String], known: &[&str]) -> Result<Args, String> {
-        let mut parsed = Args::default();
-        let mut it = args.iter();
-        while let Some(arg) = it.next() {
-            if !arg.starts_with("--") {
-                parsed.positionals.push(arg.clone());
-                continue;
-            }
-            let (flag, inline) = match arg.split_once('=') {
-                Some((f, v)) => (f.to_owned(), Some(v.to_owned())),
-                None => (arg.clone(), None),
-            };
-            if !known.contains(&flag.as_str()) {
-                return Err(format!("unknown option {flag}"));
-            }
-            let value = match inline {
-                Some(v) => v,
-                None => it
-                    .next()
-                    .ok_or_else(|| format!("{flag} needs a value"))?
-                    .clone(),
-            };
-            parsed.flags.push((flag, value));
-        }
-        Ok(parsed)
-    }
+const EXAMPLES: &str = "\
+Examples:
+  lookergate check envoy/demo.yaml
+  lookergate explain envoy/demo.yaml --claims '{\"sub\":\"bob\"}' --request \"GET /api/4.0/user\"
+  lookergate idp --listen 127.0.0.1:0
+  lookergate token --user alice
+The default key is the embedded DEMO key (envoy/demo/demo-signing-key.pem): demo only.";
 
-    /// The flag's value; given twice is an error.
-    fn one(&self, flag: &str) -> Result<Option<&str>, String> {
-        match self.all(flag).as_slice() {
-            [] => Ok(None),
-            [one] => Ok(Some(one)),
-            _ => Err(format!("{flag} given more than once")),
-        }
-    }
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Validate plugin configurations exactly as the filter loads them
+    ///
+    /// Every error with its field path (the filter stops at the first; the JSON Schema
+    /// finds more). Exit 0 valid, 1 invalid, 2 unreadable.
+    Check {
+        /// A plugin JSON file, or an Envoy config (YAML/JSON) whose
+        /// envoy.filters.http.wasm filters carry it
+        #[arg(required = true, value_name = "CONFIG")]
+        configs: Vec<PathBuf>,
+    },
+    /// What the policy decides for one request and why
+    ///
+    /// The Looker operation, each rule tried, shadow hits, the Looker identity.
+    /// Exit 0 allow, 1 deny, 2 usage or invalid config.
+    Explain(ExplainArgs),
+    /// Print the JSON Schema of the plugin configuration (docs/schema/plugin-config.schema.json)
+    Schema,
+    /// Run the dev OIDC issuer; prints `listening on <ip:port>` once bound
+    ///
+    /// Serves /.well-known/openid-configuration, /jwks, POST /token {"user": "alice",
+    /// "ttl": 600}, POST /rotate[?keep_old=false], POST /__idp/fail {"mode":
+    /// "500"|"garbage"|"ok"}, GET /__idp/stats, POST /__idp/jwks_padding {"extra_keys":
+    /// 19, "x5c_bytes": 2500} (a large JWKS).
+    Idp(IdpArgs),
+    /// Print a signed RS256 JWT for a demo user (alice, bob, carol, eve)
+    Token(TokenArgs),
+    /// Print the public JWKS of the signing key
+    Jwks(KeyArgs),
+}
 
-    fn all(&self, flag: &str) -> Vec<&str> {
-        self.flags
-            .iter()
-            .filter(|(f, _)| f == flag)
-            .map(|(_, v)| v.as_str())
-            .collect()
-    }
+#[derive(Debug, Args)]
+#[command(group(ArgGroup::new("principal").required(true).args(["claims", "token"])))]
+struct ExplainArgs {
+    /// A plugin JSON file, or an Envoy config carrying plugin configurations
+    #[arg(value_name = "CONFIG")]
+    config: PathBuf,
+    /// The token's claims (a JSON object, or a file holding one); skips token verification
+    #[arg(long, value_name = "FILE|JSON")]
+    claims: Option<String>,
+    /// A JWT, verified as the filter would, now
+    #[arg(long, value_name = "JWT")]
+    token: Option<String>,
+    /// The request line
+    #[arg(long, value_name = "METHOD /path")]
+    request: String,
+    /// The request body
+    #[arg(long, value_name = "FILE")]
+    body: Option<PathBuf>,
+    /// A request header (repeatable)
+    #[arg(long = "header", value_name = "name: value")]
+    headers: Vec<String>,
+    /// Keys for issuers that fetch theirs remotely
+    #[arg(long, value_name = "FILE")]
+    jwks: Option<PathBuf>,
+    /// Which plugin of an Envoy config (1 is the first)
+    #[arg(long, value_name = "N")]
+    plugin: Option<usize>,
+}
 
-    fn no_positionals(&self, command: &str) -> Result<(), String> {
-        match self.positionals.first() {
-            Some(extra) => Err(format!("{command}: unexpected argument {extra:?}")),
-            None => Ok(()),
-        }
+#[derive(Debug, Args)]
+struct KeyArgs {
+    /// The key id
+    #[arg(long, value_name = "K", default_value = DEMO_KID)]
+    kid: String,
+    /// The RSA signing key (default: the embedded demo key)
+    #[arg(long, value_name = "PEM_FILE")]
+    key: Option<PathBuf>,
+}
+
+impl KeyArgs {
+    fn signing_key(&self) -> Result<RS256KeyPair, Failure> {
+        let pem = match &self.key {
+            Some(path) => std::fs::read_to_string(path)
+                .map_err(|e| format!("--key {}: {e}", path.display()))?,
+            None => DEMO_SIGNING_KEY_PEM.to_owned(),
+        };
+        load_signing_key(&pem, &self.kid).map_err(|e| e.to_string())
     }
+}
+
+#[derive(Debug, Args)]
+struct TokenArgs {
+    /// The demo user
+    #[arg(long, value_name = "NAME")]
+    user: String,
+    /// Lifetime in seconds
+    #[arg(long, value_name = "SECS", default_value_t = DEFAULT_TTL_SECS)]
+    ttl: u64,
+    /// The issuer (default: the demo issuer)
+    #[arg(long, value_name = "ISS")]
+    iss: Option<String>,
+    /// The audience (default: the demo audience)
+    #[arg(long, value_name = "AUD")]
+    aud: Option<String>,
+    #[command(flatten)]
+    key: KeyArgs,
+}
+
+#[derive(Debug, Args)]
+struct IdpArgs {
+    /// Address to bind (port 0 picks a free port)
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:10070")]
+    listen: String,
+    /// The issuer URL
+    #[arg(long, value_name = "URL", default_value = DEMO_ISSUER)]
+    issuer: String,
+    /// The audience of the tokens it mints
+    #[arg(long, value_name = "AUD", default_value = DEMO_AUDIENCE)]
+    audience: String,
+    #[command(flatten)]
+    key: KeyArgs,
 }
 
 /// What a command prints on stdout, and its exit code.
@@ -119,73 +165,41 @@ impl Output {
 /// A usage or input error: exit 2.
 type Failure = String;
 
-fn key_pem(path: Option<&str>) -> Result<String, Failure> {
-    match path {
-        Some(path) => std::fs::read_to_string(path).map_err(|e| format!("--key {path}: {e}")),
-        None => Ok(DEMO_SIGNING_KEY_PEM.to_owned()),
-    }
-}
-
-fn run(args: &[String]) -> Result<Output, Failure> {
-    let (command, rest) = args.split_first().ok_or_else(|| USAGE.to_owned())?;
-    match command.as_str() {
-        "check" => check_command(rest),
-        "explain" => explain_command(rest),
-        "schema" => {
-            Args::parse(rest, &[])?.no_positionals("schema")?;
+fn run(cli: Cli) -> Result<Output, Failure> {
+    match cli.command {
+        Command::Check { configs } => Ok(check_command(&configs)),
+        Command::Explain(args) => explain_command(&args),
+        Command::Schema => {
             let text = schema::plugin_config_schema_text();
             Ok(Output::ok(text.trim_end().to_owned()))
         }
-        "idp" => idp_command(rest),
-        "token" => {
-            let opts = Args::parse(
-                rest,
-                &["--user", "--ttl", "--kid", "--key", "--iss", "--aud"],
-            )?;
-            opts.no_positionals("token")?;
-            let user = opts.one("--user")?.ok_or("token: --user is required")?;
-            let ttl = match opts.one("--ttl")? {
-                Some(v) => v
-                    .parse()
-                    .map_err(|_| format!("--ttl: not a number of seconds: {v}"))?,
-                None => DEFAULT_TTL_SECS,
-            };
-            let mut spec = TokenSpec::for_demo_user(user, ttl).map_err(|e| e.to_string())?;
-            if let Some(iss) = opts.one("--iss")? {
-                iss.clone_into(&mut spec.iss);
+        Command::Idp(args) => idp_command(args),
+        Command::Token(args) => {
+            let mut spec =
+                TokenSpec::for_demo_user(&args.user, args.ttl).map_err(|e| e.to_string())?;
+            if let Some(iss) = args.iss {
+                spec.iss = iss;
             }
-            if let Some(aud) = opts.one("--aud")? {
-                aud.clone_into(&mut spec.aud);
+            if let Some(aud) = args.aud {
+                spec.aud = aud;
             }
-            let kid = opts.one("--kid")?.unwrap_or(DEMO_KID);
-            let key =
-                load_signing_key(&key_pem(opts.one("--key")?)?, kid).map_err(|e| e.to_string())?;
+            let key = args.key.signing_key()?;
             mint(&key, &spec).map(Output::ok).map_err(|e| e.to_string())
         }
-        "jwks" => {
-            let opts = Args::parse(rest, &["--kid", "--key"])?;
-            opts.no_positionals("jwks")?;
-            let kid = opts.one("--kid")?.unwrap_or(DEMO_KID);
-            let key =
-                load_signing_key(&key_pem(opts.one("--key")?)?, kid).map_err(|e| e.to_string())?;
-            serde_json::to_string_pretty(&jwks(&key, kid))
+        Command::Jwks(args) => {
+            let key = args.signing_key()?;
+            serde_json::to_string_pretty(&jwks(&key, &args.kid))
                 .map(Output::ok)
                 .map_err(|e| e.to_string())
         }
-        "-h" | "--help" | "help" => Ok(Output::ok(USAGE.to_owned())),
-        other => Err(format!("unknown command {other:?}\n{USAGE}")),
     }
 }
 
-fn check_command(rest: &[String]) -> Result<Output, Failure> {
-    let args = Args::parse(rest, &[])?;
-    if args.positionals.is_empty() {
-        return Err("check: which CONFIG? (a plugin JSON file or an Envoy config)".to_owned());
-    }
+fn check_command(configs: &[PathBuf]) -> Output {
     let mut text = String::new();
     let mut code = 0;
-    for file in &args.positionals {
-        match source::read(Path::new(file)) {
+    for file in configs {
+        match source::read(file) {
             Err(e) => {
                 text.push_str(&format!("{e}\n"));
                 code = 2;
@@ -201,47 +215,31 @@ fn check_command(rest: &[String]) -> Result<Output, Failure> {
             }
         }
     }
-    Ok(Output {
+    Output {
         text: text.trim_end().to_owned(),
         code,
-    })
+    }
 }
 
-fn explain_command(rest: &[String]) -> Result<Output, Failure> {
-    let args = Args::parse(
-        rest,
-        &[
-            "--claims",
-            "--token",
-            "--request",
-            "--body",
-            "--header",
-            "--jwks",
-            "--plugin",
-        ],
-    )?;
-    let [config] = args.positionals.as_slice() else {
-        return Err("explain: give exactly one CONFIG".to_owned());
-    };
-    let line = args
-        .one("--request")?
-        .ok_or("explain: --request \"METHOD /path\" is required")?;
-    let mut request = Request::parse(line)?;
-    for header in args.all("--header") {
+fn explain_command(args: &ExplainArgs) -> Result<Output, Failure> {
+    let config = args.config.display();
+    let mut request = Request::parse(&args.request)?;
+    for header in &args.headers {
         request.add_header(header)?;
     }
-    if let Some(body) = args.one("--body")? {
-        request.body = Some(std::fs::read(body).map_err(|e| format!("--body {body}: {e}"))?);
+    if let Some(body) = &args.body {
+        request.body =
+            Some(std::fs::read(body).map_err(|e| format!("--body {}: {e}", body.display()))?);
     }
-    let principal = match (args.one("--claims")?, args.one("--token")?) {
-        (Some(claims), None) => {
+    let principal = match (&args.claims, &args.token) {
+        (Some(claims), _) => {
             let (text, origin) = if claims.trim_start().starts_with('{') {
-                (claims.to_owned(), "--claims".to_owned())
+                (claims.clone(), "--claims".to_owned())
             } else {
                 (
                     std::fs::read_to_string(claims)
                         .map_err(|e| format!("--claims {claims}: {e}"))?,
-                    claims.to_owned(),
+                    claims.clone(),
                 )
             };
             match serde_json::from_str::<Value>(&text) {
@@ -251,13 +249,12 @@ fn explain_command(rest: &[String]) -> Result<Output, Failure> {
             }
         }
         (None, Some(token)) => Principal::Token(token.trim().to_owned()),
-        _ => return Err("explain: give one of --claims FILE and --token JWT".to_owned()),
+        // Unreachable: the `principal` group requires exactly one of the two.
+        (None, None) => return Err("explain: give one of --claims and --token".to_owned()),
     };
-    let plugins = source::read(Path::new(config))?;
-    let index = match args.one("--plugin")? {
-        Some(n) => n
-            .parse::<usize>()
-            .ok()
+    let plugins = source::read(&args.config)?;
+    let index = match args.plugin {
+        Some(n) => Some(n)
             .filter(|n| (1..=plugins.len()).contains(n))
             .ok_or_else(|| {
                 format!(
@@ -289,8 +286,10 @@ fn explain_command(rest: &[String]) -> Result<Output, Failure> {
             plugins.len()
         ));
     }
-    if let Some(file) = args.one("--jwks")? {
-        let jwks = std::fs::read_to_string(file).map_err(|e| format!("--jwks {file}: {e}"))?;
+    if let Some(file) = &args.jwks {
+        let file = file.display();
+        let jwks =
+            std::fs::read_to_string(file.to_string()).map_err(|e| format!("--jwks {file}: {e}"))?;
         let jwks: Value = serde_json::from_str(&jwks).map_err(|e| format!("--jwks {file}: {e}"))?;
         explain::install_remote_keys(&gateway, &jwks)?;
     }
@@ -303,21 +302,16 @@ fn explain_command(rest: &[String]) -> Result<Output, Failure> {
     })
 }
 
-fn idp_command(rest: &[String]) -> Result<Output, Failure> {
-    let args = Args::parse(
-        rest,
-        &["--listen", "--issuer", "--audience", "--key", "--kid"],
-    )?;
-    args.no_positionals("idp")?;
-    let listen = args
-        .one("--listen")?
-        .unwrap_or("127.0.0.1:10070")
-        .to_owned();
-    let issuer = args.one("--issuer")?.unwrap_or(DEMO_ISSUER);
-    let audience = args.one("--audience")?.unwrap_or(DEMO_AUDIENCE);
-    let kid = args.one("--kid")?.unwrap_or(DEMO_KID);
-    let key = load_signing_key(&key_pem(args.one("--key")?)?, kid).map_err(|e| e.to_string())?;
-    let idp = Idp::new(issuer, audience, key, kid);
+fn idp_command(args: IdpArgs) -> Result<Output, Failure> {
+    let IdpArgs {
+        listen,
+        issuer,
+        audience,
+        key,
+    } = args;
+    let kid = key.kid.as_str();
+    let signing_key = key.signing_key()?;
+    let idp = Idp::new(&issuer, &audience, signing_key, kid);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -338,8 +332,7 @@ fn idp_command(rest: &[String]) -> Result<Output, Failure> {
 }
 
 fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    match run(&args) {
+    match run(Cli::parse()) {
         Ok(Output { text, code }) => {
             if !text.is_empty() {
                 println!("{text}");
@@ -350,5 +343,16 @@ fn main() -> ExitCode {
             eprintln!("lookergate: {e}");
             ExitCode::from(2)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn command_line_definition_is_consistent() {
+        Cli::command().debug_assert();
     }
 }

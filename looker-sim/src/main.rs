@@ -1,65 +1,29 @@
 //! `lookergate-looker-sim [--listen ADDR] [--token-ttl SECS]`: runs the Looker simulator
 //! and prints `listening on <ip:port>` once bound (tests start it on port 0).
 
+use clap::Parser;
 use std::io::Write;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use lookergate_looker_sim::{serve, SimState};
 
-const USAGE: &str = "usage: lookergate-looker-sim [--listen ADDR] [--token-ttl SECS]
-  --listen ADDR      address to bind (default 127.0.0.1:10080; port 0 picks a free port)
-  --token-ttl SECS   lifetime of access tokens in seconds (default 3600)";
-
+/// Looker API 4.0 simulator for lookergate tests and the demo.
+#[derive(Debug, Parser)]
+#[command(name = "lookergate-looker-sim", version)]
 struct Args {
+    /// Address to bind (port 0 picks a free port)
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:10080")]
     listen: String,
-    token_ttl: Duration,
-}
-
-fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Args, String> {
-    let mut parsed = Args {
-        listen: "127.0.0.1:10080".into(),
-        token_ttl: Duration::from_secs(3600),
-    };
-    while let Some(arg) = args.next() {
-        let (name, inline) = match arg.split_once('=') {
-            Some((n, v)) => (n.to_owned(), Some(v.to_owned())),
-            None => (arg, None),
-        };
-        let mut value = || {
-            inline
-                .clone()
-                .or_else(|| args.next())
-                .ok_or(format!("{name} needs a value"))
-        };
-        match name.as_str() {
-            "--listen" => parsed.listen = value()?,
-            "--token-ttl" => {
-                let raw = value()?;
-                let secs = raw
-                    .parse::<u64>()
-                    .map_err(|_| format!("--token-ttl {raw:?} is not a number of seconds"))?;
-                parsed.token_ttl = Duration::from_secs(secs);
-            }
-            "-h" | "--help" => return Err(String::new()),
-            other => return Err(format!("unknown argument {other:?}")),
-        }
-    }
-    Ok(parsed)
+    /// Lifetime of access tokens in seconds
+    #[arg(long = "token-ttl", value_name = "SECS", default_value_t = 3600)]
+    token_ttl_secs: u64,
 }
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let args = match parse_args(std::env::args().skip(1)) {
-        Ok(args) => args,
-        Err(why) => {
-            if !why.is_empty() {
-                eprintln!("lookergate-looker-sim: {why}");
-            }
-            eprintln!("{USAGE}");
-            return ExitCode::from(2);
-        }
-    };
+    let args = Args::parse();
+    let token_ttl = Duration::from_secs(args.token_ttl_secs);
     let listener = match tokio::net::TcpListener::bind(&args.listen).await {
         Ok(listener) => listener,
         Err(e) => {
@@ -84,11 +48,8 @@ async fn main() -> ExitCode {
     {
         eprintln!("lookergate-looker-sim: cannot write to stdout");
     }
-    eprintln!(
-        "lookergate-looker-sim: token ttl {}s",
-        args.token_ttl.as_secs()
-    );
-    let state = SimState::demo().with_token_ttl(args.token_ttl);
+    eprintln!("lookergate-looker-sim: token ttl {}s", args.token_ttl_secs);
+    let state = SimState::demo().with_token_ttl(token_ttl);
     tokio::select! {
         served = serve(listener, state) => match served {
             Ok(()) => ExitCode::SUCCESS,
@@ -111,8 +72,13 @@ async fn main() -> ExitCode {
 mod tests {
     use super::*;
 
-    fn parse(args: &[&str]) -> Result<Args, String> {
-        parse_args(args.iter().map(|s| s.to_string()))
+    fn parse(args: &[&str]) -> Result<Args, clap::Error> {
+        Args::try_parse_from(std::iter::once("lookergate-looker-sim").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn command_line_definition_is_consistent() {
+        <Args as clap::CommandFactory>::command().debug_assert();
     }
 
     #[test]
@@ -126,7 +92,7 @@ mod tests {
         for (args, listen, ttl) in cases {
             let parsed = parse(args).unwrap();
             assert_eq!(
-                (parsed.listen.as_str(), parsed.token_ttl.as_secs()),
+                (parsed.listen.as_str(), parsed.token_ttl_secs),
                 (listen, ttl),
                 "{args:?}"
             );
@@ -140,7 +106,8 @@ mod tests {
             &["--token-ttl", "soon"],
             &["--port", "1"],
         ] {
-            assert!(parse(args).is_err(), "{args:?}");
+            let err = parse(args).err();
+            assert_eq!(err.map(|e| e.exit_code()), Some(2), "{args:?}");
         }
     }
 }

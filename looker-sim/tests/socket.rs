@@ -108,7 +108,7 @@ fn bad_arguments_exit_with_usage() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("usage:"));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("Usage:"));
     assert!(out.stdout.is_empty());
 }
 
