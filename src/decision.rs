@@ -744,15 +744,20 @@ fn strip_client_headers(gateway: &Gateway, request: RequestHead<'_>) -> Vec<Head
     // Envoy appends the peer's address as the last hop (`use_remote_address: true` in
     // every shipped config), after the trusted proxies' entries; the hops before those
     // are whatever the client wrote.
+    // Under `use_remote_address` every request has one: no allocation unless it is cut.
     if let Some(value) = forwarded_for {
-        let hops: Vec<&str> = value.split(',').map(str::trim).collect();
-        let kept = hops
-            .get(hops.len().saturating_sub(gateway.forwarded_for_kept)..)
-            .unwrap_or_default();
-        if kept.iter().any(|h| h.is_empty()) {
+        let kept = match value
+            .rmatch_indices(',')
+            .nth(gateway.forwarded_for_kept.saturating_sub(1))
+        {
+            Some((comma, _)) => value.get(comma + 1..).unwrap_or_default(),
+            None => value,
+        };
+        if kept.split(',').any(|h| h.trim().is_empty()) {
             remove("x-forwarded-for");
-        } else if kept.len() < hops.len() {
-            ops.push(HeaderOp::Set("x-forwarded-for".to_owned(), kept.join(",")));
+        } else if kept.len() < value.len() {
+            let hops: Vec<&str> = kept.split(',').map(str::trim).collect();
+            ops.push(HeaderOp::Set("x-forwarded-for".to_owned(), hops.join(",")));
         }
     }
     ops

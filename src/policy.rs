@@ -633,12 +633,10 @@ impl Rule {
         }
         let op = input.operation;
         let id = op.map(|o| o.operation_id.as_str());
-        if !self.operations.is_empty()
-            && !id.is_some_and(|id| self.operations.iter().any(|o| o == id))
-        {
+        let named = id.is_some_and(|id| self.operations.iter().any(|o| o == id));
+        if !self.operations.is_empty() && !named {
             return Err(Miss::Operation);
         }
-        let named = id.is_some_and(|id| self.operations.iter().any(|o| o == id));
         // This narrows what an allow rule grants; a deny rule denies whatever it covers
         // (a blanket `no-contractors` must stop SQL Runner too).
         if self.effect != Effect::Deny {
