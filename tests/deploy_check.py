@@ -22,6 +22,13 @@ root, after `make wasm envoy`).
   `use_remote_address: true`, no `internal_address_config` and no trusted
   X-Forwarded-For hop unless the config documents a load balancer in front; Envoy
   Gateway's ClientTrafficPolicy keeps that so (no customHeader, 0 hops).
+- Istio: the EnvoyFilter and the Gateway select the pods of the Helm gateway install in
+  docs/deploy.md; Looker is exported only to that namespace, whose AuthorizationPolicy
+  refuses requests without the filter's Looker token. Envoy Gateway: the EnvoyPatchPolicy
+  that gives the filter body access names the filter Envoy Gateway generates. Both
+  patches run in Envoy with the real broker, simulator and IdP (tests/mesh_patch_check.py:
+  a guarded query gets 200 patched, 408 unpatched, 403 through a gateway without the
+  filter); that check needs the native binaries too (`make test-bins`).
 
 Needs PyYAML. Prints one line per check and `N passed, M failed`; exits 1 on failure.
 """
@@ -224,13 +231,31 @@ def demo_plugin() -> dict:
     return json.loads(plugins[0])
 
 
+def envoy_filter_wasm_configs(doc: dict) -> list[dict]:
+    """The Wasm PluginConfigs an Istio EnvoyFilter adds as extension configs."""
+    return [
+        p["patch"]["value"]["typed_config"]["config"]
+        for p in doc["spec"].get("configPatches", [])
+        if p.get("applyTo") == "EXTENSION_CONFIG"
+        and p["patch"]["value"].get("typed_config", {}).get("@type", "").endswith("filters.http.wasm.v3.Wasm")
+    ]
+
+
 def manifest_plugins() -> list[tuple[str, dict]]:
-    """(label, plugin config) from the WasmPlugin and EnvoyExtensionPolicy manifests."""
+    """(label, plugin config) from the WasmPlugin, EnvoyFilter and EnvoyExtensionPolicy manifests."""
     found = []
     for path in sorted(ISTIO_DIR.glob("*.yaml")) + sorted(EG_DIR.glob("*.yaml")):
         for doc in load_yaml_documents(path):
             if doc.get("kind") == "WasmPlugin":
                 found.append((f"{rel(path)} WasmPlugin.spec.pluginConfig", doc["spec"].get("pluginConfig")))
+            if doc.get("kind") == "EnvoyFilter":
+                for config in envoy_filter_wasm_configs(doc):
+                    value = config.get("configuration", {}).get("value")
+                    try:
+                        plugin = json.loads(value) if isinstance(value, str) else None
+                    except json.JSONDecodeError as e:
+                        raise CheckFailed(f"{rel(path)} EnvoyFilter: plugin configuration is not JSON: {e}") from e
+                    found.append((f"{rel(path)} EnvoyFilter extension config {config.get('name')}", plugin))
             if doc.get("kind") == "EnvoyExtensionPolicy":
                 for i, wasm in enumerate(doc["spec"].get("wasm", [])):
                     found.append((f"{rel(path)} EnvoyExtensionPolicy.spec.wasm[{i}].config", wasm.get("config")))
@@ -263,7 +288,7 @@ def every_filter_fails_closed():
 @check("manifest plugin configs have the demo's keys and the filter accepts them")
 def manifest_plugin_configs():
     found = manifest_plugins()
-    require(len(found) >= 2, f"expected a WasmPlugin and an EnvoyExtensionPolicy, found {[l for l, _ in found]}")
+    require(len(found) >= 2, f"expected an Istio EnvoyFilter and an EnvoyExtensionPolicy, found {[l for l, _ in found]}")
     for label, plugin in found:
         require(isinstance(plugin, dict), f"{label}: missing or not a mapping")
         text = json.dumps(plugin, indent=2)
@@ -547,6 +572,24 @@ SCHEMAS = {
         "phase": ANY, "priority": ANY, "failStrategy": ANY, "vmConfig": {"env": {"name": ANY, "value": ANY, "valueFrom": ANY}},
         "match": {"mode": ANY, "ports": {"number": ANY}}, "type": ANY,
     },
+    # networking/v1alpha3/envoy_filter.proto; only the fields a patch of ours may use.
+    ("networking.istio.io/v1alpha3", "EnvoyFilter"): {
+        "workloadSelector": {"labels": ANY}, "targetRefs": TARGET_REF, "priority": ANY,
+        "configPatches": {
+            "applyTo": ANY,
+            "match": {
+                "context": ANY, "proxy": ANY, "routeConfiguration": ANY, "cluster": ANY,
+                "listener": {
+                    "portNumber": ANY, "name": ANY, "listenerFilter": ANY,
+                    "filterChain": {
+                        "name": ANY, "sni": ANY, "transportProtocol": ANY, "applicationProtocols": ANY,
+                        "destinationPort": ANY, "filter": {"name": ANY, "subFilter": {"name": ANY}},
+                    },
+                },
+            },
+            "patch": {"operation": ANY, "value": ANY, "filterClass": ANY},
+        },
+    },
     ("networking.istio.io/v1", "ServiceEntry"): {
         "hosts": ANY, "addresses": ANY, "ports": {"number": ANY, "protocol": ANY, "name": ANY, "targetPort": ANY},
         "location": ANY, "resolution": ANY, "endpoints": ANY, "workloadSelector": {"labels": ANY}, "exportTo": ANY,
@@ -583,6 +626,11 @@ SCHEMAS = {
             "rewrite": {"uri": ANY, "authority": ANY}, "headers": ISTIO_HEADERS, "redirect": ANY, "directResponse": ANY,
             "fault": ANY, "mirror": ANY, "corsPolicy": ANY,
         },
+    },
+    # security/v1beta1/authorization_policy.proto
+    ("security.istio.io/v1", "AuthorizationPolicy"): {
+        "selector": WORKLOAD_SELECTOR, "targetRef": TARGET_REF, "targetRefs": TARGET_REF, "action": ANY, "provider": ANY,
+        "rules": {"from": ANY, "to": ANY, "when": {"key": ANY, "values": ANY, "notValues": ANY}},
     },
     ("security.istio.io/v1", "PeerAuthentication"): {
         "selector": WORKLOAD_SELECTOR, "mtls": {"mode": ANY}, "portLevelMtls": ANY,
@@ -705,14 +753,32 @@ def istio_cluster(host: str, port: int) -> str:
     return f"outbound|{port}||{host}"
 
 
-@check("Istio: WasmPlugin (oci://, AUTHN, FAIL_CLOSE) calls the broker's ServiceEntry cluster")
+@check("Istio: EnvoyFilter (oci://, first HTTP filter via ECDS, FAIL_CLOSED, body access) calls the broker's ServiceEntry cluster")
 def istio_manifests():
-    (plugin,) = docs_of("WasmPlugin")
-    spec = plugin["spec"]
-    require(spec["url"].startswith("oci://"), f"url {spec['url']}")
-    require(spec.get("phase") == "AUTHN", f"phase {spec.get('phase')}")
-    require(spec.get("failStrategy") == "FAIL_CLOSE", f"failStrategy {spec.get('failStrategy')}")
-    broker = spec["pluginConfig"]["broker"]
+    # No WasmPlugin: the gateway would run lookergate twice (and a WasmPlugin cannot give
+    # the filter body access: allow_on_headers_stop_iteration).
+    require(not docs_of("WasmPlugin"), "a WasmPlugin is shipped beside the EnvoyFilter")
+    (envoy_filter,) = docs_of("EnvoyFilter")
+    patches = envoy_filter["spec"]["configPatches"]
+    (config,) = envoy_filter_wasm_configs(envoy_filter)
+    (extension,) = [p for p in patches if p["applyTo"] == "EXTENSION_CONFIG"]
+    (insert,) = [p for p in patches if p["applyTo"] == "HTTP_FILTER"]
+    require(extension["patch"]["operation"] == "ADD", "EXTENSION_CONFIG must be ADDed (Istio ignores MERGE there)")
+    require(insert["patch"]["operation"] == "INSERT_FIRST", f"HTTP_FILTER operation {insert['patch']['operation']}")
+    require({extension["match"]["context"], insert["match"]["context"]} == {"GATEWAY"}, "patches must match the GATEWAY context")
+    require(
+        insert["match"]["listener"]["filterChain"]["filter"]["name"] == "envoy.filters.network.http_connection_manager",
+        "the filter must go into the HTTP connection manager",
+    )
+    reference = insert["patch"]["value"]
+    require(reference["name"] == extension["patch"]["value"]["name"], "the HTTP filter does not name the extension config")
+    discovery = reference["config_discovery"]
+    require(discovery["config_source"].get("ads") == {} and "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm" in discovery["type_urls"], f"config_discovery {discovery}")
+    require(config.get("allow_on_headers_stop_iteration") is True, "allow_on_headers_stop_iteration is not true: query guardrails would time out")
+    require(config.get("failure_policy") == "FAIL_CLOSED", f"failure_policy {config.get('failure_policy')}")
+    remote = config["vm_config"]["code"]["remote"]
+    require(remote["http_uri"]["uri"].startswith("oci://") and remote.get("sha256"), f"code {remote}")
+    broker = json.loads(config["configuration"]["value"])["broker"]
     entries = {h: se for se in docs_of("ServiceEntry") for h in se["spec"]["hosts"]}
     clusters = {istio_cluster(h, p["number"]): h for h, se in entries.items() for p in se["spec"]["ports"]}
     require(broker["cluster"] in clusters, f"broker.cluster {broker['cluster']!r} is none of the ServiceEntry clusters {sorted(clusters)}")
@@ -1013,6 +1079,147 @@ def envoy_gateway_client_ip():
         require(hops == 0, f"{policy['metadata']['name']}: xForwardedFor.numTrustedHops is {hops!r}, expected 0")
         covered |= {ref["name"] for ref in policy["spec"]["targetRefs"] if ref["kind"] == "Gateway"}
     require(gateways and gateways <= covered, f"Gateways {sorted(gateways - covered)} have no ClientTrafficPolicy")
+
+
+# ---- the mesh: the filter on the gateway the routes use, with body access -----------
+
+DEPLOY_DOC = ROOT / "docs/deploy.md"
+DECISION_RS = ROOT / "src/decision.rs"
+
+
+def helm_gateway_labels(doc_text: str) -> tuple[str, dict[str, str]]:
+    """(namespace, pod labels) of the ingress gateway docs/deploy.md installs with Istio's
+    Helm gateway chart. The chart labels its pods app: <name>, istio: <name without
+    "istio-">, where <name> is the release name unless values override it
+    (istio/istio manifests/charts/gateway/templates/_helpers.tpl, gateway.selectorLabels)."""
+    installs = re.findall(r"^\s*helm install (\S+) istio/gateway\b([^\n]*)$", doc_text, re.M)
+    require(len(installs) == 1, f"docs/deploy.md: expected one `helm install <release> istio/gateway`, found {len(installs)}")
+    release, args = installs[0]
+    m = re.search(r"(?:-n|--namespace)[ =](\S+)", args)
+    require(m is not None, "docs/deploy.md: the gateway's helm install names no namespace (-n)")
+    require("--set name" not in args and "labels." not in args, "the helm install overrides the chart's name or labels: teach helm_gateway_labels")
+    return m.group(1), {"app": release, "istio": release.removeprefix("istio-")}
+
+
+def istio_selector_problems(manifest_docs: list[dict], namespace: str, labels: dict[str, str]) -> list[str]:
+    problems = []
+    for doc in manifest_docs:
+        kind, meta = doc.get("kind"), doc.get("metadata", {})
+        if kind == "EnvoyFilter":
+            selector = doc["spec"].get("workloadSelector", {}).get("labels")
+        elif kind == "Gateway" and doc.get("apiVersion", "").startswith("networking.istio.io/"):
+            selector = doc["spec"].get("selector")
+        else:
+            continue
+        where = f"{kind}/{meta.get('name')}"
+        if meta.get("namespace") != namespace:
+            problems.append(f"{where}: namespace {meta.get('namespace')!r}, the gateway runs in {namespace!r}")
+        if not selector or any(labels.get(k) != v for k, v in selector.items()):
+            problems.append(f"{where}: selector {selector} does not select the chart's pods {labels}")
+    return problems
+
+
+@check("Istio: the EnvoyFilter and the Gateway select the pods of the documented Helm gateway install")
+def istio_selectors_match_helm_chart():
+    namespace, labels = helm_gateway_labels(DEPLOY_DOC.read_text())
+    istio_docs = [d for p, d in manifests() if p.parent == ISTIO_DIR]
+    require(any(d["kind"] == "EnvoyFilter" for d in istio_docs) and any(d["kind"] == "Gateway" for d in istio_docs), "no EnvoyFilter or Gateway")
+    problems = istio_selector_problems(istio_docs, namespace, labels)
+    require(not problems, "\n".join(problems))
+    # Control: the selector of the old manifests (istio: ingressgateway) is refused.
+    planted = copy.deepcopy(istio_docs)
+    for doc in planted:
+        if doc["kind"] == "EnvoyFilter":
+            doc["spec"]["workloadSelector"]["labels"] = {"istio": "ingressgateway"}
+    require(istio_selector_problems(planted, namespace, labels), "the selector check accepted istio: ingressgateway")
+
+
+def looker_exposure_problems(manifest_docs: list[dict], gateway_namespace: str, marker: str) -> list[str]:
+    """Looker reachable only from the gateway namespace, and that namespace refusing any
+    request that does not carry the filter's marker."""
+    problems = []
+    destinations = {r["destination"]["host"] for d in manifest_docs if d["kind"] == "VirtualService" for h in d["spec"]["http"] for r in h["route"]}
+    if not destinations:
+        problems.append("no VirtualService routes to Looker")
+    for doc in manifest_docs:
+        spec, where = doc["spec"], f"{doc['kind']}/{doc['metadata']['name']}"
+        hosts = spec.get("hosts", []) if doc["kind"] != "DestinationRule" else [spec.get("host")]
+        if doc["kind"] in ("ServiceEntry", "DestinationRule", "VirtualService") and (set(hosts) & destinations or doc["kind"] == "VirtualService"):
+            if doc["metadata"]["namespace"] != gateway_namespace:
+                problems.append(f"{where}: in {doc['metadata']['namespace']}, not the gateway's namespace")
+            if spec.get("exportTo") not in (["."], [gateway_namespace]):
+                problems.append(f"{where}: exportTo {spec.get('exportTo')}, must be only the gateway's namespace")
+    guards = [
+        d for d in manifest_docs
+        if d["kind"] == "AuthorizationPolicy" and d["metadata"]["namespace"] == gateway_namespace
+        and d["spec"].get("action") == "DENY" and "selector" not in d["spec"] and "targetRefs" not in d["spec"]
+        and any(
+            set(rule) == {"when"} and rule["when"] == [{"key": "request.headers[authorization]", "notValues": [marker + "*"]}]
+            for rule in d["spec"].get("rules", [])
+        )
+    ]
+    if not guards:
+        problems.append(
+            f"no namespace-wide DENY AuthorizationPolicy in {gateway_namespace} for requests whose authorization "
+            f"is not {marker!r}...: a gateway pod without the filter would forward clients' requests"
+        )
+    return problems
+
+
+@check("Istio: Looker is exported only to the gateway namespace, which refuses requests the filter did not pass")
+def istio_looker_unreachable_without_filter():
+    namespace, _ = helm_gateway_labels(DEPLOY_DOC.read_text())
+    # The marker: what the filter sets on every request it forwards (src/decision.rs).
+    source = DECISION_RS.read_text()
+    body = source[source.index("pub fn with_looker_token"):]
+    body = body[: body.index("\n}\n")]
+    m = re.search(r'push_str\("([^"]+)"\)', body)
+    require(m is not None and "\"authorization\"" in body, "src/decision.rs with_looker_token: cannot find the authorization value it sets")
+    marker = m.group(1)
+    istio_docs = [d for p, d in manifests() if p.parent == ISTIO_DIR]
+    problems = looker_exposure_problems(istio_docs, namespace, marker)
+    require(not problems, "\n".join(problems))
+    for plant in (
+        lambda docs: next(d for d in docs if d["kind"] == "ServiceEntry" and "exportTo" in d["spec"])["spec"].pop("exportTo"),
+        lambda docs: [docs.remove(d) for d in list(docs) if d["kind"] == "AuthorizationPolicy"],
+    ):
+        planted = copy.deepcopy(istio_docs)
+        plant(planted)
+        require(looker_exposure_problems(planted, namespace, marker), "a planted exposure passed the check")
+
+
+@check("Envoy Gateway: the body-access EnvoyPatchPolicy names the generated Wasm filter on the routes' Gateway")
+def envoy_gateway_body_access_patch():
+    (policy,) = docs_of("EnvoyExtensionPolicy")
+    meta = policy["metadata"]
+    require(len(policy["spec"]["wasm"]) == 1, "one Wasm entry expected (the patch names wasm/0)")
+    generated = f"envoy.filters.http.wasm/envoyextensionpolicy/{meta['namespace']}/{meta['name']}/wasm/0"
+    gateways = {ref["name"] for r in docs_of("HTTPRoute") for ref in r["spec"]["parentRefs"]}
+    patches = [
+        (epp, p) for epp in docs_of("EnvoyPatchPolicy") for p in epp["spec"]["jsonPatches"]
+        if p["type"].endswith("envoy.config.listener.v3.Listener")
+    ]
+    require(patches, "no EnvoyPatchPolicy patches a listener: query guardrails would time out on Envoy Gateway")
+    for epp, patch in patches:
+        op = patch["operation"]
+        gateway = epp["spec"]["targetRef"]["name"]
+        require(gateway in gateways, f"{epp['metadata']['name']} targets Gateway {gateway}, the routes use {sorted(gateways)}")
+        require(patch["name"].startswith(f"{epp['metadata']['namespace']}/{gateway}/"), f"listener {patch['name']} is not a listener of {gateway}")
+        require(op["op"] == "add" and op.get("path") == "/allow_on_headers_stop_iteration" and op.get("value") is True, f"operation {op}")
+        require(f"[?(@.name=='{generated}')].typed_config.config" in op.get("jsonPath", ""), f"jsonPath {op.get('jsonPath')!r} does not select {generated}")
+
+
+@check("Istio and Envoy Gateway patches in Envoy: guarded query 200 patched, 408 unpatched, 403 without the filter")
+def mesh_patches_in_envoy():
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import mesh_patch_check
+
+    lines: list[str] = []
+    try:
+        failures = mesh_patch_check.run(log=lines.append)
+    except mesh_patch_check.Failed as e:
+        failures = [str(e)]
+    require(not failures, "\n".join(lines + failures))
 
 
 # ---- runner ------------------------------------------------------------------------

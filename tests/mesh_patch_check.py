@@ -92,7 +92,7 @@ def docs(path: Path) -> list[dict]:
 
 def one(path: Path, kind: str, name: str | None = None) -> dict:
     found = [d for d in docs(path) if d.get("kind") == kind and (name is None or d["metadata"]["name"] == name)]
-    require(len(found) == 1, f"{path.relative_to(ROOT)}: expected one {kind} {name or ''}, found {len(found)}")
+    require(len(found) == 1, f"{path}: expected one {kind} {name or ''}, found {len(found)}")
     return found[0]
 
 
