@@ -140,8 +140,10 @@ soak: wasm envoy
 # ---- deployment artifacts (envoy/*.yaml, envoy/istio, envoy/envoy-gateway, Dockerfiles) -
 # `make deploy-check`: `envoy --mode validate` on every shipped Envoy config, the plugin
 # JSON of every config and manifest against the demo's (and loaded by the filter), the
-# manifests' field names, compose/Dockerfile consistency; see tests/deploy_check.py.
+# manifests' field names, compose/Dockerfile consistency, and the Istio/Envoy Gateway
+# body-access patches applied to the xDS those platforms generate, loaded in Envoy with
+# the broker, simulator and dev IdP (tests/mesh_patch_check.py); see tests/deploy_check.py.
 .PHONY: deploy-check
-deploy-check: wasm envoy
+deploy-check: wasm envoy test-bins
 	@.venv/bin/python -c 'import yaml' 2>/dev/null || .venv/bin/pip install --quiet --disable-pip-version-check pyyaml==6.0.3
 	LOOKERGATE_ENVOY="$(CURDIR)/$(ENVOY)" .venv/bin/python tests/deploy_check.py
