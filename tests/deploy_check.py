@@ -12,20 +12,27 @@ root, after `make wasm envoy`).
   put into demo.yaml and validated by Envoy).
 - envoy/compose.yaml is exactly envoy/demo.yaml with the compose addresses
   (`--write-compose` regenerates it); docker-compose.yaml and the Dockerfiles are
-  checked against the repository (build contexts, COPY sources, packages, binaries).
+  checked against the repository (build contexts, COPY sources, every workspace member
+  of Cargo.toml copied, packages, binaries; envoy/Dockerfile builds the filter into the
+  pinned Envoy image, so compose mounts no build output). Cargo.toml's rust-version is
+  the highest of the locked dependencies (read from the cargo registry sources).
 - Kubernetes manifests (envoy/istio, envoy/envoy-gateway) parse, have the expected
   apiVersion/kind, and use only field names of those APIs; cross references (plugin
   broker cluster, hosts, targetRefs) line up.
 - The long-query routes of production.yaml, the Istio VirtualService and the
-  HTTPRoute give Looker's query-running operations 300s and everything else 30s.
+  HTTPRoute are tools/long_routes.py's list (no drift), and replaying every Looker 4.0
+  operation against each platform's routes (its own matching order) gives every
+  operation the same timeout on all three: 300s for query runs, 30s for the rest.
 - Every shipped HTTP connection manager (and anything in a manifest that sets one) has
   `use_remote_address: true`, no `internal_address_config` and no trusted
   X-Forwarded-For hop unless the config documents a load balancer in front; Envoy
   Gateway's ClientTrafficPolicy keeps that so (no customHeader, 0 hops).
 - Istio: the EnvoyFilter and the Gateway select the pods of the Helm gateway install in
   docs/deploy.md; Looker is exported only to that namespace, whose AuthorizationPolicy
-  refuses requests without the filter's Looker token. Envoy Gateway: the EnvoyPatchPolicy
-  that gives the filter body access names the filter Envoy Gateway generates. Both
+  refuses requests without the filter's Looker token. Envoy Gateway: the HTTPRoute
+  attaches by sectionName to the shipped Gateway's HTTPS listener (TLS from a Secret),
+  and the EnvoyPatchPolicy that gives the filter body access names the xDS listener
+  (<ns>/<gateway>/<listener>) and the Wasm filter Envoy Gateway generates for it. Both
   patches run in Envoy with the real broker, simulator and IdP (tests/mesh_patch_check.py:
   a guarded query gets 200 patched, 408 unpatched, 403 through a gateway without the
   filter); that check needs the native binaries too (`make test-bins`).
@@ -323,7 +330,8 @@ COMPOSE_HEADER = """\
 # `make deploy-check` fails when the two differ. Do not edit: change demo.yaml instead.
 # envoy/docker-compose.yaml mounts this as /etc/envoy/envoy.yaml: the demo config with the
 # compose services as upstreams (STRICT_DNS), listeners on 0.0.0.0 inside the container
-# (published on the host's loopback only) and the filter mounted at {wasm}.
+# (published on the host's loopback only) and the filter at {wasm}, where
+# envoy/Dockerfile builds it into the image.
 """.format(wasm=CONTAINER_WASM)
 
 
@@ -396,20 +404,22 @@ def docker_compose_file():
             require(context == ROOT, f"service {name}: build context {context} is not the workspace root")
             require((context / build["dockerfile"]).is_file(), f"service {name}: no {build['dockerfile']}")
     envoy = services["envoy"]
-    image = envoy.get("image", "")
-    version = makefile_envoy_version()
-    require(
-        image in (f"envoyproxy/envoy:v{version}", f"envoyproxy/envoy:distroless-v{version}"),
-        f"envoy image {image!r} is not the pinned release v{version}",
-    )
+    # Envoy and the filter come from envoy/Dockerfile (checked below): nothing the user
+    # must build first, and no bind mount of a build output that Docker would create as an
+    # empty directory when it is missing.
+    build = envoy.get("build", {})
+    require(build.get("dockerfile") == ENVOY_DOCKERFILE.relative_to(ROOT).as_posix(), f"envoy is not built from envoy/Dockerfile: {build}")
+    require(build.get("target") in (None, ENVOY_STAGE), f"envoy builds stage {build.get('target')!r}, not {ENVOY_STAGE!r}")
     mounts = {}
     for volume in envoy.get("volumes", []):
         source, target = volume.split(":")[:2]
         mounts[target] = (base / source).resolve()
+        require(mounts[target].is_file(), f"envoy mounts {source}, which is not a file in the repository (Docker would create a directory)")
     command = envoy.get("command", [])
     config_target = command[command.index("-c") + 1]
     require(mounts.get(config_target) == COMPOSE_ENVOY, f"{config_target} is not envoy/compose.yaml but {mounts.get(config_target)}")
-    require(mounts.get(CONTAINER_WASM) == (WASM_DIR / "lookergate.wasm"), f"{CONTAINER_WASM} is not mounted from the wasm build")
+    require(CONTAINER_WASM not in mounts, f"{CONTAINER_WASM} is mounted: it is built into the image")
+    require({w["vm_config"]["code"]["local"]["filename"] for w in wasm_filters(yaml.safe_load(COMPOSE_ENVOY.read_text()))} == {CONTAINER_WASM}, f"envoy/compose.yaml does not load {CONTAINER_WASM}")
     # Upstream clusters in compose.yaml reach the services on the ports they listen on.
     config = yaml.safe_load(COMPOSE_ENVOY.read_text())
     for cluster in config["static_resources"]["clusters"]:
@@ -456,6 +466,12 @@ def dockerignore_patterns() -> list[str]:
     return [l.strip().rstrip("/") for l in path.read_text().splitlines() if l.strip() and not l.startswith("#")]
 
 
+# Workspace members that other branches are adding: every Rust Dockerfile copies them
+# already, and until they are in the tree (and in Cargo.toml) their COPY source may be
+# absent. proto/: the shared wire-types crate of issue 13. Remove an entry once merged.
+AWAITED_MEMBERS = {"proto"}
+
+
 def workspace() -> tuple[list[str], dict[str, list[str]]]:
     """Workspace member dirs, and package name -> binary names."""
     manifest = tomllib.loads((ROOT / "Cargo.toml").read_text())
@@ -468,11 +484,22 @@ def workspace() -> tuple[list[str], dict[str, list[str]]]:
     return members, bins
 
 
-def check_rust_dockerfile(path: Path, package: str):
+def check_rust_dockerfile(path: Path, package: str, wasm: bool = False) -> list[tuple[str | None, list[tuple[str, str]]]]:
+    """The checks every Dockerfile that builds from the workspace passes: pinned bases,
+    COPY sources that exist and .dockerignore keeps, every workspace member (and awaited
+    member) copied before `cargo build --release --locked -p <package>`, which takes the
+    package's binaries (or, `wasm`, builds lookergate.wasm for wasm32-wasip1). Returns the
+    stages: (name, instructions)."""
     instructions = dockerfile_instructions(path)
-    stages, copied = [], set()
+    stages, copied, built = [], set(), False
+    by_stage: list[tuple[str | None, list[tuple[str, str]]]] = []
     ignored = dockerignore_patterns()
+    members, bins = workspace()
     for word, rest in instructions:
+        if word == "FROM":
+            by_stage.append((None, []))
+        if by_stage:
+            by_stage[-1][1].append((word, rest))
         require(
             word in {"FROM", "COPY", "ADD", "RUN", "ENTRYPOINT", "CMD", "USER", "EXPOSE", "WORKDIR", "ENV", "ARG", "LABEL"},
             f"{rel(path)}: unexpected instruction {word}",
@@ -480,8 +507,9 @@ def check_rust_dockerfile(path: Path, package: str):
         if word == "FROM":
             parts = rest.split()
             image = parts[0]
-            require(":" in image and not image.endswith(":latest"), f"{rel(path)}: base image {image} is not pinned")
+            require(image == "scratch" or (":" in image and not image.endswith(":latest")), f"{rel(path)}: base image {image} is not pinned")
             stages.append(parts[2] if len(parts) >= 3 and parts[1].upper() == "AS" else None)
+            by_stage[-1] = (stages[-1], by_stage[-1][1])
         elif word in ("COPY", "ADD"):
             args = rest.split()
             flags = [a for a in args if a.startswith("--")]
@@ -492,20 +520,33 @@ def check_rust_dockerfile(path: Path, package: str):
                 require(from_stage in stages[:-1], f"{rel(path)}: COPY --from={from_stage} names no earlier stage")
                 continue
             for source in sources:
-                require((ROOT / source).exists(), f"{rel(path)}: COPY source {source} does not exist")
+                awaited = source.rstrip("/") in AWAITED_MEMBERS and source.rstrip("/") not in members
+                require((ROOT / source).exists() or awaited, f"{rel(path)}: COPY source {source} does not exist")
                 hit = [p for p in ignored if source == p or source.startswith(p + "/")]
                 require(not hit, f"{rel(path)}: COPY source {source} is excluded by .dockerignore {hit}")
                 copied.add(source.rstrip("/"))
         elif word == "RUN" and "cargo build" in rest:
+            built = True
             m = re.search(r"-p\s+(\S+)", rest)
             require(m and m.group(1) == package, f"{rel(path)}: builds {m and m.group(1)}, expected {package}")
             require("--release" in rest and "--locked" in rest, f"{rel(path)}: cargo build without --release --locked")
-            members, bins = workspace()
-            for binary in bins[package]:
+            if wasm:
+                require("--target wasm32-wasip1" in rest, f"{rel(path)}: cargo build without --target wasm32-wasip1")
+                require("target/wasm32-wasip1/release/lookergate.wasm" in rest, f"{rel(path)}: does not take target/wasm32-wasip1/release/lookergate.wasm")
+                require(any(w == "RUN" and "rustup target add wasm32-wasip1" in r for w, r in by_stage[-1][1]), f"{rel(path)}: the build stage does not add the wasm32-wasip1 target")
+            for binary in [] if wasm else bins[package]:
                 require(f"target/release/{binary}" in rest, f"{rel(path)}: does not take target/release/{binary}")
-            missing = [m for m in members if m != "." and m not in copied]
+            # Cargo.toml's members (and members other branches are adding), from the manifest.
+            missing = sorted(m for m in set(members) | AWAITED_MEMBERS if m != "." and m not in copied)
             require(not missing, f"{rel(path)}: workspace members not copied before the build: {missing}")
             require({"Cargo.toml", "Cargo.lock", "src"} <= copied, f"{rel(path)}: root manifest, lock or src not copied")
+    require(built, f"{rel(path)}: no cargo build")
+    return by_stage
+
+
+def check_native_dockerfile(path: Path, package: str):
+    instructions = dockerfile_instructions(path)
+    check_rust_dockerfile(path, package)
     final = instructions[max(i for i, (w, _) in enumerate(instructions) if w == "FROM"):]
     words = [w for w, _ in final]
     require("ENTRYPOINT" in words, f"{rel(path)}: final stage has no ENTRYPOINT")
@@ -517,14 +558,75 @@ def check_rust_dockerfile(path: Path, package: str):
 
 
 check("broker/Dockerfile: sources exist, builds lookergate-broker")(
-    lambda: check_rust_dockerfile(ROOT / "broker/Dockerfile", "lookergate-broker")
+    lambda: check_native_dockerfile(ROOT / "broker/Dockerfile", "lookergate-broker")
 )
 check("looker-sim/Dockerfile: sources exist, builds lookergate-looker-sim")(
-    lambda: check_rust_dockerfile(ROOT / "looker-sim/Dockerfile", "lookergate-looker-sim")
+    lambda: check_native_dockerfile(ROOT / "looker-sim/Dockerfile", "lookergate-looker-sim")
 )
 check("cli/Dockerfile: sources exist, builds lookergate-cli (the dev IdP)")(
-    lambda: check_rust_dockerfile(ROOT / "cli/Dockerfile", "lookergate-cli")
+    lambda: check_native_dockerfile(ROOT / "cli/Dockerfile", "lookergate-cli")
 )
+
+ENVOY_DOCKERFILE = ROOT / "envoy/Dockerfile"
+ENVOY_STAGE, FILTER_STAGE = "envoy", "filter"
+
+
+@check("envoy/Dockerfile: builds the filter for wasm32-wasip1 into the pinned Envoy image and an OCI filter image")
+def envoy_dockerfile():
+    stages = dict(check_rust_dockerfile(ENVOY_DOCKERFILE, "lookergate", wasm=True))
+    require(list(stages)[-1] == ENVOY_STAGE, f"{rel(ENVOY_DOCKERFILE)}: the last (default) stage is not {ENVOY_STAGE!r}")
+    build_stage = next(name for name, ins in stages.items() if any(w == "RUN" and "cargo build" in r for w, r in ins))
+    version = makefile_envoy_version()
+    envoy = stages[ENVOY_STAGE]
+    require(envoy[0][1].split()[0] == f"envoyproxy/envoy:v{version}", f"{rel(ENVOY_DOCKERFILE)}: {envoy[0][1]} is not the pinned Envoy v{version}")
+    require(("COPY", f"--from={build_stage} /out/lookergate.wasm {CONTAINER_WASM}") in envoy, f"{rel(ENVOY_DOCKERFILE)}: the module is not copied to {CONTAINER_WASM}")
+    filter_stage = stages[FILTER_STAGE]
+    require(filter_stage == [("FROM", f"scratch AS {FILTER_STAGE}"), ("COPY", f"--from={build_stage} /out/lookergate.wasm plugin.wasm")],
+            f"{rel(ENVOY_DOCKERFILE)}: stage {FILTER_STAGE}: {filter_stage}")
+    require("cp target/wasm32-wasip1/release/lookergate.wasm /out/lookergate.wasm" in " ".join(r for w, r in stages[build_stage] if w == "RUN"),
+            f"{rel(ENVOY_DOCKERFILE)}: the build stage does not put the module at /out/lookergate.wasm")
+
+
+@check("Dockerfile checks refuse a Dockerfile that misses a workspace member (control)")
+def dockerfile_member_control():
+    members, _ = workspace()
+    member = next(m for m in members if m != "." and (ROOT / m).exists())
+    with tempfile.TemporaryDirectory() as tmp:
+        planted = Path(tmp) / "Dockerfile"
+        planted.write_text("\n".join(l for l in ENVOY_DOCKERFILE.read_text().splitlines() if l.strip() != f"COPY {member} {member}") + "\n")
+        try:
+            check_rust_dockerfile(planted, "lookergate", wasm=True)
+        except CheckFailed as e:
+            require(member in str(e), f"failed for another reason: {e}")
+        else:
+            raise CheckFailed(f"a Dockerfile without COPY {member} passed")
+
+
+@check("Cargo.toml rust-version is the highest rust-version of the locked dependencies; Rust images meet it")
+def rust_version_is_real():
+    declared = tomllib.loads((ROOT / "Cargo.toml").read_text())["workspace"]["package"]["rust-version"]
+    version = lambda s: tuple(int(x) for x in s.split("."))
+    registry = sorted(Path(os.environ.get("CARGO_HOME", Path.home() / ".cargo"), "registry/src").glob("*"))
+    needed, missing = [], []
+    for package in tomllib.loads((ROOT / "Cargo.lock").read_text())["package"]:
+        if not package.get("source", "").startswith("registry+"):
+            continue
+        found = [d / f"{package['name']}-{package['version']}/Cargo.toml" for d in registry]
+        found = [f for f in found if f.exists()]
+        if not found:
+            missing.append(f"{package['name']} {package['version']}")
+            continue
+        rv = tomllib.loads(found[0].read_text()).get("package", {}).get("rust-version")
+        if isinstance(rv, str):
+            needed.append((version(rv), f"{package['name']} {package['version']}"))
+    require(not missing, f"sources of {len(missing)} locked crates not in the cargo registry (run `cargo fetch`): {missing[:5]}")
+    highest = max(needed)
+    require(version(declared) == highest[0], f"rust-version {declared}, but {highest[1]} needs {'.'.join(map(str, highest[0]))}")
+    for path in sorted(set(ROOT.glob("*/Dockerfile"))):
+        for word, rest in dockerfile_instructions(path):
+            m = re.match(r"rust:(\d+\.\d+)", rest) if word == "FROM" else None
+            if m:
+                require(version(m.group(1)) >= version(declared), f"{rel(path)}: {rest} is older than rust-version {declared}")
 
 
 @check("envoy/istio/Dockerfile.wasm: FROM scratch, lookergate.wasm as plugin.wasm")
@@ -663,6 +765,15 @@ SCHEMAS = {
         "endpoints": {"fqdn": {"hostname": ANY, "port": ANY}, "ip": {"address": ANY, "port": ANY}, "unix": {"path": ANY}, "hostname": ANY, "zone": ANY},
         "tls": {"caCertificateRefs": ANY, "wellKnownCACertificates": ANY, "insecureSkipVerify": ANY, "sni": ANY, "autoSNIFromEndpointHostname": ANY},
     },
+    ("gateway.networking.k8s.io/v1", "GatewayClass"): {"controllerName": ANY, "parametersRef": ANY, "description": ANY},
+    ("gateway.networking.k8s.io/v1", "Gateway"): {
+        "gatewayClassName": ANY, "addresses": ANY, "infrastructure": ANY, "backendTLS": ANY, "allowedListeners": ANY,
+        "listeners": {
+            "name": ANY, "hostname": ANY, "port": ANY, "protocol": ANY,
+            "tls": {"mode": ANY, "certificateRefs": {"group": ANY, "kind": ANY, "name": ANY, "namespace": ANY}, "options": ANY, "frontendValidation": ANY},
+            "allowedRoutes": {"namespaces": {"from": ANY, "selector": ANY}, "kinds": ANY},
+        },
+    },
     ("gateway.networking.k8s.io/v1", "HTTPRoute"): {
         "parentRefs": {"group": ANY, "kind": ANY, "namespace": ANY, "name": ANY, "sectionName": ANY, "port": ANY},
         "hostnames": ANY,
@@ -674,6 +785,10 @@ SCHEMAS = {
         },
     },
 }
+
+
+# Kinds without a namespace.
+CLUSTER_SCOPED = {"GatewayClass"}
 
 
 def unknown_fields(value, schema, path) -> list[str]:
@@ -739,8 +854,8 @@ def manifest_fields():
             continue
         require(set(doc) <= {"apiVersion", "kind", "metadata", "spec"}, f"{label}: top-level keys {sorted(doc)}")
         meta = doc.get("metadata", {})
-        if not meta.get("name") or not meta.get("namespace"):
-            problems.append(f"{label}: metadata needs name and namespace")
+        if not meta.get("name") or (not meta.get("namespace")) != (key[1] in CLUSTER_SCOPED):
+            problems.append(f"{label}: metadata needs a name, and a namespace unless the kind is cluster-scoped")
         problems.extend(f"{label}: unknown field {u}" for u in unknown_fields(doc.get("spec"), SCHEMAS[key], "spec"))
     require(not problems, "\n".join(problems))
 
@@ -837,13 +952,17 @@ def envoy_gateway_manifests():
 
 # ---- timeouts of the long-query routes ---------------------------------------------
 
+sys.path.insert(0, str(ROOT / "tools"))
+import long_routes  # noqa: E402  (tools/long_routes.py: the one list of long-query routes)
+
 # Looker operations that run a query and may take minutes: they must get the long timeout.
 LONG_OPERATIONS = {
     "run_inline_query", "run_url_encoded_query", "run_query", "run_look", "create_query_task",
     "query_task_results", "query_task_multi_results", "run_sql_query", "run_sql_interface_query",
-    "render_task_results", "create_merge_query",
+    "render_task_results", "create_merge_query", "scheduled_plan_run_once", "scheduled_plan_run_once_by_id",
+    "connection_cost_estimate",
 }
-LONG, SHORT = 300, 30
+LONG, SHORT = long_routes.LONG_TIMEOUT_S, long_routes.SHORT_TIMEOUT_S
 
 
 def operations() -> list[tuple[str, str, str, str]]:
@@ -864,22 +983,9 @@ def seconds(value) -> int:
     return int(m.group(1))
 
 
-def check_timeouts(label: str, timeout_of):
-    problems = []
-    for method, path, op, activity in operations():
-        timeout = timeout_of(path)
-        if timeout is None:
-            problems.append(f"{op} ({path}): no route")
-        elif op in LONG_OPERATIONS and timeout < LONG:
-            problems.append(f"{op} ({path}): {timeout}s, needs {LONG}s")
-        elif activity != "db_query" and timeout != SHORT:
-            problems.append(f"{op} ({path}, not db_query): {timeout}s, expected {SHORT}s")
-    require(not problems, f"{label}:\n" + "\n".join(problems[:20]))
-
-
-@check("production.yaml: db_query operations get 300s, the rest 30s")
-def production_timeouts():
-    config = yaml.safe_load(PRODUCTION.read_text())
+def production_timeout_of(config: dict):
+    """path -> route timeout in envoy/production.yaml: the first route that matches
+    (prefix, path, safe_regex on the path without query), as Envoy does."""
     (hcm,) = [
         f["typed_config"]
         for l in config["static_resources"]["listeners"]
@@ -901,49 +1007,110 @@ def production_timeouts():
                 return seconds(action["timeout"])
         return None
 
-    check_timeouts("envoy/production.yaml", timeout_of)
+    return timeout_of
 
 
-@check("Istio VirtualService and Envoy Gateway HTTPRoute: the same timeout split")
-def manifest_timeouts():
-    (vs,) = docs_of("VirtualService")
+def istio_timeout_of(vs: dict):
+    """path -> timeout of the VirtualService: the first http route with a matching uri
+    (prefix, exact, regex: Envoy safe_regex on the path without query), as Istio orders them."""
 
-    def vs_timeout(path):
+    def timeout_of(path):
         for http in vs["spec"]["http"]:
             for m in http.get("match", [{}]):
                 uri = m.get("uri", {})
-                if ("prefix" in uri and path.startswith(uri["prefix"])) or ("regex" in uri and re.fullmatch(uri["regex"], path)):
+                if not uri or ("prefix" in uri and path.startswith(uri["prefix"])) or ("exact" in uri and path == uri["exact"]) or (
+                    "regex" in uri and re.fullmatch(uri["regex"], path)
+                ):
                     return seconds(http["timeout"])
         return None
 
-    check_timeouts("envoy/istio VirtualService", vs_timeout)
-    (route,) = docs_of("HTTPRoute")
+    return timeout_of
 
-    def prefix_match(value, path):  # Gateway API PathPrefix: whole path elements
-        value = value.rstrip("/")
+
+def envoy_gateway_timeout_of(route: dict):
+    """path -> request timeout of the HTTPRoute, matches ordered as Envoy Gateway orders
+    them (internal/gatewayapi/sort.go): Exact, then RegularExpression, then PathPrefix
+    (whole path elements, Gateway API), longer values first within a type."""
+    rank = {"Exact": 0, "RegularExpression": 1, "PathPrefix": 2}
+    matches = sorted(
+        ((rank[m["path"]["type"]], -len(m["path"]["value"]), m["path"], rule) for rule in route["spec"]["rules"] for m in rule["matches"]),
+        key=lambda x: x[:2],
+    )
+
+    def matches_path(p, path):
+        if p["type"] == "Exact":
+            return path == p["value"]
+        if p["type"] == "RegularExpression":
+            return re.fullmatch(p["value"], path) is not None
+        value = p["value"].rstrip("/")
         return path == value or path.startswith(value + "/")
 
-    def best_rule(path):
-        # Gateway API: the longest matching prefix wins, regexes by order after exact/prefix.
-        best, best_len = None, -1
-        for rule in route["spec"]["rules"]:
-            for m in rule["matches"]:
-                p = m["path"]
-                if p["type"] == "PathPrefix" and prefix_match(p["value"], path) and len(p["value"]) > best_len:
-                    best, best_len = rule, len(p["value"])
-        if best is None or best_len < len("/api/4.0/"):
-            for rule in route["spec"]["rules"]:
-                for m in rule["matches"]:
-                    p = m["path"]
-                    if p["type"] == "RegularExpression" and re.fullmatch(p["value"], path):
-                        return rule
-        return best
+    def timeout_of(path):
+        for _, _, p, rule in matches:
+            if matches_path(p, path):
+                return seconds(rule["timeouts"]["request"])
+        return None
 
-    def route_timeout(path):
-        rule = best_rule(path)
-        return None if rule is None else seconds(rule["timeouts"]["request"])
+    return timeout_of
 
-    check_timeouts("envoy/envoy-gateway HTTPRoute", route_timeout)
+
+def platform_timeouts(prod_config: dict, vs: dict, route: dict) -> dict[str, dict[str, tuple]]:
+    """{platform: {"op (path)": (timeout or None, op, activity)}} for every Looker 4.0 operation."""
+    platforms = {
+        "envoy/production.yaml": production_timeout_of(prod_config),
+        "Istio VirtualService": istio_timeout_of(vs),
+        "Envoy Gateway HTTPRoute": envoy_gateway_timeout_of(route),
+    }
+    return {name: {f"{op} ({path})": (fn(path), op, activity) for _, path, op, activity in operations()} for name, fn in platforms.items()}
+
+
+def timeout_problems(tables) -> list[str]:
+    """Every operation routed; query runs long, non-query operations short; and every
+    platform giving each operation the same timeout as the first."""
+    problems = []
+    for platform, table in tables.items():
+        for label, (timeout, op, activity) in table.items():
+            if timeout is None:
+                problems.append(f"{platform}: {label}: no route")
+            elif op in LONG_OPERATIONS and timeout < LONG:
+                problems.append(f"{platform}: {label}: {timeout}s, needs {LONG}s")
+            elif activity != "db_query" and timeout != SHORT:
+                problems.append(f"{platform}: {label}, not db_query: {timeout}s, expected {SHORT}s")
+    (first, reference), *others = tables.items()
+    for platform, table in others:
+        for label in reference:
+            if table[label][0] != reference[label][0]:
+                problems.append(f"{label}: {first} {reference[label][0]}s, {platform} {table[label][0]}s")
+    return problems
+
+
+def shipped_route_sources() -> tuple[dict, dict, dict]:
+    (vs,) = docs_of("VirtualService")
+    (route,) = docs_of("HTTPRoute")
+    return yaml.safe_load(PRODUCTION.read_text()), vs, route
+
+
+@check("long routes: production.yaml, the Istio VirtualService and the HTTPRoute carry tools/long_routes.py's list")
+def long_routes_not_drifted():
+    problems = long_routes.drift()
+    require(not problems, "\n".join(problems))
+
+
+@check("every Looker 4.0 operation gets the same timeout on production.yaml, Istio and Envoy Gateway (300s query runs, 30s the rest)")
+def same_timeouts_everywhere():
+    tables = platform_timeouts(*shipped_route_sources())
+    problems = timeout_problems(tables)
+    require(not problems, "\n".join(problems[:30]))
+    # Controls: one long route fewer on one platform, and a prefix that shadows the
+    # regexes in Envoy (first match wins) but not in Envoy Gateway, both fail.
+    prod, vs, route = shipped_route_sources()
+    vs["spec"]["http"][0]["match"].pop()
+    require(timeout_problems(platform_timeouts(prod, vs, route)), "a VirtualService without the last long route passed")
+    prod, vs, route = shipped_route_sources()
+    hcm = prod["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
+    routes = hcm["route_config"]["virtual_hosts"][0]["routes"]
+    routes.insert(0, copy.deepcopy(routes[-1]) | {"match": {"prefix": "/api/4.0/scheduled_plans"}})
+    require(timeout_problems(platform_timeouts(prod, vs, route)), "a production route shadowing a long route passed")
 
 
 @check("production.yaml: TLS to Looker with SNI and CA validation; admin on loopback; broker breakers")
@@ -1188,25 +1355,114 @@ def istio_looker_unreachable_without_filter():
         require(looker_exposure_problems(planted, namespace, marker), "a planted exposure passed the check")
 
 
-@check("Envoy Gateway: the body-access EnvoyPatchPolicy names the generated Wasm filter on the routes' Gateway")
+def eg_route_listeners() -> list[tuple[dict, dict]]:
+    """(Gateway, Gateway listener) for every parentRef of the shipped HTTPRoutes: each must
+    name a shipped Gateway API Gateway in the route's namespace and one of its listeners
+    by sectionName (without it a route attaches to every listener of the Gateway)."""
+    gateways = {(g["metadata"]["namespace"], g["metadata"]["name"]): g for g in docs_of("Gateway") if g["apiVersion"].startswith("gateway.networking.k8s.io/")}
+    out = []
+    for route in docs_of("HTTPRoute"):
+        where = f"HTTPRoute/{route['metadata']['name']}"
+        for ref in route["spec"]["parentRefs"]:
+            require(ref.get("kind", "Gateway") == "Gateway" and ref.get("group", "gateway.networking.k8s.io") == "gateway.networking.k8s.io", f"{where}: parentRef {ref} is not a Gateway")
+            key = (ref.get("namespace", route["metadata"]["namespace"]), ref["name"])
+            require(key in gateways, f"{where}: parentRef {ref} names no shipped Gateway ({sorted(gateways)})")
+            require(ref.get("sectionName"), f"{where}: parentRef {ref} has no sectionName")
+            listeners = {l["name"]: l for l in gateways[key]["spec"]["listeners"]}
+            require(ref["sectionName"] in listeners, f"{where}: sectionName {ref['sectionName']!r} is none of {sorted(listeners)}")
+            out.append((gateways[key], listeners[ref["sectionName"]]))
+    require(out, "no HTTPRoute attaches to a Gateway")
+    return out
+
+
+def eg_xds_listener_names(gateway: dict, listener: dict) -> tuple[str, str]:
+    """The xDS listener Envoy Gateway generates for a Gateway listener: (default name,
+    name with the XDSNameSchemeV2 runtime flag). internal/gatewayapi/helpers.go
+    irListenerName, internal/xds/translator/listener.go xdsListenerName (v2: protocol and
+    the Gateway listener's port); testdata/out/xds-ir/gateway-tls-frontend.listeners.yaml
+    and xds-name-scheme-v2.listeners.yaml."""
+    meta = gateway["metadata"]
+    return f"{meta['namespace']}/{meta['name']}/{listener['name']}", f"tcp-{listener['port']}"
+
+
+@check("Envoy Gateway: the HTTPRoute attaches by sectionName to an HTTPS listener that terminates TLS with a Secret")
+def envoy_gateway_https_listener():
+    for gateway, listener in eg_route_listeners():
+        where = f"Gateway/{gateway['metadata']['name']} listener {listener['name']}"
+        require(listener["protocol"] == "HTTPS" and listener["port"] == 443, f"{where}: {listener['protocol']} on {listener['port']}, expected HTTPS on 443")
+        tls = listener.get("tls") or {}
+        refs = tls.get("certificateRefs") or []
+        require(tls.get("mode", "Terminate") == "Terminate" and refs, f"{where}: tls {tls}")
+        for ref in refs:
+            require(ref.get("kind", "Secret") == "Secret" and ref.get("group", "") == "" and "namespace" not in ref, f"{where}: certificateRef {ref} is not a Secret in the Gateway's namespace")
+        # Only HTTPS listener on its port: listeners sharing a port share one xDS listener,
+        # named after the first, which the body-access patch would then have to name.
+        same_port = [l["name"] for l in gateway["spec"]["listeners"] if l["port"] == listener["port"]]
+        require(same_port == [listener["name"]], f"{where}: listeners {same_port} share port {listener['port']}")
+        for route in docs_of("HTTPRoute"):
+            hosts = set(route["spec"].get("hostnames", []))
+            require(listener.get("hostname") in hosts | {None}, f"{where}: hostname {listener.get('hostname')} serves none of {sorted(hosts)}")
+        classes = {c["metadata"]["name"]: c for c in docs_of("GatewayClass")}
+        gateway_class = classes.get(gateway["spec"]["gatewayClassName"])
+        require(gateway_class and gateway_class["spec"]["controllerName"] == "gateway.envoyproxy.io/gatewayclass-controller",
+                f"{where}: GatewayClass {gateway['spec']['gatewayClassName']!r} is not a shipped Envoy Gateway class")
+        # mergeGateways (an EnvoyProxy parametersRef) changes listener names.
+        require("parametersRef" not in gateway_class["spec"], "the GatewayClass has a parametersRef: listener names may differ (mergeGateways)")
+        for policy in docs_of("EnvoyPatchPolicy") + docs_of("ClientTrafficPolicy"):
+            refs_of = policy["spec"].get("targetRefs") or [policy["spec"]["targetRef"]]
+            for target in refs_of:
+                require(target["kind"] == "Gateway" and target["name"] == gateway["metadata"]["name"] and policy["metadata"]["namespace"] == gateway["metadata"]["namespace"],
+                        f"{policy['kind']}/{policy['metadata']['name']} targets {target}, not the route's Gateway {gateway['metadata']['name']}")
+        secret = refs[0]["name"]
+        for path in (EG_DIR / "gateway.yaml", DEPLOY_DOC):
+            require(f"kubectl create secret tls {secret} -n {gateway['metadata']['namespace']}" in path.read_text(), f"{rel(path)} does not say how to create the Secret {secret}")
+
+
+def eg_body_access_problems(extension_policy: dict, patch_policies: list[dict], route_listeners: list[tuple[dict, dict]]) -> list[str]:
+    meta = extension_policy["metadata"]
+    generated = f"envoy.filters.http.wasm/envoyextensionpolicy/{meta['namespace']}/{meta['name']}/wasm/0"
+    wanted = {eg_xds_listener_names(g, l)[0]: g["metadata"]["name"] for g, l in route_listeners}
+    patched, problems = set(), []
+    for epp in patch_policies:
+        for patch in epp["spec"]["jsonPatches"]:
+            if not patch["type"].endswith("envoy.config.listener.v3.Listener"):
+                continue
+            op, where = patch["operation"], f"EnvoyPatchPolicy/{epp['metadata']['name']} listener {patch['name']}"
+            if patch["name"] not in wanted:
+                problems.append(f"{where}: not the listener Envoy Gateway generates for the routes' Gateway listener {sorted(wanted)}")
+            elif epp["spec"]["targetRef"]["name"] != wanted[patch["name"]]:
+                problems.append(f"{where}: the policy targets Gateway {epp['spec']['targetRef']['name']}, the listener is {wanted[patch['name']]}'s")
+            if not (op["op"] == "add" and op.get("path") == "/allow_on_headers_stop_iteration" and op.get("value") is True):
+                problems.append(f"{where}: operation {op}")
+            elif f"[?(@.name=='{generated}')].typed_config.config" not in op.get("jsonPath", ""):
+                problems.append(f"{where}: jsonPath {op.get('jsonPath')!r} does not select {generated}")
+            else:
+                patched.add(patch["name"])
+    if set(wanted) - patched:
+        problems.append(f"no EnvoyPatchPolicy gives the filter body access on {sorted(set(wanted) - patched)}: query guardrails would time out")
+    return problems
+
+
+@check("Envoy Gateway: the body-access EnvoyPatchPolicy names the xDS listener and Wasm filter Envoy Gateway generates")
 def envoy_gateway_body_access_patch():
     (policy,) = docs_of("EnvoyExtensionPolicy")
-    meta = policy["metadata"]
     require(len(policy["spec"]["wasm"]) == 1, "one Wasm entry expected (the patch names wasm/0)")
-    generated = f"envoy.filters.http.wasm/envoyextensionpolicy/{meta['namespace']}/{meta['name']}/wasm/0"
-    gateways = {ref["name"] for r in docs_of("HTTPRoute") for ref in r["spec"]["parentRefs"]}
-    patches = [
-        (epp, p) for epp in docs_of("EnvoyPatchPolicy") for p in epp["spec"]["jsonPatches"]
-        if p["type"].endswith("envoy.config.listener.v3.Listener")
-    ]
-    require(patches, "no EnvoyPatchPolicy patches a listener: query guardrails would time out on Envoy Gateway")
-    for epp, patch in patches:
-        op = patch["operation"]
-        gateway = epp["spec"]["targetRef"]["name"]
-        require(gateway in gateways, f"{epp['metadata']['name']} targets Gateway {gateway}, the routes use {sorted(gateways)}")
-        require(patch["name"].startswith(f"{epp['metadata']['namespace']}/{gateway}/"), f"listener {patch['name']} is not a listener of {gateway}")
-        require(op["op"] == "add" and op.get("path") == "/allow_on_headers_stop_iteration" and op.get("value") is True, f"operation {op}")
-        require(f"[?(@.name=='{generated}')].typed_config.config" in op.get("jsonPath", ""), f"jsonPath {op.get('jsonPath')!r} does not select {generated}")
+    route_listeners = eg_route_listeners()
+    problems = eg_body_access_problems(policy, docs_of("EnvoyPatchPolicy"), route_listeners)
+    require(not problems, "\n".join(problems))
+    # The listener name of the other naming scheme is documented beside the patch.
+    text = (EG_DIR / "extension-policy.yaml").read_text()
+    for gateway, listener in route_listeners:
+        default, v2 = eg_xds_listener_names(gateway, listener)
+        require(f"name: {default}" in text and v2 in text and "XDSNameSchemeV2" in text, f"extension-policy.yaml: the patch does not name {default} and document {v2} (XDSNameSchemeV2)")
+    # Controls: the placeholder listener of the previous manifests, and the V2 name, fail.
+    for name in ("lookergate/eg/https", eg_xds_listener_names(*route_listeners[0])[1]):
+        planted = copy.deepcopy(docs_of("EnvoyPatchPolicy"))
+        for epp in planted:
+            for patch in epp["spec"]["jsonPatches"]:
+                if patch["type"].endswith("envoy.config.listener.v3.Listener"):
+                    patch["name"] = name
+        require(eg_body_access_problems(policy, planted, route_listeners), f"a body-access patch on listener {name} passed the check")
 
 
 @check("Istio and Envoy Gateway patches in Envoy: guarded query 200 patched, 408 unpatched, 403 without the filter")
