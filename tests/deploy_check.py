@@ -16,6 +16,10 @@ root, after `make wasm envoy`).
   of Cargo.toml copied, packages, binaries; envoy/Dockerfile builds the filter into the
   pinned Envoy image, so compose mounts no build output). Cargo.toml's rust-version is
   the highest of the locked dependencies (read from the cargo registry sources).
+- Every shipped Envoy config carries envoy/stats-tags.yaml's `stats_config` (the tag
+  extractors that turn the filter's stat names into Prometheus labels), copied in by
+  tools/stats_tags.py (no drift); so do the Istio bootstrap override and the Envoy
+  Gateway EnvoyProxy that tool prints.
 - Kubernetes manifests (envoy/istio, envoy/envoy-gateway) parse, have the expected
   apiVersion/kind, and use only field names of those APIs; cross references (plugin
   broker cluster, hosts, targetRefs) line up.
@@ -1476,6 +1480,53 @@ def mesh_patches_in_envoy():
     except mesh_patch_check.Failed as e:
         failures = [str(e)]
     require(not failures, "\n".join(lines + failures))
+
+
+# ---- stats tags --------------------------------------------------------------------
+
+import stats_tags  # noqa: E402  (tools/stats_tags.py: envoy/stats-tags.yaml into every config)
+
+STATS_CONFIG = yaml.safe_load(stats_tags.fragment())["stats_config"]
+
+
+def stats_config_problems(config: dict, label: str) -> list[str]:
+    """What keeps `config` from carrying exactly envoy/stats-tags.yaml's stats_config."""
+    actual = config.get("stats_config")
+    if actual is None:
+        return [f"{label}: no stats_config (the lookergate stats tags of envoy/stats-tags.yaml)"]
+    want = {(t["tag_name"], t["regex"]) for t in STATS_CONFIG["stats_tags"]}
+    have = {(t.get("tag_name"), t.get("regex")) for t in actual.get("stats_tags", [])}
+    problems = [f"{label}: missing stats tag {name} {regex!r}" for name, regex in sorted(want - have)]
+    problems += [f"{label}: stats tag {name} {regex!r} is not in envoy/stats-tags.yaml" for name, regex in sorted(have - want)]
+    if actual != STATS_CONFIG and not problems:
+        problems.append(f"{label}: stats_config differs from envoy/stats-tags.yaml")
+    return problems
+
+
+@check("stats tags: every shipped Envoy config carries envoy/stats-tags.yaml's stats_config (tools/stats_tags.py, no drift)")
+def stats_tags_everywhere():
+    problems = stats_tags.drift()
+    for path in envoy_configs():
+        problems += stats_config_problems(yaml.safe_load(path.read_text()), rel(path))
+    require(not problems, "\n".join(problems))
+
+
+@check("stats tags: a config that lacks one is refused (control)")
+def stats_tags_control():
+    config = yaml.safe_load(DEMO.read_text())
+    config["stats_config"]["stats_tags"].pop()
+    require(stats_config_problems(config, "demo.yaml less one tag"), "a config missing a stats tag passed the check")
+
+
+@check("stats tags: the Istio bootstrap override and the Envoy Gateway EnvoyProxy carry the same list")
+def stats_tags_for_platforms():
+    config_map = yaml.safe_load(stats_tags.istio_config_map("istio-ingress"))
+    require(config_map["kind"] == "ConfigMap" and config_map["metadata"]["name"] == stats_tags.RESOURCE_NAME, f"{config_map}")
+    problems = stats_config_problems(yaml.safe_load(config_map["data"]["custom_bootstrap.json"]), "Istio ConfigMap custom_bootstrap.json")
+    proxy = yaml.safe_load(stats_tags.envoy_gateway_proxy("lookergate"))
+    require(proxy["kind"] == "EnvoyProxy" and proxy["spec"]["bootstrap"]["type"] == "Merge", f"{proxy}")
+    problems += stats_config_problems(yaml.safe_load(proxy["spec"]["bootstrap"]["value"]), "EnvoyProxy spec.bootstrap.value")
+    require(not problems, "\n".join(problems))
 
 
 # ---- runner ------------------------------------------------------------------------
