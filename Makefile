@@ -66,7 +66,7 @@ test: wasm envoy test-bins
 	LOOKERGATE_SIM_BIN="$(CURDIR)/target/debug/lookergate-looker-sim" \
 	LOOKERGATE_IDP_BIN="$(CURDIR)/target/debug/lookergate" \
 	$(CARGO) test --workspace --lib --bins --tests --no-fail-fast
-	$(MAKE) --no-print-directory lint-filter sdk-test deploy-check fuzz-replay
+	$(MAKE) --no-print-directory lint-filter sdk-test deploy-check dashboard-check fuzz-replay
 
 # The official Looker SDK (pinned) through the gateway, against the demo config.
 sdk-test: envoy test-bins
@@ -85,6 +85,21 @@ lint: wasm-target
 
 fmt:
 	$(CARGO) fmt --all
+
+# `make dashboard-check`: every query of envoy/grafana/lookergate-dashboard.json evaluated
+# by a real Prometheus (Debian's `prometheus`, installed here if missing: needs root)
+# scraping the demo Envoy's /stats/prometheus and the broker's /metrics under traffic that
+# fills every panel; fails on an error or an empty result (tests/dashboard_check.py).
+.PHONY: dashboard-check
+dashboard-check: wasm envoy test-bins
+	@command -v prometheus >/dev/null || { [ "$$(id -u)" = 0 ] || { echo "dashboard-check: needs Prometheus: apt-get install prometheus (as root)" >&2; exit 1; }; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null; }
+	@.venv/bin/python -c 'import yaml' 2>/dev/null || .venv/bin/pip install --quiet --disable-pip-version-check pyyaml==6.0.3
+	LOOKERGATE_WASM="$(CURDIR)/$(WASM)" LOOKERGATE_ENVOY="$(CURDIR)/$(ENVOY)" \
+	LOOKERGATE_BROKER_BIN="$(CURDIR)/target/debug/lookergate-broker" \
+	LOOKERGATE_SIM_BIN="$(CURDIR)/target/debug/lookergate-looker-sim" \
+	LOOKERGATE_IDP_BIN="$(CURDIR)/target/debug/lookergate" \
+	.venv/bin/python tests/dashboard_check.py
 
 # ---- bench (owned by the performance work; see bench/RESULTS.md) -------------------
 # `make bench`: lookergate vs bare Envoy, a no-op Wasm filter and native jwt_authn, side
