@@ -155,10 +155,15 @@ soak: wasm envoy
 # ---- deployment artifacts (envoy/*.yaml, envoy/istio, envoy/envoy-gateway, Dockerfiles) -
 # `make deploy-check`: `envoy --mode validate` on every shipped Envoy config, the plugin
 # JSON of every config and manifest against the demo's (and loaded by the filter), the
-# manifests' field names, compose/Dockerfile consistency, and the Istio/Envoy Gateway
-# body-access patches applied to the xDS those platforms generate, loaded in Envoy with
-# the broker, simulator and dev IdP (tests/mesh_patch_check.py); see tests/deploy_check.py.
+# manifests against the real API schemas (Istio, Gateway API, Envoy Gateway: the npm
+# packages pinned in tests/schema/, installed by the check with `npm ci` into
+# tests/.schema-cache on first use; tests/schema/README.md), compose/Dockerfile
+# consistency, and the Istio/Envoy Gateway body-access patches applied to the xDS those
+# platforms generate, loaded in Envoy with the broker, simulator and dev IdP
+# (tests/mesh_patch_check.py); see tests/deploy_check.py.
 .PHONY: deploy-check
 deploy-check: wasm envoy test-bins
 	@.venv/bin/python -c 'import yaml' 2>/dev/null || .venv/bin/pip install --quiet --disable-pip-version-check pyyaml==6.0.3
+	@command -v node >/dev/null && command -v npm >/dev/null || { [ "$$(id -u)" = 0 ] || { echo "deploy-check: needs Node.js and npm: apt-get install nodejs npm (as root)" >&2; exit 1; }; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends nodejs npm >/dev/null; }
 	LOOKERGATE_ENVOY="$(CURDIR)/$(ENVOY)" .venv/bin/python tests/deploy_check.py

@@ -23,6 +23,13 @@ root, after `make wasm envoy`).
 - Kubernetes manifests (envoy/istio, envoy/envoy-gateway) parse, have the expected
   apiVersion/kind, and use only field names of those APIs; cross references (plugin
   broker cluster, hosts, targetRefs) line up.
+- Every manifest document is valid against its API's real schema (types, enums,
+  required fields, no unknown field): Istio 1.29.2, Gateway API v1.5.1, Envoy Gateway
+  v1.7.3 and Kubernetes 1.36.0, the validators of the npm packages pinned in
+  tests/schema/ (installed into tests/.schema-cache with `npm ci`, once; needs Node.js
+  and npm), run by tests/validate_manifests.mjs. Planted errors (a wrong enum such as
+  EnvoyFilter `applyTo: HTTP_FILTR`, wrong types, a missing required field, unknown
+  fields) must fail. tests/schema/README.md: sources, versions, our minimum versions.
 - The long-query routes of production.yaml, the Istio VirtualService and the
   HTTPRoute are tools/long_routes.py's list (no drift), and replaying every Looker 4.0
   operation against each platform's routes (its own matching order) gives every
@@ -41,7 +48,7 @@ root, after `make wasm envoy`).
   a guarded query gets 200 patched, 408 unpatched, 403 through a gateway without the
   filter); that check needs the native binaries too (`make test-bins`).
 
-Needs PyYAML. Prints one line per check and `N passed, M failed`; exits 1 on failure.
+Needs PyYAML, Node.js and npm. Prints one line per check and `N passed, M failed`; exits 1 on failure.
 """
 
 from __future__ import annotations
@@ -861,6 +868,158 @@ def manifest_fields():
         if not meta.get("name") or (not meta.get("namespace")) != (key[1] in CLUSTER_SCOPED):
             problems.append(f"{label}: metadata needs a name, and a namespace unless the kind is cluster-scoped")
         problems.extend(f"{label}: unknown field {u}" for u in unknown_fields(doc.get("spec"), SCHEMAS[key], "spec"))
+    require(not problems, "\n".join(problems))
+
+
+# ---- manifests against the real API schemas -----------------------------------------
+
+# tests/schema/package.json pins them (tests/schema/package-lock.json: integrity); they
+# are installed into tests/.schema-cache (ignored) on first use and reused after.
+SCHEMA_DIR = ROOT / "tests/schema"
+SCHEMA_CACHE = ROOT / "tests/.schema-cache"
+VALIDATOR = ROOT / "tests/validate_manifests.mjs"
+# npm package -> (version, the upstream API it was generated from). Checked against
+# tests/schema/package.json, the installed packages and, for Istio, the CRD file its
+# metadata names; the generated-from versions of the Go-generated ones are in their
+# changelogs (tests/schema/README.md).
+SCHEMA_SOURCES = {
+    "@kubernetes-models/istio": ("3.0.1", "Istio 1.29.2 (crd-all.gen.yaml)"),
+    "@kubernetes-models/gateway-api": ("2.0.0", "Gateway API v1.5.1"),
+    "@kubernetes-models/envoy-gateway": ("2.0.0", "Envoy Gateway v1.7.3"),
+    "kubernetes-models": ("5.1.0", "Kubernetes 1.36.0"),
+}
+ISTIO_CRD_SOURCE = "istio/istio/1.29.2/manifests/charts/base/files/crd-all.gen.yaml"
+# Fields the schemas leave free-form (x-kubernetes-preserve-unknown-fields): Envoy config
+# and the plugin JSON, checked above (envoy --mode validate, the plugin schema) and by
+# tests/mesh_patch_check.py. Their contents are not probed for unknown fields.
+FREE_FORM = {
+    "EnvoyFilter": ["spec.configPatches[].patch.value"],
+    "EnvoyExtensionPolicy": ["spec.wasm[].config"],
+    "EnvoyPatchPolicy": ["spec.jsonPatches[].operation.value"],
+}
+
+
+def schema_packages() -> Path:
+    """tests/.schema-cache with the pinned packages (`npm ci` when the lock changed)."""
+    lock = (SCHEMA_DIR / "package-lock.json").read_bytes()
+    stamp = SCHEMA_CACHE / "installed.lock.json"
+    if not (stamp.exists() and stamp.read_bytes() == lock and (SCHEMA_CACHE / "node_modules").is_dir()):
+        SCHEMA_CACHE.mkdir(exist_ok=True)
+        for name in ("package.json", "package-lock.json"):
+            (SCHEMA_CACHE / name).write_bytes((SCHEMA_DIR / name).read_bytes())
+        # The packages declare node >= 22 and run on the machine's 20 (plain ES2022 + ajv).
+        done = subprocess.run(
+            ["npm", "ci", "--ignore-scripts", "--no-audit", "--no-fund", "--loglevel=error", "--prefix", str(SCHEMA_CACHE)],
+            capture_output=True, text=True,
+        )
+        require(done.returncode == 0, f"npm ci in {rel(SCHEMA_CACHE)} failed:\n{done.stdout}{done.stderr}")
+        stamp.write_bytes(lock)
+    return SCHEMA_CACHE
+
+
+def schema_problems(items: list[tuple[str, dict, list[str]]]) -> dict[str, tuple[str | None, list[str]]]:
+    """label -> (package@version that validated it, errors) for (label, document, free-form fields)."""
+    payload = [{"label": label, "doc": doc, "freeForm": free} for label, doc, free in items]
+    done = subprocess.run(["node", str(VALIDATOR), str(schema_packages())], input=json.dumps(payload), capture_output=True, text=True)
+    require(done.returncode == 0, f"{rel(VALIDATOR)} failed:\n{done.stderr}")
+    return {r["label"]: (r["schema"], r["errors"]) for r in json.loads(done.stdout)}
+
+
+def manifest_label(path: Path, doc: dict) -> str:
+    return f"{rel(path)} {doc.get('kind')}/{(doc.get('metadata') or {}).get('name')}"
+
+
+@check("manifests: valid against the real API schemas (Istio 1.29.2, Gateway API v1.5.1, Envoy Gateway v1.7.3): types, enums, required fields, no unknown field")
+def manifest_schemas():
+    manifest = json.loads((SCHEMA_DIR / "package.json").read_text())
+    pinned = manifest["dependencies"]
+    require(pinned == {name: v for name, (v, _) in SCHEMA_SOURCES.items()}, f"tests/schema/package.json pins {pinned}, SCHEMA_SOURCES says {SCHEMA_SOURCES}")
+    cache = schema_packages()
+    for name, (version, _) in SCHEMA_SOURCES.items():
+        installed = json.loads((cache / "node_modules" / name / "package.json").read_text())
+        require(installed["version"] == version, f"{name}: {installed['version']} installed, {version} pinned")
+        if name == "@kubernetes-models/istio":
+            inputs = installed.get("crd-generate", {}).get("input", [])
+            require(any(ISTIO_CRD_SOURCE in url for url in inputs), f"{name} was generated from {inputs}, not {ISTIO_CRD_SOURCE}")
+    docs = manifests()
+    results = schema_problems([(manifest_label(p, d), d, FREE_FORM.get(d.get("kind"), [])) for p, d in docs])
+    problems = [f"{label} ({schema or 'no schema'}): {e}" for label, (schema, errors) in results.items() for e in errors]
+    require(len(results) == len(docs), f"{len(docs)} documents, {len(results)} results (duplicate kind/name in a file?)")
+    require(not problems, "\n".join(problems))
+
+
+REMOVE = object()
+
+
+def set_field(path: str, value):
+    """A change that sets (or, with REMOVE, deletes) the dotted `path` of a document."""
+
+    def change(doc):
+        *parents, last = [int(k) if k.isdigit() else k for k in path.split(".")]
+        node = doc
+        for key in parents:
+            node = node[key]
+        if value is REMOVE:
+            del node[last]
+        else:
+            node[last] = value
+
+    return change
+
+
+# Planted errors, one per copy of a shipped document: (kind, what, change, error expected).
+SCHEMA_CONTROLS = [
+    ("EnvoyFilter", "wrong enum", set_field("spec.configPatches.0.applyTo", "HTTP_FILTR"), "spec.configPatches[0].applyTo: must be one of"),
+    ("VirtualService", "wrong type", set_field("spec.http.0.timeout", 300), "spec.http[0].timeout: must be string"),
+    ("VirtualService", "a string for a list", set_field("spec.hosts", "looker-api.example.com"), "spec.hosts: must be array"),
+    ("AuthorizationPolicy", "wrong enum", set_field("spec.action", "DENI"), "spec.action: must be one of"),
+    ("ServiceEntry", "unknown field", set_field("spec.exportto", ["."]), "spec.exportto: unknown field"),
+    ("DestinationRule", "metadata typo", set_field("metadata.namspace", "istio-ingress"), "metadata.namspace: unknown field"),
+    ("HTTPRoute", "missing required field", set_field("spec.parentRefs.0.name", REMOVE), 'spec.parentRefs[0]: missing required field "name"'),
+    ("HTTPRoute", "wrong enum", set_field("spec.rules.0.matches.0.path.type", "Prefix"), "spec.rules[0].matches[0].path.type: must be one of"),
+    ("Gateway", "unknown field (Gateway API)", set_field("spec.listeners.0.tls.certificateRef", []), "spec.listeners[0].tls.certificateRef: unknown field"),
+    ("EnvoyExtensionPolicy", "wrong enum", set_field("spec.wasm.0.code.type", "OCI"), "spec.wasm[0].code.type: must be one of"),
+    ("EnvoyPatchPolicy", "wrong enum", set_field("spec.jsonPatches.0.operation.op", "insert"), "spec.jsonPatches[0].operation.op: must be one of"),
+    ("Backend", "unknown field", set_field("spec.tls.snii", "x"), "spec.tls.snii: unknown field"),
+    ("ClientTrafficPolicy", "wrong type", set_field("spec.clientIPDetection.xForwardedFor.numTrustedHops", "0"), "spec.clientIPDetection.xForwardedFor.numTrustedHops: must be integer"),
+]
+
+
+@check("manifests: planted errors fail the schema check (control: wrong enums, types, a missing required field, unknown fields, a field wrongly declared free-form, a core kind, an unknown apiVersion)")
+def manifest_schemas_control():
+    shipped = {}
+    for _, doc in manifests():
+        # Kind names are unique but for Gateway, where the controls mean Gateway API's.
+        if not (doc["kind"] == "Gateway" and doc["apiVersion"].startswith("networking.istio.io/")):
+            shipped.setdefault(doc["kind"], doc)
+    items, expected = [], {}
+    for kind, what, change, error in SCHEMA_CONTROLS:
+        doc = copy.deepcopy(shipped[kind])
+        change(doc)
+        label = f"{kind}: {what}"
+        items.append((label, doc, FREE_FORM.get(kind, [])))
+        expected[label] = error
+    # A free-form declaration over a field the schema types would hide typos beneath it.
+    items.append(("EnvoyFilter: match declared free-form", shipped["EnvoyFilter"], ["spec.configPatches[].match"]))
+    expected["EnvoyFilter: match declared free-form"] = "spec.configPatches[0].match: declared free-form, but the schema types"
+    # Core kinds (none shipped yet) are validated too: Kubernetes' own schema.
+    deployment = {
+        "apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "lookergate-broker", "namespace": "lookergate"},
+        "spec": {"selector": {"matchLabels": {"app": "b"}}, "template": {"metadata": {"labels": {"app": "b"}}, "spec": {
+            "containers": [{"name": "broker", "image": "lookergate-broker", "imagePullPolicy": "Sometimes"}]}}},
+    }
+    items.append(("Deployment: wrong enum", deployment, []))
+    expected["Deployment: wrong enum"] = "spec.template.spec.containers[0].imagePullPolicy: must be one of"
+    planted = copy.deepcopy(shipped["EnvoyFilter"])
+    planted["apiVersion"] = "networking.istio.io/v1alpha4"
+    items.append(("EnvoyFilter: unknown apiVersion", planted, []))
+    expected["EnvoyFilter: unknown apiVersion"] = "@kubernetes-models/istio has no networking.istio.io/v1alpha4 EnvoyFilter"
+    results = schema_problems(items)
+    problems = []
+    for label, error in expected.items():
+        _, errors = results[label]
+        if not any(e.startswith(error) for e in errors):
+            problems.append(f"{label}: expected {error!r}, got {errors}")
     require(not problems, "\n".join(problems))
 
 
