@@ -86,6 +86,8 @@ pub struct Audit {
 }
 
 /// What a request's headers decide: the decision, or to read the body first.
+// `Decided` is nearly every request's path: boxing it would allocate for each one.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum HeadDecision {
     Decided(Decision),
