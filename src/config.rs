@@ -3,6 +3,7 @@
 
 use std::collections::HashSet;
 use std::fmt;
+use std::rc::Rc;
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -314,7 +315,7 @@ pub struct RemoteKeys {
     pub timeout: Duration,
 }
 
-/// What a verifier is rebuilt from when new keys arrive.
+/// What every verifier of the issuer is built from (with inline or fetched keys).
 #[derive(Debug, Clone)]
 struct VerifierSettings {
     audiences: Vec<String>,
@@ -338,55 +339,22 @@ pub struct Issuer {
     /// `None` for inline keys.
     pub remote: Option<RemoteKeys>,
     settings: VerifierSettings,
-    /// Replaced when fresh keys arrive (per worker: each worker has its own Gateway).
-    verifier: std::cell::RefCell<Option<IssuerVerifier>>,
+    /// Inline keys, decoded at load. Fetched keys live in each worker's `KeyRing`.
+    pub inline_keys: Option<Rc<KeySet>>,
 }
 
 impl Issuer {
-    pub fn verify(
-        &self,
-        token: &str,
-        now_unix: u64,
-    ) -> Result<crate::jwt::VerifiedToken, IssuerError> {
-        match self.verifier.borrow().as_ref() {
-            None => Err(IssuerError::NoKeys),
-            Some(v) => v.verify(token, now_unix).map_err(IssuerError::Token),
-        }
-    }
-
-    /// [`Issuer::verify`], sharing the worker's cached result (the filter's path).
-    pub fn verify_shared(
-        &self,
-        token: &str,
-        now_unix: u64,
-    ) -> Result<std::rc::Rc<crate::jwt::VerifiedToken>, IssuerError> {
-        match self.verifier.borrow().as_ref() {
-            None => Err(IssuerError::NoKeys),
-            Some(v) => v.verify_shared(token, now_unix).map_err(IssuerError::Token),
-        }
-    }
-
-    /// Installs a new key set (a fresh verifier: its caches start empty).
-    pub fn install_keys(&self, keys: KeySet) {
+    /// A verifier of this issuer's tokens with `keys` (its cache starts empty).
+    pub fn verifier(&self, keys: Rc<KeySet>) -> IssuerVerifier {
         let s = &self.settings;
-        let verifier = IssuerVerifier::new(
+        IssuerVerifier::new(
             self.issuer.clone(),
             s.audiences.clone(),
             s.algorithms.clone(),
             s.clock_skew_secs,
             s.max_token_bytes,
             keys,
-        );
-        *self.verifier.borrow_mut() = Some(verifier);
-    }
-
-    /// Forgets the keys (they went stale): requests get 503 until new ones arrive.
-    pub fn drop_keys(&self) {
-        *self.verifier.borrow_mut() = None;
-    }
-
-    pub fn has_keys(&self) -> bool {
-        self.verifier.borrow().is_some()
+        )
     }
 }
 
@@ -594,24 +562,26 @@ impl Gateway {
                     ))
                 }
             };
-            let issuer = Issuer {
+            let inline_keys = match &ri.jwks {
+                Some(jwks) => {
+                    let (keys, skipped) =
+                        KeySet::from_jwks(jwks).map_err(|e| err(at("jwks"), e.to_string()))?;
+                    warnings.extend(
+                        skipped
+                            .into_iter()
+                            .map(|w| format!("issuers[{i}].jwks: {w}")),
+                    );
+                    Some(Rc::new(keys))
+                }
+                None => None,
+            };
+            issuers.push(Issuer {
                 issuer: ri.issuer,
                 source,
                 remote,
                 settings,
-                verifier: std::cell::RefCell::new(None),
-            };
-            if let Some(jwks) = &ri.jwks {
-                let (keys, skipped) =
-                    KeySet::from_jwks(jwks).map_err(|e| err(at("jwks"), e.to_string()))?;
-                warnings.extend(
-                    skipped
-                        .into_iter()
-                        .map(|w| format!("issuers[{i}].jwks: {w}")),
-                );
-                issuer.install_keys(keys);
-            }
-            issuers.push(issuer);
+                inline_keys,
+            });
         }
         let operations =
             OperationTable::looker_4_0().map_err(|e| err("(built-in operation table)", e))?;
@@ -712,7 +682,10 @@ mod tests {
     fn a_valid_config_compiles_with_its_settings_and_defaults() {
         let gateway = load(&base()).unwrap();
         assert_eq!(gateway.issuers.len(), 1);
-        assert!(gateway.issuers[0].has_keys(), "inline keys installed");
+        assert!(
+            gateway.issuers[0].inline_keys.is_some(),
+            "inline keys compiled"
+        );
         assert!(gateway.issuers[0].remote.is_none());
         assert_eq!(gateway.max_body_bytes, 4096);
         assert_eq!(gateway.forwarded_for_kept, 2, "trusted hops + Envoy's own");

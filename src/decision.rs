@@ -5,7 +5,9 @@ use std::borrow::Cow;
 use std::rc::Rc;
 
 use crate::config::{Gateway, IssuerError, TokenSource};
+pub use crate::http::HeaderOp;
 use crate::jwt::{self, VerifiedToken};
+use crate::keyring::KeyRing;
 use crate::looker::{Operation, Resolution};
 use crate::path;
 use crate::policy::{Input, LookerIdentity, QueryFacts, Verdict, INSPECTABLE_QUERY_OPERATIONS};
@@ -63,13 +65,6 @@ pub fn header<'a>(headers: &'a [(Cow<'a, str>, Cow<'a, str>)], name: &str) -> Op
         .map(|(_, v)| v.as_ref())
 }
 
-/// One change to the request headers before it is forwarded.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum HeaderOp {
-    Remove(String),
-    Set(String, String),
-}
-
 /// Who asked, what was decided and why: the audit record of one request.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Audit {
@@ -90,6 +85,17 @@ pub struct Audit {
     pub detail: Option<String>,
 }
 
+/// What a request's headers decide: the decision, or to read the body first.
+// `Decided` is nearly every request's path: boxing it would allocate for each one.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HeadDecision {
+    Decided(Decision),
+    /// A rule inspects the query this request carries in its body: read the body
+    /// (bounded), then call [`decide_body`].
+    NeedBody(Box<Admitted>),
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Decision {
     Refuse {
@@ -106,9 +112,6 @@ pub enum Decision {
         header_ops: Vec<HeaderOp>,
         audit: Audit,
     },
-    /// A rule inspects the query this request carries in its body: read the body
-    /// (bounded), then call [`decide_body`].
-    NeedBody(Box<Admitted>),
 }
 
 /// A request that passed authentication and operation checks, awaiting the verdict.
@@ -138,11 +141,17 @@ const METHOD_OVERRIDE_HEADERS: &[&str] = &[
 ];
 
 /// Verifies the token, resolves the Looker operation, evaluates the policy and plans
-/// the rewrite.
-pub fn decide(gateway: &Gateway, request: &RequestView, now_unix: u64) -> Decision {
+/// the rewrite, verifying with the worker's `keys`.
+pub fn decide(
+    gateway: &Gateway,
+    keys: &mut KeyRing,
+    request: &RequestView,
+    now_unix: u64,
+) -> HeadDecision {
     let headers = request.header_pairs();
     decide_head(
         gateway,
+        keys,
         RequestHead {
             method: &request.method,
             path: &request.path,
@@ -153,8 +162,13 @@ pub fn decide(gateway: &Gateway, request: &RequestView, now_unix: u64) -> Decisi
 }
 
 /// [`decide`] on a borrowed request (the filter's path).
-pub fn decide_head(gateway: &Gateway, request: RequestHead<'_>, now_unix: u64) -> Decision {
-    match admit(gateway, request, now_unix) {
+pub fn decide_head(
+    gateway: &Gateway,
+    keys: &mut KeyRing,
+    request: RequestHead<'_>,
+    now_unix: u64,
+) -> HeadDecision {
+    let decided = match admit(gateway, keys, request, now_unix) {
         Err(refused) => {
             let (refusal, audit) = *refused;
             refuse(refusal, audit)
@@ -170,17 +184,18 @@ pub fn decide_head(gateway: &Gateway, request: RequestHead<'_>, now_unix: u64) -
             };
             let id = operation.map_or("", |o| o.operation_id.as_str());
             if !INSPECTABLE_QUERY_OPERATIONS.contains(&id) || !gateway.policy.needs_query(&input) {
-                return judge(gateway, admitted, operation, None);
-            }
-            if BODY_QUERY_OPERATIONS.contains(&id) {
-                return Decision::NeedBody(Box::new(admitted));
-            }
-            match read_query(id, &admitted.path, admitted.query_string.as_deref(), None) {
-                Ok(facts) => judge(gateway, admitted, operation, Some(&facts)),
-                Err(reason) => refuse(Refusal::BadRequest { reason }, admitted.audit),
+                judge(gateway, admitted, operation, None)
+            } else if BODY_QUERY_OPERATIONS.contains(&id) {
+                return HeadDecision::NeedBody(Box::new(admitted));
+            } else {
+                match read_query(id, &admitted.path, admitted.query_string.as_deref(), None) {
+                    Ok(facts) => judge(gateway, admitted, operation, Some(&facts)),
+                    Err(reason) => refuse(Refusal::BadRequest { reason }, admitted.audit),
+                }
             }
         }
-    }
+    };
+    HeadDecision::Decided(decided)
 }
 
 /// The verdict for a request whose body (a Looker `WriteQuery`) has been read.
@@ -216,7 +231,12 @@ fn refuse(refusal: Refusal, mut audit: Audit) -> Decision {
 type Admission<'g> = Result<(Admitted, Option<&'g Operation>), Box<(Refusal, Audit)>>;
 
 /// Authenticates and resolves the operation; returns it with the admitted request.
-fn admit<'g>(gateway: &'g Gateway, request: RequestHead<'_>, now_unix: u64) -> Admission<'g> {
+fn admit<'g>(
+    gateway: &'g Gateway,
+    keys: &mut KeyRing,
+    request: RequestHead<'_>,
+    now_unix: u64,
+) -> Admission<'g> {
     let mut audit = Audit {
         verdict: "deny",
         ..Audit::default()
@@ -242,7 +262,7 @@ fn admit<'g>(gateway: &'g Gateway, request: RequestHead<'_>, now_unix: u64) -> A
         );
         return Err(Box::new((Refusal::BadRequest { reason }, audit)));
     }
-    let verified = match authenticate(gateway, request, now_unix, &mut audit.issuer) {
+    let verified = match authenticate(gateway, keys, request, now_unix, &mut audit.issuer) {
         Ok(v) => v,
         Err(refusal) => return Err(Box::new((refusal, audit))),
     };
@@ -608,6 +628,7 @@ pub fn with_looker_token(mut header_ops: Vec<HeaderOp>, looker_token: &str) -> V
 /// an unknown `kid` can be traced to the issuer whose keys to refetch.
 fn authenticate(
     gateway: &Gateway,
+    keys: &mut KeyRing,
     request: RequestHead<'_>,
     now_unix: u64,
     issuer_seen: &mut Option<String>,
@@ -673,7 +694,7 @@ fn authenticate(
         });
     };
     *issuer_seen = Some(issuer.issuer.clone());
-    issuer.verify_shared(token, now_unix).map_err(|e| match e {
+    keys.verify(issuer, token, now_unix).map_err(|e| match e {
         IssuerError::NoKeys => Refusal::KeysUnavailable,
         IssuerError::Token(e) => Refusal::InvalidToken {
             code: e.code(),
@@ -768,6 +789,15 @@ mod tests {
     use super::*;
     use crate::testkeys::{sign_rs256, TestIssuer};
     use serde_json::json;
+
+    /// The decision from the headers alone (no test here sends a body), verified with a
+    /// fresh key ring.
+    fn decide(gateway: &Gateway, request: &RequestView, now_unix: u64) -> Decision {
+        match super::decide(gateway, &mut KeyRing::default(), request, now_unix) {
+            HeadDecision::Decided(decision) => decision,
+            HeadDecision::NeedBody(_) => panic!("no test here needs a body"),
+        }
+    }
 
     fn gateway(issuer: &TestIssuer) -> Gateway {
         Gateway::load(gateway_json(issuer).as_bytes()).unwrap()

@@ -9,9 +9,9 @@ use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, ContextType, LogLevel};
 
 use crate::config::Gateway;
-use crate::flow::{self, Next};
+use crate::flow::{self, Next, Worker};
 use crate::host::{Host, ProxyHost};
-use crate::tokens::Worker;
+use crate::jwt::{signature, Algorithm, ForeignCall, HostVerifier};
 
 /// How often the root context re-sends orphaned broker calls and expires waiters.
 const TICK: Duration = Duration::from_millis(500);
@@ -56,7 +56,7 @@ impl RootContext for GatewayRoot {
     fn on_configure(&mut self, plugin_configuration_size: usize) -> bool {
         info!(
             "lookergate: host signature verification for {:?}",
-            crate::host::install_host_crypto()
+            install_host_crypto()
         );
         let bytes = match ProxyHost::plugin_configuration(plugin_configuration_size) {
             Some(bytes) => bytes,
@@ -193,6 +193,29 @@ impl HttpContext for GatewayStream {
         let next = flow::on_trailers(&self.gateway, &mut worker, &ProxyHost, self.context_id);
         action(next)
     }
+}
+
+/// Envoy's `verify_signature` foreign function (BoringSSL in the host), the fast path
+/// for RSA and ECDSA signatures. Kept apart from [`Host`]: it serves `jwt`, not the flow.
+struct EnvoyVerifySignature;
+
+impl ForeignCall for EnvoyVerifySignature {
+    fn call(&self, arguments: &[u8]) -> Option<Vec<u8>> {
+        ProxyHost::call_foreign_function("verify_signature", arguments)
+    }
+}
+
+/// Probes the host's signature verification once and, for the algorithms it gets
+/// right, installs it for this VM (worker). Returns the algorithms now verified by the host.
+fn install_host_crypto() -> Vec<Algorithm> {
+    let verifier = HostVerifier::probe(EnvoyVerifySignature);
+    let enabled = verifier.enabled().to_vec();
+    if enabled.is_empty() {
+        signature::uninstall();
+    } else {
+        signature::install(Rc::new(verifier));
+    }
+    enabled
 }
 
 fn action(next: Next) -> Action {

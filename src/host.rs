@@ -9,8 +9,7 @@ use std::time::{Duration, UNIX_EPOCH};
 use proxy_wasm::hostcalls;
 use proxy_wasm::types::{BufferType, MapType, MetricType};
 
-use crate::decision::HeaderOp;
-use crate::reply::LocalReply;
+use crate::http::{HeaderOp, LocalReply};
 
 #[cfg(any(test, feature = "test-util"))]
 pub mod fake;
@@ -71,6 +70,13 @@ impl ProxyHost {
 
     pub fn set_tick_period(period: Duration) -> bool {
         hostcalls::set_tick_period(period).is_ok()
+    }
+
+    /// Calls the host's foreign function `name` (e.g. Envoy's `verify_signature`).
+    pub fn call_foreign_function(name: &str, arguments: &[u8]) -> Option<Vec<u8>> {
+        hostcalls::call_foreign_function(name, Some(arguments))
+            .ok()
+            .flatten()
     }
 
     /// The upstream response's `:status`.
@@ -359,31 +365,6 @@ fn metric_id(kind: MetricType, name: &str) -> Option<u32> {
         metrics.insert(name.to_owned(), id);
         Some(id)
     })
-}
-
-/// Envoy's `verify_signature` foreign function (BoringSSL in the host), the fast path
-/// for RSA and ECDSA signatures. Kept apart from [`Host`]: it serves `jwt`, not the flow.
-pub struct EnvoyVerifySignature;
-
-impl crate::jwt::ForeignCall for EnvoyVerifySignature {
-    fn call(&self, arguments: &[u8]) -> Option<Vec<u8>> {
-        hostcalls::call_foreign_function("verify_signature", Some(arguments))
-            .ok()
-            .flatten()
-    }
-}
-
-/// Probes the host's signature verification once and, for the algorithms it gets
-/// right, installs it for this VM (worker). Returns the algorithms now verified by the host.
-pub fn install_host_crypto() -> Vec<crate::jwt::Algorithm> {
-    let verifier = crate::jwt::HostVerifier::probe(EnvoyVerifySignature);
-    let enabled = verifier.enabled().to_vec();
-    if enabled.is_empty() {
-        crate::jwt::signature::uninstall();
-    } else {
-        crate::jwt::signature::install(std::rc::Rc::new(verifier));
-    }
-    enabled
 }
 
 #[cfg(test)]

@@ -11,9 +11,53 @@ use jwt_simple::prelude::{
     ES256PublicKey, ES384PublicKey, PS256PublicKey, PS384PublicKey, PS512PublicKey, RS256PublicKey,
     RS384PublicKey, RS512PublicKey,
 };
+use serde::Deserialize;
 use serde_json::{Map, Value};
 
-use crate::jwt::Algorithm;
+/// Asymmetric JWS algorithms we verify. HMAC (`HS*`) and `none` are deliberately absent:
+/// a public key must never serve as a shared secret.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+pub enum Algorithm {
+    RS256,
+    RS384,
+    RS512,
+    PS256,
+    PS384,
+    PS512,
+    ES256,
+    ES384,
+    EdDSA,
+}
+
+impl Algorithm {
+    pub fn all() -> &'static [Algorithm] {
+        use Algorithm::*;
+        &[
+            RS256, RS384, RS512, PS256, PS384, PS512, ES256, ES384, EdDSA,
+        ]
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Algorithm::RS256 => "RS256",
+            Algorithm::RS384 => "RS384",
+            Algorithm::RS512 => "RS512",
+            Algorithm::PS256 => "PS256",
+            Algorithm::PS384 => "PS384",
+            Algorithm::PS512 => "PS512",
+            Algorithm::ES256 => "ES256",
+            Algorithm::ES384 => "ES384",
+            Algorithm::EdDSA => "EdDSA",
+        }
+    }
+}
+
+impl fmt::Display for Algorithm {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
 
 /// More keys than any real issuer publishes; guards against a pasted-in junk document.
 const MAX_KEYS: usize = 100;
@@ -488,9 +532,9 @@ mod tests {
     use jwt_simple::prelude::*;
     use serde_json::{json, Value};
 
+    use super::Algorithm;
     use super::{JwksError, KeyChoiceError, KeySet};
-    use crate::jwt::tests::{b64, ec_jwk, ed_jwk, es256_jwk, es384_jwk, keys, rsa_jwk};
-    use crate::jwt::Algorithm;
+    use crate::testkeys::{b64, ec_jwk, ed_jwk, es256_jwk, es384_jwk, keys, rsa_jwk};
 
     fn with(mut jwk: Value, changes: Value) -> Value {
         for (k, v) in changes.as_object().unwrap() {

@@ -16,7 +16,7 @@ use serde::{Deserialize, Deserializer};
 use serde_json::{Map, Value};
 
 use crate::jwks::KeyChoiceError;
-pub use crate::jwks::{JwksError, KeySet, PreparedKey};
+pub use crate::jwks::{Algorithm, JwksError, KeySet, PreparedKey};
 use cache::TokenCache;
 pub use signature::{
     decode_verify_result, ecdsa_signature_der, encode_verify_request, ForeignCall, HostVerifier,
@@ -30,51 +30,6 @@ pub mod signature;
 const MAX_HEADER_CHARS: usize = 8192;
 /// Largest token [`peek_issuer`] looks into (the largest `max_token_bytes` allowed).
 const MAX_PEEK_BYTES: usize = 65_536;
-
-/// Asymmetric JWS algorithms we verify. HMAC (`HS*`) and `none` are deliberately absent:
-/// a public key must never serve as a shared secret.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
-#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
-pub enum Algorithm {
-    RS256,
-    RS384,
-    RS512,
-    PS256,
-    PS384,
-    PS512,
-    ES256,
-    ES384,
-    EdDSA,
-}
-
-impl Algorithm {
-    pub fn all() -> &'static [Algorithm] {
-        use Algorithm::*;
-        &[
-            RS256, RS384, RS512, PS256, PS384, PS512, ES256, ES384, EdDSA,
-        ]
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Algorithm::RS256 => "RS256",
-            Algorithm::RS384 => "RS384",
-            Algorithm::RS512 => "RS512",
-            Algorithm::PS256 => "PS256",
-            Algorithm::PS384 => "PS384",
-            Algorithm::PS512 => "PS512",
-            Algorithm::ES256 => "ES256",
-            Algorithm::ES384 => "ES384",
-            Algorithm::EdDSA => "EdDSA",
-        }
-    }
-}
-
-impl fmt::Display for Algorithm {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
 
 /// An `alg` name we do not verify. JOSE names are case-sensitive, so `rs256` is one.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -214,7 +169,7 @@ pub struct IssuerVerifier {
     algorithms: Vec<Algorithm>,
     clock_skew_secs: u64,
     max_token_bytes: usize,
-    keys: KeySet,
+    keys: Rc<KeySet>,
     verified: RefCell<TokenCache>,
 }
 
@@ -317,7 +272,7 @@ impl IssuerVerifier {
         algorithms: Vec<Algorithm>,
         clock_skew_secs: u64,
         max_token_bytes: usize,
-        keys: KeySet,
+        keys: impl Into<Rc<KeySet>>,
     ) -> Self {
         IssuerVerifier {
             issuer,
@@ -325,7 +280,7 @@ impl IssuerVerifier {
             algorithms,
             clock_skew_secs,
             max_token_bytes,
-            keys,
+            keys: keys.into(),
             verified: RefCell::new(TokenCache::new(cache::DEFAULT_CAPACITY)),
         }
     }
@@ -575,67 +530,15 @@ fn printable(alg: &str) -> String {
 )]
 pub(crate) mod tests {
     use std::rc::Rc;
-    use std::sync::OnceLock;
 
     use jwt_simple::prelude::*;
     use serde_json::{json, Map, Value};
 
     use super::{peek_issuer, Algorithm, IssuerVerifier, JwtError, KeySet};
+    use crate::testkeys::{b64, ed_jwk, es256_jwk, es384_jwk, keys, rsa_jwk};
 
     pub(crate) const ISS: &str = "https://idp.test";
     pub(crate) const NOW: u64 = 1_800_000_000;
-
-    /// Keys generated once per test run (RSA generation is slow in debug builds).
-    pub(crate) struct TestKeys {
-        pub(crate) rsa: RS256KeyPair,
-        pub(crate) es256: ES256KeyPair,
-        pub(crate) es384: ES384KeyPair,
-        pub(crate) ed: Ed25519KeyPair,
-    }
-
-    pub(crate) fn keys() -> &'static TestKeys {
-        static KEYS: OnceLock<TestKeys> = OnceLock::new();
-        KEYS.get_or_init(|| TestKeys {
-            rsa: RS256KeyPair::generate(2048).unwrap().with_key_id("rsa-1"),
-            es256: ES256KeyPair::generate().with_key_id("es256-1"),
-            es384: ES384KeyPair::generate().with_key_id("es384-1"),
-            ed: Ed25519KeyPair::generate().with_key_id("ed-1"),
-        })
-    }
-
-    pub(crate) fn b64(bytes: impl AsRef<[u8]>) -> String {
-        Base64UrlSafeNoPadding::encode_to_string(bytes).unwrap()
-    }
-
-    pub(crate) fn rsa_jwk(key: &RS256KeyPair, kid: &str) -> Value {
-        let c = key.public_key().to_components();
-        json!({"kty": "RSA", "kid": kid, "use": "sig", "n": b64(&c.n), "e": b64(&c.e)})
-    }
-
-    pub(crate) fn ec_jwk(point: &[u8], crv: &str, kid: &str) -> Value {
-        let half = (point.len() - 1) / 2;
-        json!({"kty": "EC", "crv": crv, "kid": kid, "x": b64(&point[1..1 + half]), "y": b64(&point[1 + half..])})
-    }
-
-    pub(crate) fn es256_jwk(key: &ES256KeyPair, kid: &str) -> Value {
-        ec_jwk(
-            &key.public_key().public_key().to_bytes_uncompressed(),
-            "P-256",
-            kid,
-        )
-    }
-
-    pub(crate) fn es384_jwk(key: &ES384KeyPair, kid: &str) -> Value {
-        ec_jwk(
-            &key.public_key().public_key().to_bytes_uncompressed(),
-            "P-384",
-            kid,
-        )
-    }
-
-    pub(crate) fn ed_jwk(key: &Ed25519KeyPair, kid: &str) -> Value {
-        json!({"kty": "OKP", "crv": "Ed25519", "kid": kid, "x": b64(key.public_key().to_bytes())})
-    }
 
     /// The issuer's JWKS: RSA without a pinned alg (RS*/PS* allowed), ES256 pinned,
     /// ES384 and Ed25519 (pinned to EdDSA).

@@ -14,9 +14,11 @@ use std::time::Duration;
 use log::{info, warn};
 use serde::Deserialize;
 
+use crate::callout::{Callout, Callouts};
 use crate::config::{FetchUrl, Gateway, Issuer};
 use crate::host::Host;
 use crate::jwt::KeySet;
+use crate::keyring::KeyRing;
 
 /// Largest JWKS accepted: a real tenant's (Entra ID: ~10 RSA keys with `x5c`
 /// certificate chains) is 15-25 KB; this leaves room for several times that.
@@ -25,17 +27,10 @@ pub const MAX_JWKS_BYTES: usize = 256 * 1024;
 /// Largest OIDC discovery document accepted (real ones are 2-10 KB).
 pub const MAX_DISCOVERY_BYTES: usize = 64 * 1024;
 
-/// What an in-flight fetch is getting.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Step {
-    Discovery,
-    Jwks,
-}
-
+/// An issuer's fetch in flight (its kind is in the worker's callouts).
 #[derive(Debug, Clone)]
 struct Fetch {
     callout: u32,
-    step: Step,
     started_ms: u64,
 }
 
@@ -64,17 +59,17 @@ struct IssuerState {
     discovered: Option<FetchUrl>,
 }
 
-/// Per-worker key-fetch state, keyed by issuer.
+/// Per-worker keys: the verifiers in use, and the fetch state of each remote issuer.
 #[derive(Debug, Default)]
 pub struct KeyState {
+    /// What this worker verifies tokens with (the decision reads it).
+    pub ring: KeyRing,
     issuers: HashMap<String, IssuerState>,
 }
 
 /// What became of a fetch answer, for the caller to act on.
 #[derive(Debug, PartialEq, Eq)]
 pub enum FetchOutcome {
-    /// Not a key-fetch callout.
-    NotOurs,
     /// Discovery answered; the JWKS fetch has been sent.
     Continuing,
     /// Done (fresh keys or not): these requests should be decided again.
@@ -146,24 +141,24 @@ impl KeyState {
         let Some(remote) = &issuer.remote else {
             return false;
         };
-        let state = self.state(&issuer.issuer);
+        let state = self.issuers.entry(issuer.issuer.clone()).or_default();
         let (value, cas) = host.shared_get_versioned(&shared_key("jwks", &issuer.issuer));
         let mut installed = false;
         if let (Some(value), Some(cas)) = (value, cas) {
             if state.installed_version != Some(cas) {
                 state.installed_version = Some(cas);
                 if let Some((fetched_at_ms, keys)) = decode_record(&value) {
-                    issuer.install_keys(keys);
+                    self.ring.install(issuer, keys);
                     state.fetched_at_ms = fetched_at_ms;
                     installed = true;
                 }
             }
         }
-        if issuer.has_keys()
+        if self.ring.has(&issuer.issuer)
             && now_ms.saturating_sub(state.fetched_at_ms) > millis(remote.max_stale)
         {
             warn!("lookergate: keys of {} are older than jwks_max_stale; refusing its tokens until a fetch succeeds", issuer.issuer);
-            issuer.drop_keys();
+            self.ring.remove(&issuer.issuer);
         }
         installed
     }
@@ -174,6 +169,7 @@ impl KeyState {
         &mut self,
         gateway: &Gateway,
         host: &H,
+        callouts: &mut Callouts,
         root_context: u32,
         now_ms: u64,
     ) -> Vec<KeyWaiter> {
@@ -182,16 +178,18 @@ impl KeyState {
             let Some(remote) = &issuer.remote else {
                 continue;
             };
+            let has_keys = self.ring.has(&issuer.issuer);
             let state = self.state(&issuer.issuer);
             if let Some(fetch) = &state.fetch {
                 // A fetch whose owner went away never answers: forget it after its timeout.
                 if now_ms > fetch.started_ms + millis(remote.timeout) + 1000 {
+                    callouts.remove(&fetch.callout);
                     state.fetch = None;
                 } else {
                     continue;
                 }
             }
-            let due = if issuer.has_keys() {
+            let due = if has_keys {
                 state.fetched_at_ms + millis(remote.refresh)
             } else {
                 0 // no keys: fetch as soon as allowed
@@ -204,7 +202,7 @@ impl KeyState {
                 continue;
             }
             host.switch_to(root_context);
-            self.start(issuer, host, now_ms);
+            self.start(issuer, host, callouts, now_ms);
         }
         woken
     }
@@ -216,6 +214,7 @@ impl KeyState {
         &mut self,
         gateway: &Gateway,
         host: &H,
+        callouts: &mut Callouts,
         issuer_name: &str,
         context_id: u32,
         now_ms: u64,
@@ -273,7 +272,7 @@ impl KeyState {
             ),
             1,
         );
-        if self.start(issuer, host, now_ms) {
+        if self.start(issuer, host, callouts, now_ms) {
             self.state(&issuer.issuer).waiters.push(KeyWaiter {
                 context_id,
                 deadline_ms,
@@ -286,23 +285,30 @@ impl KeyState {
     }
 
     /// Sends the next fetch for `issuer` from the current context.
-    fn start<H: Host>(&mut self, issuer: &Issuer, host: &H, now_ms: u64) -> bool {
+    fn start<H: Host>(
+        &mut self,
+        issuer: &Issuer,
+        host: &H,
+        callouts: &mut Callouts,
+        now_ms: u64,
+    ) -> bool {
         let Some(remote) = &issuer.remote else {
             return false;
         };
         let state = self.state(&issuer.issuer);
-        let (url, step) = match (&remote.jwks_url, &state.discovered, &remote.discovery_url) {
-            (Some(url), _, _) | (None, Some(url), _) => (url.clone(), Step::Jwks),
-            (None, None, Some(discovery)) => (discovery.clone(), Step::Discovery),
+        let name = issuer.issuer.clone();
+        let (url, kind) = match (&remote.jwks_url, &state.discovered, &remote.discovery_url) {
+            (Some(url), _, _) | (None, Some(url), _) => (url.clone(), Callout::Keys(name)),
+            (None, None, Some(discovery)) => (discovery.clone(), Callout::Discovery(name)),
             (None, None, None) => return false,
         };
         match dispatch(host, &remote.cluster, &url, remote.timeout) {
             Some(callout) => {
                 state.fetch = Some(Fetch {
                     callout,
-                    step,
                     started_ms: now_ms,
                 });
+                callouts.insert(callout, kind);
                 true
             }
             None => {
@@ -316,104 +322,121 @@ impl KeyState {
         }
     }
 
-    /// What the key fetch answered by `callout` is getting, if it is one.
-    pub fn fetch_step(&self, callout: u32) -> Option<Step> {
-        self.issuers
-            .values()
-            .filter_map(|s| s.fetch.as_ref())
-            .find(|f| f.callout == callout)
-            .map(|f| f.step)
+    /// The issuer whose fetch `callout` answers, with its fetch taken out of flight.
+    fn answered<'g>(
+        &mut self,
+        gateway: &'g Gateway,
+        issuer: &str,
+        callout: u32,
+    ) -> Option<&'g Issuer> {
+        let issuer = gateway
+            .issuers
+            .iter()
+            .find(|i| i.issuer == issuer && i.remote.is_some())?;
+        let state = self.issuers.get_mut(issuer.issuer.as_str())?;
+        // Only the fetch in flight: one forgotten at its timeout has left the callouts.
+        if state.fetch.as_ref().map(|f| f.callout) != Some(callout) {
+            return None;
+        }
+        state.fetch = None;
+        Some(issuer)
     }
 
-    /// Handles a callout answer if it belongs to a key fetch.
-    pub fn on_answer<H: Host>(
+    /// The discovery document of `issuer` arrived (status `None`: no answer): send the
+    /// JWKS fetch it names.
+    #[allow(clippy::too_many_arguments)]
+    pub fn on_discovery<H: Host>(
         &mut self,
         gateway: &Gateway,
         host: &H,
+        callouts: &mut Callouts,
+        issuer: &str,
         callout: u32,
         status: Option<u32>,
         body: &[u8],
         now_ms: u64,
     ) -> FetchOutcome {
-        let Some(issuer) = gateway.issuers.iter().find(|i| {
-            self.issuers
-                .get(&i.issuer)
-                .and_then(|s| s.fetch.as_ref())
-                .is_some_and(|f| f.callout == callout)
-        }) else {
-            return FetchOutcome::NotOurs;
+        let Some(issuer) = self.answered(gateway, issuer, callout) else {
+            return FetchOutcome::Done { waiters: vec![] };
         };
-        let Some(remote) = &issuer.remote else {
-            return FetchOutcome::NotOurs;
-        };
-        let metric = metric_name(&issuer.issuer);
-        let state = self.state(&issuer.issuer);
-        let Some(fetch) = state.fetch.take() else {
-            return FetchOutcome::NotOurs;
-        };
-        let bound = match fetch.step {
-            Step::Discovery => MAX_DISCOVERY_BYTES,
-            Step::Jwks => MAX_JWKS_BYTES,
-        };
-        let ok_body = match status {
-            Some(200) if body.len() <= bound => Some(body),
-            _ => None,
-        };
-        let result: Result<(), String> = match (fetch.step, ok_body) {
-            (_, None) if status == Some(200) => {
-                Err(format!("the IdP's document exceeds {bound} bytes"))
-            }
-            (_, None) => Err(format!(
-                "the IdP answered {}",
-                status.map_or("nothing (timeout or reset)".to_owned(), |s| s.to_string())
-            )),
-            (Step::Discovery, Some(body)) => match serde_json::from_slice::<Discovery>(body)
+        let result = ok_body(status, body, MAX_DISCOVERY_BYTES).and_then(|body| {
+            serde_json::from_slice::<Discovery>(body)
                 .map_err(|_| "the discovery document has no jwks_uri".to_owned())
                 .and_then(|d| FetchUrl::parse(&d.jwks_uri))
-            {
-                Ok(url) => {
-                    state.discovered = Some(url);
-                    if self.start(issuer, host, now_ms) {
-                        return FetchOutcome::Continuing;
-                    }
-                    Err("cannot send the JWKS fetch".to_owned())
+        });
+        let result = match result {
+            Ok(url) => {
+                self.state(&issuer.issuer).discovered = Some(url);
+                if self.start(issuer, host, callouts, now_ms) {
+                    return FetchOutcome::Continuing;
                 }
-                Err(e) => Err(e),
-            },
-            (Step::Jwks, Some(body)) => match serde_json::from_slice::<serde_json::Value>(body)
-                .map_err(|_| "the JWKS is not JSON".to_owned())
-                .and_then(|v| KeySet::from_jwks(&v).map_err(|e| e.to_string()))
-            {
-                Ok((keys, skipped)) => {
-                    for w in &skipped {
-                        warn!("lookergate: JWKS of {}: {w}", issuer.issuer);
-                    }
-                    let count = keys.len();
-                    let mut record = format!("{now_ms}\n").into_bytes();
-                    record.extend_from_slice(body);
-                    if let Err(e) = host.shared_set(&shared_key("jwks", &issuer.issuer), &record) {
-                        warn!(
-                            "lookergate: cannot share the keys of {}: {}",
-                            issuer.issuer, e.0
-                        );
-                    }
-                    let (_, cas) = host.shared_get_versioned(&shared_key("jwks", &issuer.issuer));
-                    issuer.install_keys(keys);
-                    let state = self.state(&issuer.issuer);
-                    state.installed_version = cas;
-                    state.fetched_at_ms = now_ms;
-                    state.failures = 0;
-                    state.next_refresh_ms = 0;
-                    host.observe(&format!("lookergate.jwks.keys.{metric}"), count as u64);
-                    info!(
-                        "lookergate: fetched {count} signing key(s) of {}",
-                        issuer.issuer
-                    );
-                    Ok(())
-                }
-                Err(e) => Err(e),
-            },
+                Err("cannot send the JWKS fetch".to_owned())
+            }
+            Err(e) => Err(e),
         };
+        self.finish(issuer, host, result, now_ms)
+    }
+
+    /// The JWKS of `issuer` arrived (status `None`: no answer): install and share it.
+    #[allow(clippy::too_many_arguments)]
+    pub fn on_jwks<H: Host>(
+        &mut self,
+        gateway: &Gateway,
+        host: &H,
+        issuer: &str,
+        callout: u32,
+        status: Option<u32>,
+        body: &[u8],
+        now_ms: u64,
+    ) -> FetchOutcome {
+        let Some(issuer) = self.answered(gateway, issuer, callout) else {
+            return FetchOutcome::Done { waiters: vec![] };
+        };
+        let result = ok_body(status, body, MAX_JWKS_BYTES).and_then(|body| {
+            let (keys, skipped) = serde_json::from_slice::<serde_json::Value>(body)
+                .map_err(|_| "the JWKS is not JSON".to_owned())
+                .and_then(|v| KeySet::from_jwks(&v).map_err(|e| e.to_string()))?;
+            for w in &skipped {
+                warn!("lookergate: JWKS of {}: {w}", issuer.issuer);
+            }
+            let count = keys.len();
+            let mut record = format!("{now_ms}\n").into_bytes();
+            record.extend_from_slice(body);
+            if let Err(e) = host.shared_set(&shared_key("jwks", &issuer.issuer), &record) {
+                warn!(
+                    "lookergate: cannot share the keys of {}: {}",
+                    issuer.issuer, e.0
+                );
+            }
+            let (_, cas) = host.shared_get_versioned(&shared_key("jwks", &issuer.issuer));
+            self.ring.install(issuer, keys);
+            let state = self.state(&issuer.issuer);
+            state.installed_version = cas;
+            state.fetched_at_ms = now_ms;
+            state.failures = 0;
+            state.next_refresh_ms = 0;
+            let metric = metric_name(&issuer.issuer);
+            host.observe(&format!("lookergate.jwks.keys.{metric}"), count as u64);
+            info!(
+                "lookergate: fetched {count} signing key(s) of {}",
+                issuer.issuer
+            );
+            Ok(())
+        });
+        self.finish(issuer, host, result, now_ms)
+    }
+
+    /// A fetch ended (fresh keys or not): count it, back off on failure, and hand back
+    /// the requests that waited for it.
+    fn finish<H: Host>(
+        &mut self,
+        issuer: &Issuer,
+        host: &H,
+        result: Result<(), String>,
+        now_ms: u64,
+    ) -> FetchOutcome {
+        let metric = metric_name(&issuer.issuer);
+        let state = self.state(&issuer.issuer);
         match result {
             Ok(()) => host.count(&format!("lookergate.jwks.fetch_ok.{metric}"), 1),
             Err(reason) => {
@@ -423,12 +446,14 @@ impl KeyState {
                     issuer.issuer
                 );
                 host.count(&format!("lookergate.jwks.fetch_failed.{metric}"), 1);
-                let state = self.state(&issuer.issuer);
-                backoff(state, remote.refresh, now_ms);
+                if let Some(remote) = &issuer.remote {
+                    backoff(state, remote.refresh, now_ms);
+                }
             }
         }
-        let waiters = std::mem::take(&mut self.state(&issuer.issuer).waiters);
-        FetchOutcome::Done { waiters }
+        FetchOutcome::Done {
+            waiters: std::mem::take(&mut state.waiters),
+        }
     }
 
     /// A request context ends: it stops waiting for keys.
@@ -447,6 +472,16 @@ impl KeyState {
             }));
         }
         late
+    }
+}
+
+/// The body of a 200 answer within `bound`, or why there is none.
+fn ok_body(status: Option<u32>, body: &[u8], bound: usize) -> Result<&[u8], String> {
+    match status {
+        Some(200) if body.len() <= bound => Ok(body),
+        Some(200) => Err(format!("the IdP's document exceeds {bound} bytes")),
+        Some(status) => Err(format!("the IdP answered {status}")),
+        None => Err("the IdP answered nothing (timeout or reset)".to_owned()),
     }
 }
 
@@ -594,11 +629,49 @@ mod tests {
         host
     }
 
-    /// Does the issuer's installed key set verify a token of `idp`?
-    fn verifies(gateway: &Gateway, idp: &TestIssuer, host: &FakeHost) -> bool {
+    /// One worker's keys and the callouts they sent (the flow's worker holds both).
+    #[derive(Default)]
+    struct Worker {
+        keys: KeyState,
+        callouts: Callouts,
+    }
+
+    impl Worker {
+        fn tick(&mut self, g: &Gateway, h: &FakeHost, root: u32, now: u64) -> Vec<KeyWaiter> {
+            self.keys.tick(g, h, &mut self.callouts, root, now)
+        }
+
+        fn wait_for_unknown_kid(
+            &mut self,
+            g: &Gateway,
+            h: &FakeHost,
+            iss: &str,
+            context_id: u32,
+            now: u64,
+        ) -> UnknownKid {
+            self.keys
+                .wait_for_unknown_kid(g, h, &mut self.callouts, iss, context_id, now)
+        }
+
+        fn pick_up_shared(&mut self, g: &Gateway, h: &FakeHost, iss: &str, now: u64) -> bool {
+            self.keys.pick_up_shared(g, h, iss, now)
+        }
+
+        fn leave(&mut self, context_id: u32) {
+            self.keys.leave(context_id)
+        }
+
+        fn overdue(&mut self, now: u64) -> Vec<KeyWaiter> {
+            self.keys.overdue(now)
+        }
+    }
+
+    /// Does the worker's key set for the issuer verify a token of `idp`?
+    fn verifies(keys: &mut Worker, gateway: &Gateway, idp: &TestIssuer, host: &FakeHost) -> bool {
         let token = sign_rs256(idp, json!({"sub": "alice", "aud": "looker-api"}));
-        gateway.issuers[0]
-            .verify(&token, host.now_ms.get() / 1000)
+        keys.keys
+            .ring
+            .verify(&gateway.issuers[0], &token, host.now_ms.get() / 1000)
             .is_ok()
     }
 
@@ -611,23 +684,33 @@ mod tests {
         Some(String::from_utf8(record).unwrap())
     }
 
-    /// Answers the last callout as the IdP would, then returns the outcome.
+    /// Answers the last callout as the IdP would, routed by its kind as the flow does,
+    /// then returns the outcome.
     fn answer(
-        keys: &mut KeyState,
+        keys: &mut Worker,
         gateway: &Gateway,
         host: &FakeHost,
         status: Option<u32>,
         body: &str,
     ) -> FetchOutcome {
         let callout = host.last_dispatched().unwrap().callout;
-        keys.on_answer(
-            gateway,
-            host,
-            callout,
-            status,
-            body.as_bytes(),
-            host.now_ms.get(),
-        )
+        let (body, now) = (body.as_bytes(), host.now_ms.get());
+        match keys.callouts.remove(&callout) {
+            Some(Callout::Discovery(iss)) => keys.keys.on_discovery(
+                gateway,
+                host,
+                &mut keys.callouts,
+                &iss,
+                callout,
+                status,
+                body,
+                now,
+            ),
+            Some(Callout::Keys(iss)) => keys
+                .keys
+                .on_jwks(gateway, host, &iss, callout, status, body, now),
+            other => panic!("callout {callout} is not a key fetch: {other:?}"),
+        }
     }
 
     #[test]
@@ -635,7 +718,7 @@ mod tests {
         let (gateway, host, mut keys) = (
             gateway(json!({"discovery": true})),
             host(),
-            KeyState::default(),
+            Worker::default(),
         );
         let idp = TestIssuer::new();
         keys.tick(&gateway, &host, ROOT, host.now_ms.get());
@@ -647,7 +730,10 @@ mod tests {
             discovery.header(":path"),
             Some("/.well-known/openid-configuration")
         );
-        assert_eq!(keys.fetch_step(discovery.callout), Some(Step::Discovery));
+        assert_eq!(
+            keys.callouts.get(&discovery.callout),
+            Some(&Callout::Discovery(ISS.into()))
+        );
 
         let doc = json!({"issuer": ISS, "jwks_uri": "https://keys.idp.test/v1/jwks"}).to_string();
         assert_eq!(
@@ -658,13 +744,16 @@ mod tests {
         assert_eq!(jwks.cluster, "idp");
         assert_eq!(jwks.header(":authority"), Some("keys.idp.test"));
         assert_eq!(jwks.header(":path"), Some("/v1/jwks"));
-        assert_eq!(keys.fetch_step(jwks.callout), Some(Step::Jwks));
-        assert_eq!(keys.fetch_step(discovery.callout), None, "answered");
-        assert!(!gateway.issuers[0].has_keys());
+        assert_eq!(
+            keys.callouts.get(&jwks.callout),
+            Some(&Callout::Keys(ISS.into()))
+        );
+        assert_eq!(keys.callouts.get(&discovery.callout), None, "answered");
+        assert!(!keys.keys.ring.has(ISS));
 
         let outcome = answer(&mut keys, &gateway, &host, Some(200), &idp.jwks.to_string());
         assert_eq!(outcome, FetchOutcome::Done { waiters: vec![] });
-        assert!(verifies(&gateway, &idp, &host));
+        assert!(verifies(&mut keys, &gateway, &idp, &host));
         let record = jwks_record(&host).unwrap();
         assert_eq!(
             record.split_once('\n').map(|(at, _)| at.to_owned()),
@@ -696,7 +785,7 @@ mod tests {
         let padded = |doc: String, len: usize| format!("{doc}{}", " ".repeat(len - doc.len()));
         let jwks = idp.jwks.to_string();
         for (len, accepted) in [(MAX_JWKS_BYTES, true), (MAX_JWKS_BYTES + 1, false)] {
-            let (gateway, host, mut keys) = (direct(), host(), KeyState::default());
+            let (gateway, host, mut keys) = (direct(), host(), Worker::default());
             keys.tick(&gateway, &host, ROOT, host.now_ms.get());
             answer(
                 &mut keys,
@@ -706,7 +795,7 @@ mod tests {
                 &padded(jwks.clone(), len),
             );
             assert_eq!(
-                verifies(&gateway, &idp, &host),
+                verifies(&mut keys, &gateway, &idp, &host),
                 accepted,
                 "JWKS of {len} bytes"
             );
@@ -730,7 +819,7 @@ mod tests {
             let (gateway, host, mut keys) = (
                 gateway(json!({"discovery": true})),
                 host(),
-                KeyState::default(),
+                Worker::default(),
             );
             keys.tick(&gateway, &host, ROOT, host.now_ms.get());
             let outcome = answer(
@@ -748,7 +837,7 @@ mod tests {
 
     #[test]
     fn failed_fetches_back_off_doubling_up_to_the_refresh_interval() {
-        let (gateway, host, mut keys) = (direct(), host(), KeyState::default());
+        let (gateway, host, mut keys) = (direct(), host(), Worker::default());
         let idp = TestIssuer::new();
         keys.tick(&gateway, &host, ROOT, host.now_ms.get());
         let mut sent = 1;
@@ -773,12 +862,15 @@ mod tests {
         }
         // Success resets the backoff: the next failure waits 2s again.
         answer(&mut keys, &gateway, &host, Some(200), &idp.jwks.to_string());
-        assert!(verifies(&gateway, &idp, &host));
+        assert!(verifies(&mut keys, &gateway, &idp, &host));
         host.now_ms.set(host.now_ms.get() + 60_000);
         keys.tick(&gateway, &host, ROOT, host.now_ms.get());
         assert_eq!(host.dispatched.borrow().len(), sent + 1, "timed refresh");
         answer(&mut keys, &gateway, &host, None, "");
-        assert!(verifies(&gateway, &idp, &host), "the last good keys stay");
+        assert!(
+            verifies(&mut keys, &gateway, &idp, &host),
+            "the last good keys stay"
+        );
         keys.tick(&gateway, &host, ROOT, host.now_ms.get() + 2_000);
         assert_eq!(host.dispatched.borrow().len(), sent + 2);
         assert_eq!(
@@ -790,15 +882,15 @@ mod tests {
     #[test]
     fn keys_another_worker_shared_are_installed_without_a_fetch() {
         let host = host();
-        let (gateway_a, mut a) = (direct(), KeyState::default());
-        let (gateway_b, mut b) = (direct(), KeyState::default());
+        let (gateway_a, mut a) = (direct(), Worker::default());
+        let (gateway_b, mut b) = (direct(), Worker::default());
         let (idp, rotated) = (TestIssuer::new(), TestIssuer::rotated());
         a.tick(&gateway_a, &host, ROOT, host.now_ms.get());
         answer(&mut a, &gateway_a, &host, Some(200), &idp.jwks.to_string());
         assert!(b
             .tick(&gateway_b, &host, ROOT, host.now_ms.get())
             .is_empty());
-        assert!(verifies(&gateway_b, &idp, &host), "B took A's keys");
+        assert!(verifies(&mut b, &gateway_b, &idp, &host), "B took A's keys");
         assert_eq!(host.dispatched.borrow().len(), 1, "B fetched nothing");
         assert!(
             !b.pick_up_shared(&gateway_b, &host, ISS, host.now_ms.get()),
@@ -820,14 +912,14 @@ mod tests {
             b.wait_for_unknown_kid(&gateway_b, &host, ISS, 20, now),
             UnknownKid::Retry
         );
-        assert!(verifies(&gateway_b, &rotated, &host));
-        assert!(!verifies(&gateway_b, &idp, &host));
+        assert!(verifies(&mut b, &gateway_b, &rotated, &host));
+        assert!(!verifies(&mut b, &gateway_b, &idp, &host));
         assert_eq!(host.dispatched.borrow().len(), 2, "still only A's fetches");
     }
 
     #[test]
     fn an_unknown_kid_refetches_once_and_overdue_waiters_are_handed_back() {
-        let (gateway, host, mut keys) = (direct(), host(), KeyState::default());
+        let (gateway, host, mut keys) = (direct(), host(), Worker::default());
         let idp = TestIssuer::new();
         keys.tick(&gateway, &host, ROOT, host.now_ms.get());
         answer(&mut keys, &gateway, &host, Some(200), &idp.jwks.to_string());

@@ -6,13 +6,16 @@
 #![cfg_attr(test, allow(clippy::type_complexity))]
 
 pub mod broker;
+pub mod callout;
 pub mod config;
 pub mod decision;
 pub mod duration;
 pub mod flow;
 pub mod host;
+pub mod http;
 pub mod jwks;
 pub mod jwt;
+pub mod keyring;
 pub mod keys;
 pub mod looker;
 pub mod path;

@@ -3,6 +3,8 @@
 
 use serde_json::json;
 
+pub use crate::http::LocalReply;
+
 /// Why the gateway answers a request itself instead of forwarding it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Refusal {
@@ -36,14 +38,6 @@ pub enum Refusal {
     BrokerUnavailable { reason: String },
     /// The broker answered, but Looker refused the identity's credentials.
     LookerCredentialsRejected,
-}
-
-/// A local reply ready for `send_http_response`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LocalReply {
-    pub status: u32,
-    pub headers: Vec<(&'static str, String)>,
-    pub body: String,
 }
 
 impl Refusal {

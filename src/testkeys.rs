@@ -71,3 +71,57 @@ pub fn sign_rs256(issuer: &TestIssuer, claims: Value) -> String {
     }
     issuer.key.sign(c).unwrap()
 }
+
+// Keys of every supported kind and their JWKs, for the JWT and JWKS tests.
+
+/// Keys generated once per test run (RSA generation is slow in debug builds).
+pub struct TestKeys {
+    pub rsa: RS256KeyPair,
+    pub es256: ES256KeyPair,
+    pub es384: ES384KeyPair,
+    pub ed: Ed25519KeyPair,
+}
+
+pub fn keys() -> &'static TestKeys {
+    static KEYS: OnceLock<TestKeys> = OnceLock::new();
+    KEYS.get_or_init(|| TestKeys {
+        rsa: RS256KeyPair::generate(2048).unwrap().with_key_id("rsa-1"),
+        es256: ES256KeyPair::generate().with_key_id("es256-1"),
+        es384: ES384KeyPair::generate().with_key_id("es384-1"),
+        ed: Ed25519KeyPair::generate().with_key_id("ed-1"),
+    })
+}
+
+pub fn b64(bytes: impl AsRef<[u8]>) -> String {
+    Base64UrlSafeNoPadding::encode_to_string(bytes).unwrap()
+}
+
+pub fn rsa_jwk(key: &RS256KeyPair, kid: &str) -> Value {
+    let c = key.public_key().to_components();
+    json!({"kty": "RSA", "kid": kid, "use": "sig", "n": b64(&c.n), "e": b64(&c.e)})
+}
+
+pub fn ec_jwk(point: &[u8], crv: &str, kid: &str) -> Value {
+    let half = (point.len() - 1) / 2;
+    json!({"kty": "EC", "crv": crv, "kid": kid, "x": b64(&point[1..1 + half]), "y": b64(&point[1 + half..])})
+}
+
+pub fn es256_jwk(key: &ES256KeyPair, kid: &str) -> Value {
+    ec_jwk(
+        &key.public_key().public_key().to_bytes_uncompressed(),
+        "P-256",
+        kid,
+    )
+}
+
+pub fn es384_jwk(key: &ES384KeyPair, kid: &str) -> Value {
+    ec_jwk(
+        &key.public_key().public_key().to_bytes_uncompressed(),
+        "P-384",
+        kid,
+    )
+}
+
+pub fn ed_jwk(key: &Ed25519KeyPair, kid: &str) -> Value {
+    json!({"kty": "OKP", "crv": "Ed25519", "kid": kid, "x": b64(key.public_key().to_bytes())})
+}

@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use crate::decision::HeaderOp;
+use crate::http::HeaderOp;
 use crate::policy::LookerIdentity;
 
 /// Most identities cached per worker; past it, unusable entries go first.
@@ -105,26 +105,15 @@ pub struct Flight {
     pub started_ms: u64,
 }
 
-/// Per-worker state: Looker tokens, in-flight broker calls, request stages and the
-/// issuers' key fetches.
+/// A worker's Looker tokens: the cache, and the broker calls in flight by identity
+/// (their callouts are in the worker's callouts).
 #[derive(Debug, Default)]
-pub struct Worker {
-    /// Where each request context is in the flow.
-    pub stages: HashMap<u32, crate::flow::Stage>,
-    pub keys: crate::keys::KeyState,
-    /// The identity and Looker token each forwarded request carries (for a Looker 401).
-    pub forwarded: HashMap<u32, (LookerIdentity, String)>,
+pub struct Tokens {
     cache: HashMap<String, CachedToken>,
     flights: HashMap<String, Flight>,
-    /// callout token -> identity key
-    callouts: HashMap<u32, String>,
-    /// context id -> callout it owns (dispatched from that context)
-    owners: HashMap<u32, u32>,
-    /// Token-invalidation calls to the broker whose answer is still due (ignored).
-    invalidations: std::collections::HashSet<u32>,
 }
 
-impl Worker {
+impl Tokens {
     pub fn cached(&self, identity: &LookerIdentity, now_ms: u64) -> Option<&str> {
         self.cache
             .get(&identity.key())
@@ -147,7 +136,7 @@ impl Worker {
         self.cache.remove(&identity.key());
     }
 
-    /// Adds a waiter to the identity's flight; `false` if there is none yet.
+    /// Adds a waiter to the identity's flight; gives it back if there is none yet.
     pub fn join(&mut self, identity: &LookerIdentity, waiter: Waiter) -> Result<(), Waiter> {
         match self.flights.get_mut(&identity.key()) {
             Some(flight) => {
@@ -158,48 +147,33 @@ impl Worker {
         }
     }
 
-    /// Records a new flight whose callout `callout` was dispatched by context `owner`.
-    pub fn start(&mut self, flight: Flight, owner: Option<u32>) {
-        let key = flight.identity.key();
-        if let Some(callout) = flight.callout {
-            self.callouts.insert(callout, key.clone());
-            if let Some(owner) = owner {
-                self.owners.insert(owner, callout);
-            }
+    /// Records a new flight.
+    pub fn start(&mut self, flight: Flight) {
+        self.flights.insert(flight.identity.key(), flight);
+    }
+
+    /// Removes and returns the flight of identity `key` whose callout `callout` answered.
+    pub fn finish(&mut self, key: &str, callout: u32) -> Option<Flight> {
+        match self.flights.get(key) {
+            Some(flight) if flight.callout == Some(callout) => self.flights.remove(key),
+            _ => None,
         }
-        self.flights.insert(key, flight);
     }
 
-    /// Removes and returns the flight answered by `callout`.
-    pub fn finish(&mut self, callout: u32) -> Option<Flight> {
-        let key = self.callouts.remove(&callout)?;
-        self.owners.retain(|_, c| *c != callout);
-        self.flights.remove(&key)
+    /// The callout of identity `key`'s flight was lost (Envoy cancels a context's
+    /// callouts with it): the flight must be re-sent.
+    pub fn orphan(&mut self, key: &str) {
+        if let Some(flight) = self.flights.get_mut(key) {
+            flight.callout = None;
+        }
     }
 
-    /// A request context ends: it stops waiting, and a callout it owned is lost
-    /// (Envoy cancels a context's callouts with it), so its flight must be re-sent.
+    /// A request context ends: it stops waiting; an orphan nobody waits for is dropped.
     pub fn leave(&mut self, context_id: u32) {
-        self.stages.remove(&context_id);
-        self.forwarded.remove(&context_id);
-        self.keys.leave(context_id);
-        if let Some(callout) = self.owners.remove(&context_id) {
-            if let Some(key) = self.callouts.remove(&callout) {
-                if let Some(flight) = self.flights.get_mut(&key) {
-                    flight.callout = None;
-                }
-            }
-        }
-        let mut emptied = Vec::new();
-        for (key, flight) in self.flights.iter_mut() {
+        self.flights.retain(|_, flight| {
             flight.waiters.retain(|w| w.context_id != context_id);
-            if flight.waiters.is_empty() && flight.callout.is_none() {
-                emptied.push(key.clone());
-            }
-        }
-        for key in emptied {
-            self.flights.remove(&key);
-        }
+            !flight.waiters.is_empty() || flight.callout.is_some()
+        });
     }
 
     /// Flights without a live callout: the caller dispatches them again.
@@ -213,11 +187,9 @@ impl Worker {
 
     /// Gives an orphaned flight its new callout.
     pub fn adopt(&mut self, identity: &LookerIdentity, callout: u32, now_ms: u64) {
-        let key = identity.key();
-        if let Some(flight) = self.flights.get_mut(&key) {
+        if let Some(flight) = self.flights.get_mut(&identity.key()) {
             flight.callout = Some(callout);
             flight.started_ms = now_ms;
-            self.callouts.insert(callout, key);
         }
     }
 
@@ -227,6 +199,11 @@ impl Worker {
             .remove(&identity.key())
             .map(|f| f.waiters)
             .unwrap_or_default()
+    }
+
+    #[cfg(test)]
+    pub(crate) fn flight_count(&self) -> usize {
+        self.flights.len()
     }
 
     /// Removes and returns the waiters whose deadline has passed.
@@ -242,31 +219,6 @@ impl Worker {
         }
         late
     }
-
-    /// Is `callout` the broker call of a flight?
-    pub fn is_flight(&self, callout: u32) -> bool {
-        self.callouts.contains_key(&callout)
-    }
-
-    /// Records a token-invalidation call, so that its answer is recognised.
-    pub fn invalidating(&mut self, callout: u32) {
-        // Envoy cancels a callout whose context ends without answering it: bound what
-        // such lost answers leave behind.
-        if self.invalidations.len() >= 1024 {
-            self.invalidations.clear();
-        }
-        self.invalidations.insert(callout);
-    }
-
-    /// Is `callout` an invalidation call still due?
-    pub fn invalidations_pending(&self, callout: u32) -> bool {
-        self.invalidations.contains(&callout)
-    }
-
-    /// Removes an answered invalidation call; `false` if `callout` was not one.
-    pub fn invalidated(&mut self, callout: u32) -> bool {
-        self.invalidations.remove(&callout)
-    }
 }
 
 #[cfg(test)]
@@ -275,27 +227,6 @@ mod tests {
 
     fn role(n: &str) -> LookerIdentity {
         LookerIdentity::Role(n.into())
-    }
-
-    fn waiter(id: u32, deadline_ms: u64) -> Waiter {
-        Waiter {
-            context_id: id,
-            header_ops: vec![],
-            request_id: format!("r{id}"),
-            rule: "r".into(),
-            deadline_ms,
-        }
-    }
-
-    fn flight(identity: LookerIdentity, callout: u32, first: Waiter) -> Flight {
-        Flight {
-            identity,
-            subject: "s".into(),
-            request_id: "r".into(),
-            callout: Some(callout),
-            waiters: vec![first],
-            started_ms: 0,
-        }
     }
 
     #[test]
@@ -343,66 +274,8 @@ mod tests {
     }
 
     #[test]
-    fn concurrent_requests_share_one_flight() {
-        let mut w = Worker::default();
-        let id = role("analyst");
-        assert!(w.join(&id, waiter(2, 100)).is_err(), "no flight yet");
-        w.start(flight(id.clone(), 7, waiter(1, 100)), Some(1));
-        for ctx in 2..=20 {
-            assert!(w.join(&id, waiter(ctx, 100)).is_ok());
-        }
-        assert_eq!(w.flights.len(), 1);
-        let done = w.finish(7).unwrap();
-        assert_eq!(done.waiters.len(), 20);
-        assert_eq!(w.flights.len(), 0);
-        assert!(w.finish(7).is_none(), "answered once");
-    }
-
-    #[test]
-    fn owner_leaving_orphans_the_flight_for_redispatch() {
-        let mut w = Worker::default();
-        let id = role("analyst");
-        w.start(flight(id.clone(), 7, waiter(1, 100)), Some(1));
-        w.join(&id, waiter(2, 100)).unwrap();
-        w.leave(1);
-        assert!(
-            w.finish(7).is_none(),
-            "the lost callout no longer resolves anything"
-        );
-        let orphans = w.orphans();
-        assert_eq!(orphans.len(), 1);
-        assert_eq!(
-            orphans[0]
-                .waiters
-                .iter()
-                .map(|w| w.context_id)
-                .collect::<Vec<_>>(),
-            vec![2]
-        );
-        w.adopt(&id, 9, 0);
-        assert_eq!(w.finish(9).unwrap().waiters.len(), 1);
-    }
-
-    #[test]
-    fn last_waiter_leaving_an_orphan_drops_it_and_deadlines_expire_waiters() {
-        let mut w = Worker::default();
-        let id = role("analyst");
-        w.start(flight(id.clone(), 7, waiter(1, 100)), Some(1));
-        w.leave(1);
-        assert_eq!(w.flights.len(), 0);
-        w.start(flight(id.clone(), 8, waiter(3, 100)), Some(3));
-        w.join(&id, waiter(4, 200)).unwrap();
-        let late = w.overdue(150);
-        assert_eq!(
-            late.iter().map(|w| w.context_id).collect::<Vec<_>>(),
-            vec![3]
-        );
-        assert_eq!(w.finish(8).unwrap().waiters.len(), 1);
-    }
-
-    #[test]
     fn cache_is_per_identity_and_bounded() {
-        let mut w = Worker::default();
+        let mut w = Tokens::default();
         w.store(
             &role("a"),
             CachedToken {

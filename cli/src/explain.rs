@@ -8,8 +8,9 @@
 use std::fmt::Write as _;
 
 use lookergate::config::Gateway;
-use lookergate::decision::{self, Decision, RequestView, GATEWAY_OWNED_OPERATIONS};
+use lookergate::decision::{self, Decision, HeadDecision, RequestView, GATEWAY_OWNED_OPERATIONS};
 use lookergate::jwt::{self, KeySet, VerifiedToken};
+use lookergate::keyring::KeyRing;
 use lookergate::looker::{Operation, Resolution};
 use lookergate::path;
 use lookergate::policy::{Evaluation, Input, LookerIdentity, QueryFacts, Verdict};
@@ -116,13 +117,17 @@ pub struct Explanation {
     pub notes: Vec<String>,
 }
 
-/// Installs `jwks` as the keys of the issuers that fetch theirs remotely (the CLI does
-/// not reach the IdP through Envoy), so tokens of those issuers can be verified.
-pub fn install_remote_keys(gateway: &Gateway, jwks: &Value) -> Result<usize, String> {
+/// Installs `jwks` in `ring` as the keys of the issuers that fetch theirs remotely (the
+/// CLI does not reach the IdP through Envoy), so tokens of those issuers can be verified.
+pub fn install_remote_keys(
+    gateway: &Gateway,
+    jwks: &Value,
+    ring: &mut KeyRing,
+) -> Result<usize, String> {
     let mut installed = 0;
     for issuer in gateway.issuers.iter().filter(|i| i.remote.is_some()) {
         let (keys, _skipped) = KeySet::from_jwks(jwks).map_err(|e| format!("--jwks: {e}"))?;
-        issuer.install_keys(keys);
+        ring.install(issuer, keys);
         installed += 1;
     }
     Ok(installed)
@@ -130,6 +135,7 @@ pub fn install_remote_keys(gateway: &Gateway, jwks: &Value) -> Result<usize, Str
 
 pub fn explain(
     gateway: &Gateway,
+    ring: &mut KeyRing,
     request: &Request,
     principal: &Principal,
     now_unix: u64,
@@ -189,8 +195,8 @@ pub fn explain(
             (claims.clone(), None)
         }
         Principal::Token(token) => {
-            let decision = filter_decision(gateway, request, token, now_unix);
-            let verified = verify(gateway, token, now_unix);
+            let decision = filter_decision(gateway, ring, request, token, now_unix);
+            let verified = verify(gateway, ring, token, now_unix);
             if let Ok(v) = &verified {
                 ex.principal.push(describe_token(v, now_unix));
             }
@@ -533,6 +539,7 @@ fn resolve<'g>(
 /// The filter's own decision for the request carrying `token`: `Ok(rule)` for an allow.
 fn filter_decision(
     gateway: &Gateway,
+    ring: &mut KeyRing,
     request: &Request,
     token: &str,
     now_unix: u64,
@@ -554,28 +561,31 @@ fn filter_decision(
         request_id: "lookergate-explain".to_owned(),
         headers,
     };
-    let mut decision = decision::decide(gateway, &view, now_unix);
-    if let Decision::NeedBody(admitted) = decision {
-        let body = request.body.as_deref().unwrap_or_default();
-        if body.len() > gateway.max_body_bytes {
-            return Err(Refusal::PayloadTooLarge {
-                limit: gateway.max_body_bytes,
-            });
+    let decision = match decision::decide(gateway, ring, &view, now_unix) {
+        HeadDecision::Decided(decision) => decision,
+        HeadDecision::NeedBody(admitted) => {
+            let body = request.body.as_deref().unwrap_or_default();
+            if body.len() > gateway.max_body_bytes {
+                return Err(Refusal::PayloadTooLarge {
+                    limit: gateway.max_body_bytes,
+                });
+            }
+            decision::decide_body(gateway, *admitted, body)
         }
-        decision = decision::decide_body(gateway, *admitted, body);
-    }
+    };
     match decision {
         Decision::Forward { audit, .. } => Ok(audit.rule.unwrap_or_default()),
         Decision::Refuse { refusal, .. } => Err(refusal),
-        // decide_body never asks for the body again.
-        Decision::NeedBody(_) => Err(Refusal::BadRequest {
-            reason: "the body was asked for twice".to_owned(),
-        }),
     }
 }
 
 /// Verifies the token with the issuer the filter would choose.
-fn verify(gateway: &Gateway, token: &str, now_unix: u64) -> Result<VerifiedToken, Refusal> {
+fn verify(
+    gateway: &Gateway,
+    ring: &mut KeyRing,
+    token: &str,
+    now_unix: u64,
+) -> Result<VerifiedToken, Refusal> {
     let iss = jwt::peek_issuer(token);
     let issuer = match gateway.issuers.as_slice() {
         [only] => Some(only),
@@ -585,13 +595,14 @@ fn verify(gateway: &Gateway, token: &str, now_unix: u64) -> Result<VerifiedToken
         code: "unknown_issuer",
         detail: "the token's issuer is not trusted".to_owned(),
     })?;
-    issuer.verify(token, now_unix).map_err(|e| match e {
-        lookergate::config::IssuerError::NoKeys => Refusal::KeysUnavailable,
-        lookergate::config::IssuerError::Token(e) => Refusal::InvalidToken {
+    match ring.verify(issuer, token, now_unix) {
+        Ok(verified) => Ok(VerifiedToken::clone(&verified)),
+        Err(lookergate::config::IssuerError::NoKeys) => Err(Refusal::KeysUnavailable),
+        Err(lookergate::config::IssuerError::Token(e)) => Err(Refusal::InvalidToken {
             code: e.code(),
             detail: e.to_string(),
-        },
-    })
+        }),
+    }
 }
 
 fn describe_token(token: &VerifiedToken, now_unix: u64) -> String {

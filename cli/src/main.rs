@@ -9,6 +9,7 @@ use clap::{ArgGroup, Args, Parser, Subcommand};
 use jwt_simple::algorithms::RS256KeyPair;
 
 use lookergate::config::Gateway;
+use lookergate::keyring::KeyRing;
 use lookergate_cli::explain::{self, Principal, Request};
 use lookergate_cli::idp::{self, Idp};
 use lookergate_cli::{check, schema, source};
@@ -286,14 +287,17 @@ fn explain_command(args: &ExplainArgs) -> Result<Output, Failure> {
             plugins.len()
         ));
     }
+    // The keys explain verifies with, as a worker holds them: inline ones from the
+    // config, remote ones from --jwks.
+    let mut ring = KeyRing::default();
     if let Some(file) = &args.jwks {
         let file = file.display();
         let jwks =
             std::fs::read_to_string(file.to_string()).map_err(|e| format!("--jwks {file}: {e}"))?;
         let jwks: Value = serde_json::from_str(&jwks).map_err(|e| format!("--jwks {file}: {e}"))?;
-        explain::install_remote_keys(&gateway, &jwks)?;
+        explain::install_remote_keys(&gateway, &jwks, &mut ring)?;
     }
-    let explanation = explain::explain(&gateway, &request, &principal, unix_now());
+    let explanation = explain::explain(&gateway, &mut ring, &request, &principal, unix_now());
     text.push_str(&explanation.render());
     let code = if explanation.allowed() { 0 } else { 1 };
     Ok(Output {

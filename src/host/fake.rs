@@ -10,8 +10,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use super::{HeaderBlock, Host, HostError};
-use crate::decision::HeaderOp;
-use crate::reply::LocalReply;
+use crate::http::{HeaderOp, LocalReply};
 
 /// The hostcalls a filter makes, by kind (the proxy-wasm ABI call behind each).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]

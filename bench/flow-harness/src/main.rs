@@ -22,10 +22,10 @@ use std::rc::Rc;
 
 use lookergate::config::Gateway;
 use lookergate::flow;
+use lookergate::flow::Worker;
 use lookergate::host::fake::{FakeHost, Hostcall};
 use lookergate::host::HeaderBlock;
 use lookergate::jwt::{signature, ForeignCall, HostVerifier};
-use lookergate::tokens::Worker;
 
 /// The broker's answer for an identity seen for the first time (during the warm-up).
 const BROKER_ANSWER: &str = r#"{"access_token":"lookerAccessToken0123456789abcdefghijklmn","token_type":"token","expires_in":3600}"#;
