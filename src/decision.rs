@@ -1,17 +1,23 @@
 //! The per-request decision, pure: from what the client sent to either a refusal or
-//! "forward as this Looker identity, with these header changes".
+//! "forward as this Looker identity, with these header changes". Each step can be
+//! recorded ([`Step`], for `lookergate explain`); the filter records none.
 
 use std::borrow::Cow;
 use std::rc::Rc;
 
-use crate::config::{Gateway, IssuerError, TokenSource};
+use serde_json::{Map, Value};
+
+use crate::config::{Gateway, Issuer, IssuerError, TokenSource};
 pub use crate::http::HeaderOp;
-use crate::jwt::{self, VerifiedToken};
+use crate::jwt::{self, Algorithm, VerifiedToken};
 use crate::keyring::KeyRing;
 use crate::looker::{Operation, Resolution};
 use crate::path;
-use crate::policy::{Input, LookerIdentity, QueryFacts, Verdict, INSPECTABLE_QUERY_OPERATIONS};
+use crate::policy::{
+    Input, LookerIdentity, QueryFacts, RuleStep, Verdict, INSPECTABLE_QUERY_OPERATIONS,
+};
 use crate::reply::Refusal;
+use crate::trace::{Off, Trace};
 
 /// A request with owned strings (the `explain` CLI, tests); see [`RequestHead`].
 #[derive(Debug, Default, Clone)]
@@ -130,6 +136,81 @@ pub struct Admitted {
     pub audit: Audit,
 }
 
+/// One step of a decision, in order: what `lookergate explain` prints.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Step {
+    /// The request asked to be treated as another method: refused.
+    MethodOverride { header: String },
+    /// The issuer chosen to verify the token presented in `header`, and why.
+    Issuer {
+        header: String,
+        choice: IssuerChoice,
+    },
+    /// The token verified.
+    Verified(Rc<VerifiedToken>),
+    /// Claims stated, not verified (`explain --claims`); `trusted`: their `iss` is a
+    /// configured issuer (a token from any other is refused).
+    Unverified { issuer: String, trusted: bool },
+    /// The Looker operation the method and path resolve to.
+    Operation(OperationStep),
+    /// The query a rule inspects, as read.
+    Query {
+        facts: QueryFacts,
+        from: QuerySource,
+    },
+    /// A step of the policy's evaluation.
+    Rule(RuleStep),
+}
+
+impl From<RuleStep> for Step {
+    fn from(step: RuleStep) -> Step {
+        Step::Rule(step)
+    }
+}
+
+/// How the issuer of a presented token was chosen.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum IssuerChoice {
+    /// The only issuer reading the token's header.
+    Only(String),
+    /// Several issuers read the header: the one the token's unverified `iss` names
+    /// (`chosen`), if any.
+    ByIss {
+        readers: usize,
+        iss: Option<String>,
+        chosen: Option<String>,
+    },
+}
+
+/// What the method and path resolve to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OperationStep {
+    /// Outside the API prefix: no Looker operation (rules match on method and path).
+    OutsidePrefix,
+    Found(Operation),
+    /// Below the prefix, and no operation of Looker's API 4.0: refused.
+    Unknown,
+}
+
+/// Where a query was read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QuerySource {
+    /// The URL's path and query string (`run_url_encoded_query`).
+    Url,
+    /// The `WriteQuery` body, with a `limit` in the URL taking precedence.
+    BodyAndUrl,
+}
+
+/// The policy's steps, recorded into a decision's trace.
+struct Within<'t, T>(&'t mut T);
+
+impl<T: Trace<Step>> Trace<RuleStep> for Within<'_, T> {
+    #[inline(always)]
+    fn record(&mut self, step: impl FnOnce() -> RuleStep) {
+        self.0.record(|| Step::Rule(step()));
+    }
+}
+
 /// Operations only the gateway performs: clients never log in to Looker through it.
 pub const GATEWAY_OWNED_OPERATIONS: &[&str] = &["login", "login_user", "logout"];
 
@@ -168,7 +249,61 @@ pub fn decide_head(
     request: RequestHead<'_>,
     now_unix: u64,
 ) -> HeadDecision {
-    let decided = match admit(gateway, keys, request, now_unix) {
+    decide_head_traced(gateway, keys, request, now_unix, &mut Off)
+}
+
+/// [`decide_head`], recording each step into `trace`.
+pub fn decide_head_traced<T: Trace<Step>>(
+    gateway: &Gateway,
+    keys: &mut KeyRing,
+    request: RequestHead<'_>,
+    now_unix: u64,
+    trace: &mut T,
+) -> HeadDecision {
+    let admission = admit(gateway, request, trace, |audit, trace| {
+        authenticate(gateway, keys, request, now_unix, &mut audit.issuer, trace)
+    });
+    decide_admitted(gateway, admission, trace)
+}
+
+/// What the filter decides for a request whose token carried `claims` and verified,
+/// without a token (`lookergate explain --claims`): the request's own token headers
+/// are not read, and nothing about the claims is checked.
+pub fn decide_claims<T: Trace<Step>>(
+    gateway: &Gateway,
+    request: RequestHead<'_>,
+    claims: Map<String, Value>,
+    trace: &mut T,
+) -> HeadDecision {
+    let text = |name: &str| claims.get(name).and_then(Value::as_str).map(str::to_owned);
+    let issuer = text("iss").unwrap_or_default();
+    let subject = text("sub");
+    let token = Rc::new(VerifiedToken {
+        claims,
+        issuer,
+        subject,
+        // Read only by authentication, which stated claims skip.
+        expires_at: 0,
+        kid: None,
+        alg: Algorithm::RS256,
+    });
+    let admission = admit(gateway, request, trace, |_, trace| {
+        trace.record(|| Step::Unverified {
+            trusted: issuer_named(gateway, &token.issuer).is_some(),
+            issuer: token.issuer.clone(),
+        });
+        Ok(token)
+    });
+    decide_admitted(gateway, admission, trace)
+}
+
+/// The verdict for an admitted request, or the body to read first.
+fn decide_admitted<T: Trace<Step>>(
+    gateway: &Gateway,
+    admission: Admission<'_>,
+    trace: &mut T,
+) -> HeadDecision {
+    let decided = match admission {
         Err(refused) => {
             let (refusal, audit) = *refused;
             refuse(refusal, audit)
@@ -184,12 +319,18 @@ pub fn decide_head(
             };
             let id = operation.map_or("", |o| o.operation_id.as_str());
             if !INSPECTABLE_QUERY_OPERATIONS.contains(&id) || !gateway.policy.needs_query(&input) {
-                judge(gateway, admitted, operation, None)
+                judge(gateway, admitted, operation, None, trace)
             } else if BODY_QUERY_OPERATIONS.contains(&id) {
                 return HeadDecision::NeedBody(Box::new(admitted));
             } else {
                 match read_query(id, &admitted.path, admitted.query_string.as_deref(), None) {
-                    Ok(facts) => judge(gateway, admitted, operation, Some(&facts)),
+                    Ok(facts) => {
+                        trace.record(|| Step::Query {
+                            facts: facts.clone(),
+                            from: QuerySource::Url,
+                        });
+                        judge(gateway, admitted, operation, Some(&facts), trace)
+                    }
                     Err(reason) => refuse(Refusal::BadRequest { reason }, admitted.audit),
                 }
             }
@@ -200,6 +341,16 @@ pub fn decide_head(
 
 /// The verdict for a request whose body (a Looker `WriteQuery`) has been read.
 pub fn decide_body(gateway: &Gateway, admitted: Admitted, body: &[u8]) -> Decision {
+    decide_body_traced(gateway, admitted, body, &mut Off)
+}
+
+/// [`decide_body`], recording each step into `trace`.
+pub fn decide_body_traced<T: Trace<Step>>(
+    gateway: &Gateway,
+    admitted: Admitted,
+    body: &[u8],
+    trace: &mut T,
+) -> Decision {
     let id = admitted.operation_id.as_deref().unwrap_or_default();
     match read_query(
         id,
@@ -208,8 +359,12 @@ pub fn decide_body(gateway: &Gateway, admitted: Admitted, body: &[u8]) -> Decisi
         Some(body),
     ) {
         Ok(facts) => {
+            trace.record(|| Step::Query {
+                facts: facts.clone(),
+                from: QuerySource::BodyAndUrl,
+            });
             let operation = gateway.operations.by_id(id);
-            judge(gateway, admitted, operation, Some(&facts))
+            judge(gateway, admitted, operation, Some(&facts), trace)
         }
         Err(reason) => refuse(Refusal::BadRequest { reason }, admitted.audit),
     }
@@ -230,12 +385,13 @@ fn refuse(refusal: Refusal, mut audit: Audit) -> Decision {
 /// The admitted request with its resolved operation, or the refusal with its audit.
 type Admission<'g> = Result<(Admitted, Option<&'g Operation>), Box<(Refusal, Audit)>>;
 
-/// Authenticates and resolves the operation; returns it with the admitted request.
-fn admit<'g>(
+/// Checks the target and method, authenticates (`authenticate`: the principal, or the
+/// refusal) and resolves the operation; returns it with the admitted request.
+fn admit<'g, T: Trace<Step>>(
     gateway: &'g Gateway,
-    keys: &mut KeyRing,
     request: RequestHead<'_>,
-    now_unix: u64,
+    trace: &mut T,
+    authenticate: impl FnOnce(&mut Audit, &mut T) -> Result<Rc<VerifiedToken>, Refusal>,
 ) -> Admission<'g> {
     let mut audit = Audit {
         verdict: "deny",
@@ -257,31 +413,36 @@ fn admit<'g>(
         .iter()
         .find(|(n, _)| METHOD_OVERRIDE_HEADERS.contains(&n.as_ref()))
     {
+        trace.record(|| Step::MethodOverride {
+            header: name.to_string(),
+        });
         let reason = format!(
             "the {name} header is not allowed: the gateway decides on the request's own method"
         );
         return Err(Box::new((Refusal::BadRequest { reason }, audit)));
     }
-    let verified = match authenticate(gateway, keys, request, now_unix, &mut audit.issuer) {
+    let verified = match authenticate(&mut audit, trace) {
         Ok(v) => v,
         Err(refusal) => return Err(Box::new((refusal, audit))),
     };
     audit.subject = verified.subject.clone();
     audit.issuer = Some(verified.issuer.clone());
     audit.groups = groups_summary(&verified.claims);
-    let mut operation = None;
-    if let Some(rest) = below_prefix(&target.path, &gateway.api_prefix) {
-        match gateway.operations.resolve(request.method, rest) {
-            Resolution::Found(op) => operation = Some(op),
-            Resolution::NotFound | Resolution::WrongMethod => {
-                let reason = format!(
-                    "{} {} is not an operation of Looker's API 4.0",
-                    request.method, target.path
-                );
-                return Err(Box::new((Refusal::UnknownOperation { reason }, audit)));
-            }
+    let operation = match resolve_operation(gateway, request.method, &target.path) {
+        Ok(operation) => {
+            trace.record(|| {
+                Step::Operation(match operation {
+                    Some(op) => OperationStep::Found(op.clone()),
+                    None => OperationStep::OutsidePrefix,
+                })
+            });
+            operation
         }
-    }
+        Err(refusal) => {
+            trace.record(|| Step::Operation(OperationStep::Unknown));
+            return Err(Box::new((refusal, audit)));
+        }
+    };
     if let Some(op) = operation {
         audit.operation = Some(op.operation_id.clone());
         if GATEWAY_OWNED_OPERATIONS.contains(&op.operation_id.as_str()) {
@@ -311,20 +472,42 @@ fn admit<'g>(
     Ok((admitted, operation))
 }
 
-fn judge(
+/// The Looker operation `method` and `path` (normalized, no query) name: `None` outside
+/// the API prefix, a 404 refusal below it for anything not in Looker's API 4.0.
+pub fn resolve_operation<'g>(
+    gateway: &'g Gateway,
+    method: &str,
+    path: &str,
+) -> Result<Option<&'g Operation>, Refusal> {
+    let Some(rest) = below_prefix(path, &gateway.api_prefix) else {
+        return Ok(None);
+    };
+    match gateway.operations.resolve(method, rest) {
+        Resolution::Found(op) => Ok(Some(op)),
+        Resolution::NotFound | Resolution::WrongMethod => Err(Refusal::UnknownOperation {
+            reason: format!("{method} {path} is not an operation of Looker's API 4.0"),
+        }),
+    }
+}
+
+fn judge<T: Trace<Step>>(
     gateway: &Gateway,
     admitted: Admitted,
     operation: Option<&Operation>,
     query: Option<&QueryFacts>,
+    trace: &mut T,
 ) -> Decision {
-    let evaluation = gateway.policy.evaluate(&Input {
-        issuer: &admitted.token.issuer,
-        method: &admitted.method,
-        path: &admitted.path,
-        operation,
-        claims: &admitted.token.claims,
-        query,
-    });
+    let evaluation = gateway.policy.evaluate_traced(
+        &Input {
+            issuer: &admitted.token.issuer,
+            method: &admitted.method,
+            path: &admitted.path,
+            operation,
+            claims: &admitted.token.claims,
+            query,
+        },
+        &mut Within(trace),
+    );
     let mut audit = admitted.audit;
     audit.shadows = evaluation
         .shadows
@@ -626,12 +809,13 @@ pub fn with_looker_token(mut header_ops: Vec<HeaderOp>, looker_token: &str) -> V
 
 /// Verifies the presented token. `issuer_seen` is set once an issuer was chosen, so
 /// an unknown `kid` can be traced to the issuer whose keys to refetch.
-fn authenticate(
+fn authenticate<T: Trace<Step>>(
     gateway: &Gateway,
     keys: &mut KeyRing,
     request: RequestHead<'_>,
     now_unix: u64,
     issuer_seen: &mut Option<String>,
+    trace: &mut T,
 ) -> Result<Rc<VerifiedToken>, Refusal> {
     let mut presented: Option<(&str, &str)> = None; // (header, token)
     for header in &gateway.token_headers {
@@ -665,22 +849,7 @@ fn authenticate(
             detail: format!("the {header} header carries more than one value"),
         });
     }
-    // Several issuers may share a header; choose by the (unverified) `iss`, then verify.
-    let candidates: Vec<_> = gateway
-        .issuers
-        .iter()
-        .filter(|i| i.source.header == header)
-        .collect();
-    let chosen = match candidates.as_slice() {
-        [only] => Some(*only),
-        many => {
-            let token = many.first().and_then(|i| token_from(&i.source, value));
-            let iss = token.and_then(jwt::peek_issuer);
-            many.iter()
-                .copied()
-                .find(|i| Some(&i.issuer) == iss.as_ref())
-        }
-    };
+    let chosen = choose_issuer(gateway, header, value, trace);
     let Some(issuer) = chosen else {
         return Err(Refusal::InvalidToken {
             code: "unknown_issuer",
@@ -694,13 +863,72 @@ fn authenticate(
         });
     };
     *issuer_seen = Some(issuer.issuer.clone());
-    keys.verify(issuer, token, now_unix).map_err(|e| match e {
+    let verified = keys.verify(issuer, token, now_unix).map_err(|e| match e {
         IssuerError::NoKeys => Refusal::KeysUnavailable,
         IssuerError::Token(e) => Refusal::InvalidToken {
             code: e.code(),
             detail: e.to_string(),
         },
-    })
+    })?;
+    trace.record(|| Step::Verified(Rc::clone(&verified)));
+    Ok(verified)
+}
+
+/// The issuer that verifies the token presented in `header` (raw `value`): the only
+/// issuer reading that header; when several share it, the one the token's unverified
+/// `iss` names (verification then checks it), else none.
+fn choose_issuer<'g, T: Trace<Step>>(
+    gateway: &'g Gateway,
+    header: &str,
+    value: &str,
+    trace: &mut T,
+) -> Option<&'g Issuer> {
+    let mut readers = gateway.issuers.iter().filter(|i| i.source.header == header);
+    let first = readers.next()?;
+    if readers.next().is_none() {
+        trace.record(|| Step::Issuer {
+            header: header.to_owned(),
+            choice: IssuerChoice::Only(first.issuer.clone()),
+        });
+        return Some(first);
+    }
+    let iss = token_from(&first.source, value).and_then(jwt::peek_issuer);
+    let chosen = gateway
+        .issuers
+        .iter()
+        .find(|i| i.source.header == header && Some(&i.issuer) == iss.as_ref());
+    trace.record(|| Step::Issuer {
+        header: header.to_owned(),
+        choice: IssuerChoice::ByIss {
+            readers: gateway
+                .issuers
+                .iter()
+                .filter(|i| i.source.header == header)
+                .count(),
+            chosen: chosen.map(|i| i.issuer.clone()),
+            iss: iss.clone(),
+        },
+    });
+    chosen
+}
+
+/// The configured issuer whose `iss` is `iss`.
+fn issuer_named<'g>(gateway: &'g Gateway, iss: &str) -> Option<&'g Issuer> {
+    gateway.issuers.iter().find(|i| i.issuer == iss)
+}
+
+/// The header, and its value, in which a client of the token's issuer presents `token`
+/// (`lookergate explain --token`): that of the issuer its unverified `iss` names, else
+/// of the first issuer (which then refuses it as the filter would).
+pub fn present_token(gateway: &Gateway, token: &str) -> Option<(String, String)> {
+    let issuer = jwt::peek_issuer(token)
+        .and_then(|iss| issuer_named(gateway, &iss))
+        .or_else(|| gateway.issuers.first())?;
+    let value = match &issuer.source.prefix {
+        Some(prefix) => format!("{prefix}{token}"),
+        None => token.to_owned(),
+    };
+    Some((issuer.source.header.clone(), value))
 }
 
 /// The token in a header value, after the scheme prefix (case-insensitive).
@@ -1233,6 +1461,152 @@ mod tests {
             "x-forwarded-for".into(),
             "10.0.0.1,127.0.0.1".into()
         )));
+    }
+
+    #[test]
+    fn the_traced_decision_is_the_filters_and_records_each_step() {
+        let idp = TestIssuer::new();
+        let gw = gateway(&idp);
+        let req = request("/api/4.0/user", &[("authorization", &alice_bearer(&idp))]);
+        let mut steps = Vec::new();
+        let headers = req.header_pairs();
+        let head = RequestHead {
+            method: &req.method,
+            path: &req.path,
+            headers: &headers,
+        };
+        let HeadDecision::Decided(traced) =
+            decide_head_traced(&gw, &mut KeyRing::default(), head, now(), &mut steps)
+        else {
+            panic!("no body is needed");
+        };
+        assert_eq!(traced, decide(&gw, &req, now()));
+        let [Step::Issuer { header, choice }, Step::Verified(token), Step::Operation(OperationStep::Found(op)), Step::Rule(RuleStep::Skipped { rule: skipped, why }), Step::Rule(RuleStep::Decides { rule, verdict })] =
+            steps.as_slice()
+        else {
+            panic!("{steps:#?}");
+        };
+        assert_eq!(
+            (header.as_str(), choice),
+            ("authorization", &IssuerChoice::Only(idp.iss.clone()))
+        );
+        assert_eq!(token.subject.as_deref(), Some("alice"));
+        assert_eq!(op.operation_id, "me");
+        assert_eq!(
+            (skipped.as_str(), why.as_str()),
+            ("no-eve", "condition when[0] on claim \"sub\" does not hold")
+        );
+        assert_eq!(rule, "analysts");
+        assert!(matches!(verdict, Verdict::Allow { .. }), "{verdict:?}");
+    }
+
+    #[test]
+    fn a_guarded_rule_records_the_query_and_its_verdict_on_the_body() {
+        let idp = TestIssuer::new();
+        let mut config: serde_json::Value = serde_json::from_str(&gateway_json(&idp)).unwrap();
+        config["policy"]["rules"] = json!([
+            {"name": "queries", "operations": ["run_inline_query"],
+             "query": {"views": ["orders"]}, "allow": {"role": "analyst"}}
+        ]);
+        let gw = Gateway::load(config.to_string().as_bytes()).unwrap();
+        let mut req = request(
+            "/api/4.0/queries/run/json",
+            &[("authorization", &alice_bearer(&idp))],
+        );
+        req.method = "POST".into();
+        let headers = req.header_pairs();
+        let head = RequestHead {
+            method: &req.method,
+            path: &req.path,
+            headers: &headers,
+        };
+        for (view, allowed) in [("orders", true), ("users", false)] {
+            let body = json!({"model": "m", "view": view}).to_string();
+            let mut steps = Vec::new();
+            let HeadDecision::NeedBody(admitted) =
+                decide_head_traced(&gw, &mut KeyRing::default(), head, now(), &mut steps)
+            else {
+                panic!("the guarded rule reads the body");
+            };
+            let traced = decide_body_traced(&gw, (*admitted).clone(), body.as_bytes(), &mut steps);
+            assert_eq!(traced, decide_body(&gw, *admitted, body.as_bytes()));
+            assert!(
+                steps.iter().any(|s| matches!(s, Step::Query { facts, from: QuerySource::BodyAndUrl } if facts.view.as_deref() == Some(view))),
+                "{steps:#?}"
+            );
+            let guard = steps.iter().find_map(|s| match s {
+                Step::Rule(RuleStep::Guard { rule, verdict }) if rule == "queries" => {
+                    Some(verdict.clone())
+                }
+                _ => None,
+            });
+            match guard {
+                Some(Ok(())) => assert!(allowed),
+                Some(Err(reason)) => {
+                    assert!(!allowed);
+                    assert!(reason.contains("query.view"), "{reason}");
+                }
+                None => panic!("no guard step: {steps:#?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn issuers_sharing_a_header_are_chosen_by_the_unverified_iss() {
+        let idp = TestIssuer::new();
+        let mut config: serde_json::Value = serde_json::from_str(&gateway_json(&idp)).unwrap();
+        config["issuers"][1]["from"] = json!({"header": "authorization", "prefix": "Bearer "});
+        config["policy"]["rules"] = json!([{"name": "all", "allow": {"role": "analyst"}}]);
+        let gw = Gateway::load(config.to_string().as_bytes()).unwrap();
+        for (iss, aud, chosen) in [
+            (idp.iss.as_str(), "looker-api", Some(idp.iss.as_str())),
+            (
+                "https://access.example",
+                "app",
+                Some("https://access.example"),
+            ),
+            ("https://unknown.example", "app", None),
+        ] {
+            let jwt = sign_rs256(&idp, json!({"iss": iss, "sub": "a", "aud": aud}));
+            let (header, value) = present_token(&gw, &jwt).unwrap();
+            assert_eq!(header, "authorization");
+            let req = request("/api/4.0/user", &[(&header, &value)]);
+            let headers = req.header_pairs();
+            let head = RequestHead {
+                method: &req.method,
+                path: &req.path,
+                headers: &headers,
+            };
+            let mut steps = Vec::new();
+            let HeadDecision::Decided(decision) =
+                decide_head_traced(&gw, &mut KeyRing::default(), head, now(), &mut steps)
+            else {
+                panic!("no body is needed");
+            };
+            assert_eq!(
+                steps.first(),
+                Some(&Step::Issuer {
+                    header: "authorization".into(),
+                    choice: IssuerChoice::ByIss {
+                        readers: 2,
+                        iss: Some(iss.to_owned()),
+                        chosen: chosen.map(str::to_owned),
+                    }
+                }),
+                "{iss}"
+            );
+            match (chosen, decision) {
+                (Some(_), Decision::Forward { issuer, .. }) => assert_eq!(issuer, iss),
+                (
+                    None,
+                    Decision::Refuse {
+                        refusal: Refusal::InvalidToken { code, .. },
+                        ..
+                    },
+                ) => assert_eq!(code, "unknown_issuer"),
+                (_, other) => panic!("{iss}: {other:?}"),
+            }
+        }
     }
 
     #[test]

@@ -24,6 +24,7 @@ pub mod query;
 pub mod ratelimit;
 pub mod reply;
 pub mod tokens;
+pub mod trace;
 
 #[cfg(target_arch = "wasm32")]
 mod filter;

@@ -6,6 +6,7 @@ use serde_json::{Map, Value};
 
 use crate::looker::{Operation, OperationTable};
 use crate::ratelimit::RateLimit;
+use crate::trace::{Off, Trace};
 
 /// A Looker identity the gateway acts as, as written in a rule.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -332,8 +333,26 @@ pub struct ShadowHit {
 pub struct Evaluation {
     pub verdict: Verdict,
     pub shadows: Vec<ShadowHit>,
-    /// Why each rule before the deciding one did not match (for `explain`).
-    pub trace: Vec<(String, String)>,
+}
+
+/// One step of an evaluation, in rule order (see [`Policy::evaluate_traced`]). Rules
+/// after the deciding one have none: they are not reached.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RuleStep {
+    /// The rule does not apply to the request, and why not.
+    Skipped { rule: String, why: String },
+    /// The rule applies and checked the query the request carries against its
+    /// guardrails: `Err` names the field that failed.
+    Guard {
+        rule: String,
+        verdict: Result<(), String>,
+    },
+    /// A shadow rule applies: what it would decide (reported, never enforced).
+    Shadow { rule: String, verdict: Verdict },
+    /// The rule applies and decides.
+    Decides { rule: String, verdict: Verdict },
+    /// No rule applies: [`DEFAULT_DENY`].
+    DefaultDeny,
 }
 
 /// The compiled policy, built once at configuration time.
@@ -497,27 +516,28 @@ impl Policy {
     }
 
     /// First matching (non-shadow) rule decides; no match is `default_deny`. The hot
-    /// path: no explanation is built (see [`Policy::explain`]).
+    /// path: no trace is built (see [`Policy::evaluate_traced`]).
     pub fn evaluate(&self, input: &Input<'_>) -> Evaluation {
-        self.run(input, false)
+        self.evaluate_traced(input, &mut Off)
     }
 
-    /// Like `evaluate`, with `trace`: why each rule before the deciding one did not apply.
-    pub fn explain(&self, input: &Input<'_>) -> Evaluation {
-        self.run(input, true)
-    }
-
-    fn run(&self, input: &Input<'_>, explain: bool) -> Evaluation {
+    /// [`Policy::evaluate`], recording each rule's step into `trace`: why it did not
+    /// apply, its guardrails' verdict, what it decides or (shadow) would decide.
+    pub fn evaluate_traced<T: Trace<RuleStep>>(
+        &self,
+        input: &Input<'_>,
+        trace: &mut T,
+    ) -> Evaluation {
         let mut shadows = Vec::new();
-        let mut trace = Vec::new();
         for rule in &self.rules {
             if let Err(miss) = rule.matches(input) {
-                if explain {
-                    trace.push((rule.name.clone(), rule.describe(miss, input)));
-                }
+                trace.record(|| RuleStep::Skipped {
+                    rule: rule.name.clone(),
+                    why: rule.describe(miss, input),
+                });
                 continue;
             }
-            let verdict = rule.decide(input);
+            let verdict = rule.decide(input, trace);
             if rule.shadow {
                 let would = if matches!(verdict, Verdict::Allow { .. }) {
                     "allow"
@@ -528,26 +548,24 @@ impl Policy {
                     rule: rule.name.clone(),
                     would,
                 });
-                if explain {
-                    trace.push((rule.name.clone(), format!("shadow rule: would {would}")));
-                }
+                trace.record(|| RuleStep::Shadow {
+                    rule: rule.name.clone(),
+                    verdict: verdict.clone(),
+                });
                 continue;
             }
-            return Evaluation {
-                verdict,
-                shadows,
-                trace,
-            };
+            trace.record(|| RuleStep::Decides {
+                rule: rule.name.clone(),
+                verdict: verdict.clone(),
+            });
+            return Evaluation { verdict, shadows };
         }
+        trace.record(|| RuleStep::DefaultDeny);
         let verdict = Verdict::Deny {
             rule: DEFAULT_DENY.to_owned(),
             reason: "no rule allows this request".to_owned(),
         };
-        Evaluation {
-            verdict,
-            shadows,
-            trace,
-        }
+        Evaluation { verdict, shadows }
     }
 
     /// Does any rule that could match this request need to read its query?
@@ -605,7 +623,7 @@ impl RawRule {
     }
 }
 
-/// Why a rule does not apply to a request (described only when explaining).
+/// Why a rule does not apply to a request (described only when tracing).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Miss {
     Method,
@@ -752,7 +770,7 @@ impl Rule {
         }
     }
 
-    fn decide(&self, input: &Input<'_>) -> Verdict {
+    fn decide<T: Trace<RuleStep>>(&self, input: &Input<'_>, trace: &mut T) -> Verdict {
         match &self.effect {
             Effect::Deny => Verdict::Deny {
                 rule: self.name.clone(),
@@ -770,7 +788,12 @@ impl Rule {
                         };
                     }
                     let facts = input.query.cloned().unwrap_or_default();
-                    if let Err(reason) = guard.check(&facts) {
+                    let checked = guard.check(&facts);
+                    trace.record(|| RuleStep::Guard {
+                        rule: self.name.clone(),
+                        verdict: checked.clone(),
+                    });
+                    if let Err(reason) = checked {
                         return Verdict::Deny {
                             rule: self.name.clone(),
                             reason,
@@ -1478,28 +1501,38 @@ mod tests {
             }]
         );
         assert!(matches!(e.verdict, Verdict::Allow { ref rule, .. } if rule == "analysts"));
-        assert!(e.trace.is_empty(), "the hot path builds no explanation");
         let operation = table().by_id("me");
-        let explained = p.explain(&Input {
-            issuer: ISSUERS[0],
-            method: "GET",
-            path: "/api/4.0/user",
-            operation,
-            claims: &who,
-            query: None,
-        });
-        assert_eq!(explained.verdict, e.verdict);
+        let mut steps = Vec::new();
+        let traced = p.evaluate_traced(
+            &Input {
+                issuer: ISSUERS[0],
+                method: "GET",
+                path: "/api/4.0/user",
+                operation,
+                claims: &who,
+                query: None,
+            },
+            &mut steps,
+        );
+        assert_eq!(traced, e, "tracing changes nothing");
         assert_eq!(
-            explained.trace,
+            steps,
             vec![
-                (
-                    "would-block-queries".to_owned(),
-                    "operation me is not in [\"run_inline_query\"]".to_owned()
-                ),
-                (
-                    "would-allow-users".to_owned(),
-                    "shadow rule: would allow".to_owned()
-                ),
+                RuleStep::Skipped {
+                    rule: "would-block-queries".to_owned(),
+                    why: "operation me is not in [\"run_inline_query\"]".to_owned()
+                },
+                RuleStep::Shadow {
+                    rule: "would-allow-users".to_owned(),
+                    verdict: Verdict::Allow {
+                        rule: "would-allow-users".to_owned(),
+                        identity: LookerIdentity::Role("viewer".to_owned())
+                    }
+                },
+                RuleStep::Decides {
+                    rule: "analysts".to_owned(),
+                    verdict: e.verdict.clone()
+                },
             ]
         );
     }

@@ -1,32 +1,25 @@
-//! `lookergate explain`: what the policy decides for one request, and why — the Looker
-//! operation matched, why each earlier rule did not match, the deciding rule, shadow
-//! hits, and the Looker identity. Built on the filter's own code: the same target
-//! hygiene, operation table, query reading and policy (`Policy::explain` is `evaluate`
-//! with a trace). With a token, the filter's whole decision (`decision::decide`) is run
-//! too, and is authoritative.
+//! `lookergate explain`: what the filter decides for one request, and why. It runs the
+//! filter's own decision (`decision::decide_head_traced`, or `decide_claims` for stated
+//! claims) with a recorder, and prints the steps it recorded: the issuer chosen, the
+//! token verified, the Looker operation, the query read, each rule in order (why it did
+//! not apply, its guardrails' verdict, what it decided), and the Looker identity.
+//! Nothing of the decision is re-implemented here.
 
+use std::borrow::Cow;
 use std::fmt::Write as _;
 
 use lookergate::config::Gateway;
-use lookergate::decision::{self, Decision, HeadDecision, RequestView, GATEWAY_OWNED_OPERATIONS};
-use lookergate::jwt::{self, KeySet, VerifiedToken};
+use lookergate::decision::{
+    self, Decision, HeadDecision, IssuerChoice, OperationStep, QuerySource, RequestHead, Step,
+};
+use lookergate::jwt::{KeySet, VerifiedToken};
 use lookergate::keyring::KeyRing;
-use lookergate::looker::{Operation, Resolution};
+use lookergate::looker::Operation;
 use lookergate::path;
-use lookergate::policy::{Evaluation, Input, LookerIdentity, QueryFacts, Verdict};
+use lookergate::policy::{LookerIdentity, QueryFacts, RuleStep, Verdict};
 use lookergate::ratelimit::RateLimit;
 use lookergate::reply::Refusal;
 use serde_json::{Map, Value};
-
-use lookergate::decision::BODY_QUERY_OPERATIONS;
-use lookergate::policy::INSPECTABLE_QUERY_OPERATIONS;
-
-/// Headers that ask a server to treat the request as another method (as in the filter).
-const METHOD_OVERRIDE_HEADERS: &[&str] = &[
-    "x-http-method-override",
-    "x-http-method",
-    "x-method-override",
-];
 
 /// Who is asking.
 #[derive(Debug, Clone)]
@@ -100,21 +93,23 @@ pub enum Outcome {
     },
 }
 
-/// Everything `explain` found out, rendered by [`Explanation::render`].
+/// The filter's decision and the steps it recorded, rendered by [`Explanation::render`].
 #[derive(Debug, Clone)]
 pub struct Explanation {
     pub request_line: String,
-    /// How the principal was established, and who it is.
-    pub principal: Vec<String>,
-    pub operation: Option<Operation>,
-    /// The query the policy saw, and where it was read from.
-    pub query: Option<(QueryFacts, &'static str)>,
-    /// `None` when the request was refused before the policy.
-    pub evaluation: Option<Evaluation>,
+    /// `Some(origin)` when the principal is stated claims (`--claims`), not a token.
+    pub claims: Option<(Map<String, Value>, String)>,
+    /// The steps of the filter's decision, in order.
+    pub steps: Vec<Step>,
+    /// The operation the request names, when the filter refused it before resolving
+    /// one: it helps to know what was meant.
+    pub meant: Option<Operation>,
     /// The policy's rules, in order.
     pub rules: Vec<String>,
     pub outcome: Outcome,
     pub notes: Vec<String>,
+    /// When the decision was made (token lifetimes are shown from it).
+    pub now_unix: u64,
 }
 
 /// Installs `jwks` in `ring` as the keys of the issuers that fetch theirs remotely (the
@@ -140,205 +135,137 @@ pub fn explain(
     principal: &Principal,
     now_unix: u64,
 ) -> Explanation {
-    let mut ex = Explanation {
+    let mut headers = request.headers.clone();
+    if let Principal::Token(token) = principal {
+        headers.extend(decision::present_token(gateway, token));
+    }
+    let pairs: Vec<(Cow<'_, str>, Cow<'_, str>)> = headers
+        .iter()
+        .map(|(n, v)| (Cow::Borrowed(n.as_str()), Cow::Borrowed(v.as_str())))
+        .collect();
+    let head = RequestHead {
+        method: &request.method,
+        path: &request.target,
+        headers: &pairs,
+    };
+    let mut steps = Vec::new();
+    let mut notes = Vec::new();
+    let head_decision = match principal {
+        Principal::Claims { claims, .. } => {
+            decision::decide_claims(gateway, head, claims.clone(), &mut steps)
+        }
+        Principal::Token(_) => {
+            decision::decide_head_traced(gateway, ring, head, now_unix, &mut steps)
+        }
+    };
+    let decision = match head_decision {
+        HeadDecision::Decided(decision) => decision,
+        HeadDecision::NeedBody(admitted) => {
+            let body = request.body.as_deref().unwrap_or_default();
+            if request.body.is_none() {
+                notes.push("a rule inspects this operation's query body, and no --body was given: the filter reads an empty body".to_owned());
+            }
+            if body.len() > gateway.max_body_bytes {
+                // The filter refuses a body over the bound before reading it.
+                Decision::Refuse {
+                    refusal: Refusal::PayloadTooLarge {
+                        limit: gateway.max_body_bytes,
+                    },
+                    audit: admitted.audit,
+                }
+            } else {
+                decision::decide_body_traced(gateway, *admitted, body, &mut steps)
+            }
+        }
+    };
+    let outcome = match decision {
+        Decision::Forward {
+            identity, audit, ..
+        } => {
+            let rule = audit.rule.unwrap_or_default();
+            let rate_limit = gateway
+                .policy
+                .rule(&rule)
+                .and_then(|r| r.rate_limit.clone());
+            Outcome::Allow {
+                rule,
+                identity,
+                rate_limit,
+            }
+        }
+        Decision::Refuse { refusal, .. } => denial(&refusal),
+    };
+    let resolved = steps.iter().any(|s| matches!(s, Step::Operation(_)));
+    let meant = match path::parse_target(&request.target) {
+        Ok(target) if !resolved => {
+            decision::resolve_operation(gateway, &request.method, &target.path)
+                .ok()
+                .flatten()
+                .cloned()
+        }
+        _ => None,
+    };
+    let claims = match principal {
+        Principal::Claims { claims, origin } => Some((claims.clone(), origin.clone())),
+        Principal::Token(_) => None,
+    };
+    if claims.is_some() {
+        for step in &steps {
+            if let Step::Unverified {
+                issuer,
+                trusted: false,
+            } = step
+            {
+                if !issuer.is_empty() {
+                    notes.push(format!(
+                        "iss {issuer:?} is not a trusted issuer: the filter would refuse a token from it"
+                    ));
+                }
+            }
+        }
+    }
+    Explanation {
         request_line: format!("{} {}", request.method, request.target),
-        principal: Vec::new(),
-        operation: None,
-        query: None,
-        evaluation: None,
+        claims,
+        steps,
+        meant,
         rules: gateway
             .policy
             .rules()
             .iter()
             .map(|r| r.name.clone())
             .collect(),
-        outcome: Outcome::Deny {
-            status: 0,
-            code: String::new(),
-            rule: None,
-            reason: String::new(),
-        },
-        notes: Vec::new(),
-    };
-    let target = match path::parse_target(&request.target) {
-        Ok(t) => t,
-        Err(bad) => {
-            return ex.refused(&Refusal::BadRequest {
-                reason: bad.0.to_owned(),
-            })
-        }
-    };
-    // Shown even when the request is refused earlier: it helps to know what was meant.
-    ex.operation = resolve(gateway, &request.method, &target.path)
-        .ok()
-        .flatten()
-        .cloned();
-    if let Some((name, _)) = request
-        .headers
-        .iter()
-        .find(|(n, _)| METHOD_OVERRIDE_HEADERS.contains(&n.as_str()))
-    {
-        let reason = format!(
-            "the {name} header is not allowed: the gateway decides on the request's own method"
-        );
-        return ex.refused(&Refusal::BadRequest { reason });
+        outcome,
+        notes,
+        now_unix,
     }
-    let (claims, filter_decision) = match principal {
-        Principal::Claims { claims, origin } => {
-            ex.principal.push(format!("claims from {origin}: signature, issuer, audience and expiry NOT verified (--claims)"));
-            let iss = claims.get("iss").and_then(Value::as_str);
-            if let Some(iss) = iss.filter(|iss| !gateway.issuers.iter().any(|i| i.issuer == *iss)) {
-                ex.notes.push(format!(
-                    "iss {iss:?} is not a trusted issuer: the filter would refuse a token from it"
-                ));
-            }
-            (claims.clone(), None)
-        }
-        Principal::Token(token) => {
-            let decision = filter_decision(gateway, ring, request, token, now_unix);
-            let verified = verify(gateway, ring, token, now_unix);
-            if let Ok(v) = &verified {
-                ex.principal.push(describe_token(v, now_unix));
-            }
-            match (decision, verified) {
-                // Refused before the policy (bad token, unknown operation, ...): that is the answer.
-                (Err(refusal), verified) if !matches!(refusal, Refusal::Forbidden { .. }) => {
-                    if let Ok(v) = verified {
-                        ex.principal.push(describe_claims(&v.claims));
-                    }
-                    return ex.refused(&refusal);
-                }
-                (_, Err(refusal)) => return ex.refused(&refusal),
-                (decision, Ok(v)) => (v.claims, Some(decision)),
-            }
-        }
+}
+
+fn denial(refusal: &Refusal) -> Outcome {
+    let (rule, reason) = match refusal {
+        Refusal::Forbidden { rule, reason } => (Some(rule.clone()), reason.clone()),
+        other => (None, refusal_reason(other)),
     };
-    ex.principal.push(describe_claims(&claims));
-    let outcome = ex.evaluate(gateway, request, &target, &claims);
-    if let Some(decision) = filter_decision {
-        // The filter's own decision is authoritative; disagreeing is a bug in explain.
-        let agrees = match (&decision, &outcome) {
-            (Ok(rule), Ok(Outcome::Allow { rule: r, .. })) => rule == r,
-            (Err(Refusal::Forbidden { rule, .. }), Ok(Outcome::Deny { rule: Some(r), .. })) => {
-                rule == r
-            }
-            (Err(refusal), Err(mine)) => refusal == mine,
-            _ => false,
-        };
-        if !agrees {
-            ex.notes.push(format!("explain's own evaluation differs from the filter's decision ({decision:?}): please report"));
-            if let Err(refusal) = &decision {
-                return ex.refused(refusal);
-            }
-        }
-    }
-    match outcome {
-        Ok(outcome) => {
-            ex.outcome = outcome;
-            ex
-        }
-        Err(refusal) => ex.refused(&refusal),
+    Outcome::Deny {
+        status: refusal.status(),
+        code: refusal.code().to_owned(),
+        rule,
+        reason,
     }
 }
 
 impl Explanation {
-    fn refused(mut self, refusal: &Refusal) -> Explanation {
-        let (rule, reason) = match refusal {
-            Refusal::Forbidden { rule, reason } => (Some(rule.clone()), reason.clone()),
-            other => (None, refusal_reason(other)),
-        };
-        self.outcome = Outcome::Deny {
-            status: refusal.status(),
-            code: refusal.code().to_owned(),
-            rule,
-            reason,
-        };
-        self
-    }
-
-    /// Operation, query, policy: what the filter does once the token is verified.
-    fn evaluate(
-        &mut self,
-        gateway: &Gateway,
-        request: &Request,
-        target: &path::RequestTarget<'_>,
-        claims: &Map<String, Value>,
-    ) -> Result<Outcome, Refusal> {
-        let operation = resolve(gateway, &request.method, &target.path)?;
-        if let Some(op) = operation {
-            if GATEWAY_OWNED_OPERATIONS.contains(&op.operation_id.as_str()) {
-                return Err(Refusal::GatewayOwnsAuthentication {
-                    operation: op.operation_id.clone(),
-                });
-            }
-        }
-        let id = operation.map_or("", |o| o.operation_id.as_str());
-        let issuer = claims
-            .get("iss")
-            .and_then(Value::as_str)
-            .unwrap_or_default();
-        let mut input = Input {
-            issuer,
-            method: &request.method,
-            path: &target.path,
-            operation,
-            claims,
-            query: None,
-        };
-        let mut query = None;
-        if INSPECTABLE_QUERY_OPERATIONS.contains(&id) && gateway.policy.needs_query(&input) {
-            let (body, from) = if BODY_QUERY_OPERATIONS.contains(&id) {
-                let body = request.body.as_deref().unwrap_or_default();
-                if request.body.is_none() {
-                    self.notes.push("a rule inspects this operation's query body, and no --body was given: the filter reads an empty body".to_owned());
-                }
-                if body.len() > gateway.max_body_bytes {
-                    return Err(Refusal::PayloadTooLarge {
-                        limit: gateway.max_body_bytes,
-                    });
-                }
-                (Some(body), "the body and the URL")
-            } else {
-                (None, "the URL")
-            };
-            let facts = decision::read_query(id, &target.path, target.query, body)
-                .map_err(|reason| Refusal::BadRequest { reason })?;
-            query = Some((facts, from));
-        }
-        self.query.clone_from(&query);
-        input.query = query.as_ref().map(|(facts, _)| facts);
-        let evaluation = gateway.policy.explain(&input);
-        self.evaluation = Some(evaluation.clone());
-        match evaluation.verdict {
-            Verdict::Allow { rule, identity } => {
-                let rate_limit = gateway
-                    .policy
-                    .rule(&rule)
-                    .and_then(|r| r.rate_limit.clone());
-                Ok(Outcome::Allow {
-                    rule,
-                    identity,
-                    rate_limit,
-                })
-            }
-            Verdict::Deny { rule, reason } => {
-                let refusal = Refusal::Forbidden {
-                    rule: rule.clone(),
-                    reason: reason.clone(),
-                };
-                Ok(Outcome::Deny {
-                    status: refusal.status(),
-                    code: refusal.code().to_owned(),
-                    rule: Some(rule),
-                    reason,
-                })
-            }
-        }
-    }
-
     /// The verdict, for scripts: allow or deny.
     pub fn allowed(&self) -> bool {
         matches!(self.outcome, Outcome::Allow { .. })
+    }
+
+    /// The policy's steps, if it was reached.
+    fn rule_steps(&self) -> impl Iterator<Item = &RuleStep> {
+        self.steps.iter().filter_map(|s| match s {
+            Step::Rule(step) => Some(step),
+            _ => None,
+        })
     }
 
     pub fn render(&self) -> String {
@@ -347,73 +274,74 @@ impl Explanation {
             let _ = writeln!(out, "{label:<10} {text}");
         };
         line("request", &self.request_line);
-        let mut principal = self.principal.iter();
+        let mut principal = Vec::new();
+        if let Some((claims, origin)) = &self.claims {
+            principal.push(format!("claims from {origin}: signature, issuer, audience and expiry NOT verified (--claims)"));
+            principal.push(describe_claims(claims));
+        }
+        for step in &self.steps {
+            if let Step::Verified(token) = step {
+                principal.push(describe_token(token, self.now_unix));
+                principal.push(describe_claims(&token.claims));
+            }
+        }
+        let mut principal = principal.iter();
         if let Some(first) = principal.next() {
             line("principal", first);
         }
         for more in principal {
             line("", more);
         }
-        match &self.operation {
-            Some(op) => {
-                line(
-                    "operation",
-                    &format!(
-                        "{} ({} {}{})",
-                        op.operation_id,
-                        op.method,
-                        lookergate::looker::API_PREFIX,
-                        op.template
-                    ),
-                );
-                let tags = if op.tags.is_empty() {
-                    "-".to_owned()
-                } else {
-                    op.tags.join(", ")
-                };
-                line(
-                    "",
-                    &format!(
-                        "tags: {tags}; activity type: {}; status: {}",
-                        op.activity_type, op.status
-                    ),
-                );
+        for step in &self.steps {
+            match step {
+                Step::Issuer { header, choice } => line("issuer", &describe_issuer(header, choice)),
+                Step::MethodOverride { header } => line(
+                    "method",
+                    &format!("the {header} header asks for another method: refused"),
+                ),
+                _ => {}
             }
-            None => line(
+        }
+        let operation = self.steps.iter().find_map(|s| match s {
+            Step::Operation(op) => Some(op),
+            _ => None,
+        });
+        match (operation, &self.meant) {
+            (Some(OperationStep::Found(op)), _) => {
+                describe_operation(&mut line, op, "");
+            }
+            (Some(OperationStep::OutsidePrefix), _) => line(
+                "operation",
+                "none (outside api_prefix: not a Looker API 4.0 operation)",
+            ),
+            (Some(OperationStep::Unknown), _) => {
+                line("operation", "none (not a Looker API 4.0 operation)")
+            }
+            (None, Some(op)) => describe_operation(
+                &mut line,
+                op,
+                " (not resolved by the filter: it refused the request first)",
+            ),
+            (None, None) => line(
                 "operation",
                 "none (not a Looker API 4.0 operation, or outside api_prefix)",
             ),
         }
-        if let Some((q, from)) = &self.query {
-            let or_dash = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".to_owned());
-            let limit = q.limit.map_or_else(
-                || "none (Looker's default 5000)".to_owned(),
-                |l| l.to_string(),
-            );
-            let filters = if q.filters.is_empty() {
-                "none".to_owned()
-            } else {
-                q.filters
-                    .iter()
-                    .map(|(field, value)| format!("{field}={value:?}"))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            };
-            line(
-                "query",
-                &format!(
-                    "model {}, view {}, limit {limit}, filters {filters} (from {from})",
-                    or_dash(&q.model),
-                    or_dash(&q.view)
-                ),
-            );
+        for step in &self.steps {
+            if let Step::Query { facts, from } = step {
+                line("query", &describe_query(facts, *from));
+            }
         }
         out.push_str(&self.render_rules());
-        if let Some(evaluation) = &self.evaluation {
-            let shadows: Vec<String> = evaluation
-                .shadows
-                .iter()
-                .map(|s| format!("{} would {}", s.rule, s.would))
+        if self.rule_steps().next().is_some() {
+            let shadows: Vec<String> = self
+                .rule_steps()
+                .filter_map(|s| match s {
+                    RuleStep::Shadow { rule, verdict } => {
+                        Some(format!("{rule} would {}", would(verdict)))
+                    }
+                    _ => None,
+                })
                 .collect();
             let shadows = if shadows.is_empty() {
                 "none".to_owned()
@@ -471,41 +399,53 @@ impl Explanation {
 
     fn render_rules(&self) -> String {
         let mut out = String::new();
-        let Some(evaluation) = &self.evaluation else {
+        if self.rule_steps().next().is_none() {
             let _ = writeln!(
                 out,
                 "{:<10} not evaluated: the request is refused before the policy",
                 "rules"
             );
             return out;
-        };
+        }
         let _ = writeln!(out, "rules");
         let width = self.rules.iter().map(String::len).max().unwrap_or(0);
-        let decider = match &evaluation.verdict {
-            Verdict::Allow { rule, .. } | Verdict::Deny { rule, .. } => rule.as_str(),
-        };
-        let mut decided = false;
         for (i, name) in self.rules.iter().enumerate() {
-            let status = if decided {
-                "not reached".to_owned()
-            } else if let Some((_, why)) = evaluation.trace.iter().find(|(rule, _)| rule == name) {
-                if why.starts_with("shadow rule") {
-                    why.clone()
-                } else {
-                    format!("no match: {why}")
+            let mut status = "not reached".to_owned();
+            let mut guard = None;
+            for step in self.rule_steps() {
+                match step {
+                    RuleStep::Skipped { rule, why } if rule == name => {
+                        status = format!("no match: {why}");
+                    }
+                    RuleStep::Shadow { rule, verdict } if rule == name => {
+                        status = format!("shadow rule: would {}", would(verdict));
+                    }
+                    RuleStep::Decides { rule, verdict } if rule == name => {
+                        status = match verdict {
+                            Verdict::Allow { .. } => "matches: decides ALLOW".to_owned(),
+                            Verdict::Deny { reason, .. } => {
+                                format!("matches: decides DENY ({reason})")
+                            }
+                        };
+                    }
+                    RuleStep::Guard { rule, verdict } if rule == name => {
+                        guard = Some(match verdict {
+                            Ok(()) => "the query is within its guardrails".to_owned(),
+                            Err(reason) => format!("its guardrails refuse the query: {reason}"),
+                        });
+                    }
+                    _ => {}
                 }
-            } else if name == decider {
-                decided = true;
-                match &evaluation.verdict {
-                    Verdict::Allow { .. } => "matches: decides ALLOW".to_owned(),
-                    Verdict::Deny { reason, .. } => format!("matches: decides DENY ({reason})"),
-                }
-            } else {
-                "not reached".to_owned()
-            };
+            }
             let _ = writeln!(out, "  {:>2}. {name:<width$}  {status}", i + 1);
+            if let Some(guard) = guard {
+                let _ = writeln!(out, "      {:<width$}  guard: {guard}", "");
+            }
         }
-        if !decided {
+        if self
+            .rule_steps()
+            .any(|s| matches!(s, RuleStep::DefaultDeny))
+        {
             let _ = writeln!(
                 out,
                 "      no rule decided: {}",
@@ -516,93 +456,92 @@ impl Explanation {
     }
 }
 
-/// The operation below the API prefix: `Ok(None)` outside it, 404 for unknown paths.
-fn resolve<'g>(
-    gateway: &'g Gateway,
-    method: &str,
-    path: &str,
-) -> Result<Option<&'g Operation>, Refusal> {
-    let Some(rest) = path
-        .strip_prefix(gateway.api_prefix.as_str())
-        .filter(|r| r.is_empty() || r.starts_with('/'))
-    else {
-        return Ok(None);
-    };
-    match gateway.operations.resolve(method, rest) {
-        Resolution::Found(op) => Ok(Some(op)),
-        Resolution::NotFound | Resolution::WrongMethod => Err(Refusal::UnknownOperation {
-            reason: format!("{method} {path} is not an operation of Looker's API 4.0"),
-        }),
+fn would(verdict: &Verdict) -> &'static str {
+    match verdict {
+        Verdict::Allow { .. } => "allow",
+        Verdict::Deny { .. } => "deny",
     }
 }
 
-/// The filter's own decision for the request carrying `token`: `Ok(rule)` for an allow.
-fn filter_decision(
-    gateway: &Gateway,
-    ring: &mut KeyRing,
-    request: &Request,
-    token: &str,
-    now_unix: u64,
-) -> Result<String, Refusal> {
-    let issuer = jwt::peek_issuer(token)
-        .and_then(|iss| gateway.issuers.iter().find(|i| i.issuer == iss))
-        .or_else(|| gateway.issuers.first());
-    let mut headers = request.headers.clone();
-    if let Some(issuer) = issuer {
-        let value = match &issuer.source.prefix {
-            Some(prefix) => format!("{prefix}{token}"),
-            None => token.to_owned(),
-        };
-        headers.push((issuer.source.header.clone(), value));
-    }
-    let view = RequestView {
-        method: request.method.clone(),
-        path: request.target.clone(),
-        request_id: "lookergate-explain".to_owned(),
-        headers,
-    };
-    let decision = match decision::decide(gateway, ring, &view, now_unix) {
-        HeadDecision::Decided(decision) => decision,
-        HeadDecision::NeedBody(admitted) => {
-            let body = request.body.as_deref().unwrap_or_default();
-            if body.len() > gateway.max_body_bytes {
-                return Err(Refusal::PayloadTooLarge {
-                    limit: gateway.max_body_bytes,
-                });
-            }
-            decision::decide_body(gateway, *admitted, body)
+fn describe_issuer(header: &str, choice: &IssuerChoice) -> String {
+    match choice {
+        IssuerChoice::Only(issuer) => {
+            format!("{issuer} (the only issuer reading the {header} header)")
         }
-    };
-    match decision {
-        Decision::Forward { audit, .. } => Ok(audit.rule.unwrap_or_default()),
-        Decision::Refuse { refusal, .. } => Err(refusal),
+        IssuerChoice::ByIss {
+            readers,
+            iss,
+            chosen: Some(issuer),
+        } => format!(
+            "{issuer} (named by the token's unverified iss {:?}, among the {readers} issuers reading the {header} header)",
+            iss.as_deref().unwrap_or_default()
+        ),
+        IssuerChoice::ByIss {
+            readers,
+            iss: Some(iss),
+            chosen: None,
+        } => format!(
+            "none: the token's unverified iss {iss:?} names none of the {readers} issuers reading the {header} header"
+        ),
+        IssuerChoice::ByIss {
+            readers,
+            iss: None,
+            chosen: None,
+        } => format!(
+            "none: the token names no iss to choose among the {readers} issuers reading the {header} header"
+        ),
     }
 }
 
-/// Verifies the token with the issuer the filter would choose.
-fn verify(
-    gateway: &Gateway,
-    ring: &mut KeyRing,
-    token: &str,
-    now_unix: u64,
-) -> Result<VerifiedToken, Refusal> {
-    let iss = jwt::peek_issuer(token);
-    let issuer = match gateway.issuers.as_slice() {
-        [only] => Some(only),
-        many => many.iter().find(|i| Some(&i.issuer) == iss.as_ref()),
-    }
-    .ok_or(Refusal::InvalidToken {
-        code: "unknown_issuer",
-        detail: "the token's issuer is not trusted".to_owned(),
-    })?;
-    match ring.verify(issuer, token, now_unix) {
-        Ok(verified) => Ok(VerifiedToken::clone(&verified)),
-        Err(lookergate::config::IssuerError::NoKeys) => Err(Refusal::KeysUnavailable),
-        Err(lookergate::config::IssuerError::Token(e)) => Err(Refusal::InvalidToken {
-            code: e.code(),
-            detail: e.to_string(),
-        }),
-    }
+fn describe_operation(line: &mut impl FnMut(&str, &str), op: &Operation, aside: &str) {
+    line(
+        "operation",
+        &format!(
+            "{} ({} {}{}){aside}",
+            op.operation_id,
+            op.method,
+            lookergate::looker::API_PREFIX,
+            op.template
+        ),
+    );
+    let tags = if op.tags.is_empty() {
+        "-".to_owned()
+    } else {
+        op.tags.join(", ")
+    };
+    line(
+        "",
+        &format!(
+            "tags: {tags}; activity type: {}; status: {}",
+            op.activity_type, op.status
+        ),
+    );
+}
+
+fn describe_query(q: &QueryFacts, from: QuerySource) -> String {
+    let or_dash = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".to_owned());
+    let limit = q.limit.map_or_else(
+        || "none (Looker's default 5000)".to_owned(),
+        |l| l.to_string(),
+    );
+    let filters = if q.filters.is_empty() {
+        "none".to_owned()
+    } else {
+        q.filters
+            .iter()
+            .map(|(field, value)| format!("{field}={value:?}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let from = match from {
+        QuerySource::Url => "the URL",
+        QuerySource::BodyAndUrl => "the body and the URL",
+    };
+    format!(
+        "model {}, view {}, limit {limit}, filters {filters} (from {from})",
+        or_dash(&q.model),
+        or_dash(&q.view)
+    )
 }
 
 fn describe_token(token: &VerifiedToken, now_unix: u64) -> String {
@@ -653,5 +592,87 @@ fn refusal_reason(refusal: &Refusal) -> String {
             "the issuer's keys are fetched remotely and the CLI does not fetch them: pass --jwks FILE, or use --claims".to_owned()
         }
         other => other.code().to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{demo_signing_key, mint, unix_now, TokenSpec, DEMO_ISSUER, DEMO_JWKS_JSON};
+    use serde_json::json;
+
+    const OTHER: &str = "https://other.example";
+
+    /// Two issuers share the `authorization` header (both trust the demo key).
+    fn two_issuers() -> Gateway {
+        let jwks: Value = serde_json::from_str(DEMO_JWKS_JSON).unwrap();
+        let config = json!({
+            "issuers": [
+                {"issuer": DEMO_ISSUER, "audiences": ["looker-api"], "jwks": jwks},
+                {"issuer": OTHER, "audiences": ["looker-api"], "jwks": jwks}
+            ],
+            "policy": {"rules": [
+                {"name": "others", "issuers": [OTHER], "allow": {"role": "viewer"}},
+                {"name": "demo", "allow": {"role": "analyst"}}
+            ]},
+            "broker": {"cluster": "broker", "credential": "0123456789abcdef-secret"}
+        });
+        Gateway::load(config.to_string().as_bytes()).unwrap()
+    }
+
+    fn token_from(iss: &str) -> Principal {
+        let mut spec = TokenSpec::for_demo_user("alice", 600).unwrap();
+        spec.iss = iss.to_owned();
+        Principal::Token(mint(&demo_signing_key().unwrap(), &spec).unwrap())
+    }
+
+    fn run(gateway: &Gateway, principal: &Principal) -> String {
+        let request = Request::parse("GET /api/4.0/user").unwrap();
+        explain(
+            gateway,
+            &mut KeyRing::default(),
+            &request,
+            principal,
+            unix_now(),
+        )
+        .render()
+    }
+
+    #[test]
+    fn an_issuer_sharing_its_header_is_chosen_by_the_tokens_iss() {
+        let gateway = two_issuers();
+        let out = run(&gateway, &token_from(OTHER));
+        assert!(
+            out.contains("issuer     https://other.example (named by the token's unverified iss \"https://other.example\", among the 2 issuers reading the authorization header)"),
+            "{out}"
+        );
+        assert!(out.contains("1. others  matches: decides ALLOW"), "{out}");
+        assert!(out.contains("verdict    ALLOW by rule \"others\""), "{out}");
+
+        let out = run(&gateway, &token_from("https://unknown.example"));
+        assert!(
+            out.contains("issuer     none: the token's unverified iss \"https://unknown.example\" names none of the 2 issuers reading the authorization header"),
+            "{out}"
+        );
+        assert!(out.contains("verdict    DENY: 401 unknown_issuer"), "{out}");
+        assert!(out.contains("rules      not evaluated"), "{out}");
+    }
+
+    #[test]
+    fn stated_claims_name_an_untrusted_issuer_in_a_note() {
+        let gateway = two_issuers();
+        let claims = json!({"iss": "https://unknown.example", "sub": "x"});
+        let principal = Principal::Claims {
+            claims: claims.as_object().unwrap().clone(),
+            origin: "--claims".to_owned(),
+        };
+        let out = run(&gateway, &principal);
+        assert!(out.contains("NOT verified (--claims)"), "{out}");
+        assert!(!out.contains("issuer     "), "no issuer is chosen: {out}");
+        assert!(
+            out.contains("note       iss \"https://unknown.example\" is not a trusted issuer"),
+            "{out}"
+        );
+        assert!(out.contains("verdict    ALLOW by rule \"demo\""), "{out}");
     }
 }
