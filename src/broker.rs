@@ -1,12 +1,14 @@
 //! The gateway's side of the broker protocol (docs/DESIGN.md): the callout request
 //! for an identity, and the answer parsed into a token or a refusal.
 
-use serde::Deserialize;
-use serde_json::json;
+use lookergate_proto::broker::{
+    ErrorCode, ErrorResponse, InvalidateRequest, TokenRequest, TokenResponse,
+};
 
 use crate::config::BrokerSettings;
-use crate::policy::LookerIdentity;
 use crate::reply::Refusal;
+
+pub use lookergate_proto::LookerIdentity;
 
 /// Largest broker answer read; a token answer is a few hundred bytes.
 pub const MAX_RESPONSE_BYTES: usize = 16 * 1024;
@@ -30,17 +32,10 @@ impl std::fmt::Debug for BrokerToken {
     }
 }
 
-/// An identity as the broker protocol writes it (docs/DESIGN.md).
-fn identity_json(identity: &LookerIdentity) -> serde_json::Value {
-    match identity {
-        LookerIdentity::Role(name) => json!({"kind": "role", "name": name}),
-        LookerIdentity::User {
-            credential_type,
-            credential_id,
-        } => {
-            json!({"kind": "user", "credential_type": credential_type, "credential_id": credential_id})
-        }
-    }
+/// A protocol body as JSON. These types always serialize; were one not to, the empty
+/// body would be refused by the broker (fail closed).
+fn body<T: serde::Serialize>(value: &T) -> String {
+    serde_json::to_string(value).unwrap_or_default()
 }
 
 /// The callout: headers and JSON body.
@@ -50,9 +45,11 @@ pub fn token_request(
     subject: &str,
     request_id: &str,
 ) -> (Vec<(&'static str, String)>, String) {
-    let identity = identity_json(identity);
-    let body =
-        json!({"identity": identity, "subject": subject, "request_id": request_id}).to_string();
+    let request = TokenRequest {
+        identity: identity.clone(),
+        subject: Some(subject.to_owned()),
+        request_id: Some(request_id.to_owned()),
+    };
     let headers = vec![
         (":method", "POST".to_owned()),
         (":path", settings.path.clone()),
@@ -63,7 +60,7 @@ pub fn token_request(
             format!("Bearer {}", settings.credential.expose()),
         ),
     ];
-    (headers, body)
+    (headers, body(&request))
 }
 
 /// Asks the broker to drop an identity's token (Looker rejected it).
@@ -77,19 +74,10 @@ pub fn invalidate_request(
             *value = format!("{}/invalidate", settings.path.trim_end_matches('/'));
         }
     }
-    let identity = identity_json(identity);
-    (headers, json!({ "identity": identity }).to_string())
-}
-
-#[derive(Deserialize)]
-struct TokenAnswer {
-    access_token: String,
-    expires_in: u64,
-}
-
-#[derive(Deserialize)]
-struct ErrorAnswer {
-    error: String,
+    let request = InvalidateRequest {
+        identity: identity.clone(),
+    };
+    (headers, body(&request))
 }
 
 /// Interprets the broker's answer. `status` is `None` when Envoy could not reach the
@@ -109,23 +97,27 @@ pub fn parse_token_response(
         return Err(unavailable("the token broker's answer is too large"));
     }
     if status != 200 {
-        let code = serde_json::from_slice::<ErrorAnswer>(body)
-            .map(|e| e.error)
-            .unwrap_or_default();
-        return Err(match (status, code.as_str()) {
-            (403, "no_looker_user") => Refusal::NoLookerUser {
+        let code = serde_json::from_slice::<ErrorResponse>(body)
+            .ok()
+            .map(|e| e.error);
+        return Err(match (status, code) {
+            (403, Some(ErrorCode::NoLookerUser)) => Refusal::NoLookerUser {
                 rule: rule.to_owned(),
             },
-            (502, "bad_credentials") => Refusal::LookerCredentialsRejected,
-            (_, "looker_unavailable") => unavailable("Looker is unavailable to the token broker"),
-            (_, "unknown_role") => unavailable("the token broker does not know this rule's role"),
+            (502, Some(ErrorCode::BadCredentials)) => Refusal::LookerCredentialsRejected,
+            (_, Some(ErrorCode::LookerUnavailable)) => {
+                unavailable("Looker is unavailable to the token broker")
+            }
+            (_, Some(ErrorCode::UnknownRole)) => {
+                unavailable("the token broker does not know this rule's role")
+            }
             (401, _) => unavailable("the token broker refused the gateway's credential"),
             _ => Refusal::BrokerUnavailable {
                 reason: format!("the token broker answered {status}"),
             },
         });
     }
-    let answer: TokenAnswer = serde_json::from_slice(body)
+    let answer: TokenResponse = serde_json::from_slice(body)
         .map_err(|_| unavailable("the token broker's answer is not a token"))?;
     // The token becomes a header value: refuse anything that could split or smuggle.
     let valid = !answer.access_token.is_empty()
@@ -145,6 +137,7 @@ pub fn parse_token_response(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
     use std::time::Duration;
 
     #[test]

@@ -83,7 +83,7 @@ pub struct RawIssuer {
     pub cluster: Option<String>,
     #[cfg_attr(
         feature = "schema",
-        schemars(with = "String", regex(pattern = r"^\s*[0-9]+(ms|s|m|h|d)\s*$"))
+        schemars(with = "String", regex(pattern = duration::PATTERN))
     )]
     #[serde(
         default = "default_jwks_refresh",
@@ -92,7 +92,7 @@ pub struct RawIssuer {
     pub jwks_refresh: Duration,
     #[cfg_attr(
         feature = "schema",
-        schemars(with = "String", regex(pattern = r"^\s*[0-9]+(ms|s|m|h|d)\s*$"))
+        schemars(with = "String", regex(pattern = duration::PATTERN))
     )]
     #[serde(
         default = "default_jwks_max_stale",
@@ -102,7 +102,7 @@ pub struct RawIssuer {
     /// At most one refetch per this interval when a token names an unknown `kid`.
     #[cfg_attr(
         feature = "schema",
-        schemars(with = "String", regex(pattern = r"^\s*[0-9]+(ms|s|m|h|d)\s*$"))
+        schemars(with = "String", regex(pattern = duration::PATTERN))
     )]
     #[serde(
         default = "default_unknown_kid_refetch",
@@ -111,7 +111,7 @@ pub struct RawIssuer {
     pub unknown_kid_refetch: Duration,
     #[cfg_attr(
         feature = "schema",
-        schemars(with = "String", regex(pattern = r"^\s*[0-9]+(ms|s|m|h|d)\s*$"))
+        schemars(with = "String", regex(pattern = duration::PATTERN))
     )]
     #[serde(
         default = "default_jwks_timeout",
@@ -122,7 +122,7 @@ pub struct RawIssuer {
     pub algorithms: Option<Vec<Algorithm>>,
     #[cfg_attr(
         feature = "schema",
-        schemars(with = "String", regex(pattern = r"^\s*[0-9]+(ms|s|m|h|d)\s*$"))
+        schemars(with = "String", regex(pattern = duration::PATTERN))
     )]
     #[serde(default = "default_skew", deserialize_with = "duration::deserialize")]
     pub clock_skew: Duration,
@@ -185,7 +185,7 @@ pub struct RawBroker {
     pub path: String,
     #[cfg_attr(
         feature = "schema",
-        schemars(with = "String", regex(pattern = r"^\s*[0-9]+(ms|s|m|h|d)\s*$"))
+        schemars(with = "String", regex(pattern = duration::PATTERN))
     )]
     #[serde(
         default = "default_broker_timeout",
@@ -241,7 +241,7 @@ fn default_broker_timeout() -> Duration {
 pub struct RawLookerToken {
     #[cfg_attr(
         feature = "schema",
-        schemars(with = "String", regex(pattern = r"^\s*[0-9]+(ms|s|m|h|d)\s*$"))
+        schemars(with = "String", regex(pattern = duration::PATTERN))
     )]
     #[serde(
         default = "default_refresh_before",

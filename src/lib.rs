@@ -36,8 +36,4 @@ mod testkeys;
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
 /// A short, non-reversible fingerprint of a secret for logs: 8 hex chars of SHA-256.
-pub fn fingerprint(secret: &[u8]) -> String {
-    use sha2::{Digest, Sha256};
-    let digest = Sha256::digest(secret);
-    digest.iter().take(4).map(|b| format!("{b:02x}")).collect()
-}
+pub use lookergate_proto::fingerprint;

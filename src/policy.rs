@@ -4,7 +4,7 @@
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
-use crate::looker::{Operation, OperationTable};
+use crate::looker::{ActivityType, Operation, OperationTable, Status};
 use crate::ratelimit::RateLimit;
 use crate::trace::{Off, Trace};
 
@@ -56,34 +56,9 @@ fn default_credential_type() -> String {
     "email".to_owned()
 }
 
-/// The Looker identity resolved for one request: what the broker is asked for.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub enum LookerIdentity {
-    Role(String),
-    User {
-        credential_type: String,
-        credential_id: String,
-    },
-}
-
-impl LookerIdentity {
-    /// Stable key for caches and logs. Contains no secret.
-    pub fn key(&self) -> String {
-        // Concatenated by hand: `format!` costs several times more on the hot path.
-        let parts: [&str; 4] = match self {
-            LookerIdentity::Role(name) => ["role:", name, "", ""],
-            LookerIdentity::User {
-                credential_type,
-                credential_id,
-            } => ["user:", credential_type, ":", credential_id],
-        };
-        let mut key = String::with_capacity(parts.iter().map(|p| p.len()).sum());
-        for part in parts {
-            key.push_str(part);
-        }
-        key
-    }
-}
+/// The Looker identity resolved for one request: what the broker is asked for. Its
+/// `key()` folds e-mail case, as the broker's cache does.
+pub use lookergate_proto::LookerIdentity;
 
 /// One condition on the principal's claims.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -458,14 +433,14 @@ impl Policy {
                 }
             }
             for (j, a) in rule.activity_types.iter().enumerate() {
-                if !["db_query", "non_query", "none"].contains(&a.as_str()) {
+                if ActivityType::parse(a).is_none() {
                     return Err(format!(
                         "{at}.activity_types[{j}]: {a:?} is not db_query, non_query or none"
                     ));
                 }
             }
             for (j, st) in rule.statuses.iter().enumerate() {
-                if !["stable", "beta", "alpha", "deprecated"].contains(&st.as_str()) {
+                if Status::parse(st).is_none() {
                     return Err(format!(
                         "{at}.statuses[{j}]: {st:?} is not stable, beta, alpha or deprecated"
                     ));

@@ -77,7 +77,7 @@ PRODUCTION = ROOT / "envoy/production.yaml"
 DOCKER_COMPOSE = ROOT / "envoy/docker-compose.yaml"
 ISTIO_DIR = ROOT / "envoy/istio"
 EG_DIR = ROOT / "envoy/envoy-gateway"
-OPERATIONS = ROOT / "looker-sim/operations.tsv"
+OPERATIONS = ROOT / "proto/operations.tsv"
 
 WASM_FILTER = "envoy.filters.http.wasm"
 CONTAINER_WASM = "/etc/lookergate/lookergate.wasm"

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Generate looker-sim/operations.tsv, the Looker API 4.0 operation table.
+"""Generate proto/operations.tsv, the Looker API 4.0 operation table.
 
 Reads Looker's OpenAPI 3 spec (Looker.4.0.oas.json) and writes one row per operation:
 
@@ -13,7 +13,7 @@ embeds the table; the filter may reuse it.
 
 Usage: tools/gen_operations.py [SPEC] [OUT]
   SPEC defaults to /work/shared/looker/Looker.4.0.oas.json
-  OUT  defaults to looker-sim/operations.tsv (relative to the repository root)
+  OUT  defaults to proto/operations.tsv (relative to the repository root)
 Stdlib only.
 """
 
@@ -54,7 +54,7 @@ def rows(spec):
 def main(argv):
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     spec_path = argv[1] if len(argv) > 1 else "/work/shared/looker/Looker.4.0.oas.json"
-    out_path = argv[2] if len(argv) > 2 else os.path.join(root, "looker-sim", "operations.tsv")
+    out_path = argv[2] if len(argv) > 2 else os.path.join(root, "proto", "operations.tsv")
     with open(spec_path, encoding="utf-8") as f:
         spec = json.load(f)
     table = rows(spec)

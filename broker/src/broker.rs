@@ -9,6 +9,7 @@ use crate::looker::{LookerClient, LookerError, LookerToken};
 use crate::metrics::Metrics;
 use crate::secret::Secret;
 use axum::http::StatusCode;
+use lookergate_proto::broker::{ErrorCode, ErrorResponse};
 use serde_json::json;
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
@@ -36,25 +37,32 @@ pub enum BrokerError {
 }
 
 impl BrokerError {
-    pub fn code(&self) -> &'static str {
+    /// The protocol's code for this error (`lookergate_proto::broker::ErrorCode`).
+    pub fn error_code(&self) -> ErrorCode {
         match self {
-            BrokerError::Unauthorized => "unauthorized",
-            BrokerError::BadRequest(_) => "bad_request",
-            BrokerError::UnknownRole(_) => "unknown_role",
-            BrokerError::NoLookerUser { .. } => "no_looker_user",
-            BrokerError::BadCredentials(_) => "bad_credentials",
-            BrokerError::LookerUnavailable(_) => "looker_unavailable",
+            BrokerError::Unauthorized => ErrorCode::Unauthorized,
+            BrokerError::BadRequest(_) => ErrorCode::BadRequest,
+            BrokerError::UnknownRole(_) => ErrorCode::UnknownRole,
+            BrokerError::NoLookerUser { .. } => ErrorCode::NoLookerUser,
+            BrokerError::BadCredentials(_) => ErrorCode::BadCredentials,
+            BrokerError::LookerUnavailable(_) => ErrorCode::LookerUnavailable,
         }
     }
 
+    pub fn code(&self) -> &'static str {
+        self.error_code().as_str()
+    }
+
     pub fn status(&self) -> StatusCode {
-        match self {
-            BrokerError::Unauthorized => StatusCode::UNAUTHORIZED,
-            BrokerError::BadRequest(_) => StatusCode::BAD_REQUEST,
-            BrokerError::UnknownRole(_) => StatusCode::NOT_FOUND,
-            BrokerError::NoLookerUser { .. } => StatusCode::FORBIDDEN,
-            BrokerError::BadCredentials(_) => StatusCode::BAD_GATEWAY,
-            BrokerError::LookerUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+        StatusCode::from_u16(self.error_code().status())
+            .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
+    }
+
+    /// The body of the error answer.
+    pub fn response(&self) -> ErrorResponse {
+        ErrorResponse {
+            error: self.error_code(),
+            message: self.to_string(),
         }
     }
 
@@ -140,7 +148,7 @@ impl Readiness {
             .map(|(name, failed)| {
                 let check = match failed {
                     None => json!("ok"),
-                    Some(e) => json!({"error": e.code(), "message": e.to_string()}),
+                    Some(e) => json!(e.response()),
                 };
                 (name.clone(), check)
             })
@@ -233,10 +241,10 @@ impl Broker {
     pub async fn token(&self, identity: &LookerIdentity) -> Result<Issued, BrokerError> {
         identity.validate().map_err(BrokerError::BadRequest)?;
         let rt = self.runtime();
-        let key = identity.cache_key();
+        let key = CacheKey::of(identity);
         let refresh_before = rt.config.refresh_before;
         let (token, outcome) = match identity {
-            LookerIdentity::Role { name } => {
+            LookerIdentity::Role(name) => {
                 let role = rt
                     .config
                     .roles
@@ -292,12 +300,12 @@ impl Broker {
             if let CacheKey::User {
                 credential_type,
                 credential_id,
-            } = identity.cache_key()
+            } = CacheKey::of(identity)
             {
                 self.users.forget(&(credential_type, credential_id));
             }
         }
-        Ok(self.tokens.invalidate(&identity.cache_key()).await)
+        Ok(self.tokens.invalidate(&CacheKey::of(identity)).await)
     }
 
     async fn login_role(
@@ -451,9 +459,7 @@ impl Broker {
         for name in rt.config.roles.keys() {
             let (broker, name) = (self.clone(), name.clone());
             checks.spawn(async move {
-                let r = broker
-                    .token(&LookerIdentity::Role { name: name.clone() })
-                    .await;
+                let r = broker.token(&LookerIdentity::Role(name.clone())).await;
                 (format!("role:{name}"), r.err())
             });
         }

@@ -69,38 +69,12 @@ impl fmt::Debug for DurationStr {
     }
 }
 
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let text = text.trim();
-    let split = text
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(text.len());
-    let (digits, unit) = text.split_at(split);
-    let n: u64 = digits
-        .parse()
-        .map_err(|_| format!("{text:?} is not a duration like \"60s\" (units: ms, s, m, h, d)"))?;
-    let ms_per_unit = match unit {
-        "ms" => 1,
-        "s" => 1_000,
-        "m" => 60_000,
-        "h" => 3_600_000,
-        "d" => 86_400_000,
-        _ => {
-            return Err(format!(
-                "{text:?} has unknown unit {unit:?} (units: ms, s, m, h, d)"
-            ))
-        }
-    };
-    n.checked_mul(ms_per_unit)
-        .map(Duration::from_millis)
-        .ok_or_else(|| format!("{text:?} is too large"))
-}
+/// One definition for every program: `lookergate_proto::duration`.
+pub use lookergate_proto::duration::parse as parse_duration;
 
 impl<'de> Deserialize<'de> for DurationStr {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let text = String::deserialize(d)?;
-        parse_duration(&text)
-            .map(DurationStr)
-            .map_err(serde::de::Error::custom)
+        lookergate_proto::duration::deserialize(d).map(DurationStr)
     }
 }
 

@@ -11,7 +11,9 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use serde::Deserialize;
+use lookergate_proto::broker::{
+    InvalidateRequest, TokenRequest, TokenResponse, INVALIDATE_PATH, TOKEN_PATH,
+};
 use serde_json::json;
 use sha2::{Digest, Sha256};
 use std::sync::Arc;
@@ -26,27 +28,13 @@ const MAX_AUDIT_FIELD: usize = 256;
 
 pub fn app(state: AppState) -> Router {
     Router::new()
-        .route("/v1/token", post(issue_token))
-        .route("/v1/token/invalidate", post(invalidate_token))
+        .route(TOKEN_PATH, post(issue_token))
+        .route(INVALIDATE_PATH, post(invalidate_token))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(state)
-}
-
-#[derive(Deserialize)]
-struct TokenRequest {
-    identity: LookerIdentity,
-    #[serde(default)]
-    subject: Option<String>,
-    #[serde(default)]
-    request_id: Option<String>,
-}
-
-#[derive(Deserialize)]
-struct InvalidateRequest {
-    identity: LookerIdentity,
 }
 
 /// Checks `Authorization: Bearer <credential>` against every configured gateway
@@ -126,11 +114,10 @@ async fn issue_token(State(broker): State<AppState>, headers: HeaderMap, body: B
                 &[("result", "ok")],
             );
             no_store(
-                Json(json!({
-                    "access_token": issued.token.access_token.expose(),
-                    "token_type": "token",
-                    "expires_in": issued.expires_in(),
-                }))
+                Json(TokenResponse::new(
+                    issued.token.access_token.expose(),
+                    issued.expires_in(),
+                ))
                 .into_response(),
             )
         }
@@ -139,7 +126,7 @@ async fn issue_token(State(broker): State<AppState>, headers: HeaderMap, body: B
                 "lookergate_broker_token_requests_total",
                 &[("result", "error")],
             );
-            error_reply(&broker, "/v1/token", request_id.as_deref(), &e)
+            error_reply(&broker, TOKEN_PATH, request_id.as_deref(), &e)
         }
     }
 }
@@ -192,7 +179,7 @@ async fn invalidate_token(
     .await;
     match result {
         Ok(()) => StatusCode::NO_CONTENT.into_response(),
-        Err(e) => error_reply(&broker, "/v1/token/invalidate", None, &e),
+        Err(e) => error_reply(&broker, INVALIDATE_PATH, None, &e),
     }
 }
 
@@ -205,11 +192,7 @@ fn error_reply(broker: &Broker, path: &str, request_id: Option<&str>, e: &Broker
         "request_failed",
         json!({"path": path, "request_id": request_id, "error": e.code(), "message": e.to_string()}),
     );
-    let mut resp = (
-        e.status(),
-        Json(json!({"error": e.code(), "message": e.to_string()})),
-    )
-        .into_response();
+    let mut resp = (e.status(), Json(e.response())).into_response();
     if matches!(e, BrokerError::Unauthorized) {
         resp.headers_mut().insert(
             header::WWW_AUTHENTICATE,

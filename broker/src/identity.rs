@@ -1,74 +1,7 @@
-//! Who the gateway asks a Looker token for: a shared role (service account) or a
-//! Looker user found by one of their credentials (per-user mode, via sudo).
+//! Who the gateway asks a Looker token for ([`LookerIdentity`], one definition in
+//! `lookergate_proto`) and the key of the broker's session cache.
 
-use serde::{Deserialize, Serialize};
-
-/// The `identity` object of `/v1/token` (see DESIGN.md).
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
-pub enum LookerIdentity {
-    Role {
-        name: String,
-    },
-    User {
-        credential_type: String,
-        credential_id: String,
-    },
-}
-
-const MAX_FIELD_LEN: usize = 320;
-
-impl LookerIdentity {
-    /// Rejects values we would not want in a Looker URL path or a cache key.
-    pub fn validate(&self) -> Result<(), String> {
-        let check = |field: &str, v: &str| {
-            if v.is_empty() {
-                Err(format!("identity.{field} must not be empty"))
-            } else if v.len() > MAX_FIELD_LEN {
-                Err(format!(
-                    "identity.{field} is longer than {MAX_FIELD_LEN} bytes"
-                ))
-            } else if v.chars().any(|c| c.is_control() || c == '/' || c == '\\')
-                || v == "."
-                || v == ".."
-            {
-                Err(format!(
-                    "identity.{field} contains characters that are not allowed"
-                ))
-            } else {
-                Ok(())
-            }
-        };
-        match self {
-            LookerIdentity::Role { name } => check("name", name),
-            LookerIdentity::User {
-                credential_type,
-                credential_id,
-            } => {
-                check("credential_type", credential_type)?;
-                check("credential_id", credential_id)
-            }
-        }
-    }
-
-    /// Cache key; emails are case-insensitive in Looker, so they share one entry.
-    pub fn cache_key(&self) -> CacheKey {
-        match self {
-            LookerIdentity::Role { name } => CacheKey::Role(name.clone()),
-            LookerIdentity::User {
-                credential_type,
-                credential_id,
-            } => CacheKey::User {
-                credential_type: credential_type.clone(),
-                credential_id: if credential_type == "email" {
-                    credential_id.to_lowercase()
-                } else {
-                    credential_id.clone()
-                },
-            },
-        }
-    }
-}
+pub use lookergate_proto::LookerIdentity;
 
 /// One cached Looker session: a role, a user, or the broker's own admin (sudo) session.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -82,6 +15,21 @@ pub enum CacheKey {
 }
 
 impl CacheKey {
+    /// The session of `identity`: identities Looker cannot tell apart (e-mail case,
+    /// `LookerIdentity::canonical`) share one, as they share one key in the filter.
+    pub fn of(identity: &LookerIdentity) -> CacheKey {
+        match identity.canonical() {
+            LookerIdentity::Role(name) => CacheKey::Role(name),
+            LookerIdentity::User {
+                credential_type,
+                credential_id,
+            } => CacheKey::User {
+                credential_type,
+                credential_id,
+            },
+        }
+    }
+
     pub fn kind(&self) -> &'static str {
         match self {
             CacheKey::Role(_) => "role",
@@ -100,35 +48,6 @@ impl CacheKey {
 )]
 mod tests {
     use super::*;
-    use serde_json::json;
-
-    #[test]
-    fn identities_parse_and_validate() {
-        let table = [
-            (json!({"kind": "role", "name": "analyst"}), true),
-            (
-                json!({"kind": "user", "credential_type": "email", "credential_id": "carol@example.com"}),
-                true,
-            ),
-            (json!({"kind": "role", "name": ""}), false),
-            (json!({"kind": "role", "name": "../admin"}), false),
-            (json!({"kind": "role", "name": ".."}), false),
-            (
-                json!({"kind": "user", "credential_type": "email", "credential_id": "a/b@example.com"}),
-                false,
-            ),
-            (json!({"kind": "role"}), false),
-            (json!({"kind": "role", "name": "a", "extra": 1}), false),
-            (json!({"kind": "group", "name": "a"}), false),
-            (json!({"name": "a"}), false),
-        ];
-        for (value, ok) in table {
-            let parsed = serde_json::from_value::<LookerIdentity>(value.clone())
-                .map_err(|e| e.to_string())
-                .and_then(|i| i.validate().map(|_| i));
-            assert_eq!(parsed.is_ok(), ok, "{value} -> {parsed:?}");
-        }
-    }
 
     #[test]
     fn email_cache_key_ignores_case() {
@@ -140,6 +59,7 @@ mod tests {
             credential_type: "email".into(),
             credential_id: "carol@example.com".into(),
         };
-        assert_eq!(a.cache_key(), b.cache_key());
+        assert_eq!(CacheKey::of(&a), CacheKey::of(&b));
+        assert_eq!(CacheKey::of(&a).kind(), "user");
     }
 }

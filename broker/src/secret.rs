@@ -6,7 +6,6 @@
 
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Deserializer};
-use sha2::{Digest, Sha256};
 use std::fmt;
 use subtle::ConstantTimeEq;
 
@@ -59,10 +58,7 @@ impl fmt::Debug for Secret {
 }
 
 /// Short, non-reversible fingerprint of `bytes` (first 4 bytes of SHA-256, hex).
-pub fn fingerprint(bytes: &[u8]) -> String {
-    let digest = Sha256::digest(bytes);
-    digest.iter().take(4).map(|b| format!("{b:02x}")).collect()
-}
+pub use lookergate_proto::fingerprint;
 
 #[cfg(test)]
 #[allow(

@@ -6,7 +6,7 @@
 use std::sync::OnceLock;
 
 use lookergate::config::RawConfig;
-use lookergate::looker::OperationTable;
+use lookergate::looker::{ActivityType, OperationTable, Status};
 use schemars::generate::SchemaSettings;
 use serde_json::{json, Map, Value};
 
@@ -17,11 +17,11 @@ pub const SCHEMA_PATH: &str = "docs/schema/plugin-config.schema.json";
 pub const COMMITTED_SCHEMA: &str = include_str!("../../docs/schema/plugin-config.schema.json");
 
 /// The pattern the config types put on every duration field (`"30s"`, `"10m"`).
-pub const DURATION_PATTERN: &str = r"^\s*[0-9]+(ms|s|m|h|d)\s*$";
+pub const DURATION_PATTERN: &str = lookergate_proto::duration::PATTERN;
 
 /// `x-looker-activity-type` and `x-looker-status` values a rule may name.
-pub const ACTIVITY_TYPES: &[&str] = &["db_query", "non_query", "none"];
-pub const STATUSES: &[&str] = &["stable", "beta", "alpha", "deprecated"];
+pub const ACTIVITY_TYPES: &[&str] = &ActivityType::NAMES;
+pub const STATUSES: &[&str] = &Status::NAMES;
 
 /// Descriptions for editors, by `$defs` type and property (the README's reference table).
 const DESCRIPTIONS: &[(&str, &str, &str)] = &[

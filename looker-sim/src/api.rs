@@ -13,7 +13,7 @@ use serde_json::{json, Value};
 
 use crate::demo::{self, DemoUser, ADMIN_USER_ID};
 use crate::explore::{self, Format, QueryError, QuerySpec};
-use crate::operations::{Matched, OperationTable};
+use crate::operations::{self, Matched};
 use crate::state::{Api3Key, LoginAttempt, RecordedRequest, SimState, World};
 
 /// Looker puts this link in every error body.
@@ -243,9 +243,7 @@ async fn dispatch(
         .strip_prefix(API_BASE)
         .filter(|r| r.starts_with('/'))
         .ok_or(ApiError::NotFound)?;
-    let matched = OperationTable::embedded()
-        .find(parts.method.as_str(), relative)
-        .ok_or(ApiError::NotFound)?;
+    let matched = operations::find(parts.method.as_str(), relative).ok_or(ApiError::NotFound)?;
     let params = query_params(parts);
     let body = body?;
     let token = access_token(parts, &params);

@@ -3,8 +3,8 @@
 //! looks, queries over a small `thelook`/`orders` explore, API3 key rotation, and
 //! `/__sim/` endpoints that let tests see what Looker received and inject failures.
 //!
-//! Routing follows Looker's own operation table (`operations.tsv`, generated from the
-//! API spec): unknown operations answer 404, known but unimplemented ones 501.
+//! Routing follows Looker's own operation table (`proto/operations.tsv`, generated from
+//! the API spec): unknown operations answer 404, known but unimplemented ones 501.
 
 mod api;
 mod control;

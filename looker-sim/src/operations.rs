@@ -1,33 +1,11 @@
-//! The Looker API 4.0 operation table (`operations.tsv`, generated from Looker's spec by
-//! `tools/gen_operations.py`) and the matcher that maps a request to one operation.
+//! Routing by Looker API 4.0's operation table (one definition, generated from Looker's
+//! spec: `lookergate_proto::operations`): a request's method and path to its operation
+//! and decoded path parameters, the way Looker's router does it.
 
 use std::collections::BTreeMap;
 use std::sync::OnceLock;
 
-/// The generated table, embedded so the simulator never reads the spec at run time.
-pub const OPERATIONS_TSV: &str = include_str!("../operations.tsv");
-
-/// One row of the table: an operation of Looker API 4.0.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Operation {
-    /// Upper case HTTP method.
-    pub method: String,
-    /// Path template relative to `/api/4.0`, e.g. `/dashboards/{dashboard_id}`.
-    pub path: String,
-    pub operation_id: String,
-    pub tags: Vec<String>,
-    /// `x-looker-activity-type`: `db_query`, `non_query` or `none`.
-    pub activity_type: String,
-    /// `x-looker-status`: `stable`, `beta`, `alpha` or `deprecated`.
-    pub status: String,
-    segments: Vec<Segment>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum Segment {
-    Literal(String),
-    Param(String),
-}
+pub use lookergate_proto::operations::{Operation, OperationTable, OPERATIONS_TSV};
 
 /// An operation matched against a concrete path, with its decoded path parameters.
 #[derive(Debug, Clone)]
@@ -46,115 +24,29 @@ impl Matched<'_> {
     }
 }
 
-#[derive(Debug, Default)]
-pub struct OperationTable {
-    operations: Vec<Operation>,
+/// The embedded table, parsed once. A broken table is a build defect caught by the
+/// tests; at run time it degrades to an empty table (every call answers 404).
+pub fn embedded() -> &'static OperationTable {
+    static TABLE: OnceLock<OperationTable> = OnceLock::new();
+    TABLE.get_or_init(|| {
+        OperationTable::looker_4_0().unwrap_or_else(|e| {
+            eprintln!("looker-sim: embedded operations.tsv is invalid: {e}");
+            OperationTable::default()
+        })
+    })
 }
 
-impl OperationTable {
-    /// The embedded table, parsed once. A broken table is a build defect caught by the
-    /// tests; at run time it degrades to an empty table (every call answers 404).
-    pub fn embedded() -> &'static OperationTable {
-        static TABLE: OnceLock<OperationTable> = OnceLock::new();
-        TABLE.get_or_init(|| {
-            OperationTable::parse(OPERATIONS_TSV).unwrap_or_else(|e| {
-                eprintln!("looker-sim: embedded operations.tsv is invalid: {e}");
-                OperationTable::default()
-            })
-        })
-    }
-
-    /// Parses the TSV format written by `tools/gen_operations.py`; `#` lines are comments.
-    pub fn parse(text: &str) -> Result<OperationTable, String> {
-        let mut operations = Vec::new();
-        for (n, line) in text.lines().enumerate() {
-            if line.starts_with('#') || line.trim().is_empty() {
-                continue;
-            }
-            let cells: Vec<&str> = line.split('\t').collect();
-            let [method, path, operation_id, tags, activity_type, status] = cells.as_slice() else {
-                return Err(format!(
-                    "line {}: expected 6 tab-separated cells, got {}",
-                    n + 1,
-                    cells.len()
-                ));
-            };
-            if !path.starts_with('/') {
-                return Err(format!(
-                    "line {}: path {path:?} does not start with '/'",
-                    n + 1
-                ));
-            }
-            operations.push(Operation {
-                method: method.to_string(),
-                path: path.to_string(),
-                operation_id: operation_id.to_string(),
-                tags: tags
-                    .split(',')
-                    .filter(|t| !t.is_empty() && *t != "-")
-                    .map(str::to_owned)
-                    .collect(),
-                activity_type: activity_type.to_string(),
-                status: status.to_string(),
-                segments: split(path)
-                    .map(
-                        |s| match s.strip_prefix('{').and_then(|s| s.strip_suffix('}')) {
-                            Some(name) => Segment::Param(name.to_owned()),
-                            None => Segment::Literal(s.to_owned()),
-                        },
-                    )
-                    .collect(),
-            });
-        }
-        Ok(OperationTable { operations })
-    }
-
-    pub fn operations(&self) -> &[Operation] {
-        &self.operations
-    }
-
-    /// The operation for `method` and a concrete path relative to `/api/4.0` (still
-    /// percent-encoded). Literal segments win over parameters, left to right, so
-    /// `/users/credential/email/x` is `user_for_credential`, not a `/users/{user_id}/..`.
-    pub fn find(&self, method: &str, path: &str) -> Option<Matched<'_>> {
-        let segments: Vec<String> = split(path).map(percent_decode).collect();
-        let mut best: Option<(&Operation, Vec<bool>)> = None;
-        for op in &self.operations {
-            if op.method != method || op.segments.len() != segments.len() {
-                continue;
-            }
-            let fits = op.segments.iter().zip(&segments).all(|(t, s)| match t {
-                Segment::Literal(l) => l == s,
-                Segment::Param(_) => !s.is_empty(),
-            });
-            if !fits {
-                continue;
-            }
-            let literalness: Vec<bool> = op
-                .segments
-                .iter()
-                .map(|t| matches!(t, Segment::Literal(_)))
-                .collect();
-            let better = match &best {
-                None => true,
-                Some((_, so_far)) => literalness > *so_far,
-            };
-            if better {
-                best = Some((op, literalness));
-            }
-        }
-        let (operation, _) = best?;
-        let params = operation
-            .segments
-            .iter()
-            .zip(segments)
-            .filter_map(|(t, s)| match t {
-                Segment::Param(name) => Some((name.clone(), s)),
-                Segment::Literal(_) => None,
-            })
-            .collect();
-        Some(Matched { operation, params })
-    }
+/// The operation for `method` and a concrete path relative to `/api/4.0` (still
+/// percent-encoded). Literal segments win over parameters, left to right, so
+/// `/users/credential/email/x` is `user_for_credential`, not a `/users/{user_id}/..`.
+pub fn find(method: &str, path: &str) -> Option<Matched<'static>> {
+    let segments: Vec<String> = split(path).map(percent_decode).collect();
+    let operation = embedded().route(method, &segments)?;
+    let params = operation
+        .params(&segments)
+        .map(|(name, value)| (name.to_owned(), value.to_owned()))
+        .collect();
+    Some(Matched { operation, params })
 }
 
 fn split(path: &str) -> impl Iterator<Item = &str> {
@@ -202,37 +94,11 @@ mod tests {
     use super::*;
 
     #[test]
-    fn embedded_table_parses_with_every_spec_operation() {
-        let table = OperationTable::parse(OPERATIONS_TSV).unwrap();
-        assert_eq!(table.operations().len(), 483);
-        let ids: std::collections::BTreeSet<_> =
-            table.operations().iter().map(|o| &o.operation_id).collect();
-        assert_eq!(ids.len(), 483, "operation ids are unique");
-        for op in table.operations() {
-            assert!(
-                ["GET", "POST", "PUT", "PATCH", "DELETE"].contains(&op.method.as_str()),
-                "{op:?}"
-            );
-            assert!(
-                ["db_query", "non_query", "none"].contains(&op.activity_type.as_str()),
-                "{op:?}"
-            );
-            assert!(
-                ["stable", "beta", "alpha", "deprecated"].contains(&op.status.as_str()),
-                "{op:?}"
-            );
-            assert!(!op.tags.is_empty(), "{op:?}");
-        }
-    }
-
-    #[test]
     fn every_operation_is_found_by_its_own_sample_path() {
-        let table = OperationTable::embedded();
-        for op in table.operations() {
-            let path = sample_path(&op.path);
-            let found = table
-                .find(&op.method, &path)
-                .unwrap_or_else(|| panic!("{} {path} not found", op.method));
+        for op in embedded().operations() {
+            let path = sample_path(&op.template);
+            let found =
+                find(&op.method, &path).unwrap_or_else(|| panic!("{} {path} not found", op.method));
             assert_eq!(
                 found.operation.operation_id, op.operation_id,
                 "{} {path}",
@@ -243,7 +109,6 @@ mod tests {
 
     #[test]
     fn requests_map_to_the_right_operation() {
-        let table = OperationTable::embedded();
         let cases = [
             ("POST", "/login", Some("login"), vec![]),
             (
@@ -296,7 +161,7 @@ mod tests {
             ("GET", "/dashboards/1/extra/deep", None, vec![]),
         ];
         for (method, path, want, params) in cases {
-            let found = table.find(method, path);
+            let found = find(method, path);
             assert_eq!(
                 found.as_ref().map(|m| m.operation.operation_id.as_str()),
                 want,

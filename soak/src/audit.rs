@@ -10,9 +10,9 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
+use lookergate_proto::LookerIdentity;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use sha2::{Digest, Sha256};
 
 use crate::workload::{looker_user_of_identity, User, MIX};
 use crate::Error;
@@ -311,11 +311,7 @@ impl LookerAudit {
 
 /// First 8 hex of SHA-256, as the broker logs tokens.
 fn fingerprint(token: &str) -> String {
-    Sha256::digest(token.as_bytes())
-        .iter()
-        .take(4)
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    lookergate_proto::fingerprint(token.as_bytes())
 }
 
 /// `token_issued` audit lines of the broker: fingerprint -> identity (`role:analyst`,
@@ -330,19 +326,9 @@ fn broker_fingerprints(log: &Path) -> HashMap<String, String> {
         if v["event"] != "token_issued" {
             continue;
         }
+        // Named by the key the filter's audit records use.
         let id = &v["identity"];
-        let identity = match id["kind"].as_str() {
-            Some("role") => format!("role:{}", id["name"].as_str().unwrap_or("?")),
-            Some("user") => format!(
-                "user:{}:{}",
-                id["credential_type"].as_str().unwrap_or("?"),
-                id["credential_id"]
-                    .as_str()
-                    .unwrap_or("?")
-                    .to_ascii_lowercase()
-            ),
-            _ => id.to_string(),
-        };
+        let identity = LookerIdentity::deserialize(id).map_or_else(|_| id.to_string(), |i| i.key());
         if let Some(fp) = v["token_fp"].as_str() {
             out.insert(fp.to_owned(), identity);
         }

@@ -1,7 +1,7 @@
 //! Writes `fixtures/jwks.json` and the seed corpora `seeds/<target>/` from real
 //! material: tokens signed now with the fixture keys (a fresh RSA key each run, whose
 //! private half is then dropped), the demo IdP key and JWKS, the demo plugin config,
-//! and every Looker operation in `looker-sim/operations.tsv`.
+//! and every Looker operation in `proto/operations.tsv`.
 //! Run: `cargo run --release --manifest-path fuzz/Cargo.toml --bin gen_seeds`.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
@@ -245,7 +245,7 @@ fn main() {
     // ---- path_and_operation: every Looker operation ------------------------------------
     let dir = seeds.join("path_and_operation");
     const METHODS: &[&str] = &["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS", "get"];
-    let tsv = include_str!("../../../looker-sim/operations.tsv");
+    let tsv = include_str!("../../../proto/operations.tsv");
     for (i, line) in tsv.lines().filter(|l| !l.starts_with('#') && !l.trim().is_empty()).enumerate() {
         let cols: Vec<&str> = line.split('\t').collect();
         let m = METHODS.iter().position(|m| *m == cols[0]).unwrap_or(0) as u8;
