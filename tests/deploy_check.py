@@ -477,12 +477,6 @@ def dockerignore_patterns() -> list[str]:
     return [l.strip().rstrip("/") for l in path.read_text().splitlines() if l.strip() and not l.startswith("#")]
 
 
-# Workspace members that other branches are adding: every Rust Dockerfile copies them
-# already, and until they are in the tree (and in Cargo.toml) their COPY source may be
-# absent. proto/: the shared wire-types crate of issue 13. Remove an entry once merged.
-AWAITED_MEMBERS = {"proto"}
-
-
 def workspace() -> tuple[list[str], dict[str, list[str]]]:
     """Workspace member dirs, and package name -> binary names."""
     manifest = tomllib.loads((ROOT / "Cargo.toml").read_text())
@@ -497,8 +491,7 @@ def workspace() -> tuple[list[str], dict[str, list[str]]]:
 
 def check_rust_dockerfile(path: Path, package: str, wasm: bool = False) -> list[tuple[str | None, list[tuple[str, str]]]]:
     """The checks every Dockerfile that builds from the workspace passes: pinned bases,
-    COPY sources that exist and .dockerignore keeps, every workspace member (and awaited
-    member) copied before `cargo build --release --locked -p <package>`, which takes the
+    COPY sources that exist and .dockerignore keeps, every workspace member copied before `cargo build --release --locked -p <package>`, which takes the
     package's binaries (or, `wasm`, builds lookergate.wasm for wasm32-wasip1). Returns the
     stages: (name, instructions)."""
     instructions = dockerfile_instructions(path)
@@ -531,8 +524,7 @@ def check_rust_dockerfile(path: Path, package: str, wasm: bool = False) -> list[
                 require(from_stage in stages[:-1], f"{rel(path)}: COPY --from={from_stage} names no earlier stage")
                 continue
             for source in sources:
-                awaited = source.rstrip("/") in AWAITED_MEMBERS and source.rstrip("/") not in members
-                require((ROOT / source).exists() or awaited, f"{rel(path)}: COPY source {source} does not exist")
+                require((ROOT / source).exists(), f"{rel(path)}: COPY source {source} does not exist")
                 hit = [p for p in ignored if source == p or source.startswith(p + "/")]
                 require(not hit, f"{rel(path)}: COPY source {source} is excluded by .dockerignore {hit}")
                 copied.add(source.rstrip("/"))
@@ -547,8 +539,8 @@ def check_rust_dockerfile(path: Path, package: str, wasm: bool = False) -> list[
                 require(any(w == "RUN" and "rustup target add wasm32-wasip1" in r for w, r in by_stage[-1][1]), f"{rel(path)}: the build stage does not add the wasm32-wasip1 target")
             for binary in [] if wasm else bins[package]:
                 require(f"target/release/{binary}" in rest, f"{rel(path)}: does not take target/release/{binary}")
-            # Cargo.toml's members (and members other branches are adding), from the manifest.
-            missing = sorted(m for m in set(members) | AWAITED_MEMBERS if m != "." and m not in copied)
+            # Cargo.toml's members, from the manifest.
+            missing = sorted(m for m in members if m != "." and m not in copied)
             require(not missing, f"{rel(path)}: workspace members not copied before the build: {missing}")
             require({"Cargo.toml", "Cargo.lock", "src"} <= copied, f"{rel(path)}: root manifest, lock or src not copied")
     require(built, f"{rel(path)}: no cargo build")
