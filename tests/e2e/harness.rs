@@ -812,7 +812,8 @@ impl Gateway {
         logs
     }
 
-    /// The real broker's JSON log lines with `"event": event` (e.g. `token_issued`).
+    /// The real broker's JSON log lines with `"event": event` (e.g. `token_issued`), with
+    /// `identity` (logged as its JSON text) decoded.
     pub fn broker_events(&self, event: &str) -> Vec<Value> {
         let mut events = Vec::new();
         for service in self
@@ -824,7 +825,14 @@ impl Gateway {
                 read_lossy(&service.log)
                     .lines()
                     .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-                    .filter(|v| v["event"] == event),
+                    .filter(|v| v["event"] == event)
+                    .map(|mut v| {
+                        if let Some(identity) = v["identity"].as_str() {
+                            v["identity"] = serde_json::from_str(identity)
+                                .unwrap_or_else(|e| panic!("identity {identity:?}: {e}"));
+                        }
+                        v
+                    }),
             );
         }
         events
