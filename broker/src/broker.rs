@@ -518,7 +518,7 @@ impl Broker {
             tracing::warn!(
                 event = "not_ready",
                 status = readiness.status(),
-                checks = log::json(&details["checks"]),
+                checks = log::json(&details.get("checks")),
             );
         }
         readiness
