@@ -58,7 +58,8 @@ test-bins:
 	$(CARGO) build -p lookergate-broker -p lookergate-looker-sim -p lookergate-cli
 
 # Everything: unit and e2e tests (cargo), the Looker SDK through the gateway, the
-# deployment artifacts, and clippy on the filter (no unwrap/expect/panic in the VM).
+# deployment artifacts, and `lint`: clippy with -D warnings on every crate and target of
+# the workspace (a check build, no code generation) and on the filter for wasm.
 test: wasm envoy test-bins
 	LOOKERGATE_WASM="$(CURDIR)/$(WASM)" \
 	LOOKERGATE_ENVOY="$(CURDIR)/$(ENVOY)" \
@@ -66,14 +67,15 @@ test: wasm envoy test-bins
 	LOOKERGATE_SIM_BIN="$(CURDIR)/target/debug/lookergate-looker-sim" \
 	LOOKERGATE_IDP_BIN="$(CURDIR)/target/debug/lookergate" \
 	$(CARGO) test --workspace --lib --bins --tests --no-fail-fast
-	$(MAKE) --no-print-directory lint-filter sdk-test deploy-check dashboard-check fuzz-replay
+	$(MAKE) --no-print-directory lint sdk-test deploy-check dashboard-check fuzz-replay
 
 # The official Looker SDK (pinned) through the gateway, against the demo config.
 sdk-test: envoy test-bins
 	@.venv/bin/python -c 'import looker_sdk' 2>/dev/null || .venv/bin/pip install --quiet --disable-pip-version-check -r tests/sdk/requirements.txt
 	tests/sdk/run.sh
 
-# Clippy denies unwrap/expect/panic in the filter (Cargo.toml [workspace.lints]).
+# Clippy denies unwrap/expect/panic in shipped code (Cargo.toml [workspace.lints]).
+# `lint-filter`: the filter alone, quick; `lint`: every crate and target of the workspace.
 lint-filter: wasm-target
 	$(CARGO) fmt --all --check
 	$(CARGO) clippy -p lookergate --lib --target $(WASM_TARGET) -- -D warnings

@@ -191,13 +191,14 @@ for _path in envoy_configs():
 
 
 def demo_with_plugin(plugin_json: str) -> str:
-    """demo.yaml as text, with its plugin JSON replaced (indentation kept)."""
-    text = DEMO.read_text()
-    m = re.search(r"^( *)value: \|\n((?:\1  .*\n|\s*\n)+)", text, re.M)
-    require(m is not None, "envoy/demo.yaml: cannot find the plugin `value: |` block")
-    indent = m.group(1) + "  "
-    body = "".join(f"{indent}{line}\n" for line in plugin_json.splitlines())
-    return text[: m.start(2)] + body + text[m.end(2):]
+    """demo.yaml with its plugin JSON replaced, written out again as YAML (comments dropped)."""
+    config = yaml.safe_load(DEMO.read_text())
+    filters = list(wasm_filters(config))
+    require(len(filters) == 1, f"envoy/demo.yaml: expected one lookergate filter, found {len(filters)}")
+    configuration = filters[0].get("configuration")
+    require(isinstance(configuration, dict), "envoy/demo.yaml: the Wasm filter has no configuration")
+    configuration["value"] = plugin_json
+    return yaml.safe_dump(config, sort_keys=False)
 
 
 @check("envoy --mode validate refuses a plugin config the filter refuses (control)")

@@ -6,7 +6,7 @@ use crate::config::{BrokerConfig, RoleConfig, SudoConfig};
 use crate::identity::{CacheKey, LookerIdentity};
 use crate::log;
 use crate::looker::{LookerClient, LookerError, LookerToken};
-use crate::metrics::Metrics;
+use crate::metrics::{LoginLabels, Metrics};
 use crate::secret::Secret;
 use axum::http::StatusCode;
 use lookergate_proto::broker::{ErrorCode, ErrorResponse};
@@ -120,6 +120,15 @@ impl Issued {
     pub fn expires_in(&self) -> u64 {
         self.token.remaining(Instant::now()).as_secs()
     }
+}
+
+/// Whose Looker login a `looker_login` log line is about (names and ids, never a secret).
+#[derive(Default)]
+struct LoginFields<'a> {
+    role: Option<&'a str>,
+    client_id: Option<&'a str>,
+    user_id: Option<&'a str>,
+    credential_type: Option<&'a str>,
 }
 
 /// The answer of [`Broker::readiness`]. Its details name roles and quote Looker's errors
@@ -318,50 +327,68 @@ impl Broker {
             "role",
             rt.looker.login(&role.credentials),
             &format!("role {name:?}"),
-            json!({"role": name, "client_id": role.credentials.client_id}),
+            LoginFields {
+                role: Some(name),
+                client_id: Some(&role.credentials.client_id),
+                ..LoginFields::default()
+            },
         )
         .await
     }
 
     async fn timed_login(
         &self,
-        kind: &str,
+        kind: &'static str,
         call: impl std::future::Future<Output = Result<LookerToken, LookerError>>,
         whose: &str,
-        fields: serde_json::Value,
+        fields: LoginFields<'_>,
     ) -> Result<LookerToken, BrokerError> {
         let started = Instant::now();
         let result = call.await.map_err(|e| BrokerError::from_login(e, whose));
         let elapsed = started.elapsed();
-        self.metrics
-            .observe("lookergate_broker_looker_login_duration_seconds", elapsed);
+        self.metrics.observe_looker_login(elapsed);
         let result_label = match &result {
             Ok(_) => "ok",
             Err(e) => e.code(),
         };
-        self.metrics.inc(
-            "lookergate_broker_looker_logins_total",
-            &[("kind", kind), ("result", result_label)],
-        );
-        let mut line =
-            json!({"kind": kind, "result": result_label, "ms": elapsed.as_millis() as u64});
-        if let (Some(l), serde_json::Value::Object(f)) = (line.as_object_mut(), fields) {
-            l.extend(f);
-        }
+        self.metrics
+            .looker_logins
+            .get_or_create(&LoginLabels {
+                kind,
+                result: result_label,
+            })
+            .inc();
+        let ms = elapsed.as_millis() as u64;
+        let LoginFields {
+            role,
+            client_id,
+            user_id,
+            credential_type,
+        } = fields;
         match &result {
-            Ok(t) => {
-                if let Some(l) = line.as_object_mut() {
-                    l.insert("token_fp".into(), json!(t.access_token.fingerprint()));
-                    l.insert("expires_in".into(), json!(t.expires_in.as_secs()));
-                }
-                log::info("looker_login", line)
-            }
-            Err(e) => {
-                if let Some(l) = line.as_object_mut() {
-                    l.insert("message".into(), json!(e.to_string()));
-                }
-                log::warn("looker_login", line)
-            }
+            Ok(t) => tracing::info!(
+                event = "looker_login",
+                kind,
+                result = result_label,
+                ms,
+                role,
+                client_id,
+                user_id,
+                credential_type,
+                token_fp = t.access_token.fingerprint(),
+                expires_in = t.expires_in.as_secs(),
+            ),
+            Err(e) => tracing::warn!(
+                event = "looker_login",
+                kind,
+                result = result_label,
+                ms,
+                role,
+                client_id,
+                user_id,
+                credential_type,
+                message = %e,
+            ),
         }
         result
     }
@@ -380,7 +407,10 @@ impl Broker {
                     "admin",
                     rt.looker.login(&sudo.credentials),
                     "sudo",
-                    json!({"client_id": sudo.credentials.client_id}),
+                    LoginFields {
+                        client_id: Some(&sudo.credentials.client_id),
+                        ..LoginFields::default()
+                    },
                 )
             })
             .await?;
@@ -433,7 +463,11 @@ impl Broker {
                     "user",
                     rt.looker.login_user(&admin, &user_id, sudo.associative),
                     "sudo",
-                    json!({"user_id": user_id, "credential_type": credential_type}),
+                    LoginFields {
+                        user_id: Some(&user_id),
+                        credential_type: Some(credential_type),
+                        ..LoginFields::default()
+                    },
                 )
                 .await;
             return match result {
@@ -486,7 +520,12 @@ impl Broker {
             }
         }
         if !readiness.ready {
-            log::warn("not_ready", readiness.details());
+            let details = readiness.details();
+            tracing::warn!(
+                event = "not_ready",
+                status = readiness.status(),
+                checks = log::json(&details.get("checks")),
+            );
         }
         readiness
     }

@@ -5,6 +5,7 @@ use crate::broker::{Broker, BrokerError, Issued};
 use crate::cache::Outcome;
 use crate::identity::LookerIdentity;
 use crate::log;
+use crate::metrics::{CodeLabel, ResultLabel};
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
@@ -89,10 +90,10 @@ async fn issue_token(State(broker): State<AppState>, headers: HeaderMap, body: B
         let issued = broker.token(&req.identity).await?;
         // Counted here, not in `Broker::token`, so /readyz probes don't skew the hit rate.
         let cache_metric = match issued.outcome {
-            Outcome::Login => "lookergate_broker_cache_misses_total",
-            Outcome::Hit | Outcome::Joined | Outcome::Stale => "lookergate_broker_cache_hits_total",
+            Outcome::Login => &broker.metrics.cache_misses,
+            Outcome::Hit | Outcome::Joined | Outcome::Stale => &broker.metrics.cache_hits,
         };
-        broker.metrics.inc(cache_metric, &[]);
+        cache_metric.inc();
         audit(
             &gateway,
             subject.as_deref(),
@@ -103,16 +104,14 @@ async fn issue_token(State(broker): State<AppState>, headers: HeaderMap, body: B
         Ok::<_, BrokerError>(issued)
     }
     .await;
-    broker.metrics.observe(
-        "lookergate_broker_token_request_duration_seconds",
-        started.elapsed(),
-    );
+    broker.metrics.observe_token_request(started.elapsed());
     match result {
         Ok(issued) => {
-            broker.metrics.inc(
-                "lookergate_broker_token_requests_total",
-                &[("result", "ok")],
-            );
+            broker
+                .metrics
+                .token_requests
+                .get_or_create(&ResultLabel { result: "ok" })
+                .inc();
             no_store(
                 Json(TokenResponse::new(
                     issued.token.access_token.expose(),
@@ -122,10 +121,11 @@ async fn issue_token(State(broker): State<AppState>, headers: HeaderMap, body: B
             )
         }
         Err(e) => {
-            broker.metrics.inc(
-                "lookergate_broker_token_requests_total",
-                &[("result", "error")],
-            );
+            broker
+                .metrics
+                .token_requests
+                .get_or_create(&ResultLabel { result: "error" })
+                .inc();
             error_reply(&broker, TOKEN_PATH, request_id.as_deref(), &e)
         }
     }
@@ -145,19 +145,17 @@ fn audit(
         Outcome::Joined => "joined",
         Outcome::Stale => "stale",
     };
-    log::info(
-        "token_issued",
-        json!({
-            "audit": true,
-            "gateway_credential": gateway,
-            "subject": subject,
-            "request_id": request_id,
-            "identity": identity,
-            "token_fp": issued.token.access_token.fingerprint(),
-            "expires_in": issued.expires_in(),
-            "expires_at": crate::log::unix_now_secs() + issued.expires_in(),
-            "cache": cache,
-        }),
+    tracing::info!(
+        event = "token_issued",
+        audit = true,
+        gateway_credential = gateway,
+        subject,
+        request_id,
+        identity = log::json(identity),
+        token_fp = issued.token.access_token.fingerprint(),
+        expires_in = issued.expires_in(),
+        expires_at = log::unix_now_secs() + issued.expires_in(),
+        cache,
     );
 }
 
@@ -170,9 +168,10 @@ async fn invalidate_token(
         authenticate(&broker, &headers)?;
         let req: InvalidateRequest = parse(&body)?;
         let dropped = broker.invalidate(&req.identity).await?;
-        log::info(
-            "token_invalidated",
-            json!({"identity": req.identity, "dropped": dropped}),
+        tracing::info!(
+            event = "token_invalidated",
+            identity = log::json(&req.identity),
+            dropped
         );
         Ok::<_, BrokerError>(())
     }
@@ -187,10 +186,15 @@ async fn invalidate_token(
 fn error_reply(broker: &Broker, path: &str, request_id: Option<&str>, e: &BrokerError) -> Response {
     broker
         .metrics
-        .inc("lookergate_broker_errors_total", &[("code", e.code())]);
-    log::warn(
-        "request_failed",
-        json!({"path": path, "request_id": request_id, "error": e.code(), "message": e.to_string()}),
+        .errors
+        .get_or_create(&CodeLabel { code: e.code() })
+        .inc();
+    tracing::warn!(
+        event = "request_failed",
+        path,
+        request_id,
+        error = e.code(),
+        message = %e
     );
     let mut resp = (e.status(), Json(e.response())).into_response();
     if matches!(e, BrokerError::Unauthorized) {
@@ -234,7 +238,7 @@ async fn metrics(State(broker): State<AppState>) -> Response {
     (
         [(
             header::CONTENT_TYPE,
-            HeaderValue::from_static("text/plain; version=0.0.4"),
+            HeaderValue::from_static(crate::metrics::CONTENT_TYPE),
         )],
         broker.metrics.render(),
     )

@@ -4,11 +4,11 @@ use clap::error::ErrorKind;
 use clap::{CommandFactory, Parser, Subcommand};
 use lookergate_broker::config::{BrokerConfig, ConfigFile, DEMO_CONFIG};
 use lookergate_broker::{log, rotate};
-use serde_json::json;
 use std::io::Write;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use tracing::level_filters::LevelFilter;
 
 /// `lookergate-broker`: holds Looker API3 credentials and issues short-lived Looker tokens.
 #[derive(Debug, Parser)]
@@ -20,6 +20,9 @@ struct Cli {
     /// Address to listen on (port 0 picks a free one); wins over the config and the environment
     #[arg(long, global = true, value_name = "IP:PORT")]
     listen: Option<SocketAddr>,
+    /// The broker's log level (error, warn, info, debug, trace, off); wins over RUST_LOG
+    #[arg(long, global = true, value_name = "LEVEL")]
+    log_level: Option<LevelFilter>,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -44,6 +47,8 @@ enum Command {
 const ENVIRONMENT: &str = "\
 Environment overrides: LOOKERGATE_BROKER_LISTEN, LOOKERGATE_BROKER_LOOKER_URL,
 LOOKERGATE_BROKER_GATEWAY_CREDENTIALS (comma-separated).
+Logs: JSON lines on stderr; without --log-level, RUST_LOG directives choose them
+(e.g. RUST_LOG=lookergate_broker=debug), else info.
 Exit codes: 0 ok, 1 error, 2 usage, 3 rotate left the old key in place.";
 
 fn load_config(args: &Cli) -> Result<BrokerConfig, String> {
@@ -68,16 +73,16 @@ async fn run_broker(args: Cli) -> Result<(), String> {
         .await
         .map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
-    log::info(
-        "starting",
-        json!({
-            "listen": addr.to_string(),
-            "looker_url": config.looker_url.to_string(),
-            "config": args.config.as_ref().map_or("embedded demo".to_string(), |p| p.display().to_string()),
-            "roles": config.roles.keys().collect::<Vec<_>>(),
-            "sudo": config.sudo.is_some(),
-            "gateway_credentials": config.gateway_credentials.iter().map(|c| c.fingerprint.clone()).collect::<Vec<_>>(),
-        }),
+    tracing::info!(
+        event = "starting",
+        listen = %addr,
+        looker_url = %config.looker_url,
+        config = %args.config.as_ref().map_or("embedded demo".to_string(), |p| p.display().to_string()),
+        roles = log::json(&config.roles.keys().collect::<Vec<_>>()),
+        sudo = config.sudo.is_some(),
+        gateway_credentials = log::json(
+            &config.gateway_credentials.iter().map(|c| &c.fingerprint).collect::<Vec<_>>()
+        ),
     );
     let state = lookergate_broker::state(config, args.config.clone()).map_err(|e| e.to_string())?;
     {
@@ -88,7 +93,7 @@ async fn run_broker(args: Cli) -> Result<(), String> {
     lookergate_broker::serve(listener, state, shutdown_signal())
         .await
         .map_err(|e| e.to_string())?;
-    log::info("stopped", json!({}));
+    tracing::info!(event = "stopped");
     Ok(())
 }
 
@@ -119,9 +124,11 @@ async fn run_rotate(path: &Path, role: &str) -> Result<ExitCode, String> {
         .await
         .map_err(|e| e.to_string())?;
     let line = report.to_json();
-    log::info(
-        "rotation",
-        json!({"step": "done", "trigger": "cli", "report": line}),
+    tracing::info!(
+        event = "rotation",
+        step = "done",
+        trigger = "cli",
+        report = %line
     );
     println!("{line}");
     // The new key is in place, but a lingering old key is worth a non-zero exit.
@@ -135,6 +142,10 @@ async fn run_rotate(path: &Path, role: &str) -> Result<ExitCode, String> {
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
+    match log::filter(cli.log_level) {
+        Ok(filter) => log::init(filter),
+        Err(e) => Cli::command().error(ErrorKind::InvalidValue, e).exit(),
+    }
     let result = match &cli.command {
         None | Some(Command::Run) => run_broker(cli).await.map(|()| ExitCode::SUCCESS),
         Some(Command::Rotate { role }) => match &cli.config {
@@ -162,7 +173,7 @@ async fn main() -> ExitCode {
     match result {
         Ok(code) => code,
         Err(e) => {
-            log::error("fatal", json!({"message": e}));
+            tracing::error!(event = "fatal", message = %e);
             ExitCode::FAILURE
         }
     }

@@ -1,201 +1,189 @@
-//! Prometheus metrics, rendered by hand in the text exposition format.
+//! Prometheus metrics (`prometheus-client`, OpenMetrics text at `/metrics`): counters end
+//! in `_total`, durations are histograms in seconds, and `lookergate_broker_build_info`
+//! carries the version.
 
-use std::collections::BTreeMap;
-use std::fmt::Write;
-use std::sync::Mutex;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::metrics::info::Info;
+use prometheus_client::registry::{Registry, Unit};
 use std::time::Duration;
 
-const BUCKETS: &[f64] = &[0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0];
+/// The `Content-Type` of [`Metrics::render`]'s output.
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
-const COUNTERS: &[(&str, &str)] = &[
-    (
-        "lookergate_broker_token_requests_total",
-        "Token requests answered, by result",
-    ),
-    (
-        "lookergate_broker_cache_hits_total",
-        "Token requests served from the cache (including joined single-flight logins)",
-    ),
-    (
-        "lookergate_broker_cache_misses_total",
-        "Token requests that needed a Looker login",
-    ),
-    (
-        "lookergate_broker_looker_logins_total",
-        "Looker login attempts, by identity kind and result",
-    ),
-    (
-        "lookergate_broker_errors_total",
-        "Error answers, by error code",
-    ),
-    (
-        "lookergate_broker_config_reloads_total",
-        "Config reloads, by result",
-    ),
-    (
-        "lookergate_broker_rotations_total",
-        "API3 key rotations, by result",
-    ),
-];
+const BUCKETS: [f64; 10] = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0];
 
-const HISTOGRAMS: &[(&str, &str)] = &[
-    (
-        "lookergate_broker_looker_login_duration_seconds",
-        "Time for one Looker login including retries",
-    ),
-    (
-        "lookergate_broker_token_request_duration_seconds",
-        "Time to answer /v1/token",
-    ),
-];
-
-#[derive(Default, Clone)]
-struct Histogram {
-    counts: Vec<u64>,
-    sum: f64,
-    count: u64,
+/// `result="ok"`, `"error"`, `"applied"`, ...
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabel {
+    pub result: &'static str,
 }
 
-#[derive(Default)]
-struct Inner {
-    counters: BTreeMap<(&'static str, String), u64>,
-    histograms: BTreeMap<&'static str, Histogram>,
+/// A Looker login: which kind of identity (`role`, `admin`, `sudo`) and how it went.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct LoginLabels {
+    pub kind: &'static str,
+    pub result: &'static str,
 }
 
-#[derive(Default)]
+/// An error answer's code (`unauthorized`, `looker_unavailable`, ...).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CodeLabel {
+    pub code: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BuildLabels {
+    version: &'static str,
+}
+
+/// The broker's metrics; each field is one metric family of the registry.
 pub struct Metrics {
-    inner: Mutex<Inner>,
+    registry: Registry,
+    /// Token requests answered, by result.
+    pub token_requests: Family<ResultLabel, Counter>,
+    /// Token requests served from the cache (including joined single-flight logins).
+    pub cache_hits: Counter,
+    /// Token requests that needed a Looker login.
+    pub cache_misses: Counter,
+    /// Looker login attempts, by identity kind and result.
+    pub looker_logins: Family<LoginLabels, Counter>,
+    /// Error answers, by error code.
+    pub errors: Family<CodeLabel, Counter>,
+    /// Config reloads, by result.
+    pub config_reloads: Family<ResultLabel, Counter>,
+    /// API3 key rotations, by result.
+    pub rotations: Family<ResultLabel, Counter>,
+    looker_login_duration: Histogram,
+    token_request_duration: Histogram,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let buckets = || Histogram::new(BUCKETS);
+        let mut m = Metrics {
+            registry: Registry::with_prefix("lookergate_broker"),
+            token_requests: Family::default(),
+            cache_hits: Counter::default(),
+            cache_misses: Counter::default(),
+            looker_logins: Family::default(),
+            errors: Family::default(),
+            config_reloads: Family::default(),
+            rotations: Family::default(),
+            looker_login_duration: buckets(),
+            token_request_duration: buckets(),
+        };
+        let r = &mut m.registry;
+        // Handles share their values with the registry's clones (Arc inside).
+        r.register(
+            "build",
+            "The broker's version",
+            Info::new(BuildLabels {
+                version: crate::VERSION,
+            }),
+        );
+        r.register(
+            "token_requests",
+            "Token requests answered, by result",
+            m.token_requests.clone(),
+        );
+        r.register(
+            "cache_hits",
+            "Token requests served from the cache (including joined single-flight logins)",
+            m.cache_hits.clone(),
+        );
+        r.register(
+            "cache_misses",
+            "Token requests that needed a Looker login",
+            m.cache_misses.clone(),
+        );
+        r.register(
+            "looker_logins",
+            "Looker login attempts, by identity kind and result",
+            m.looker_logins.clone(),
+        );
+        r.register("errors", "Error answers, by error code", m.errors.clone());
+        r.register(
+            "config_reloads",
+            "Config reloads, by result",
+            m.config_reloads.clone(),
+        );
+        r.register(
+            "rotations",
+            "API3 key rotations, by result",
+            m.rotations.clone(),
+        );
+        r.register_with_unit(
+            "looker_login_duration",
+            "Time for one Looker login including retries",
+            Unit::Seconds,
+            m.looker_login_duration.clone(),
+        );
+        r.register_with_unit(
+            "token_request_duration",
+            "Time to answer /v1/token",
+            Unit::Seconds,
+            m.token_request_duration.clone(),
+        );
+        m
+    }
 }
 
 impl Metrics {
-    fn with<R>(&self, f: impl FnOnce(&mut Inner) -> R) -> R {
-        let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        f(&mut inner)
+    pub fn observe_looker_login(&self, d: Duration) {
+        self.looker_login_duration.observe(d.as_secs_f64());
     }
 
-    /// Increments `name` with labels given as `[(key, value)]`.
-    pub fn inc(&self, name: &'static str, labels: &[(&str, &str)]) {
-        let labels = labels
-            .iter()
-            .map(|(k, v)| format!("{k}=\"{}\"", escape(v)))
-            .collect::<Vec<_>>()
-            .join(",");
-        self.with(|i| *i.counters.entry((name, labels)).or_insert(0) += 1);
+    pub fn observe_token_request(&self, d: Duration) {
+        self.token_request_duration.observe(d.as_secs_f64());
     }
 
-    pub fn observe(&self, name: &'static str, d: Duration) {
-        let secs = d.as_secs_f64();
-        self.with(|i| {
-            let h = i.histograms.entry(name).or_default();
-            if h.counts.len() != BUCKETS.len() {
-                h.counts = vec![0; BUCKETS.len()];
-            }
-            for (bound, count) in BUCKETS.iter().zip(h.counts.iter_mut()) {
-                if secs <= *bound {
-                    *count += 1;
-                }
-            }
-            h.sum += secs;
-            h.count += 1;
-        });
-    }
-
+    /// The OpenMetrics text exposition of every metric ([`CONTENT_TYPE`]).
     pub fn render(&self) -> String {
-        let (counters, histograms) = self.with(|i| (i.counters.clone(), i.histograms.clone()));
         let mut out = String::new();
-        for (name, help) in COUNTERS {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
-            let series: Vec<_> = counters.iter().filter(|((n, _), _)| n == name).collect();
-            if series.is_empty() {
-                let _ = writeln!(out, "{name} 0");
-            }
-            for ((_, labels), value) in series {
-                if labels.is_empty() {
-                    let _ = writeln!(out, "{name} {value}");
-                } else {
-                    let _ = writeln!(out, "{name}{{{labels}}} {value}");
-                }
-            }
-        }
-        for (name, help) in HISTOGRAMS {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
-            let h = histograms.get(name).cloned().unwrap_or_default();
-            for (i, bound) in BUCKETS.iter().enumerate() {
-                let _ = writeln!(
-                    out,
-                    "{name}_bucket{{le=\"{bound}\"}} {}",
-                    h.counts.get(i).copied().unwrap_or(0)
-                );
-            }
-            let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {}", h.count);
-            let _ = writeln!(out, "{name}_sum {}", h.sum);
-            let _ = writeln!(out, "{name}_count {}", h.count);
-        }
+        // Writing into a String cannot fail; an encoding error would leave the text short.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         out
     }
-
-    /// Current value of one counter series (tests and readiness details).
-    pub fn counter(&self, name: &str, labels: &str) -> u64 {
-        self.with(|i| {
-            i.counters
-                .iter()
-                .find(|((n, l), _)| *n == name && l == labels)
-                .map_or(0, |(_, v)| *v)
-        })
-    }
-}
-
-fn escape(v: &str) -> String {
-    v.replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
 }
 
 #[cfg(test)]
-#[allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::indexing_slicing
-)]
 mod tests {
     use super::*;
 
     #[test]
-    fn renders_counters_and_histograms() {
+    fn renders_counters_histograms_and_the_version() {
         let m = Metrics::default();
-        m.inc(
-            "lookergate_broker_errors_total",
-            &[("code", "unauthorized")],
-        );
-        m.inc(
-            "lookergate_broker_errors_total",
-            &[("code", "unauthorized")],
-        );
-        m.observe(
-            "lookergate_broker_looker_login_duration_seconds",
-            Duration::from_millis(30),
-        );
+        let unauthorized = CodeLabel {
+            code: "unauthorized",
+        };
+        m.errors.get_or_create(&unauthorized).inc();
+        m.errors.get_or_create(&unauthorized).inc();
+        m.looker_logins
+            .get_or_create(&LoginLabels {
+                kind: "role",
+                result: "ok",
+            })
+            .inc();
+        m.observe_looker_login(Duration::from_millis(30));
         let text = m.render();
-        assert!(
-            text.contains("lookergate_broker_errors_total{code=\"unauthorized\"} 2"),
-            "{text}"
-        );
-        assert!(
-            text.contains("lookergate_broker_cache_hits_total 0"),
-            "{text}"
-        );
-        assert!(
-            text.contains("lookergate_broker_looker_login_duration_seconds_bucket{le=\"0.025\"} 0"),
-            "{text}"
-        );
-        assert!(
-            text.contains("lookergate_broker_looker_login_duration_seconds_bucket{le=\"0.05\"} 1"),
-            "{text}"
-        );
-        assert!(
-            text.contains("lookergate_broker_looker_login_duration_seconds_count 1"),
-            "{text}"
-        );
+        for line in [
+            "lookergate_broker_errors_total{code=\"unauthorized\"} 2",
+            "lookergate_broker_looker_logins_total{kind=\"role\",result=\"ok\"} 1",
+            "lookergate_broker_cache_hits_total 0",
+            "lookergate_broker_looker_login_duration_seconds_bucket{le=\"0.025\"} 0",
+            "lookergate_broker_looker_login_duration_seconds_bucket{le=\"0.05\"} 1",
+            "lookergate_broker_looker_login_duration_seconds_count 1",
+            "# TYPE lookergate_broker_token_request_duration_seconds histogram",
+            "lookergate_broker_token_request_duration_seconds_count 0",
+            &format!(
+                "lookergate_broker_build_info{{version=\"{}\"}} 1",
+                crate::VERSION
+            ),
+        ] {
+            assert!(text.lines().any(|l| l == line), "no {line:?} in\n{text}");
+        }
     }
 }

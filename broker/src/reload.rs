@@ -7,6 +7,7 @@ use crate::broker::{Broker, Runtime};
 use crate::config::BrokerConfig;
 use crate::http::AppState;
 use crate::log;
+use crate::metrics::ResultLabel;
 use crate::secret::fingerprint;
 use serde_json::json;
 use std::path::Path;
@@ -20,9 +21,10 @@ pub fn reload(broker: &Broker, trigger: &str) -> Result<bool, String> {
     let result = load(path).and_then(|mut config| {
         let old = broker.runtime();
         if config.listen != old.config.listen {
-            log::warn(
-                "config_reload",
-                json!({"message": "listen changed; restart the broker to apply it", "listen": config.listen.to_string()}),
+            tracing::warn!(
+                event = "config_reload",
+                message = "listen changed; restart the broker to apply it",
+                listen = %config.listen,
             );
             config.listen = old.config.listen;
         }
@@ -32,26 +34,36 @@ pub fn reload(broker: &Broker, trigger: &str) -> Result<bool, String> {
         let changes = describe_changes(&old.config, &config);
         let runtime = Runtime::new(config).map_err(|e| e.to_string())?;
         broker.replace_runtime(runtime);
-        log::info("config_reload", json!({"trigger": trigger, "result": "applied", "changes": changes}));
+        tracing::info!(
+            event = "config_reload",
+            trigger,
+            result = "applied",
+            changes = log::json(&changes)
+        );
         Ok(true)
     });
     match &result {
         Ok(changed) => {
             let label = if *changed { "applied" } else { "unchanged" };
-            broker.metrics.inc(
-                "lookergate_broker_config_reloads_total",
-                &[("result", label)],
-            );
+            broker
+                .metrics
+                .config_reloads
+                .get_or_create(&ResultLabel { result: label })
+                .inc();
         }
         Err(e) => {
-            broker.metrics.inc(
-                "lookergate_broker_config_reloads_total",
-                &[("result", "invalid")],
-            );
-            log::error(
-                "config_reload",
-                json!({"trigger": trigger, "result": "rejected", "message": e, "path": path.display().to_string(),
-                       "note": "keeping the previous config"}),
+            broker
+                .metrics
+                .config_reloads
+                .get_or_create(&ResultLabel { result: "invalid" })
+                .inc();
+            tracing::error!(
+                event = "config_reload",
+                trigger,
+                result = "rejected",
+                message = %e,
+                path = %path.display(),
+                note = "keeping the previous config",
             );
         }
     }
@@ -121,9 +133,9 @@ pub fn spawn(broker: AppState) -> Vec<JoinHandle<()>> {
                     let _ = reload(&broker, "sighup");
                 }
             })),
-            Err(e) => log::warn(
-                "config_reload",
-                json!({"message": format!("cannot listen for SIGHUP: {e}")}),
+            Err(e) => tracing::warn!(
+                event = "config_reload",
+                message = %format_args!("cannot listen for SIGHUP: {e}"),
             ),
         }
     }

@@ -6,8 +6,8 @@
 
 use crate::config::{BrokerConfig, ConfigFile};
 use crate::http::AppState;
-use crate::log;
 use crate::looker::{LookerClient, LookerError, NewApi3Key};
+use crate::metrics::ResultLabel;
 use crate::secret::fingerprint;
 use serde_json::json;
 use std::collections::HashMap;
@@ -135,19 +135,24 @@ pub async fn rotate_role(path: &Path, role: &str) -> Result<RotationReport, Rota
         .create_api3(&admin, &user_id)
         .await
         .map_err(looker_error)?;
-    log::info(
-        "rotation",
-        json!({"role": role, "step": "created", "client_id": new_key.credentials.client_id,
-               "secret_fp": new_key.credentials.client_secret.fingerprint()}),
+    tracing::info!(
+        event = "rotation",
+        role,
+        step = "created",
+        client_id = new_key.credentials.client_id,
+        secret_fp = new_key.credentials.client_secret.fingerprint(),
     );
 
     let undo = |why: RotateError| {
         let (looker, admin, user_id, key_id) = (&looker, &admin, &user_id, new_key.id.clone());
         async move {
             if let Err(e) = looker.delete_api3(admin, user_id, &key_id).await {
-                log::error(
-                    "rotation",
-                    json!({"role": role, "step": "undo", "key_id": key_id, "message": e.to_string()}),
+                tracing::error!(
+                    event = "rotation",
+                    role,
+                    step = "undo",
+                    key_id,
+                    message = %e
                 );
             }
             why
@@ -160,9 +165,11 @@ pub async fn rotate_role(path: &Path, role: &str) -> Result<RotationReport, Rota
     if let Err(e) = write_rotated(path, &original, role, &new_key) {
         return Err(undo(RotateError::Write(e)).await);
     }
-    log::info(
-        "rotation",
-        json!({"role": role, "step": "written", "path": path.display().to_string()}),
+    tracing::info!(
+        event = "rotation",
+        role,
+        step = "written",
+        path = %path.display()
     );
 
     let mut old_key_deleted = false;
@@ -292,10 +299,14 @@ pub fn spawn_scheduler(broker: AppState) -> JoinHandle<()> {
                     Ok(report) => {
                         broker
                             .metrics
-                            .inc("lookergate_broker_rotations_total", &[("result", "ok")]);
-                        log::info(
-                            "rotation",
-                            json!({"step": "done", "trigger": "schedule", "report": report.to_json()}),
+                            .rotations
+                            .get_or_create(&ResultLabel { result: "ok" })
+                            .inc();
+                        tracing::info!(
+                            event = "rotation",
+                            step = "done",
+                            trigger = "schedule",
+                            report = %report.to_json()
                         );
                         let _ = crate::reload::reload(&broker, "rotation");
                         // Guards against re-rotating before the reload is visible.
@@ -307,10 +318,15 @@ pub fn spawn_scheduler(broker: AppState) -> JoinHandle<()> {
                     Err(e) => {
                         broker
                             .metrics
-                            .inc("lookergate_broker_rotations_total", &[("result", "error")]);
-                        log::error(
-                            "rotation",
-                            json!({"role": name, "step": "failed", "trigger": "schedule", "message": e.to_string()}),
+                            .rotations
+                            .get_or_create(&ResultLabel { result: "error" })
+                            .inc();
+                        tracing::error!(
+                            event = "rotation",
+                            role = name,
+                            step = "failed",
+                            trigger = "schedule",
+                            message = %e
                         );
                         not_before.insert(name.clone(), now + RETRY_FAILED_ROTATION.as_secs());
                     }

@@ -504,7 +504,8 @@ async fn binary_prints_listening_line_and_audits_without_secrets() -> TestResult
         .ok_or(format!("no audit line in {logs}"))?;
     assert_eq!(audit["subject"], "alice");
     assert_eq!(audit["request_id"], "req-42");
-    assert_eq!(audit["identity"], role("analyst"));
+    let identity: Value = serde_json::from_str(audit["identity"].as_str().unwrap_or_default())?;
+    assert_eq!(identity, role("analyst"));
     assert_eq!(audit["token_fp"].as_str().map(str::len), Some(8));
     assert!(audit["expires_at"].is_u64());
     for secret in [

@@ -1,6 +1,10 @@
 //! Plugin configurations where operators keep them: a plugin JSON file, or an Envoy
 //! config (YAML or JSON, several documents allowed) whose `envoy.filters.http.wasm`
 //! filters carry the JSON in `config.configuration.value`.
+//!
+//! The one reader of the plugin JSON in envoy/demo.yaml for the end-to-end tests, the
+//! soak and the fuzzers too; `fuzz/` (outside the workspace) compiles this file as its
+//! own module, so it uses nothing but serde, serde_json and serde_norway.
 
 use std::path::Path;
 
@@ -64,6 +68,58 @@ pub fn find(name: &str, text: &str) -> Result<Vec<PluginConfig>, String> {
         return Err(format!("{name}: not a plugin configuration, and {what}"));
     }
     Ok(found)
+}
+
+/// The plugin JSON of an Envoy config with exactly one Wasm filter (envoy/demo.yaml).
+pub fn single_plugin_json(name: &str, text: &str) -> Result<String, String> {
+    match find(name, text)?.as_slice() {
+        [plugin] => plugin
+            .json
+            .clone()
+            .map_err(|e| format!("{}: {e}", plugin.label)),
+        found => Err(format!(
+            "{name}: {} Wasm filters, expected exactly one",
+            found.len()
+        )),
+    }
+}
+
+/// `yaml`, one Envoy config document with exactly one Wasm filter, with that filter's
+/// plugin JSON replaced by `json`. Written out again as YAML: comments, layout and key
+/// order are not kept, so edit the text before, not after.
+pub fn with_plugin_json(name: &str, yaml: &str, json: &str) -> Result<String, String> {
+    let mut document: Value =
+        serde_norway::from_str(yaml).map_err(|e| format!("{name}: not YAML: {e}"))?;
+    let mut found = Vec::new();
+    wasm_filters_mut(&mut document, &mut found);
+    let count = found.len();
+    let [filter] = found.as_mut_slice() else {
+        return Err(format!(
+            "{name}: {count} Wasm filters, expected exactly one"
+        ));
+    };
+    let value = filter
+        .get_mut("config")
+        .and_then(|c| c.get_mut("configuration"))
+        .and_then(|c| c.get_mut("value"))
+        .ok_or(format!(
+            "{name}: the Wasm filter has no config.configuration.value"
+        ))?;
+    *value = Value::String(json.to_owned());
+    serde_norway::to_string(&document).map_err(|e| format!("{name}: {e}"))
+}
+
+fn wasm_filters_mut<'a>(value: &'a mut Value, found: &mut Vec<&'a mut Value>) {
+    let is_wasm = value.get("@type").and_then(Value::as_str) == Some(WASM_FILTER_TYPE);
+    if is_wasm {
+        found.push(value);
+        return;
+    }
+    match value {
+        Value::Object(map) => map.values_mut().for_each(|v| wasm_filters_mut(v, found)),
+        Value::Array(items) => items.iter_mut().for_each(|v| wasm_filters_mut(v, found)),
+        _ => {}
+    }
 }
 
 /// Walks the whole document: Wasm filters sit in listeners, Istio EnvoyFilter patches,
@@ -185,6 +241,57 @@ patch:
             ]
         );
         assert_eq!(found[0].json.as_deref(), Ok(r#"{"version": 1}"#));
+    }
+
+    #[test]
+    fn demo_plugin_json_is_read_and_replaced() {
+        let demo = include_str!("../../envoy/demo.yaml");
+        let json = single_plugin_json("demo.yaml", demo).unwrap();
+        let plugin: Value = serde_json::from_str(&json).unwrap();
+        assert_eq!(
+            plugin["issuers"][0]["issuer"],
+            "https://idp.lookergate.demo"
+        );
+
+        let other = r#"{"version": 1, "issuers": []}"#;
+        let replaced = with_plugin_json("demo.yaml", demo, other).unwrap();
+        assert_eq!(
+            single_plugin_json("replaced", &replaced).as_deref(),
+            Ok(other)
+        );
+        // Everything else is the same config.
+        let mut before: Value = serde_norway::from_str(demo).unwrap();
+        let mut after: Value = serde_norway::from_str(&replaced).unwrap();
+        for config in [&mut before, &mut after] {
+            let mut found = Vec::new();
+            wasm_filters_mut(config, &mut found);
+            found[0]["config"]["configuration"]["value"] = Value::Null;
+        }
+        assert_eq!(before, after);
+    }
+
+    #[test]
+    fn reading_or_replacing_needs_exactly_one_plugin() {
+        let two = r#"
+filters:
+- typed_config: {"@type": type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm, config: {configuration: {value: "{}"}}}
+- typed_config: {"@type": type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm, config: {configuration: {value: "{}"}}}
+"#;
+        assert!(single_plugin_json("two.yaml", two)
+            .unwrap_err()
+            .contains("2 Wasm filters"));
+        assert!(with_plugin_json("two.yaml", two, "{}")
+            .unwrap_err()
+            .contains("2 Wasm filters"));
+        let no_value = r#"
+typed_config: {"@type": type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm, config: {}}
+"#;
+        assert!(single_plugin_json("n.yaml", no_value)
+            .unwrap_err()
+            .contains("no config.configuration"));
+        assert!(with_plugin_json("n.yaml", no_value, "{}")
+            .unwrap_err()
+            .contains("no config.configuration.value"));
     }
 
     #[test]

@@ -25,6 +25,11 @@ use lookergate::looker::{OperationTable, Resolution, API_PREFIX};
 use lookergate::path::{parse_target, strip_access_token};
 use lookergate::policy::QueryGuard;
 
+/// The CLI's reader of plugin configurations in Envoy configs, compiled here as a module:
+/// depending on the CLI crate would bring its server stack into every fuzz build.
+#[path = "../../cli/src/source.rs"]
+pub mod source;
+
 /// The verifier's clock. Seed tokens are valid around it whenever they were signed.
 pub const NOW: u64 = 1_800_000_000;
 pub const ISS: &str = "https://idp.fuzz.test";
@@ -237,21 +242,7 @@ pub fn demo_config() -> &'static str {
     static CONFIG: OnceLock<String> = OnceLock::new();
     CONFIG.get_or_init(|| {
         let yaml = include_str!("../../envoy/demo.yaml");
-        // The block scalar under `value: |`, up to the next line indented less than it.
-        let start = yaml.find("value: |").expect("demo.yaml has the plugin configuration");
-        let body = &yaml[start..];
-        let mut lines = body.lines().skip(1);
-        let first = lines.next().expect("configuration body");
-        let indent = first.len() - first.trim_start().len();
-        let mut out = String::from(first.trim_start());
-        for line in lines {
-            if !line.trim().is_empty() && line.len() - line.trim_start().len() < indent {
-                break;
-            }
-            out.push('\n');
-            out.push_str(line.get(indent..).unwrap_or(line.trim_start()));
-        }
-        out
+        source::single_plugin_json("envoy/demo.yaml", yaml).unwrap_or_else(|e| panic!("{e}"))
     })
 }
 

@@ -317,7 +317,10 @@ fn fingerprint(token: &str) -> String {
 /// `token_issued` audit lines of the broker: fingerprint -> identity (`role:analyst`,
 /// `user:email:carol@example.com`).
 fn broker_fingerprints(log: &Path) -> HashMap<String, String> {
-    let text = std::fs::read_to_string(log).unwrap_or_default();
+    fingerprints_in(&std::fs::read_to_string(log).unwrap_or_default())
+}
+
+fn fingerprints_in(text: &str) -> HashMap<String, String> {
     let mut out = HashMap::new();
     for line in text.lines() {
         let Ok(v) = serde_json::from_str::<Value>(line) else {
@@ -326,9 +329,11 @@ fn broker_fingerprints(log: &Path) -> HashMap<String, String> {
         if v["event"] != "token_issued" {
             continue;
         }
-        // Named by the key the filter's audit records use.
-        let id = &v["identity"];
-        let identity = LookerIdentity::deserialize(id).map_or_else(|_| id.to_string(), |i| i.key());
+        // Named by the key the filter's audit records use; the broker logs the identity
+        // as its JSON text.
+        let text = v["identity"].as_str().unwrap_or_default();
+        let identity = serde_json::from_str::<LookerIdentity>(text)
+            .map_or_else(|_| text.to_owned(), |i| i.key());
         if let Some(fp) = v["token_fp"].as_str() {
             out.insert(fp.to_owned(), identity);
         }
@@ -343,5 +348,26 @@ mod tests {
     #[test]
     fn fingerprint_is_the_brokers_first_8_hex_of_sha256() {
         assert_eq!(fingerprint("abc"), "ba7816bf");
+    }
+
+    #[test]
+    fn audit_lines_of_the_broker_map_fingerprints_to_identities() {
+        // As the broker writes them (tracing-subscriber JSON; the identity as JSON text).
+        let log = r#"{"timestamp":"2026-01-01T00:00:00Z","level":"INFO","event":"starting","roles":"[\"analyst\"]"}
+{"timestamp":"2026-01-01T00:00:01Z","level":"INFO","event":"token_issued","audit":true,"subject":"alice","identity":"{\"kind\":\"role\",\"name\":\"analyst\"}","token_fp":"0011aabb","cache":"login"}
+{"timestamp":"2026-01-01T00:00:02Z","level":"INFO","event":"token_issued","audit":true,"subject":"carol","identity":"{\"kind\":\"user\",\"credential_type\":\"email\",\"credential_id\":\"Carol@Example.com\"}","token_fp":"ccdd0011","cache":"hit"}
+{"timestamp":"2026-01-01T00:00:03Z","level":"INFO","event":"looker_login","token_fp":"99999999"}
+not json"#;
+        let found = fingerprints_in(log);
+        assert_eq!(
+            found,
+            HashMap::from([
+                ("0011aabb".to_owned(), "role:analyst".to_owned()),
+                (
+                    "ccdd0011".to_owned(),
+                    "user:email:carol@example.com".to_owned()
+                ),
+            ])
+        );
     }
 }

@@ -490,17 +490,10 @@ mod tests {
         )
     }
 
-    /// The plugin JSON: the block scalar under the one `value: |` line.
+    /// The plugin JSON of the soak's Envoy config.
     fn plugin_json(yaml: &str) -> Result<Value, Error> {
-        let mut lines = yaml
-            .lines()
-            .skip_while(|l| !l.trim_end().ends_with("value: |"));
-        let header = lines.next().ok_or("no `value: |` block")?;
-        let indent = header.len() - header.trim_start().len();
-        let block: Vec<&str> = lines
-            .take_while(|l| l.trim().is_empty() || l.len() - l.trim_start().len() > indent)
-            .collect();
-        Ok(serde_json::from_str(&block.join("\n"))?)
+        let json = lookergate_cli::source::single_plugin_json("soak config", yaml)?;
+        Ok(serde_json::from_str(&json)?)
     }
 
     /// Every `port_value: N` of the config, in order.

@@ -12,6 +12,7 @@ use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use lookergate_cli::source::{single_plugin_json, with_plugin_json};
 use lookergate_cli::{demo_envoy_yaml, DemoEnvoyPorts};
 use reqwest::header::HeaderMap;
 use serde_json::{json, Value};
@@ -365,16 +366,14 @@ impl Gateway {
             idp_proxy = Some(handle);
             addr
         };
-        let mut yaml = envoy_config(
+        let yaml = envoy_config(
             sim,
             broker,
             idp_for_envoy,
             &paths.wasm,
+            options.envoy_yaml_edit,
             options.plugin.as_ref(),
         );
-        if let Some(edit) = options.envoy_yaml_edit {
-            yaml = edit(yaml);
-        }
         let mut envoy = start_envoy(&paths.envoy, &dir.0, &yaml);
         let admin = match wait_until_ready(&mut envoy, &dir.0).await {
             Ok(admin) => admin,
@@ -812,7 +811,8 @@ impl Gateway {
         logs
     }
 
-    /// The real broker's JSON log lines with `"event": event` (e.g. `token_issued`).
+    /// The real broker's JSON log lines with `"event": event` (e.g. `token_issued`), with
+    /// `identity` (logged as its JSON text) decoded.
     pub fn broker_events(&self, event: &str) -> Vec<Value> {
         let mut events = Vec::new();
         for service in self
@@ -824,7 +824,14 @@ impl Gateway {
                 read_lossy(&service.log)
                     .lines()
                     .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-                    .filter(|v| v["event"] == event),
+                    .filter(|v| v["event"] == event)
+                    .map(|mut v| {
+                        if let Some(identity) = v["identity"].as_str() {
+                            v["identity"] = serde_json::from_str(identity)
+                                .unwrap_or_else(|e| panic!("identity {identity:?}: {e}"));
+                        }
+                        v
+                    }),
             );
         }
         events
@@ -1452,65 +1459,24 @@ pub fn demo_yaml() -> String {
     fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
-/// The plugin JSON block of envoy/demo.yaml: the lines after `value: |`, more indented.
-/// Returns (first line index, end line index, indentation).
-fn plugin_block(lines: &[&str]) -> (usize, usize, usize) {
-    let header: Vec<usize> = lines
-        .iter()
-        .enumerate()
-        .filter(|(_, l)| l.trim() == "value: |")
-        .map(|(i, _)| i)
-        .collect();
-    assert_eq!(
-        header.len(),
-        1,
-        "envoy/demo.yaml must have exactly one `value: |` block (the plugin JSON)"
-    );
-    let start = header[0] + 1;
-    let header_indent = indentation(lines[header[0]]);
-    let end = (start..lines.len())
-        .find(|&i| !lines[i].trim().is_empty() && indentation(lines[i]) <= header_indent)
-        .unwrap_or(lines.len());
-    (start, end, indentation(lines[start]))
-}
-
-fn indentation(line: &str) -> usize {
-    line.len() - line.trim_start().len()
-}
-
 /// The demo plugin configuration, as written inline in envoy/demo.yaml.
 pub fn demo_plugin_config() -> Value {
-    let yaml = demo_yaml();
-    let lines: Vec<&str> = yaml.lines().collect();
-    let (start, end, _) = plugin_block(&lines);
-    let json = lines[start..end].join("\n");
+    let json =
+        single_plugin_json("envoy/demo.yaml", &demo_yaml()).unwrap_or_else(|e| panic!("{e}"));
     serde_json::from_str(&json).unwrap_or_else(|e| panic!("plugin JSON in envoy/demo.yaml: {e}"))
 }
 
 /// envoy/demo.yaml with the simulator, broker, IdP and wasm of this test, admin and
-/// listener on port 0, and optionally another plugin JSON.
+/// listener on port 0, then `edit` (a text edit of the demo's layout) and optionally
+/// another plugin JSON.
 fn envoy_config(
     sim: SocketAddr,
     broker: SocketAddr,
     idp: SocketAddr,
     wasm: &Path,
+    edit: Option<fn(String) -> String>,
     plugin: Option<&Value>,
 ) -> String {
-    let yaml = demo_yaml();
-    let yaml = match plugin {
-        None => yaml,
-        Some(plugin) => {
-            let lines: Vec<&str> = yaml.lines().collect();
-            let (start, end, indent) = plugin_block(&lines);
-            let pad = " ".repeat(indent);
-            let json = serde_json::to_string_pretty(plugin).expect("plugin JSON");
-            let block: Vec<String> = json.lines().map(|l| format!("{pad}{l}")).collect();
-            let mut out: Vec<String> = lines[..start].iter().map(|l| (*l).to_owned()).collect();
-            out.extend(block);
-            out.extend(lines[end..].iter().map(|l| (*l).to_owned()));
-            out.join("\n") + "\n"
-        }
-    };
     let ports = DemoEnvoyPorts {
         admin: 0,
         listener: 0,
@@ -1518,7 +1484,15 @@ fn envoy_config(
         broker: broker.port(),
         idp: idp.port(),
     };
-    demo_envoy_yaml(&yaml, ports, wasm).unwrap_or_else(|e| panic!("{e}"))
+    let mut yaml = demo_envoy_yaml(&demo_yaml(), ports, wasm).unwrap_or_else(|e| panic!("{e}"));
+    if let Some(edit) = edit {
+        yaml = edit(yaml);
+    }
+    if let Some(plugin) = plugin {
+        let json = serde_json::to_string_pretty(plugin).expect("plugin JSON");
+        yaml = with_plugin_json("envoy/demo.yaml", &yaml, &json).unwrap_or_else(|e| panic!("{e}"));
+    }
+    yaml
 }
 
 fn start_envoy(bin: &Path, dir: &Path, yaml: &str) -> Envoy {
@@ -1621,7 +1595,7 @@ pub async fn envoy_refusing(plugin: Value) -> String {
         closed_port().await,
         closed_port().await,
     );
-    let yaml = envoy_config(sim, broker, idp, &paths.wasm, Some(&plugin));
+    let yaml = envoy_config(sim, broker, idp, &paths.wasm, None, Some(&plugin));
     let mut envoy = start_envoy(&paths.envoy, &dir.0, &yaml);
     let client = reqwest::Client::builder()
         .no_proxy()
