@@ -23,11 +23,6 @@ Also fails when Envoy's Prometheus output has a lookergate_* metric whose name s
 carries a variable part (a tag regex that did not match), when `/stats` no longer shows
 the filter's full stat names, or when a panel selects on `__name__`.
 
-A broker metric the dashboard uses but the scraped broker does not expose at all, and
-which the prometheus-client broker defines (BROKER_METRICS_PENDING), is reported as
-"broker metric names pending" instead of failing: the broker's metrics move to
-prometheus-client in a parallel change.
-
 Binaries: LOOKERGATE_ENVOY, LOOKERGATE_WASM, LOOKERGATE_BROKER_BIN, LOOKERGATE_SIM_BIN,
 LOOKERGATE_IDP_BIN (else the usual build paths: `make wasm envoy test-bins`),
 LOOKERGATE_PROMETHEUS (else `prometheus` on PATH); LOOKERGATE_DASHBOARD checks another
@@ -77,16 +72,6 @@ GATEWAY_FAMILIES = {
     "lookergate_decision", "lookergate_shadow", "lookergate_looker_token", "lookergate_broker_calls",
     "lookergate_broker_failure", "lookergate_broker_latency_ms", "lookergate_jwks_fetch",
     "lookergate_jwks_unknown_kid_refetch", "lookergate_jwks_keys", "lookergate_version",
-}
-# Sample names of the prometheus-client broker (broker/src/metrics.rs on its branch) that
-# an older broker build lacks entirely.
-BROKER_METRICS_PENDING = {
-    "lookergate_broker_build_info",
-    "lookergate_broker_token_requests_total", "lookergate_broker_cache_hits_total",
-    "lookergate_broker_cache_misses_total", "lookergate_broker_looker_logins_total",
-    "lookergate_broker_errors_total", "lookergate_broker_config_reloads_total",
-    "lookergate_broker_rotations_total", "lookergate_broker_looker_login_duration_seconds_bucket",
-    "lookergate_broker_token_request_duration_seconds_bucket",
 }
 
 SHADOW_RULE = {"name": "shadow.block-dashboards", "shadow": True, "methods": ["GET"],
@@ -309,10 +294,6 @@ def prometheus_families(text: str) -> set[str]:
     return {m.group(1) for m in re.finditer(r"^# TYPE (\S+) ", text, re.M)}
 
 
-def sample_names(text: str) -> set[str]:
-    return {m.group(1) for m in re.finditer(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)[{ ]", text, re.M)}
-
-
 def targets(dashboard: dict):
     for panel in dashboard["panels"]:
         for target in panel.get("targets", []):
@@ -336,13 +317,12 @@ def describe(result: list[dict], legend: str) -> str:
 
 
 def run(log=print) -> tuple[list[str], list[str]]:
-    """(failures, pending); logs one line per step and per panel target."""
+    """The failures; logs one line per step and per panel target."""
     for path in (mesh.ENVOY, mesh.WASM, mesh.BROKER, mesh.SIM, mesh.IDP):
         require(path.exists(), f"{path} is missing (make wasm envoy test-bins, or set LOOKERGATE_*)")
     require(Path(PROMETHEUS).exists(), f"{PROMETHEUS} is missing (apt-get install prometheus, or set LOOKERGATE_PROMETHEUS)")
     dashboard = json.loads(DASHBOARD.read_text())
     failures = check_dashboard_text(dashboard)
-    pending: list[str] = []
     with tempfile.TemporaryDirectory(prefix="lookergate-dashboard-") as tmp_name:
         tmp = Path(tmp_name)
         stack = Stack(tmp)
@@ -377,7 +357,6 @@ def run(log=print) -> tuple[list[str], list[str]]:
             stats = http("GET", f"http://{admin}/stats?filter=wasmcustom")[1]
             if not re.search(r"^wasmcustom\.lookergate\.decision\.deny\.forbidden: [1-9]", stats, re.M):
                 failures.append(f"/stats no longer shows the filter's full names (e2e tests read them):\n{stats[:1000]}")
-            broker_samples = sample_names(http("GET", f"http://{stack.broker}/metrics")[1])
 
             merged.wait_ready(deadline)
             mesh.wait_for_keys(merged, token("alice"), deadline)
@@ -403,11 +382,6 @@ def run(log=print) -> tuple[list[str], list[str]]:
                 if finite:
                     log(f"ok   {label}: {describe(finite, target.get('legendFormat', ''))}")
                     continue
-                names = set(re.findall(r"\blookergate_broker_[a-z_]+\b", expr)) - broker_samples
-                if not result and names and names <= BROKER_METRICS_PENDING:
-                    pending.append(f"{label}: {expr} (the broker exposes no {', '.join(sorted(names))})")
-                    log(f"PEND {label}: broker metric names pending: {', '.join(sorted(names))}")
-                    continue
                 why = "empty" if not result else "only NaN"
                 failures.append(f"{label}: {expr}\n  {why}: {result}")
                 log(f"FAIL {label}: {why}")
@@ -416,21 +390,19 @@ def run(log=print) -> tuple[list[str], list[str]]:
                             f"\n--- broker ---\n{stack.log('broker')}")
         finally:
             stack.stop()
-    return failures, pending
+    return failures
 
 
 def main() -> int:
     started = time.monotonic()
     try:
-        failures, pending = run()
+        failures = run()
     except Failed as e:
-        failures, pending = [str(e)], []
+        failures = [str(e)]
     for failure in failures:
         print(f"FAILED {failure}")
-    for item in pending:
-        print(f"PENDING broker metric names pending: {item}")
     verdict = "FAILED" if failures else "PASSED"
-    print(f"{verdict}{' with broker metric names pending' if pending and not failures else ''} in {time.monotonic() - started:.1f}s")
+    print(f"{verdict} in {time.monotonic() - started:.1f}s")
     return 1 if failures else 0
 
 

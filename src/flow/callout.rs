@@ -81,18 +81,13 @@ pub fn on_tick<H: Host>(gateway: &Gateway, worker: &mut Worker, host: &H, root_c
     flow.expire_stalled_bodies(now_ms);
     for flight in flow.worker.tokens.orphans() {
         host.switch_to(root_context);
-        let (headers, body) = broker::token_request(
+        let request = broker::token_request(
             &gateway.broker,
             &flight.identity,
             &flight.subject,
             &flight.request_id,
         );
-        match host.dispatch(
-            &gateway.broker.cluster,
-            &headers,
-            body.as_bytes(),
-            gateway.broker.timeout,
-        ) {
+        match super::call_broker(gateway, host, request) {
             Ok(callout) => {
                 host.count("lookergate.broker.calls", 1);
                 flow.worker

@@ -13,7 +13,7 @@ use log::warn;
 use crate::callout::{Callout, Callouts};
 use crate::config::Gateway;
 use crate::decision::Admitted;
-use crate::host::Host;
+use crate::host::{Host, HostError};
 use crate::keys::KeyState;
 use crate::policy::LookerIdentity;
 use crate::reply::Refusal;
@@ -187,4 +187,15 @@ impl<'a, H: Host> Flow<'a, H> {
 
 fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// Sends a broker request (`broker::token_request` / `invalidate_request`) to the broker
+/// cluster with its timeout; returns the callout token.
+fn call_broker<H: Host>(
+    gateway: &Gateway,
+    host: &H,
+    (headers, body): (Vec<(&'static str, String)>, String),
+) -> Result<u32, HostError> {
+    let broker = &gateway.broker;
+    host.dispatch(&broker.cluster, &headers, body.as_bytes(), broker.timeout)
 }

@@ -278,14 +278,8 @@ impl<H: Host> Flow<'_, H> {
         let Err(waiter) = self.worker.tokens.join(&identity, waiter) else {
             return Next::Pause; // a call for this identity is in flight here
         };
-        let (headers, body) =
-            broker::token_request(&gateway.broker, &identity, &subject, request_id);
-        match host.dispatch(
-            &gateway.broker.cluster,
-            &headers,
-            body.as_bytes(),
-            gateway.broker.timeout,
-        ) {
+        let request = broker::token_request(&gateway.broker, &identity, &subject, request_id);
+        match super::call_broker(gateway, host, request) {
             Ok(callout) => {
                 host.count("lookergate.broker.calls", 1);
                 let flight = Flight {

@@ -51,13 +51,8 @@ pub fn on_response<H: Host>(
         };
         host.shared_set_if(&key, &expired.encode(), cas);
     }
-    let (headers, body) = broker::invalidate_request(&gateway.broker, &identity);
-    match host.dispatch(
-        &gateway.broker.cluster,
-        &headers,
-        body.as_bytes(),
-        gateway.broker.timeout,
-    ) {
+    let request = broker::invalidate_request(&gateway.broker, &identity);
+    match super::call_broker(gateway, host, request) {
         Ok(callout) => {
             // Its answer is not read; the stream's end drops it if it never comes.
             worker.callouts.insert(callout, Callout::Invalidate);
