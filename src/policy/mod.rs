@@ -8,6 +8,11 @@ use crate::looker::{ActivityType, Operation, OperationTable, Status};
 use crate::ratelimit::RateLimit;
 use crate::trace::{Off, Trace};
 
+mod guard;
+mod matching;
+
+use matching::{compile_condition, compile_pattern, lookup, Condition, PathPattern};
+
 /// A Looker identity the gateway acts as, as written in a rule.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[cfg_attr(
@@ -245,32 +250,6 @@ pub struct Input<'a> {
 pub struct RawPolicy {
     pub rules: Vec<RawRule>,
 }
-
-#[derive(Debug, Clone, PartialEq)]
-enum Test {
-    Equals(Value),
-    OneOf(Vec<Value>),
-    Contains(Value),
-    Exists(bool),
-}
-
-#[derive(Debug, Clone, PartialEq)]
-struct Condition {
-    claim: Vec<String>,
-    test: Test,
-}
-
-#[derive(Debug, Clone, PartialEq)]
-enum Segment {
-    Literal(String),
-    /// `*`: exactly one non-empty segment.
-    One,
-    /// `**` (last only): zero or more segments.
-    Rest,
-}
-
-#[derive(Debug, Clone, PartialEq)]
-struct PathPattern(Vec<Segment>);
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Effect {
@@ -800,60 +779,6 @@ impl Rule {
     }
 }
 
-impl QueryGuard {
-    /// Checks a query against the guardrails. The error names the field that failed,
-    /// never the allowed values (the client learns nothing of the policy from it).
-    pub fn check(&self, q: &QueryFacts) -> Result<(), String> {
-        if !self.models.is_empty() && !q.model.as_ref().is_some_and(|m| self.models.contains(m)) {
-            return Err(format!(
-                "query.model {:?} is not allowed by this rule",
-                q.model.as_deref().unwrap_or("")
-            ));
-        }
-        if !self.views.is_empty() && !q.view.as_ref().is_some_and(|v| self.views.contains(v)) {
-            return Err(format!(
-                "query.view {:?} is not allowed by this rule",
-                q.view.as_deref().unwrap_or("")
-            ));
-        }
-        if let Some(max) = self.max_limit {
-            match q.limit {
-                Some(limit) if limit < 0 => {
-                    return Err(format!(
-                        "query.limit {limit} means no limit, above the maximum {max}"
-                    ))
-                }
-                None | Some(0) if LOOKER_DEFAULT_LIMIT > max => {
-                    return Err(format!(
-                        "query.limit is not set, so Looker's default of {LOOKER_DEFAULT_LIMIT} rows applies, above the maximum {max}"
-                    ))
-                }
-                Some(limit) if limit > max => {
-                    return Err(format!("query.limit {limit} exceeds the maximum {max}"))
-                }
-                _ => {}
-            }
-        }
-        for field in &self.required_filters {
-            let mut values = q.filters.iter().filter(|(f, _)| f == field);
-            match values.next() {
-                None => return Err(format!("query.filters must filter on {field:?}")),
-                Some((_, value)) if value.trim().is_empty() => {
-                    return Err(format!("query.filters[{field:?}] must not be empty"))
-                }
-                Some(_) => {}
-            }
-        }
-        if q.filter_expression && !self.allow_filter_expression {
-            return Err("query.filter_expression is not allowed by this rule".to_owned());
-        }
-        if q.filter_config && !self.allow_filter_config {
-            return Err("query.filter_config is not allowed by this rule".to_owned());
-        }
-        Ok(())
-    }
-}
-
 fn is_db_query(op: &Operation) -> bool {
     op.activity_type == "db_query"
 }
@@ -908,108 +833,6 @@ fn resolve_identity(
                     user.claim
                 )),
             }
-        }
-    }
-}
-
-fn compile_pattern(pattern: &str) -> Result<PathPattern, String> {
-    let rest = pattern
-        .strip_prefix('/')
-        .ok_or_else(|| format!("pattern {pattern:?} must start with '/'"))?;
-    let parts: Vec<&str> = if rest.is_empty() {
-        Vec::new()
-    } else {
-        rest.split('/').collect()
-    };
-    let mut segments = Vec::with_capacity(parts.len());
-    for (i, part) in parts.iter().enumerate() {
-        let segment = match *part {
-            "" => return Err(format!("pattern {pattern:?} has an empty segment")),
-            "*" => Segment::One,
-            "**" if i + 1 == parts.len() => Segment::Rest,
-            "**" => {
-                return Err(format!(
-                    "pattern {pattern:?}: '**' may only be the last segment"
-                ))
-            }
-            p if p.contains('*') => {
-                return Err(format!("pattern {pattern:?}: '*' must be a whole segment"));
-            }
-            p => Segment::Literal(p.to_owned()),
-        };
-        segments.push(segment);
-    }
-    Ok(PathPattern(segments))
-}
-
-impl PathPattern {
-    fn matches(&self, path: &str) -> bool {
-        let rest = path.strip_prefix('/').unwrap_or(path);
-        // "/" has no segments; otherwise every piece between slashes is one.
-        let mut parts = rest.split('/').filter(move |_| !rest.is_empty());
-        for segment in &self.0 {
-            match segment {
-                Segment::Rest => return true,
-                Segment::One => match parts.next() {
-                    Some(p) if !p.is_empty() => {}
-                    _ => return false,
-                },
-                Segment::Literal(lit) => match parts.next() {
-                    Some(p) if p == lit => {}
-                    _ => return false,
-                },
-            }
-        }
-        parts.next().is_none()
-    }
-}
-
-fn compile_condition(raw: &RawCondition) -> Result<Condition, String> {
-    if raw.claim.is_empty() || raw.claim.split('.').any(str::is_empty) {
-        return Err(format!("claim {:?} is not a dotted claim path", raw.claim));
-    }
-    let tests: Vec<Test> = [
-        raw.equals.clone().map(Test::Equals),
-        raw.one_of.clone().map(Test::OneOf),
-        raw.contains.clone().map(Test::Contains),
-        raw.exists.map(Test::Exists),
-    ]
-    .into_iter()
-    .flatten()
-    .collect();
-    let mut tests = tests.into_iter();
-    match (tests.next(), tests.next()) {
-        (Some(test), None) => Ok(Condition {
-            claim: raw.claim.split('.').map(str::to_owned).collect(),
-            test,
-        }),
-        _ => Err("needs exactly one of equals, one_of, contains, exists".to_owned()),
-    }
-}
-
-fn lookup<'a>(claims: &'a Map<String, Value>, path: &[String]) -> Option<&'a Value> {
-    let (first, rest) = path.split_first()?;
-    let mut value = claims.get(first)?;
-    for key in rest {
-        value = value.as_object()?.get(key)?;
-    }
-    Some(value)
-}
-
-impl Condition {
-    fn holds(&self, claims: &Map<String, Value>) -> bool {
-        let value = lookup(claims, &self.claim);
-        match (&self.test, value) {
-            (Test::Exists(want), v) => v.is_some() == *want,
-            (_, None) => false,
-            (Test::Equals(want), Some(v)) => v == want,
-            (Test::OneOf(options), Some(v)) => options.contains(v),
-            (Test::Contains(want), Some(Value::Array(items))) => items.contains(want),
-            // Space-separated string claims (OAuth `scope`, some IdPs' groups).
-            (Test::Contains(Value::String(want)), Some(Value::String(s))) => {
-                s.split_ascii_whitespace().any(|part| part == want)
-            }
-            (Test::Contains(_), Some(_)) => false,
         }
     }
 }
