@@ -86,6 +86,8 @@ pub async fn rotate_role(path: &Path, role: &str) -> Result<RotationReport, Rota
         .map_err(|e| RotateError::Config(format!("cannot read {}: {e}", path.display())))?;
     let mut file = ConfigFile::parse(&original).map_err(|e| RotateError::Config(e.to_string()))?;
     file.apply_env(|k| std::env::var(k).ok());
+    // The role's key as the config file has it, before the store's key replaces it.
+    let configured_client_id = file.roles.get(role).map(|r| r.client_id.clone());
     let config = file
         .compile()
         .map_err(|e| RotateError::Config(e.to_string()))?;
@@ -167,7 +169,13 @@ pub async fn rotate_role(path: &Path, role: &str) -> Result<RotationReport, Rota
         return Err(undo(RotateError::ProofFailed(e.to_string())).await);
     }
     let written = match &config.rotated_credentials_file {
-        Some(store) => write_store(store, role, &new_key, &old.client_id).map(|()| store.as_path()),
+        Some(store) => write_store(
+            store,
+            role,
+            &new_key,
+            configured_client_id.as_deref().unwrap_or(&old.client_id),
+        )
+        .map(|()| store.as_path()),
         None => write_rotated(path, &original, role, &new_key).map(|()| path),
     };
     match written {
@@ -363,14 +371,11 @@ pub fn apply_rotated(path: &Path, roles: &mut BTreeMap<String, RoleConfig>) -> R
     Ok(())
 }
 
-/// Records `key` for `role` in the store. `current` is the client id in force (the
-/// config's, or a stored one): the entry keeps naming the config's key it replaces.
-fn write_store(path: &Path, role: &str, key: &NewApi3Key, current: &str) -> Result<(), String> {
-    let (text, store) = read_store(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    let replaces = match store.roles.get(role) {
-        Some(prev) if prev.client_id == current => prev.replaces_client_id.clone(),
-        _ => current.to_string(),
-    };
+/// Records `key` for `role` in the store, replacing `configured`: the client id the
+/// config file holds (the stored key wins only while the config still holds it).
+fn write_store(path: &Path, role: &str, key: &NewApi3Key, configured: &str) -> Result<(), String> {
+    let (text, _) = read_store(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let replaces = configured.to_string();
     let mut doc: DocumentMut = if text.is_empty() {
         STORE_HEADER.parse()
     } else {

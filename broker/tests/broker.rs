@@ -1177,6 +1177,36 @@ async fn rotation_writes_the_store_not_the_config_and_the_store_wins_until_the_c
         );
     }
 
+    // An operator copies the stored key into the config (the Secret): still in force, and
+    // the next rotation replaces it, so the store keeps winning over the copied key.
+    let secret = std::fs::read_to_string(&store)?
+        .lines()
+        .find_map(|l| l.strip_prefix("client_secret = "))
+        .map(|v| v.trim_matches('"').to_string())
+        .ok_or("no client_secret in the store")?;
+    let copied = text
+        .replace("demo-analyst-id", &second.new_client_id)
+        .replace("demo-analyst-secret", &secret);
+    std::fs::write(&path, &copied)?;
+    let config = BrokerConfig::load(&path)?;
+    assert_eq!(
+        config
+            .roles
+            .get("analyst")
+            .map(|r| r.credentials.client_id.as_str()),
+        Some(second.new_client_id.as_str())
+    );
+    let third = lookergate_broker::rotate::rotate_role(&path, "analyst").await?;
+    assert!(third.old_key_deleted, "{third:?}");
+    let config = BrokerConfig::load(&path)?;
+    let creds = &config.roles.get("analyst").ok_or("role")?.credentials;
+    assert_eq!(creds.client_id, third.new_client_id);
+    assert_eq!(
+        sim.login_status(&creds.client_id, creds.client_secret.expose())
+            .await?,
+        200
+    );
+
     // An operator puts another key in the config (a new Secret): it is newer than the store's.
     let edited = text.replace("demo-analyst-id", "operator-new-id");
     std::fs::write(&path, &edited)?;
