@@ -20,9 +20,13 @@ root, after `make wasm envoy`).
   extractors that turn the filter's stat names into Prometheus labels), copied in by
   tools/stats_tags.py (no drift); so do the Istio bootstrap override and the Envoy
   Gateway EnvoyProxy that tool prints.
-- Kubernetes manifests (envoy/istio, envoy/envoy-gateway) parse, have the expected
-  apiVersion/kind, and use only field names of those APIs; cross references (plugin
-  broker cluster, hosts, targetRefs) line up.
+- Kubernetes manifests (envoy/istio, envoy/envoy-gateway, envoy/kubernetes) parse, have
+  the expected apiVersion/kind, and use only field names of those APIs; cross references
+  (plugin broker cluster, hosts, targetRefs) line up. The broker's Deployment is
+  hardened (non-root, read-only root, no capabilities, seccomp), probed (/healthz,
+  /readyz), takes its config from the ConfigMap and its secrets from the Secret (files,
+  env), keeps rotated keys on a writable volume; its Service, PodDisruptionBudget and
+  NetworkPolicy (only the gateway pods in) match it.
 - Every manifest document is valid against its API's real schema (types, enums,
   required fields, no unknown field): Istio 1.29.2, Gateway API v1.5.1, Envoy Gateway
   v1.7.3 and Kubernetes 1.36.0, the validators of the npm packages pinned in
@@ -63,6 +67,7 @@ import sys
 import tempfile
 import time
 import tomllib
+import tomllib
 import traceback
 from pathlib import Path
 
@@ -77,6 +82,7 @@ PRODUCTION = ROOT / "envoy/production.yaml"
 DOCKER_COMPOSE = ROOT / "envoy/docker-compose.yaml"
 ISTIO_DIR = ROOT / "envoy/istio"
 EG_DIR = ROOT / "envoy/envoy-gateway"
+K8S_DIR = ROOT / "envoy/kubernetes"
 OPERATIONS = ROOT / "proto/operations.tsv"
 
 WASM_FILTER = "envoy.filters.http.wasm"
@@ -263,7 +269,7 @@ def envoy_filter_wasm_configs(doc: dict) -> list[dict]:
 def manifest_plugins() -> list[tuple[str, dict]]:
     """(label, plugin config) from the WasmPlugin, EnvoyFilter and EnvoyExtensionPolicy manifests."""
     found = []
-    for path in sorted(ISTIO_DIR.glob("*.yaml")) + sorted(EG_DIR.glob("*.yaml")):
+    for path in sorted(ISTIO_DIR.glob("*.yaml")) + sorted(EG_DIR.glob("*.yaml")) + sorted(K8S_DIR.glob("*.yaml")):
         for doc in load_yaml_documents(path):
             if doc.get("kind") == "WasmPlugin":
                 found.append((f"{rel(path)} WasmPlugin.spec.pluginConfig", doc["spec"].get("pluginConfig")))
@@ -793,6 +799,11 @@ SCHEMAS = {
 
 # Kinds without a namespace.
 CLUSTER_SCOPED = {"GatewayClass"}
+# Shipped Kubernetes kinds (envoy/kubernetes), validated against kubernetes-models only.
+CORE_KINDS = {
+    ("v1", "ConfigMap"), ("v1", "Secret"), ("v1", "Service"), ("apps/v1", "Deployment"),
+    ("policy/v1", "PodDisruptionBudget"), ("networking.k8s.io/v1", "NetworkPolicy"),
+}
 
 
 def unknown_fields(value, schema, path) -> list[str]:
@@ -838,7 +849,7 @@ def yaml11_traps(path: Path) -> list[str]:
 
 def manifests() -> list[tuple[Path, dict]]:
     out = []
-    for path in sorted(ISTIO_DIR.glob("*.yaml")) + sorted(EG_DIR.glob("*.yaml")):
+    for path in sorted(ISTIO_DIR.glob("*.yaml")) + sorted(EG_DIR.glob("*.yaml")) + sorted(K8S_DIR.glob("*.yaml")):
         out.extend((path, doc) for doc in load_yaml_documents(path))
     return out
 
@@ -853,6 +864,12 @@ def manifest_fields():
     for path, doc in docs:
         key = (doc.get("apiVersion"), doc.get("kind"))
         label = f"{rel(path)} {key[1]}/{doc.get('metadata', {}).get('name')}"
+        if key in CORE_KINDS:
+            # Kubernetes' own kinds: their fields are checked by the real schemas below.
+            meta = doc.get("metadata", {})
+            if not meta.get("name") or not meta.get("namespace"):
+                problems.append(f"{label}: metadata needs a name and a namespace")
+            continue
         if key not in SCHEMAS:
             problems.append(f"{label}: unexpected apiVersion/kind {key}")
             continue
@@ -995,7 +1012,7 @@ def manifest_schemas_control():
     # A free-form declaration over a field the schema types would hide typos beneath it.
     items.append(("EnvoyFilter: match declared free-form", shipped["EnvoyFilter"], ["spec.configPatches[].match"]))
     expected["EnvoyFilter: match declared free-form"] = "spec.configPatches[0].match: declared free-form, but the schema types"
-    # Core kinds (none shipped yet) are validated too: Kubernetes' own schema.
+    # Core kinds are validated too: Kubernetes' own schema (a copy of the shipped broker Deployment's shape).
     deployment = {
         "apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "lookergate-broker", "namespace": "lookergate"},
         "spec": {"selector": {"matchLabels": {"app": "b"}}, "template": {"metadata": {"labels": {"app": "b"}}, "spec": {
@@ -1022,6 +1039,61 @@ def docs_of(kind: str) -> list[dict]:
 
 def istio_cluster(host: str, port: int) -> str:
     return f"outbound|{port}||{host}"
+
+
+@check("Kubernetes: the broker Deployment is hardened, probed, configured from the ConfigMap and Secret; Service, PDB and NetworkPolicy match it and the gateways")
+def kubernetes_broker():
+    (deployment,) = [d for d in docs_of("Deployment") if d["metadata"]["name"] == "lookergate-broker"]
+    pod = deployment["spec"]["template"]["spec"]
+    labels = deployment["spec"]["template"]["metadata"]["labels"]
+    require(deployment["spec"]["selector"]["matchLabels"] == labels == {"app": "lookergate-broker"}, f"labels {labels}")
+    require(pod["securityContext"].get("runAsNonRoot") is True and pod["securityContext"].get("runAsUser", 0) != 0, "the pod may run as root")
+    require(pod["securityContext"].get("seccompProfile") == {"type": "RuntimeDefault"}, "seccomp is not RuntimeDefault")
+    (container,) = pod["containers"]
+    sc = container["securityContext"]
+    require(sc.get("readOnlyRootFilesystem") is True and sc.get("allowPrivilegeEscalation") is False and sc.get("capabilities") == {"drop": ["ALL"]}, f"container securityContext {sc}")
+    require(container["resources"].get("requests") and container["resources"].get("limits"), "no resources")
+    require(container["livenessProbe"]["httpGet"]["path"] == "/healthz" and container["readinessProbe"]["httpGet"]["path"] == "/readyz", "probes are not /healthz and /readyz")
+    env = {e["name"]: e for e in container.get("env", [])}
+    require(env.get("LOOKERGATE_BROKER_LISTEN", {}).get("value") == "0.0.0.0:10090", "the broker would listen on 127.0.0.1")
+    require("valueFrom" in env.get("LOOKERGATE_BROKER_GATEWAY_CREDENTIALS", {}), "gateway credentials not from the Secret")
+    port = container["ports"][0]["containerPort"]
+    mounts = {m["mountPath"]: m for m in container["volumeMounts"]}
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    (config_map,) = [d for d in docs_of("ConfigMap") if d["metadata"]["name"] == "lookergate-broker"]
+    (secret,) = [d for d in docs_of("Secret") if d["metadata"]["name"] == "lookergate-broker"]
+    require(container["args"] == ["--config", "/etc/lookergate/broker.toml"], f"args {container['args']}")
+    config_mount = mounts["/etc/lookergate/broker.toml"]
+    require(volumes[config_mount["name"]]["configMap"]["name"] == config_map["metadata"]["name"], "broker.toml is not the ConfigMap's")
+    config = tomllib.loads(config_map["data"][config_mount["subPath"]])
+    secret_mount = next(m for m in container["volumeMounts"] if "secret" in volumes[m["name"]])
+    require(secret_mount.get("readOnly") is True, "the Secret mount is writable")
+    files = {f"{secret_mount['mountPath']}/{i['path']}" for i in volumes[secret_mount["name"]]["secret"]["items"]}
+    require(set(secret["stringData"]) >= {i["key"] for i in volumes[secret_mount["name"]]["secret"]["items"]} | {env["LOOKERGATE_BROKER_GATEWAY_CREDENTIALS"]["valueFrom"]["secretKeyRef"]["key"]}, "the Deployment uses keys the Secret lacks")
+    require(all("REPLACE" in v for v in secret["stringData"].values()), "a Secret value is not a REPLACE placeholder")
+    sections = list(config.get("roles", {}).values()) + ([config["sudo"]] if "sudo" in config else [])
+    for section in sections:
+        require("client_secret" not in section, "a client secret inline in the ConfigMap")
+        require(section.get("client_secret_file") in files, f"client_secret_file {section.get('client_secret_file')} is not a mounted Secret file {sorted(files)}")
+    store = Path(config["rotated_credentials_file"])
+    state = [m for m in container["volumeMounts"] if store.is_relative_to(m["mountPath"])]
+    require(state and not state[0].get("readOnly"), "rotated_credentials_file is not on a writable volume")
+    (service,) = [d for d in docs_of("Service") if d["metadata"]["name"] == "lookergate-broker"]
+    require(service["spec"]["selector"] == labels and service["spec"]["ports"][0]["port"] == port, "Service does not match the Deployment")
+    (se,) = [d for d in docs_of("ServiceEntry") if d["metadata"]["name"] == "lookergate-broker"]
+    require(se["spec"]["workloadSelector"]["labels"] == labels and se["spec"]["ports"][0]["number"] == port, "Istio ServiceEntry does not select the broker pods")
+    (pdb,) = docs_of("PodDisruptionBudget")
+    require(pdb["spec"]["selector"]["matchLabels"] == labels and pdb["spec"]["minAvailable"] < deployment["spec"]["replicas"], "PDB would block every eviction or selects other pods")
+    (policy,) = docs_of("NetworkPolicy")
+    require(policy["spec"]["podSelector"]["matchLabels"] == labels and set(policy["spec"]["policyTypes"]) == {"Ingress", "Egress"}, "NetworkPolicy")
+    (ingress,) = policy["spec"]["ingress"]
+    require(ingress["ports"] == [{"port": port, "protocol": "TCP"}], f"ingress ports {ingress['ports']}")
+    peers = {(p["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"], tuple(sorted(p["podSelector"]["matchLabels"].items()))) for p in ingress["from"]}
+    (envoy_filter,) = docs_of("EnvoyFilter")
+    istio = (envoy_filter["metadata"]["namespace"], tuple(sorted(envoy_filter["spec"]["workloadSelector"]["labels"].items())))
+    (gateway,) = [g for g in docs_of("Gateway") if g["apiVersion"].startswith("gateway.networking.k8s.io/")]
+    eg = ("envoy-gateway-system", tuple(sorted({"gateway.envoyproxy.io/owning-gateway-name": gateway["metadata"]["name"], "gateway.envoyproxy.io/owning-gateway-namespace": gateway["metadata"]["namespace"]}.items())))
+    require(peers == {istio, eg}, f"NetworkPolicy ingress peers {peers}, want the pods the EnvoyFilter selects {istio} and the Gateway's proxies {eg}")
 
 
 @check("Istio: EnvoyFilter (oci://, first HTTP filter via ECDS, FAIL_CLOSED, body access) calls the broker's ServiceEntry cluster")

@@ -104,6 +104,7 @@ impl Runtime {
             config.looker_url.clone(),
             config.looker_timeout,
             config.retry_budget,
+            config.looker_ca.as_ref(),
         )?;
         Ok(Runtime { config, looker })
     }

@@ -8,7 +8,7 @@ use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
 use std::fmt;
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 /// Embedded demo config (DESIGN.md demo identities), used without `--config`.
@@ -103,6 +103,12 @@ impl<'de> Deserialize<'de> for LookerId {
 pub struct ConfigFile {
     pub listen: Option<String>,
     pub looker_url: String,
+    /// PEM bundle of CAs trusted for `looker_url` besides the platform's store and the
+    /// compiled-in webpki roots (a private CA in front of Looker).
+    pub looker_ca_file: Option<PathBuf>,
+    /// Where rotation writes rotated API3 credentials when the config itself is read-only
+    /// (a Kubernetes ConfigMap/Secret); read at start and on reload (see [`crate::rotate`]).
+    pub rotated_credentials_file: Option<PathBuf>,
     pub gateway_credentials: Vec<Secret>,
     pub refresh_before: Option<DurationStr>,
     /// Timeout of one HTTP call to Looker.
@@ -188,11 +194,67 @@ impl fmt::Debug for GatewayCredential {
     }
 }
 
+/// The CAs of `looker_ca_file`, read and checked at load; a changed file is a changed config.
+#[derive(Clone, PartialEq, Eq)]
+pub struct LookerCa {
+    pub path: PathBuf,
+    pem: Vec<u8>,
+}
+
+impl fmt::Debug for LookerCa {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "LookerCa({})", self.path.display())
+    }
+}
+
+impl LookerCa {
+    /// Reads the PEM bundle; errors name `looker_ca_file`.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let field = "looker_ca_file";
+        let pem = std::fs::read(path)
+            .map_err(|e| invalid(field, format!("cannot read {}: {e}", path.display())))?;
+        let ca = LookerCa {
+            path: path.to_path_buf(),
+            pem,
+        };
+        let certs = ca.certificates().map_err(|e| {
+            invalid(
+                field,
+                format!("{} is not a PEM certificate bundle: {e}", path.display()),
+            )
+        })?;
+        // rustls parses the DER only when a client is built: do it now, so a bad bundle is a
+        // config error and never a client that cannot be built on reload.
+        let mut builder = reqwest::Client::builder().tls_built_in_root_certs(false);
+        for cert in certs {
+            builder = builder.add_root_certificate(cert);
+        }
+        builder.build().map_err(|e| {
+            invalid(
+                field,
+                format!("{} holds an invalid certificate: {e}", path.display()),
+            )
+        })?;
+        Ok(ca)
+    }
+
+    /// The bundle's certificates (at least one).
+    pub fn certificates(&self) -> Result<Vec<reqwest::Certificate>, String> {
+        let certs = reqwest::Certificate::from_pem_bundle(&self.pem).map_err(|e| e.to_string())?;
+        if certs.is_empty() {
+            return Err("no certificate in it".into());
+        }
+        Ok(certs)
+    }
+}
+
 /// Validated, compiled configuration.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BrokerConfig {
     pub listen: SocketAddr,
     pub looker_url: Url,
+    pub looker_ca: Option<LookerCa>,
+    pub rotated_credentials_file: Option<PathBuf>,
     pub gateway_credentials: Vec<GatewayCredential>,
     pub refresh_before: Duration,
     pub looker_timeout: Duration,
@@ -254,6 +316,11 @@ impl ConfigFile {
         })?;
 
         let looker_url = compile_looker_url(&self.looker_url)?;
+        let looker_ca = self
+            .looker_ca_file
+            .as_deref()
+            .map(LookerCa::load)
+            .transpose()?;
 
         if self.gateway_credentials.is_empty() {
             return Err(invalid(
@@ -386,9 +453,20 @@ impl ConfigFile {
             ));
         }
 
+        if let Some(store) = &self.rotated_credentials_file {
+            crate::rotate::apply_rotated(store, &mut roles).map_err(|e| {
+                invalid(
+                    "rotated_credentials_file",
+                    format!("{}: {e}", store.display()),
+                )
+            })?;
+        }
+
         Ok(BrokerConfig {
             listen,
             looker_url,
+            looker_ca,
+            rotated_credentials_file: self.rotated_credentials_file,
             gateway_credentials,
             refresh_before,
             looker_timeout,

@@ -3,7 +3,7 @@
 //! Every operation gets a total time budget (`retry_budget`) that stays under the
 //! gateway's broker timeout; single attempts are capped by `looker_timeout`.
 
-use crate::config::{Api3Credentials, LookerId};
+use crate::config::{Api3Credentials, LookerCa, LookerId};
 use crate::secret::Secret;
 use reqwest::{header, Method, RequestBuilder, Response, StatusCode, Url};
 use serde::Deserialize;
@@ -80,12 +80,23 @@ pub struct LookerClient {
 }
 
 impl LookerClient {
+    /// Trusts the platform's store, the compiled-in webpki roots, and `ca` when given.
     pub fn new(
         base: Url,
         attempt_timeout: Duration,
         retry_budget: Duration,
+        ca: Option<&LookerCa>,
     ) -> Result<Self, LookerError> {
-        let http = reqwest::Client::builder()
+        let mut builder = reqwest::Client::builder();
+        if let Some(ca) = ca {
+            let certs = ca.certificates().map_err(|e| {
+                LookerError::Unavailable(format!("looker_ca_file {}: {e}", ca.path.display()))
+            })?;
+            for cert in certs {
+                builder = builder.add_root_certificate(cert);
+            }
+        }
+        let http = builder
             .connect_timeout(attempt_timeout)
             .redirect(reqwest::redirect::Policy::none())
             .user_agent(concat!("lookergate-broker/", env!("CARGO_PKG_VERSION")))
@@ -378,7 +389,7 @@ mod tests {
     fn urls_encode_segments() {
         let base = Url::parse("http://looker:19999/").ok();
         let client = base.and_then(|b| {
-            LookerClient::new(b, Duration::from_secs(1), Duration::from_secs(2)).ok()
+            LookerClient::new(b, Duration::from_secs(1), Duration::from_secs(2), None).ok()
         });
         let Some(client) = client else {
             panic!("client")
@@ -423,8 +434,13 @@ mod tests {
         let addr = listener.local_addr().ok()?;
         tokio::spawn(async move { axum::serve(listener, app).await });
         let base = Url::parse(&format!("http://{addr}")).ok()?;
-        let client =
-            LookerClient::new(base, Duration::from_secs(1), Duration::from_millis(1500)).ok()?;
+        let client = LookerClient::new(
+            base,
+            Duration::from_secs(1),
+            Duration::from_millis(1500),
+            None,
+        )
+        .ok()?;
         Some((client, calls))
     }
 

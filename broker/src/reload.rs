@@ -103,6 +103,20 @@ fn content_hash(path: &Path) -> Option<String> {
     std::fs::read(path).ok().map(|bytes| fingerprint(&bytes))
 }
 
+/// The config's hash plus the rotated-credentials store's: a key rotated by another
+/// process (`lookergate-broker rotate`) is picked up like a config edit.
+fn watched_hash(path: &Path, broker: &Broker) -> Option<String> {
+    let config = content_hash(path)?;
+    let store = broker
+        .runtime()
+        .config
+        .rotated_credentials_file
+        .as_deref()
+        .and_then(content_hash)
+        .unwrap_or_default();
+    Some(format!("{config}{store}"))
+}
+
 /// Starts the file poller and (on Unix) the SIGHUP listener.
 pub fn spawn(broker: AppState) -> Vec<JoinHandle<()>> {
     let mut tasks = Vec::new();
@@ -113,10 +127,10 @@ pub fn spawn(broker: AppState) -> Vec<JoinHandle<()>> {
     let poller = broker.clone();
     tasks.push(tokio::spawn(async move {
         // Content hash rather than mtime: rewrites within one mtime tick are still seen.
-        let mut last = content_hash(&path);
+        let mut last = watched_hash(&path, &poller);
         loop {
             tokio::time::sleep(poller.runtime().config.reload_poll).await;
-            let now = content_hash(&path);
+            let now = watched_hash(&path, &poller);
             if now.is_some() && now != last {
                 last = now;
                 let _ = reload(&poller, "file_change");

@@ -1,16 +1,20 @@
 //! API3 key rotation for a role's service account: create a new key as admin, prove it
-//! by logging in, write the config file atomically, then delete the old key.
+//! by logging in, write it durably, then delete the old key.
 //!
-//! Any failure before the file is replaced deletes the new key again, so the old key
-//! and the old file stay in force.
+//! The new key goes into the config file itself, or, when `rotated_credentials_file` is
+//! set (the config and its secrets are read-only, e.g. Kubernetes mounts), into that file:
+//! the store, read at every load in preference to the config's key it replaced.
+//! Any failure before the write is durable deletes the new key again, so the old key
+//! and the old files stay in force.
 
-use crate::config::{BrokerConfig, ConfigFile};
+use crate::config::{BrokerConfig, ConfigFile, LookerId, RoleConfig};
 use crate::http::AppState;
 use crate::looker::{LookerClient, LookerError, NewApi3Key};
 use crate::metrics::ResultLabel;
-use crate::secret::fingerprint;
+use crate::secret::{fingerprint, Secret};
+use serde::Deserialize;
 use serde_json::json;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -25,7 +29,7 @@ pub enum RotateError {
     Looker(String),
     #[error("the new key does not work ({0}); it was deleted again, the old key stays in use")]
     ProofFailed(String),
-    #[error("cannot write the config file ({0}); the new key was deleted again, the old key stays in use")]
+    #[error("cannot write the new key ({0}); it was deleted again, the old key stays in use")]
     Write(String),
 }
 
@@ -82,6 +86,8 @@ pub async fn rotate_role(path: &Path, role: &str) -> Result<RotationReport, Rota
         .map_err(|e| RotateError::Config(format!("cannot read {}: {e}", path.display())))?;
     let mut file = ConfigFile::parse(&original).map_err(|e| RotateError::Config(e.to_string()))?;
     file.apply_env(|k| std::env::var(k).ok());
+    // The role's key as the config file has it, before the store's key replaces it.
+    let configured_client_id = file.roles.get(role).map(|r| r.client_id.clone());
     let config = file
         .compile()
         .map_err(|e| RotateError::Config(e.to_string()))?;
@@ -162,15 +168,25 @@ pub async fn rotate_role(path: &Path, role: &str) -> Result<RotationReport, Rota
     if let Err(e) = looker.login(&new_key.credentials).await {
         return Err(undo(RotateError::ProofFailed(e.to_string())).await);
     }
-    if let Err(e) = write_rotated(path, &original, role, &new_key) {
-        return Err(undo(RotateError::Write(e)).await);
+    let written = match &config.rotated_credentials_file {
+        Some(store) => write_store(
+            store,
+            role,
+            &new_key,
+            configured_client_id.as_deref().unwrap_or(&old.client_id),
+        )
+        .map(|()| store.as_path()),
+        None => write_rotated(path, &original, role, &new_key).map(|()| path),
+    };
+    match written {
+        Ok(to) => tracing::info!(
+            event = "rotation",
+            role,
+            step = "written",
+            path = %to.display()
+        ),
+        Err(e) => return Err(undo(RotateError::Write(e)).await),
     }
-    tracing::info!(
-        event = "rotation",
-        role,
-        step = "written",
-        path = %path.display()
-    );
 
     let mut old_key_deleted = false;
     if let Some(old_id) = &old_key_id {
@@ -200,6 +216,7 @@ fn rotation_client(config: &BrokerConfig) -> Result<LookerClient, RotateError> {
         config.looker_url.clone(),
         config.looker_timeout.max(Duration::from_secs(5)),
         config.retry_budget.max(Duration::from_secs(15)),
+        config.looker_ca.as_ref(),
     )
     .map_err(looker_error)
 }
@@ -232,13 +249,20 @@ fn write_rotated(path: &Path, original: &str, role: &str, key: &NewApi3Key) -> R
     let text = doc.to_string();
     BrokerConfig::parse(&text).map_err(|e| format!("rotated config would be invalid: {e}"))?;
 
+    replace_file(path, &text, original, true)
+}
+
+/// Writes `text` to `path` durably: temp file (0600, it holds secrets) + fsync, then,
+/// if `path` still holds `expected` (empty: absent), a `.bak` copy (when `backup`) and a
+/// rename, then a directory fsync. Refuses if the file changed since it was read.
+fn replace_file(path: &Path, text: &str, expected: &str, backup: bool) -> Result<(), String> {
     let tmp = temp_path(path);
     let mut options = std::fs::OpenOptions::new();
     options.write(true).create(true).truncate(true);
     #[cfg(unix)]
     {
         use std::os::unix::fs::OpenOptionsExt;
-        options.mode(0o600); // the file holds secrets
+        options.mode(0o600);
     }
     let result = (|| {
         let mut f = options
@@ -251,17 +275,22 @@ fn write_rotated(path: &Path, original: &str, role: &str, key: &NewApi3Key) -> R
         if let Ok(meta) = std::fs::metadata(path) {
             let _ = std::fs::set_permissions(&tmp, meta.permissions());
         }
-        let current = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
-        if fingerprint(&current) != fingerprint(original.as_bytes()) {
-            return Err("the config file changed during rotation".to_string());
+        let current = match std::fs::read(path) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && expected.is_empty() => Vec::new(),
+            read => read.map_err(|e| format!("{}: {e}", path.display()))?,
+        };
+        if fingerprint(&current) != fingerprint(expected.as_bytes()) {
+            return Err(format!("{} changed during rotation", path.display()));
         }
-        let bak = backup_path(path);
-        std::fs::copy(path, &bak).map_err(|e| format!("{}: {e}", bak.display()))?;
+        if backup {
+            let bak = backup_path(path);
+            std::fs::copy(path, &bak).map_err(|e| format!("{}: {e}", bak.display()))?;
+        }
         std::fs::rename(&tmp, path).map_err(|e| format!("{}: {e}", path.display()))?;
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            if let Ok(d) = std::fs::File::open(dir) {
-                let _ = d.sync_all();
-            }
+            let d = std::fs::File::open(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+            d.sync_all()
+                .map_err(|e| format!("{}: {e}", dir.display()))?;
         }
         Ok(())
     })();
@@ -269,6 +298,117 @@ fn write_rotated(path: &Path, original: &str, role: &str, key: &NewApi3Key) -> R
         let _ = std::fs::remove_file(&tmp);
     }
     result
+}
+
+/// The store (`rotated_credentials_file`): one table per rotated role.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Store {
+    #[serde(default)]
+    roles: BTreeMap<String, StoredKey>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StoredKey {
+    client_id: String,
+    client_secret: Secret,
+    api3_id: LookerId,
+    rotated_at: u64,
+    /// The client id in the config that this key replaces. The stored key wins only while
+    /// the config still holds that key (or this one): a different key there is newer,
+    /// put in by an operator, and wins over the store.
+    replaces_client_id: String,
+}
+
+const STORE_HEADER: &str =
+    "# lookergate-broker: API3 keys made by rotation (rotated_credentials_file). Written by the broker; do not edit.\n";
+
+/// Reads the store; a missing file is an empty store.
+fn read_store(path: &Path) -> Result<(String, Store), String> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Ok((String::new(), Store::default()))
+        }
+        Err(e) => return Err(format!("cannot read it: {e}")),
+    };
+    // Never quote the error: values may be secrets.
+    let store = toml_edit::de::from_str(&text).map_err(|e| {
+        let line = e
+            .span()
+            .and_then(|s| text.get(..s.start))
+            .map_or(0, |b| b.matches('\n').count() + 1);
+        format!("not a rotated-credentials file (line {line}; details not shown, it holds secrets)")
+    })?;
+    Ok((text, store))
+}
+
+/// Puts the store's keys in place of the config's keys they replaced (see [`StoredKey`]).
+pub fn apply_rotated(path: &Path, roles: &mut BTreeMap<String, RoleConfig>) -> Result<(), String> {
+    let (_, store) = read_store(path)?;
+    for (name, key) in store.roles {
+        let Some(role) = roles.get_mut(&name) else {
+            continue;
+        };
+        let configured = &role.credentials.client_id;
+        if configured != &key.replaces_client_id && configured != &key.client_id {
+            tracing::warn!(
+                event = "rotated_credentials",
+                role = name,
+                message =
+                    "the config holds a newer key than the store's rotated one; using the config's",
+                config_client_id = configured,
+                stored_client_id = key.client_id,
+            );
+            continue;
+        }
+        role.credentials.client_id = key.client_id;
+        role.credentials.client_secret = key.client_secret;
+        role.api3_id = Some(key.api3_id.0);
+        role.rotated_at = Some(key.rotated_at);
+    }
+    Ok(())
+}
+
+/// Records `key` for `role` in the store, replacing `configured`: the client id the
+/// config file holds (the stored key wins only while the config still holds it).
+fn write_store(path: &Path, role: &str, key: &NewApi3Key, configured: &str) -> Result<(), String> {
+    let (text, _) = read_store(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let replaces = configured.to_string();
+    let mut doc: DocumentMut = if text.is_empty() {
+        STORE_HEADER.parse()
+    } else {
+        text.parse()
+    }
+    .map_err(|e: toml_edit::TomlError| e.message().to_string())?;
+    let roles = doc
+        .entry("roles")
+        .or_insert_with(|| {
+            let mut t = toml_edit::Table::new();
+            t.set_implicit(true);
+            Item::Table(t)
+        })
+        .as_table_like_mut()
+        .ok_or("roles is not a table")?;
+    let mut entry = toml_edit::Table::new();
+    entry.insert(
+        "client_id",
+        toml_edit::value(key.credentials.client_id.clone()),
+    );
+    entry.insert(
+        "client_secret",
+        toml_edit::value(key.credentials.client_secret.expose()),
+    );
+    entry.insert("api3_id", toml_edit::value(key.id.clone()));
+    entry.insert(
+        "rotated_at",
+        toml_edit::value(crate::log::unix_now_secs() as i64),
+    );
+    entry.insert("replaces_client_id", toml_edit::value(replaces));
+    roles.insert(role, Item::Table(entry));
+    let new_text = doc.to_string();
+    replace_file(path, &new_text, &text, false)
 }
 
 const RETRY_FAILED_ROTATION: Duration = Duration::from_secs(300);

@@ -826,3 +826,495 @@ async fn scheduled_rotation_runs_inside_the_broker_and_new_key_is_used() -> Test
     );
     Ok(())
 }
+
+// ---------------------------------------------------------------- part C: containers and Kubernetes
+
+/// A free port on 127.0.0.1 (bound, then released).
+async fn free_addr() -> Result<SocketAddr, std::io::Error> {
+    let (listener, addr) = bind().await?;
+    drop(listener);
+    Ok(addr)
+}
+
+/// Runs the broker binary and returns the address of its `listening on` line.
+async fn listening_address(
+    args: &[&str],
+    env: &[(&str, &str)],
+) -> Result<SocketAddr, Box<dyn std::error::Error>> {
+    use tokio::io::{AsyncBufReadExt, BufReader};
+    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_lookergate-broker"));
+    command
+        .args(args)
+        .env_remove("LOOKERGATE_BROKER_LISTEN")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true);
+    for (k, v) in env {
+        command.env(k, v);
+    }
+    let mut child = command.spawn()?;
+    let stdout = child.stdout.take().ok_or("no stdout")?;
+    let mut line = String::new();
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        BufReader::new(stdout).read_line(&mut line),
+    )
+    .await??;
+    child.start_kill()?;
+    let _ = child.wait().await;
+    let addr = line
+        .trim()
+        .strip_prefix("listening on ")
+        .ok_or(format!("first line: {line:?}"))?;
+    Ok(addr.parse()?)
+}
+
+#[tokio::test]
+async fn listen_address_is_the_flag_else_the_environment_else_the_config() -> TestResult {
+    let sim = Sim::start().await?;
+    let (from_config, from_env, from_flag) =
+        (free_addr().await?, free_addr().await?, free_addr().await?);
+    let dir = TempDir::new("listen")?;
+    let text = config_text(&sim.url, |t| {
+        t.replace("127.0.0.1:0", &from_config.to_string())
+    });
+    let path = dir.write("broker.toml", &text)?;
+    let path = path.to_str().ok_or("path")?;
+    let env_listen = from_env.to_string();
+    let flag_listen = from_flag.to_string();
+    // The container case: `--config` replaces the image's CMD, the image's ENV still applies.
+    type Case<'a> = (&'a [&'a str], &'a [(&'a str, &'a str)], SocketAddr);
+    let cases: [Case; 3] = [
+        (&["--config", path], &[], from_config),
+        (
+            &["--config", path],
+            &[("LOOKERGATE_BROKER_LISTEN", &env_listen)],
+            from_env,
+        ),
+        (
+            &["--config", path, "--listen", &flag_listen],
+            &[("LOOKERGATE_BROKER_LISTEN", &env_listen)],
+            from_flag,
+        ),
+    ];
+    for (args, env, want) in cases {
+        assert_eq!(
+            listening_address(args, env).await?,
+            want,
+            "{args:?} {env:?}"
+        );
+    }
+    Ok(())
+}
+
+/// Runs `openssl` with `args` in `dir`.
+fn openssl(dir: &Path, args: &[&str]) -> Result<(), Box<dyn std::error::Error>> {
+    let out = std::process::Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()?;
+    if !out.status.success() {
+        return Err(format!("openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr)).into());
+    }
+    Ok(())
+}
+
+/// A test CA (`ca.pem`) and a server certificate for 127.0.0.1 signed by it
+/// (`looker.pem`, `looker.key`), made at run time.
+fn private_ca(dir: &Path) -> Result<(), Box<dyn std::error::Error>> {
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ];
+    openssl(
+        dir,
+        &[
+            &["req", "-x509"][..],
+            &ec,
+            &[
+                "-keyout",
+                "ca.key",
+                "-out",
+                "ca.pem",
+                "-days",
+                "2",
+                "-subj",
+                "/CN=lookergate test CA",
+                "-addext",
+                "basicConstraints=critical,CA:TRUE",
+                "-addext",
+                "keyUsage=critical,keyCertSign,cRLSign",
+            ],
+        ]
+        .concat(),
+    )?;
+    openssl(
+        dir,
+        &[
+            &["req"][..],
+            &ec,
+            &[
+                "-keyout",
+                "looker.key",
+                "-out",
+                "looker.csr",
+                "-subj",
+                "/CN=looker",
+            ],
+        ]
+        .concat(),
+    )?;
+    std::fs::write(
+        dir.join("ext.cnf"),
+        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
+    )?;
+    openssl(
+        dir,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            "looker.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "looker.pem",
+            "-days",
+            "2",
+            "-extfile",
+            "ext.cnf",
+        ],
+    )
+}
+
+/// A Looker stand-in over TLS (certificate from `private_ca`) that answers every
+/// `POST /api/4.0/login` with a token; counts the requests it answered.
+async fn tls_looker(
+    dir: &Path,
+) -> Result<(String, Arc<std::sync::atomic::AtomicUsize>), Box<dyn std::error::Error>> {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio_rustls::rustls;
+    use tokio_rustls::rustls::pki_types::pem::PemObject;
+    use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let certs =
+        CertificateDer::pem_file_iter(dir.join("looker.pem"))?.collect::<Result<Vec<_>, _>>()?;
+    let key = PrivateKeyDer::from_pem_file(dir.join("looker.key"))?;
+    let tls = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()?
+    .with_no_client_auth()
+    .with_single_cert(certs, key)?;
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
+    let (listener, addr) = bind().await?;
+    let answered = Arc::new(AtomicUsize::new(0));
+    let counter = answered.clone();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let (acceptor, counter) = (acceptor.clone(), counter.clone());
+            tokio::spawn(async move {
+                let Ok(mut tls) = acceptor.accept(tcp).await else {
+                    return; // the client refused our certificate
+                };
+                let mut request = Vec::new();
+                let mut buf = [0u8; 4096];
+                // Headers and the small form body; the client sends them in one go.
+                while !String::from_utf8_lossy(&request).contains("client_secret") {
+                    match tls.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => request.extend_from_slice(&buf[..n]),
+                    }
+                }
+                if !request.starts_with(b"POST /api/4.0/login ") {
+                    return;
+                }
+                counter.fetch_add(1, Ordering::SeqCst);
+                let body = r#"{"access_token":"private-ca-token","token_type":"Bearer","expires_in":3600}"#;
+                let answer = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = tls.write_all(answer.as_bytes()).await;
+                let _ = tls.shutdown().await;
+            });
+        }
+    });
+    Ok((format!("https://{addr}"), answered))
+}
+
+#[tokio::test]
+async fn looker_behind_a_private_ca_is_trusted_only_with_looker_ca_file() -> TestResult {
+    use std::sync::atomic::Ordering;
+    let dir = TempDir::new("private-ca")?;
+    private_ca(&dir.0)?;
+    let (url, answered) = tls_looker(&dir.0).await?;
+    let ca = dir.0.join("ca.pem");
+    let without = config_text(&url, |t| {
+        t.replace("retry_budget = \"1500ms\"", "retry_budget = \"1s\"")
+    });
+    let with = without.replace(
+        "gateway_credentials",
+        &format!(
+            "looker_ca_file = {:?}\ngateway_credentials",
+            ca.display().to_string()
+        ),
+    );
+
+    let broker = Broker::start(&without, None).await?;
+    let (status, body) = broker.token(role("analyst")).await?;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(answered.load(Ordering::SeqCst), 0, "no login got past TLS");
+
+    let broker = Broker::start(&with, None).await?;
+    let (status, body) = broker.token(role("analyst")).await?;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["access_token"], "private-ca-token");
+    assert_eq!(answered.load(Ordering::SeqCst), 1);
+    Ok(())
+}
+
+#[tokio::test]
+async fn unreadable_or_invalid_looker_ca_file_is_a_config_error_naming_the_field() -> TestResult {
+    let dir = TempDir::new("bad-ca")?;
+    let garbage = dir.write("garbage.pem", "not a certificate\n")?;
+    let broken = dir.write(
+        "broken.pem",
+        "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n",
+    )?;
+    for path in [dir.0.join("missing.pem"), garbage, broken] {
+        let text = config_text("https://looker.example", |t| {
+            t.replace(
+                "gateway_credentials",
+                &format!(
+                    "looker_ca_file = {:?}\ngateway_credentials",
+                    path.display().to_string()
+                ),
+            )
+        });
+        let err = BrokerConfig::parse(&text)
+            .err()
+            .ok_or(format!("{} accepted", path.display()))?;
+        assert!(err.to_string().starts_with("looker_ca_file: "), "{err}");
+    }
+    Ok(())
+}
+
+/// The demo config with a read-only layout: rotation writes `state/rotated.toml`.
+fn store_config(sim: &Sim, store: &Path) -> String {
+    config_text(&sim.url, |t| {
+        t.replace(
+            "gateway_credentials",
+            &format!(
+                "rotated_credentials_file = {:?}\ngateway_credentials",
+                store.display().to_string()
+            ),
+        )
+    })
+}
+
+#[tokio::test]
+async fn rotation_writes_the_store_not_the_config_and_the_store_wins_until_the_config_changes(
+) -> TestResult {
+    let sim = Sim::start().await?;
+    let dir = TempDir::new("rotate-store")?;
+    std::fs::create_dir(dir.0.join("state"))?;
+    let store = dir.0.join("state/rotated.toml");
+    let text = store_config(&sim, &store);
+    let path = dir.write("broker.toml", &text)?;
+
+    let first = lookergate_broker::rotate::rotate_role(&path, "analyst").await?;
+    assert!(first.old_key_deleted, "{first:?}");
+    assert_eq!(
+        std::fs::read_to_string(&path)?,
+        text,
+        "the config is never written"
+    );
+    assert!(!backup_of(&path).exists());
+    let config = BrokerConfig::load(&path)?;
+    let creds = &config.roles.get("analyst").ok_or("role")?.credentials;
+    assert_eq!(creds.client_id, first.new_client_id);
+    assert_eq!(
+        sim.login_status(&creds.client_id, creds.client_secret.expose())
+            .await?,
+        200
+    );
+    assert_eq!(
+        sim.login_status("demo-analyst-id", "demo-analyst-secret")
+            .await?,
+        404
+    );
+
+    // A second rotation starts from the stored key and deletes it.
+    let second = lookergate_broker::rotate::rotate_role(&path, "analyst").await?;
+    assert!(second.old_key_deleted, "{second:?}");
+    assert_eq!(second.old_client_id, first.new_client_id);
+    let config = BrokerConfig::load(&path)?;
+    let role_cfg = config.roles.get("analyst").ok_or("role")?;
+    assert_eq!(role_cfg.credentials.client_id, second.new_client_id);
+    assert_eq!(
+        role_cfg.api3_id.as_deref(),
+        Some(second.new_key_id.as_str())
+    );
+    assert!(role_cfg.rotated_at.is_some());
+    let stored = std::fs::read_to_string(&store)?;
+    assert!(
+        stored.contains("replaces_client_id = \"demo-analyst-id\""),
+        "{stored}"
+    );
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(
+            std::fs::metadata(&store)?.permissions().mode() & 0o777,
+            0o600
+        );
+    }
+
+    // An operator copies the stored key into the config (the Secret): still in force, and
+    // the next rotation replaces it, so the store keeps winning over the copied key.
+    let secret = std::fs::read_to_string(&store)?
+        .lines()
+        .find_map(|l| l.strip_prefix("client_secret = "))
+        .map(|v| v.trim_matches('"').to_string())
+        .ok_or("no client_secret in the store")?;
+    let copied = text
+        .replace("demo-analyst-id", &second.new_client_id)
+        .replace("demo-analyst-secret", &secret);
+    std::fs::write(&path, &copied)?;
+    let config = BrokerConfig::load(&path)?;
+    assert_eq!(
+        config
+            .roles
+            .get("analyst")
+            .map(|r| r.credentials.client_id.as_str()),
+        Some(second.new_client_id.as_str())
+    );
+    let third = lookergate_broker::rotate::rotate_role(&path, "analyst").await?;
+    assert!(third.old_key_deleted, "{third:?}");
+    let config = BrokerConfig::load(&path)?;
+    let creds = &config.roles.get("analyst").ok_or("role")?.credentials;
+    assert_eq!(creds.client_id, third.new_client_id);
+    assert_eq!(
+        sim.login_status(&creds.client_id, creds.client_secret.expose())
+            .await?,
+        200
+    );
+
+    // An operator puts another key in the config (a new Secret): it is newer than the store's.
+    let edited = text.replace("demo-analyst-id", "operator-new-id");
+    std::fs::write(&path, &edited)?;
+    let config = BrokerConfig::load(&path)?;
+    assert_eq!(
+        config
+            .roles
+            .get("analyst")
+            .map(|r| r.credentials.client_id.as_str()),
+        Some("operator-new-id")
+    );
+    // Other roles are untouched throughout.
+    assert_eq!(
+        config
+            .roles
+            .get("viewer")
+            .map(|r| r.credentials.client_id.as_str()),
+        Some("demo-viewer-id")
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn failed_store_write_deletes_the_new_key_and_keeps_the_old_one() -> TestResult {
+    let sim = Sim::start().await?;
+    let dir = TempDir::new("rotate-store-fail")?;
+    let store = dir.0.join("rotated.toml");
+    let text = store_config(&sim, &store);
+    let path = dir.write("broker.toml", &text)?;
+    // The store's temp file name is taken by a directory: the durable write fails after
+    // the new key was created and proven.
+    std::fs::create_dir(dir.0.join(".rotated.toml.rotate.tmp"))?;
+    let result = lookergate_broker::rotate::rotate_role(&path, "analyst").await;
+    assert!(
+        matches!(
+            result,
+            Err(lookergate_broker::rotate::RotateError::Write(_))
+        ),
+        "{result:?}"
+    );
+    assert!(!store.exists());
+    assert_eq!(
+        sim.login_status("demo-analyst-id", "demo-analyst-secret")
+            .await?,
+        200,
+        "the old key was not deleted"
+    );
+    let config = BrokerConfig::load(&path)?;
+    assert_eq!(
+        config
+            .roles
+            .get("analyst")
+            .map(|r| r.credentials.client_id.as_str()),
+        Some("demo-analyst-id")
+    );
+    let created: Vec<String> = sim
+        .logins()
+        .await?
+        .iter()
+        .filter_map(|l| l["client_id"].as_str())
+        .filter(|id| !id.starts_with("demo-"))
+        .map(String::from)
+        .collect();
+    assert_eq!(
+        created.len(),
+        1,
+        "one proof login of the new key: {created:?}"
+    );
+    for id in created {
+        assert_eq!(
+            sim.login_status(&id, "anything").await?,
+            404,
+            "{id} deleted again"
+        );
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn scheduled_rotation_with_a_store_is_used_by_the_running_broker() -> TestResult {
+    let sim = Sim::start().await?;
+    let dir = TempDir::new("rotate-store-every")?;
+    let store = dir.0.join("rotated.toml");
+    let text = store_config(&sim, &store).replace(
+        "user_id = \"102\"",
+        "user_id = \"102\"\nrotate_every = \"7d\"",
+    );
+    let path = dir.write("broker.toml", &text)?;
+    let broker = Broker::start(&text, Some(path.clone())).await?;
+    let rotated = eventually(Duration::from_secs(10), || async {
+        broker
+            .state
+            .runtime()
+            .config
+            .roles
+            .get("viewer")
+            .is_some_and(|r| r.credentials.client_id != "demo-viewer-id")
+    })
+    .await;
+    assert!(rotated, "the broker did not switch to the rotated key");
+    assert!(store.exists());
+    assert_eq!(std::fs::read_to_string(&path)?, text);
+    let (status, body) = broker.token(role("viewer")).await?;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        sim.login_status("demo-viewer-id", "demo-viewer-secret")
+            .await?,
+        404
+    );
+    Ok(())
+}
