@@ -168,4 +168,6 @@ deploy-check: wasm envoy test-bins
 	@.venv/bin/python -c 'import yaml' 2>/dev/null || .venv/bin/pip install --quiet --disable-pip-version-check pyyaml==6.0.3
 	@command -v node >/dev/null && command -v npm >/dev/null || { [ "$$(id -u)" = 0 ] || { echo "deploy-check: needs Node.js and npm: apt-get install nodejs npm (as root)" >&2; exit 1; }; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends nodejs npm >/dev/null; }
+	@# The rust-version check reads every locked crate's manifest, other platforms' too.
+	$(CARGO) fetch --locked --quiet
 	LOOKERGATE_ENVOY="$(CURDIR)/$(ENVOY)" .venv/bin/python tests/deploy_check.py
