@@ -820,6 +820,10 @@ SCHEMAS = {
         },
         "extProc": ANY, "lua": ANY, "dynamicModule": ANY,
     },
+    ("gateway.envoyproxy.io/v1alpha1", "EnvoyProxy"): {
+        "provider": {"type": ANY, "kubernetes": {"envoyDeployment": {"container": {"env": ANY}}}},
+        "bootstrap": {"type": ANY, "value": ANY},
+    },
     ("gateway.envoyproxy.io/v1alpha1", "EnvoyPatchPolicy"): {
         "type": ANY, "targetRef": TARGET_REF, "priority": ANY,
         "jsonPatches": {"type": ANY, "name": ANY, "operation": {"op": ANY, "path": ANY, "jsonPath": ANY, "from": ANY, "value": ANY}},
@@ -1745,6 +1749,9 @@ def stats_tags_for_platforms():
     proxy = yaml.safe_load(stats_tags.envoy_gateway_proxy("lookergate"))
     require(proxy["kind"] == "EnvoyProxy" and proxy["spec"]["bootstrap"]["type"] == "Merge", f"{proxy}")
     problems += stats_config_problems(yaml.safe_load(proxy["spec"]["bootstrap"]["value"]), "EnvoyProxy spec.bootstrap.value")
+    (shipped,) = [d for d in load_yaml_documents(EG_DIR / "gateway.yaml") if d.get("kind") == "EnvoyProxy"]
+    if shipped["spec"].get("bootstrap") != proxy["spec"]["bootstrap"]:
+        problems.append("envoy/envoy-gateway/gateway.yaml EnvoyProxy: spec.bootstrap differs from `tools/stats_tags.py --envoy-gateway`")
     require(not problems, "\n".join(problems))
 
 
