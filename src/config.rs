@@ -192,8 +192,13 @@ pub struct RawBroker {
         deserialize_with = "duration::deserialize"
     )]
     pub timeout: Duration,
-    #[cfg_attr(feature = "schema", schemars(with = "String"))]
-    pub credential: Secret,
+    #[serde(default)]
+    #[cfg_attr(feature = "schema", schemars(with = "Option<String>"))]
+    pub credential: Option<Secret>,
+    /// The environment variable of the Wasm VM that holds the credential (Envoy's
+    /// `vm_config.environment_variables`), so it stays out of the plugin config.
+    #[serde(default)]
+    pub credential_env: Option<String>,
 }
 
 /// A secret from the configuration: `Debug` never shows it.
@@ -412,17 +417,30 @@ fn err(field: impl Into<String>, message: impl Into<String>) -> ConfigError {
 }
 
 impl Gateway {
-    /// Parses and compiles the plugin configuration bytes.
+    /// Parses and compiles the plugin configuration bytes; `broker.credential_env` is
+    /// read from the process environment (in the filter: the Wasm VM's, which Envoy's
+    /// `vm_config.environment_variables` fills).
     pub fn load(bytes: &[u8]) -> Result<Gateway, ConfigError> {
+        Gateway::load_with_env(bytes, &|name| std::env::var(name).ok())
+    }
+
+    /// [`Gateway::load`] with `env` as the environment.
+    pub fn load_with_env(
+        bytes: &[u8],
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Gateway, ConfigError> {
         let mut de = serde_json::Deserializer::from_slice(bytes);
         let raw: RawConfig = serde_path_to_error::deserialize(&mut de).map_err(|e| {
             let field = e.path().to_string();
             err(field, e.into_inner().to_string())
         })?;
-        Gateway::compile(raw)
+        Gateway::compile(raw, env)
     }
 
-    pub fn compile(raw: RawConfig) -> Result<Gateway, ConfigError> {
+    pub fn compile(
+        raw: RawConfig,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Gateway, ConfigError> {
         if raw.version != SUPPORTED_VERSION {
             return Err(err(
                 "version",
@@ -617,10 +635,28 @@ impl Gateway {
         if b.timeout < Duration::from_millis(50) || b.timeout > Duration::from_secs(60) {
             return Err(err("broker.timeout", "must be between 50ms and 60s"));
         }
-        let credential = b.credential.expose();
-        if credential.len() < 16 || !credential.bytes().all(|c| c.is_ascii_graphic()) {
+        let (credential, credential_field) = match (b.credential, b.credential_env) {
+            (Some(credential), None) => (credential, "broker.credential"),
+            (None, Some(name)) => match env(&name) {
+                Some(value) if !value.is_empty() => (Secret(value), "broker.credential_env"),
+                _ => {
+                    return Err(err(
+                        "broker.credential_env",
+                        format!("the environment variable {name} is not set or empty (Envoy: vm_config.environment_variables)"),
+                    ))
+                }
+            },
+            _ => {
+                return Err(err(
+                    "broker.credential",
+                    "give exactly one of `credential` and `credential_env`",
+                ))
+            }
+        };
+        let text = credential.expose();
+        if text.len() < 16 || !text.bytes().all(|c| c.is_ascii_graphic()) {
             return Err(err(
-                "broker.credential",
+                credential_field,
                 "must be at least 16 printable characters without spaces",
             ));
         }
@@ -646,7 +682,7 @@ impl Gateway {
                 authority: b.authority,
                 path: b.path,
                 timeout: b.timeout,
-                credential: b.credential,
+                credential,
             },
             refresh_before,
             token_headers,
@@ -693,6 +729,71 @@ mod tests {
         assert_eq!(gateway.broker.path, "/v1/token");
         assert_eq!(gateway.token_headers, vec!["authorization".to_owned()]);
         assert_eq!(format!("{:?}", gateway.broker.credential), "<redacted>");
+    }
+
+    #[test]
+    fn the_broker_credential_can_come_from_the_vm_environment() {
+        let mut config = base();
+        let broker = config["broker"].as_object_mut().unwrap();
+        broker.remove("credential");
+        broker.insert(
+            "credential_env".into(),
+            json!("LOOKERGATE_BROKER_CREDENTIAL"),
+        );
+        let with = |value: Option<&'static str>| {
+            move |name: &str| {
+                (name == "LOOKERGATE_BROKER_CREDENTIAL")
+                    .then_some(value)
+                    .flatten()
+                    .map(str::to_owned)
+            }
+        };
+        let load_env = |config: &Value, value: Option<&'static str>| {
+            Gateway::load_with_env(config.to_string().as_bytes(), &with(value))
+        };
+
+        let gateway = load_env(&config, Some("env-secret-0123456789")).unwrap();
+        assert_eq!(gateway.broker.credential.expose(), "env-secret-0123456789");
+
+        // (value of the variable, field named, words of the message)
+        let cases = [
+            (
+                None,
+                "broker.credential_env",
+                "LOOKERGATE_BROKER_CREDENTIAL is not set",
+            ),
+            (Some(""), "broker.credential_env", "not set or empty"),
+            (
+                Some("too-short"),
+                "broker.credential_env",
+                "at least 16 printable",
+            ),
+            (
+                Some("an env secret with spaces"),
+                "broker.credential_env",
+                "without spaces",
+            ),
+        ];
+        for (value, field, words) in cases {
+            let error = match load_env(&config, value) {
+                Ok(_) => panic!("{value:?}: loaded"),
+                Err(error) => error,
+            };
+            assert_eq!(error.field, field, "{value:?}: {error}");
+            assert!(error.message.contains(words), "{value:?}: {error}");
+            assert!(
+                !error.to_string().contains("too-short"),
+                "never shows the value: {error}"
+            );
+        }
+
+        config["broker"]["credential"] = json!("gateway-secret-0123456789");
+        let error = match load_env(&config, Some("env-secret-0123456789")) {
+            Ok(_) => panic!("both: loaded"),
+            Err(error) => error,
+        };
+        assert_eq!(error.field, "broker.credential");
+        assert!(error.message.contains("exactly one of"), "{error}");
     }
 
     #[test]
@@ -757,8 +858,8 @@ mod tests {
             (
                 "/broker/credential",
                 None,
-                "broker",
-                "missing field `credential`",
+                "broker.credential",
+                "exactly one of `credential` and `credential_env`",
             ),
             (
                 "/max_body_bytes",

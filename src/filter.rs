@@ -70,12 +70,14 @@ impl RootContext for GatewayRoot {
                 for warning in &gateway.warnings {
                     warn!("lookergate: {warning}");
                 }
+                // The broker credential appears only as its fingerprint.
                 info!(
-                    "lookergate {}: configured with {} issuer(s), {} rule(s), broker cluster {:?}",
+                    "lookergate {}: configured with {} issuer(s), {} rule(s), broker cluster {:?}, broker credential sha256:{}",
                     crate::VERSION,
                     gateway.issuers.len(),
                     gateway.policy.rules().len(),
-                    gateway.broker.cluster
+                    gateway.broker.cluster,
+                    crate::fingerprint(gateway.broker.credential.expose().as_bytes())
                 );
                 self.gateway = Some(Rc::new(gateway));
                 // Operators see the running version in /stats: lookergate.version.<x_y_z>.

@@ -171,8 +171,17 @@ def localize_wasm_paths(text: str) -> str:
     return re.sub(r"(filename:\s*)(\S+\.wasm)\b", replace, text)
 
 
-def envoy_validate(text: str, label: str) -> tuple[bool, str]:
+# The shipped configs read the broker credential from Envoy's environment
+# (broker.credential_env): validation runs Envoy with a stand-in under that name.
+CREDENTIAL_ENV = "LOOKERGATE_BROKER_CREDENTIAL"
+STAND_IN_CREDENTIAL = {CREDENTIAL_ENV: "deploy-check-stand-in-gateway-credential"}
+
+
+def envoy_validate(text: str, label: str, env: dict | None = None) -> tuple[bool, str]:
+    """`envoy --mode validate`, with `env` (default: the stand-in credential) added to
+    Envoy's environment."""
     require(ENVOY.exists(), f"{rel(ENVOY)} is missing (run `make envoy`)")
+    env = STAND_IN_CREDENTIAL if env is None else env
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "envoy.yaml"
         path.write_text(localize_wasm_paths(text))
@@ -182,6 +191,7 @@ def envoy_validate(text: str, label: str) -> tuple[bool, str]:
             capture_output=True,
             text=True,
             timeout=120,
+            env={**{k: v for k, v in os.environ.items() if k != CREDENTIAL_ENV}, **env},
         )
     output = (proc.stdout + proc.stderr).strip()
     return proc.returncode == 0, f"{label}: envoy exit {proc.returncode}\n{output[-3000:]}"
@@ -204,6 +214,11 @@ def demo_with_plugin(plugin_json: str) -> str:
     configuration = filters[0].get("configuration")
     require(isinstance(configuration, dict), "envoy/demo.yaml: the Wasm filter has no configuration")
     configuration["value"] = plugin_json
+    # A plugin that reads its broker credential from the VM's environment gets the
+    # variable passed in, as its manifest does (checked below).
+    name = json.loads(plugin_json).get("broker", {}).get("credential_env")
+    if name:
+        filters[0]["vm_config"]["environment_variables"] = {"host_env_keys": [name]}
     return yaml.safe_dump(config, sort_keys=False)
 
 
@@ -215,6 +230,13 @@ def validate_refuses_bad_plugin():
     ok, log = envoy_validate(demo_with_plugin(json.dumps(bad, indent=2)), "demo.yaml with version 99")
     require(not ok, "Envoy accepted a plugin config with an unknown version: validation proves nothing\n" + log)
     require("unsupported configuration version" in log, "expected the filter's own error in Envoy's log\n" + log)
+
+
+@check("the broker credential comes from Envoy's environment: production.yaml is refused without it (control)")
+def production_needs_the_credential_variable():
+    ok, log = envoy_validate(PRODUCTION.read_text(), f"{rel(PRODUCTION)} without {CREDENTIAL_ENV}", env={})
+    require(not ok, f"Envoy accepted {rel(PRODUCTION)} without {CREDENTIAL_ENV}: the credential check proves nothing\n" + log)
+    require(f"{CREDENTIAL_ENV} is not set" in log, "expected the filter's own error in Envoy's log\n" + log)
 
 
 # ---- plugin JSON everywhere --------------------------------------------------------
@@ -234,7 +256,9 @@ def key_paths(value, prefix="", out=None) -> set[str]:
 
 
 def compare_plugin_schema(plugin: dict, demo: dict, label: str):
-    mine, theirs = key_paths(plugin), key_paths(demo)
+    # The credential inline or from the VM's environment: one setting in two forms.
+    same = lambda paths: {"broker.credential" if p == "broker.credential_env" else p for p in paths}
+    mine, theirs = same(key_paths(plugin)), same(key_paths(demo))
     rules = "policy.rules[]"
     outside = lambda s: {p for p in s if not p.startswith(rules + ".")}
     missing = sorted(outside(theirs) - outside(mine))
@@ -308,6 +332,49 @@ def every_filter_fails_closed():
     for path in envoy_configs():
         for wasm in wasm_filters(yaml.safe_load(path.read_text())):
             require(wasm.get("failure_policy") == "FAIL_CLOSED", f"{rel(path)}: failure_policy is {wasm.get('failure_policy')!r}")
+
+
+def host_env_keys(vm_config: dict) -> list:
+    return vm_config.get("environment_variables", {}).get("host_env_keys", [])
+
+
+@check("no shipped config or manifest holds the broker credential: each names a variable its Wasm VM gets")
+def credentials_out_of_plain_resources():
+    shipped = []  # (label, plugin, variables passed into the VM)
+    for path in envoy_configs():
+        if path in (DEMO, COMPOSE_ENVOY) or ROOT / "bench" in path.parents:
+            continue  # local demo and bench configs carry the demo credential on purpose
+        for wasm in wasm_filters(yaml.safe_load(path.read_text())):
+            plugin = json.loads(wasm["configuration"]["value"])
+            shipped.append((rel(path), plugin, host_env_keys(wasm.get("vm_config", {}))))
+    for path in sorted(ISTIO_DIR.glob("*.yaml")) + sorted(EG_DIR.glob("*.yaml")):
+        for doc in load_yaml_documents(path):
+            if doc.get("kind") == "EnvoyFilter":
+                for config in envoy_filter_wasm_configs(doc):
+                    plugin = json.loads(config["configuration"]["value"])
+                    shipped.append((f"{rel(path)} EnvoyFilter", plugin, host_env_keys(config.get("vm_config", {}))))
+            if doc.get("kind") == "EnvoyExtensionPolicy":
+                for wasm in doc["spec"].get("wasm", []):
+                    shipped.append((f"{rel(path)} EnvoyExtensionPolicy", wasm.get("config", {}), wasm.get("env", {}).get("hostKeys", [])))
+    require(len(shipped) >= 3, f"expected production.yaml, the Istio EnvoyFilter and the EnvoyExtensionPolicy, found {[l for l, _, _ in shipped]}")
+    for label, plugin, passed in shipped:
+        broker = plugin.get("broker", {})
+        require("credential" not in broker, f"{label}: broker.credential is inline; use broker.credential_env")
+        require(broker.get("credential_env") == CREDENTIAL_ENV, f"{label}: broker.credential_env is not {CREDENTIAL_ENV}")
+        require(CREDENTIAL_ENV in passed, f"{label}: the Wasm VM does not get {CREDENTIAL_ENV} (host_env_keys / env.hostKeys: {passed})")
+    # Envoy Gateway: the proxy's container has the variable, from a Secret.
+    proxies = [d for d in load_yaml_documents(EG_DIR / "gateway.yaml") if d.get("kind") == "EnvoyProxy"]
+    require(len(proxies) == 1, f"envoy/envoy-gateway/gateway.yaml: expected one EnvoyProxy, found {len(proxies)}")
+    env = proxies[0]["spec"]["provider"]["kubernetes"]["envoyDeployment"]["container"]["env"]
+    require(
+        any(e.get("name") == CREDENTIAL_ENV and "secretKeyRef" in e.get("valueFrom", {}) for e in env),
+        f"the EnvoyProxy does not set {CREDENTIAL_ENV} from a Secret",
+    )
+    gateways = [d for d in load_yaml_documents(EG_DIR / "gateway.yaml") if d.get("kind") == "Gateway"]
+    require(
+        all(g["spec"].get("infrastructure", {}).get("parametersRef", {}).get("name") == proxies[0]["metadata"]["name"] for g in gateways),
+        "the Gateway does not use the EnvoyProxy that carries the credential",
+    )
 
 
 @check("manifest plugin configs have the demo's keys and the filter accepts them")
@@ -758,6 +825,10 @@ SCHEMAS = {
             },
         },
         "extProc": ANY, "lua": ANY, "dynamicModule": ANY,
+    },
+    ("gateway.envoyproxy.io/v1alpha1", "EnvoyProxy"): {
+        "provider": {"type": ANY, "kubernetes": {"envoyDeployment": {"container": {"env": ANY}}}},
+        "bootstrap": {"type": ANY, "value": ANY},
     },
     ("gateway.envoyproxy.io/v1alpha1", "EnvoyPatchPolicy"): {
         "type": ANY, "targetRef": TARGET_REF, "priority": ANY,
@@ -1750,6 +1821,9 @@ def stats_tags_for_platforms():
     proxy = yaml.safe_load(stats_tags.envoy_gateway_proxy("lookergate"))
     require(proxy["kind"] == "EnvoyProxy" and proxy["spec"]["bootstrap"]["type"] == "Merge", f"{proxy}")
     problems += stats_config_problems(yaml.safe_load(proxy["spec"]["bootstrap"]["value"]), "EnvoyProxy spec.bootstrap.value")
+    (shipped,) = [d for d in load_yaml_documents(EG_DIR / "gateway.yaml") if d.get("kind") == "EnvoyProxy"]
+    if shipped["spec"].get("bootstrap") != proxy["spec"]["bootstrap"]:
+        problems.append("envoy/envoy-gateway/gateway.yaml EnvoyProxy: spec.bootstrap differs from `tools/stats_tags.py --envoy-gateway`")
     require(not problems, "\n".join(problems))
 
 

@@ -103,7 +103,8 @@ def with_guardrail(plugin_json: str, credential: str) -> str:
     rules = [r for r in plugin["policy"]["rules"] if "run_inline_query" in r.get("operations", [])]
     require(rules, "no shipped rule allows run_inline_query")
     rules[0]["query"] = GUARDRAIL
-    plugin["broker"]["credential"] = credential
+    if "credential_env" not in plugin["broker"]:
+        plugin["broker"]["credential"] = credential
     return json.dumps(plugin)
 
 
@@ -295,7 +296,8 @@ def eg_listener(policy: dict, listener_name: str) -> dict:
     it: jsonpatch.go marshals with UseProtoNames): the Wasm filter in the connection
     manager, disabled, enabled per route by an empty FilterConfig; PluginConfig with name,
     root_id, vm_id envoyextensionpolicy/<ns>/<name>/wasm/<i>, configuration and fail_open
-    (wasm.go sets nothing else). Routes reduced to the HTTPRoute's /api/ rule."""
+    (wasm.go sets nothing else), and env.hostKeys as vm_config.environment_variables.host_env_keys.
+    Routes reduced to the HTTPRoute's /api/ rule."""
     (wasm,) = policy["spec"]["wasm"]
     name = eg_filter_name(policy, 0)
     vm_id = name.removeprefix("envoy.filters.http.wasm/")
@@ -307,6 +309,8 @@ def eg_listener(policy: dict, listener_name: str) -> dict:
     }
     if wasm.get("failOpen"):
         config["fail_open"] = True
+    if wasm.get("env", {}).get("hostKeys"):
+        config["vm_config"]["environment_variables"] = {"host_env_keys": wasm["env"]["hostKeys"]}
     local_code(config)
     hcm = {
         "@type": HCM_TYPE,
@@ -455,8 +459,14 @@ def eg_cases(ports: dict) -> dict[str, tuple[dict, dict[str, dict]]]:
     return cases
 
 
+# The broker credential of a shipped plugin that reads it from the VM's environment
+# (broker.credential_env LOOKERGATE_BROKER_CREDENTIAL): every Envoy here gets it.
+ENV_CREDENTIAL = "mesh-patch-check-gateway-credential"
+
+
 def credential(plugin: dict) -> str:
-    return plugin["broker"]["credential"]
+    return plugin["broker"].get("credential", ENV_CREDENTIAL)
+
 
 
 # ---- processes ---------------------------------------------------------------------
@@ -511,6 +521,7 @@ class Envoy:
             [str(ENVOY), "-c", str(path), "--base-id", str(base_id), "--concurrency", "1", "--disable-hot-restart",
              "--log-level", "warn", "--admin-address-path", str(self.admin_path)],
             stdout=self.log.open("w"), stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            env={**os.environ, "LOOKERGATE_BROKER_CREDENTIAL": ENV_CREDENTIAL},
         )
         stack.procs.append(self.proc)
         self.port = None

@@ -109,7 +109,11 @@ pub struct ConfigFile {
     /// Where rotation writes rotated API3 credentials when the config itself is read-only
     /// (a Kubernetes ConfigMap/Secret); read at start and on reload (see [`crate::rotate`]).
     pub rotated_credentials_file: Option<PathBuf>,
-    pub gateway_credentials: Vec<Secret>,
+    /// Inline, or `gateway_credentials_file` (one per line), or `gateway_credentials_env`
+    /// (comma-separated): exactly one of the three.
+    pub gateway_credentials: Option<Vec<Secret>>,
+    pub gateway_credentials_file: Option<PathBuf>,
+    pub gateway_credentials_env: Option<String>,
     pub refresh_before: Option<DurationStr>,
     /// Timeout of one HTTP call to Looker.
     pub looker_timeout: Option<DurationStr>,
@@ -126,7 +130,10 @@ pub struct ConfigFile {
 #[serde(deny_unknown_fields)]
 pub struct RoleFile {
     pub client_id: String,
-    pub client_secret: Secret,
+    /// Inline, or `client_secret_file`, or `client_secret_env`: exactly one of the three.
+    pub client_secret: Option<Secret>,
+    pub client_secret_file: Option<PathBuf>,
+    pub client_secret_env: Option<String>,
     /// The service account's Looker user id (needed for rotation).
     pub user_id: Option<LookerId>,
     /// Id of the current `credentials_api3` key (written by rotation).
@@ -140,7 +147,10 @@ pub struct RoleFile {
 #[serde(deny_unknown_fields)]
 pub struct SudoFile {
     pub client_id: String,
-    pub client_secret: Secret,
+    /// Inline, or `client_secret_file`, or `client_secret_env`: exactly one of the three.
+    pub client_secret: Option<Secret>,
+    pub client_secret_file: Option<PathBuf>,
+    pub client_secret_env: Option<String>,
     /// Passed as `associative` to `POST /login/{user_id}`.
     #[serde(default)]
     pub associative: bool,
@@ -297,16 +307,24 @@ impl ConfigFile {
             self.looker_url = v;
         }
         if let Some(v) = lookup("LOOKERGATE_BROKER_GATEWAY_CREDENTIALS") {
-            self.gateway_credentials = v
-                .split(',')
-                .map(str::trim)
-                .filter(|s| !s.is_empty())
-                .map(Secret::new)
-                .collect();
+            // The override replaces whichever source the file named.
+            self.gateway_credentials = Some(split_credentials(&v, ','));
+            self.gateway_credentials_file = None;
+            self.gateway_credentials_env = None;
         }
     }
 
+    /// Validates and compiles, reading `*_file` secrets from disk and `*_env` ones from
+    /// the process environment (again on every reload).
     pub fn compile(self) -> Result<BrokerConfig, ConfigError> {
+        self.compile_with(&|k| std::env::var(k).ok())
+    }
+
+    /// [`ConfigFile::compile`] with `env` as the environment.
+    pub fn compile_with(
+        self,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<BrokerConfig, ConfigError> {
         let listen_text = self.listen.as_deref().unwrap_or("127.0.0.1:10090");
         let listen: SocketAddr = listen_text.parse().map_err(|_| {
             invalid(
@@ -322,14 +340,28 @@ impl ConfigFile {
             .map(LookerCa::load)
             .transpose()?;
 
-        if self.gateway_credentials.is_empty() {
+        let gateway_secrets = match (
+            self.gateway_credentials,
+            self.gateway_credentials_file,
+            self.gateway_credentials_env,
+        ) {
+            (Some(inline), None, None) => inline,
+            (None, Some(path), None) => {
+                split_credentials(&read_secret_file("gateway_credentials_file", &path)?, '\n')
+            }
+            (None, None, Some(var)) => {
+                split_credentials(&read_secret_env("gateway_credentials_env", &var, env)?, ',')
+            }
+            _ => return Err(invalid("gateway_credentials", ONE_SOURCE)),
+        };
+        if gateway_secrets.is_empty() {
             return Err(invalid(
                 "gateway_credentials",
                 "needs at least one credential",
             ));
         }
         let mut gateway_credentials = Vec::new();
-        for (i, c) in self.gateway_credentials.iter().enumerate() {
+        for (i, c) in gateway_secrets.iter().enumerate() {
             if c.expose().len() < MIN_GATEWAY_CREDENTIAL_LEN {
                 return Err(invalid(
                     format!("gateway_credentials[{i}]"),
@@ -374,7 +406,13 @@ impl ConfigFile {
             if r.client_id.trim().is_empty() {
                 return Err(invalid(format!("{field}.client_id"), "must not be empty"));
             }
-            if r.client_secret.is_empty() {
+            let client_secret = SecretSource {
+                inline: r.client_secret,
+                file: r.client_secret_file,
+                env: r.client_secret_env,
+            }
+            .resolve(&format!("{field}.client_secret"), env)?;
+            if client_secret.is_empty() {
                 return Err(invalid(
                     format!("{field}.client_secret"),
                     "must not be empty",
@@ -406,7 +444,7 @@ impl ConfigFile {
                 RoleConfig {
                     credentials: Api3Credentials {
                         client_id: r.client_id,
-                        client_secret: r.client_secret,
+                        client_secret,
                     },
                     user_id: r.user_id.map(|i| i.0),
                     api3_id: r.api3_id.map(|i| i.0),
@@ -422,7 +460,13 @@ impl ConfigFile {
                 if s.client_id.trim().is_empty() {
                     return Err(invalid("sudo.client_id", "must not be empty"));
                 }
-                if s.client_secret.is_empty() {
+                let client_secret = SecretSource {
+                    inline: s.client_secret,
+                    file: s.client_secret_file,
+                    env: s.client_secret_env,
+                }
+                .resolve("sudo.client_secret", env)?;
+                if client_secret.is_empty() {
                     return Err(invalid("sudo.client_secret", "must not be empty"));
                 }
                 let credential_types = s.credential_types.unwrap_or_else(|| vec!["email".into()]);
@@ -437,7 +481,7 @@ impl ConfigFile {
                 Some(SudoConfig {
                     credentials: Api3Credentials {
                         client_id: s.client_id,
-                        client_secret: s.client_secret,
+                        client_secret,
                     },
                     associative: s.associative,
                     user_cache_ttl: s.user_cache_ttl.map_or(Duration::from_secs(300), |d| d.0),
@@ -476,6 +520,67 @@ impl ConfigFile {
             sudo,
         })
     }
+}
+
+const ONE_SOURCE: &str = "give exactly one of the value, `<field>_file` and `<field>_env`";
+
+/// Where one secret comes from: inline, a file (a mounted Kubernetes Secret) or an
+/// environment variable. Exactly one of the three.
+struct SecretSource {
+    inline: Option<Secret>,
+    file: Option<PathBuf>,
+    env: Option<String>,
+}
+
+impl SecretSource {
+    fn resolve(
+        self,
+        field: &str,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Secret, ConfigError> {
+        match (self.inline, self.file, self.env) {
+            (Some(secret), None, None) => Ok(secret),
+            (None, Some(path), None) => {
+                read_secret_file(&format!("{field}_file"), &path).map(Secret::new)
+            }
+            (None, None, Some(var)) => {
+                read_secret_env(&format!("{field}_env"), &var, env).map(Secret::new)
+            }
+            _ => Err(invalid(field, ONE_SOURCE)),
+        }
+    }
+}
+
+/// A secret file's contents without one trailing newline (`echo` and editors add it).
+fn read_secret_file(field: &str, path: &Path) -> Result<String, ConfigError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| invalid(field, format!("cannot read {}: {e}", path.display())))?;
+    let text = text.strip_suffix('\n').unwrap_or(&text);
+    let text = text.strip_suffix('\r').unwrap_or(text);
+    Ok(text.to_owned())
+}
+
+fn read_secret_env(
+    field: &str,
+    var: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<String, ConfigError> {
+    match env(var) {
+        Some(value) if !value.is_empty() => Ok(value),
+        _ => Err(invalid(
+            field,
+            format!("the environment variable {var} is not set or empty"),
+        )),
+    }
+}
+
+/// A list of gateway credentials in one string; blank entries are skipped.
+fn split_credentials(text: &str, separator: char) -> Vec<Secret> {
+    text.split(separator)
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(Secret::new)
+        .collect()
 }
 
 /// The dotted key (`roles.a.client_id`) and 1-based line number at byte `offset`.
@@ -606,6 +711,206 @@ mod tests {
             !debug.contains("demo-analyst-secret") && !debug.contains("demo-gateway-secret"),
             "{debug}"
         );
+    }
+
+    /// A temporary directory removed on drop.
+    struct TempDir(PathBuf);
+
+    impl TempDir {
+        fn new(name: &str) -> TempDir {
+            let dir = std::env::temp_dir()
+                .join(format!("lookergate-broker-{name}-{}", std::process::id()));
+            std::fs::create_dir_all(&dir).unwrap();
+            TempDir(dir)
+        }
+
+        fn file(&self, name: &str, contents: &str) -> String {
+            let path = self.0.join(name);
+            std::fs::write(&path, contents).unwrap();
+            path.display().to_string()
+        }
+    }
+
+    impl Drop for TempDir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn compile_with_env(text: &str, vars: &[(&str, &str)]) -> Result<BrokerConfig, ConfigError> {
+        let vars: Vec<(String, String)> = vars
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        ConfigFile::parse(text)?.compile_with(&|k| {
+            vars.iter()
+                .find(|(name, _)| name == k)
+                .map(|(_, v)| v.clone())
+        })
+    }
+
+    #[test]
+    fn secrets_come_inline_from_a_file_or_from_the_environment() {
+        let dir = TempDir::new("secret-sources");
+        let gateway_file = dir.file("gateway", "aaaaaaaaaaaaaaaa\nbbbbbbbbbbbbbbbb\n");
+        let role_file = dir.file("analyst", "file-secret\n");
+        let sudo_file = dir.file("admin", "sudo-file-secret\n\n");
+        let text = format!(
+            "looker_url = \"http://looker:19999\"\ngateway_credentials_file = {gateway_file:?}\n\
+             [roles.a]\nclient_id = \"x\"\nclient_secret_file = {role_file:?}\n\
+             [roles.b]\nclient_id = \"y\"\nclient_secret_env = \"B_SECRET\"\n\
+             [roles.c]\nclient_id = \"z\"\nclient_secret = \"inline-secret\"\n\
+             [sudo]\nclient_id = \"admin\"\nclient_secret_file = {sudo_file:?}\n"
+        );
+        let c = compile_with_env(&text, &[("B_SECRET", "env-secret")]).unwrap();
+        let secret = |role: &str| c.roles[role].credentials.client_secret.expose().to_owned();
+        assert_eq!(secret("a"), "file-secret", "one trailing newline trimmed");
+        assert_eq!(secret("b"), "env-secret");
+        assert_eq!(secret("c"), "inline-secret");
+        let sudo = c.sudo.as_ref().unwrap();
+        assert_eq!(
+            sudo.credentials.client_secret.expose(),
+            "sudo-file-secret\n",
+            "only one trailing newline is trimmed"
+        );
+        let fingerprints: Vec<&str> = c
+            .gateway_credentials
+            .iter()
+            .map(|g| g.fingerprint.as_str())
+            .collect();
+        assert_eq!(
+            fingerprints,
+            vec![
+                Secret::new("aaaaaaaaaaaaaaaa").fingerprint(),
+                Secret::new("bbbbbbbbbbbbbbbb").fingerprint()
+            ],
+            "one gateway credential per line"
+        );
+
+        let text = "looker_url = \"http://looker:19999\"\ngateway_credentials_env = \"GW\"\n\
+                    [sudo]\nclient_id = \"admin\"\nclient_secret_env = \"SUDO\"\n";
+        let c = compile_with_env(
+            text,
+            &[
+                ("GW", "aaaaaaaaaaaaaaaa, bbbbbbbbbbbbbbbb"),
+                ("SUDO", "s3cret"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(c.gateway_credentials.len(), 2, "comma-separated");
+        assert_eq!(c.sudo.unwrap().credentials.client_secret.expose(), "s3cret");
+    }
+
+    #[test]
+    fn a_secret_needs_exactly_one_source_that_exists() {
+        let dir = TempDir::new("secret-errors");
+        let present = dir.file("present", "file-secret\n");
+        let missing = dir.0.join("missing").display().to_string();
+        let gateway = "gateway_credentials = [\"0123456789abcdef\"]\n";
+        let url = "looker_url = \"http://looker:19999\"\n";
+        let role = |lines: &str| format!("{url}{gateway}[roles.a]\nclient_id = \"x\"\n{lines}");
+        let sudo = |lines: &str| format!("{url}{gateway}[sudo]\nclient_id = \"x\"\n{lines}");
+        // (config, field named, words of the message)
+        let table = [
+            (role(""), "roles.a.client_secret", "exactly one of"),
+            (
+                role(&format!("client_secret = \"y\"\nclient_secret_file = {present:?}\n")),
+                "roles.a.client_secret",
+                "exactly one of",
+            ),
+            (
+                role("client_secret = \"y\"\nclient_secret_env = \"SET\"\n"),
+                "roles.a.client_secret",
+                "exactly one of",
+            ),
+            (
+                role(&format!("client_secret_file = {present:?}\nclient_secret_env = \"SET\"\n")),
+                "roles.a.client_secret",
+                "exactly one of",
+            ),
+            (
+                role(&format!("client_secret_file = {missing:?}\n")),
+                "roles.a.client_secret_file",
+                "cannot read",
+            ),
+            (
+                role("client_secret_env = \"UNSET\"\n"),
+                "roles.a.client_secret_env",
+                "UNSET is not set",
+            ),
+            (
+                role("client_secret_env = \"EMPTY\"\n"),
+                "roles.a.client_secret_env",
+                "EMPTY is not set or empty",
+            ),
+            (sudo(""), "sudo.client_secret", "exactly one of"),
+            (
+                sudo(&format!("client_secret_file = {missing:?}\n")),
+                "sudo.client_secret_file",
+                "cannot read",
+            ),
+            (
+                sudo("client_secret_env = \"UNSET\"\n"),
+                "sudo.client_secret_env",
+                "UNSET is not set",
+            ),
+            (
+                format!("{url}[sudo]\nclient_id = \"x\"\nclient_secret = \"y\"\n"),
+                "gateway_credentials",
+                "exactly one of",
+            ),
+            (
+                format!("{url}{gateway}gateway_credentials_env = \"SET\"\n[sudo]\nclient_id = \"x\"\nclient_secret = \"y\"\n"),
+                "gateway_credentials",
+                "exactly one of",
+            ),
+            (
+                format!("{url}gateway_credentials_file = {missing:?}\n[sudo]\nclient_id = \"x\"\nclient_secret = \"y\"\n"),
+                "gateway_credentials_file",
+                "cannot read",
+            ),
+            (
+                format!("{url}gateway_credentials_env = \"UNSET\"\n[sudo]\nclient_id = \"x\"\nclient_secret = \"y\"\n"),
+                "gateway_credentials_env",
+                "UNSET is not set",
+            ),
+        ];
+        for (text, field, words) in table {
+            let err = match compile_with_env(&text, &[("SET", "0123456789abcdef"), ("EMPTY", "")]) {
+                Ok(_) => panic!("accepted:\n{text}"),
+                Err(e) => e.to_string(),
+            };
+            assert!(
+                err.starts_with(&format!("{field}: ")) && err.contains(words),
+                "want {field}: …{words}… in {err:?} for\n{text}"
+            );
+            assert!(!err.contains("file-secret"), "{err}");
+        }
+    }
+
+    #[test]
+    fn a_reload_reads_secret_files_again() {
+        let dir = TempDir::new("secret-reload");
+        let secret = dir.file("analyst", "first-secret\n");
+        let config = dir.file(
+            "broker.toml",
+            &format!(
+                "looker_url = \"http://looker:19999\"\ngateway_credentials = [\"0123456789abcdef\"]\n\
+                 [roles.a]\nclient_id = \"x\"\nclient_secret_file = {secret:?}\n"
+            ),
+        );
+        let first = BrokerConfig::load(Path::new(&config)).unwrap();
+        dir.file("analyst", "second-secret\n");
+        let second = BrokerConfig::load(Path::new(&config)).unwrap();
+        assert_eq!(
+            first.roles["a"].credentials.client_secret.expose(),
+            "first-secret"
+        );
+        assert_eq!(
+            second.roles["a"].credentials.client_secret.expose(),
+            "second-secret"
+        );
+        assert_ne!(first, second, "a reload sees the new secret as a change");
     }
 
     #[test]

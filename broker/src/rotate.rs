@@ -241,6 +241,9 @@ fn write_rotated(path: &Path, original: &str, role: &str, key: &NewApi3Key) -> R
         "client_secret",
         toml_edit::value(key.credentials.client_secret.expose()),
     );
+    // The new secret is written inline, so it replaces a file or variable source.
+    table.remove("client_secret_file");
+    table.remove("client_secret_env");
     table.insert("api3_id", toml_edit::value(key.id.clone()));
     table.insert(
         "rotated_at",

@@ -94,10 +94,39 @@ pub fn check(plugin: &PluginConfig) -> Report {
     }
 }
 
+/// Stands in for a `broker.credential_env` variable that is not set where the tool runs.
+const PLACEHOLDER_CREDENTIAL: &str = "placeholder-credential-for-lookergate-check";
+
+/// Loads plugin JSON as the filter does. `broker.credential_env` names a variable of the
+/// Envoy process (its Wasm VM), which is rarely set where the tool runs: when it is not,
+/// a placeholder stands in and a warning says so.
+pub fn load_for_tooling(json: &str) -> (Result<Gateway, ConfigError>, Vec<String>) {
+    let unset = std::cell::RefCell::new(Vec::new());
+    let loaded = Gateway::load_with_env(json.as_bytes(), &|name| {
+        std::env::var(name)
+            .ok()
+            .filter(|v| !v.is_empty())
+            .or_else(|| {
+                unset.borrow_mut().push(name.to_owned());
+                Some(PLACEHOLDER_CREDENTIAL.to_owned())
+            })
+    });
+    let warnings = unset
+        .into_inner()
+        .into_iter()
+        .map(|name| {
+            format!(
+                "broker.credential_env: {name} is not set here, so the credential itself was not checked; \
+                 the filter refuses to start unless Envoy's vm_config.environment_variables provides it"
+            )
+        })
+        .collect();
+    (loaded, warnings)
+}
+
 /// Checks plugin JSON: the loader's verdict, completed by the schema's findings.
 pub fn check_json(label: &str, json: &str) -> Report {
-    let loaded = Gateway::load(json.as_bytes());
-    let mut warnings = Vec::new();
+    let (loaded, mut warnings) = load_for_tooling(json);
     let schema_errors = match serde_json::from_str::<Value>(json) {
         Ok(value) => schema::validate(&value).unwrap_or_else(|e| {
             warnings.push(format!("the JSON Schema could not be used: {e}"));
@@ -243,6 +272,30 @@ mod tests {
             }
         );
         assert_eq!(report.warnings, Vec::<String>::new());
+    }
+
+    #[test]
+    fn a_credential_from_the_vm_environment_is_checked_with_a_warning_when_unset_here() {
+        let mut config = base();
+        let broker = config["broker"].as_object_mut().unwrap();
+        broker.remove("credential");
+        broker.insert(
+            "credential_env".into(),
+            json!("LOOKERGATE_CHECK_TEST_UNSET_VARIABLE"),
+        );
+        let report = check_json("t", &config.to_string());
+        assert!(report.is_valid(), "{}", report.render());
+        assert_eq!(report.warnings.len(), 1, "{:?}", report.warnings);
+        assert!(
+            report.warnings[0].contains("LOOKERGATE_CHECK_TEST_UNSET_VARIABLE is not set here"),
+            "{:?}",
+            report.warnings
+        );
+
+        config["broker"]["credential"] = json!("gateway-secret-0123456789");
+        let found = errors(&config);
+        assert_eq!(found[0].field, "broker.credential", "{found:#?}");
+        assert!(found[0].message.contains("exactly one of"), "{found:#?}");
     }
 
     #[test]

@@ -78,7 +78,8 @@ const DESCRIPTIONS: &[(&str, &str, &str)] = &[
     ("Broker", "authority", "The :authority of broker calls."),
     ("Broker", "path", "The broker's token endpoint."),
     ("Broker", "timeout", "Broker call timeout (50ms to 60s)."),
-    ("Broker", "credential", "Presented to the broker as Authorization: Bearer (at least 16 printable characters)."),
+    ("Broker", "credential", "Presented to the broker as Authorization: Bearer (at least 16 printable characters). Exactly one of credential and credential_env."),
+    ("Broker", "credential_env", "The environment variable of the Wasm VM holding the credential (Envoy vm_config.environment_variables; Istio vmConfig.env, Envoy Gateway env.hostKeys): keeps it out of the plugin config and /config_dump. Must be set when the filter loads."),
     ("LookerToken", "refresh_before", "Stop using a Looker token this long before it expires (at most 1h)."),
 ];
 
@@ -126,6 +127,12 @@ fn complete(schema: &mut Value) {
         set_item_enum(defs, "Rule", "tags", &tags);
     }
     set_item_enum(defs, "Rule", "activity_types", ACTIVITY_TYPES);
+    if let Some(broker) = defs.get_mut("Broker").and_then(Value::as_object_mut) {
+        broker.insert(
+            "oneOf".into(),
+            json!([{"required": ["credential"]}, {"required": ["credential_env"]}]),
+        );
+    }
     set_item_enum(defs, "Rule", "statuses", STATUSES);
     for (def, property, text) in DESCRIPTIONS {
         if let Some(p) = property_mut(defs, def, property) {
@@ -325,6 +332,10 @@ fn describe(
             "{} is not an identity: {{\"role\": NAME}} or {{\"user\": {{\"claim\": ..., \"credential_type\": ...}}}}",
             short(instance)
         )),
+        Kind::OneOfNotValid { .. } | Kind::OneOfMultipleValid { .. } if last == "broker" => vec![SchemaError {
+            field: join(field, "credential"),
+            message: "give exactly one of `credential` and `credential_env`".to_owned(),
+        }],
         Kind::OneOfNotValid { .. } | Kind::AnyOf { .. } => {
             one(format!("{} does not have any of the allowed shapes", short(instance)))
         }

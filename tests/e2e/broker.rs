@@ -5,7 +5,11 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use crate::harness::{demo_plugin_config, Gateway, Options, BROKER_TIMEOUT, GATEWAY_CREDENTIAL};
+use lookergate_cli::replace_once;
+
+use crate::harness::{
+    demo_plugin_config, envoy_refusing, Gateway, Options, BROKER_TIMEOUT, GATEWAY_CREDENTIAL,
+};
 use crate::{assert_gateway_error, header, tokens, DASHBOARD};
 
 /// The demo's API3 secrets (DESIGN.md): none may ever appear in a log.
@@ -364,4 +368,74 @@ async fn no_secret_or_token_appears_in_any_log() {
         }
     }
     assert!(leaks.is_empty(), "secrets in logs:\n{}", leaks.join("\n"));
+}
+
+/// The demo plugin with its broker credential read from the Wasm VM's environment.
+fn plugin_with_credential_from_the_environment() -> Value {
+    let mut plugin = demo_plugin_config();
+    let broker = plugin["broker"].as_object_mut().unwrap();
+    assert!(
+        broker.remove("credential").is_some(),
+        "the demo has an inline credential"
+    );
+    broker.insert(
+        "credential_env".to_owned(),
+        json!("LOOKERGATE_BROKER_CREDENTIAL"),
+    );
+    plugin
+}
+
+/// The demo's Wasm VM gets `LOOKERGATE_BROKER_CREDENTIAL` = the demo credential, as
+/// `vm_config.environment_variables` (WASI environment variables of the VM).
+fn vm_with_the_credential_variable(yaml: String) -> String {
+    let line = yaml
+        .lines()
+        .find(|l| l.trim() == "runtime: envoy.wasm.runtime.v8")
+        .expect("the demo's vm_config")
+        .to_owned();
+    let indent = &line[..line.len() - line.trim_start().len()];
+    let edited = format!(
+        "{line}\n{indent}environment_variables:\n{indent}  key_values: {{LOOKERGATE_BROKER_CREDENTIAL: {GATEWAY_CREDENTIAL}}}"
+    );
+    replace_once(&yaml, &line, &edited).unwrap_or_else(|e| panic!("{e}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_broker_credential_comes_from_the_wasm_vms_environment() {
+    let gw = Gateway::start_with(Options {
+        plugin: Some(plugin_with_credential_from_the_environment()),
+        envoy_yaml_edit: Some(vm_with_the_credential_variable),
+        ..Options::default()
+    })
+    .await;
+    let alice = gw.get("/api/4.0/user", Some(&tokens::valid("alice"))).await;
+    assert_eq!(
+        alice.status, 200,
+        "the broker accepts the credential from the environment: {}",
+        alice.body
+    );
+    assert_eq!(
+        alice.json()["id"],
+        "101",
+        "alice goes as svc-analyst: {}",
+        alice.body
+    );
+    assert_eq!(gw.broker_calls().await, 1, "one token from the broker");
+    for (name, log) in gw.captured_logs() {
+        assert!(
+            !log.contains(GATEWAY_CREDENTIAL),
+            "{name} shows the broker credential"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_credential_variable_missing_from_the_vm_stops_the_filter_from_starting() {
+    // The demo VM without environment_variables: the variable is not there.
+    let log = envoy_refusing(plugin_with_credential_from_the_environment()).await;
+    assert!(
+        log.contains("broker.credential_env")
+            && log.contains("LOOKERGATE_BROKER_CREDENTIAL is not set"),
+        "Envoy's log must name the field and the variable:\n{log}"
+    );
 }
