@@ -730,6 +730,50 @@ async fn rotate_replaces_the_key_in_the_file_and_deletes_the_old_key() -> TestRe
     Ok(())
 }
 
+/// A role whose secret came from a file is rewritten with the new secret inline and no
+/// file source (two sources would not load), and the broker logs in with the new key.
+#[tokio::test]
+async fn rotating_a_role_whose_secret_is_a_file_writes_the_new_secret_inline() -> TestResult {
+    let sim = Sim::start().await?;
+    let dir = TempDir::new("rotate-file")?;
+    let secret = dir.write("analyst-secret", "demo-analyst-secret\n")?;
+    let text = config_text(&sim.url, |t| {
+        t.replacen(
+            "client_secret = \"demo-analyst-secret\"",
+            &format!("client_secret_file = {:?}", secret.display().to_string()),
+            1,
+        )
+    });
+    assert!(
+        text.contains("client_secret_file"),
+        "the demo config changed"
+    );
+    let path = dir.write("broker.toml", &text)?;
+    assert_eq!(
+        BrokerConfig::load(&path)?
+            .roles
+            .get("analyst")
+            .ok_or("role")?
+            .credentials
+            .client_secret
+            .expose(),
+        "demo-analyst-secret"
+    );
+    let report = lookergate_broker::rotate::rotate_role(&path, "analyst").await?;
+    assert!(report.old_key_deleted, "{report:?}");
+    let rewritten = std::fs::read_to_string(&path)?;
+    assert!(!rewritten.contains("client_secret_file"), "{rewritten}");
+    let config = BrokerConfig::load(&path)?;
+    let creds = &config.roles.get("analyst").ok_or("role")?.credentials;
+    assert_ne!(creds.client_id, "demo-analyst-id");
+    assert_eq!(
+        sim.login_status(&creds.client_id, creds.client_secret.expose())
+            .await?,
+        200
+    );
+    Ok(())
+}
+
 fn backup_of(path: &Path) -> PathBuf {
     path.with_file_name("broker.toml.bak")
 }
