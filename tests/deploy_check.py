@@ -1550,7 +1550,7 @@ def envoy_gateway_client_ip():
 # ---- the mesh: the filter on the gateway the routes use, with body access -----------
 
 DEPLOY_DOC = ROOT / "docs/deploy.md"
-DECISION_RS = ROOT / "src/decision.rs"
+DECISION_RS = ROOT / "src/decision/mod.rs"
 
 
 def helm_gateway_labels(doc_text: str) -> tuple[str, dict[str, str]]:
@@ -1635,12 +1635,12 @@ def looker_exposure_problems(manifest_docs: list[dict], gateway_namespace: str, 
 @check("Istio: Looker is exported only to the gateway namespace, which refuses requests the filter did not pass")
 def istio_looker_unreachable_without_filter():
     namespace, _ = helm_gateway_labels(DEPLOY_DOC.read_text())
-    # The marker: what the filter sets on every request it forwards (src/decision.rs).
+    # The marker: what the filter sets on every request it forwards (src/decision/mod.rs).
     source = DECISION_RS.read_text()
     body = source[source.index("pub fn with_looker_token"):]
     body = body[: body.index("\n}\n")]
     m = re.search(r'push_str\("([^"]+)"\)', body)
-    require(m is not None and "\"authorization\"" in body, "src/decision.rs with_looker_token: cannot find the authorization value it sets")
+    require(m is not None and "\"authorization\"" in body, "src/decision/mod.rs with_looker_token: cannot find the authorization value it sets")
     marker = m.group(1)
     istio_docs = [d for p, d in manifests() if p.parent == ISTIO_DIR]
     problems = looker_exposure_problems(istio_docs, namespace, marker)

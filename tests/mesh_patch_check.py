@@ -70,7 +70,7 @@ QUERY_PATH = "/api/4.0/queries/run/json"
 # A query the added guardrail allows (the simulator answers run_inline_query with 200).
 GOOD_QUERY = {"model": "thelook", "view": "orders", "fields": ["orders.status", "orders.count"], "limit": "100"}
 GUARDRAIL = {"models": ["thelook"], "views": ["orders"], "max_limit": 500}
-# The filter answers a body that never came after 15 s (src/flow.rs BODY_WAIT).
+# The filter answers a body that never came after 15 s (src/flow/mod.rs BODY_WAIT).
 REQUEST_DEADLINE = 25.0
 # Envoy compiles the 1 MB module in V8 once per VM: seconds each on a busy machine.
 READY_DEADLINE = 45.0
