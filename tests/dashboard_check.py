@@ -394,16 +394,7 @@ def run(log=print) -> tuple[list[str], list[str]]:
 
 
 def main() -> int:
-    started = time.monotonic()
-    try:
-        failures = run()
-    except Failed as e:
-        failures = [str(e)]
-    for failure in failures:
-        print(f"FAILED {failure}")
-    verdict = "FAILED" if failures else "PASSED"
-    print(f"{verdict} in {time.monotonic() - started:.1f}s")
-    return 1 if failures else 0
+    return mesh.report(run)
 
 
 if __name__ == "__main__":

@@ -670,7 +670,8 @@ def run(log=print) -> list[str]:
     return failures
 
 
-def main() -> int:
+def report(run) -> int:
+    """Runs a check (`run` returns its failures), prints them and the verdict; exit code."""
     started = time.monotonic()
     try:
         failures = run()
@@ -680,6 +681,10 @@ def main() -> int:
         print(f"FAILED {failure}")
     print(f"{'FAILED' if failures else 'PASSED'} in {time.monotonic() - started:.1f}s")
     return 1 if failures else 0
+
+
+def main() -> int:
+    return report(run)
 
 
 if __name__ == "__main__":
