@@ -81,16 +81,23 @@ pub enum ErrorCode {
     BadCredentials,
     /// 503: Looker could not be reached, or answered unexpectedly.
     LookerUnavailable,
+    /// 501: the broker has no `embed` configuration (embed endpoints only).
+    EmbedDisabled,
+    /// 404: the principal has no live embed session for that profile (generate_tokens,
+    /// logout): acquire first.
+    NoEmbedSession,
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 6] = [
+    pub const ALL: [ErrorCode; 8] = [
         ErrorCode::Unauthorized,
         ErrorCode::BadRequest,
         ErrorCode::UnknownRole,
         ErrorCode::NoLookerUser,
         ErrorCode::BadCredentials,
         ErrorCode::LookerUnavailable,
+        ErrorCode::EmbedDisabled,
+        ErrorCode::NoEmbedSession,
     ];
 
     /// The code as it is written on the wire, in logs and in metric labels.
@@ -102,6 +109,8 @@ impl ErrorCode {
             ErrorCode::NoLookerUser => "no_looker_user",
             ErrorCode::BadCredentials => "bad_credentials",
             ErrorCode::LookerUnavailable => "looker_unavailable",
+            ErrorCode::EmbedDisabled => "embed_disabled",
+            ErrorCode::NoEmbedSession => "no_embed_session",
         }
     }
 
@@ -114,6 +123,8 @@ impl ErrorCode {
             ErrorCode::NoLookerUser => 403,
             ErrorCode::BadCredentials => 502,
             ErrorCode::LookerUnavailable => 503,
+            ErrorCode::EmbedDisabled => 501,
+            ErrorCode::NoEmbedSession => 404,
         }
     }
 }

@@ -8,6 +8,7 @@
 
 pub mod broker;
 pub mod duration;
+pub mod embed;
 pub mod identity;
 pub mod operations;
 
