@@ -670,7 +670,7 @@ mod tests {
         }
     }
 
-    fn query_value<'a>(url: &'a str, name: &str) -> Option<String> {
+    fn query_value(url: &str, name: &str) -> Option<String> {
         let query = url.split_once('?')?.1;
         query.split('&').find_map(|pair| {
             let (n, v) = pair.split_once('=')?;
