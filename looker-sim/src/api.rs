@@ -12,6 +12,7 @@ use http_body_util::{BodyExt, Limited};
 use serde_json::{json, Value};
 
 use crate::demo::{self, DemoUser, ADMIN_USER_ID};
+use crate::embed;
 use crate::explore::{self, Format, QueryError, QuerySpec};
 use crate::operations::{self, Matched};
 use crate::state::{Api3Key, LoginAttempt, RecordedRequest, SimState, World};
@@ -29,9 +30,10 @@ pub(crate) enum ApiError {
     Unauthenticated,
     Forbidden,
     BadRequest(String),
-    /// Looker's 422 `ValidationError`.
+    /// Looker's 422 `ValidationError`; `code` is Looker's ("missing", "invalid").
     Validation {
         field: &'static str,
+        code: &'static str,
         message: String,
     },
     NotImplemented {
@@ -53,11 +55,15 @@ impl IntoResponse for ApiError {
             ),
             ApiError::Forbidden => (StatusCode::FORBIDDEN, error_body("Forbidden")),
             ApiError::BadRequest(message) => (StatusCode::BAD_REQUEST, error_body(&message)),
-            ApiError::Validation { field, message } => (
+            ApiError::Validation {
+                field,
+                code,
+                message,
+            } => (
                 StatusCode::UNPROCESSABLE_ENTITY,
                 json!({
                     "message": "Validation Failed",
-                    "errors": [{"field": field, "code": "invalid", "message": message, "documentation_url": DOCUMENTATION_URL}],
+                    "errors": [{"field": field, "code": code, "message": message, "documentation_url": DOCUMENTATION_URL}],
                     "documentation_url": DOCUMENTATION_URL,
                 }),
             ),
@@ -94,21 +100,23 @@ impl From<QueryError> for ApiError {
             QueryError::UnknownModel(_) | QueryError::UnknownExplore(_) => ApiError::NotFound,
             QueryError::UnknownField(_) | QueryError::NoFields => ApiError::Validation {
                 field: "fields",
+                code: "invalid",
                 message: e.to_string(),
             },
             QueryError::BadLimit(_) => ApiError::Validation {
                 field: "limit",
+                code: "invalid",
                 message: e.to_string(),
             },
         }
     }
 }
 
-fn error_body(message: &str) -> Value {
+pub(crate) fn error_body(message: &str) -> Value {
     json!({"message": message, "documentation_url": DOCUMENTATION_URL})
 }
 
-fn json_reply(status: StatusCode, body: &Value) -> Response {
+pub(crate) fn json_reply(status: StatusCode, body: &Value) -> Response {
     (
         status,
         [(header::CONTENT_TYPE, "application/json")],
@@ -117,7 +125,7 @@ fn json_reply(status: StatusCode, body: &Value) -> Response {
         .into_response()
 }
 
-fn ok_json(body: &Value) -> Response {
+pub(crate) fn ok_json(body: &Value) -> Response {
     json_reply(StatusCode::OK, body)
 }
 
@@ -364,6 +372,19 @@ async fn dispatch(
             world.api3_keys.retain(|k| k.id != key_id);
             eprintln!("looker-sim: deleted API3 key {key_id}");
             Ok(StatusCode::NO_CONTENT.into_response())
+        }
+        "acquire_embed_cookieless_session" => embed::acquire(state, &body),
+        "generate_tokens_for_cookieless_session" => embed::generate_tokens(state, &body),
+        "delete_embed_cookieless_session" => {
+            embed::delete_session(state, matched.param("session_reference_token"))
+        }
+        "create_embed_secret" => {
+            caller.require_admin()?;
+            embed::create_secret(state, caller.user_id, &body)
+        }
+        "delete_embed_secret" => {
+            caller.require_admin()?;
+            embed::delete_secret(state, matched.param("embed_secret_id"))
         }
         _ => Err(ApiError::NotImplemented {
             operation_id: operation_id.to_owned(),

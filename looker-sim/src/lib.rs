@@ -9,6 +9,7 @@
 mod api;
 mod control;
 mod demo;
+mod embed;
 mod explore;
 pub mod operations;
 mod state;
@@ -17,6 +18,7 @@ use axum::routing::{get, post};
 use axum::Router;
 
 pub use api::DOCUMENTATION_URL;
+pub use embed::{EmbedSessionView, EmbedUserDefinition, SessionKind, DEFAULT_EMBED_TOKEN_TTL};
 pub use operations::{Operation, OperationTable, OPERATIONS_TSV};
 pub use state::{Faults, LoginAttempt, RecordedRequest, SimState};
 
@@ -34,6 +36,7 @@ pub fn app(state: SimState) -> Router {
             post(control::set_faults).delete(control::clear_faults),
         )
         .route("/__sim/revoke", post(control::revoke))
+        .route("/__sim/embed", get(control::list_embed))
         .fallback(api::handle)
         .with_state(state)
 }

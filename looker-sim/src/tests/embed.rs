@@ -1,0 +1,541 @@
+//! Embed: cookieless sessions, embed secrets and `/__sim/embed` (docs/embed.md, "Simulator").
+
+use super::*;
+
+const ACQUIRE: &str = "/api/4.0/embed/cookieless_session/acquire";
+const GENERATE: &str = "/api/4.0/embed/cookieless_session/generate_tokens";
+const SECRETS: &str = "/api/4.0/embed_config/secrets";
+
+fn embed_user(external_user_id: &str, region: &str) -> Value {
+    json!({
+        "external_user_id": external_user_id,
+        "first_name": "Alice",
+        "permissions": ["access_data", "see_user_dashboards"],
+        "models": ["thelook"],
+        "user_attributes": {"region": region},
+        "session_length": 3600,
+    })
+}
+
+impl Sim {
+    async fn acquire(&self, token: &str, body: Value) -> Reply {
+        self.call(Method::POST, ACQUIRE, Some(token), Some(body))
+            .await
+    }
+
+    async fn acquired(&self, token: &str, body: Value) -> Value {
+        let reply = self.acquire(token, body).await;
+        assert_eq!(reply.status, StatusCode::OK, "{}", reply.text);
+        reply.json()
+    }
+
+    async fn generate(&self, token: &str, body: Value) -> Reply {
+        self.call(Method::PUT, GENERATE, Some(token), Some(body))
+            .await
+    }
+
+    async fn embed_view(&self) -> Value {
+        self.call(Method::GET, "/__sim/embed", None, None)
+            .await
+            .json()
+    }
+}
+
+fn generate_body(session: &Value, tokens: &Value) -> Value {
+    json!({
+        "session_reference_token": session["session_reference_token"],
+        "navigation_token": tokens["navigation_token"],
+        "api_token": tokens["api_token"],
+    })
+}
+
+#[tokio::test]
+async fn acquire_answers_lookers_tokens_and_ttls() {
+    let sim = Sim::new();
+    let token = sim.analyst().await;
+    let body = sim.acquired(&token, embed_user("idp|alice", "west")).await;
+    for name in [
+        "authentication_token",
+        "navigation_token",
+        "api_token",
+        "session_reference_token",
+    ] {
+        let value = body[name].as_str().unwrap();
+        assert_eq!(value.len(), 40, "{name}");
+        assert!(value.chars().all(|c| c.is_ascii_alphanumeric()), "{name}");
+    }
+    assert_eq!(body["authentication_token_ttl"], 30);
+    assert_eq!(body["navigation_token_ttl"], 600);
+    assert_eq!(body["api_token_ttl"], 600);
+    let ttl = body["session_reference_token_ttl"].as_u64().unwrap();
+    assert!((3599..=3600).contains(&ttl), "{ttl}");
+    assert_ne!(body["api_token"], body["navigation_token"]);
+
+    // Default session length 300 s; the token TTL follows `with_embed_token_ttl`.
+    let sim = Sim::with(SimState::demo().with_embed_token_ttl(Duration::from_secs(20)));
+    let token = sim.analyst().await;
+    let mut user = embed_user("idp|bob", "east");
+    user.as_object_mut().unwrap().remove("session_length");
+    let body = sim.acquired(&token, user).await;
+    assert_eq!(body["api_token_ttl"], 20);
+    assert_eq!(body["navigation_token_ttl"], 20);
+    let ttl = body["session_reference_token_ttl"].as_u64().unwrap();
+    assert!((299..=300).contains(&ttl), "{ttl}");
+}
+
+#[tokio::test]
+async fn embed_operations_need_an_api_token() {
+    let sim = Sim::new();
+    let cases = [
+        (Method::POST, ACQUIRE, Some(embed_user("idp|a", "west"))),
+        (
+            Method::PUT,
+            GENERATE,
+            Some(json!({"session_reference_token": "x"})),
+        ),
+        (Method::DELETE, "/api/4.0/embed/cookieless_session/x", None),
+        (Method::POST, SECRETS, Some(json!({}))),
+        (Method::DELETE, "/api/4.0/embed_config/secrets/1", None),
+    ];
+    for (method, uri, body) in cases {
+        let reply = sim.call(method.clone(), uri, None, body).await;
+        assert_looker_error(&reply, StatusCode::UNAUTHORIZED, "Requires authentication.");
+    }
+    assert_eq!(sim.embed_view().await["sessions"], json!([]));
+}
+
+#[tokio::test]
+async fn acquire_refuses_invalid_embed_users_with_422() {
+    let sim = Sim::new();
+    let token = sim.analyst().await;
+    let with = |change: &dyn Fn(&mut serde_json::Map<String, Value>)| {
+        let mut user = embed_user("idp|alice", "west");
+        change(user.as_object_mut().unwrap());
+        user
+    };
+    let cases: Vec<(Value, &str, &str)> = vec![
+        (
+            with(&|u| drop(u.remove("external_user_id"))),
+            "external_user_id",
+            "missing",
+        ),
+        (
+            with(&|u| drop(u.insert("external_user_id".into(), json!(" ")))),
+            "external_user_id",
+            "missing",
+        ),
+        (
+            with(&|u| drop(u.insert("permissions".into(), json!(["access_data", "admin"])))),
+            "permissions",
+            "invalid",
+        ),
+        (
+            with(&|u| drop(u.insert("models".into(), json!([])))),
+            "models",
+            "missing",
+        ),
+        (
+            with(&|u| drop(u.insert("session_length".into(), json!(2_592_001)))),
+            "session_length",
+            "invalid",
+        ),
+        (
+            with(&|u| drop(u.insert("session_length".into(), json!(0)))),
+            "session_length",
+            "invalid",
+        ),
+    ];
+    for (body, field, code) in cases {
+        let reply = sim.acquire(&token, body.clone()).await;
+        assert_eq!(
+            reply.status,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "{body}: {}",
+            reply.text
+        );
+        let error = reply.json();
+        assert_eq!(error["message"], "Validation Failed");
+        assert_eq!(error["documentation_url"], DOCUMENTATION_URL);
+        assert_eq!(error["errors"][0]["field"], field, "{body}");
+        assert_eq!(error["errors"][0]["code"], code, "{body}");
+        assert!(error["errors"][0]["message"].is_string());
+    }
+    // Group ids instead of models are enough.
+    let groups = with(&|u| {
+        u.insert("models".into(), json!([]));
+        u.insert("group_ids".into(), json!(["3"]));
+    });
+    assert_eq!(sim.acquire(&token, groups).await.status, StatusCode::OK);
+    // Not JSON at all: 400.
+    let request = Request::post(ACQUIRE)
+        .header("authorization", format!("token {token}"))
+        .header("content-type", "application/json")
+        .body(Body::from("{not json"))
+        .unwrap();
+    let reply = sim.send(request).await;
+    assert_eq!(reply.status, StatusCode::BAD_REQUEST, "{}", reply.text);
+    assert_eq!(reply.json()["documentation_url"], DOCUMENTATION_URL);
+    assert_eq!(
+        sim.embed_view().await["sessions"].as_array().unwrap().len(),
+        1
+    );
+}
+
+#[tokio::test]
+async fn acquire_with_a_live_reference_token_joins_that_session_without_updating_the_user() {
+    let sim = Sim::new();
+    let token = sim.analyst().await;
+    let first = sim.acquired(&token, embed_user("idp|alice", "west")).await;
+    let mut join = embed_user("idp|alice", "east");
+    join["session_reference_token"] = first["session_reference_token"].clone();
+    let joined = sim.acquired(&token, join).await;
+    assert_eq!(
+        joined["session_reference_token"],
+        first["session_reference_token"]
+    );
+    for name in ["authentication_token", "navigation_token", "api_token"] {
+        assert_ne!(joined[name], first[name], "{name}");
+    }
+    let view = sim.embed_view().await;
+    let sessions = view["sessions"].as_array().unwrap();
+    assert_eq!(sessions.len(), 1, "{view}");
+    assert_eq!(sessions[0]["joins"], 1);
+    assert_eq!(sessions[0]["user_attributes"], json!({"region": "west"}));
+
+    // Another embed user cannot attach to it: Looker's 404.
+    let mut other = embed_user("idp|mallory", "west");
+    other["session_reference_token"] = first["session_reference_token"].clone();
+    let reply = sim.acquire(&token, other).await;
+    assert_looker_error(&reply, StatusCode::NOT_FOUND, "Not found");
+
+    // An unknown reference token is ignored: a new session starts.
+    let mut unknown = embed_user("idp|carol", "central");
+    unknown["session_reference_token"] = json!("no-such-session");
+    let fresh = sim.acquired(&token, unknown).await;
+    assert_ne!(fresh["session_reference_token"], "no-such-session");
+    assert_eq!(
+        sim.embed_view().await["sessions"].as_array().unwrap().len(),
+        2
+    );
+}
+
+#[tokio::test]
+async fn a_new_session_for_an_embed_user_ends_the_old_one_and_keeps_the_user_id() {
+    let sim = Sim::new();
+    let token = sim.analyst().await;
+    let old = sim.acquired(&token, embed_user("idp|alice", "west")).await;
+    sim.acquired(&token, embed_user("idp|alice", "east")).await;
+    sim.acquired(&token, embed_user("idp|bob", "east")).await;
+    let view = sim.embed_view().await;
+    let sessions = view["sessions"].as_array().unwrap();
+    let states: Vec<(&str, &str, &str)> = sessions
+        .iter()
+        .map(|s| {
+            (
+                s["external_user_id"].as_str().unwrap(),
+                s["state"].as_str().unwrap(),
+                s["user_id"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        states,
+        [
+            ("idp|alice", "ended", "10001"),
+            ("idp|alice", "live", "10001"),
+            ("idp|bob", "live", "10002"),
+        ]
+    );
+    // The ended session reports expiry, as generate_tokens does for any ended session.
+    let reply = sim.generate(&token, generate_body(&old, &old)).await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text);
+    assert_eq!(reply.json()["session_reference_token_ttl"], 0);
+}
+
+#[tokio::test]
+async fn generate_tokens_hands_out_new_tokens_and_accepts_current_or_previous_ones() {
+    let sim = Sim::new();
+    let token = sim.analyst().await;
+    let session = sim.acquired(&token, embed_user("idp|alice", "west")).await;
+    let reply = sim
+        .generate(&token, generate_body(&session, &session))
+        .await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text);
+    let second = reply.json();
+    assert_eq!(
+        second["session_reference_token"],
+        session["session_reference_token"]
+    );
+    assert_ne!(second["api_token"], session["api_token"]);
+    assert_ne!(second["navigation_token"], session["navigation_token"]);
+    assert_eq!(second["api_token_ttl"], 600);
+    assert_eq!(second["navigation_token_ttl"], 600);
+    assert!(second.get("authentication_token").is_none(), "{second}");
+    assert!(second["session_reference_token_ttl"].as_u64().unwrap() > 3500);
+
+    // The previous generation still refreshes (a second iframe may hold it), and so do
+    // the current tokens.
+    let third = sim
+        .generate(&token, generate_body(&session, &session))
+        .await;
+    assert_eq!(third.status, StatusCode::OK, "{}", third.text);
+    let fourth = sim
+        .generate(&token, generate_body(&session, &third.json()))
+        .await;
+    assert_eq!(fourth.status, StatusCode::OK, "{}", fourth.text);
+    let view = sim.embed_view().await;
+    assert_eq!(view["sessions"][0]["generate_tokens_calls"], 3);
+
+    let bad = [
+        json!({"session_reference_token": session["session_reference_token"], "navigation_token": "nope", "api_token": session["api_token"]}),
+        json!({"session_reference_token": session["session_reference_token"], "navigation_token": session["navigation_token"], "api_token": "nope"}),
+        json!({"session_reference_token": session["session_reference_token"]}),
+        // Tokens of a swapped pair: navigation token in the API token's place.
+        json!({"session_reference_token": session["session_reference_token"], "navigation_token": session["api_token"], "api_token": session["navigation_token"]}),
+    ];
+    for body in bad {
+        let reply = sim.generate(&token, body).await;
+        assert_eq!(reply.status, StatusCode::BAD_REQUEST, "{}", reply.text);
+        assert!(reply.json()["message"].as_str().unwrap().contains("token"));
+    }
+    // Another session's tokens do not refresh this one.
+    let other = sim.acquired(&token, embed_user("idp|bob", "east")).await;
+    let reply = sim.generate(&token, generate_body(&session, &other)).await;
+    assert_eq!(reply.status, StatusCode::BAD_REQUEST, "{}", reply.text);
+
+    let reply = sim
+        .generate(&token, json!({"session_reference_token": "never-issued", "navigation_token": "a", "api_token": "b"}))
+        .await;
+    assert_looker_error(&reply, StatusCode::NOT_FOUND, "Not found");
+    let reply = sim.generate(&token, json!({"navigation_token": "a"})).await;
+    assert_eq!(reply.status, StatusCode::BAD_REQUEST, "{}", reply.text);
+    assert_eq!(
+        sim.embed_view().await["sessions"][0]["generate_tokens_calls"],
+        3
+    );
+}
+
+#[tokio::test]
+async fn an_expired_session_answers_generate_tokens_with_ttl_zero() {
+    let sim = Sim::new();
+    let token = sim.analyst().await;
+    let mut user = embed_user("idp|alice", "west");
+    user["session_length"] = json!(1);
+    let session = sim.acquired(&token, user).await;
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let reply = sim
+        .generate(&token, generate_body(&session, &session))
+        .await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text);
+    assert_eq!(
+        reply.json(),
+        json!({
+            "navigation_token": "", "navigation_token_ttl": 0,
+            "api_token": "", "api_token_ttl": 0,
+            "session_reference_token": session["session_reference_token"],
+            "session_reference_token_ttl": 0,
+        })
+    );
+    assert_eq!(sim.embed_view().await["sessions"][0]["state"], "expired");
+    // An expired reference token is ignored by acquire: a new session starts.
+    let mut again = embed_user("idp|alice", "west");
+    again["session_reference_token"] = session["session_reference_token"].clone();
+    let fresh = sim.acquired(&token, again).await;
+    assert_ne!(
+        fresh["session_reference_token"],
+        session["session_reference_token"]
+    );
+}
+
+#[tokio::test]
+async fn delete_ends_the_session_and_all_its_tokens() {
+    let sim = Sim::new();
+    let token = sim.analyst().await;
+    let session = sim.acquired(&token, embed_user("idp|alice", "west")).await;
+    let uri = format!(
+        "/api/4.0/embed/cookieless_session/{}",
+        session["session_reference_token"].as_str().unwrap()
+    );
+    let reply = sim.call(Method::DELETE, &uri, Some(&token), None).await;
+    assert_eq!(reply.status, StatusCode::NO_CONTENT, "{}", reply.text);
+    let view = sim.embed_view().await;
+    assert_eq!(view["sessions"][0]["state"], "ended");
+    assert_eq!(view["sessions"][0]["session_reference_token_ttl"], 0);
+    assert_eq!(view["sessions"][0]["api_token_fingerprint"], Value::Null);
+    let reply = sim
+        .generate(&token, generate_body(&session, &session))
+        .await;
+    assert_eq!(
+        reply.json()["session_reference_token_ttl"],
+        0,
+        "{}",
+        reply.text
+    );
+    // Deleting it again is harmless; a token never issued is Looker's 404.
+    let again = sim.call(Method::DELETE, &uri, Some(&token), None).await;
+    assert_eq!(again.status, StatusCode::NO_CONTENT);
+    let unknown = sim
+        .call(
+            Method::DELETE,
+            "/api/4.0/embed/cookieless_session/nope",
+            Some(&token),
+            None,
+        )
+        .await;
+    assert_looker_error(&unknown, StatusCode::NOT_FOUND, "Not found");
+}
+
+#[tokio::test]
+async fn sim_embed_lists_sessions_with_fingerprints_never_tokens() {
+    let sim = Sim::new();
+    let token = sim.analyst().await;
+    let mut user = embed_user("idp|alice", "west");
+    user["user_attributes"] = json!({"region": ["west", "central"], "tier": 3, "gone": null});
+    user["group_ids"] = json!(["7"]);
+    let session = sim.acquired(&token, user).await;
+    let second = sim
+        .generate(&token, generate_body(&session, &session))
+        .await
+        .json();
+    let reply = sim.call(Method::GET, "/__sim/embed", None, None).await;
+    assert_eq!(reply.status, StatusCode::OK);
+    for name in [
+        "authentication_token",
+        "navigation_token",
+        "api_token",
+        "session_reference_token",
+    ] {
+        for tokens in [&session, &second] {
+            if let Some(value) = tokens[name].as_str() {
+                assert!(!reply.text.contains(value), "{name} leaked: {}", reply.text);
+            }
+        }
+    }
+    let listed = &reply.json()["sessions"][0];
+    let print = |v: &Value| lookergate_proto::fingerprint(v.as_str().unwrap().as_bytes());
+    assert_eq!(listed["kind"], "cookieless");
+    assert_eq!(listed["state"], "live");
+    assert_eq!(listed["external_user_id"], "idp|alice");
+    assert_eq!(listed["first_name"], "Alice");
+    assert_eq!(
+        listed["permissions"],
+        json!(["access_data", "see_user_dashboards"])
+    );
+    assert_eq!(listed["models"], json!(["thelook"]));
+    assert_eq!(listed["group_ids"], json!(["7"]));
+    assert_eq!(listed["force_logout_login"], true);
+    assert_eq!(
+        listed["user_attributes"],
+        json!({"region": "west,central", "tier": "3"})
+    );
+    assert_eq!(listed["session_length"], 3600);
+    assert_eq!(listed["generate_tokens_calls"], 1);
+    assert_eq!(listed["api_token_fingerprint"], print(&second["api_token"]));
+    assert_eq!(
+        listed["navigation_token_fingerprint"],
+        print(&second["navigation_token"])
+    );
+    assert_eq!(
+        listed["session_reference_token_fingerprint"],
+        print(&session["session_reference_token"])
+    );
+    let views = sim.state.embed_sessions();
+    assert_eq!(views.len(), 1);
+    assert_eq!(views[0].user.external_user_id, "idp|alice");
+}
+
+#[tokio::test]
+async fn embed_calls_are_recorded_like_other_api_calls() {
+    let sim = Sim::new();
+    let token = sim.analyst().await;
+    let session = sim.acquired(&token, embed_user("idp|alice", "west")).await;
+    sim.generate(&token, generate_body(&session, &session))
+        .await;
+    let seen: Vec<(String, String)> = sim
+        .state
+        .requests()
+        .into_iter()
+        .map(|r| (r.method, r.path))
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            ("POST".to_owned(), ACQUIRE.to_owned()),
+            ("PUT".to_owned(), GENERATE.to_owned()),
+        ]
+    );
+}
+
+#[tokio::test]
+async fn embed_secrets_are_created_by_admins_shown_once_and_deleted() {
+    let sim = Sim::with(SimState::demo().with_embed_secret("seeded-secret"));
+    let admin = sim.admin().await;
+    let analyst = sim.analyst().await;
+    let reply = sim
+        .call(Method::POST, SECRETS, Some(&analyst), Some(json!({})))
+        .await;
+    assert_looker_error(&reply, StatusCode::FORBIDDEN, "Forbidden");
+
+    let reply = sim.call(Method::POST, SECRETS, Some(&admin), None).await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text);
+    let created = reply.json();
+    assert_eq!(created["id"], "2");
+    assert_eq!(created["algorithm"], "hmac/sha-256");
+    assert_eq!(created["secret_type"], "SSO");
+    assert_eq!(created["enabled"], true);
+    assert_eq!(created["user_id"], "1");
+    let secret = created["secret"].as_str().unwrap();
+    assert!(secret.len() >= 32, "{secret}");
+
+    let sha1 = json!({"algorithm": "hmac/sha-1", "enabled": false});
+    let reply = sim
+        .call(Method::POST, SECRETS, Some(&admin), Some(sha1))
+        .await;
+    assert_eq!(reply.json()["algorithm"], "hmac/sha-1");
+    assert_eq!(reply.json()["enabled"], false);
+    for (body, field) in [
+        (json!({"algorithm": "md5"}), "algorithm"),
+        (json!({"secret_type": "OAUTH"}), "secret_type"),
+    ] {
+        let reply = sim
+            .call(Method::POST, SECRETS, Some(&admin), Some(body))
+            .await;
+        assert_eq!(
+            reply.status,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "{}",
+            reply.text
+        );
+        assert_eq!(reply.json()["errors"][0]["field"], field);
+    }
+
+    let view = sim.call(Method::GET, "/__sim/embed", None, None).await;
+    assert!(!view.text.contains(secret) && !view.text.contains("seeded-secret"));
+    let ids: Vec<Value> = view.json()["secrets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["id"].clone())
+        .collect();
+    assert_eq!(ids, [json!("1"), json!("2"), json!("3")]);
+
+    let delete = |id: &'static str, token: String| {
+        let uri = format!("{SECRETS}/{id}");
+        let sim = &sim;
+        async move { sim.call(Method::DELETE, &uri, Some(&token), None).await }
+    };
+    assert_eq!(
+        delete("2", analyst.clone()).await.status,
+        StatusCode::FORBIDDEN
+    );
+    assert_eq!(
+        delete("2", admin.clone()).await.status,
+        StatusCode::NO_CONTENT
+    );
+    assert_eq!(
+        delete("2", admin.clone()).await.status,
+        StatusCode::NOT_FOUND
+    );
+    let ids = sim.embed_view().await["secrets"].as_array().unwrap().len();
+    assert_eq!(ids, 2);
+}
