@@ -3,6 +3,10 @@
 //! looks, queries over a small `thelook`/`orders` explore, API3 key rotation, and
 //! `/__sim/` endpoints that let tests see what Looker received and inject failures.
 //!
+//! Embedding (`embed`, `embed_page`): cookieless embed sessions and embed secrets through
+//! the API, and the pages Looker's Embed SDK loads in its iframe (`/login/embed/`,
+//! `/embed/dashboards/`), with rows filtered by the embed user's `region` attribute.
+//!
 //! Routing follows Looker's own operation table (`proto/operations.tsv`, generated from
 //! the API spec): unknown operations answer 404, known but unimplemented ones 501.
 
@@ -10,6 +14,8 @@ mod api;
 mod control;
 mod demo;
 mod embed;
+mod embed_page;
+mod embed_sso;
 mod explore;
 pub mod operations;
 mod state;
@@ -37,6 +43,12 @@ pub fn app(state: SimState) -> Router {
         )
         .route("/__sim/revoke", post(control::revoke))
         .route("/__sim/embed", get(control::list_embed))
+        .route("/login/embed/{*target}", get(embed_page::login))
+        .route("/embed/dashboards/{id}", get(embed_page::dashboard))
+        .route(
+            "/api/internal/embed/dashboards/{id}/rows",
+            get(embed_page::rows),
+        )
         .fallback(api::handle)
         .with_state(state)
 }

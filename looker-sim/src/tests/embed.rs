@@ -539,3 +539,319 @@ async fn embed_secrets_are_created_by_admins_shown_once_and_deleted() {
     let ids = sim.embed_view().await["secrets"].as_array().unwrap().len();
     assert_eq!(ids, 2);
 }
+
+// ---- the embed pages ----
+
+const EMBED_DOMAIN: &str = "http://127.0.0.1:10070";
+
+/// What the Embed SDK puts in the iframe's `src` (acquireCookielessEmbedSessionInternal).
+fn login_url(session: &Value, dashboard: &str) -> (String, String) {
+    let target = dashboard_url(session, dashboard);
+    let url = format!(
+        "/login/embed/{}?embed_authentication_token={}",
+        encode_component(&target),
+        session["authentication_token"].as_str().unwrap()
+    );
+    (url, target)
+}
+
+/// The dashboard page with the navigation token of `tokens`.
+fn dashboard_url(tokens: &Value, dashboard: &str) -> String {
+    format!(
+        "/embed/dashboards/{dashboard}?embed_domain={EMBED_DOMAIN}&sdk=3&embed_navigation_token={}",
+        tokens["navigation_token"].as_str().unwrap()
+    )
+}
+
+/// JavaScript's encodeURIComponent.
+fn encode_component(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z'
+            | b'a'..=b'z'
+            | b'0'..=b'9'
+            | b'-'
+            | b'_'
+            | b'.'
+            | b'!'
+            | b'~'
+            | b'*'
+            | b'\''
+            | b'('
+            | b')' => char::from(b).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+fn assert_page(reply: &Reply, status: StatusCode, text: &str) {
+    assert_eq!(reply.status, status, "{}", reply.text);
+    assert_eq!(reply.headers["content-type"], "text/html; charset=utf-8");
+    assert!(reply.text.contains(text), "{}", reply.text);
+}
+
+#[tokio::test]
+async fn login_redeems_the_authentication_token_once_and_redirects_to_the_target() {
+    let sim = Sim::new();
+    let token = sim.analyst().await;
+    let session = sim.acquired(&token, embed_user("idp|alice", "west")).await;
+    let (url, target) = login_url(&session, "1");
+    let reply = sim.call(Method::GET, &url, None, None).await;
+    assert_eq!(reply.status, StatusCode::FOUND, "{}", reply.text);
+    assert_eq!(reply.headers["location"], target.as_str());
+    assert_eq!(reply.headers["cache-control"], "no-store");
+
+    let again = sim.call(Method::GET, &url, None, None).await;
+    assert_page(
+        &again,
+        StatusCode::UNAUTHORIZED,
+        "embed session could not be started",
+    );
+    let forged = url.replace(session["authentication_token"].as_str().unwrap(), "forged");
+    let reply = sim.call(Method::GET, &forged, None, None).await;
+    assert_page(
+        &reply,
+        StatusCode::UNAUTHORIZED,
+        "embed session could not be started",
+    );
+    // Nor is a navigation token an authentication token.
+    let swapped = url.replace(
+        session["authentication_token"].as_str().unwrap(),
+        session["navigation_token"].as_str().unwrap(),
+    );
+    let reply = sim.call(Method::GET, &swapped, None, None).await;
+    assert_eq!(reply.status, StatusCode::UNAUTHORIZED);
+    // The page itself is not recorded as an API call.
+    assert_eq!(sim.state.requests().len(), 1);
+}
+
+#[tokio::test]
+async fn login_refuses_expired_authentication_tokens_and_targets_outside_embed() {
+    let sim = Sim::new();
+    sim.state.world().embed.authentication_ttl = Duration::from_millis(50);
+    let token = sim.analyst().await;
+    let session = sim.acquired(&token, embed_user("idp|alice", "west")).await;
+    let auth = session["authentication_token"].as_str().unwrap();
+    for target in [
+        "/admin",
+        "//evil.example/embed/x",
+        "https://evil.example/embed/",
+    ] {
+        let url = format!(
+            "/login/embed/{}?embed_authentication_token={auth}",
+            encode_component(target)
+        );
+        let reply = sim.call(Method::GET, &url, None, None).await;
+        assert_page(&reply, StatusCode::BAD_REQUEST, "/embed/");
+    }
+    tokio::time::sleep(Duration::from_millis(80)).await;
+    let (url, _) = login_url(&session, "1");
+    let reply = sim.call(Method::GET, &url, None, None).await;
+    assert_page(
+        &reply,
+        StatusCode::UNAUTHORIZED,
+        "embed session could not be started",
+    );
+}
+
+#[tokio::test]
+async fn a_joined_iframe_logs_in_with_its_own_authentication_token() {
+    let sim = Sim::new();
+    let token = sim.analyst().await;
+    let first = sim.acquired(&token, embed_user("idp|alice", "west")).await;
+    let mut join = embed_user("idp|alice", "west");
+    join["session_reference_token"] = first["session_reference_token"].clone();
+    let second = sim.acquired(&token, join).await;
+    for session in [&first, &second] {
+        let (url, _) = login_url(session, "1");
+        assert_eq!(
+            sim.call(Method::GET, &url, None, None).await.status,
+            StatusCode::FOUND
+        );
+    }
+}
+
+#[tokio::test]
+async fn the_dashboard_page_needs_a_live_navigation_token_and_an_embed_domain() {
+    let sim = Sim::new();
+    let token = sim.analyst().await;
+    let mut user = embed_user("idp|<alice>", "west");
+    user["user_attributes"] = json!({"region": "west,central"});
+    let session = sim.acquired(&token, user).await;
+    let (_, target) = login_url(&session, "1");
+    let reply = sim.call(Method::GET, &target, None, None).await;
+    assert_page(&reply, StatusCode::OK, "id=\"lookergate-embed-rows\"");
+    for id in [
+        "lookergate-embed-user",
+        "lookergate-embed-region",
+        "lookergate-embed-token",
+        "lookergate-embed-refreshes",
+        "lookergate-embed-status",
+    ] {
+        assert!(reply.text.contains(&format!("id=\"{id}\"")), "{id}");
+    }
+    assert!(reply
+        .text
+        .contains("<b id=\"lookergate-embed-user\">idp|&lt;alice&gt;</b>"));
+    assert!(reply
+        .text
+        .contains("<b id=\"lookergate-embed-region\">west,central</b>"));
+    assert!(reply.text.contains("Business Pulse"));
+    assert!(
+        !reply
+            .text
+            .contains(session["navigation_token"].as_str().unwrap()),
+        "the page must not repeat the navigation token"
+    );
+    let csp = reply.headers["content-security-policy"].to_str().unwrap();
+    assert!(csp.contains("default-src 'none'"), "{csp}");
+    assert!(csp.contains("connect-src 'self'"), "{csp}");
+    assert!(
+        csp.contains(&format!("frame-ancestors {EMBED_DOMAIN}")),
+        "{csp}"
+    );
+    assert_eq!(reply.headers["referrer-policy"], "no-referrer");
+
+    let nav = session["navigation_token"].as_str().unwrap();
+    let cases = [
+        (format!("/embed/dashboards/1?embed_domain={EMBED_DOMAIN}&embed_navigation_token=nope"), StatusCode::UNAUTHORIZED),
+        (format!("/embed/dashboards/1?embed_domain={EMBED_DOMAIN}"), StatusCode::UNAUTHORIZED),
+        (format!("/embed/dashboards/1?embed_navigation_token={nav}"), StatusCode::BAD_REQUEST),
+        (format!("/embed/dashboards/1?embed_domain=https://a.example;%20script-src%20*&embed_navigation_token={nav}"), StatusCode::BAD_REQUEST),
+        (format!("/embed/dashboards/99?embed_domain={EMBED_DOMAIN}&embed_navigation_token={nav}"), StatusCode::NOT_FOUND),
+        // The API token does not open pages.
+        (format!("/embed/dashboards/1?embed_domain={EMBED_DOMAIN}&embed_navigation_token={}", session["api_token"].as_str().unwrap()), StatusCode::UNAUTHORIZED),
+    ];
+    for (uri, status) in cases {
+        let reply = sim.call(Method::GET, &uri, None, None).await;
+        assert_eq!(reply.status, status, "{uri}: {}", reply.text);
+        assert_eq!(reply.headers["content-type"], "text/html; charset=utf-8");
+    }
+
+    // Refreshed tokens: the old navigation token still works until it expires.
+    let refreshed = sim
+        .generate(&token, generate_body(&session, &session))
+        .await
+        .json();
+    let new_target = dashboard_url(&refreshed, "2");
+    assert_eq!(
+        sim.call(Method::GET, &new_target, None, None).await.status,
+        StatusCode::OK
+    );
+    assert_eq!(
+        sim.call(Method::GET, &target, None, None).await.status,
+        StatusCode::OK
+    );
+
+    // Once the session is deleted, no navigation token opens a page.
+    let uri = format!(
+        "/api/4.0/embed/cookieless_session/{}",
+        session["session_reference_token"].as_str().unwrap()
+    );
+    sim.call(Method::DELETE, &uri, Some(&token), None).await;
+    for target in [&target, &new_target] {
+        let reply = sim.call(Method::GET, target, None, None).await;
+        assert_page(&reply, StatusCode::UNAUTHORIZED, "not valid");
+    }
+}
+
+async fn rows(sim: &Sim, dashboard: &str, api_token: &str) -> Reply {
+    sim.get(
+        &format!("/api/internal/embed/dashboards/{dashboard}/rows"),
+        api_token,
+    )
+    .await
+}
+
+#[tokio::test]
+async fn rows_are_filtered_by_the_embed_users_region() {
+    let sim = Sim::new();
+    let token = sim.analyst().await;
+    let cases: [(Value, &str, usize); 5] = [
+        (json!({"region": "west"}), "west", 24),
+        (json!({"region": "east"}), "east", 8),
+        (json!({"region": "WEST, central"}), "west,central", 32),
+        (json!({"region": ["east", "central"]}), "east,central", 16),
+        (json!({"tier": "gold"}), "", 0),
+    ];
+    for (n, (attributes, allowed, count)) in cases.into_iter().enumerate() {
+        let mut user = embed_user(&format!("idp|user{n}"), "");
+        user["user_attributes"] = attributes.clone();
+        let session = sim.acquired(&token, user).await;
+        let reply = rows(&sim, "1", session["api_token"].as_str().unwrap()).await;
+        assert_eq!(reply.status, StatusCode::OK, "{}", reply.text);
+        assert_eq!(reply.headers["cache-control"], "no-store");
+        let body = reply.json();
+        let rows = body["rows"].as_array().unwrap();
+        assert_eq!(rows.len(), count, "{attributes}");
+        let allowed: Vec<&str> = allowed.split(',').filter(|s| !s.is_empty()).collect();
+        for row in rows {
+            assert!(
+                allowed.contains(&row["region"].as_str().unwrap()),
+                "{attributes}: {row}"
+            );
+            assert!(row["id"].is_u64() && row["status"].is_string() && row["state"].is_string());
+        }
+        assert_eq!(body["external_user_id"], format!("idp|user{n}"));
+        assert_eq!(
+            body["dashboard"],
+            json!({"id": "1", "title": "Business Pulse"})
+        );
+    }
+}
+
+#[tokio::test]
+async fn rows_need_a_live_api_token_and_the_dashboards_model() {
+    let sim = Sim::with(SimState::demo().with_embed_token_ttl(Duration::from_millis(300)));
+    let token = sim.analyst().await;
+    let session = sim.acquired(&token, embed_user("idp|alice", "west")).await;
+    let api = session["api_token"].as_str().unwrap();
+    assert_eq!(rows(&sim, "1", api).await.status, StatusCode::OK);
+    assert_eq!(rows(&sim, "99", api).await.status, StatusCode::NOT_FOUND);
+    for bad in [
+        "nope",
+        session["navigation_token"].as_str().unwrap(),
+        &token,
+    ] {
+        let reply = rows(&sim, "1", bad).await;
+        assert_looker_error(&reply, StatusCode::UNAUTHORIZED, "Requires authentication.");
+    }
+    let anonymous = sim
+        .call(
+            Method::GET,
+            "/api/internal/embed/dashboards/1/rows",
+            None,
+            None,
+        )
+        .await;
+    assert_eq!(anonymous.status, StatusCode::UNAUTHORIZED);
+
+    let refreshed = sim
+        .generate(&token, generate_body(&session, &session))
+        .await
+        .json();
+    let new_api = refreshed["api_token"].as_str().unwrap();
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    // Both expired now; a refresh with the expired previous tokens still works.
+    assert_eq!(rows(&sim, "1", api).await.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        rows(&sim, "1", new_api).await.status,
+        StatusCode::UNAUTHORIZED
+    );
+    let third = sim
+        .generate(&token, generate_body(&session, &refreshed))
+        .await;
+    assert_eq!(third.status, StatusCode::OK, "{}", third.text);
+    assert_eq!(
+        rows(&sim, "1", third.json()["api_token"].as_str().unwrap())
+            .await
+            .status,
+        StatusCode::OK
+    );
+
+    let mut other_model = embed_user("idp|bob", "west");
+    other_model["models"] = json!(["other_model"]);
+    let session = sim.acquired(&token, other_model).await;
+    let reply = rows(&sim, "1", session["api_token"].as_str().unwrap()).await;
+    assert_looker_error(&reply, StatusCode::FORBIDDEN, "Forbidden");
+}
