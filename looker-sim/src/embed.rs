@@ -11,7 +11,7 @@
 //! `session_reference_token_ttl: 0` (Looker's documented way to report expiry; the Embed
 //! SDK stops on it); a reference token the simulator never issued answers 404.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant, SystemTime};
 
 use axum::body::Bytes;
@@ -88,6 +88,8 @@ pub(crate) struct EmbedSession {
     pub id: u64,
     pub kind: SessionKind,
     reference_token: String,
+    /// The `looker_embed_session` cookie of a signed (SSO) session.
+    cookie: Option<String>,
     pub user_id: u64,
     pub user: EmbedUserDefinition,
     pub session_length: u64,
@@ -107,6 +109,7 @@ pub(crate) struct Started {
     pub id: u64,
     pub user_id: u64,
     pub reference_token: String,
+    pub cookie: Option<String>,
     pub session_ttl: u64,
     pub tokens: NewTokens,
 }
@@ -134,6 +137,7 @@ impl EmbedSession {
 
     fn end(&mut self) {
         self.ended = true;
+        self.cookie = None;
         self.authentication_tokens.clear();
         self.navigation_tokens.clear();
         self.api_tokens.clear();
@@ -232,6 +236,8 @@ pub(crate) struct EmbedState {
     next_session_id: u64,
     pub secrets: Vec<EmbedSecret>,
     next_secret_id: u64,
+    /// Nonces of signed URLs already used, with when they were seen.
+    pub nonces: HashMap<String, Instant>,
 }
 
 impl Default for EmbedState {
@@ -245,6 +251,7 @@ impl Default for EmbedState {
             next_session_id: 1,
             secrets: Vec::new(),
             next_secret_id: 1,
+            nonces: HashMap::new(),
         }
     }
 }
@@ -287,6 +294,7 @@ impl EmbedState {
             id,
             kind,
             reference_token: random_alphanumeric(TOKEN_LENGTH),
+            cookie: (kind == SessionKind::Sso).then(|| random_alphanumeric(TOKEN_LENGTH)),
             user_id,
             user,
             session_length,
@@ -306,6 +314,7 @@ impl EmbedState {
             id,
             user_id,
             reference_token: session.reference_token.clone(),
+            cookie: session.cookie.clone(),
             session_ttl: session.ttl(now),
             tokens,
         };
@@ -341,7 +350,14 @@ impl EmbedState {
             .find(|s| s.is_live(now) && EmbedSession::live(&s.api_tokens, token, now))
     }
 
-    pub fn by_id_mut(&mut self, id: u64) -> Option<&mut EmbedSession> {
+    /// The live signed session behind a `looker_embed_session` cookie.
+    pub fn by_cookie(&self, cookie: &str, now: Instant) -> Option<&EmbedSession> {
+        self.sessions
+            .iter()
+            .find(|s| s.is_live(now) && s.cookie.as_deref() == Some(cookie))
+    }
+
+    fn by_id_mut(&mut self, id: u64) -> Option<&mut EmbedSession> {
         self.sessions.iter_mut().find(|s| s.id == id)
     }
 

@@ -3,9 +3,10 @@
 //! looks, queries over a small `thelook`/`orders` explore, API3 key rotation, and
 //! `/__sim/` endpoints that let tests see what Looker received and inject failures.
 //!
-//! Embedding (`embed`, `embed_page`): cookieless embed sessions and embed secrets through
-//! the API, and the pages Looker's Embed SDK loads in its iframe (`/login/embed/`,
-//! `/embed/dashboards/`), with rows filtered by the embed user's `region` attribute.
+//! Embedding (`embed`, `embed_page`, `embed_sso`): cookieless embed sessions and embed
+//! secrets through the API, signed SSO embed URLs, and the pages Looker's Embed SDK loads
+//! in its iframe (`/login/embed/`, `/embed/dashboards/`), with rows filtered by the embed
+//! user's `region` attribute.
 //!
 //! Routing follows Looker's own operation table (`proto/operations.tsv`, generated from
 //! the API spec): unknown operations answer 404, known but unimplemented ones 501.
@@ -48,6 +49,10 @@ pub fn app(state: SimState) -> Router {
         .route(
             "/api/internal/embed/dashboards/{id}/rows",
             get(embed_page::rows),
+        )
+        .route(
+            "/api/internal/embed/session_token",
+            get(embed_sso::session_token),
         )
         .fallback(api::handle)
         .with_state(state)

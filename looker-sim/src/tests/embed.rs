@@ -855,3 +855,273 @@ async fn rows_need_a_live_api_token_and_the_dashboards_model() {
     let reply = rows(&sim, "1", session["api_token"].as_str().unwrap()).await;
     assert_looker_error(&reply, StatusCode::FORBIDDEN, "Forbidden");
 }
+
+// ---- signed SSO embed URLs ----
+
+const HOST: &str = "127.0.0.1:10443";
+const SECRET: &str = "demo-embed-secret";
+
+fn sso_user(external_user_id: &str, region: &str) -> lookergate_proto::embed::EmbedUser {
+    lookergate_proto::embed::EmbedUser {
+        external_user_id: external_user_id.into(),
+        first_name: Some("Alice".into()),
+        last_name: None,
+        user_timezone: None,
+        permissions: vec!["access_data".into(), "see_user_dashboards".into()],
+        models: vec!["thelook".into()],
+        group_ids: vec![],
+        external_group_id: None,
+        user_attributes: [("region".to_owned(), region.to_owned())].into(),
+        session_length: 600,
+        force_logout_login: true,
+    }
+}
+
+fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+/// A signed URL as the broker builds it: parameters from `sso_params`, signed over
+/// `sso_string_to_sign` with `sign`, every value percent-encoded.
+fn signed_url(
+    user: &lookergate_proto::embed::EmbedUser,
+    nonce: &str,
+    time: u64,
+    sign: impl Fn(&[u8]) -> Vec<u8>,
+) -> (String, String) {
+    use base64::Engine;
+    let target = format!("/embed/dashboards/1?embed_domain={EMBED_DOMAIN}&sdk=3");
+    let path = format!("/login/embed/{}", encode_component(&target));
+    let params = lookergate_proto::embed::sso_params(user, nonce, time);
+    let text = lookergate_proto::embed::sso_string_to_sign(HOST, &path, &params);
+    let signature = base64::engine::general_purpose::STANDARD.encode(sign(text.as_bytes()));
+    let mut query: Vec<String> = params
+        .iter()
+        .map(|(name, value)| format!("{name}={}", encode_component(value)))
+        .collect();
+    query.push(format!("signature={}", encode_component(&signature)));
+    (format!("{path}?{}", query.join("&")), target)
+}
+
+fn sha256_signer(secret: &'static str) -> impl Fn(&[u8]) -> Vec<u8> {
+    use hmac::{KeyInit, Mac};
+    move |text| {
+        hmac::Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes())
+            .unwrap()
+            .chain_update(text)
+            .finalize()
+            .into_bytes()
+            .to_vec()
+    }
+}
+
+async fn open(sim: &Sim, url: &str, cookie: Option<&str>) -> Reply {
+    let mut request = Request::get(url).header("host", HOST);
+    if let Some(cookie) = cookie {
+        request = request.header("cookie", cookie);
+    }
+    sim.send(request.body(Body::empty()).unwrap()).await
+}
+
+fn session_cookie(reply: &Reply) -> String {
+    let set = reply.headers["set-cookie"].to_str().unwrap();
+    set.split(';').next().unwrap().to_owned()
+}
+
+#[tokio::test]
+async fn a_signed_url_starts_a_cookie_session_whose_page_and_rows_work() {
+    let sim = Sim::with(SimState::demo().with_embed_secret(SECRET));
+    let (url, target) = signed_url(
+        &sso_user("idp|alice", "east"),
+        "n-1",
+        now_secs(),
+        sha256_signer(SECRET),
+    );
+    let reply = open(&sim, &url, None).await;
+    assert_eq!(reply.status, StatusCode::FOUND, "{}", reply.text);
+    assert_eq!(reply.headers["location"], target.as_str());
+    let set = reply.headers["set-cookie"].to_str().unwrap();
+    assert!(set.starts_with("looker_embed_session="), "{set}");
+    for attribute in ["Path=/", "HttpOnly", "Secure", "SameSite=None"] {
+        assert!(set.contains(attribute), "{set}");
+    }
+    let cookie = session_cookie(&reply);
+
+    let page = open(&sim, &target, Some(&cookie)).await;
+    assert_page(&page, StatusCode::OK, "\"tokenSource\":\"cookie\"");
+    assert!(page
+        .text
+        .contains("<b id=\"lookergate-embed-region\">east</b>"));
+    assert_eq!(
+        open(&sim, &target, None).await.status,
+        StatusCode::UNAUTHORIZED
+    );
+    let forged = open(&sim, &target, Some("looker_embed_session=forged")).await;
+    assert_eq!(forged.status, StatusCode::UNAUTHORIZED);
+
+    let tokens = open(&sim, "/api/internal/embed/session_token", Some(&cookie)).await;
+    assert_eq!(tokens.status, StatusCode::OK, "{}", tokens.text);
+    let tokens = tokens.json();
+    assert_eq!(tokens["api_token_ttl"], 600);
+    assert!(tokens["session_reference_token_ttl"].as_u64().unwrap() > 590);
+    assert!(tokens.get("session_reference_token").is_none());
+    let reply = rows(&sim, "1", tokens["api_token"].as_str().unwrap()).await;
+    let listed = reply.json()["rows"].as_array().unwrap().clone();
+    assert_eq!(listed.len(), 8);
+    assert!(listed.iter().all(|r| r["region"] == "east"));
+    let no_cookie = open(&sim, "/api/internal/embed/session_token", None).await;
+    assert_eq!(no_cookie.status, StatusCode::UNAUTHORIZED);
+
+    let view = sim.embed_view().await;
+    assert_eq!(view["sessions"][0]["kind"], "sso");
+    assert_eq!(view["sessions"][0]["external_user_id"], "idp|alice");
+    assert_eq!(view["sessions"][0]["generate_tokens_calls"], 1);
+    assert!(!view.to_string().contains(cookie.split('=').nth(1).unwrap()));
+}
+
+#[tokio::test]
+async fn signed_urls_are_refused_when_tampered_replayed_stale_or_signed_by_another_key() {
+    let sim = Sim::with(SimState::demo().with_embed_secret(SECRET));
+    let alice = sso_user("idp|alice", "east");
+    let refused = |reply: Reply| {
+        assert_page(
+            &reply,
+            StatusCode::UNAUTHORIZED,
+            "embed session could not be started",
+        )
+    };
+
+    let (url, _) = signed_url(&alice, "n-1", now_secs(), sha256_signer(SECRET));
+    assert_eq!(open(&sim, &url, None).await.status, StatusCode::FOUND);
+    // Replayed: the nonce is single use.
+    refused(open(&sim, &url, None).await);
+    // Tampered: another region in a validly signed URL.
+    let (url, _) = signed_url(&alice, "n-2", now_secs(), sha256_signer(SECRET));
+    let tampered = url.replace(
+        &encode_component("{\"region\":\"east\"}"),
+        &encode_component("{\"region\":\"west\"}"),
+    );
+    assert_ne!(tampered, url);
+    refused(open(&sim, &tampered, None).await);
+    // The same URL for another host does not verify either.
+    let mut request = Request::get(&url).header("host", "evil.example:443");
+    request = request.header("x", "y");
+    refused(sim.send(request.body(Body::empty()).unwrap()).await);
+    // Stale or future time, wrong key, no signature.
+    for time in [now_secs() - 400, now_secs() + 400] {
+        let (url, _) = signed_url(&alice, &format!("n-t{time}"), time, sha256_signer(SECRET));
+        refused(open(&sim, &url, None).await);
+    }
+    let (url, _) = signed_url(&alice, "n-3", now_secs(), sha256_signer("another-secret"));
+    refused(open(&sim, &url, None).await);
+    let (url, _) = signed_url(&alice, "n-4", now_secs(), sha256_signer(SECRET));
+    let unsigned = url.split("&signature=").next().unwrap().to_owned();
+    refused(open(&sim, &unsigned, None).await);
+    // A signed embed user Looker would refuse (an admin permission).
+    let mut admin = sso_user("idp|alice", "east");
+    admin.permissions.push("admin".into());
+    let (url, _) = signed_url(&admin, "n-5", now_secs(), sha256_signer(SECRET));
+    refused(open(&sim, &url, None).await);
+    // The tampered and refused URLs did not use up their nonces: the untouched one works.
+    let (url, _) = signed_url(&alice, "n-2", now_secs(), sha256_signer(SECRET));
+    assert_eq!(open(&sim, &url, None).await.status, StatusCode::FOUND);
+    let sessions = sim.embed_view().await["sessions"].as_array().unwrap().len();
+    assert_eq!(sessions, 2);
+}
+
+#[tokio::test]
+async fn signing_follows_the_secrets_algorithm_enabled_state_and_deletion() {
+    use hmac::{KeyInit, Mac};
+    let sim = Sim::new();
+    let admin = sim.admin().await;
+    let mut secrets = Vec::new();
+    for body in [
+        json!({"algorithm": "hmac/sha-1"}),
+        json!({"enabled": false}),
+    ] {
+        let reply = sim
+            .call(Method::POST, SECRETS, Some(&admin), Some(body))
+            .await;
+        secrets.push(reply.json());
+    }
+    let sha1_secret: &'static str = secrets[0]["secret"].as_str().unwrap().to_owned().leak();
+    let disabled: &'static str = secrets[1]["secret"].as_str().unwrap().to_owned().leak();
+    let sha1_signer = move |text: &[u8]| {
+        hmac::Hmac::<sha1::Sha1>::new_from_slice(sha1_secret.as_bytes())
+            .unwrap()
+            .chain_update(text)
+            .finalize()
+            .into_bytes()
+            .to_vec()
+    };
+    let alice = sso_user("idp|alice", "west");
+    let (url, _) = signed_url(&alice, "n-1", now_secs(), sha1_signer);
+    assert_eq!(open(&sim, &url, None).await.status, StatusCode::FOUND);
+    // A SHA-256 signature with the SHA-1 secret is not accepted, nor the disabled secret.
+    let (url, _) = signed_url(&alice, "n-2", now_secs(), sha256_signer(sha1_secret));
+    assert_eq!(
+        open(&sim, &url, None).await.status,
+        StatusCode::UNAUTHORIZED
+    );
+    let (url, _) = signed_url(&alice, "n-3", now_secs(), sha256_signer(disabled));
+    assert_eq!(
+        open(&sim, &url, None).await.status,
+        StatusCode::UNAUTHORIZED
+    );
+    // Rotation: once deleted, the old secret signs nothing.
+    let uri = format!("{SECRETS}/{}", secrets[0]["id"].as_str().unwrap());
+    assert_eq!(
+        sim.call(Method::DELETE, &uri, Some(&admin), None)
+            .await
+            .status,
+        StatusCode::NO_CONTENT
+    );
+    let (url, _) = signed_url(&alice, "n-4", now_secs(), sha1_signer);
+    assert_eq!(
+        open(&sim, &url, None).await.status,
+        StatusCode::UNAUTHORIZED
+    );
+}
+
+#[tokio::test]
+async fn force_logout_login_false_keeps_the_browsers_live_session() {
+    let sim = Sim::with(SimState::demo().with_embed_secret(SECRET));
+    let mut alice = sso_user("idp|alice", "west");
+    let (url, _) = signed_url(&alice, "n-1", now_secs(), sha256_signer(SECRET));
+    let cookie = session_cookie(&open(&sim, &url, None).await);
+
+    alice.force_logout_login = false;
+    let (url, _) = signed_url(&alice, "n-2", now_secs(), sha256_signer(SECRET));
+    let kept = open(&sim, &url, Some(&cookie)).await;
+    assert_eq!(kept.status, StatusCode::FOUND);
+    assert!(kept.headers.get("set-cookie").is_none());
+    assert_eq!(
+        sim.embed_view().await["sessions"].as_array().unwrap().len(),
+        1
+    );
+
+    // The default (true) replaces it: the old cookie stops working.
+    alice.force_logout_login = true;
+    let (url, target) = signed_url(&alice, "n-3", now_secs(), sha256_signer(SECRET));
+    let replaced = open(&sim, &url, Some(&cookie)).await;
+    let new_cookie = session_cookie(&replaced);
+    assert_ne!(new_cookie, cookie);
+    assert_eq!(
+        open(&sim, &target, Some(&cookie)).await.status,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        open(&sim, &target, Some(&new_cookie)).await.status,
+        StatusCode::OK
+    );
+    let states: Vec<Value> = sim.embed_view().await["sessions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["state"].clone())
+        .collect();
+    assert_eq!(states, [json!("ended"), json!("live")]);
+}
