@@ -384,6 +384,7 @@ const DASHBOARD_JS: &str = r#"'use strict';
   const channel = new MessageChannel();
   const port = channel.port1;
   let connected = false;
+  const pending = [];
   let apiToken = null;
   let rejectedToken = null;
   let answers = 0;
@@ -394,8 +395,10 @@ const DASHBOARD_JS: &str = r#"'use strict';
 
   const status = (text) => { $('lookergate-embed-status').textContent = text; };
 
+  // Events wait for the handshake (a signed-URL page may load its rows before it).
   function send(eventName, detail) {
-    if (connected) port.postMessage({ action: 2, data: { eventName, payload: [detail] } });
+    const message = { action: 2, data: { eventName, payload: [detail] } };
+    if (connected) port.postMessage(message); else pending.push(message);
   }
 
   port.onmessage = (event) => {
@@ -404,8 +407,9 @@ const DASHBOARD_JS: &str = r#"'use strict';
     if (message.action === 0) {
       connected = true;
       port.postMessage({ action: 1, data: {} });
-      send('page:changed', { type: 'page:changed', page: { type: 'dashboard', url: config.url, absoluteUrl: location.href, lookerVersion: config.lookerVersion } });
-      requestTokens();
+      port.postMessage({ action: 2, data: { eventName: 'page:changed', payload: [{ type: 'page:changed', page: { type: 'dashboard', url: config.url, absoluteUrl: location.href, lookerVersion: config.lookerVersion } }] } });
+      pending.splice(0).forEach((queued) => port.postMessage(queued));
+      if (config.tokenSource !== 'cookie') requestTokens();
     } else if (message.action === 1 && data.eventName === 'session:tokens') {
       onTokens((data.payload || [])[0] || {});
     } else if (message.action === 2) {
@@ -515,8 +519,10 @@ const DASHBOARD_JS: &str = r#"'use strict';
     return Array.from(new Uint8Array(digest).slice(0, 4), (b) => b.toString(16).padStart(2, '0')).join('');
   }
 
+  // Signed (SSO) pages have their session already; cookieless ones wait for the host.
+  if (config.tokenSource === 'cookie') requestTokens();
   if (window.parent === window) {
-    status('error: not embedded');
+    if (config.tokenSource !== 'cookie') status('error: not embedded');
     return;
   }
   window.parent.postMessage({ action: 0 }, config.embedDomain, [channel.port2]);
