@@ -181,8 +181,12 @@ impl EmbedSession {
         list.iter().max_by_key(|t| t.generation)
     }
 
-    fn holds(list: &[Issued], token: &str) -> bool {
-        list.iter().any(|t| t.token == token)
+    /// Whether generate_tokens accepts `token`: one of the current or previous generation
+    /// (even expired: the SDK may ask only after expiry), or any of its tokens still live.
+    fn accepts(&self, list: &[Issued], token: &str, now: Instant) -> bool {
+        list.iter().any(|t| {
+            t.token == token && (t.generation + 1 >= self.generation || t.expires_at > now)
+        })
     }
 
     fn live(list: &[Issued], token: &str, now: Instant) -> bool {
@@ -638,11 +642,11 @@ pub(crate) fn generate_tokens(state: &SimState, body: &Bytes) -> Result<Response
     let navigation_ok = request
         .navigation_token
         .as_deref()
-        .is_some_and(|t| EmbedSession::holds(&session.navigation_tokens, t));
+        .is_some_and(|t| session.accepts(&session.navigation_tokens, t, now));
     let api_ok = request
         .api_token
         .as_deref()
-        .is_some_and(|t| EmbedSession::holds(&session.api_tokens, t));
+        .is_some_and(|t| session.accepts(&session.api_tokens, t, now));
     if !(navigation_ok && api_ok) {
         return Err(ApiError::BadRequest(
             "Invalid navigation_token or api_token for this session".into(),

@@ -1125,3 +1125,30 @@ async fn force_logout_login_false_keeps_the_browsers_live_session() {
         .collect();
     assert_eq!(states, [json!("ended"), json!("live")]);
 }
+
+#[tokio::test]
+async fn tokens_older_than_the_previous_generation_refresh_only_while_live() {
+    let sim = Sim::with(SimState::demo().with_embed_token_ttl(Duration::from_millis(300)));
+    let token = sim.analyst().await;
+    let first = sim.acquired(&token, embed_user("idp|alice", "west")).await;
+    let second = sim
+        .generate(&token, generate_body(&first, &first))
+        .await
+        .json();
+    let third = sim.generate(&token, generate_body(&first, &second)).await;
+    assert_eq!(third.status, StatusCode::OK, "{}", third.text);
+    let third = third.json();
+    // Still live: the first generation refreshes although two newer ones exist.
+    let live = sim.generate(&token, generate_body(&first, &first)).await;
+    assert_eq!(live.status, StatusCode::OK, "{}", live.text);
+    let current = live.json();
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    // All expired now: only the current and the previous generation still refresh.
+    let stale = sim.generate(&token, generate_body(&first, &second)).await;
+    assert_eq!(stale.status, StatusCode::BAD_REQUEST, "{}", stale.text);
+    let previous = sim.generate(&token, generate_body(&first, &third)).await;
+    assert_eq!(previous.status, StatusCode::OK, "{}", previous.text);
+    // That call made a new generation: the one that was current is now the previous.
+    let current = sim.generate(&token, generate_body(&first, &current)).await;
+    assert_eq!(current.status, StatusCode::OK, "{}", current.text);
+}
