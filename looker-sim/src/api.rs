@@ -162,11 +162,25 @@ pub(crate) async fn handle(State(state): State<SimState>, request: Request) -> R
         .unwrap_or_else(IntoResponse::into_response);
     // Path only: query strings may carry credentials (`login?client_secret=`).
     eprintln!(
-        "looker-sim: {} {path} -> {}",
+        "looker-sim: {} {} -> {}",
         parts.method,
+        loggable_path(&path),
         response.status().as_u16()
     );
     response
+}
+
+/// The path as logged: a session reference token in it (delete_embed_cookieless_session)
+/// shows as its fingerprint.
+fn loggable_path(path: &str) -> String {
+    const SESSIONS: &str = "/api/4.0/embed/cookieless_session/";
+    match path.strip_prefix(SESSIONS) {
+        Some(rest) if !matches!(rest, "acquire" | "generate_tokens") => format!(
+            "{SESSIONS}<{}>",
+            lookergate_proto::fingerprint(rest.as_bytes())
+        ),
+        _ => path.to_owned(),
+    }
 }
 
 fn header_map(headers: &HeaderMap) -> BTreeMap<String, String> {
@@ -677,6 +691,21 @@ fn select_fields(value: Value, fields: Option<&str>) -> Value {
 )]
 mod tests {
     use super::*;
+
+    #[test]
+    fn logged_paths_show_session_reference_tokens_as_fingerprints() {
+        let secret = "SessionReferenceToken123";
+        let logged = loggable_path(&format!("/api/4.0/embed/cookieless_session/{secret}"));
+        assert!(!logged.contains(secret), "{logged}");
+        assert!(logged.contains(&lookergate_proto::fingerprint(secret.as_bytes())));
+        for kept in [
+            "/api/4.0/embed/cookieless_session/acquire",
+            "/api/4.0/embed/cookieless_session/generate_tokens",
+            "/api/4.0/users/1",
+        ] {
+            assert_eq!(loggable_path(kept), kept);
+        }
+    }
 
     #[test]
     fn fields_parameter_keeps_named_top_level_fields() {

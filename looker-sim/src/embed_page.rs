@@ -71,10 +71,13 @@ pub(crate) fn session_not_started() -> Response {
     )
 }
 
-/// A target the login may redirect to: a path under `/embed/`, nothing a header or a
-/// browser could read as another origin.
+/// A target the login may redirect to: a path under `/embed/` (no `..` to climb out),
+/// nothing a header or a browser could read as another origin.
 fn is_embed_target(target: &str) -> bool {
-    target.starts_with("/embed/") && target.chars().all(|c| c.is_ascii_graphic() && c != '\\')
+    let path = target.split('?').next().unwrap_or_default();
+    target.starts_with("/embed/")
+        && !path.split('/').any(|segment| segment == "..")
+        && target.chars().all(|c| c.is_ascii_graphic() && c != '\\')
 }
 
 pub(crate) fn redirect(target: &str) -> Response {
@@ -556,6 +559,7 @@ mod tests {
         assert!(is_embed_target("/embed/dashboards/1?sdk=3"));
         for bad in [
             "/embed",
+            "/embed/../admin",
             "//evil.example/embed/",
             "/login",
             "/embed/\\x",

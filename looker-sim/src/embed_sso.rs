@@ -30,8 +30,9 @@ use lookergate_proto::embed::sso_string_to_sign;
 pub const SESSION_COOKIE: &str = "looker_embed_session";
 /// How far `time` may be from the simulator's clock (Looker: 5 minutes).
 const MAX_CLOCK_SKEW_SECS: u64 = 300;
-/// Nonces are remembered at least this long: past it, `time` is too old anyway.
-const NONCE_MEMORY: Duration = Duration::from_secs(2 * MAX_CLOCK_SKEW_SECS);
+/// Nonces are remembered at least this long: a URL is valid for at most twice the skew
+/// (signed up to that far in the future), so past it `time` refuses a replay anyway.
+const NONCE_MEMORY: Duration = Duration::from_secs(2 * MAX_CLOCK_SKEW_SECS + 60);
 
 /// Why a signed URL was refused; logged (never the URL: it is a bearer credential),
 /// while the browser gets the same page for all of them.
