@@ -1970,3 +1970,121 @@ async fn scheduled_embed_secret_rotation_with_a_store_is_used_by_the_running_bro
     );
     Ok(())
 }
+
+/// The audit line of every embed session acquired (issue 15): who, which profile, which
+/// embed user, the attributes' names; never a token, the attributes' values or a secret.
+#[tokio::test]
+async fn binary_audits_embed_sessions_without_tokens_or_attribute_values() -> TestResult {
+    use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
+    let sim = embed_sim().await?;
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_lookergate-broker"))
+        .args(["--listen", "127.0.0.1:0"])
+        .env("LOOKERGATE_BROKER_LOOKER_URL", &sim.url)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()?;
+    let stdout = child.stdout.take().ok_or("no stdout")?;
+    let mut line = String::new();
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        BufReader::new(stdout).read_line(&mut line),
+    )
+    .await??;
+    let addr = line
+        .trim()
+        .strip_prefix("listening on ")
+        .ok_or(format!("first line: {line:?}"))?
+        .to_owned();
+    let broker_url = format!("http://{addr}");
+    let post = |path: &str, body: Value| {
+        reqwest::Client::new()
+            .post(format!("{broker_url}{path}"))
+            .header("authorization", GATEWAY)
+            .json(&body)
+            .send()
+    };
+    let request = embed_request("alice", "customer", "west", json!({}));
+    let acquired = post("/v1/embed/acquire", request.clone()).await?;
+    assert_eq!(acquired.status().as_u16(), 200);
+    let tokens: Value = acquired.json().await?;
+    let refreshed: Value = post(
+        "/v1/embed/generate_tokens",
+        embed_request(
+            "alice",
+            "customer",
+            "west",
+            json!({"api_token": tokens["api_token"], "navigation_token": tokens["navigation_token"]}),
+        ),
+    )
+    .await?
+    .json()
+    .await?;
+    let signed: Value = post(
+        "/v1/embed/sso_url",
+        embed_request(
+            "alice",
+            "customer",
+            "west",
+            json!({"target_url": "/embed/dashboards/1"}),
+        ),
+    )
+    .await?
+    .json()
+    .await?;
+    let view = sim.embed_view().await?;
+    let reference_fp = view["sessions"][0]["session_reference_token_fingerprint"].clone();
+    assert_eq!(
+        post("/v1/embed/logout", request).await?.status().as_u16(),
+        204
+    );
+
+    child.start_kill()?;
+    let _ = child.wait().await?;
+    let mut logs = String::new();
+    child
+        .stderr
+        .take()
+        .ok_or("no stderr")?
+        .read_to_string(&mut logs)
+        .await?;
+    let audit = logs
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .find(|l| l["event"] == "embed_session_acquired")
+        .ok_or(format!("no audit line in {logs}"))?;
+    assert_eq!(audit["audit"], true);
+    assert_eq!(audit["subject"], "alice");
+    assert_eq!(audit["issuer"], "https://idp.lookergate.demo");
+    assert_eq!(audit["profile"], "customer");
+    assert_eq!(
+        audit["external_user_id"],
+        "https://idp.lookergate.demo|alice"
+    );
+    assert_eq!(audit["user_attributes"], "[\"region\"]");
+    assert_eq!(audit["request_id"], "req-embed");
+    assert_eq!(
+        audit["session_fp"], reference_fp,
+        "the session by fingerprint"
+    );
+    let mut secrets = vec![
+        DEMO_EMBED_SECRET.to_owned(),
+        "demo-admin-secret".to_owned(),
+        "west".to_owned(),
+        signed["url"].as_str().unwrap_or("no url").to_owned(),
+    ];
+    for answer in [&tokens, &refreshed] {
+        for field in ["authentication_token", "navigation_token", "api_token"] {
+            if let Some(token) = answer[field].as_str() {
+                secrets.push(token.to_owned());
+            }
+        }
+    }
+    for secret in &secrets {
+        assert!(
+            !logs.contains(secret.as_str()),
+            "{secret} leaked into logs:\n{logs}"
+        );
+    }
+    Ok(())
+}
