@@ -575,6 +575,9 @@ pub async fn rotate_embed_secret(path: &Path) -> Result<EmbedRotationReport, Rot
             Ok(()) => old_secret_deleted = true,
             Err(e) => warning = Some(format!("old embed secret {old} not deleted: {e}")),
         },
+        None if embed.secret.is_some() => {
+            warning = Some("the old embed secret has no embed.secret_id; not deleted".into());
+        }
         None => {}
     }
     Ok(EmbedRotationReport {
