@@ -25,6 +25,8 @@ pub enum BrokerError {
     BadRequest(String),
     #[error("no role named {0:?} is configured")]
     UnknownRole(String),
+    #[error("role {0:?} is embed.role: its token serves the broker's embed calls only")]
+    ReservedRole(String),
     #[error("no Looker user has {credential_type} credential {credential_id:?}")]
     NoLookerUser {
         credential_type: String,
@@ -46,7 +48,7 @@ impl BrokerError {
         match self {
             BrokerError::Unauthorized => ErrorCode::Unauthorized,
             BrokerError::BadRequest(_) => ErrorCode::BadRequest,
-            BrokerError::UnknownRole(_) => ErrorCode::UnknownRole,
+            BrokerError::UnknownRole(_) | BrokerError::ReservedRole(_) => ErrorCode::UnknownRole,
             BrokerError::NoLookerUser { .. } => ErrorCode::NoLookerUser,
             BrokerError::BadCredentials(_) => ErrorCode::BadCredentials,
             BrokerError::LookerUnavailable(_) => ErrorCode::LookerUnavailable,

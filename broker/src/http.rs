@@ -96,6 +96,15 @@ async fn issue_token(State(broker): State<AppState>, headers: HeaderMap, body: B
         let req: TokenRequest = parse(&body)?;
         request_id = clip(req.request_id);
         subject = clip(req.subject);
+        // The embed role's credentials only make the broker's own embed calls (in the demo
+        // and in most installations they can create embed secrets): never a gateway token.
+        if let (LookerIdentity::Role(name), Some(embed)) =
+            (&req.identity, &broker.runtime().config.embed)
+        {
+            if *name == embed.role {
+                return Err(BrokerError::ReservedRole(name.clone()));
+            }
+        }
         let issued = broker.token(&req.identity).await?;
         // Counted here, not in `Broker::token`, so /readyz probes don't skew the hit rate.
         let cache_metric = match issued.outcome {

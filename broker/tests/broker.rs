@@ -29,6 +29,7 @@ async fn bind() -> Result<(TcpListener, SocketAddr), std::io::Error> {
 /// The Looker simulator with demo data on a free port.
 struct Sim {
     url: String,
+    state: SimState,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -45,12 +46,13 @@ impl Sim {
 
     async fn start_with(state: SimState) -> Result<Sim, std::io::Error> {
         let (listener, addr) = bind().await?;
-        let app = lookergate_looker_sim::app(state);
+        let app = lookergate_looker_sim::app(state.clone());
         let task = tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;
         });
         Ok(Sim {
             url: format!("http://{addr}"),
+            state,
             task,
         })
     }
@@ -368,6 +370,45 @@ async fn unknown_role_is_404() -> TestResult {
         "{body}"
     );
     Ok(())
+}
+
+#[tokio::test]
+async fn the_embed_role_gets_no_gateway_token() -> TestResult {
+    let sim = embed_sim().await?;
+    let broker = Broker::with_sim(&sim).await?;
+    let (status, body) = broker.token(role("embed-admin")).await?;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (404, Some("unknown_role")),
+        "{body}"
+    );
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("embed.role"),
+        "{body}"
+    );
+    assert_eq!(sim.logins_of("demo-admin-id").await?, 0, "no login for it");
+    Ok(())
+}
+
+/// An admin API token straight from the simulator (an admin acting at Looker).
+async fn sim_admin_token(sim: &Sim) -> Result<String, Box<dyn std::error::Error>> {
+    let answer: Value = reqwest::Client::new()
+        .post(format!("{}/api/4.0/login", sim.url))
+        .form(&[
+            ("client_id", "demo-admin-id"),
+            ("client_secret", "demo-admin-secret"),
+        ])
+        .send()
+        .await?
+        .json()
+        .await?;
+    Ok(answer["access_token"]
+        .as_str()
+        .ok_or("no token")?
+        .to_owned())
 }
 
 #[tokio::test]
@@ -1645,8 +1686,7 @@ async fn a_session_looker_ended_answers_ttl_0_and_is_forgotten() -> TestResult {
     let tokens = broker.embed("/v1/embed/acquire", &request).await?.json();
     let reference = broker.reference_token(&request).ok_or("no session")?;
     // Someone ends it at Looker (an admin, or a newer session of the same embed user).
-    let admin = broker.token(role("embed-admin")).await?.1;
-    let token = admin["access_token"].as_str().ok_or("token")?;
+    let token = sim_admin_token(&sim).await?;
     let status = reqwest::Client::new()
         .delete(format!(
             "{}/api/4.0/embed/cookieless_session/{reference}",
@@ -1688,15 +1728,19 @@ async fn a_session_looker_ended_answers_ttl_0_and_is_forgotten() -> TestResult {
 async fn a_revoked_embed_role_token_is_replaced_once() -> TestResult {
     let sim = embed_sim().await?;
     let broker = Broker::with_sim(&sim).await?;
-    let admin = broker.token(role("embed-admin")).await?.1;
+    // The broker logs the embed role in for its first embed call; Looker then revokes it.
+    let first = broker
+        .embed(
+            "/v1/embed/acquire",
+            &embed_request("bob", "customer", "east", json!({})),
+        )
+        .await?;
+    assert_eq!(first.status, 200, "{}", first.raw);
     let logins = sim.logins_of("demo-admin-id").await?;
-    let status = reqwest::Client::new()
-        .post(format!("{}/__sim/revoke", sim.url))
-        .json(&json!({"access_token": admin["access_token"]}))
-        .send()
-        .await?
-        .status();
-    assert_eq!(status, 204);
+    assert!(
+        sim.state.revoke_user(1) >= 1,
+        "the embed role's token was live"
+    );
     let acquired = broker
         .embed(
             "/v1/embed/acquire",

@@ -238,6 +238,17 @@ impl SimState {
         self.world().sessions.remove(access_token).is_some()
     }
 
+    /// Revokes every live access token of a Looker user (as an admin logging them out
+    /// would); returns how many.
+    pub fn revoke_user(&self, user_id: u64) -> usize {
+        let mut world = self.world();
+        let before = world.sessions.len();
+        world
+            .sessions
+            .retain(|_, session| session.user_id != user_id);
+        before - world.sessions.len()
+    }
+
     /// The shared world. A panic while holding the lock cannot leave it half-updated in
     /// a way that matters to a simulator, so a poisoned lock is simply taken over.
     pub(crate) fn world(&self) -> MutexGuard<'_, World> {
