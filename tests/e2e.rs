@@ -40,6 +40,9 @@ mod trailers;
 // Issue 12 item 8: x-envoy-* and forwarding headers a client may not set.
 #[path = "e2e/hygiene.rs"]
 mod hygiene;
+// Issue 15 items 1, 2: the embed endpoints, answered by the gateway through the broker.
+#[path = "e2e/embed.rs"]
+mod embed;
 
 use std::time::Duration;
 

@@ -294,7 +294,8 @@ async fn token(
     };
     spec.iss = idp.issuer.to_string();
     spec.aud = idp.audience.to_string();
-    spec.extra = request.claims;
+    // The user's own claims (a demo user's `region`), then the request's, which win.
+    spec.extra.extend(request.claims);
     let mut keys = idp.keys();
     let signer = match request.kid.as_deref() {
         None => &keys.current,
