@@ -423,7 +423,7 @@ COMPOSE_HEADER = """\
 def compose_text() -> str:
     text = DEMO.read_text()
     body = text[re.search(r"^[a-z]", text, re.M).start():]  # drop the demo's header comment
-    body = re.sub(r"(socket_address: \{ address: )127\.0\.0\.1(, port_value: (?:9901|10000) \})", r"\g<1>0.0.0.0\g<2>", body)
+    body = re.sub(r"(socket_address: \{ address: )127\.0\.0\.1(, port_value: (?:9901|10000|10443) \})", r"\g<1>0.0.0.0\g<2>", body)
     body = re.sub(r"(filename: )\S+\.wasm", rf"\g<1>{CONTAINER_WASM}", body)
     body = body.replace("type: STATIC", "type: STRICT_DNS")
     for port, service in (("10080", "looker-sim"), ("10090", "broker"), ("10070", "idp")):

@@ -1,0 +1,386 @@
+// The embed demo in a real headless Chromium (issue 15 item 6), against the demo stack
+// that tests/browser/run.sh starts (envoy/run-demo.sh: Envoy, broker, simulator, dev IdP
+// serving web/embed-demo at /app/). For alice and bob: sign in on the demo page, check
+// the page's own API call through the gateway (CORS), wait for the embedded dashboard
+// and its rows (alice: west only, bob: east only), stay past the embed token TTL and
+// check the session refreshed its tokens and still loads rows. Then: a stolen embed
+// session is useless to another user, Looker's own embed operations are refused through
+// the API path, logout ends the session, and no Looker secret, API3 key, Looker access
+// token or session reference token appears in any response the browser received.
+//
+// Environment: LOOKERGATE_EMBED_TOKEN_TTL (seconds, as given to the simulator),
+// LOOKERGATE_BIN_DIR (for the broker's demo config), CHROMIUM (default /usr/bin/chromium),
+// UPDATE_SCREENSHOT=1 to write docs/embed-demo.png.
+
+import assert from 'node:assert/strict';
+import { execFileSync } from 'node:child_process';
+import { dirname, join, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+import { chromium } from 'playwright-core';
+
+const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '../..');
+const APP = 'http://127.0.0.1:10070/app/';
+const APP_ORIGIN = 'http://127.0.0.1:10070';
+const IDP = 'http://127.0.0.1:10070';
+const GATEWAY = 'http://127.0.0.1:10000';
+const SIM = 'http://127.0.0.1:10080';
+const TOKEN_TTL_SECS = Number(process.env.LOOKERGATE_EMBED_TOKEN_TTL || 15);
+const BIN_DIR = resolve(ROOT, process.env.LOOKERGATE_BIN_DIR || 'target/debug');
+const CHROMIUM = process.env.CHROMIUM || '/usr/bin/chromium';
+const USERS = { alice: 'west', bob: 'east' };
+const LOAD_TIMEOUT_MS = 30_000;
+// Past one token lifetime, with room for the SDK to ask before expiry and the page to
+// redraw.
+const REFRESH_TIMEOUT_MS = (2 * TOKEN_TTL_SECS + 20) * 1000;
+
+const log = (...args) => console.log('[browser-test]', ...args);
+
+// ---- what the browser received --------------------------------------------------------
+
+/** Every response any page or frame of the browser received: url, status, headers, body. */
+const responses = [];
+const pendingBodies = [];
+
+function capture(context, who) {
+  context.on('response', (response) => {
+    const entry = {
+      who,
+      url: response.url(),
+      method: response.request().method(),
+      status: response.status(),
+      headers: response.headers(),
+      body: null,
+    };
+    responses.push(entry);
+    const type = entry.headers['content-type'] || '';
+    if (/json|html|javascript|text/.test(type) || type === '') {
+      pendingBodies.push(
+        response
+          .text()
+          .then((text) => {
+            entry.body = text;
+          })
+          // Redirects and aborted loads have no body to read.
+          .catch(() => {}),
+      );
+    }
+  });
+}
+
+async function allResponses() {
+  await Promise.all(pendingBodies);
+  return responses;
+}
+
+// ---- the server side, read for the assertions -----------------------------------------
+
+async function json(url, init) {
+  const response = await fetch(url, init);
+  const text = await response.text();
+  let body = null;
+  try {
+    body = JSON.parse(text);
+  } catch {
+    // not JSON
+  }
+  return { status: response.status, body, text };
+}
+
+async function idpToken(user) {
+  const { status, body } = await json(`${IDP}/token`, {
+    method: 'POST',
+    headers: { 'content-type': 'application/json' },
+    body: JSON.stringify({ user }),
+  });
+  assert.equal(status, 200, `IdP token for ${user}`);
+  return body.access_token;
+}
+
+/** The demo's Looker secrets: every secret value in the broker's demo config (API3
+ *  client secrets, the gateway credential, the embed secret if any). */
+function demoSecrets() {
+  const config = execFileSync(join(BIN_DIR, 'lookergate-broker'), ['print-demo-config'], {
+    encoding: 'utf8',
+  });
+  const secrets = new Set();
+  for (const m of config.matchAll(/^\s*\w*secret\w*\s*=\s*"([^"]+)"/gim)) secrets.add(m[1]);
+  for (const m of config.matchAll(/"([^"]*secret[^"]*)"/gi)) secrets.add(m[1]);
+  assert.ok(secrets.size >= 2, `no secrets found in the broker's demo config:\n${config}`);
+  return [...secrets];
+}
+
+/** Looker access tokens the simulator saw in API calls (`Authorization: token X`):
+ *  the broker's, for the API path and for its embed calls. */
+async function lookerAccessTokens() {
+  const { status, body } = await json(`${SIM}/__sim/requests`);
+  assert.equal(status, 200, 'GET /__sim/requests');
+  const tokens = new Set();
+  for (const request of body) {
+    const authorization = request?.headers?.authorization;
+    const m = typeof authorization === 'string' && authorization.match(/^token\s+(\S+)$/i);
+    if (m) tokens.add(m[1]);
+  }
+  return [...tokens];
+}
+
+/** Strings the simulator's GET /__sim/embed lists under a session reference token key
+ *  (the values, or their fingerprints if that is all it shows). */
+async function sessionReferenceTokens() {
+  const { status, body, text } = await json(`${SIM}/__sim/embed`);
+  if (status !== 200 || body === null) {
+    log(`GET /__sim/embed: ${status} ${text.slice(0, 200)} (no reference tokens to compare)`);
+    return [];
+  }
+  const found = new Set();
+  const walk = (node, key) => {
+    if (typeof node === 'string') {
+      if (/reference/i.test(key || '') && node.length >= 8) found.add(node);
+    } else if (Array.isArray(node)) {
+      for (const item of node) walk(item, key);
+    } else if (node && typeof node === 'object') {
+      for (const [k, v] of Object.entries(node)) walk(v, k);
+    }
+  };
+  walk(body, '');
+  return [...found];
+}
+
+// ---- the page -------------------------------------------------------------------------
+
+async function signIn(browser, user) {
+  const context = await browser.newContext({
+    ignoreHTTPSErrors: true, // the demo's self-signed certificate on :10443
+    viewport: { width: 1200, height: 900 },
+  });
+  capture(context, user);
+  const page = await context.newPage();
+  page.on('console', (message) => {
+    if (message.type() === 'error') log(`${user} console: ${message.text()}`);
+  });
+  page.on('pageerror', (error) => log(`${user} page error: ${error.message}`));
+  await page.goto(APP);
+  await page.click(`#login-${user}`);
+
+  // The page's own API call through the gateway (CORS, Bearer IdP token).
+  await page.locator('#api-status[data-state="ok"], #api-status[data-state="error"]').waitFor({
+    timeout: LOAD_TIMEOUT_MS,
+  });
+  const apiStatus = await page.locator('#api-status').innerText();
+  assert.equal(await page.locator('#api-status').getAttribute('data-state'), 'ok', `${user}: ${apiStatus}`);
+  assert.match(apiStatus, /^200 /, `${user}: page's API call`);
+
+  const frame = page.frameLocator('#dashboard iframe');
+  await frame.locator('#lookergate-embed-user').waitFor({ timeout: LOAD_TIMEOUT_MS });
+  await frame.locator('table#lookergate-embed-rows tbody tr').first().waitFor({ timeout: LOAD_TIMEOUT_MS });
+  return { user, context, page, frame };
+}
+
+async function dashboard(session) {
+  const { frame } = session;
+  const rows = frame.locator('table#lookergate-embed-rows tbody tr');
+  const headers = (await frame.locator('table#lookergate-embed-rows thead th').allInnerTexts()).map((h) =>
+    h.trim().toLowerCase(),
+  );
+  const cells = [];
+  for (const row of await rows.all()) cells.push((await row.locator('td').allInnerTexts()).map((c) => c.trim()));
+  return {
+    user: (await frame.locator('#lookergate-embed-user').innerText()).trim(),
+    region: (await frame.locator('#lookergate-embed-region').innerText()).trim(),
+    token: (await frame.locator('#lookergate-embed-token').innerText()).trim(),
+    refreshes: Number((await frame.locator('#lookergate-embed-refreshes').innerText()).trim()),
+    status: (await frame.locator('#lookergate-embed-status').innerText()).trim(),
+    headers,
+    cells,
+  };
+}
+
+function assertOnlyRegion(user, view, region) {
+  assert.ok(view.cells.length > 0, `${user}: no rows`);
+  assert.match(view.region.toLowerCase(), new RegExp(`\\b${region}\\b`), `${user}: region shown is ${view.region}`);
+  const other = Object.values(USERS).filter((r) => r !== region);
+  const column = view.headers.findIndex((h) => /region/.test(h));
+  for (const row of view.cells) {
+    if (column >= 0) {
+      assert.equal(row[column].toLowerCase(), region, `${user}: row ${JSON.stringify(row)}`);
+    } else {
+      const text = row.join(' ').toLowerCase();
+      assert.ok(text.includes(region), `${user}: row ${JSON.stringify(row)} is not in ${region}`);
+    }
+    for (const r of other) {
+      assert.ok(!row.join(' ').toLowerCase().includes(r), `${user} sees a ${r} row: ${JSON.stringify(row)}`);
+    }
+  }
+}
+
+async function waitForRefresh(session, before) {
+  const deadline = Date.now() + REFRESH_TIMEOUT_MS;
+  for (;;) {
+    const view = await dashboard(session);
+    if (view.refreshes >= 1 && view.token !== before.token && /ok/i.test(view.status)) return view;
+    assert.ok(
+      Date.now() < deadline,
+      `${session.user}: no token refresh within ${REFRESH_TIMEOUT_MS} ms: ${JSON.stringify(view)}`,
+    );
+    await new Promise((r) => setTimeout(r, 1000));
+  }
+}
+
+/** The embed tokens the gateway last gave `user`'s browser (acquire / generate_tokens). */
+function lastEmbedTokens(user) {
+  const answers = responses.filter(
+    (r) => r.who === user && r.status === 200 && /\/lookergate\/embed\/(acquire|generate_tokens)$/.test(new URL(r.url).pathname) && r.body,
+  );
+  assert.ok(answers.length > 0, `${user}: the browser received no embed tokens from the gateway`);
+  return JSON.parse(answers[answers.length - 1].body);
+}
+
+// ---- the test -------------------------------------------------------------------------
+
+async function main() {
+  // launch() runs Chromium with a fresh, temporary user-data-dir of its own (it refuses
+  // --user-data-dir in args); each user gets a fresh context in it.
+  const browser = await chromium.launch({
+    executablePath: CHROMIUM,
+    headless: true,
+    args: [
+      '--headless',
+      '--no-sandbox',
+      '--disable-gpu',
+      '--disable-quic',
+      '--no-first-run',
+      '--disable-background-networking',
+      '--disable-component-update',
+      '--disable-sync',
+    ],
+  });
+  try {
+    // 1. Both users signed in side by side; each sees only their region's rows.
+    const sessions = {};
+    const first = {};
+    for (const [user, region] of Object.entries(USERS)) {
+      sessions[user] = await signIn(browser, user);
+      first[user] = await dashboard(sessions[user]);
+      log(`${user}: ${first[user].cells.length} rows, region ${first[user].region}, status ${first[user].status}`);
+      assert.match(first[user].user.toLowerCase(), new RegExp(user), `${user}: embed user shown is ${first[user].user}`);
+      assertOnlyRegion(user, first[user], region);
+      if (user === 'alice' && process.env.UPDATE_SCREENSHOT === '1') {
+        await sessions.alice.page.screenshot({ path: join(ROOT, 'docs/embed-demo.png'), fullPage: true });
+        log('wrote docs/embed-demo.png');
+      }
+    }
+    const rowSet = (view) => new Set(view.cells.map((c) => JSON.stringify(c)));
+    const [aliceRows, bobRows] = [rowSet(first.alice), rowSet(first.bob)];
+    assert.ok(
+      [...aliceRows].every((r) => !bobRows.has(r)) && [...bobRows].every((r) => !aliceRows.has(r)),
+      'alice and bob share rows',
+    );
+
+    // 2. The page's API call went through CORS: the browser got the allow-origin.
+    for (const user of Object.keys(USERS)) {
+      const api = responses.find((r) => r.who === user && r.url === `${GATEWAY}/api/4.0/user` && r.method === 'GET');
+      assert.ok(api, `${user}: no GET /api/4.0/user in the browser's responses`);
+      assert.equal(api.status, 200, `${user}: GET /api/4.0/user`);
+      assert.equal(api.headers['access-control-allow-origin'], APP_ORIGIN, `${user}: CORS`);
+    }
+
+    // 3. Past the token TTL: the SDK asked the gateway for new tokens; rows still load.
+    log(`waiting past the embed token TTL (${TOKEN_TTL_SECS} s) ...`);
+    for (const [user, region] of Object.entries(USERS)) {
+      const after = await waitForRefresh(sessions[user], first[user]);
+      log(`${user}: ${after.refreshes} refresh(es), status ${after.status}`);
+      assert.ok(after.refreshes >= 1, `${user}: refreshes`);
+      assert.notEqual(after.token, first[user].token, `${user}: the token did not change`);
+      assertOnlyRegion(user, after, region);
+    }
+    const refreshCalls = responses.filter((r) => r.url === `${GATEWAY}/lookergate/embed/generate_tokens` && r.method === 'PUT');
+    assert.ok(refreshCalls.length >= 1, 'the SDK never called the gateway generate_tokens');
+    for (const call of refreshCalls) assert.equal(call.status, 200, `generate_tokens for ${call.who}`);
+
+    // 4. A stolen session is useless. (a) bob presents alice's embed tokens to the
+    // gateway: he gets no token of alice's session.
+    const bobToken = await idpToken('bob');
+    const aliceToken = await idpToken('alice');
+    const alices = lastEmbedTokens('alice');
+    const stolen = await json(`${GATEWAY}/lookergate/embed/generate_tokens`, {
+      method: 'PUT',
+      headers: { authorization: `Bearer ${bobToken}`, 'content-type': 'application/json' },
+      body: JSON.stringify({ api_token: alices.api_token, navigation_token: alices.navigation_token }),
+    });
+    log(`bob with alice's embed tokens: ${stolen.status} ${stolen.text.slice(0, 160)}`);
+    if (stolen.status === 200) {
+      assert.notEqual(stolen.body.api_token, alices.api_token, "bob got alice's api token back");
+      assert.notEqual(stolen.body.navigation_token, alices.navigation_token, "bob got alice's navigation token back");
+    } else {
+      assert.ok(stolen.status >= 400 && stolen.status < 500, `bob with alice's tokens: ${stolen.status}`);
+    }
+    // (b) A session reference token (read where the server side keeps it, if the
+    // simulator shows it) taken to Looker's own endpoint through the gateway: refused,
+    // it is a gateway-owned operation.
+    const references = await sessionReferenceTokens();
+    const reference = references[0] || 'stolen-session-reference-token';
+    for (const who of [bobToken, aliceToken]) {
+      const direct = await json(`${GATEWAY}/api/4.0/embed/cookieless_session/generate_tokens`, {
+        method: 'PUT',
+        headers: { authorization: `Bearer ${who}`, 'content-type': 'application/json' },
+        body: JSON.stringify({
+          session_reference_token: reference,
+          api_token: alices.api_token,
+          navigation_token: alices.navigation_token,
+        }),
+      });
+      assert.equal(direct.status, 403, `Looker's generate_tokens through the API path: ${direct.text}`);
+    }
+    // alice's own session survived both attempts.
+    const aliceAfter = await dashboard(sessions.alice);
+    assert.match(aliceAfter.status, /ok/i, `alice after the attempts: ${aliceAfter.status}`);
+
+    // 5. Logout ends alice's session: her last tokens no longer refresh.
+    await sessions.alice.page.click('#logout');
+    await sessions.alice.page
+      .locator('#logout-status[data-state="ok"], #logout-status[data-state="error"]')
+      .waitFor({ timeout: LOAD_TIMEOUT_MS });
+    const logoutStatus = await sessions.alice.page.locator('#logout-status').innerText();
+    assert.equal(await sessions.alice.page.locator('#logout-status').getAttribute('data-state'), 'ok', `logout: ${logoutStatus}`);
+    const afterLogout = await json(`${GATEWAY}/lookergate/embed/generate_tokens`, {
+      method: 'PUT',
+      headers: { authorization: `Bearer ${aliceToken}`, 'content-type': 'application/json' },
+      body: JSON.stringify({ api_token: alices.api_token, navigation_token: alices.navigation_token }),
+    });
+    log(`alice's tokens after logout: ${afterLogout.status} ${afterLogout.text.slice(0, 160)}`);
+    assert.ok(
+      afterLogout.status >= 400 || afterLogout.body?.session_reference_token_ttl === 0,
+      `generate_tokens after logout: ${afterLogout.status} ${afterLogout.text}`,
+    );
+
+    // 6. No Looker secret in anything the browser received.
+    const captured = await allResponses();
+    const secrets = [
+      ...demoSecrets().map((s) => ['demo secret', s]),
+      ...(await lookerAccessTokens()).map((s) => ['Looker access token', s]),
+      ...references.map((s) => ['session reference token', s]),
+      ...(await sessionReferenceTokens()).map((s) => ['session reference token', s]),
+    ];
+    log(`${captured.length} responses captured, ${captured.filter((r) => r.body !== null).length} bodies; checking ${secrets.length} secrets`);
+    assert.ok(captured.filter((r) => r.body !== null).length > 10, 'too few bodies captured');
+    for (const response of captured) {
+      const everything = `${JSON.stringify(response.headers)}\n${response.body ?? ''}`;
+      for (const [what, secret] of secrets) {
+        assert.ok(!everything.includes(secret), `${what} in ${response.method} ${response.url} (${response.who})`);
+      }
+      // The SDK's bundle names `session_reference_token_ttl`; nothing names the token.
+      assert.ok(
+        !/session_reference_token(?!_ttl)/.test(everything),
+        `a session_reference_token field in ${response.method} ${response.url} (${response.who})`,
+      );
+    }
+    log('ok');
+  } finally {
+    await browser.close();
+  }
+}
+
+main().catch((error) => {
+  console.error(error);
+  process.exit(1);
+});
