@@ -402,8 +402,10 @@ def compose_transform(demo: dict) -> dict:
         wasm["vm_config"]["code"]["local"]["filename"] = CONTAINER_WASM
     for cluster in out["static_resources"]["clusters"]:
         name = cluster["name"]
-        require(name in COMPOSE_UPSTREAMS, f"demo.yaml cluster {name!r} has no compose service (COMPOSE_UPSTREAMS)")
         cluster["type"] = "STRICT_DNS"
+        if not cluster["load_assignment"].get("endpoints"):
+            continue  # a cluster with no endpoints (the embed prefix's): nothing to map
+        require(name in COMPOSE_UPSTREAMS, f"demo.yaml cluster {name!r} has no compose service (COMPOSE_UPSTREAMS)")
         for group in cluster["load_assignment"]["endpoints"]:
             for lb in group["lb_endpoints"]:
                 lb["endpoint"]["address"]["socket_address"]["address"] = COMPOSE_UPSTREAMS[name]

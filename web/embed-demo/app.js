@@ -82,6 +82,7 @@ async function embedDashboard() {
       .createDashboardWithId(DASHBOARD_ID)
       .appendTo('#dashboard')
       .withClassName('embedded-dashboard')
+      .on('dashboard:loaded', () => show('embed-status', 'dashboard loaded', 'loaded'))
       .on('dashboard:run:complete', () => show('embed-status', 'dashboard loaded', 'loaded'))
       .on('session:expired', () => show('embed-status', 'embed session expired', 'expired'))
       .build()
