@@ -351,6 +351,8 @@ impl Stack {
             ])
             .arg("--admin-address-path")
             .arg(&admin_file)
+            // The demo's TLS listener names its certificate relative to the repository.
+            .current_dir(repo_root())
             .stdin(Stdio::null())
             .stdout(File::create(dir.join("envoy.stdout"))?)
             .stderr(File::create(&log)?)
