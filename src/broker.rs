@@ -5,7 +5,13 @@ use lookergate_proto::broker::{
     ErrorCode, ErrorResponse, InvalidateRequest, TokenRequest, TokenResponse,
 };
 
+use lookergate_proto::embed::{
+    AcquireRequest, EmbedUser, GenerateTokensRequest, LogoutRequest, Principal, SessionTokens,
+    SsoUrlRequest, SsoUrlResponse,
+};
+
 use crate::config::BrokerSettings;
+use crate::policy::embed::{Endpoint, MAX_BODY_BYTES};
 use crate::reply::Refusal;
 
 pub use lookergate_proto::LookerIdentity;
@@ -97,25 +103,7 @@ pub fn parse_token_response(
         return Err(unavailable("the token broker's answer is too large"));
     }
     if status != 200 {
-        let code = serde_json::from_slice::<ErrorResponse>(body)
-            .ok()
-            .map(|e| e.error);
-        return Err(match (status, code) {
-            (403, Some(ErrorCode::NoLookerUser)) => Refusal::NoLookerUser {
-                rule: rule.to_owned(),
-            },
-            (502, Some(ErrorCode::BadCredentials)) => Refusal::LookerCredentialsRejected,
-            (_, Some(ErrorCode::LookerUnavailable)) => {
-                unavailable("Looker is unavailable to the token broker")
-            }
-            (_, Some(ErrorCode::UnknownRole)) => {
-                unavailable("the token broker does not know this rule's role")
-            }
-            (401, _) => unavailable("the token broker refused the gateway's credential"),
-            _ => Refusal::BrokerUnavailable {
-                reason: format!("the token broker answered {status}"),
-            },
-        });
+        return Err(broker_error(status, body, rule));
     }
     let answer: TokenResponse = serde_json::from_slice(body)
         .map_err(|_| unavailable("the token broker's answer is not a token"))?;
@@ -132,6 +120,192 @@ pub fn parse_token_response(
         access_token: answer.access_token,
         expires_in_secs: answer.expires_in,
     })
+}
+
+/// The refusal for a broker's error answer (any endpoint); anything unexpected is
+/// "broker unavailable".
+fn broker_error(status: u32, body: &[u8], rule: &str) -> Refusal {
+    let unavailable = |reason: &str| Refusal::BrokerUnavailable {
+        reason: reason.to_owned(),
+    };
+    let code = serde_json::from_slice::<ErrorResponse>(body)
+        .ok()
+        .map(|e| e.error);
+    match (status, code) {
+        (403, Some(ErrorCode::NoLookerUser)) => Refusal::NoLookerUser {
+            rule: rule.to_owned(),
+        },
+        (502, Some(ErrorCode::BadCredentials)) => Refusal::LookerCredentialsRejected,
+        (404, Some(ErrorCode::NoEmbedSession)) => Refusal::NoEmbedSession,
+        (501, Some(ErrorCode::EmbedDisabled)) => Refusal::EmbedDisabled,
+        (_, Some(ErrorCode::LookerUnavailable)) => {
+            unavailable("Looker is unavailable to the token broker")
+        }
+        (_, Some(ErrorCode::UnknownRole)) => {
+            unavailable("the token broker does not know this rule's role")
+        }
+        (401, _) => unavailable("the token broker refused the gateway's credential"),
+        _ => Refusal::BrokerUnavailable {
+            reason: format!("the token broker answered {status}"),
+        },
+    }
+}
+
+/// What an embed endpoint asks the broker for.
+pub struct EmbedAsk<'a> {
+    pub endpoint: Endpoint,
+    pub principal: &'a Principal,
+    pub profile: &'a str,
+    pub user: &'a EmbedUser,
+    pub request_id: &'a str,
+}
+
+/// The tokens the Embed SDK sends to `generate_tokens` (other fields, such as a
+/// `session_reference_token`, are ignored: only the broker holds that).
+#[derive(serde::Deserialize)]
+struct SdkTokens {
+    api_token: String,
+    navigation_token: String,
+}
+
+/// The body of `sso_url`.
+#[derive(serde::Deserialize)]
+struct SsoTarget {
+    target_url: String,
+}
+
+/// The broker callout for an embed endpoint's request: headers and JSON body. `body`
+/// is the client's (read only by `generate_tokens` and `sso_url`); a malformed one is a
+/// 400.
+pub fn embed_request(
+    settings: &BrokerSettings,
+    ask: &EmbedAsk<'_>,
+    body: &[u8],
+) -> Result<(Vec<(&'static str, String)>, String), Refusal> {
+    let bad = |reason: &str| Refusal::BadRequest {
+        reason: reason.to_owned(),
+    };
+    if body.len() > MAX_BODY_BYTES {
+        return Err(Refusal::PayloadTooLarge {
+            limit: MAX_BODY_BYTES,
+        });
+    }
+    let principal = ask.principal.clone();
+    let profile = ask.profile.to_owned();
+    let user = ask.user.clone();
+    let request_id = Some(ask.request_id.to_owned());
+    let json = match ask.endpoint {
+        Endpoint::Acquire => self::body(&AcquireRequest {
+            principal,
+            profile,
+            user,
+            request_id,
+        }),
+        Endpoint::Logout => self::body(&LogoutRequest {
+            principal,
+            profile,
+            user,
+            request_id,
+        }),
+        Endpoint::GenerateTokens => {
+            let tokens: SdkTokens = serde_json::from_slice(body).map_err(|_| {
+                bad("the body must be JSON with the session's api_token and navigation_token")
+            })?;
+            if tokens.api_token.is_empty() || tokens.navigation_token.is_empty() {
+                return Err(bad("api_token and navigation_token must not be empty"));
+            }
+            self::body(&GenerateTokensRequest {
+                principal,
+                profile,
+                user,
+                api_token: tokens.api_token,
+                navigation_token: tokens.navigation_token,
+                request_id,
+            })
+        }
+        Endpoint::SsoUrl => {
+            let target: SsoTarget = serde_json::from_slice(body)
+                .map_err(|_| bad("the body must be JSON with a target_url"))?;
+            let url = target.target_url;
+            let path = match url.split_once("://") {
+                Some((_, rest)) => rest.find('/').and_then(|i| rest.get(i..)).unwrap_or(""),
+                None => url.as_str(),
+            };
+            if !path.starts_with("/embed/") || url.len() > 2048 || url.chars().any(char::is_control)
+            {
+                return Err(bad("target_url must be a Looker embed page (/embed/...)"));
+            }
+            self::body(&SsoUrlRequest {
+                principal,
+                profile,
+                user,
+                target_url: url,
+                request_id,
+            })
+        }
+    };
+    let headers = vec![
+        (":method", "POST".to_owned()),
+        (":path", ask.endpoint.broker_path().to_owned()),
+        (":authority", settings.authority.clone()),
+        ("content-type", "application/json".to_owned()),
+        (
+            "authorization",
+            format!("Bearer {}", settings.credential.expose()),
+        ),
+    ];
+    Ok((headers, json))
+}
+
+/// The broker's answer to an embed call.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EmbedAnswer {
+    /// acquire, generate_tokens: what the browser gets (no session reference token).
+    Tokens(SessionTokens),
+    /// logout.
+    Ended,
+    /// sso_url.
+    Url(SsoUrlResponse),
+}
+
+/// Interprets the broker's answer to an embed call (`status` `None`: no answer in
+/// time). Anything unexpected fails closed.
+pub fn parse_embed_response(
+    endpoint: Endpoint,
+    status: Option<u32>,
+    body: &[u8],
+    rule: &str,
+) -> Result<EmbedAnswer, Refusal> {
+    let unavailable = |reason: &str| Refusal::BrokerUnavailable {
+        reason: reason.to_owned(),
+    };
+    let Some(status) = status else {
+        return Err(unavailable("the token broker did not answer in time"));
+    };
+    if body.len() > MAX_RESPONSE_BYTES {
+        return Err(unavailable("the token broker's answer is too large"));
+    }
+    match (endpoint, status) {
+        (Endpoint::Logout, 200 | 204) => Ok(EmbedAnswer::Ended),
+        (Endpoint::Acquire | Endpoint::GenerateTokens, 200) => serde_json::from_slice(body)
+            .map(EmbedAnswer::Tokens)
+            .map_err(|_| unavailable("the token broker's answer is not an embed session")),
+        (Endpoint::SsoUrl, 200) => serde_json::from_slice::<SsoUrlResponse>(body)
+            .ok()
+            .filter(|u| u.url.starts_with("https://") || u.url.starts_with("http://"))
+            .map(EmbedAnswer::Url)
+            .ok_or_else(|| unavailable("the token broker's answer is not an embed URL")),
+        // The broker checks what it signs (an SSO target URL on the Looker host).
+        (_, 400)
+            if serde_json::from_slice::<ErrorResponse>(body)
+                .is_ok_and(|e| e.error == ErrorCode::BadRequest) =>
+        {
+            Err(Refusal::BadRequest {
+                reason: "the token broker refused the embed request as malformed".to_owned(),
+            })
+        }
+        _ => Err(broker_error(status, body, rule)),
+    }
 }
 
 #[cfg(test)]

@@ -13,6 +13,8 @@ pub enum Callout {
     Keys(String),
     /// A token-invalidation call to the broker (its answer is not read).
     Invalidate,
+    /// A broker call for an embed endpoint's request (the context it answers).
+    Embed(u32),
 }
 
 /// A worker's callouts awaiting their answer, by callout token.

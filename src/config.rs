@@ -11,6 +11,7 @@ use serde::Deserialize;
 use crate::duration;
 use crate::jwt::{Algorithm, IssuerVerifier, KeySet};
 use crate::looker::OperationTable;
+use crate::policy::embed::{Embed, RawEmbed};
 use crate::policy::{Policy, RawPolicy};
 
 /// The configuration versions this filter understands.
@@ -29,6 +30,9 @@ pub struct RawConfig {
     pub version: u32,
     pub issuers: Vec<RawIssuer>,
     pub policy: RawPolicy,
+    /// Embedded analytics: the embed endpoints and the profiles embed rules name.
+    #[serde(default)]
+    pub embed: Option<RawEmbed>,
     pub broker: RawBroker,
     #[serde(default)]
     pub looker_token: RawLookerToken,
@@ -385,6 +389,8 @@ pub struct Gateway {
     /// `x-forwarded-for` entries kept, from the end: trusted hops + Envoy's own.
     pub forwarded_for_kept: usize,
     pub broker: BrokerSettings,
+    /// The embed endpoints and profiles, when the config has an `embed` section.
+    pub embed: Option<Embed>,
     pub refresh_before: Duration,
     /// Distinct token header names, in issuer order.
     pub token_headers: Vec<String>,
@@ -613,14 +619,21 @@ impl Gateway {
         if raw.xff_num_trusted_hops > 10 {
             return Err(err("xff_num_trusted_hops", "must be between 0 and 10"));
         }
+        let embed = match &raw.embed {
+            Some(section) => Some(
+                Embed::compile(section, &api_prefix)
+                    .map_err(|(field, message)| err(field, message))?,
+            ),
+            None => None,
+        };
+        let profiles = embed.as_ref().map(Embed::profile_names).unwrap_or_default();
         let issuer_names: Vec<&str> = issuers.iter().map(|i| i.issuer.as_str()).collect();
-        let policy =
-            Policy::compile(&raw.policy, &operations, &issuer_names).map_err(|e| {
-                match e.split_once(": ") {
-                    Some((field, message)) => err(field, message),
-                    None => err("policy", e),
-                }
-            })?;
+        let policy = Policy::compile(&raw.policy, &operations, &issuer_names, &profiles).map_err(
+            |e| match e.split_once(": ") {
+                Some((field, message)) => err(field, message),
+                None => err("policy", e),
+            },
+        )?;
         warnings.extend(policy.warnings(&operations));
         let b = raw.broker;
         if b.cluster.trim().is_empty() {
@@ -684,6 +697,7 @@ impl Gateway {
                 timeout: b.timeout,
                 credential,
             },
+            embed,
             refresh_before,
             token_headers,
             warnings,
@@ -712,6 +726,46 @@ mod tests {
 
     fn load(config: &Value) -> Result<Gateway, ConfigError> {
         Gateway::load(config.to_string().as_bytes())
+    }
+
+    #[test]
+    fn embed_sections_compile_and_their_errors_name_the_field() {
+        let mut config = base();
+        config["embed"] = json!({"profiles": {"customer": {
+            "permissions": ["access_data"], "models": ["thelook"]}}});
+        config["policy"]["rules"]
+            .as_array_mut()
+            .unwrap()
+            .push(json!({"name": "embed", "allow": {"embed": "customer"}}));
+        let gateway = load(&config).unwrap();
+        let embed = gateway.embed.as_ref().unwrap();
+        assert_eq!(embed.path_prefix, "/lookergate/embed");
+        assert!(embed.profile("customer").is_some());
+        assert!(load(&base()).unwrap().embed.is_none());
+
+        let mut bad = config.clone();
+        bad["embed"]["profiles"]["customer"]["permissions"] = json!(["access_data", "admin"]);
+        let err = load(&bad).err().unwrap();
+        assert_eq!(
+            err.to_string(),
+            "embed.profiles.customer.permissions[1]: \"admin\" is not a permission Looker grants embed users"
+        );
+        let mut bad = config.clone();
+        bad["embed"]["path_prefix"] = json!("/api/4.0/embed");
+        assert_eq!(load(&bad).err().unwrap().field, "embed.path_prefix");
+        let mut bad = config.clone();
+        bad["policy"]["rules"][2]["allow"]["embed"] = json!("other");
+        assert_eq!(
+            load(&bad).err().unwrap().field,
+            "policy.rules[2].allow.embed"
+        );
+        let mut bad = config;
+        bad["embed"]["profiles"]["customer"]["colour"] = json!("red");
+        assert!(load(&bad)
+            .err()
+            .unwrap()
+            .field
+            .starts_with("embed.profiles"));
     }
 
     #[test]

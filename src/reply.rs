@@ -38,6 +38,16 @@ pub enum Refusal {
     BrokerUnavailable { reason: String },
     /// The broker answered, but Looker refused the identity's credentials.
     LookerCredentialsRejected,
+    /// Looker's embed operations are the gateway's (its embed endpoints).
+    GatewayOwnsEmbedding { operation: String },
+    /// An embed endpoint's path with another method; `allow` is the one it takes.
+    MethodNotAllowed { allow: &'static str },
+    /// The embed profile needs a claim the token lacks (named; its value never).
+    MissingClaim { rule: String, claim: String },
+    /// The broker has no embed session for this principal and profile.
+    NoEmbedSession,
+    /// The broker has no embed credential: embedding is off.
+    EmbedDisabled,
 }
 
 impl Refusal {
@@ -57,6 +67,11 @@ impl Refusal {
             Refusal::NoLookerUser { .. } => "no_looker_user",
             Refusal::BrokerUnavailable { .. } => "broker_unavailable",
             Refusal::LookerCredentialsRejected => "bad_credentials",
+            Refusal::GatewayOwnsEmbedding { .. } => "gateway_owns_embedding",
+            Refusal::MethodNotAllowed { .. } => "method_not_allowed",
+            Refusal::MissingClaim { .. } => "missing_claim",
+            Refusal::NoEmbedSession => "no_embed_session",
+            Refusal::EmbedDisabled => "embed_disabled",
         }
     }
 
@@ -73,6 +88,10 @@ impl Refusal {
             Refusal::Forbidden { .. } | Refusal::NoLookerUser { .. } => 403,
             Refusal::BrokerUnavailable { .. } => 503,
             Refusal::LookerCredentialsRejected => 502,
+            Refusal::GatewayOwnsEmbedding { .. } | Refusal::MissingClaim { .. } => 403,
+            Refusal::MethodNotAllowed { .. } => 405,
+            Refusal::NoEmbedSession => 404,
+            Refusal::EmbedDisabled => 501,
         }
     }
 
@@ -161,6 +180,36 @@ impl Refusal {
             Refusal::LookerCredentialsRejected => json!({
                 "error": "bad_gateway",
                 "reason": "bad_credentials: Looker refused the gateway's credentials for this identity",
+                "request_id": request_id,
+            }),
+            Refusal::GatewayOwnsEmbedding { operation } => json!({
+                "error": "forbidden",
+                "reason": format!("gateway_owns_embedding: {operation} is not available through the gateway; use its embed endpoints"),
+                "request_id": request_id,
+            }),
+            Refusal::MethodNotAllowed { allow } => {
+                headers.push(("allow", (*allow).to_owned()));
+                json!({
+                    "error": "method_not_allowed",
+                    "reason": format!("this endpoint takes {allow}"),
+                    "request_id": request_id,
+                })
+            }
+            Refusal::MissingClaim { rule, claim } => json!({
+                "error": "forbidden",
+                "reason": format!("missing_claim: the token has no claim {claim:?}, which the embed profile of rule {rule} needs"),
+                "rule": rule,
+                "claim": claim,
+                "request_id": request_id,
+            }),
+            Refusal::NoEmbedSession => json!({
+                "error": "not_found",
+                "reason": "no_embed_session: there is no embed session for this principal; acquire one first",
+                "request_id": request_id,
+            }),
+            Refusal::EmbedDisabled => json!({
+                "error": "not_implemented",
+                "reason": "embed_disabled: the token broker has no embed credential configured",
                 "request_id": request_id,
             }),
         };
@@ -252,6 +301,28 @@ mod tests {
             (Refusal::KeysUnavailable, 503, "keys_unavailable"),
             (Refusal::BodyTimeout, 408, "request_timeout"),
             (
+                Refusal::GatewayOwnsEmbedding {
+                    operation: "acquire_embed_cookieless_session".into(),
+                },
+                403,
+                "forbidden",
+            ),
+            (
+                Refusal::MethodNotAllowed { allow: "PUT" },
+                405,
+                "method_not_allowed",
+            ),
+            (
+                Refusal::MissingClaim {
+                    rule: "r".into(),
+                    claim: "region".into(),
+                },
+                403,
+                "forbidden",
+            ),
+            (Refusal::NoEmbedSession, 404, "not_found"),
+            (Refusal::EmbedDisabled, 501, "not_implemented"),
+            (
                 Refusal::RateLimited {
                     rule: "r".into(),
                     retry_after_secs: 2,
@@ -271,6 +342,20 @@ mod tests {
             assert_eq!(b["message"], b["reason"], "Looker SDKs read `message`");
             assert_eq!(header(&reply, "content-type"), Some("application/json"));
         }
+    }
+
+    #[test]
+    fn embed_refusals_name_the_method_and_the_claim() {
+        let reply = Refusal::MethodNotAllowed { allow: "PUT" }.to_reply("r");
+        assert_eq!(header(&reply, "allow"), Some("PUT"));
+        let reply = Refusal::MissingClaim {
+            rule: "embed-dashboards".into(),
+            claim: "region".into(),
+        }
+        .to_reply("r");
+        let b = body(&reply);
+        assert_eq!(b["claim"], "region");
+        assert!(b["reason"].as_str().unwrap().starts_with("missing_claim:"));
     }
 
     #[test]

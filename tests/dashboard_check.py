@@ -72,6 +72,7 @@ GATEWAY_FAMILIES = {
     "lookergate_decision", "lookergate_shadow", "lookergate_looker_token", "lookergate_broker_calls",
     "lookergate_broker_failure", "lookergate_broker_latency_ms", "lookergate_jwks_fetch",
     "lookergate_jwks_unknown_kid_refetch", "lookergate_jwks_keys", "lookergate_version",
+    "lookergate_embed", "lookergate_embed_broker_latency_ms",
 }
 
 SHADOW_RULE = {"name": "shadow.block-dashboards", "shadow": True, "methods": ["GET"],

@@ -34,6 +34,10 @@ pub enum BrokerError {
     BadCredentials(String),
     #[error("{0}")]
     LookerUnavailable(String),
+    #[error("{0}")]
+    EmbedDisabled(String),
+    #[error("no live embed session for this principal and profile; acquire one first")]
+    NoEmbedSession,
 }
 
 impl BrokerError {
@@ -46,6 +50,8 @@ impl BrokerError {
             BrokerError::NoLookerUser { .. } => ErrorCode::NoLookerUser,
             BrokerError::BadCredentials(_) => ErrorCode::BadCredentials,
             BrokerError::LookerUnavailable(_) => ErrorCode::LookerUnavailable,
+            BrokerError::EmbedDisabled(_) => ErrorCode::EmbedDisabled,
+            BrokerError::NoEmbedSession => ErrorCode::NoEmbedSession,
         }
     }
 
@@ -78,7 +84,7 @@ impl BrokerError {
         }
     }
 
-    fn from_call(e: LookerError, what: &str) -> Self {
+    pub(crate) fn from_call(e: LookerError, what: &str) -> Self {
         match e {
             LookerError::Status { status } => {
                 BrokerError::LookerUnavailable(format!("Looker answered {status} to {what}"))
@@ -222,6 +228,8 @@ pub struct Broker {
     pub config_path: Option<PathBuf>,
     pub tokens: TokenCache,
     users: UserDirectory,
+    /// Looker's embed session reference tokens, by [`lookergate_proto::embed::session_key`].
+    pub embed_sessions: crate::embed::EmbedSessions,
     pub metrics: Metrics,
 }
 
@@ -232,6 +240,7 @@ impl Broker {
             config_path,
             tokens: TokenCache::default(),
             users: UserDirectory::default(),
+            embed_sessions: crate::embed::EmbedSessions::default(),
             metrics: Metrics::default(),
         })
     }
@@ -531,9 +540,13 @@ impl Broker {
         readiness
     }
 
-    /// Periodic housekeeping: forget expired tokens and user lookups.
+    /// Periodic housekeeping: forget expired tokens, user lookups and embed sessions.
     pub fn sweep(&self) {
         self.tokens.sweep();
         self.users.sweep();
+        self.embed_sessions.sweep();
+        self.metrics
+            .embed_sessions
+            .set(self.embed_sessions.len() as i64);
     }
 }

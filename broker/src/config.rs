@@ -30,6 +30,19 @@ client_id = "demo-viewer-id"
 client_secret = "demo-viewer-secret"
 user_id = "102"
 
+# Makes the embed calls (docs/embed.md): the simulator's admin, who may create embed secrets.
+[roles.embed-admin]
+client_id = "demo-admin-id"
+client_secret = "demo-admin-secret"
+user_id = "1"
+
+[embed]
+role = "embed-admin"
+host = "127.0.0.1:10443"
+# The simulator's SSO embed secret (`lookergate-looker-sim --embed-secret-file`, id "1").
+secret = "demo-embed-secret"
+secret_id = "1"
+
 [sudo]
 client_id = "demo-admin-id"
 client_secret = "demo-admin-secret"
@@ -124,6 +137,31 @@ pub struct ConfigFile {
     #[serde(default)]
     pub roles: BTreeMap<String, RoleFile>,
     pub sudo: Option<SudoFile>,
+    /// Embedded analytics (docs/embed.md); without it the embed endpoints answer 501.
+    pub embed: Option<EmbedFile>,
+}
+
+/// `[embed]`: which role's credentials make Looker's embed calls, and the SSO embed secret.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EmbedFile {
+    /// A configured role whose API3 credentials may embed (acquire, generate tokens, and
+    /// create/delete embed secrets when rotating).
+    pub role: String,
+    /// The Looker UI host as the browser reaches it (`host[:port]`): signed SSO URLs point there.
+    pub host: String,
+    /// The SSO embed secret: inline, or `secret_file`, or `secret_env` (at most one; none
+    /// disables signed URLs unless rotation creates one).
+    pub secret: Option<Secret>,
+    pub secret_file: Option<PathBuf>,
+    pub secret_env: Option<String>,
+    /// Looker's id of the secret (needed to delete it when rotating).
+    pub secret_id: Option<LookerId>,
+    /// `hmac/sha-256` (default) or `hmac/sha-1`.
+    pub algorithm: Option<String>,
+    pub rotate_secret_every: Option<DurationStr>,
+    /// Unix seconds of the last secret rotation (written by rotation).
+    pub rotated_at: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -180,6 +218,52 @@ pub struct RoleConfig {
     pub user_id: Option<String>,
     pub api3_id: Option<String>,
     pub rotate_every: Option<Duration>,
+    pub rotated_at: Option<u64>,
+}
+
+/// The algorithm of SSO embed URL signatures (Looker's `EmbedSecret.algorithm`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SsoAlgorithm {
+    HmacSha256,
+    HmacSha1,
+}
+
+impl SsoAlgorithm {
+    pub const NAMES: [&'static str; 2] = ["hmac/sha-256", "hmac/sha-1"];
+
+    pub fn parse(name: &str) -> Option<Self> {
+        match name {
+            "hmac/sha-256" => Some(SsoAlgorithm::HmacSha256),
+            "hmac/sha-1" => Some(SsoAlgorithm::HmacSha1),
+            _ => None,
+        }
+    }
+
+    /// The name as Looker writes it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SsoAlgorithm::HmacSha256 => "hmac/sha-256",
+            SsoAlgorithm::HmacSha1 => "hmac/sha-1",
+        }
+    }
+}
+
+/// The SSO embed secret the broker signs URLs with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EmbedSecret {
+    pub secret: Secret,
+    pub id: Option<String>,
+}
+
+/// Compiled `[embed]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EmbedConfig {
+    pub role: String,
+    pub host: String,
+    /// `None`: signed SSO URLs are disabled (501 `embed_disabled`).
+    pub secret: Option<EmbedSecret>,
+    pub algorithm: SsoAlgorithm,
+    pub rotate_secret_every: Option<Duration>,
     pub rotated_at: Option<u64>,
 }
 
@@ -272,6 +356,7 @@ pub struct BrokerConfig {
     pub reload_poll: Duration,
     pub roles: BTreeMap<String, RoleConfig>,
     pub sudo: Option<SudoConfig>,
+    pub embed: Option<EmbedConfig>,
 }
 
 const MIN_GATEWAY_CREDENTIAL_LEN: usize = 16;
@@ -506,6 +591,19 @@ impl ConfigFile {
             })?;
         }
 
+        let mut embed = self
+            .embed
+            .map(|e| compile_embed(e, &roles, env))
+            .transpose()?;
+        if let (Some(store), Some(embed)) = (&self.rotated_credentials_file, &mut embed) {
+            crate::rotate::apply_rotated_embed(store, embed).map_err(|e| {
+                invalid(
+                    "rotated_credentials_file",
+                    format!("{}: {e}", store.display()),
+                )
+            })?;
+        }
+
         Ok(BrokerConfig {
             listen,
             looker_url,
@@ -518,8 +616,82 @@ impl ConfigFile {
             reload_poll,
             roles,
             sudo,
+            embed,
         })
     }
+}
+
+fn compile_embed(
+    e: EmbedFile,
+    roles: &BTreeMap<String, RoleConfig>,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<EmbedConfig, ConfigError> {
+    if !roles.contains_key(&e.role) {
+        return Err(invalid(
+            "embed.role",
+            format!("no [roles.{}] is configured", e.role),
+        ));
+    }
+    let host = e.host.trim();
+    let valid_host = !host.is_empty()
+        && !host.contains(['/', '@', '?', '#', '\\', ' '])
+        && Url::parse(&format!("https://{host}/")).is_ok_and(|u| u.host().is_some());
+    if !valid_host {
+        return Err(invalid(
+            "embed.host",
+            format!("{host:?} is not host[:port] (no scheme, no path)"),
+        ));
+    }
+    let algorithm = match e.algorithm.as_deref() {
+        None => SsoAlgorithm::HmacSha256,
+        Some(name) => SsoAlgorithm::parse(name).ok_or_else(|| {
+            invalid(
+                "embed.algorithm",
+                format!("{name:?} is not one of {:?}", SsoAlgorithm::NAMES),
+            )
+        })?,
+    };
+    let secret = match (e.secret, e.secret_file, e.secret_env) {
+        (None, None, None) => None,
+        (inline, file, env_var) => {
+            let secret = SecretSource {
+                inline,
+                file,
+                env: env_var,
+            }
+            .resolve("embed.secret", env)?;
+            if secret.is_empty() {
+                return Err(invalid("embed.secret", "must not be empty"));
+            }
+            Some(secret)
+        }
+    };
+    let rotate_secret_every = e.rotate_secret_every.map(|d| d.0);
+    if let Some(every) = rotate_secret_every {
+        if every < Duration::from_secs(1) {
+            return Err(invalid("embed.rotate_secret_every", "must be at least 1s"));
+        }
+        if secret.is_some() && e.secret_id.is_none() {
+            return Err(invalid(
+                "embed.rotate_secret_every",
+                "needs embed.secret_id (Looker's id of the secret, deleted after rotation)",
+            ));
+        }
+    }
+    if secret.is_none() && e.secret_id.is_some() {
+        return Err(invalid("embed.secret_id", "needs embed.secret"));
+    }
+    Ok(EmbedConfig {
+        role: e.role,
+        host: host.to_owned(),
+        secret: secret.map(|secret| EmbedSecret {
+            secret,
+            id: e.secret_id.map(|i| i.0),
+        }),
+        algorithm,
+        rotate_secret_every,
+        rotated_at: e.rotated_at,
+    })
 }
 
 const ONE_SOURCE: &str = "give exactly one of the value, `<field>_file` and `<field>_env`";
@@ -661,7 +833,13 @@ mod tests {
         assert!(c.is_ok(), "{c:?}");
         let Ok(c) = c else { return };
         assert_eq!(c.listen.to_string(), "127.0.0.1:10090");
-        assert_eq!(c.roles.len(), 2);
+        assert_eq!(c.roles.len(), 3);
+        let embed = c.embed.as_ref().unwrap();
+        assert_eq!(
+            (embed.role.as_str(), embed.host.as_str()),
+            ("embed-admin", "127.0.0.1:10443")
+        );
+        assert_eq!(embed.algorithm, SsoAlgorithm::HmacSha256);
         assert_eq!(c.refresh_before, Duration::from_secs(60));
     }
 
@@ -708,9 +886,67 @@ mod tests {
         );
         let debug = format!("{:?}", BrokerConfig::demo());
         assert!(
-            !debug.contains("demo-analyst-secret") && !debug.contains("demo-gateway-secret"),
+            !debug.contains("demo-analyst-secret")
+                && !debug.contains("demo-gateway-secret")
+                && !debug.contains("demo-embed-secret"),
             "{debug}"
         );
+        let text = "looker_url = \"http://x\"\ngateway_credentials = [\"0123456789abcdef\"]\n[roles.a]\nclient_id = \"x\"\nclient_secret = \"y\"\n[embed]\nrole = \"a\"\nhost = \"h\"\nsecret = [\"topsecretembed\"]\n";
+        let err = error_of(text);
+        assert!(
+            err.contains("embed.secret") && !err.contains("topsecret"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn embed_needs_a_configured_role_a_host_and_at_most_one_secret_source() {
+        let base =
+            "looker_url = \"http://looker:19999\"\ngateway_credentials = [\"0123456789abcdef\"]\n\
+                    [roles.a]\nclient_id = \"x\"\nclient_secret = \"y\"\n[embed]\n";
+        let ok =
+            |lines: &str| compile_with_env(&format!("{base}{lines}"), &[("EMBED", "env-embed")]);
+        let c = ok("role = \"a\"\nhost = \"looker.example:443\"\n").unwrap();
+        let embed = c.embed.unwrap();
+        assert_eq!(embed.secret, None, "no secret: SSO URLs disabled");
+        assert_eq!(embed.algorithm, SsoAlgorithm::HmacSha256);
+        let c = ok("role = \"a\"\nhost = \"h\"\nsecret_env = \"EMBED\"\nsecret_id = 7\nalgorithm = \"hmac/sha-1\"\nrotate_secret_every = \"30d\"\n").unwrap();
+        let embed = c.embed.unwrap();
+        let secret = embed.secret.unwrap();
+        assert_eq!(
+            (secret.secret.expose(), secret.id.as_deref()),
+            ("env-embed", Some("7"))
+        );
+        assert_eq!(embed.algorithm, SsoAlgorithm::HmacSha1);
+        assert_eq!(
+            embed.rotate_secret_every,
+            Some(Duration::from_secs(30 * 86400))
+        );
+        // Rotation may start without a secret: the first rotation creates one.
+        assert!(ok("role = \"a\"\nhost = \"h\"\nrotate_secret_every = \"1d\"\n").is_ok());
+
+        let table = [
+            ("role = \"nope\"\nhost = \"h\"\n", "embed.role: no [roles.nope]"),
+            ("host = \"h\"\n", "missing field `role`"),
+            ("role = \"a\"\nhost = \"https://looker.example\"\n", "embed.host"),
+            ("role = \"a\"\nhost = \"looker.example/x\"\n", "embed.host"),
+            ("role = \"a\"\nhost = \"\"\n", "embed.host"),
+            ("role = \"a\"\nhost = \"h\"\nalgorithm = \"rsa\"\n", "embed.algorithm"),
+            ("role = \"a\"\nhost = \"h\"\nsecret = \"s\"\nsecret_env = \"EMBED\"\n", "embed.secret: give exactly one"),
+            ("role = \"a\"\nhost = \"h\"\nsecret_env = \"UNSET\"\n", "embed.secret_env"),
+            ("role = \"a\"\nhost = \"h\"\nsecret = \"\"\n", "embed.secret: must not be empty"),
+            ("role = \"a\"\nhost = \"h\"\nsecret = \"s\"\nrotate_secret_every = \"1d\"\n", "embed.rotate_secret_every: needs embed.secret_id"),
+            ("role = \"a\"\nhost = \"h\"\nsecret = \"s\"\nsecret_id = \"1\"\nrotate_secret_every = \"0s\"\n", "embed.rotate_secret_every"),
+            ("role = \"a\"\nhost = \"h\"\nsecret_id = \"1\"\n", "embed.secret_id: needs embed.secret"),
+            ("role = \"a\"\nhost = \"h\"\nsecrets = \"s\"\n", "unknown field"),
+        ];
+        for (lines, want) in table {
+            let err = match ok(lines) {
+                Ok(_) => panic!("accepted:\n{lines}"),
+                Err(e) => e.to_string(),
+            };
+            assert!(err.contains(want), "want {want:?} in {err:?} for\n{lines}");
+        }
     }
 
     /// A temporary directory removed on drop.

@@ -5,6 +5,7 @@ use crate::broker::{Broker, BrokerError, Issued};
 use crate::cache::Outcome;
 use crate::identity::LookerIdentity;
 use crate::log;
+use crate::metrics::EmbedLabels;
 use crate::metrics::{CodeLabel, ResultLabel};
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, State};
@@ -14,6 +15,10 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use lookergate_proto::broker::{
     InvalidateRequest, TokenRequest, TokenResponse, INVALIDATE_PATH, TOKEN_PATH,
+};
+use lookergate_proto::embed::{
+    AcquireRequest, GenerateTokensRequest, LogoutRequest, SsoUrlRequest, SsoUrlResponse,
+    ACQUIRE_PATH, GENERATE_TOKENS_PATH, LOGOUT_PATH, SSO_URL_PATH,
 };
 use serde_json::json;
 use sha2::{Digest, Sha256};
@@ -31,6 +36,10 @@ pub fn app(state: AppState) -> Router {
     Router::new()
         .route(TOKEN_PATH, post(issue_token))
         .route(INVALIDATE_PATH, post(invalidate_token))
+        .route(ACQUIRE_PATH, post(embed_acquire))
+        .route(GENERATE_TOKENS_PATH, post(embed_generate_tokens))
+        .route(LOGOUT_PATH, post(embed_logout))
+        .route(SSO_URL_PATH, post(embed_sso_url))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
@@ -180,6 +189,159 @@ async fn invalidate_token(
         Ok(()) => StatusCode::NO_CONTENT.into_response(),
         Err(e) => error_reply(&broker, INVALIDATE_PATH, None, &e),
     }
+}
+
+/// Counts an embed call by endpoint and outcome, and turns its result into the reply.
+fn embed_reply(
+    broker: &Broker,
+    path: &str,
+    endpoint: &'static str,
+    request_id: Option<&str>,
+    result: Result<(&'static str, Response), BrokerError>,
+) -> Response {
+    let outcome = match &result {
+        Ok((outcome, _)) => outcome,
+        Err(e) => e.code(),
+    };
+    broker
+        .metrics
+        .embed_requests
+        .get_or_create(&EmbedLabels { endpoint, outcome })
+        .inc();
+    match result {
+        Ok((_, reply)) => no_store(reply),
+        Err(e) => error_reply(broker, path, request_id, &e),
+    }
+}
+
+async fn embed_acquire(
+    State(broker): State<AppState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let mut request_id = None;
+    let result = async {
+        let gateway = authenticate(&broker, &headers)?;
+        let req: AcquireRequest = parse(&body)?;
+        request_id = clip(req.request_id.clone());
+        let acquired = broker.embed_acquire(&req).await?;
+        // The audit line of issue 15: who, which profile, which embed user, the names of
+        // the user attributes (values may be sensitive), the session by fingerprint.
+        tracing::info!(
+            event = "embed_session_acquired",
+            audit = true,
+            gateway_credential = gateway,
+            issuer = clip(Some(req.principal.issuer.clone())),
+            subject = clip(Some(req.principal.subject.clone())),
+            profile = clip(Some(req.profile.clone())),
+            external_user_id = clip(Some(req.user.external_user_id.clone())),
+            user_attributes = log::json(&req.user.user_attributes.keys().collect::<Vec<_>>()),
+            permissions = log::json(&req.user.permissions),
+            models = log::json(&req.user.models),
+            request_id = request_id.as_deref(),
+            joined = acquired.joined,
+            session_fp = acquired.session_fp,
+            session_reference_token_ttl = acquired.tokens.session_reference_token_ttl,
+        );
+        let outcome = if acquired.joined { "joined" } else { "ok" };
+        Ok((outcome, Json(acquired.tokens).into_response()))
+    }
+    .await;
+    embed_reply(
+        &broker,
+        ACQUIRE_PATH,
+        "acquire",
+        request_id.as_deref(),
+        result,
+    )
+}
+
+async fn embed_generate_tokens(
+    State(broker): State<AppState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let mut request_id = None;
+    let result = async {
+        authenticate(&broker, &headers)?;
+        let req: GenerateTokensRequest = parse(&body)?;
+        request_id = clip(req.request_id.clone());
+        let tokens = broker.embed_generate_tokens(&req).await?;
+        let outcome = if tokens.session_reference_token_ttl == 0 {
+            "ended"
+        } else {
+            "ok"
+        };
+        Ok((outcome, Json(tokens).into_response()))
+    }
+    .await;
+    embed_reply(
+        &broker,
+        GENERATE_TOKENS_PATH,
+        "generate_tokens",
+        request_id.as_deref(),
+        result,
+    )
+}
+
+async fn embed_logout(State(broker): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
+    let mut request_id = None;
+    let result = async {
+        authenticate(&broker, &headers)?;
+        let req: LogoutRequest = parse(&body)?;
+        request_id = clip(req.request_id.clone());
+        broker.embed_logout(&req).await?;
+        tracing::info!(
+            event = "embed_logout",
+            subject = clip(Some(req.principal.subject.clone())),
+            profile = clip(Some(req.profile.clone())),
+            request_id = request_id.as_deref(),
+        );
+        Ok(("ok", StatusCode::NO_CONTENT.into_response()))
+    }
+    .await;
+    embed_reply(
+        &broker,
+        LOGOUT_PATH,
+        "logout",
+        request_id.as_deref(),
+        result,
+    )
+}
+
+async fn embed_sso_url(
+    State(broker): State<AppState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let mut request_id = None;
+    let result = async {
+        let gateway = authenticate(&broker, &headers)?;
+        let req: SsoUrlRequest = parse(&body)?;
+        request_id = clip(req.request_id.clone());
+        let url = broker.embed_sso_url(&req)?;
+        tracing::info!(
+            event = "embed_sso_url_signed",
+            audit = true,
+            gateway_credential = gateway,
+            issuer = clip(Some(req.principal.issuer.clone())),
+            subject = clip(Some(req.principal.subject.clone())),
+            profile = clip(Some(req.profile.clone())),
+            external_user_id = clip(Some(req.user.external_user_id.clone())),
+            user_attributes = log::json(&req.user.user_attributes.keys().collect::<Vec<_>>()),
+            request_id = request_id.as_deref(),
+            url_fp = crate::secret::fingerprint(url.as_bytes()),
+        );
+        Ok(("ok", Json(SsoUrlResponse { url }).into_response()))
+    }
+    .await;
+    embed_reply(
+        &broker,
+        SSO_URL_PATH,
+        "sso_url",
+        request_id.as_deref(),
+        result,
+    )
 }
 
 /// The one mapping from [`BrokerError`] to a reply; also logs and counts it.
@@ -485,6 +647,149 @@ mod tests {
         assert!(
             text.contains("# TYPE lookergate_broker_looker_login_duration_seconds histogram"),
             "{text}"
+        );
+    }
+
+    fn embed_body(subject: &str, extra: serde_json::Value) -> String {
+        let mut body = json!({
+            "principal": {"issuer": "https://idp.lookergate.demo", "subject": subject},
+            "profile": "customer",
+            "user": {
+                "external_user_id": format!("https://idp.lookergate.demo|{subject}"),
+                "permissions": ["access_data", "see_user_dashboards"],
+                "models": ["thelook"],
+                "user_attributes": {"region": "west"},
+                "session_length": 3600
+            },
+            "request_id": "r1"
+        });
+        if let (Some(body), Some(extra)) = (body.as_object_mut(), extra.as_object()) {
+            body.extend(extra.clone());
+        }
+        body.to_string()
+    }
+
+    /// The demo config without its `[embed]` section.
+    fn app_without_embed() -> Router {
+        let text =
+            crate::config::DEMO_CONFIG.replace("http://127.0.0.1:10080", "http://127.0.0.1:9");
+        let start = text.find("[embed]").unwrap();
+        let end = start + text[start..].find("[sudo]").unwrap();
+        let text = format!("{}{}", &text[..start], &text[end..]);
+        let config = BrokerConfig::parse(&text).unwrap();
+        assert!(config.embed.is_none());
+        app(crate::state(config, None).unwrap())
+    }
+
+    #[tokio::test]
+    async fn embed_endpoints_answer_501_without_embed_config_and_401_without_credential() {
+        let tokens = json!({"api_token": "a", "navigation_token": "n"});
+        let target = json!({"target_url": "/embed/dashboards/1"});
+        let table = [
+            ("/v1/embed/acquire", embed_body("alice", json!({}))),
+            ("/v1/embed/generate_tokens", embed_body("alice", tokens)),
+            ("/v1/embed/logout", embed_body("alice", json!({}))),
+            ("/v1/embed/sso_url", embed_body("alice", target)),
+        ];
+        for (path, body) in &table {
+            let (status, json) = call(
+                app_without_embed(),
+                Some("Bearer demo-gateway-secret"),
+                path,
+                body,
+            )
+            .await;
+            assert_eq!(
+                (status, json["error"].as_str()),
+                (StatusCode::NOT_IMPLEMENTED, Some("embed_disabled")),
+                "{path}: {json}"
+            );
+            let (status, json) = call(test_app(), None, path, body).await;
+            assert_eq!(
+                (status, json["error"].as_str()),
+                (StatusCode::UNAUTHORIZED, Some("unauthorized")),
+                "{path}: {json}"
+            );
+            let (status, json) =
+                call(test_app(), Some("Bearer demo-gateway-secret"), path, "{}").await;
+            assert_eq!(
+                (status, json["error"].as_str()),
+                (StatusCode::BAD_REQUEST, Some("bad_request")),
+                "{path}: {json}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn refresh_and_logout_without_a_session_are_404_no_embed_session() {
+        let tokens = json!({"api_token": "a", "navigation_token": "n"});
+        for (path, body) in [
+            ("/v1/embed/generate_tokens", embed_body("alice", tokens)),
+            ("/v1/embed/logout", embed_body("alice", json!({}))),
+        ] {
+            // Looker is unreachable in test_app: the broker answers before calling it.
+            let (status, json) =
+                call(test_app(), Some("Bearer demo-gateway-secret"), path, &body).await;
+            assert_eq!(
+                (status, json["error"].as_str()),
+                (StatusCode::NOT_FOUND, Some("no_embed_session")),
+                "{path}: {json}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn sso_urls_are_only_for_embed_pages_and_only_with_a_secret() {
+        for target in [
+            "/admin",
+            "https://evil.example/embed/dashboards/1",
+            "/embed/../admin",
+        ] {
+            let body = embed_body("alice", json!({"target_url": target}));
+            let (status, json) = call(
+                test_app(),
+                Some("Bearer demo-gateway-secret"),
+                "/v1/embed/sso_url",
+                &body,
+            )
+            .await;
+            assert_eq!(
+                (status, json["error"].as_str()),
+                (StatusCode::BAD_REQUEST, Some("bad_request")),
+                "{target}: {json}"
+            );
+        }
+        let body = embed_body("alice", json!({"target_url": "/embed/dashboards/1"}));
+        let (status, json) = call(
+            test_app(),
+            Some("Bearer demo-gateway-secret"),
+            "/v1/embed/sso_url",
+            &body,
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK, "{json}");
+        let url = json["url"].as_str().unwrap();
+        assert!(
+            url.starts_with("https://127.0.0.1:10443/login/embed/%2Fembed%2Fdashboards%2F1?nonce="),
+            "{url}"
+        );
+        assert!(!url.contains("demo-embed-secret"), "{url}");
+
+        let text = crate::config::DEMO_CONFIG
+            .replace("http://127.0.0.1:10080", "http://127.0.0.1:9")
+            .replace("secret = \"demo-embed-secret\"\nsecret_id = \"1\"\n", "");
+        let no_secret = app(crate::state(BrokerConfig::parse(&text).unwrap(), None).unwrap());
+        let (status, json) = call(
+            no_secret,
+            Some("Bearer demo-gateway-secret"),
+            "/v1/embed/sso_url",
+            &body,
+        )
+        .await;
+        assert_eq!(
+            (status, json["error"].as_str()),
+            (StatusCode::NOT_IMPLEMENTED, Some("embed_disabled")),
+            "{json}"
         );
     }
 }

@@ -8,6 +8,7 @@
 pub mod broker;
 pub mod cache;
 pub mod config;
+pub mod embed;
 pub mod http;
 pub mod identity;
 pub mod log;

@@ -53,6 +53,42 @@ struct NewKeyAnswer {
     client_secret: String,
 }
 
+/// Looker's answer to `acquire_embed_cookieless_session` and
+/// `generate_tokens_for_cookieless_session` (the latter has no authentication token).
+/// `session_reference_token` never leaves the broker.
+#[derive(Deserialize)]
+pub struct EmbedSessionAnswer {
+    #[serde(default)]
+    pub authentication_token: Option<String>,
+    #[serde(default)]
+    pub authentication_token_ttl: Option<u64>,
+    #[serde(default)]
+    pub navigation_token: Option<String>,
+    #[serde(default)]
+    pub navigation_token_ttl: Option<u64>,
+    #[serde(default)]
+    pub api_token: Option<String>,
+    #[serde(default)]
+    pub api_token_ttl: Option<u64>,
+    #[serde(default)]
+    pub session_reference_token: Option<Secret>,
+    #[serde(default)]
+    pub session_reference_token_ttl: Option<u64>,
+}
+
+/// A freshly created SSO embed secret (the only time Looker shows it).
+#[derive(Debug, Clone)]
+pub struct NewEmbedSecret {
+    pub id: String,
+    pub secret: Secret,
+}
+
+#[derive(Deserialize)]
+struct EmbedSecretAnswer {
+    id: LookerId,
+    secret: Option<Secret>,
+}
+
 #[derive(Deserialize)]
 struct UserAnswer {
     id: LookerId,
@@ -242,6 +278,98 @@ impl LookerClient {
         }
     }
 
+    /// `POST /embed/cookieless_session/acquire` with `body` (Looker's
+    /// `EmbedCookielessSessionAcquire`). Not replayed after an ambiguous failure: it
+    /// creates a session.
+    pub async fn acquire_embed_session(
+        &self,
+        token: &Secret,
+        body: &serde_json::Value,
+    ) -> Result<EmbedSessionAnswer, LookerError> {
+        let url = self.url(&["embed", "cookieless_session", "acquire"])?;
+        let resp = self
+            .send(Replay::OnlyUnprocessed, || {
+                self.authed(Method::POST, url.clone(), token).json(body)
+            })
+            .await?;
+        ok_json(resp).await
+    }
+
+    /// `PUT /embed/cookieless_session/generate_tokens` with `body` (Looker's
+    /// `EmbedCookielessSessionGenerateTokens`).
+    pub async fn generate_embed_tokens(
+        &self,
+        token: &Secret,
+        body: &serde_json::Value,
+    ) -> Result<EmbedSessionAnswer, LookerError> {
+        let url = self.url(&["embed", "cookieless_session", "generate_tokens"])?;
+        let resp = self
+            .send(Replay::Always, || {
+                self.authed(Method::PUT, url.clone(), token).json(body)
+            })
+            .await?;
+        ok_json(resp).await
+    }
+
+    /// `DELETE /embed/cookieless_session/{session_reference_token}` (the segment
+    /// percent-encoded); an unknown session counts as deleted.
+    pub async fn delete_embed_session(
+        &self,
+        token: &Secret,
+        reference: &Secret,
+    ) -> Result<(), LookerError> {
+        let url = self.url(&["embed", "cookieless_session", reference.expose()])?;
+        let resp = self
+            .send(Replay::Always, || {
+                self.authed(Method::DELETE, url.clone(), token)
+            })
+            .await?;
+        match resp.status() {
+            s if s.is_success() || s == StatusCode::NOT_FOUND => Ok(()),
+            s => Err(LookerError::Status { status: s.as_u16() }),
+        }
+    }
+
+    /// `POST /embed_config/secrets`: a new SSO embed secret signing with `algorithm`.
+    pub async fn create_embed_secret(
+        &self,
+        token: &Secret,
+        algorithm: &str,
+    ) -> Result<NewEmbedSecret, LookerError> {
+        let url = self.url(&["embed_config", "secrets"])?;
+        let body =
+            serde_json::json!({"algorithm": algorithm, "secret_type": "SSO", "enabled": true});
+        let resp = self
+            .send(Replay::OnlyUnprocessed, || {
+                self.authed(Method::POST, url.clone(), token).json(&body)
+            })
+            .await?;
+        let answer: EmbedSecretAnswer = ok_json(resp).await?;
+        match answer.secret {
+            Some(secret) if !secret.is_empty() => Ok(NewEmbedSecret {
+                id: answer.id.0,
+                secret,
+            }),
+            _ => Err(LookerError::Malformed(
+                "the new embed secret has no secret".into(),
+            )),
+        }
+    }
+
+    /// `DELETE /embed_config/secrets/{id}`; an already deleted secret counts as deleted.
+    pub async fn delete_embed_secret(&self, token: &Secret, id: &str) -> Result<(), LookerError> {
+        let url = self.url(&["embed_config", "secrets", id])?;
+        let resp = self
+            .send(Replay::Always, || {
+                self.authed(Method::DELETE, url.clone(), token)
+            })
+            .await?;
+        match resp.status() {
+            s if s.is_success() || s == StatusCode::NOT_FOUND => Ok(()),
+            s => Err(LookerError::Status { status: s.as_u16() }),
+        }
+    }
+
     fn authed(&self, method: Method, url: Url, token: &Secret) -> RequestBuilder {
         self.http
             .request(method, url)
@@ -361,6 +489,16 @@ async fn parse_login(resp: Response) -> Result<LookerToken, LookerError> {
         access_token: Secret::new(answer.access_token),
         expires_in: Duration::from_secs(answer.expires_in),
     })
+}
+
+/// The JSON body of a 2xx answer, else the status as [`LookerError::Status`].
+async fn ok_json<T: serde::de::DeserializeOwned>(resp: Response) -> Result<T, LookerError> {
+    if !resp.status().is_success() {
+        return Err(LookerError::Status {
+            status: resp.status().as_u16(),
+        });
+    }
+    read_json(resp).await
 }
 
 async fn read_json<T: serde::de::DeserializeOwned>(resp: Response) -> Result<T, LookerError> {

@@ -1,4 +1,5 @@
-//! `lookergate-broker` command line: run the broker, or rotate a role's API3 key.
+//! `lookergate-broker` command line: run the broker, or rotate a role's API3 key or the
+//! SSO embed secret.
 
 use clap::error::ErrorKind;
 use clap::{CommandFactory, Parser, Subcommand};
@@ -38,6 +39,9 @@ enum Command {
         #[arg(long, value_name = "NAME")]
         role: String,
     },
+    /// Create a new SSO embed secret as the embed role, rewrite FILE (keeps FILE.bak) or
+    /// the rotated-credentials file, then delete the old secret; needs --config FILE
+    RotateEmbedSecret,
     /// Validate the config and exit
     CheckConfig,
     /// Print the embedded demo config
@@ -49,7 +53,7 @@ Environment overrides: LOOKERGATE_BROKER_LISTEN, LOOKERGATE_BROKER_LOOKER_URL,
 LOOKERGATE_BROKER_GATEWAY_CREDENTIALS (comma-separated).
 Logs: JSON lines on stderr; without --log-level, RUST_LOG directives choose them
 (e.g. RUST_LOG=lookergate_broker=debug), else info.
-Exit codes: 0 ok, 1 error, 2 usage, 3 rotate left the old key in place.";
+Exit codes: 0 ok, 1 error, 2 usage, 3 rotate left the old key (or secret) in place.";
 
 fn load_config(args: &Cli) -> Result<BrokerConfig, String> {
     let mut config = match &args.config {
@@ -139,6 +143,25 @@ async fn run_rotate(path: &Path, role: &str) -> Result<ExitCode, String> {
     })
 }
 
+async fn run_rotate_embed_secret(path: &Path) -> Result<ExitCode, String> {
+    let report = rotate::rotate_embed_secret(path)
+        .await
+        .map_err(|e| e.to_string())?;
+    let line = report.to_json();
+    tracing::info!(
+        event = "embed_secret_rotation",
+        step = "done",
+        trigger = "cli",
+        report = %line
+    );
+    println!("{line}");
+    Ok(if report.warning.is_none() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(3)
+    })
+}
+
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -157,11 +180,22 @@ async fn main() -> ExitCode {
                 )
                 .exit(),
         },
+        Some(Command::RotateEmbedSecret) => match &cli.config {
+            Some(path) => run_rotate_embed_secret(path).await,
+            None => Cli::command()
+                .error(
+                    ErrorKind::MissingRequiredArgument,
+                    "rotate-embed-secret rewrites a config file: give --config FILE",
+                )
+                .exit(),
+        },
         Some(Command::CheckConfig) => load_config(&cli).map(|c| {
+            let on = |on: bool| if on { "on" } else { "off" };
             println!(
-                "config ok: {} role(s), sudo {}",
+                "config ok: {} role(s), sudo {}, embed {}",
                 c.roles.len(),
-                if c.sudo.is_some() { "on" } else { "off" }
+                on(c.sudo.is_some()),
+                on(c.embed.is_some())
             );
             ExitCode::SUCCESS
         }),
@@ -195,7 +229,7 @@ mod tests {
 
     #[test]
     fn flags_parse_in_both_spellings_and_on_either_side_of_the_command() {
-        let cases: [(&[&str], Option<&str>, Option<&str>); 6] = [
+        let cases: [(&[&str], Option<&str>, Option<&str>); 7] = [
             (&[], None, None),
             (&["--listen", "127.0.0.1:0"], None, Some("127.0.0.1:0")),
             (
@@ -215,6 +249,11 @@ mod tests {
             ),
             (
                 &["rotate", "--config=b.toml", "--role", "analyst"],
+                Some("b.toml"),
+                None,
+            ),
+            (
+                &["rotate-embed-secret", "--config", "b.toml"],
                 Some("b.toml"),
                 None,
             ),

@@ -5,6 +5,7 @@
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::{Registry, Unit};
@@ -34,6 +35,15 @@ pub struct CodeLabel {
     pub code: &'static str,
 }
 
+/// An embed endpoint call (`acquire`, `generate_tokens`, `logout`, `sso_url`) and how it
+/// ended: `ok`, `joined` (acquire joined a live session), `ended` (Looker ended the
+/// session), or the error code.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EmbedLabels {
+    pub endpoint: &'static str,
+    pub outcome: &'static str,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct BuildLabels {
     version: &'static str,
@@ -56,6 +66,12 @@ pub struct Metrics {
     pub config_reloads: Family<ResultLabel, Counter>,
     /// API3 key rotations, by result.
     pub rotations: Family<ResultLabel, Counter>,
+    /// Embed endpoint calls, by endpoint and outcome.
+    pub embed_requests: Family<EmbedLabels, Counter>,
+    /// Embed sessions the broker holds (live or not yet swept).
+    pub embed_sessions: Gauge,
+    /// Embed secret rotations, by result.
+    pub embed_secret_rotations: Family<ResultLabel, Counter>,
     looker_login_duration: Histogram,
     token_request_duration: Histogram,
 }
@@ -72,6 +88,9 @@ impl Default for Metrics {
             errors: Family::default(),
             config_reloads: Family::default(),
             rotations: Family::default(),
+            embed_requests: Family::default(),
+            embed_sessions: Gauge::default(),
+            embed_secret_rotations: Family::default(),
             looker_login_duration: buckets(),
             token_request_duration: buckets(),
         };
@@ -114,6 +133,21 @@ impl Default for Metrics {
             "rotations",
             "API3 key rotations, by result",
             m.rotations.clone(),
+        );
+        r.register(
+            "embed_requests",
+            "Embed endpoint calls, by endpoint and outcome",
+            m.embed_requests.clone(),
+        );
+        r.register(
+            "embed_sessions",
+            "Embed sessions the broker holds",
+            m.embed_sessions.clone(),
+        );
+        r.register(
+            "embed_secret_rotations",
+            "Embed secret rotations, by result",
+            m.embed_secret_rotations.clone(),
         );
         r.register_with_unit(
             "looker_login_duration",
@@ -173,6 +207,7 @@ mod tests {
             "lookergate_broker_errors_total{code=\"unauthorized\"} 2",
             "lookergate_broker_looker_logins_total{kind=\"role\",result=\"ok\"} 1",
             "lookergate_broker_cache_hits_total 0",
+            "lookergate_broker_embed_sessions 0",
             "lookergate_broker_looker_login_duration_seconds_bucket{le=\"0.025\"} 0",
             "lookergate_broker_looker_login_duration_seconds_bucket{le=\"0.05\"} 1",
             "lookergate_broker_looker_login_duration_seconds_count 1",

@@ -93,6 +93,12 @@ fn describe_changes(old: &BrokerConfig, new: &BrokerConfig) -> serde_json::Value
     if old.sudo != new.sudo {
         changes.push(json!({"sudo": "changed"}));
     }
+    if old.embed != new.embed {
+        let secret = new.embed.as_ref().and_then(|e| e.secret.as_ref());
+        changes.push(json!({"embed": "changed", "enabled": new.embed.is_some(),
+                            "secret_id": secret.and_then(|s| s.id.clone()),
+                            "secret_fp": secret.map(|s| s.secret.fingerprint())}));
+    }
     if old.gateway_credentials != new.gateway_credentials {
         changes.push(json!({"gateway_credentials": new.gateway_credentials.iter().map(|c| c.fingerprint.clone()).collect::<Vec<_>>()}));
     }

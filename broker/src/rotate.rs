@@ -6,10 +6,15 @@
 //! the store, read at every load in preference to the config's key it replaced.
 //! Any failure before the write is durable deletes the new key again, so the old key
 //! and the old files stay in force.
+//!
+//! The SSO embed secret (`[embed]`, docs/embed.md) rotates the same way, with the embed
+//! role's credentials: `create_embed_secret`, write, then `delete_embed_secret` of the old.
 
-use crate::config::{BrokerConfig, ConfigFile, LookerId, RoleConfig};
+use crate::config::{
+    BrokerConfig, ConfigFile, EmbedConfig, EmbedSecret, LookerId, RoleConfig, SsoAlgorithm,
+};
 use crate::http::AppState;
-use crate::looker::{LookerClient, LookerError, NewApi3Key};
+use crate::looker::{LookerClient, LookerError, NewApi3Key, NewEmbedSecret};
 use crate::metrics::ResultLabel;
 use crate::secret::{fingerprint, Secret};
 use serde::Deserialize;
@@ -309,6 +314,20 @@ fn replace_file(path: &Path, text: &str, expected: &str, backup: bool) -> Result
 struct Store {
     #[serde(default)]
     roles: BTreeMap<String, StoredKey>,
+    embed: Option<StoredEmbedSecret>,
+}
+
+/// The rotated SSO embed secret.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StoredEmbedSecret {
+    secret: Secret,
+    secret_id: LookerId,
+    algorithm: String,
+    rotated_at: u64,
+    /// `embed.secret_id` in the config that this secret replaces (`""`: none); as for
+    /// keys, the stored secret wins only while the config still holds that one (or this).
+    replaces_secret_id: String,
 }
 
 #[derive(Debug, Deserialize)]
@@ -374,6 +393,42 @@ pub fn apply_rotated(path: &Path, roles: &mut BTreeMap<String, RoleConfig>) -> R
     Ok(())
 }
 
+/// Puts the store's embed secret in place of the config's one it replaced.
+pub fn apply_rotated_embed(path: &Path, embed: &mut EmbedConfig) -> Result<(), String> {
+    let (_, store) = read_store(path)?;
+    let Some(stored) = store.embed else {
+        return Ok(());
+    };
+    let configured = embed
+        .secret
+        .as_ref()
+        .and_then(|s| s.id.clone())
+        .unwrap_or_default();
+    if configured != stored.replaces_secret_id && configured != stored.secret_id.0 {
+        tracing::warn!(
+            event = "rotated_credentials",
+            embed = true,
+            message = "the config holds a newer embed secret than the store's rotated one; using the config's",
+            config_secret_id = configured,
+            stored_secret_id = stored.secret_id.0,
+        );
+        return Ok(());
+    }
+    embed.algorithm = SsoAlgorithm::parse(&stored.algorithm).ok_or_else(|| {
+        format!(
+            "embed.algorithm {:?} is not one of {:?}",
+            stored.algorithm,
+            SsoAlgorithm::NAMES
+        )
+    })?;
+    embed.secret = Some(EmbedSecret {
+        secret: stored.secret,
+        id: Some(stored.secret_id.0),
+    });
+    embed.rotated_at = Some(stored.rotated_at);
+    Ok(())
+}
+
 /// Records `key` for `role` in the store, replacing `configured`: the client id the
 /// config file holds (the stored key wins only while the config still holds it).
 fn write_store(path: &Path, role: &str, key: &NewApi3Key, configured: &str) -> Result<(), String> {
@@ -412,6 +467,176 @@ fn write_store(path: &Path, role: &str, key: &NewApi3Key, configured: &str) -> R
     roles.insert(role, Item::Table(entry));
     let new_text = doc.to_string();
     replace_file(path, &new_text, &text, false)
+}
+
+/// What an embed secret rotation did (ids and fingerprints, never the secret).
+#[derive(Debug)]
+pub struct EmbedRotationReport {
+    pub new_secret_id: String,
+    pub new_secret_fp: String,
+    pub old_secret_id: Option<String>,
+    pub old_secret_deleted: bool,
+    pub warning: Option<String>,
+}
+
+impl EmbedRotationReport {
+    pub fn to_json(&self) -> serde_json::Value {
+        json!({
+            "new_secret_id": self.new_secret_id,
+            "new_secret_fp": self.new_secret_fp,
+            "old_secret_id": self.old_secret_id,
+            "old_secret_deleted": self.old_secret_deleted,
+            "warning": self.warning,
+        })
+    }
+}
+
+/// Rotates the SSO embed secret of the config file at `path`: a new secret from Looker
+/// (`create_embed_secret`, as the embed role), written durably, then the old one deleted.
+pub async fn rotate_embed_secret(path: &Path) -> Result<EmbedRotationReport, RotateError> {
+    let original = std::fs::read_to_string(path)
+        .map_err(|e| RotateError::Config(format!("cannot read {}: {e}", path.display())))?;
+    let mut file = ConfigFile::parse(&original).map_err(|e| RotateError::Config(e.to_string()))?;
+    file.apply_env(|k| std::env::var(k).ok());
+    // The secret id as the config file has it, before the store's replaces it.
+    let configured_id = file
+        .embed
+        .as_ref()
+        .and_then(|e| e.secret_id.as_ref())
+        .map(|i| i.0.clone())
+        .unwrap_or_default();
+    let config = file
+        .compile()
+        .map_err(|e| RotateError::Config(e.to_string()))?;
+    let embed = config
+        .embed
+        .as_ref()
+        .ok_or_else(|| RotateError::Config(format!("no [embed] in {}", path.display())))?;
+    let role = config
+        .roles
+        .get(&embed.role)
+        .ok_or_else(|| RotateError::Config(format!("no [roles.{}]", embed.role)))?;
+    let looker = rotation_client(&config)?;
+    let token = looker
+        .login(&role.credentials)
+        .await
+        .map_err(|e| match e {
+            LookerError::Status { .. } => RotateError::Looker(format!(
+                "Looker refused the credentials of role {:?} (embed.role)",
+                embed.role
+            )),
+            e => looker_error(e),
+        })?
+        .access_token;
+    let algorithm = embed.algorithm.as_str();
+    let new = looker
+        .create_embed_secret(&token, algorithm)
+        .await
+        .map_err(looker_error)?;
+    tracing::info!(
+        event = "embed_secret_rotation",
+        step = "created",
+        secret_id = new.id,
+        secret_fp = new.secret.fingerprint(),
+    );
+
+    let written = match &config.rotated_credentials_file {
+        Some(store) => {
+            write_store_embed(store, &new, algorithm, &configured_id).map(|()| store.as_path())
+        }
+        None => write_rotated_embed(path, &original, &new).map(|()| path),
+    };
+    match written {
+        Ok(to) => tracing::info!(
+            event = "embed_secret_rotation",
+            step = "written",
+            path = %to.display()
+        ),
+        Err(e) => {
+            if let Err(undo) = looker.delete_embed_secret(&token, &new.id).await {
+                tracing::error!(
+                    event = "embed_secret_rotation",
+                    step = "undo",
+                    secret_id = new.id,
+                    message = %undo
+                );
+            }
+            return Err(RotateError::Write(e));
+        }
+    }
+
+    let old_secret_id = embed.secret.as_ref().and_then(|s| s.id.clone());
+    let (mut old_secret_deleted, mut warning) = (false, None);
+    match &old_secret_id {
+        Some(old) if old == &new.id => {
+            warning = Some("old and new secret ids are equal; nothing deleted".into());
+        }
+        Some(old) => match looker.delete_embed_secret(&token, old).await {
+            Ok(()) => old_secret_deleted = true,
+            Err(e) => warning = Some(format!("old embed secret {old} not deleted: {e}")),
+        },
+        None if embed.secret.is_some() => {
+            warning = Some("the old embed secret has no embed.secret_id; not deleted".into());
+        }
+        None => {}
+    }
+    Ok(EmbedRotationReport {
+        new_secret_id: new.id.clone(),
+        new_secret_fp: new.secret.fingerprint(),
+        old_secret_id,
+        old_secret_deleted,
+        warning,
+    })
+}
+
+/// Puts the new embed secret inline in `[embed]` of the config file (as [`write_rotated`]).
+fn write_rotated_embed(path: &Path, original: &str, new: &NewEmbedSecret) -> Result<(), String> {
+    let mut doc: DocumentMut = original
+        .parse()
+        .map_err(|e: toml_edit::TomlError| e.message().to_string())?;
+    let table = doc
+        .get_mut("embed")
+        .and_then(Item::as_table_like_mut)
+        .ok_or("no [embed] table")?;
+    table.insert("secret", toml_edit::value(new.secret.expose()));
+    table.remove("secret_file");
+    table.remove("secret_env");
+    table.insert("secret_id", toml_edit::value(new.id.clone()));
+    table.insert(
+        "rotated_at",
+        toml_edit::value(crate::log::unix_now_secs() as i64),
+    );
+    let text = doc.to_string();
+    BrokerConfig::parse(&text).map_err(|e| format!("rotated config would be invalid: {e}"))?;
+    replace_file(path, &text, original, true)
+}
+
+/// Records the new embed secret in the store, replacing `configured` (`embed.secret_id`
+/// of the config file, `""` when none).
+fn write_store_embed(
+    path: &Path,
+    new: &NewEmbedSecret,
+    algorithm: &str,
+    configured: &str,
+) -> Result<(), String> {
+    let (text, _) = read_store(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let mut doc: DocumentMut = if text.is_empty() {
+        STORE_HEADER.parse()
+    } else {
+        text.parse()
+    }
+    .map_err(|e: toml_edit::TomlError| e.message().to_string())?;
+    let mut entry = toml_edit::Table::new();
+    entry.insert("secret", toml_edit::value(new.secret.expose()));
+    entry.insert("secret_id", toml_edit::value(new.id.clone()));
+    entry.insert("algorithm", toml_edit::value(algorithm));
+    entry.insert(
+        "rotated_at",
+        toml_edit::value(crate::log::unix_now_secs() as i64),
+    );
+    entry.insert("replaces_secret_id", toml_edit::value(configured));
+    doc.insert("embed", Item::Table(entry));
+    replace_file(path, &doc.to_string(), &text, false)
 }
 
 const RETRY_FAILED_ROTATION: Duration = Duration::from_secs(300);
@@ -475,6 +700,61 @@ pub fn spawn_scheduler(broker: AppState) -> JoinHandle<()> {
                     }
                 }
             }
+            if let Some(embed) = &rt.config.embed {
+                rotate_embed_if_due(&broker, &path, embed, now, &mut not_before).await;
+            }
         }
     })
+}
+
+/// The scheduler's embed secret step (`embed.rotate_secret_every`); `not_before` is
+/// shared with the roles' (key `"[embed]"`, not a role name).
+async fn rotate_embed_if_due(
+    broker: &AppState,
+    path: &Path,
+    embed: &EmbedConfig,
+    now: u64,
+    not_before: &mut HashMap<String, u64>,
+) {
+    const KEY: &str = "[embed]";
+    let Some(every) = embed.rotate_secret_every else {
+        return;
+    };
+    let due = embed
+        .rotated_at
+        .map_or(0, |t| t.saturating_add(every.as_secs()));
+    if now < due || now < not_before.get(KEY).copied().unwrap_or(0) {
+        return;
+    }
+    let result = rotate_embed_secret(path).await;
+    let label = if result.is_ok() { "ok" } else { "error" };
+    broker
+        .metrics
+        .embed_secret_rotations
+        .get_or_create(&ResultLabel { result: label })
+        .inc();
+    match result {
+        Ok(report) => {
+            tracing::info!(
+                event = "embed_secret_rotation",
+                step = "done",
+                trigger = "schedule",
+                report = %report.to_json()
+            );
+            let _ = crate::reload::reload(broker, "rotation");
+            not_before.insert(
+                KEY.into(),
+                now + every.as_secs().min(RETRY_FAILED_ROTATION.as_secs()),
+            );
+        }
+        Err(e) => {
+            tracing::error!(
+                event = "embed_secret_rotation",
+                step = "failed",
+                trigger = "schedule",
+                message = %e
+            );
+            not_before.insert(KEY.into(), now + RETRY_FAILED_ROTATION.as_secs());
+        }
+    }
 }

@@ -6,6 +6,7 @@
     clippy::indexing_slicing
 )]
 
+use base64::Engine as _;
 use lookergate_broker::config::{BrokerConfig, DEMO_CONFIG};
 use lookergate_looker_sim::SimState;
 use serde_json::{json, Value};
@@ -39,8 +40,12 @@ impl Drop for Sim {
 
 impl Sim {
     async fn start() -> Result<Sim, std::io::Error> {
+        Sim::start_with(SimState::demo()).await
+    }
+
+    async fn start_with(state: SimState) -> Result<Sim, std::io::Error> {
         let (listener, addr) = bind().await?;
-        let app = lookergate_looker_sim::app(SimState::demo());
+        let app = lookergate_looker_sim::app(state);
         let task = tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;
         });
@@ -399,7 +404,7 @@ async fn readyz_is_200_when_every_role_logs_in_and_503_otherwise() -> TestResult
         (status, serde_json::from_str::<Value>(&body)?),
         (
             200,
-            json!({"status": "ready", "checks": {"role:analyst": "ok", "role:viewer": "ok", "sudo": "ok"}})
+            json!({"status": "ready", "checks": {"role:analyst": "ok", "role:viewer": "ok", "role:embed-admin": "ok", "sudo": "ok"}})
         )
     );
 
@@ -1360,5 +1365,726 @@ async fn scheduled_rotation_with_a_store_is_used_by_the_running_broker() -> Test
             .await?,
         404
     );
+    Ok(())
+}
+
+// ---------------------------------------------------------------- embed (issue 15)
+
+const DEMO_EMBED_SECRET: &str = "demo-embed-secret";
+
+/// The simulator with the demo's SSO embed secret (id "1"), as `make demo` starts it.
+async fn embed_sim() -> Result<Sim, std::io::Error> {
+    Sim::start_with(SimState::demo().with_embed_secret(DEMO_EMBED_SECRET)).await
+}
+
+fn principal(subject: &str) -> Value {
+    json!({"issuer": "https://idp.lookergate.demo", "subject": subject})
+}
+
+fn embed_user(subject: &str, region: &str) -> Value {
+    json!({
+        "external_user_id": format!("https://idp.lookergate.demo|{subject}"),
+        "first_name": subject,
+        "permissions": ["access_data", "see_user_dashboards"],
+        "models": ["thelook"],
+        "user_attributes": {"region": region},
+        "session_length": 3600,
+        "force_logout_login": true
+    })
+}
+
+/// An embed request body: `principal`, `profile`, `user`, then `extra`'s fields.
+fn embed_request(subject: &str, profile: &str, region: &str, extra: Value) -> Value {
+    let mut body = json!({
+        "principal": principal(subject),
+        "profile": profile,
+        "user": embed_user(subject, region),
+        "request_id": "req-embed",
+    });
+    if let (Some(body), Some(extra)) = (body.as_object_mut(), extra.as_object()) {
+        body.extend(extra.clone());
+    }
+    body
+}
+
+/// The raw body too, so tests can assert what never appears in it.
+struct Answer {
+    status: u16,
+    raw: String,
+}
+
+impl Answer {
+    fn json(&self) -> Value {
+        serde_json::from_str(&self.raw).unwrap_or(Value::Null)
+    }
+}
+
+impl Broker {
+    async fn embed(&self, path: &str, body: &Value) -> Result<Answer, reqwest::Error> {
+        let resp = reqwest::Client::new()
+            .post(format!("{}{path}", self.url))
+            .header("authorization", GATEWAY)
+            .json(body)
+            .send()
+            .await?;
+        let status = resp.status().as_u16();
+        Ok(Answer {
+            status,
+            raw: resp.text().await?,
+        })
+    }
+
+    /// The reference token the broker holds for this request's session (test access only).
+    fn reference_token(&self, request: &Value) -> Option<String> {
+        let principal = serde_json::from_value(request["principal"].clone()).ok()?;
+        let user = serde_json::from_value(request["user"].clone()).ok()?;
+        let profile = request["profile"].as_str()?;
+        let key = lookergate_proto::embed::session_key(&principal, profile, &user);
+        self.state
+            .embed_sessions
+            .live(&key)
+            .map(|s| s.expose().to_owned())
+    }
+}
+
+impl Sim {
+    async fn embed_view(&self) -> Result<Value, reqwest::Error> {
+        reqwest::get(format!("{}/__sim/embed", self.url))
+            .await?
+            .json()
+            .await
+    }
+
+    async fn requests(&self) -> Result<Vec<Value>, reqwest::Error> {
+        reqwest::get(format!("{}/__sim/requests", self.url))
+            .await?
+            .json()
+            .await
+    }
+}
+
+#[tokio::test]
+async fn embed_session_acquire_refresh_logout_and_the_reference_token_never_leaves_the_broker(
+) -> TestResult {
+    let sim = embed_sim().await?;
+    let broker = Broker::with_sim(&sim).await?;
+    let request = embed_request("alice", "customer", "west", json!({}));
+
+    let acquired = broker.embed("/v1/embed/acquire", &request).await?;
+    assert_eq!(acquired.status, 200, "{}", acquired.raw);
+    let tokens = acquired.json();
+    for field in ["authentication_token", "navigation_token", "api_token"] {
+        assert!(
+            tokens[field].as_str().is_some_and(|t| !t.is_empty()),
+            "{field}: {tokens}"
+        );
+    }
+    assert!(
+        tokens["session_reference_token_ttl"].as_u64() > Some(3000),
+        "{tokens}"
+    );
+    assert!(tokens.get("session_reference_token").is_none(), "{tokens}");
+    let reference = broker.reference_token(&request).ok_or("no session kept")?;
+    let mut answers = vec![acquired.raw.clone()];
+
+    let refresh = embed_request(
+        "alice",
+        "customer",
+        "west",
+        json!({"api_token": tokens["api_token"], "navigation_token": tokens["navigation_token"]}),
+    );
+    let refreshed = broker.embed("/v1/embed/generate_tokens", &refresh).await?;
+    assert_eq!(refreshed.status, 200, "{}", refreshed.raw);
+    let new_tokens = refreshed.json();
+    assert!(
+        new_tokens.get("authentication_token").is_none(),
+        "{new_tokens}"
+    );
+    assert!(new_tokens["api_token"]
+        .as_str()
+        .is_some_and(|t| !t.is_empty()));
+    assert_ne!(new_tokens["api_token"], tokens["api_token"], "new tokens");
+    assert!(new_tokens["session_reference_token_ttl"].as_u64() > Some(0));
+    answers.push(refreshed.raw.clone());
+    let view = sim.embed_view().await?;
+    assert_eq!(view["sessions"][0]["generate_tokens_calls"], 1, "{view}");
+    assert_eq!(
+        view["sessions"][0]["user_attributes"]["region"], "west",
+        "{view}"
+    );
+
+    let logout = broker.embed("/v1/embed/logout", &request).await?;
+    assert_eq!(logout.status, 204, "{}", logout.raw);
+    answers.push(logout.raw.clone());
+    let view = sim.embed_view().await?;
+    assert_eq!(view["sessions"][0]["state"], "ended", "{view}");
+    let after = broker.embed("/v1/embed/generate_tokens", &refresh).await?;
+    assert_eq!(
+        (after.status, after.json()["error"].as_str()),
+        (404, Some("no_embed_session")),
+        "{}",
+        after.raw
+    );
+    answers.push(after.raw.clone());
+    let again = broker.embed("/v1/embed/logout", &request).await?;
+    assert_eq!(
+        (again.status, again.json()["error"].as_str()),
+        (404, Some("no_embed_session"))
+    );
+    answers.push(again.raw);
+
+    for raw in &answers {
+        assert!(!raw.contains(&reference), "reference token in {raw}");
+    }
+    // Looker's delete was called with the reference token as one percent-encoded segment.
+    let deleted = sim
+        .requests()
+        .await?
+        .iter()
+        .filter(|r| {
+            r["method"] == "DELETE"
+                && r["path"]
+                    .as_str()
+                    .is_some_and(|p| p.starts_with("/api/4.0/embed/cookieless_session/"))
+        })
+        .count();
+    assert_eq!(deleted, 1);
+    let metrics = broker.get("/metrics").await?.1;
+    for line in [
+        "lookergate_broker_embed_requests_total{endpoint=\"acquire\",outcome=\"ok\"} 1",
+        "lookergate_broker_embed_requests_total{endpoint=\"generate_tokens\",outcome=\"ok\"} 1",
+        "lookergate_broker_embed_requests_total{endpoint=\"generate_tokens\",outcome=\"no_embed_session\"} 1",
+        "lookergate_broker_embed_requests_total{endpoint=\"logout\",outcome=\"ok\"} 1",
+        "lookergate_broker_embed_sessions 0",
+    ] {
+        assert!(metrics.lines().any(|l| l == line), "no {line:?} in\n{metrics}");
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn another_principal_profile_or_user_cannot_refresh_or_end_the_session() -> TestResult {
+    let sim = embed_sim().await?;
+    let broker = Broker::with_sim(&sim).await?;
+    let acquired = broker
+        .embed(
+            "/v1/embed/acquire",
+            &embed_request("alice", "customer", "west", json!({})),
+        )
+        .await?;
+    assert_eq!(acquired.status, 200, "{}", acquired.raw);
+    let tokens = acquired.json();
+    let stolen =
+        json!({"api_token": tokens["api_token"], "navigation_token": tokens["navigation_token"]});
+    for (subject, profile, region) in [
+        ("mallory", "customer", "west"),
+        ("alice", "internal", "west"),
+        ("alice", "customer", "east"),
+    ] {
+        for path in ["/v1/embed/generate_tokens", "/v1/embed/logout"] {
+            let answer = broker
+                .embed(
+                    path,
+                    &embed_request(subject, profile, region, stolen.clone()),
+                )
+                .await?;
+            assert_eq!(
+                (answer.status, answer.json()["error"].as_str()),
+                (404, Some("no_embed_session")),
+                "{subject}/{profile}/{region} {path}: {}",
+                answer.raw
+            );
+        }
+    }
+    let view = sim.embed_view().await?;
+    assert_eq!(view["sessions"][0]["state"], "live", "{view}");
+    assert_eq!(view["sessions"][0]["generate_tokens_calls"], 0, "{view}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_second_acquire_joins_the_live_session() -> TestResult {
+    let sim = embed_sim().await?;
+    let broker = Broker::with_sim(&sim).await?;
+    let request = embed_request("alice", "customer", "west", json!({}));
+    let first = broker.embed("/v1/embed/acquire", &request).await?;
+    let reference = broker.reference_token(&request).ok_or("no session")?;
+    let second = broker.embed("/v1/embed/acquire", &request).await?;
+    assert_eq!((first.status, second.status), (200, 200), "{}", second.raw);
+    assert_ne!(
+        first.json()["authentication_token"],
+        second.json()["authentication_token"]
+    );
+    assert_eq!(broker.reference_token(&request), Some(reference.clone()));
+    let view = sim.embed_view().await?;
+    let sessions = view["sessions"].as_array().ok_or("sessions")?;
+    assert_eq!(sessions.len(), 1, "{view}");
+    assert_eq!(sessions[0]["joins"], 1, "{view}");
+    for raw in [&first.raw, &second.raw] {
+        assert!(!raw.contains(&reference), "{raw}");
+    }
+    let metrics = broker.get("/metrics").await?.1;
+    assert!(
+        metrics.contains(
+            "lookergate_broker_embed_requests_total{endpoint=\"acquire\",outcome=\"joined\"} 1"
+        ),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("lookergate_broker_embed_sessions 1"),
+        "{metrics}"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_session_looker_ended_answers_ttl_0_and_is_forgotten() -> TestResult {
+    let sim = embed_sim().await?;
+    let broker = Broker::with_sim(&sim).await?;
+    let request = embed_request("alice", "customer", "west", json!({}));
+    let tokens = broker.embed("/v1/embed/acquire", &request).await?.json();
+    let reference = broker.reference_token(&request).ok_or("no session")?;
+    // Someone ends it at Looker (an admin, or a newer session of the same embed user).
+    let admin = broker.token(role("embed-admin")).await?.1;
+    let token = admin["access_token"].as_str().ok_or("token")?;
+    let status = reqwest::Client::new()
+        .delete(format!(
+            "{}/api/4.0/embed/cookieless_session/{reference}",
+            sim.url
+        ))
+        .header("authorization", format!("token {token}"))
+        .send()
+        .await?
+        .status();
+    assert_eq!(status, 204);
+    let refresh = embed_request(
+        "alice",
+        "customer",
+        "west",
+        json!({"api_token": tokens["api_token"], "navigation_token": tokens["navigation_token"]}),
+    );
+    let ended = broker.embed("/v1/embed/generate_tokens", &refresh).await?;
+    assert_eq!(ended.status, 200, "{}", ended.raw);
+    assert_eq!(
+        ended.json()["session_reference_token_ttl"],
+        0,
+        "{}",
+        ended.raw
+    );
+    assert!(!ended.raw.contains(&reference));
+    let after = broker.embed("/v1/embed/generate_tokens", &refresh).await?;
+    assert_eq!(
+        (after.status, after.json()["error"].as_str()),
+        (404, Some("no_embed_session"))
+    );
+    // A new acquire starts a new session.
+    let again = broker.embed("/v1/embed/acquire", &request).await?;
+    assert_eq!(again.status, 200, "{}", again.raw);
+    assert_ne!(broker.reference_token(&request), Some(reference));
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_revoked_embed_role_token_is_replaced_once() -> TestResult {
+    let sim = embed_sim().await?;
+    let broker = Broker::with_sim(&sim).await?;
+    let admin = broker.token(role("embed-admin")).await?.1;
+    let logins = sim.logins_of("demo-admin-id").await?;
+    let status = reqwest::Client::new()
+        .post(format!("{}/__sim/revoke", sim.url))
+        .json(&json!({"access_token": admin["access_token"]}))
+        .send()
+        .await?
+        .status();
+    assert_eq!(status, 204);
+    let acquired = broker
+        .embed(
+            "/v1/embed/acquire",
+            &embed_request("alice", "customer", "west", json!({})),
+        )
+        .await?;
+    assert_eq!(acquired.status, 200, "{}", acquired.raw);
+    assert_eq!(sim.logins_of("demo-admin-id").await?, logins + 1);
+    Ok(())
+}
+
+#[tokio::test]
+async fn embed_endpoints_are_501_embed_disabled_without_an_embed_section() -> TestResult {
+    let sim = embed_sim().await?;
+    let text = config_text(&sim.url, |t| {
+        let start = t.find("[embed]").unwrap_or(t.len());
+        let end = t.find("[sudo]").unwrap_or(t.len());
+        format!("{}{}", &t[..start], &t[end..])
+    });
+    assert!(!text.contains("[embed]"));
+    let broker = Broker::start(&text, None).await?;
+    for path in [
+        "/v1/embed/acquire",
+        "/v1/embed/generate_tokens",
+        "/v1/embed/logout",
+        "/v1/embed/sso_url",
+    ] {
+        let body = embed_request(
+            "alice",
+            "customer",
+            "west",
+            json!({"api_token": "a", "navigation_token": "n", "target_url": "/embed/dashboards/1"}),
+        );
+        let answer = broker.embed(path, &body).await?;
+        assert_eq!(
+            (answer.status, answer.json()["error"].as_str()),
+            (501, Some("embed_disabled")),
+            "{path}: {}",
+            answer.raw
+        );
+    }
+    assert!(sim.embed_view().await?["sessions"]
+        .as_array()
+        .is_some_and(Vec::is_empty));
+    Ok(())
+}
+
+/// `https://host/path?query` -> (`/path`, decoded query pairs).
+fn split_sso_url(url: &str, host: &str) -> Result<(String, Vec<(String, String)>), String> {
+    let rest = url
+        .strip_prefix(&format!("https://{host}"))
+        .ok_or(format!("not on {host}: {url}"))?;
+    let (path, query) = rest.split_once('?').ok_or("no query")?;
+    let pairs = query
+        .split('&')
+        .filter_map(|pair| pair.split_once('='))
+        .map(|(n, v)| {
+            let decode = |s: &str| {
+                percent_encoding::percent_decode_str(s)
+                    .decode_utf8_lossy()
+                    .into_owned()
+            };
+            (decode(n), decode(v))
+        })
+        .collect();
+    Ok((path.to_owned(), pairs))
+}
+
+/// Whether `url` carries `base64(HMAC-SHA256(secret, sso_string_to_sign(...)))`, computed
+/// here with another HMAC implementation than the broker's.
+fn signed_with(url: &str, host: &str, secret: &str) -> Result<bool, String> {
+    let (path, pairs) = split_sso_url(url, host)?;
+    let params: Vec<(&str, String)> = pairs.iter().map(|(n, v)| (n.as_str(), v.clone())).collect();
+    let text = lookergate_proto::embed::sso_string_to_sign(host, &path, &params);
+    let want = hmac_sha256::HMAC::mac(text.as_bytes(), secret.as_bytes());
+    let want = base64::engine::general_purpose::STANDARD.encode(want);
+    Ok(pairs.iter().any(|(n, v)| n == "signature" && v == &want))
+}
+
+#[tokio::test]
+async fn sso_urls_are_signed_with_the_embed_secret_and_looker_accepts_them() -> TestResult {
+    let sim = embed_sim().await?;
+    // The embed host is the simulator itself, so the test can open the URL there.
+    let host = sim.url.trim_start_matches("http://").to_owned();
+    let text = config_text(&sim.url, |t| t.replace("127.0.0.1:10443", &host));
+    let broker = Broker::start(&text, None).await?;
+    let body = embed_request(
+        "alice",
+        "customer",
+        "west",
+        json!({"target_url": "/embed/dashboards/1"}),
+    );
+    let answer = broker.embed("/v1/embed/sso_url", &body).await?;
+    assert_eq!(answer.status, 200, "{}", answer.raw);
+    let url = answer.json()["url"].as_str().ok_or("url")?.to_owned();
+    assert!(!answer.raw.contains(DEMO_EMBED_SECRET));
+    assert!(signed_with(&url, &host, DEMO_EMBED_SECRET)?, "{url}");
+    assert!(!signed_with(&url, &host, "another-secret")?);
+    let (_, pairs) = split_sso_url(&url, &host)?;
+    let param = |name: &str| {
+        pairs
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.clone())
+    };
+    assert_eq!(
+        param("external_user_id").as_deref(),
+        Some("\"https://idp.lookergate.demo|alice\"")
+    );
+    assert_eq!(
+        param("user_attributes").as_deref(),
+        Some("{\"region\":\"west\"}")
+    );
+    let second = broker.embed("/v1/embed/sso_url", &body).await?.json();
+    let (_, second_pairs) = split_sso_url(second["url"].as_str().ok_or("url")?, &host)?;
+    assert_ne!(
+        second_pairs.iter().find(|(n, _)| n == "nonce"),
+        pairs.iter().find(|(n, _)| n == "nonce"),
+        "a fresh nonce per URL"
+    );
+
+    // The simulator verifies it as Looker does and starts an SSO session.
+    let client = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()?;
+    let opened = client
+        .get(url.replacen("https://", "http://", 1))
+        .send()
+        .await?;
+    assert_eq!(opened.status().as_u16(), 302, "{:?}", opened.text().await);
+    let view = sim.embed_view().await?;
+    let sessions = view["sessions"].as_array().ok_or("sessions")?;
+    assert_eq!(sessions.len(), 1, "{view}");
+    assert_eq!(
+        sessions[0]["external_user_id"], "https://idp.lookergate.demo|alice",
+        "{view}"
+    );
+    Ok(())
+}
+
+fn embed_rotation_config(sim: &Sim, every: Option<&str>) -> String {
+    config_text(&sim.url, |t| match every {
+        Some(every) => t.replace(
+            "secret_id = \"1\"\n",
+            &format!("secret_id = \"1\"\nrotate_secret_every = \"{every}\"\n"),
+        ),
+        None => t,
+    })
+}
+
+#[tokio::test]
+async fn embed_secret_rotation_creates_one_secret_and_deletes_the_old_one() -> TestResult {
+    let sim = embed_sim().await?;
+    let dir = TempDir::new("embed-rotate")?;
+    let path = dir.write("broker.toml", &embed_rotation_config(&sim, None))?;
+    let report = lookergate_broker::rotate::rotate_embed_secret(&path).await?;
+    assert!(report.old_secret_deleted, "{report:?}");
+    assert_eq!(report.old_secret_id.as_deref(), Some("1"));
+
+    let view = sim.embed_view().await?;
+    let ids: Vec<&str> = view["secrets"]
+        .as_array()
+        .ok_or("secrets")?
+        .iter()
+        .filter_map(|s| s["id"].as_str())
+        .collect();
+    assert_eq!(ids, vec![report.new_secret_id.as_str()], "{view}");
+    let calls: Vec<(String, String)> = sim
+        .requests()
+        .await?
+        .iter()
+        .filter(|r| {
+            r["path"]
+                .as_str()
+                .is_some_and(|p| p.contains("/embed_config/secrets"))
+        })
+        .map(|r| {
+            (
+                r["method"].as_str().unwrap_or("").to_owned(),
+                r["path"].as_str().unwrap_or("").to_owned(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        calls,
+        vec![
+            (
+                "POST".to_owned(),
+                "/api/4.0/embed_config/secrets".to_owned()
+            ),
+            (
+                "DELETE".to_owned(),
+                "/api/4.0/embed_config/secrets/1".to_owned()
+            ),
+        ]
+    );
+
+    let config = BrokerConfig::load(&path)?;
+    let embed = config.embed.as_ref().ok_or("embed")?;
+    let secret = embed.secret.as_ref().ok_or("secret")?;
+    assert_eq!(secret.id.as_deref(), Some(report.new_secret_id.as_str()));
+    assert_ne!(secret.secret.expose(), DEMO_EMBED_SECRET);
+    assert_eq!(secret.secret.fingerprint(), report.new_secret_fp);
+    assert!(embed.rotated_at.is_some());
+    assert!(std::fs::read_to_string(backup_of(&path))?.contains(DEMO_EMBED_SECRET));
+
+    // A broker on the rotated file signs with the new secret, which Looker accepts.
+    let new_secret = secret.secret.expose().to_owned();
+    let broker = Broker::start(&std::fs::read_to_string(&path)?, None).await?;
+    let body = embed_request(
+        "alice",
+        "customer",
+        "west",
+        json!({"target_url": "/embed/dashboards/1"}),
+    );
+    let url = broker.embed("/v1/embed/sso_url", &body).await?.json()["url"]
+        .as_str()
+        .ok_or("url")?
+        .to_owned();
+    assert!(signed_with(&url, "127.0.0.1:10443", &new_secret)?, "{url}");
+    assert!(!signed_with(&url, "127.0.0.1:10443", DEMO_EMBED_SECRET)?);
+    Ok(())
+}
+
+#[tokio::test]
+async fn scheduled_embed_secret_rotation_with_a_store_is_used_by_the_running_broker() -> TestResult
+{
+    let sim = embed_sim().await?;
+    let dir = TempDir::new("embed-rotate-store")?;
+    let store = dir.0.join("rotated.toml");
+    let text = embed_rotation_config(&sim, Some("1h")).replace(
+        "[roles.analyst]",
+        &format!(
+            "rotated_credentials_file = {:?}\nreload_poll = \"100ms\"\n\n[roles.analyst]",
+            store.display().to_string()
+        ),
+    );
+    let path = dir.write("broker.toml", &text)?;
+    let broker = Broker::start(&text, Some(path.clone())).await?;
+    let rotated = eventually(Duration::from_secs(10), || async {
+        broker
+            .state
+            .runtime()
+            .config
+            .embed
+            .as_ref()
+            .and_then(|e| e.secret.as_ref())
+            .is_some_and(|s| s.id.as_deref() != Some("1"))
+    })
+    .await;
+    assert!(
+        rotated,
+        "the running broker never picked up the rotated secret"
+    );
+    assert_eq!(
+        std::fs::read_to_string(&path)?,
+        text,
+        "the config file is untouched"
+    );
+    let stored = std::fs::read_to_string(&store)?;
+    assert!(
+        stored.contains("[embed]") && stored.contains("replaces_secret_id = \"1\""),
+        "the store holds it"
+    );
+    let view = sim.embed_view().await?;
+    assert_eq!(view["secrets"].as_array().map(Vec::len), Some(1), "{view}");
+    let metrics = broker.get("/metrics").await?.1;
+    assert!(
+        metrics.contains("lookergate_broker_embed_secret_rotations_total{result=\"ok\"} 1"),
+        "{metrics}"
+    );
+    Ok(())
+}
+
+/// The audit line of every embed session acquired (issue 15): who, which profile, which
+/// embed user, the attributes' names; never a token, the attributes' values or a secret.
+#[tokio::test]
+async fn binary_audits_embed_sessions_without_tokens_or_attribute_values() -> TestResult {
+    use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
+    let sim = embed_sim().await?;
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_lookergate-broker"))
+        .args(["--listen", "127.0.0.1:0"])
+        .env("LOOKERGATE_BROKER_LOOKER_URL", &sim.url)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()?;
+    let stdout = child.stdout.take().ok_or("no stdout")?;
+    let mut line = String::new();
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        BufReader::new(stdout).read_line(&mut line),
+    )
+    .await??;
+    let addr = line
+        .trim()
+        .strip_prefix("listening on ")
+        .ok_or(format!("first line: {line:?}"))?
+        .to_owned();
+    let broker_url = format!("http://{addr}");
+    let post = |path: &str, body: Value| {
+        reqwest::Client::new()
+            .post(format!("{broker_url}{path}"))
+            .header("authorization", GATEWAY)
+            .json(&body)
+            .send()
+    };
+    let request = embed_request("alice", "customer", "west", json!({}));
+    let acquired = post("/v1/embed/acquire", request.clone()).await?;
+    assert_eq!(acquired.status().as_u16(), 200);
+    let tokens: Value = acquired.json().await?;
+    let refreshed: Value = post(
+        "/v1/embed/generate_tokens",
+        embed_request(
+            "alice",
+            "customer",
+            "west",
+            json!({"api_token": tokens["api_token"], "navigation_token": tokens["navigation_token"]}),
+        ),
+    )
+    .await?
+    .json()
+    .await?;
+    let signed: Value = post(
+        "/v1/embed/sso_url",
+        embed_request(
+            "alice",
+            "customer",
+            "west",
+            json!({"target_url": "/embed/dashboards/1"}),
+        ),
+    )
+    .await?
+    .json()
+    .await?;
+    let view = sim.embed_view().await?;
+    let reference_fp = view["sessions"][0]["session_reference_token_fingerprint"].clone();
+    assert_eq!(
+        post("/v1/embed/logout", request).await?.status().as_u16(),
+        204
+    );
+
+    child.start_kill()?;
+    let _ = child.wait().await?;
+    let mut logs = String::new();
+    child
+        .stderr
+        .take()
+        .ok_or("no stderr")?
+        .read_to_string(&mut logs)
+        .await?;
+    let audit = logs
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .find(|l| l["event"] == "embed_session_acquired")
+        .ok_or(format!("no audit line in {logs}"))?;
+    assert_eq!(audit["audit"], true);
+    assert_eq!(audit["subject"], "alice");
+    assert_eq!(audit["issuer"], "https://idp.lookergate.demo");
+    assert_eq!(audit["profile"], "customer");
+    assert_eq!(
+        audit["external_user_id"],
+        "https://idp.lookergate.demo|alice"
+    );
+    assert_eq!(audit["user_attributes"], "[\"region\"]");
+    assert_eq!(audit["request_id"], "req-embed");
+    assert_eq!(
+        audit["session_fp"], reference_fp,
+        "the session by fingerprint"
+    );
+    let mut secrets = vec![
+        DEMO_EMBED_SECRET.to_owned(),
+        "demo-admin-secret".to_owned(),
+        "west".to_owned(),
+        signed["url"].as_str().unwrap_or("no url").to_owned(),
+    ];
+    for answer in [&tokens, &refreshed] {
+        for field in ["authentication_token", "navigation_token", "api_token"] {
+            if let Some(token) = answer[field].as_str() {
+                secrets.push(token.to_owned());
+            }
+        }
+    }
+    for secret in &secrets {
+        assert!(
+            !logs.contains(secret.as_str()),
+            "{secret} leaked into logs:\n{logs}"
+        );
+    }
     Ok(())
 }

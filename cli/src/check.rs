@@ -223,8 +223,21 @@ pub fn summary(gateway: &Gateway) -> String {
             format!("{n} {word}s")
         }
     };
+    let embed = match &gateway.embed {
+        Some(embed) => {
+            let embed_rules = rules.iter().filter(|r| r.embed_profile().is_some()).count();
+            format!(
+                "; embed endpoints under {}: {} ({}), {}",
+                embed.path_prefix,
+                plural(embed.profile_names().len(), "profile"),
+                embed.profile_names().join(", "),
+                plural(embed_rules, "embed rule"),
+            )
+        }
+        None => String::new(),
+    };
     format!(
-        "{}: {}; {} ({allow} allow, {deny} deny, {shadow} shadow); broker cluster {}; api_prefix {}",
+        "{}: {}; {} ({allow} allow, {deny} deny, {shadow} shadow); broker cluster {}; api_prefix {}{embed}",
         plural(issuers.len(), "issuer"),
         issuers.join(", "),
         plural(rules.len(), "rule"),

@@ -25,6 +25,8 @@ pub struct DemoUser {
     pub sub: &'static str,
     pub display_name: &'static str,
     pub groups: &'static [&'static str],
+    /// The `region` claim (the demo's embed profile reads it as a Looker user attribute).
+    pub region: Option<&'static str>,
 }
 
 pub const DEMO_USERS: &[DemoUser] = &[
@@ -32,21 +34,25 @@ pub const DEMO_USERS: &[DemoUser] = &[
         sub: "alice",
         display_name: "Alice",
         groups: &["analysts"],
+        region: Some("west"),
     },
     DemoUser {
         sub: "bob",
         display_name: "Bob",
         groups: &["viewers"],
+        region: Some("east"),
     },
     DemoUser {
         sub: "carol",
         display_name: "Carol",
         groups: &["analysts"],
+        region: None,
     },
     DemoUser {
         sub: "eve",
         display_name: "Eve",
         groups: &[],
+        region: None,
     },
 ];
 
@@ -98,6 +104,10 @@ impl TokenSpec {
     pub fn for_demo_user(sub: &str, ttl_secs: u64) -> Result<TokenSpec, TokenError> {
         let user = demo_user(sub).ok_or_else(|| TokenError::UnknownUser(sub.to_owned()))?;
         let now = unix_now();
+        let mut extra = Map::new();
+        if let Some(region) = user.region {
+            extra.insert("region".to_owned(), json!(region));
+        }
         Ok(TokenSpec {
             iss: DEMO_ISSUER.to_owned(),
             aud: DEMO_AUDIENCE.to_owned(),
@@ -108,7 +118,7 @@ impl TokenSpec {
             iat: now,
             exp: now.saturating_add(ttl_secs),
             nbf: None,
-            extra: Map::new(),
+            extra,
         })
     }
 
@@ -270,6 +280,7 @@ mod tests {
         assert_eq!(claims.subject.as_deref(), Some("alice"));
         assert_eq!(claims.custom["groups"], json!(["analysts"]));
         assert_eq!(claims.custom["email"], json!("alice@example.com"));
+        assert_eq!(claims.custom["region"], json!("west"));
         assert_eq!(claims.custom["name"], json!("Alice"));
         let header = token.split('.').next().unwrap();
         let header: Value =

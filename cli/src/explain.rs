@@ -2,7 +2,8 @@
 //! filter's own decision (`decision::decide_head_traced`, or `decide_claims` for stated
 //! claims) with a recorder, and prints the steps it recorded: the issuer chosen, the
 //! token verified, the Looker operation, the query read, each rule in order (why it did
-//! not apply, its guardrails' verdict, what it decided), and the Looker identity.
+//! not apply, its guardrails' verdict, what it decided), and the Looker identity — or,
+//! for an embed endpoint, the embed profile and the embed user it makes of the claims.
 //! Nothing of the decision is re-implemented here.
 
 use std::borrow::Cow;
@@ -10,7 +11,8 @@ use std::fmt::Write as _;
 
 use lookergate::config::Gateway;
 use lookergate::decision::{
-    self, Decision, HeadDecision, IssuerChoice, OperationStep, QuerySource, RequestHead, Step,
+    self, Decision, EmbedCall, HeadDecision, IssuerChoice, OperationStep, QuerySource, RequestHead,
+    Step,
 };
 use lookergate::jwt::{KeySet, VerifiedToken};
 use lookergate::keyring::KeyRing;
@@ -82,6 +84,12 @@ pub enum Outcome {
     Allow {
         rule: String,
         identity: LookerIdentity,
+        rate_limit: Option<RateLimit>,
+    },
+    /// An embed endpoint's request: the broker is called with this embed user, and
+    /// the gateway answers (nothing is forwarded).
+    Embed {
+        call: Box<EmbedCall>,
         rate_limit: Option<RateLimit>,
     },
     /// `rule` is set when the policy decided (403 naming the rule).
@@ -160,6 +168,30 @@ pub fn explain(
     };
     let decision = match head_decision {
         HeadDecision::Decided(decision) => decision,
+        HeadDecision::Embed(call) => {
+            let rate_limit = gateway
+                .policy
+                .rule(&call.rule)
+                .and_then(|r| r.rate_limit.clone());
+            return Explanation {
+                request_line: format!("{} {}", request.method, request.target),
+                claims: match principal {
+                    Principal::Claims { claims, origin } => Some((claims.clone(), origin.clone())),
+                    Principal::Token(_) => None,
+                },
+                steps,
+                meant: None,
+                rules: gateway
+                    .policy
+                    .rules()
+                    .iter()
+                    .map(|r| r.name.clone())
+                    .collect(),
+                outcome: Outcome::Embed { call, rate_limit },
+                notes,
+                now_unix,
+            };
+        }
         HeadDecision::NeedBody(admitted) => {
             let body = request.body.as_deref().unwrap_or_default();
             if request.body.is_none() {
@@ -257,7 +289,7 @@ fn denial(refusal: &Refusal) -> Outcome {
 impl Explanation {
     /// The verdict, for scripts: allow or deny.
     pub fn allowed(&self) -> bool {
-        matches!(self.outcome, Outcome::Allow { .. })
+        matches!(self.outcome, Outcome::Allow { .. } | Outcome::Embed { .. })
     }
 
     /// The policy's steps, if it was reached.
@@ -306,7 +338,22 @@ impl Explanation {
             Step::Operation(op) => Some(op),
             _ => None,
         });
+        let embed = self.steps.iter().find_map(|s| match s {
+            Step::Embed(endpoint) => Some(endpoint),
+            _ => None,
+        });
         match (operation, &self.meant) {
+            _ if embed.is_some() => {
+                if let Some(endpoint) = embed {
+                    line(
+                        "operation",
+                        &format!(
+                            "{} (an embed endpoint: the gateway answers it through the broker; never forwarded to Looker)",
+                            endpoint.operation()
+                        ),
+                    );
+                }
+            }
             (Some(OperationStep::Found(op)), _) => {
                 describe_operation(&mut line, op, "");
             }
@@ -378,6 +425,18 @@ impl Explanation {
                     );
                 }
             }
+            Outcome::Embed { call, rate_limit } => {
+                let _ = writeln!(out, "{:<10} ALLOW by rule {:?}", "verdict", call.rule);
+                let _ = writeln!(out, "{:<10} embed:{}", "identity", call.profile);
+                out.push_str(&describe_embed_user(call));
+                if let Some(limit) = rate_limit {
+                    let _ = writeln!(
+                        out,
+                        "{:<10} {}/s, burst {} per principal (sub); not simulated here",
+                        "ratelimit", limit.per_second, limit.burst
+                    );
+                }
+            }
             Outcome::Deny {
                 status,
                 code,
@@ -428,6 +487,9 @@ impl Explanation {
                             }
                         };
                     }
+                    RuleStep::Embeds { rule, profile } if rule == name => {
+                        status = format!("matches: decides ALLOW (embed profile {profile:?})");
+                    }
                     RuleStep::Guard { rule, verdict } if rule == name => {
                         guard = Some(match verdict {
                             Ok(()) => "the query is within its guardrails".to_owned(),
@@ -454,6 +516,61 @@ impl Explanation {
         }
         out
     }
+}
+
+/// The embed user the profile made (sensitive attribute values masked).
+fn describe_embed_user(call: &EmbedCall) -> String {
+    let user = &call.user;
+    let mut out = String::new();
+    let mut line = |label: &str, text: String| {
+        let _ = writeln!(out, "{label:<10} {text}");
+    };
+    line(
+        "principal",
+        format!(
+            "iss {:?}, sub {:?} (the embed session is bound to it)",
+            call.principal.issuer, call.principal.subject
+        ),
+    );
+    line(
+        "embed user",
+        format!("external_user_id {:?}", user.external_user_id),
+    );
+    let optional = [
+        ("first_name", &user.first_name),
+        ("last_name", &user.last_name),
+        ("user_timezone", &user.user_timezone),
+        ("external_group_id", &user.external_group_id),
+    ];
+    for (name, value) in optional {
+        if let Some(value) = value {
+            line("", format!("{name} {value:?}"));
+        }
+    }
+    line("", format!("permissions {}", user.permissions.join(", ")));
+    line("", format!("models {}", user.models.join(", ")));
+    if !user.group_ids.is_empty() {
+        line("", format!("group_ids {}", user.group_ids.join(", ")));
+    }
+    let attributes: Vec<String> = call
+        .shown_attributes
+        .iter()
+        .map(|(name, value)| format!("{name}={value:?}"))
+        .collect();
+    let attributes = if attributes.is_empty() {
+        "none".to_owned()
+    } else {
+        attributes.join(", ")
+    };
+    line("", format!("user_attributes {attributes}"));
+    line(
+        "",
+        format!(
+            "session_length {}s, force_logout_login {}",
+            user.session_length, user.force_logout_login
+        ),
+    );
+    out
 }
 
 fn would(verdict: &Verdict) -> &'static str {
@@ -587,6 +704,13 @@ fn refusal_reason(refusal: &Refusal) -> String {
         Refusal::GatewayOwnsAuthentication { operation } => {
             format!("{operation}: clients never log in or out through the gateway: it owns authentication")
         }
+        Refusal::GatewayOwnsEmbedding { operation } => {
+            format!("{operation}: Looker's embed operations are the gateway's: browsers use its embed endpoints")
+        }
+        Refusal::MissingClaim { rule, claim } => {
+            format!("the token has no claim {claim:?}, which the embed profile of rule {rule:?} needs")
+        }
+        Refusal::MethodNotAllowed { allow } => format!("this embed endpoint takes {allow}"),
         Refusal::PayloadTooLarge { limit } => format!("the body a rule must inspect exceeds max_body_bytes ({limit})"),
         Refusal::KeysUnavailable => {
             "the issuer's keys are fetched remotely and the CLI does not fetch them: pass --jwks FILE, or use --claims".to_owned()
@@ -656,6 +780,76 @@ mod tests {
         );
         assert!(out.contains("verdict    DENY: 401 unknown_issuer"), "{out}");
         assert!(out.contains("rules      not evaluated"), "{out}");
+    }
+
+    #[test]
+    fn an_embed_request_shows_the_rule_profile_and_embed_user_masked() {
+        let jwks: Value = serde_json::from_str(DEMO_JWKS_JSON).unwrap();
+        let config = json!({
+            "issuers": [{"issuer": DEMO_ISSUER, "audiences": ["looker-api"], "jwks": jwks}],
+            "policy": {"rules": [
+                {"name": "api", "allow": {"role": "analyst"}},
+                {"name": "embed-dashboards", "when": [{"claim": "sub", "one_of": ["alice", "bob"]}],
+                 "allow": {"embed": "dashboards"}}
+            ]},
+            "embed": {"profiles": {"dashboards": {
+                "permissions": ["access_data", "see_looks"], "models": ["thelook"],
+                "user_attributes": {"region": {"claim": "region"},
+                                    "ssn": {"claim": "ssn", "sensitive": true}}}}},
+            "broker": {"cluster": "broker", "credential": "0123456789abcdef-secret"}
+        });
+        let gateway = Gateway::load(config.to_string().as_bytes()).unwrap();
+        let mut spec = TokenSpec::for_demo_user("alice", 600).unwrap();
+        spec.extra.insert("ssn".into(), json!("123-45-6789"));
+        let principal = Principal::Token(mint(&demo_signing_key().unwrap(), &spec).unwrap());
+        let request = Request::parse("POST /lookergate/embed/acquire").unwrap();
+        let explanation = explain(
+            &gateway,
+            &mut KeyRing::default(),
+            &request,
+            &principal,
+            unix_now(),
+        );
+        assert!(explanation.allowed());
+        let out = explanation.render();
+        assert!(
+            out.contains("operation  embed_acquire (an embed endpoint"),
+            "{out}"
+        );
+        assert!(
+            out.contains("1. api               no match: not an embed rule"),
+            "{out}"
+        );
+        assert!(
+            out.contains(
+                "2. embed-dashboards  matches: decides ALLOW (embed profile \"dashboards\")"
+            ),
+            "{out}"
+        );
+        assert!(out.contains("identity   embed:dashboards"), "{out}");
+        assert!(
+            out.contains(&format!("external_user_id \"{DEMO_ISSUER}|alice\"")),
+            "{out}"
+        );
+        assert!(
+            out.contains("user_attributes region=\"west\", ssn=\"(sensitive)\""),
+            "{out}"
+        );
+        assert!(!out.contains("123-45-6789"), "{out}");
+
+        // Bob without his region claim: refused, naming the claim.
+        let mut spec = TokenSpec::for_demo_user("bob", 600).unwrap();
+        spec.extra.remove("region");
+        let principal = Principal::Token(mint(&demo_signing_key().unwrap(), &spec).unwrap());
+        let out = explain(
+            &gateway,
+            &mut KeyRing::default(),
+            &request,
+            &principal,
+            unix_now(),
+        )
+        .render();
+        assert!(out.contains("DENY: 403 missing_claim"), "{out}");
     }
 
     #[test]

@@ -60,7 +60,7 @@ const DESCRIPTIONS: &[(&str, &str, &str)] = &[
     ("Rule", "query", "Guardrails for the query of run_inline_query, create_query and run_url_encoded_query (allow rules only)."),
     ("Rule", "shadow", "Dry run: evaluated, counted and logged with what it would have decided, never enforced."),
     ("Rule", "rate_limit", "Token buckets per principal (sub), shared by all workers (allow rules only)."),
-    ("Rule", "allow", "The Looker identity to act as: {\"role\": NAME} or {\"user\": {\"claim\": \"email\", \"credential_type\": \"email\"}}."),
+    ("Rule", "allow", "The Looker identity to act as: {\"role\": NAME} or {\"user\": {\"claim\": \"email\", \"credential_type\": \"email\"}}; or {\"embed\": PROFILE}: an embed rule, deciding the embed endpoints' requests only (it takes name, issuers, when and rate_limit)."),
     ("Rule", "deny", "true: deny matching requests."),
     ("Condition", "claim", "Dotted claim path, e.g. groups or realm_access.roles."),
     ("Condition", "equals", "The claim equals this value."),
@@ -81,6 +81,23 @@ const DESCRIPTIONS: &[(&str, &str, &str)] = &[
     ("Broker", "credential", "Presented to the broker as Authorization: Bearer (at least 16 printable characters). Exactly one of credential and credential_env."),
     ("Broker", "credential_env", "The environment variable of the Wasm VM holding the credential (Envoy vm_config.environment_variables; Istio vmConfig.env, Envoy Gateway env.hostKeys): keeps it out of the plugin config and /config_dump. Must be set when the filter loads."),
     ("LookerToken", "refresh_before", "Stop using a Looker token this long before it expires (at most 1h)."),
+    ("PluginConfig", "embed", "Embedded analytics: the embed endpoints (answered by the filter through the broker, never forwarded) and the embed profiles embed rules name. docs/embed.md."),
+    ("Embed", "path_prefix", "Where the embed endpoints are (POST acquire, PUT generate_tokens, DELETE session, POST sso_url); outside api_prefix and /api/."),
+    ("Embed", "profiles", "Embed profiles by name: how a token's claims become the embed user Looker creates."),
+    ("EmbedProfile", "external_user_id", "{\"claim\": CLAIM} (default sub); Looker gets <iss>|<claim value>."),
+    ("EmbedProfile", "first_name", "{\"claim\": CLAIM} or {\"value\": TEXT}."),
+    ("EmbedProfile", "last_name", "{\"claim\": CLAIM} or {\"value\": TEXT}."),
+    ("EmbedProfile", "user_timezone", "{\"claim\": CLAIM} or {\"value\": TEXT}."),
+    ("EmbedProfile", "permissions", "Looker embed permissions (only those Looker grants embed users)."),
+    ("EmbedProfile", "models", "LookML models the embed user may see (at least one)."),
+    ("EmbedProfile", "group_ids", "Looker group ids of the embed user."),
+    ("EmbedProfile", "external_group_id", "{\"claim\": CLAIM} or {\"value\": TEXT}."),
+    ("EmbedProfile", "user_attributes", "Looker user attribute name -> the claim it is read from (row-level security)."),
+    ("EmbedProfile", "session_length", "How long the embed session lasts (1m to 30d)."),
+    ("EmbedProfile", "force_logout_login", "Log out any Looker session of the browser before the embed user logs in."),
+    ("EmbedUserAttribute", "claim", "Dotted claim path; an array claim's values are joined by commas."),
+    ("EmbedUserAttribute", "required", "A token without the claim is refused (403 missing_claim); false: the attribute is left out."),
+    ("EmbedUserAttribute", "sensitive", "Its value never appears in the audit trail or explain."),
 ];
 
 /// The schema, generated now from the config types and the operation table.
@@ -134,6 +151,12 @@ fn complete(schema: &mut Value) {
         );
     }
     set_item_enum(defs, "Rule", "statuses", STATUSES);
+    set_item_enum(
+        defs,
+        "EmbedProfile",
+        "permissions",
+        lookergate_proto::embed::EMBED_PERMISSIONS,
+    );
     for (def, property, text) in DESCRIPTIONS {
         if let Some(p) = property_mut(defs, def, property) {
             p.insert("description".into(), json!(text));

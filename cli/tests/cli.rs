@@ -81,7 +81,9 @@ fn check_accepts_the_demo_envoy_config_with_a_summary() {
     assert_eq!(run.code, 0, "{}{}", run.stdout, run.stderr);
     assert!(
         run.stdout.contains(
-            "(lookergate): ok: 1 issuer: https://idp.lookergate.demo (discovery via cluster lookergate_idp); 4 rules"
+            "(lookergate): ok: 1 issuer: https://idp.lookergate.demo (discovery via cluster lookergate_idp); 5 rules"
+        ) && run.stdout.contains(
+            "; embed endpoints under /lookergate/embed: 1 profile (dashboards), 1 embed rule"
         ),
         "{}",
         run.stdout

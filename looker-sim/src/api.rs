@@ -12,6 +12,7 @@ use http_body_util::{BodyExt, Limited};
 use serde_json::{json, Value};
 
 use crate::demo::{self, DemoUser, ADMIN_USER_ID};
+use crate::embed;
 use crate::explore::{self, Format, QueryError, QuerySpec};
 use crate::operations::{self, Matched};
 use crate::state::{Api3Key, LoginAttempt, RecordedRequest, SimState, World};
@@ -29,9 +30,10 @@ pub(crate) enum ApiError {
     Unauthenticated,
     Forbidden,
     BadRequest(String),
-    /// Looker's 422 `ValidationError`.
+    /// Looker's 422 `ValidationError`; `code` is Looker's ("missing", "invalid").
     Validation {
         field: &'static str,
+        code: &'static str,
         message: String,
     },
     NotImplemented {
@@ -53,11 +55,15 @@ impl IntoResponse for ApiError {
             ),
             ApiError::Forbidden => (StatusCode::FORBIDDEN, error_body("Forbidden")),
             ApiError::BadRequest(message) => (StatusCode::BAD_REQUEST, error_body(&message)),
-            ApiError::Validation { field, message } => (
+            ApiError::Validation {
+                field,
+                code,
+                message,
+            } => (
                 StatusCode::UNPROCESSABLE_ENTITY,
                 json!({
                     "message": "Validation Failed",
-                    "errors": [{"field": field, "code": "invalid", "message": message, "documentation_url": DOCUMENTATION_URL}],
+                    "errors": [{"field": field, "code": code, "message": message, "documentation_url": DOCUMENTATION_URL}],
                     "documentation_url": DOCUMENTATION_URL,
                 }),
             ),
@@ -94,21 +100,23 @@ impl From<QueryError> for ApiError {
             QueryError::UnknownModel(_) | QueryError::UnknownExplore(_) => ApiError::NotFound,
             QueryError::UnknownField(_) | QueryError::NoFields => ApiError::Validation {
                 field: "fields",
+                code: "invalid",
                 message: e.to_string(),
             },
             QueryError::BadLimit(_) => ApiError::Validation {
                 field: "limit",
+                code: "invalid",
                 message: e.to_string(),
             },
         }
     }
 }
 
-fn error_body(message: &str) -> Value {
+pub(crate) fn error_body(message: &str) -> Value {
     json!({"message": message, "documentation_url": DOCUMENTATION_URL})
 }
 
-fn json_reply(status: StatusCode, body: &Value) -> Response {
+pub(crate) fn json_reply(status: StatusCode, body: &Value) -> Response {
     (
         status,
         [(header::CONTENT_TYPE, "application/json")],
@@ -117,7 +125,7 @@ fn json_reply(status: StatusCode, body: &Value) -> Response {
         .into_response()
 }
 
-fn ok_json(body: &Value) -> Response {
+pub(crate) fn ok_json(body: &Value) -> Response {
     json_reply(StatusCode::OK, body)
 }
 
@@ -154,11 +162,25 @@ pub(crate) async fn handle(State(state): State<SimState>, request: Request) -> R
         .unwrap_or_else(IntoResponse::into_response);
     // Path only: query strings may carry credentials (`login?client_secret=`).
     eprintln!(
-        "looker-sim: {} {path} -> {}",
+        "looker-sim: {} {} -> {}",
         parts.method,
+        loggable_path(&path),
         response.status().as_u16()
     );
     response
+}
+
+/// The path as logged: a session reference token in it (delete_embed_cookieless_session)
+/// shows as its fingerprint.
+fn loggable_path(path: &str) -> String {
+    const SESSIONS: &str = "/api/4.0/embed/cookieless_session/";
+    match path.strip_prefix(SESSIONS) {
+        Some(rest) if !matches!(rest, "acquire" | "generate_tokens") => format!(
+            "{SESSIONS}<{}>",
+            lookergate_proto::fingerprint(rest.as_bytes())
+        ),
+        _ => path.to_owned(),
+    }
 }
 
 fn header_map(headers: &HeaderMap) -> BTreeMap<String, String> {
@@ -364,6 +386,19 @@ async fn dispatch(
             world.api3_keys.retain(|k| k.id != key_id);
             eprintln!("looker-sim: deleted API3 key {key_id}");
             Ok(StatusCode::NO_CONTENT.into_response())
+        }
+        "acquire_embed_cookieless_session" => embed::acquire(state, &body),
+        "generate_tokens_for_cookieless_session" => embed::generate_tokens(state, &body),
+        "delete_embed_cookieless_session" => {
+            embed::delete_session(state, matched.param("session_reference_token"))
+        }
+        "create_embed_secret" => {
+            caller.require_admin()?;
+            embed::create_secret(state, caller.user_id, &body)
+        }
+        "delete_embed_secret" => {
+            caller.require_admin()?;
+            embed::delete_secret(state, matched.param("embed_secret_id"))
         }
         _ => Err(ApiError::NotImplemented {
             operation_id: operation_id.to_owned(),
@@ -656,6 +691,21 @@ fn select_fields(value: Value, fields: Option<&str>) -> Value {
 )]
 mod tests {
     use super::*;
+
+    #[test]
+    fn logged_paths_show_session_reference_tokens_as_fingerprints() {
+        let secret = "SessionReferenceToken123";
+        let logged = loggable_path(&format!("/api/4.0/embed/cookieless_session/{secret}"));
+        assert!(!logged.contains(secret), "{logged}");
+        assert!(logged.contains(&lookergate_proto::fingerprint(secret.as_bytes())));
+        for kept in [
+            "/api/4.0/embed/cookieless_session/acquire",
+            "/api/4.0/embed/cookieless_session/generate_tokens",
+            "/api/4.0/users/1",
+        ] {
+            assert_eq!(loggable_path(kept), kept);
+        }
+    }
 
     #[test]
     fn fields_parameter_keeps_named_top_level_fields() {

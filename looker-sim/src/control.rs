@@ -1,5 +1,5 @@
 //! Test-only control endpoints under `/__sim/` (DESIGN.md): what the simulator received,
-//! login attempts, injected faults, early token revocation, health.
+//! login attempts, embed sessions, injected faults, early token revocation, health.
 
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -25,6 +25,11 @@ pub(crate) async fn clear_requests(State(state): State<SimState>) -> StatusCode 
 
 pub(crate) async fn list_logins(State(state): State<SimState>) -> Response {
     Json(state.logins()).into_response()
+}
+
+/// Embed sessions and secrets: fingerprints of tokens, never their values.
+pub(crate) async fn list_embed(State(state): State<SimState>) -> Response {
+    Json(crate::embed::sim_view(&state)).into_response()
 }
 
 pub(crate) async fn set_faults(

@@ -154,6 +154,18 @@ pub struct OrderRow {
     pub status: &'static str,
     pub created_date: String,
     pub user_state: &'static str,
+    /// The user's sales region, derived from the state: what embed users' `region`
+    /// user attribute filters on (row-level security).
+    pub user_region: &'static str,
+}
+
+/// `users.region` for a state: west, east or central.
+pub fn region_of(state: &str) -> &'static str {
+    match state {
+        "California" | "Washington" => "west",
+        "New York" => "east",
+        _ => "central",
+    }
 }
 
 /// 40 deterministic orders: statuses, dates and states cycle so groupings are uneven.
@@ -167,17 +179,21 @@ pub fn orders() -> Vec<OrderRow> {
         "Washington",
     ];
     (1..=40u64)
-        .map(|id| OrderRow {
-            id,
-            status: STATUSES
-                .get((id % 4) as usize)
-                .copied()
-                .unwrap_or("complete"),
-            created_date: format!("2026-01-{:02}", (id * 7) % 28 + 1),
-            user_state: STATES
+        .map(|id| {
+            let user_state = STATES
                 .get((id % 5) as usize)
                 .copied()
-                .unwrap_or("California"),
+                .unwrap_or("California");
+            OrderRow {
+                id,
+                status: STATUSES
+                    .get((id % 4) as usize)
+                    .copied()
+                    .unwrap_or("complete"),
+                created_date: format!("2026-01-{:02}", (id * 7) % 28 + 1),
+                user_state,
+                user_region: region_of(user_state),
+            }
         })
         .collect()
 }

@@ -73,7 +73,7 @@ struct FieldDef {
     sql: &'static str,
 }
 
-const FIELDS: [FieldDef; 5] = [
+const FIELDS: [FieldDef; 6] = [
     FieldDef {
         name: "orders.id",
         label: "Orders ID",
@@ -104,6 +104,12 @@ const FIELDS: [FieldDef; 5] = [
         kind: Kind::String,
         sql: "users.state",
     },
+    FieldDef {
+        name: "users.region",
+        label: "Users Region",
+        kind: Kind::String,
+        sql: "users.region",
+    },
 ];
 
 fn field_def(name: &str) -> Option<&'static FieldDef> {
@@ -121,6 +127,7 @@ impl FieldDef {
             "orders.status" => json!(row.status),
             "orders.created_date" => json!(row.created_date),
             "users.state" => json!(row.user_state),
+            "users.region" => json!(row.user_region),
             _ => Value::Null,
         }
     }

@@ -3,12 +3,20 @@
 //! looks, queries over a small `thelook`/`orders` explore, API3 key rotation, and
 //! `/__sim/` endpoints that let tests see what Looker received and inject failures.
 //!
+//! Embedding (`embed`, `embed_page`, `embed_sso`): cookieless embed sessions and embed
+//! secrets through the API, signed SSO embed URLs, and the pages Looker's Embed SDK loads
+//! in its iframe (`/login/embed/`, `/embed/dashboards/`), with rows filtered by the embed
+//! user's `region` attribute.
+//!
 //! Routing follows Looker's own operation table (`proto/operations.tsv`, generated from
 //! the API spec): unknown operations answer 404, known but unimplemented ones 501.
 
 mod api;
 mod control;
 mod demo;
+mod embed;
+mod embed_page;
+mod embed_sso;
 mod explore;
 pub mod operations;
 mod state;
@@ -17,6 +25,7 @@ use axum::routing::{get, post};
 use axum::Router;
 
 pub use api::DOCUMENTATION_URL;
+pub use embed::{EmbedSessionView, EmbedUserDefinition, SessionKind, DEFAULT_EMBED_TOKEN_TTL};
 pub use operations::{Operation, OperationTable, OPERATIONS_TSV};
 pub use state::{Faults, LoginAttempt, RecordedRequest, SimState};
 
@@ -34,6 +43,17 @@ pub fn app(state: SimState) -> Router {
             post(control::set_faults).delete(control::clear_faults),
         )
         .route("/__sim/revoke", post(control::revoke))
+        .route("/__sim/embed", get(control::list_embed))
+        .route("/login/embed/{*target}", get(embed_page::login))
+        .route("/embed/dashboards/{id}", get(embed_page::dashboard))
+        .route(
+            "/api/internal/embed/dashboards/{id}/rows",
+            get(embed_page::rows),
+        )
+        .route(
+            "/api/internal/embed/session_token",
+            get(embed_sso::session_token),
+        )
         .fallback(api::handle)
         .with_state(state)
 }

@@ -1,5 +1,6 @@
-//! `lookergate-looker-sim [--listen ADDR] [--token-ttl SECS]`: runs the Looker simulator
-//! and prints `listening on <ip:port>` once bound (tests start it on port 0).
+//! `lookergate-looker-sim [--listen ADDR] [--token-ttl SECS] [--embed-token-ttl SECS]
+//! [--embed-secret-file PATH]`: runs the Looker simulator and prints
+//! `listening on <ip:port>` once bound (tests start it on port 0).
 
 use clap::Parser;
 use std::io::Write;
@@ -18,12 +19,32 @@ struct Args {
     /// Lifetime of access tokens in seconds
     #[arg(long = "token-ttl", value_name = "SECS", default_value_t = 3600)]
     token_ttl_secs: u64,
+    /// Lifetime of embed navigation and API tokens in seconds (Looker: 600)
+    #[arg(long = "embed-token-ttl", value_name = "SECS", default_value_t = 600)]
+    embed_token_ttl_secs: u64,
+    /// File holding an SSO embed secret (hmac/sha-256, id "1") for signed embed URLs
+    #[arg(long = "embed-secret-file", value_name = "PATH")]
+    embed_secret_file: Option<std::path::PathBuf>,
 }
 
 #[tokio::main]
 async fn main() -> ExitCode {
     let args = Args::parse();
     let token_ttl = Duration::from_secs(args.token_ttl_secs);
+    let embed_secret = match &args.embed_secret_file {
+        None => None,
+        Some(path) => match std::fs::read_to_string(path) {
+            Ok(text) if !text.trim().is_empty() => Some(text.trim().to_owned()),
+            Ok(_) => {
+                eprintln!("lookergate-looker-sim: {} is empty", path.display());
+                return ExitCode::FAILURE;
+            }
+            Err(e) => {
+                eprintln!("lookergate-looker-sim: cannot read {}: {e}", path.display());
+                return ExitCode::FAILURE;
+            }
+        },
+    };
     let listener = match tokio::net::TcpListener::bind(&args.listen).await {
         Ok(listener) => listener,
         Err(e) => {
@@ -48,8 +69,16 @@ async fn main() -> ExitCode {
     {
         eprintln!("lookergate-looker-sim: cannot write to stdout");
     }
-    eprintln!("lookergate-looker-sim: token ttl {}s", args.token_ttl_secs);
-    let state = SimState::demo().with_token_ttl(token_ttl);
+    eprintln!(
+        "lookergate-looker-sim: token ttl {}s, embed token ttl {}s",
+        args.token_ttl_secs, args.embed_token_ttl_secs
+    );
+    let mut state = SimState::demo()
+        .with_token_ttl(token_ttl)
+        .with_embed_token_ttl(Duration::from_secs(args.embed_token_ttl_secs));
+    if let Some(secret) = embed_secret {
+        state = state.with_embed_secret(&secret);
+    }
     tokio::select! {
         served = serve(listener, state) => match served {
             Ok(()) => ExitCode::SUCCESS,
@@ -100,11 +129,25 @@ mod tests {
     }
 
     #[test]
+    fn embed_arguments_parse_with_lookers_defaults() {
+        let parsed = parse(&[]).unwrap();
+        assert_eq!(parsed.embed_token_ttl_secs, 600);
+        assert_eq!(parsed.embed_secret_file, None);
+        let parsed = parse(&["--embed-token-ttl", "20", "--embed-secret-file", "/s"]).unwrap();
+        assert_eq!(parsed.embed_token_ttl_secs, 20);
+        assert_eq!(
+            parsed.embed_secret_file,
+            Some(std::path::PathBuf::from("/s"))
+        );
+    }
+
+    #[test]
     fn bad_arguments_are_refused() {
         for args in [
             &["--listen"][..],
             &["--token-ttl", "soon"],
             &["--port", "1"],
+            &["--embed-token-ttl", "-1"],
         ] {
             let err = parse(args).err();
             assert_eq!(err.map(|e| e.exit_code()), Some(2), "{args:?}");

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use serde::{Deserialize, Serialize};
 
 use crate::demo::{self, DemoUser};
+use crate::embed::{EmbedSessionView, EmbedState, SigningAlgorithm};
 use crate::explore::QuerySpec;
 
 /// Oldest recorded requests are dropped past this many, so a long demo run stays bounded.
@@ -114,6 +115,7 @@ pub(crate) struct World {
     logins: Vec<LoginAttempt>,
     login_faults: Option<(LoginFault, u32)>,
     api_faults: Option<(ApiFault, u32)>,
+    pub embed: EmbedState,
 }
 
 impl SimState {
@@ -143,6 +145,7 @@ impl SimState {
             logins: Vec::new(),
             login_faults: None,
             api_faults: None,
+            embed: EmbedState::default(),
         };
         SimState {
             world: Arc::new(Mutex::new(world)),
@@ -153,6 +156,30 @@ impl SimState {
     pub fn with_token_ttl(self, ttl: Duration) -> SimState {
         self.world().token_ttl = ttl;
         self
+    }
+
+    /// Sets how long embed navigation and API tokens live (Looker: 10 minutes).
+    pub fn with_embed_token_ttl(self, ttl: Duration) -> SimState {
+        self.world().embed.token_ttl = ttl;
+        self
+    }
+
+    /// Adds an enabled `hmac/sha-256` SSO embed secret (the first one gets id "1"), as an
+    /// admin would with `create_embed_secret`; the demo shares it with the broker.
+    pub fn with_embed_secret(self, secret: &str) -> SimState {
+        self.world().embed.add_secret(
+            SigningAlgorithm::HmacSha256,
+            secret.to_owned(),
+            true,
+            "SSO".to_owned(),
+            None,
+        );
+        self
+    }
+
+    /// Every embed session, as `GET /__sim/embed` lists them (no token values).
+    pub fn embed_sessions(&self) -> Vec<EmbedSessionView> {
+        self.world().embed.views(Instant::now())
     }
 
     pub fn token_ttl(&self) -> Duration {

@@ -989,3 +989,5 @@ async fn health_answers_200() {
     assert_eq!(reply.status, StatusCode::OK);
     assert_eq!(reply.json(), json!({"status": "ok"}));
 }
+
+mod embed;

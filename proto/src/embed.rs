@@ -128,8 +128,9 @@ pub struct LogoutRequest {
     pub request_id: Option<String>,
 }
 
-/// Body of `POST /v1/embed/sso_url`: `target_url` is the Looker UI page to show
-/// (`https://<looker host>/embed/dashboards/1`).
+/// Body of `POST /v1/embed/sso_url`: `target_url` is the Looker UI page to show, a path
+/// under `/embed/` (`/embed/dashboards/1`; the broker also takes the full URL on its
+/// embed host, `https://<embed.host>/embed/dashboards/1`). Anything else is 400.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SsoUrlRequest {
     pub principal: Principal,

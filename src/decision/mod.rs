@@ -13,11 +13,14 @@ use crate::jwt::{self, Algorithm, VerifiedToken};
 use crate::keyring::KeyRing;
 use crate::looker::{Operation, Resolution};
 use crate::path;
+use crate::policy::embed::{Embed, Endpoint, Route};
 use crate::policy::{
-    Input, LookerIdentity, QueryFacts, RuleStep, Verdict, INSPECTABLE_QUERY_OPERATIONS,
+    EmbedVerdict, Input, LookerIdentity, QueryFacts, RuleStep, Verdict,
+    GATEWAY_OWNED_EMBED_OPERATIONS, INSPECTABLE_QUERY_OPERATIONS,
 };
 use crate::reply::Refusal;
 use crate::trace::{Off, Trace};
+use lookergate_proto::embed::{EmbedUser, Principal};
 
 mod looker_query;
 pub use looker_query::{query_from_body, read_query};
@@ -103,6 +106,28 @@ pub enum HeadDecision {
     /// A rule inspects the query this request carries in its body: read the body
     /// (bounded), then call [`decide_body`].
     NeedBody(Box<Admitted>),
+    /// An embed endpoint's request, allowed: the filter calls the broker and answers it
+    /// itself (it is never forwarded).
+    Embed(Box<EmbedCall>),
+}
+
+/// An allowed request to an embed endpoint: what the broker is asked, and what is
+/// recorded of it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EmbedCall {
+    pub endpoint: Endpoint,
+    pub rule: String,
+    pub profile: String,
+    /// The token's `iss` and `sub`: whose session it is.
+    pub principal: Principal,
+    /// The embed user the profile made of the claims (never logged: attribute values).
+    pub user: EmbedUser,
+    /// `wasm.lookergate_embed`: profile, external user id and attributes, sensitive
+    /// values masked.
+    pub record: String,
+    /// The user's attributes as shown (sensitive values masked), for `explain`.
+    pub shown_attributes: std::collections::BTreeMap<String, String>,
+    pub audit: Audit,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -163,6 +188,8 @@ pub enum Step {
     },
     /// A step of the policy's evaluation.
     Rule(RuleStep),
+    /// The path is under `embed.path_prefix`: an embed endpoint (the gateway answers).
+    Embed(Endpoint),
 }
 
 impl From<RuleStep> for Step {
@@ -215,6 +242,7 @@ impl<T: Trace<Step>> Trace<RuleStep> for Within<'_, T> {
 }
 
 /// Operations only the gateway performs: clients never log in to Looker through it.
+/// (Looker's embed operations are the gateway's too: [`GATEWAY_OWNED_EMBED_OPERATIONS`].)
 pub const GATEWAY_OWNED_OPERATIONS: &[&str] = &["login", "login_user", "logout"];
 
 /// Headers that ask a server to treat the request as another method.
@@ -263,9 +291,13 @@ pub fn decide_head_traced<T: Trace<Step>>(
     now_unix: u64,
     trace: &mut T,
 ) -> HeadDecision {
-    let admission = admit(gateway, request, trace, |audit, trace| {
+    let authenticate = |audit: &mut Audit, trace: &mut T| {
         authenticate(gateway, keys, request, now_unix, &mut audit.issuer, trace)
-    });
+    };
+    if let Some((embed, route)) = embed_route(gateway, request) {
+        return decide_embed(gateway, embed, route, request, trace, authenticate);
+    }
+    let admission = admit(gateway, request, trace, authenticate);
     decide_admitted(gateway, admission, trace)
 }
 
@@ -290,14 +322,118 @@ pub fn decide_claims<T: Trace<Step>>(
         kid: None,
         alg: Algorithm::RS256,
     });
-    let admission = admit(gateway, request, trace, |_, trace| {
+    let authenticate = |_: &mut Audit, trace: &mut T| {
         trace.record(|| Step::Unverified {
             trusted: issuer_named(gateway, &token.issuer).is_some(),
             issuer: token.issuer.clone(),
         });
         Ok(token)
-    });
+    };
+    if let Some((embed, route)) = embed_route(gateway, request) {
+        return decide_embed(gateway, embed, route, request, trace, authenticate);
+    }
+    let admission = admit(gateway, request, trace, authenticate);
     decide_admitted(gateway, admission, trace)
+}
+
+/// The embed endpoint a request names, if its path is under `embed.path_prefix` (a
+/// target that does not parse is left to the API path, which refuses it).
+fn embed_route<'g>(gateway: &'g Gateway, request: RequestHead<'_>) -> Option<(&'g Embed, Route)> {
+    let embed = gateway.embed.as_ref()?;
+    let target = path::parse_target(request.path).ok()?;
+    Some((embed, embed.route(request.method, &target.path)?))
+}
+
+/// The decision for a request to an embed endpoint: authenticated as any request, then
+/// the first embed rule that holds picks the profile, which makes the embed user.
+fn decide_embed<T: Trace<Step>>(
+    gateway: &Gateway,
+    embed: &Embed,
+    route: Route,
+    request: RequestHead<'_>,
+    trace: &mut T,
+    authenticate: impl FnOnce(&mut Audit, &mut T) -> Result<Rc<VerifiedToken>, Refusal>,
+) -> HeadDecision {
+    let mut audit = Audit {
+        verdict: "deny",
+        ..Audit::default()
+    };
+    let refused = |refusal: Refusal, audit: Audit| HeadDecision::Decided(refuse(refusal, audit));
+    let endpoint = match route {
+        Route::Endpoint(endpoint) => endpoint,
+        Route::NotFound => {
+            let reason = format!("{} is not an embed endpoint of the gateway", request.path);
+            return refused(Refusal::UnknownOperation { reason }, audit);
+        }
+        Route::WrongMethod(allow) => return refused(Refusal::MethodNotAllowed { allow }, audit),
+    };
+    trace.record(|| Step::Embed(endpoint));
+    audit.operation = Some(endpoint.operation().to_owned());
+    if let Some((name, _)) = request
+        .headers
+        .iter()
+        .find(|(n, _)| METHOD_OVERRIDE_HEADERS.contains(&n.as_ref()))
+    {
+        let reason = format!("the {name} header is not allowed on embed endpoints");
+        return refused(Refusal::BadRequest { reason }, audit);
+    }
+    let verified = match authenticate(&mut audit, trace) {
+        Ok(v) => v,
+        Err(refusal) => return refused(refusal, audit),
+    };
+    audit.subject = verified.subject.clone();
+    audit.issuer = Some(verified.issuer.clone());
+    audit.groups = groups_summary(&verified.claims);
+    let input = Input {
+        issuer: &verified.issuer,
+        method: request.method,
+        path: request.path,
+        operation: None,
+        claims: &verified.claims,
+        query: None,
+    };
+    let (rule, profile) = match gateway
+        .policy
+        .evaluate_embed_traced(&input, &mut Within(trace))
+    {
+        EmbedVerdict::Allow { rule, profile } => (rule, profile),
+        EmbedVerdict::Deny { rule, reason } => {
+            audit.rule = Some(rule.clone());
+            return refused(Refusal::Forbidden { rule, reason }, audit);
+        }
+    };
+    audit.rule = Some(rule.clone());
+    let missing = |claim: &str| Refusal::MissingClaim {
+        rule: rule.clone(),
+        claim: claim.to_owned(),
+    };
+    // `compile` checks every embed rule's profile exists.
+    let Some(found) = embed.profile(&profile) else {
+        let reason = format!("embed profile {profile:?} is not configured");
+        return refused(Refusal::Forbidden { rule, reason }, audit);
+    };
+    let Some(subject) = verified.subject.clone().filter(|s| !s.is_empty()) else {
+        return refused(missing("sub"), audit);
+    };
+    let user = match found.user(&verified.issuer, &verified.claims) {
+        Ok(user) => user,
+        Err(claim) => return refused(missing(&claim.0), audit),
+    };
+    audit.identity = Some(format!("embed:{profile}"));
+    audit.verdict = "allow";
+    HeadDecision::Embed(Box::new(EmbedCall {
+        endpoint,
+        record: found.audit_record(&user),
+        shown_attributes: found.shown_attributes(&user),
+        principal: Principal {
+            issuer: verified.issuer.clone(),
+            subject,
+        },
+        user,
+        rule,
+        profile,
+        audit,
+    }))
 }
 
 /// The verdict for an admitted request, or the body to read first.
@@ -448,6 +584,14 @@ fn admit<'g, T: Trace<Step>>(
     };
     if let Some(op) = operation {
         audit.operation = Some(op.operation_id.clone());
+        if GATEWAY_OWNED_EMBED_OPERATIONS.contains(&op.operation_id.as_str()) {
+            return Err(Box::new((
+                Refusal::GatewayOwnsEmbedding {
+                    operation: op.operation_id.clone(),
+                },
+                audit,
+            )));
+        }
         if GATEWAY_OWNED_OPERATIONS.contains(&op.operation_id.as_str()) {
             return Err(Box::new((
                 Refusal::GatewayOwnsAuthentication {
@@ -798,6 +942,7 @@ mod tests {
         match super::decide(gateway, &mut KeyRing::default(), request, now_unix) {
             HeadDecision::Decided(decision) => decision,
             HeadDecision::NeedBody(_) => panic!("no test here needs a body"),
+            HeadDecision::Embed(_) => panic!("no test here calls an embed endpoint"),
         }
     }
 

@@ -22,6 +22,7 @@ pub fn max_body(kind: &Callout) -> usize {
         Callout::Discovery(_) => MAX_DISCOVERY_BYTES,
         Callout::Keys(_) => MAX_JWKS_BYTES,
         Callout::Invalidate => 0,
+        Callout::Embed(_) => MAX_RESPONSE_BYTES,
     }
 }
 
@@ -79,6 +80,7 @@ pub fn on_tick<H: Host>(gateway: &Gateway, worker: &mut Worker, host: &H, root_c
         flow.redecide_after_keys(waiter.context_id);
     }
     flow.expire_stalled_bodies(now_ms);
+    flow.expire_embed(now_ms);
     for flight in flow.worker.tokens.orphans() {
         host.switch_to(root_context);
         let request = broker::token_request(
@@ -129,6 +131,9 @@ impl<H: Host> Flow<'_, H> {
                 return self.on_broker_answer(&key, callout, status, body, current_context)
             }
             Callout::Invalidate => return,
+            Callout::Embed(owner) => {
+                return self.on_embed_answer(owner, status, body, current_context)
+            }
             Callout::Discovery(issuer) => {
                 let callouts = &mut self.worker.callouts;
                 keys.on_discovery(

@@ -12,15 +12,19 @@ use log::warn;
 
 use crate::callout::{Callout, Callouts};
 use crate::config::Gateway;
-use crate::decision::Admitted;
+use crate::decision::{Admitted, EmbedCall};
 use crate::host::{Host, HostError};
 use crate::keys::KeyState;
+use crate::policy::embed::Endpoint;
 use crate::policy::LookerIdentity;
 use crate::reply::Refusal;
 use crate::tokens::{Flight, Tokens};
 
 mod audit;
 mod callout;
+mod embed;
+#[cfg(test)]
+mod embed_tests;
 mod request;
 mod response;
 #[cfg(test)]
@@ -63,7 +67,23 @@ pub enum Stage {
     },
     /// Allowed; paused until the broker answers. Body data must not move the stream.
     AwaitingToken,
-    /// Answered locally (refused). Nothing more goes upstream.
+    /// An embed endpoint's request, allowed, buffering the body it reads.
+    AwaitingEmbedBody {
+        call: Box<EmbedCall>,
+        request_id: String,
+        since_ms: u64,
+    },
+    /// An embed endpoint's request, paused until the broker answers; then the filter
+    /// replies itself. Body data must not move the stream.
+    AwaitingEmbed {
+        endpoint: Endpoint,
+        rule: String,
+        request_id: String,
+        started_ms: u64,
+        deadline_ms: u64,
+    },
+    /// Answered locally (refused, or an embed endpoint's answer). Nothing more goes
+    /// upstream.
     Refused,
     /// Forwarded with a Looker token.
     Forwarded,

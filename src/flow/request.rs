@@ -10,6 +10,7 @@ use crate::config::Gateway;
 use crate::decision::{self, Audit, Decision, HeadDecision, RequestHead};
 use crate::host::Host;
 use crate::keys::UnknownKid;
+use crate::policy::embed::Endpoint;
 use crate::policy::LookerIdentity;
 use crate::ratelimit;
 use crate::reply::Refusal;
@@ -40,10 +41,16 @@ pub fn on_body<H: Host>(
     let stage = &mut flow.worker.stream(context_id).stage;
     match stage {
         Stage::AwaitingBody { .. } | Stage::AwaitingKeys { .. } => {}
+        Stage::AwaitingEmbedBody { .. } => {
+            return flow.embed_body(context_id, body_size, end_of_stream)
+        }
         Stage::Forwarded => return Next::Continue,
-        // Still waiting for the broker, or refused: body data must not resume the
-        // stream (it would go upstream without a Looker token).
-        Stage::AwaitingToken | Stage::Refused | Stage::Headers => return Next::Pause,
+        // Still waiting for the broker, or answered locally: body data must not resume
+        // the stream (it would go upstream without a Looker token; an embed request
+        // never goes upstream).
+        Stage::AwaitingToken | Stage::AwaitingEmbed { .. } | Stage::Refused | Stage::Headers => {
+            return Next::Pause
+        }
     }
     if body_size > gateway.max_body_bytes {
         let request_id = match stage {
@@ -100,7 +107,10 @@ pub fn on_trailers<H: Host>(
             Next::Pause
         }
         Stage::AwaitingBody { .. } => flow.judge_complete_body(context_id),
-        Stage::AwaitingToken | Stage::Refused | Stage::Headers => Next::Pause,
+        Stage::AwaitingEmbedBody { .. } => flow.complete_embed_body(context_id),
+        Stage::AwaitingToken | Stage::AwaitingEmbed { .. } | Stage::Refused | Stage::Headers => {
+            Next::Pause
+        }
     }
 }
 
@@ -155,6 +165,9 @@ impl<H: Host> Flow<'_, H> {
         }
         let decision = match head {
             HeadDecision::Decided(decision) => decision,
+            HeadDecision::Embed(call) => {
+                return self.start_embed(context_id, request_id, request.method, call, body, now_ms)
+            }
             HeadDecision::NeedBody(admitted) => match body {
                 None => {
                     self.worker.stream(context_id).stage = Stage::AwaitingBody {
@@ -224,6 +237,13 @@ impl<H: Host> Flow<'_, H> {
         let (identity, subject, header_ops, audit) = match decision {
             Decision::Refuse { refusal, audit } => {
                 report_decision(host, context_id, request_id, method, &audit);
+                let operation = audit.operation.as_deref().unwrap_or_default();
+                if let Some(endpoint) = Endpoint::ALL
+                    .into_iter()
+                    .find(|e| e.operation() == operation)
+                {
+                    super::embed::count_outcome(host, endpoint, refusal.code());
+                }
                 self.refuse(context_id, &refusal, request_id);
                 return Next::Pause;
             }
@@ -348,7 +368,7 @@ fn complete_body<H: Host>(gateway: &Gateway, host: &H) -> Result<Vec<u8>, Refusa
 
 /// Draws from the deciding rule's buckets for this principal (and its `db_query`
 /// budget for query operations).
-fn check_rate_limit<H: Host>(
+pub(super) fn check_rate_limit<H: Host>(
     gateway: &Gateway,
     host: &H,
     issuer: &str,

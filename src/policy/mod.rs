@@ -8,6 +8,7 @@ use crate::looker::{ActivityType, Operation, OperationTable, Status};
 use crate::ratelimit::RateLimit;
 use crate::trace::{Off, Trace};
 
+pub mod embed;
 mod guard;
 mod matching;
 
@@ -26,6 +27,9 @@ pub enum IdentitySpec {
     Role(String),
     /// The user themselves, found in Looker by a claim (sudo via the broker).
     User(UserIdentitySpec),
+    /// An embed profile (`embed.profiles`): the rule applies to the gateway's embed
+    /// endpoints only, and the profile makes the embed user from the claims.
+    Embed(String),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -209,14 +213,19 @@ pub const SESSION_OPERATIONS: &[&str] = &[
     "delete_user_credentials_embed",
     "delete_user_session",
     "create_embed_url_as_me",
-    "create_sso_embed_url",
+    "invalidate_tokens",
+    "create_oauth_application_user_state",
+];
+
+/// Looker's embed-session and embed-secret operations: the gateway owns them (its embed
+/// endpoints, through the broker). No rule may name them, and no request reaches them.
+pub const GATEWAY_OWNED_EMBED_OPERATIONS: &[&str] = &[
     "acquire_embed_cookieless_session",
     "generate_tokens_for_cookieless_session",
     "delete_embed_cookieless_session",
+    "create_sso_embed_url",
     "create_embed_secret",
     "delete_embed_secret",
-    "invalidate_tokens",
-    "create_oauth_application_user_state",
 ];
 
 /// Operations whose query the gateway can read (body `WriteQuery`, or URL).
@@ -305,6 +314,8 @@ pub enum RuleStep {
     Shadow { rule: String, verdict: Verdict },
     /// The rule applies and decides.
     Decides { rule: String, verdict: Verdict },
+    /// An embed rule applies and allows the embed profile.
+    Embeds { rule: String, profile: String },
     /// No rule applies: [`DEFAULT_DENY`].
     DefaultDeny,
 }
@@ -330,13 +341,22 @@ pub enum Verdict {
 
 pub const DEFAULT_DENY: &str = "default_deny";
 
+/// What the policy decided for a request to an embed endpoint.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EmbedVerdict {
+    Allow { rule: String, profile: String },
+    Deny { rule: String, reason: String },
+}
+
 impl Policy {
     /// Compiles the raw rules; errors name the field (`policy.rules[2].paths[0]`).
-    /// `issuers`: the configured issuers (`iss`), which rules may name.
+    /// `issuers`: the configured issuers (`iss`), which rules may name; `profiles`: the
+    /// embed profiles (`embed.profiles`), which embed rules name.
     pub fn compile(
         raw: &RawPolicy,
         table: &OperationTable,
         issuers: &[&str],
+        profiles: &[&str],
     ) -> Result<Policy, String> {
         let mut rules = Vec::with_capacity(raw.rules.len());
         let mut names = std::collections::HashSet::new();
@@ -347,6 +367,9 @@ impl Policy {
             }
             if !names.insert(rule.name.clone()) {
                 return Err(format!("{at}.name: duplicate rule name {:?}", rule.name));
+            }
+            if let Some(IdentitySpec::Embed(profile)) = &rule.allow {
+                check_embed_rule(rule, profile, profiles).map_err(|e| format!("{at}.{e}"))?;
             }
             let effect = match (&rule.allow, rule.deny) {
                 (Some(identity), None | Some(false)) => {
@@ -379,6 +402,11 @@ impl Policy {
                 if table.by_id(id).is_none() {
                     return Err(format!(
                         "{at}.operations[{j}]: {id:?} is not a Looker API 4.0 operationId"
+                    ));
+                }
+                if GATEWAY_OWNED_EMBED_OPERATIONS.contains(&id.as_str()) {
+                    return Err(format!(
+                        "{at}.operations[{j}]: {id} is owned by the gateway (its embed endpoints, under embed.path_prefix, serve embedded analytics); no rule grants it"
                     ));
                 }
                 if SESSION_OPERATIONS.contains(&id.as_str())
@@ -522,6 +550,46 @@ impl Policy {
         Evaluation { verdict, shadows }
     }
 
+    /// The first embed rule whose issuers and conditions hold decides an embed
+    /// endpoint's request (`input.operation` is `None`); no other rule applies to it.
+    /// No match is `default_deny`.
+    pub fn evaluate_embed_traced<T: Trace<RuleStep>>(
+        &self,
+        input: &Input<'_>,
+        trace: &mut T,
+    ) -> EmbedVerdict {
+        for rule in &self.rules {
+            let applies = match rule.embed_profile() {
+                None => Err(Miss::ApiOnly),
+                Some(profile) => rule
+                    .matches_issuer(input.issuer)
+                    .and_then(|()| rule.matches_when(input.claims))
+                    .map(|()| profile),
+            };
+            match applies {
+                Ok(profile) => {
+                    trace.record(|| RuleStep::Embeds {
+                        rule: rule.name.clone(),
+                        profile: profile.to_owned(),
+                    });
+                    return EmbedVerdict::Allow {
+                        rule: rule.name.clone(),
+                        profile: profile.to_owned(),
+                    };
+                }
+                Err(miss) => trace.record(|| RuleStep::Skipped {
+                    rule: rule.name.clone(),
+                    why: rule.describe(miss, input),
+                }),
+            }
+        }
+        trace.record(|| RuleStep::DefaultDeny);
+        EmbedVerdict::Deny {
+            rule: DEFAULT_DENY.to_owned(),
+            reason: "no rule allows this request".to_owned(),
+        }
+    }
+
     /// Does any rule that could match this request need to read its query?
     pub fn needs_query(&self, input: &Input<'_>) -> bool {
         self.rules
@@ -592,6 +660,10 @@ enum Miss {
     Status,
     QueryNotInspectable,
     Condition(usize),
+    /// An embed rule, and the request is an API request.
+    EmbedOnly,
+    /// An API rule, and the request is an embed endpoint's.
+    ApiOnly,
 }
 
 impl Rule {
@@ -663,13 +735,34 @@ impl Rule {
     }
 
     fn matches(&self, input: &Input<'_>) -> Result<(), Miss> {
-        if !self.issuers.is_empty() && !self.issuers.iter().any(|i| i == input.issuer) {
+        // Embed rules apply to the embed endpoints only (`Policy::evaluate_embed`).
+        if self.embed_profile().is_some() {
+            return Err(Miss::EmbedOnly);
+        }
+        self.matches_issuer(input.issuer)?;
+        self.matches_request(input)?;
+        self.matches_when(input.claims)
+    }
+
+    fn matches_issuer(&self, issuer: &str) -> Result<(), Miss> {
+        if !self.issuers.is_empty() && !self.issuers.iter().any(|i| i == issuer) {
             return Err(Miss::Issuer);
         }
-        self.matches_request(input)?;
-        match self.when.iter().position(|c| !c.holds(input.claims)) {
+        Ok(())
+    }
+
+    fn matches_when(&self, claims: &Map<String, Value>) -> Result<(), Miss> {
+        match self.when.iter().position(|c| !c.holds(claims)) {
             Some(i) => Err(Miss::Condition(i)),
             None => Ok(()),
+        }
+    }
+
+    /// The embed profile an embed rule allows (`"allow": {"embed": ...}`).
+    pub fn embed_profile(&self) -> Option<&str> {
+        match &self.effect {
+            Effect::Allow(IdentitySpec::Embed(profile)) => Some(profile),
+            _ => None,
         }
     }
 
@@ -710,6 +803,8 @@ impl Rule {
                     self.statuses
                 )
             }
+            Miss::EmbedOnly => "an embed rule: it applies to the embed endpoints only".to_owned(),
+            Miss::ApiOnly => "not an embed rule: it applies to Looker API requests only".to_owned(),
             Miss::QueryNotInspectable => {
                 "has query guardrails, which apply to query operations only".to_owned()
             }
@@ -779,6 +874,34 @@ impl Rule {
     }
 }
 
+/// An embed rule names an existing profile and says only who (issuers, `when`,
+/// `rate_limit`): the embed endpoints are its requests. The error starts with the field.
+fn check_embed_rule(rule: &RawRule, profile: &str, profiles: &[&str]) -> Result<(), String> {
+    if !profiles.contains(&profile) {
+        return Err(format!(
+            "allow.embed: {profile:?} is not a profile in embed.profiles"
+        ));
+    }
+    let request_fields = [
+        ("methods", rule.methods.is_empty()),
+        ("paths", rule.paths.is_empty()),
+        ("operations", rule.operations.is_empty()),
+        ("tags", rule.tags.is_empty()),
+        ("activity_types", rule.activity_types.is_empty()),
+        ("statuses", rule.statuses.is_empty()),
+        ("query", rule.query.is_none()),
+    ];
+    if let Some((field, _)) = request_fields.iter().find(|(_, empty)| !empty) {
+        return Err(format!(
+            "{field}: an embed rule applies to the embed endpoints only; it takes issuers, when and rate_limit"
+        ));
+    }
+    if rule.shadow {
+        return Err("shadow: embed rules cannot be shadow rules".to_owned());
+    }
+    Ok(())
+}
+
 fn is_db_query(op: &Operation) -> bool {
     op.activity_type == "db_query"
 }
@@ -801,6 +924,9 @@ fn validate_identity(identity: &IdentitySpec) -> Result<(), String> {
             "user.credential_type {:?} is not a Looker credential type",
             user.credential_type
         )),
+        IdentitySpec::Embed(profile) if !ok_name(profile) => {
+            Err(format!("embed {profile:?} is not a profile name"))
+        }
         _ => Ok(()),
     }
 }
@@ -811,6 +937,10 @@ fn resolve_identity(
 ) -> Result<LookerIdentity, String> {
     match spec {
         IdentitySpec::Role(name) => Ok(LookerIdentity::Role(name.clone())),
+        // `evaluate` never reaches an embed rule.
+        IdentitySpec::Embed(_) => {
+            Err("an embed rule applies to the embed endpoints only".to_owned())
+        }
         IdentitySpec::User(user) => {
             let path: Vec<String> = user.claim.split('.').map(str::to_owned).collect();
             if user.claim == "email"
@@ -849,7 +979,7 @@ mod tests {
 
     fn policy(rules: Value) -> Policy {
         let raw: RawPolicy = serde_json::from_value(json!({ "rules": rules })).unwrap();
-        Policy::compile(&raw, table(), &ISSUERS[..1]).unwrap()
+        Policy::compile(&raw, table(), &ISSUERS[..1], &["dashboards"]).unwrap()
     }
 
     const ISSUERS: [&str; 2] = ["https://idp.example", "https://other.example"];
@@ -1100,7 +1230,8 @@ mod tests {
         ];
         for (rules, want) in cases {
             let raw: RawPolicy = serde_json::from_value(json!({ "rules": rules })).unwrap();
-            let err = Policy::compile(&raw, table(), &ISSUERS).expect_err("must be rejected");
+            let err = Policy::compile(&raw, table(), &ISSUERS, &["dashboards"])
+                .expect_err("must be rejected");
             assert!(err.contains(want), "{err:?} should contain {want:?}");
         }
     }
@@ -1390,7 +1521,7 @@ mod tests {
             {"name": "r", "operations": ["update_session"], "allow": {"role": "analyst"}}
         ]}))
         .unwrap();
-        let err = Policy::compile(&raw, table(), &ISSUERS[..1]).unwrap_err();
+        let err = Policy::compile(&raw, table(), &ISSUERS[..1], &["dashboards"]).unwrap_err();
         assert!(err.starts_with("policy.rules[0].operations[0]:"), "{err}");
         let p = policy(json!([
             {"name": "everything", "paths": ["/api/4.0/**"], "activity_types": ["db_query", "non_query", "none"], "allow": {"user": {}}},
@@ -1414,7 +1545,7 @@ mod tests {
             {"name": "partners", "issuers": ["https://other.example"], "methods": ["GET"], "allow": {"role": "viewer"}}
         ]});
         let raw: RawPolicy = serde_json::from_value(rules).unwrap();
-        let p = Policy::compile(&raw, table(), &ISSUERS).unwrap();
+        let p = Policy::compile(&raw, table(), &ISSUERS, &["dashboards"]).unwrap();
         let from = |iss: &str, verified: Value| {
             claims(
                 json!({"iss": iss, "sub": "x", "email": "boss@corp.example", "email_verified": verified}),
@@ -1459,7 +1590,7 @@ mod tests {
             ),
         ] {
             let raw: RawPolicy = serde_json::from_value(json!({ "rules": rules })).unwrap();
-            let err = Policy::compile(&raw, table(), &ISSUERS).unwrap_err();
+            let err = Policy::compile(&raw, table(), &ISSUERS, &["dashboards"]).unwrap_err();
             assert!(err.starts_with(field), "{err}");
         }
         let opt_out = policy(json!([
@@ -1548,6 +1679,104 @@ mod tests {
         assert!(matches!(
             verdict(&p, "POST", "/api/4.0/sql_queries", &claims(json!({"sub": "e"}))),
             Verdict::Allow { ref rule, .. } if rule == "sql"
+        ));
+    }
+
+    fn compile_err(rules: Value) -> String {
+        let raw: RawPolicy = serde_json::from_value(json!({ "rules": rules })).unwrap();
+        Policy::compile(&raw, table(), &ISSUERS[..1], &["dashboards"]).unwrap_err()
+    }
+
+    fn embed_input<'a>(claims: &'a Map<String, Value>) -> Input<'a> {
+        Input {
+            issuer: ISSUERS[0],
+            method: "POST",
+            path: "/lookergate/embed/acquire",
+            operation: None,
+            claims,
+            query: None,
+        }
+    }
+
+    #[test]
+    fn embed_rules_name_a_profile_and_only_who_they_apply_to() {
+        let err = compile_err(json!([{"name": "e", "allow": {"embed": "nope"}}]));
+        assert!(
+            err.starts_with("policy.rules[0].allow.embed: \"nope\" is not a profile"),
+            "{err}"
+        );
+        for field in [
+            json!({"methods": ["POST"]}),
+            json!({"paths": ["/lookergate/**"]}),
+            json!({"operations": ["me"]}),
+            json!({"tags": ["User"]}),
+            json!({"activity_types": ["none"]}),
+            json!({"statuses": ["stable"]}),
+            json!({"query": {"max_limit": 1}}),
+            json!({"shadow": true}),
+        ] {
+            let mut rule = json!({"name": "e", "allow": {"embed": "dashboards"}});
+            let (key, value) = field.as_object().unwrap().iter().next().unwrap();
+            rule[key] = value.clone();
+            let err = compile_err(json!([rule]));
+            assert!(
+                err.starts_with(&format!("policy.rules[0].{key}: ")),
+                "{key}: {err}"
+            );
+        }
+    }
+
+    #[test]
+    fn looker_s_embed_operations_cannot_be_granted_by_any_rule() {
+        for id in GATEWAY_OWNED_EMBED_OPERATIONS {
+            for allow in [json!({"user": {}}), json!({"role": "analyst"})] {
+                let err = compile_err(json!([{"name": "r", "operations": [id], "allow": allow}]));
+                assert!(
+                    err.starts_with("policy.rules[0].operations[0]: ")
+                        && err.contains("owned by the gateway"),
+                    "{id}: {err}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn embed_rules_decide_embed_requests_and_api_rules_api_requests() {
+        let p = policy(json!([
+            {"name": "everyone-api", "allow": {"role": "analyst"}},
+            {"name": "no-eve", "when": [{"claim": "sub", "equals": "eve"}], "deny": true},
+            {"name": "embed-west", "when": [{"claim": "region", "equals": "west"}], "allow": {"embed": "dashboards"}},
+            {"name": "embed-any", "issuers": [ISSUERS[0]], "allow": {"embed": "dashboards"}}
+        ]));
+        let west = claims(json!({"sub": "a", "region": "west"}));
+        let mut trace = Vec::new();
+        assert_eq!(
+            p.evaluate_embed_traced(&embed_input(&west), &mut trace),
+            EmbedVerdict::Allow {
+                rule: "embed-west".into(),
+                profile: "dashboards".into()
+            }
+        );
+        assert!(
+            matches!(&trace[0], RuleStep::Skipped { rule, why } if rule == "everyone-api" && why.contains("API requests only"))
+        );
+        let east = claims(json!({"sub": "eve", "region": "east"}));
+        assert!(matches!(
+            p.evaluate_embed_traced(&embed_input(&east), &mut Off),
+            EmbedVerdict::Allow { rule, .. } if rule == "embed-any"
+        ));
+        // API requests never reach an embed rule.
+        let p = policy(json!([
+            {"name": "embed-any", "allow": {"embed": "dashboards"}}
+        ]));
+        assert!(matches!(
+            verdict(&p, "GET", "/api/4.0/user", &west),
+            Verdict::Deny { ref rule, .. } if rule == DEFAULT_DENY
+        ));
+        let p = policy(json!([{"name": "api", "allow": {"role": "analyst"}}]));
+        assert!(matches!(
+            p.evaluate_embed_traced(&embed_input(&west), &mut Off),
+            EmbedVerdict::Deny { rule, .. } if rule == DEFAULT_DENY
         ));
     }
 }
