@@ -510,7 +510,7 @@ def docker_compose_file():
     # Upstream clusters in compose.yaml reach the services on the ports they listen on.
     config = yaml.safe_load(COMPOSE_ENVOY.read_text())
     for cluster in config["static_resources"]["clusters"]:
-        for group in cluster["load_assignment"]["endpoints"]:
+        for group in cluster["load_assignment"].get("endpoints", []):
             for lb in group["lb_endpoints"]:
                 sa = lb["endpoint"]["address"]["socket_address"]
                 require(sa["address"] in services, f"cluster {cluster['name']}: {sa['address']} is not a compose service")
