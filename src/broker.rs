@@ -38,6 +38,9 @@ impl std::fmt::Debug for BrokerToken {
     }
 }
 
+/// A broker callout: its headers and JSON body.
+pub type BrokerRequest = (Vec<(&'static str, String)>, String);
+
 /// A protocol body as JSON. These types always serialize; were one not to, the empty
 /// body would be refused by the broker (fail closed).
 fn body<T: serde::Serialize>(value: &T) -> String {
@@ -181,7 +184,7 @@ pub fn embed_request(
     settings: &BrokerSettings,
     ask: &EmbedAsk<'_>,
     body: &[u8],
-) -> Result<(Vec<(&'static str, String)>, String), Refusal> {
+) -> Result<BrokerRequest, Refusal> {
     let bad = |reason: &str| Refusal::BadRequest {
         reason: reason.to_owned(),
     };

@@ -309,7 +309,7 @@ async fn token(
     };
     spec.iss = idp.issuer.to_string();
     spec.aud = idp.audience.to_string();
-    // The request's claims go on top of the demo user's own (e.g. its `region`).
+    // The user's own claims (a demo user's `region`), then the request's, which win.
     spec.extra.extend(request.claims);
     let mut keys = idp.keys();
     let signer = match request.kid.as_deref() {
