@@ -75,7 +75,8 @@ pub enum SessionKind {
     Sso,
 }
 
-#[derive(Debug, Clone)]
+/// Tokens and secrets in here derive no `Debug`: nothing may print them.
+#[derive(Clone)]
 struct Issued {
     token: String,
     expires_at: Instant,
@@ -83,7 +84,6 @@ struct Issued {
 }
 
 /// One embed session and every token it issued that may still be used.
-#[derive(Debug)]
 pub(crate) struct EmbedSession {
     pub id: u64,
     pub kind: SessionKind,
@@ -195,7 +195,7 @@ impl EmbedSession {
 }
 
 /// An embed secret (Looker's `EmbedSecret`); the value is shown once, at creation.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub(crate) struct EmbedSecret {
     pub id: String,
     pub algorithm: SigningAlgorithm,
