@@ -1,5 +1,6 @@
 # lookergate developer entry points. GNU make, run from the repository root.
-#   make demo              sim + broker + Envoy with the demo config (Ctrl-C stops all)
+#   make demo              sim + broker + Envoy with the demo config, and the embed demo web
+#                          app at http://127.0.0.1:10070/app/ (Ctrl-C stops all)
 #   make token USER=alice  print a demo JWT (only the token on stdout)
 #   make test              everything `cargo test --workspace` needs, then the tests
 #   make lint / make fmt
@@ -20,8 +21,9 @@ NATIVE_PACKAGES := -p lookergate-broker -p lookergate-looker-sim -p lookergate-c
 .PHONY: help wasm wasm-target envoy build demo token test test-bins sdk-test lint-filter lint fmt
 
 help:
-	@echo "targets: wasm envoy build demo token test lint fmt"
-	@echo "  make demo                  run the demo gateway on 127.0.0.1:10000"
+	@echo "targets: wasm envoy build web demo token test browser-test lint fmt"
+	@echo "  make demo                  run the demo gateway on 127.0.0.1:10000, the embed demo app"
+	@echo "                             on http://127.0.0.1:10070/app/"
 	@echo "  make -s token USER=alice   print a demo JWT (alice, bob, carol, eve); TTL=secs optional"
 
 wasm-target:
@@ -42,8 +44,25 @@ $(ENVOY):
 build:
 	$(CARGO) build --release $(NATIVE_PACKAGES)
 
-demo: wasm envoy build
+demo: wasm envoy build web
 	envoy/run-demo.sh
+
+# Node.js and npm (Debian's), installed if missing (needs root); `web` and `browser-test`.
+define need_node
+	@command -v node >/dev/null && command -v npm >/dev/null || { [ "$$(id -u)" = 0 ] || { echo "needs Node.js and npm: apt-get install nodejs npm (as root)" >&2; exit 1; }; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends nodejs npm >/dev/null; }
+endef
+
+# The embed demo web app's one dependency, the Looker Embed SDK (pinned in
+# web/embed-demo/package-lock.json), installed into web/embed-demo/node_modules (ignored
+# by git), from where the dev IdP serves it: the page loads nothing from the internet.
+.PHONY: web
+web: web/embed-demo/node_modules/@looker/embed-sdk/dist/main.js
+
+web/embed-demo/node_modules/@looker/embed-sdk/dist/main.js: web/embed-demo/package-lock.json
+	$(need_node)
+	cd web/embed-demo && npm ci --ignore-scripts --no-audit --no-fund
+	@touch $@
 
 # Only the JWT goes to stdout: `curl -H "Authorization: Bearer $$(make -s token USER=alice)" ...`
 token:
@@ -67,7 +86,7 @@ test: wasm envoy test-bins
 	LOOKERGATE_SIM_BIN="$(CURDIR)/target/debug/lookergate-looker-sim" \
 	LOOKERGATE_IDP_BIN="$(CURDIR)/target/debug/lookergate" \
 	$(CARGO) test --workspace --lib --bins --tests --no-fail-fast
-	$(MAKE) --no-print-directory lint sdk-test deploy-check dashboard-check fuzz-replay
+	$(MAKE) --no-print-directory lint sdk-test deploy-check dashboard-check fuzz-replay browser-test
 
 # The official Looker SDK (pinned) through the gateway, against the demo config.
 sdk-test: envoy test-bins
@@ -87,6 +106,20 @@ lint: wasm-target
 
 fmt:
 	$(CARGO) fmt --all
+
+# `make browser-test`: the embed demo in a real headless Chromium (Debian's `chromium`,
+# installed here if missing: needs root; driven by playwright-core, pinned in
+# tests/browser/package-lock.json, which downloads no browser). tests/browser/run.sh starts
+# the demo stack on the demo's ports with debug binaries and 15 s embed tokens, runs
+# tests/browser/embed-demo.test.mjs and stops the stack. UPDATE_SCREENSHOT=1 rewrites
+# docs/embed-demo.png.
+.PHONY: browser-test
+browser-test: wasm envoy test-bins web
+	@command -v /usr/bin/chromium >/dev/null || { [ "$$(id -u)" = 0 ] || { echo "browser-test: needs Chromium: apt-get install chromium (as root)" >&2; exit 1; }; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null; }
+	$(need_node)
+	@[ -d tests/browser/node_modules/playwright-core ] || (cd tests/browser && npm ci --ignore-scripts --no-audit --no-fund)
+	LOOKERGATE_BIN_DIR=target/debug LOOKERGATE_EMBED_TOKEN_TTL=15 tests/browser/run.sh
 
 # `make dashboard-check`: every query of envoy/grafana/lookergate-dashboard.json evaluated
 # by a real Prometheus (Debian's `prometheus`, installed here if missing: needs root)

@@ -133,11 +133,18 @@ class Stack:
         added shadow rule and rate limit."""
         config = yaml.safe_load(DEMO.read_text())
         config["admin"]["address"]["socket_address"]["port_value"] = 0
-        listener = config["static_resources"]["listeners"][0]
+        # The API listener only: the Looker UI host's (TLS, embedded dashboards) serves
+        # no metric the dashboard reads, and its fixed port may be taken by a demo.
+        listeners = config["static_resources"]["listeners"]
+        listeners[:] = [l for l in listeners if l["name"] == "looker_api"]
+        require(len(listeners) == 1, "envoy/demo.yaml has no listener looker_api")
+        listener = listeners[0]
         listener["address"]["socket_address"]["port_value"] = 0
         listener.pop("access_log", None)
         upstreams = {"looker": self.sim, "lookergate_broker": self.broker, "lookergate_idp": self.idp}
         for cluster in config["static_resources"]["clusters"]:
+            if not cluster["load_assignment"].get("endpoints"):
+                continue  # no endpoints (the embed prefix's cluster): nothing to point
             port = int(upstreams[cluster["name"]].rsplit(":", 1)[1])
             for group in cluster["load_assignment"]["endpoints"]:
                 for lb in group["lb_endpoints"]:

@@ -402,8 +402,10 @@ def compose_transform(demo: dict) -> dict:
         wasm["vm_config"]["code"]["local"]["filename"] = CONTAINER_WASM
     for cluster in out["static_resources"]["clusters"]:
         name = cluster["name"]
-        require(name in COMPOSE_UPSTREAMS, f"demo.yaml cluster {name!r} has no compose service (COMPOSE_UPSTREAMS)")
         cluster["type"] = "STRICT_DNS"
+        if not cluster["load_assignment"].get("endpoints"):
+            continue  # a cluster with no endpoints (the embed prefix's): nothing to map
+        require(name in COMPOSE_UPSTREAMS, f"demo.yaml cluster {name!r} has no compose service (COMPOSE_UPSTREAMS)")
         for group in cluster["load_assignment"]["endpoints"]:
             for lb in group["lb_endpoints"]:
                 lb["endpoint"]["address"]["socket_address"]["address"] = COMPOSE_UPSTREAMS[name]
@@ -423,7 +425,7 @@ COMPOSE_HEADER = """\
 def compose_text() -> str:
     text = DEMO.read_text()
     body = text[re.search(r"^[a-z]", text, re.M).start():]  # drop the demo's header comment
-    body = re.sub(r"(socket_address: \{ address: )127\.0\.0\.1(, port_value: (?:9901|10000) \})", r"\g<1>0.0.0.0\g<2>", body)
+    body = re.sub(r"(socket_address: \{ address: )127\.0\.0\.1(, port_value: (?:9901|10000|10443) \})", r"\g<1>0.0.0.0\g<2>", body)
     body = re.sub(r"(filename: )\S+\.wasm", rf"\g<1>{CONTAINER_WASM}", body)
     body = body.replace("type: STATIC", "type: STRICT_DNS")
     for port, service in (("10080", "looker-sim"), ("10090", "broker"), ("10070", "idp")):
@@ -508,7 +510,7 @@ def docker_compose_file():
     # Upstream clusters in compose.yaml reach the services on the ports they listen on.
     config = yaml.safe_load(COMPOSE_ENVOY.read_text())
     for cluster in config["static_resources"]["clusters"]:
-        for group in cluster["load_assignment"]["endpoints"]:
+        for group in cluster["load_assignment"].get("endpoints", []):
             for lb in group["lb_endpoints"]:
                 sa = lb["endpoint"]["address"]["socket_address"]
                 require(sa["address"] in services, f"cluster {cluster['name']}: {sa['address']} is not a compose service")

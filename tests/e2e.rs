@@ -40,6 +40,9 @@ mod trailers;
 // Issue 12 item 8: x-envoy-* and forwarding headers a client may not set.
 #[path = "e2e/hygiene.rs"]
 mod hygiene;
+// Issue 15 item 0: browsers as clients (CORS), and the demo's Looker UI host listener.
+#[path = "e2e/cors.rs"]
+mod cors;
 // Issue 15 items 1, 2: the embed endpoints, answered by the gateway through the broker.
 #[path = "e2e/embed.rs"]
 mod embed;

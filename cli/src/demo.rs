@@ -198,6 +198,8 @@ pub fn public_key_pem(key: &RS256KeyPair) -> Result<String, TokenError> {
 /// demo on free ports with another build of the filter. Each occurs there exactly once.
 pub const DEMO_ENVOY_ADMIN_PORT: &str = "port_value: 9901 ";
 pub const DEMO_ENVOY_LISTENER_PORT: &str = "port_value: 10000 ";
+/// The TLS listener of Looker's UI host (embedded dashboards).
+pub const DEMO_ENVOY_UI_PORT: &str = "port_value: 10443 ";
 pub const DEMO_ENVOY_LOOKER_PORT: &str = "port_value: 10080 ";
 pub const DEMO_ENVOY_BROKER_PORT: &str = "port_value: 10090 ";
 pub const DEMO_ENVOY_IDP_PORT: &str = "port_value: 10070 ";
@@ -208,6 +210,8 @@ pub const DEMO_ENVOY_WASM_PATH: &str = "filename: target/wasm32-wasip1/release/l
 pub struct DemoEnvoyPorts {
     pub admin: u16,
     pub listener: u16,
+    /// The Looker UI host listener (TLS, embedded dashboards).
+    pub ui: u16,
     pub looker: u16,
     pub broker: u16,
     pub idp: u16,
@@ -223,6 +227,7 @@ pub fn demo_envoy_yaml(
     for (from, port) in [
         (DEMO_ENVOY_ADMIN_PORT, ports.admin),
         (DEMO_ENVOY_LISTENER_PORT, ports.listener),
+        (DEMO_ENVOY_UI_PORT, ports.ui),
         (DEMO_ENVOY_LOOKER_PORT, ports.looker),
         (DEMO_ENVOY_BROKER_PORT, ports.broker),
         (DEMO_ENVOY_IDP_PORT, ports.idp),

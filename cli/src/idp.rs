@@ -11,6 +11,7 @@
 //! - `POST /__idp/jwks_padding` `{"extra_keys": 19, "x5c_bytes": 2500}` -> a JWKS as large
 //!   as a real tenant's (more keys, `x5c` certificates); zero and zero undo it
 //! - `GET /__idp/stats` -> fetch counts and published kids; `GET /healthz`
+//! - with `--app-dir DIR`: DIR's files under `/app/` (the demo web app, `app_files`)
 
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -202,7 +203,21 @@ pub fn app(idp: Idp) -> Router {
 }
 
 pub async fn serve(listener: tokio::net::TcpListener, idp: Idp) -> std::io::Result<()> {
-    axum::serve(listener, app(idp)).await
+    serve_with_app(listener, idp, None).await
+}
+
+/// [`serve`], plus the demo web app's files under `/app/` when `app_dir` is given (the
+/// page gets its users' tokens from `POST /token`, same origin).
+pub async fn serve_with_app(
+    listener: tokio::net::TcpListener,
+    idp: Idp,
+    app_dir: Option<crate::app_files::AppDir>,
+) -> std::io::Result<()> {
+    let mut router = app(idp);
+    if let Some(dir) = app_dir {
+        router = router.merge(crate::app_files::routes(dir));
+    }
+    axum::serve(listener, router).await
 }
 
 fn error(status: StatusCode, code: &str, message: impl Into<String>) -> Response {
@@ -638,6 +653,33 @@ mod tests {
         assert_eq!(claims.custom["contractor"], true);
         let lifetime = claims.expires_at.unwrap().as_secs() - claims.issued_at.unwrap().as_secs();
         assert_eq!(lifetime, 600);
+    }
+
+    #[tokio::test]
+    async fn token_carries_every_claim_of_the_demo_user_under_the_requested_ones() {
+        // The demo web app gets its users' tokens here: whatever claims a demo user has
+        // (e.g. `region`, which embed profiles read) must come through, with or without
+        // extra claims in the request.
+        let idp = Idp::demo().unwrap();
+        let jwks = call(&idp, "GET", "/jwks", None).await.json();
+        for user in crate::demo::DEMO_USERS {
+            let own = TokenSpec::for_demo_user(user.sub, 60)
+                .unwrap()
+                .claims()
+                .custom;
+            for extra in [json!({}), json!({"contractor": true})] {
+                let body = json!({"user": user.sub, "claims": extra});
+                let reply = call(&idp, "POST", "/token", Some(body.clone())).await;
+                assert_eq!(reply.status, StatusCode::OK, "{body}: {}", reply.text);
+                let claims = verify(reply.json()["access_token"].as_str().unwrap(), &jwks);
+                for (name, value) in &own {
+                    assert_eq!(claims.custom.get(name), Some(value), "{body}: {name}");
+                }
+                for (name, value) in extra.as_object().unwrap() {
+                    assert_eq!(claims.custom.get(name), Some(value), "{body}: {name}");
+                }
+            }
+        }
     }
 
     #[tokio::test]

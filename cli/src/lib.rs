@@ -3,6 +3,7 @@
 //! validated exactly as the filter loads it, plus its JSON Schema) and `explain` (what
 //! the policy decides for one request, and why). `main.rs` only parses arguments.
 
+pub mod app_files;
 pub mod check;
 pub mod demo;
 pub mod explain;

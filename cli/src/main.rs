@@ -146,6 +146,9 @@ struct IdpArgs {
     /// The audience of the tokens it mints
     #[arg(long, value_name = "AUD", default_value = DEMO_AUDIENCE)]
     audience: String,
+    /// Also serve this directory's files under /app/ (the demo web app, web/embed-demo)
+    #[arg(long, value_name = "DIR")]
+    app_dir: Option<std::path::PathBuf>,
     #[command(flatten)]
     key: KeyArgs,
 }
@@ -311,10 +314,14 @@ fn idp_command(args: IdpArgs) -> Result<Output, Failure> {
         listen,
         issuer,
         audience,
+        app_dir,
         key,
     } = args;
     let kid = key.kid.as_str();
     let signing_key = key.signing_key()?;
+    let app_dir = app_dir
+        .map(|dir| lookergate_cli::app_files::AppDir::new(&dir))
+        .transpose()?;
     let idp = Idp::new(&issuer, &audience, signing_key, kid);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -328,7 +335,7 @@ fn idp_command(args: IdpArgs) -> Result<Output, Failure> {
         writeln!(stdout, "listening on {local}").and_then(|()| stdout.flush()).map_err(|e| format!("idp: stdout: {e}"))?;
         eprintln!("lookergate idp: issuer {}, kid {kid}: DEMO keys, never trust them elsewhere", idp.issuer());
         tokio::select! {
-            served = idp::serve(listener, idp) => served.map_err(|e| format!("idp: server failed: {e}"))?,
+            served = idp::serve_with_app(listener, idp, app_dir) => served.map_err(|e| format!("idp: server failed: {e}"))?,
             _ = tokio::signal::ctrl_c() => {}
         }
         Ok(Output { text: String::new(), code: 0 })

@@ -195,7 +195,7 @@ mod tests {
         let plugin = &found[0];
         assert_eq!(
             plugin.label,
-            "demo.yaml: static_resources.listeners[0].filter_chains[0].filters[0].typed_config.http_filters[0].typed_config (lookergate)"
+            "demo.yaml: static_resources.listeners[0].filter_chains[0].filters[0].typed_config.http_filters[1].typed_config (lookergate)"
         );
         let json: Value = serde_json::from_str(plugin.json.as_ref().unwrap()).unwrap();
         assert_eq!(json["issuers"][0]["issuer"], "https://idp.lookergate.demo");

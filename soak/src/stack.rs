@@ -215,6 +215,7 @@ pub fn envoy_config(
     let ports = DemoEnvoyPorts {
         admin: 0,
         listener: 0,
+        ui: 0,
         looker: sim.port(),
         broker: broker.port(),
         idp: idp_port,
@@ -350,6 +351,8 @@ impl Stack {
             ])
             .arg("--admin-address-path")
             .arg(&admin_file)
+            // The demo's TLS listener names its certificate relative to the repository.
+            .current_dir(repo_root())
             .stdin(Stdio::null())
             .stdout(File::create(dir.join("envoy.stdout"))?)
             .stderr(File::create(&log)?)
@@ -460,7 +463,12 @@ async fn listener_address(admin: SocketAddr) -> Result<SocketAddr, Error> {
         .await?
         .json()
         .await?;
-    let socket = &listeners["listener_statuses"][0]["local_address"]["socket_address"];
+    // The API listener by name: the demo also has the Looker UI host's (TLS) listener.
+    let socket = listeners["listener_statuses"]
+        .as_array()
+        .and_then(|all| all.iter().find(|l| l["name"] == "looker_api"))
+        .map(|l| &l["local_address"]["socket_address"]);
+    let socket = socket.unwrap_or(&Value::Null);
     match (socket["address"].as_str(), socket["port_value"].as_u64()) {
         (Some(ip), Some(port)) => Ok(format!("{ip}:{port}").parse()?),
         _ => Err(format!("no listener address in {listeners}").into()),

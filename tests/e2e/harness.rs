@@ -262,6 +262,8 @@ impl Default for Options {
 pub struct Gateway {
     pub client: reqwest::Client,
     listener: SocketAddr,
+    /// Looker's UI host (TLS, the demo's self-signed certificate).
+    ui_listener: SocketAddr,
     admin: SocketAddr,
     sim: SocketAddr,
     broker: SocketAddr,
@@ -390,10 +392,12 @@ impl Gateway {
             .timeout(Duration::from_secs(20))
             .build()
             .expect("http client");
-        let listener = listener_address(&client, admin).await;
+        let listener = listener_address(&client, admin, "looker_api").await;
+        let ui_listener = listener_address(&client, admin, "looker_ui").await;
         let gateway = Gateway {
             client,
             listener,
+            ui_listener,
             admin,
             sim,
             broker,
@@ -429,6 +433,16 @@ impl Gateway {
 
     pub fn url(&self, path_and_query: &str) -> String {
         format!("http://{}{path_and_query}", self.listener)
+    }
+
+    /// A URL on Looker's UI host listener (https, the demo's self-signed certificate).
+    pub fn ui_url(&self, path_and_query: &str) -> String {
+        format!("https://{}{path_and_query}", self.ui_listener)
+    }
+
+    /// The API listener's address (for hand-made connections, e.g. HTTP/2).
+    pub fn listener(&self) -> SocketAddr {
+        self.listener
     }
 
     /// Sends a request through the gateway and records what came back.
@@ -1480,6 +1494,7 @@ fn envoy_config(
     let ports = DemoEnvoyPorts {
         admin: 0,
         listener: 0,
+        ui: 0,
         looker: sim.port(),
         broker: broker.port(),
         idp: idp.port(),
@@ -1568,8 +1583,9 @@ async fn wait_until_ready(envoy: &mut Envoy, dir: &Path) -> Result<SocketAddr, S
     }
 }
 
-/// The address Envoy bound for the demo listener (configured on port 0).
-async fn listener_address(client: &reqwest::Client, admin: SocketAddr) -> SocketAddr {
+/// The address Envoy bound for the demo listener `name` (configured on port 0): the API
+/// listener `looker_api`, or `looker_ui` (Looker's UI host, TLS).
+async fn listener_address(client: &reqwest::Client, admin: SocketAddr, name: &str) -> SocketAddr {
     let listeners: Value = client
         .get(format!("http://{admin}/listeners?format=json"))
         .send()
@@ -1578,7 +1594,13 @@ async fn listener_address(client: &reqwest::Client, admin: SocketAddr) -> Socket
         .json()
         .await
         .expect("admin /listeners JSON");
-    let socket = &listeners["listener_statuses"][0]["local_address"]["socket_address"];
+    let Some(listener) = listeners["listener_statuses"]
+        .as_array()
+        .and_then(|all| all.iter().find(|l| l["name"] == name))
+    else {
+        panic!("no listener {name:?} in {listeners}");
+    };
+    let socket = &listener["local_address"]["socket_address"];
     let (Some(ip), Some(port)) = (socket["address"].as_str(), socket["port_value"].as_u64()) else {
         panic!("no listener address in {listeners}");
     };

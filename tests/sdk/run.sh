@@ -37,8 +37,9 @@ sim=$(start "$work/sim" "$BIN/lookergate-looker-sim" --listen 127.0.0.1:0)
 broker=$(LOOKERGATE_BROKER_LOOKER_URL="http://$sim" start "$work/broker" "$BIN/lookergate-broker" --listen 127.0.0.1:0)
 # The filter fetches the demo issuer's keys from the dev IdP (discovery, then JWKS).
 idp=$(start "$work/idp" "$BIN/lookergate" idp --listen 127.0.0.1:0)
-listen=$(free_port); admin=$(free_port)
+listen=$(free_port); admin=$(free_port); ui=$(free_port)
 sed -e "s/port_value: 10000/port_value: $listen/" -e "s/port_value: 9901/port_value: $admin/" \
+    -e "s/port_value: 10443/port_value: $ui/" \
     -e "s/port_value: 10080/port_value: ${sim##*:}/" -e "s/port_value: 10090/port_value: ${broker##*:}/" \
     -e "s/port_value: 10070/port_value: ${idp##*:}/" \
     envoy/demo.yaml > "$work/envoy.yaml"
