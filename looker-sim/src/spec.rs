@@ -210,8 +210,20 @@ impl Generator<'_> {
 
     fn value(&self, schema: &'static Value, prop: &str, depth: usize, index: usize) -> Value {
         let (name, schema) = resolve(schema);
+        // Looker puts the allowed values of an array's items on the array itself.
+        let is_array = schema.get("type").and_then(Value::as_str) == Some("array");
+        if let (true, Some(first)) = (
+            is_array && depth < MAX_DEPTH,
+            schema
+                .get("enum")
+                .and_then(Value::as_array)
+                .and_then(|v| v.first()),
+        ) {
+            return Value::Array(vec![first.clone()]);
+        }
         if let Some(first) = schema
             .get("enum")
+            .filter(|_| !is_array)
             .and_then(Value::as_array)
             .and_then(|v| v.first())
         {
