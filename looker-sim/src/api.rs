@@ -827,8 +827,8 @@ fn api3_json(key: &Api3Key, with_secret: bool) -> Value {
     value
 }
 
-/// Looker's `fields` parameter: keep only the named top-level fields. Nested selections
-/// (`dashboard_elements(id,title)`) keep the whole nested value.
+/// Looker's `fields` parameter: keep only the named top-level fields (of each item of a
+/// list). Nested selections (`dashboard_elements(id,title)`) keep the whole nested value.
 fn select_fields(value: Value, fields: Option<&str>) -> Value {
     let Some(fields) = fields.filter(|f| !f.trim().is_empty()) else {
         return value;
@@ -850,11 +850,16 @@ fn select_fields(value: Value, fields: Option<&str>) -> Value {
         .map(|n| n.trim().to_owned())
         .filter(|n| !n.is_empty())
         .collect();
-    match value {
+    let keep = |value: Value| match value {
         Value::Object(map) => {
             Value::Object(map.into_iter().filter(|(k, _)| names.contains(k)).collect())
         }
         other => other,
+    };
+    match value {
+        // A list answer (`all_dashboards`, `search_users`): the fields of each item.
+        Value::Array(items) => items.into_iter().map(keep).collect(),
+        other => keep(other),
     }
 }
 
@@ -897,6 +902,11 @@ mod tests {
             ),
             (Some("nope"), json!({})),
         ];
+        let list = json!([{"id": "1", "title": "a"}, {"id": "2", "title": "b"}]);
+        assert_eq!(
+            select_fields(list, Some("id")),
+            json!([{"id": "1"}, {"id": "2"}])
+        );
         for (fields, want) in cases {
             assert_eq!(select_fields(value.clone(), fields), want, "{fields:?}");
         }
