@@ -1,6 +1,23 @@
 //! Looker API 4.0 under `/api/4.0`: every request is recorded, matched against the
-//! operation table (404 when no operation fits), authenticated (401), and answered by
-//! the operation's handler, or 501 for operations the simulator does not implement.
+//! operation table (404 when no operation fits), authenticated (401), its JSON body
+//! checked against the spec's request schema (400 malformed, 422 invalid: `spec`), and
+//! answered by the operation's hand-written handler (`HAND_WRITTEN`: sessions, users,
+//! dashboards, looks, queries, API3 keys, embedding), or else by demo data generated from
+//! the spec's success response (`generated`), after a 404 for an unknown id of a resource
+//! the demo knows.
+//!
+//! Queries run through the explore engine (`explore`), reading parameters as the spec
+//! describes them:
+//! - `run_inline_query`: the body is a `Query`; "limit: Row limit (may override the limit
+//!   in the saved query)": the URL's `limit` wins over the body's.
+//! - `run_query`: "This runs a previously saved query": the stored query by id, with the
+//!   URL's `limit`.
+//! - `run_look`: "Runs a given look's query and returns the results in the requested
+//!   format": the look's stored query, with the URL's `limit`.
+//! - `run_url_encoded_query`: "the specifiers for the query [are encoded] into the URL
+//!   query part": `fields` and `sorts` comma separated, `f[<field>]=<filter>` one per
+//!   field, `limit`, `pivots` (checked like fields; the engine does not pivot).
+//! - result formats: those the spec's table lists, except `xlsx` (501); others 400.
 
 use std::collections::BTreeMap;
 
@@ -15,6 +32,7 @@ use crate::demo::{self, DemoUser, ADMIN_USER_ID};
 use crate::embed;
 use crate::explore::{self, Format, QueryError, QuerySpec};
 use crate::operations::{self, Matched};
+use crate::spec::{self, BodyError, FieldError, Generator, Kind};
 use crate::state::{Api3Key, LoginAttempt, RecordedRequest, SimState, World};
 
 /// Looker puts this link in every error body.
@@ -36,6 +54,8 @@ pub(crate) enum ApiError {
         code: &'static str,
         message: String,
     },
+    /// Looker's 422 with every field that failed the request schema.
+    Invalid(Vec<FieldError>),
     NotImplemented {
         operation_id: String,
     },
@@ -67,6 +87,16 @@ impl IntoResponse for ApiError {
                     "documentation_url": DOCUMENTATION_URL,
                 }),
             ),
+            ApiError::Invalid(errors) => {
+                let errors: Vec<Value> = errors
+                    .into_iter()
+                    .map(|e| json!({"field": e.field, "code": e.code, "message": e.message, "documentation_url": DOCUMENTATION_URL}))
+                    .collect();
+                (
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    json!({"message": "Validation Failed", "errors": errors, "documentation_url": DOCUMENTATION_URL}),
+                )
+            }
             ApiError::NotImplemented { operation_id } => (
                 StatusCode::NOT_IMPLEMENTED,
                 error_body(&format!(
@@ -287,6 +317,13 @@ async fn dispatch(
         }
     }
     let caller = authenticate(state, token)?;
+    let spec_op = spec::operation(parts.method.as_str(), &matched.operation.template);
+    if let Some(spec_op) = spec_op {
+        spec::check_body(spec_op, &body).map_err(|e| match e {
+            BodyError::Malformed(message) => ApiError::BadRequest(message),
+            BodyError::Invalid(errors) => ApiError::Invalid(errors),
+        })?;
+    }
     let fields = param(&params, "fields");
     let limit = param(&params, "limit");
     match operation_id {
@@ -338,6 +375,16 @@ async fn dispatch(
         }
         "run_query" => {
             let (_, query) = saved_query(state, matched.param("query_id"))?;
+            run(&query, matched.param("result_format"), limit)
+        }
+        "run_look" => {
+            let look = demo::look(matched.param("look_id")).ok_or(ApiError::NotFound)?;
+            let query_id = look.get("query_id").and_then(Value::as_str).unwrap_or("");
+            let (_, query) = saved_query(state, query_id)?;
+            run(&query, matched.param("result_format"), limit)
+        }
+        "run_url_encoded_query" => {
+            let query = url_encoded_query(&matched, &params)?;
             run(&query, matched.param("result_format"), limit)
         }
         "all_user_credentials_api3s" => {
@@ -400,10 +447,134 @@ async fn dispatch(
             caller.require_admin()?;
             embed::delete_secret(state, matched.param("embed_secret_id"))
         }
-        _ => Err(ApiError::NotImplemented {
-            operation_id: operation_id.to_owned(),
-        }),
+        _ => generated(state, &matched, spec_op, fields),
     }
+}
+
+/// Operations with hand-written behaviour (`dispatch`); every other one is `generated`.
+pub const HAND_WRITTEN: [&str; 23] = [
+    "login",
+    "login_user",
+    "logout",
+    "me",
+    "user",
+    "user_for_credential",
+    "dashboard",
+    "look",
+    "run_inline_query",
+    "create_query",
+    "query",
+    "run_query",
+    "run_look",
+    "run_url_encoded_query",
+    "all_user_credentials_api3s",
+    "user_credentials_api3",
+    "create_user_credentials_api3",
+    "delete_user_credentials_api3",
+    "acquire_embed_cookieless_session",
+    "generate_tokens_for_cookieless_session",
+    "delete_embed_cookieless_session",
+    "create_embed_secret",
+    "delete_embed_secret",
+];
+
+/// An operation without hand-written behaviour: 404 for an unknown id of a resource the
+/// demo knows, else the spec's success status with demo data generated from its schema.
+fn generated(
+    state: &SimState,
+    matched: &Matched<'_>,
+    spec_op: Option<&'static Value>,
+    fields: Option<&str>,
+) -> Result<Response, ApiError> {
+    let template = matched.operation.template.as_str();
+    for (name, value) in &matched.params {
+        if let Some(kind) = Kind::of_path_param(template, name) {
+            if !known(state, kind, value) {
+                return Err(ApiError::NotFound);
+            }
+        }
+    }
+    let success = spec_op.map(spec::success).unwrap_or(spec::Success {
+        status: 200,
+        content: None,
+    });
+    let status = StatusCode::from_u16(success.status).unwrap_or(StatusCode::OK);
+    let Some((media, schema)) = success.content else {
+        return Ok(status.into_response());
+    };
+    if media != "application/json" {
+        let (content_type, body) = spec::non_json_body(media);
+        return Ok((status, [(header::CONTENT_TYPE, content_type)], body).into_response());
+    }
+    // The top-level object's `id` echoes the template's last parameter, if any.
+    let own_id = template
+        .rsplit('/')
+        .filter_map(|s| s.strip_prefix('{')?.strip_suffix('}'))
+        .find(|name| *name != "result_format")
+        .and_then(|name| matched.params.get(name))
+        .map(String::as_str);
+    let generator = Generator {
+        path_params: &matched.params,
+        own_id,
+    };
+    Ok(json_reply(
+        status,
+        &select_fields(generator.generate(schema), fields),
+    ))
+}
+
+/// Whether the demo has this resource (queries: the saved ones, created ones included).
+fn known(state: &SimState, kind: Kind, id: &str) -> bool {
+    match kind {
+        Kind::Query => id
+            .parse::<u64>()
+            .is_ok_and(|id| state.world().queries.contains_key(&id)),
+        Kind::User => id
+            .parse::<u64>()
+            .is_ok_and(|id| state.world().user(id).is_some()),
+        other => other.demo_ids().contains(&id),
+    }
+}
+
+/// `run_url_encoded_query`'s query, from the path and the decoded URL parameters.
+fn url_encoded_query(
+    matched: &Matched<'_>,
+    params: &[(String, String)],
+) -> Result<QuerySpec, ApiError> {
+    let list = |name: &str| -> Vec<String> {
+        param(params, name)
+            .map(|v| {
+                v.split(',')
+                    .map(|s| s.trim().to_owned())
+                    .filter(|s| !s.is_empty())
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let filters = params
+        .iter()
+        .filter_map(|(k, v)| {
+            let field = k.strip_prefix("f[")?.strip_suffix(']')?;
+            Some((field.to_owned(), v.clone()))
+        })
+        .collect();
+    let query = QuerySpec {
+        model: matched.param("model_name").to_owned(),
+        view: matched.param("view_name").to_owned(),
+        fields: list("fields"),
+        filters,
+        sorts: list("sorts"),
+        limit: None,
+    };
+    // Pivots name fields like `fields` does; the engine returns them unpivoted.
+    let pivots = QuerySpec {
+        fields: list("pivots"),
+        ..query.clone()
+    };
+    if !pivots.fields.is_empty() {
+        pivots.validate()?;
+    }
+    Ok(query)
 }
 
 /// `POST /login`: API3 credentials from the form body or, as Looker still accepts,
@@ -500,7 +671,7 @@ fn status_of(e: &ApiError) -> StatusCode {
         ApiError::Unauthenticated => StatusCode::UNAUTHORIZED,
         ApiError::Forbidden => StatusCode::FORBIDDEN,
         ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
-        ApiError::Validation { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+        ApiError::Validation { .. } | ApiError::Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
         ApiError::NotImplemented { .. } => StatusCode::NOT_IMPLEMENTED,
         ApiError::Injected { status, .. } => *status,
     }
@@ -523,6 +694,11 @@ fn parse_json<T: serde::de::DeserializeOwned>(body: &Bytes) -> Result<T, ApiErro
 fn run(query: &QuerySpec, result_format: &str, limit: Option<&str>) -> Result<Response, ApiError> {
     let render = match explore::format(result_format) {
         Format::Supported(render) => render,
+        Format::Image(media) => {
+            query.run(limit)?;
+            let (content_type, body) = spec::non_json_body(media);
+            return Ok(([(header::CONTENT_TYPE, content_type)], body).into_response());
+        }
         Format::NotRendered => {
             return Err(ApiError::NotImplemented {
                 operation_id: format!("result_format {result_format}"),
@@ -651,8 +827,8 @@ fn api3_json(key: &Api3Key, with_secret: bool) -> Value {
     value
 }
 
-/// Looker's `fields` parameter: keep only the named top-level fields. Nested selections
-/// (`dashboard_elements(id,title)`) keep the whole nested value.
+/// Looker's `fields` parameter: keep only the named top-level fields (of each item of a
+/// list). Nested selections (`dashboard_elements(id,title)`) keep the whole nested value.
 fn select_fields(value: Value, fields: Option<&str>) -> Value {
     let Some(fields) = fields.filter(|f| !f.trim().is_empty()) else {
         return value;
@@ -674,11 +850,16 @@ fn select_fields(value: Value, fields: Option<&str>) -> Value {
         .map(|n| n.trim().to_owned())
         .filter(|n| !n.is_empty())
         .collect();
-    match value {
+    let keep = |value: Value| match value {
         Value::Object(map) => {
             Value::Object(map.into_iter().filter(|(k, _)| names.contains(k)).collect())
         }
         other => other,
+    };
+    match value {
+        // A list answer (`all_dashboards`, `search_users`): the fields of each item.
+        Value::Array(items) => items.into_iter().map(keep).collect(),
+        other => keep(other),
     }
 }
 
@@ -721,6 +902,11 @@ mod tests {
             ),
             (Some("nope"), json!({})),
         ];
+        let list = json!([{"id": "1", "title": "a"}, {"id": "2", "title": "b"}]);
+        assert_eq!(
+            select_fields(list, Some("id")),
+            json!([{"id": "1"}, {"id": "2"}])
+        );
         for (fields, want) in cases {
             assert_eq!(select_fields(value.clone(), fields), want, "{fields:?}");
         }

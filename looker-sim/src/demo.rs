@@ -100,7 +100,8 @@ pub fn dashboard(id: &str) -> Option<Value> {
         "id": id,
         "title": title,
         "description": description,
-        "model": null,
+        // The spec's `LookModel` is not nullable: the model its tiles query.
+        "model": {"id": "thelook", "label": "The Look"},
         "folder_id": "1",
         "folder": {"id": "1", "name": "Shared", "parent_id": null},
         "user_id": "1",

@@ -1,6 +1,16 @@
 //! The one explore the simulator can query: model `thelook`, explore `orders` (joined
 //! with `users`). Runs a Looker `WriteQuery` over the demo rows and renders it in the
-//! result formats Looker names (`json`, `json_detail`, `csv`, `txt`, `md`, `sql`).
+//! result formats Looker names (`json`, `json_bi`, `json_detail`, `csv`, `txt`, `md`,
+//! `html`, `sql`, and placeholder `png`/`jpg` images; `xlsx` is not rendered: 501).
+//!
+//! The row limit, as the spec describes it:
+//! - `Query.limit`: "Row limit. To download unlimited results, set the limit to -1
+//!   (negative one)." So a negative limit returns every row.
+//! - the `limit` parameter of `run_query`, `run_look`, `run_inline_query`: "Row limit
+//!   (may override the limit in the saved query)." The URL's wins over the body's.
+//! - no limit, or `0` (the spec says nothing of `0`; Looker treats it as unset, and the
+//!   gateway's guardrails read it the same way, `QueryFacts::limit`): Looker's default of
+//!   5000 rows, also the most a positive limit returns.
 
 use std::cmp::Ordering;
 use std::collections::BTreeMap;
@@ -13,8 +23,9 @@ use crate::demo::{self, OrderRow};
 pub const MODEL: &str = "thelook";
 pub const EXPLORE: &str = "orders";
 
-/// Looker's row limit when a query names none, and the most one run returns.
-const DEFAULT_LIMIT: usize = 500;
+/// Looker's row limit when a query names none (or `0`), and the most a positive limit
+/// returns; the gateway's `LOOKER_DEFAULT_LIMIT` is the same number.
+const DEFAULT_LIMIT: usize = 5000;
 const MAX_LIMIT: usize = 5000;
 
 /// The parts of Looker's `WriteQuery` the simulator understands; other fields
@@ -30,7 +41,7 @@ pub struct QuerySpec {
     #[serde(default, deserialize_with = "null_as_default")]
     pub sorts: Vec<String>,
     /// Looker sends the limit as a string (`"500"`); numbers are accepted too. `-1`
-    /// means "no limit" (capped at `MAX_LIMIT`).
+    /// means "no limit", `0` the default.
     #[serde(default, deserialize_with = "limit")]
     pub limit: Option<i64>,
 }
@@ -210,9 +221,9 @@ impl QuerySpec {
             None => self.limit,
         };
         let limit = match limit {
-            None => DEFAULT_LIMIT,
-            Some(n) if n < 0 => MAX_LIMIT,
-            Some(n) => usize::try_from(n).unwrap_or(MAX_LIMIT).min(MAX_LIMIT),
+            None | Some(0) => Some(DEFAULT_LIMIT),
+            Some(n) if n < 0 => None,
+            Some(n) => Some(usize::try_from(n).unwrap_or(MAX_LIMIT).min(MAX_LIMIT)),
         };
         let defs: Vec<&FieldDef> = self.fields.iter().filter_map(|f| field_def(f)).collect();
         let dimensions: Vec<&FieldDef> = defs.iter().copied().filter(|d| !d.is_measure()).collect();
@@ -279,7 +290,9 @@ impl QuerySpec {
                 })
             })
         });
-        rows.truncate(limit);
+        if let Some(limit) = limit {
+            rows.truncate(limit);
+        }
         Ok(QueryResult {
             fields: self.fields.clone(),
             rows,
@@ -313,7 +326,8 @@ impl QuerySpec {
         default.into_iter().collect()
     }
 
-    fn sql(&self, defs: &[&FieldDef], dimensions: &[&FieldDef], limit: usize) -> String {
+    /// `limit` `None`: unlimited, no `LIMIT` clause.
+    fn sql(&self, defs: &[&FieldDef], dimensions: &[&FieldDef], limit: Option<usize>) -> String {
         let select: Vec<String> = defs
             .iter()
             .map(|d| format!("    {} AS \"{}\"", d.sql, d.name))
@@ -326,7 +340,10 @@ impl QuerySpec {
             let positions: Vec<String> = (1..=dimensions.len()).map(|n| n.to_string()).collect();
             sql.push_str(&format!("GROUP BY {}\n", positions.join(",")));
         }
-        sql.push_str(&format!("LIMIT {limit}"));
+        match limit {
+            Some(limit) => sql.push_str(&format!("LIMIT {limit}")),
+            None => sql.truncate(sql.trim_end().len()),
+        }
         sql
     }
 }
@@ -436,7 +453,9 @@ pub struct Rendered {
 /// What Looker does with a result format the simulator was asked for.
 pub enum Format {
     Supported(fn(&QueryResult) -> Rendered),
-    /// A format Looker has (`xlsx`, `png`, ...) that the simulator does not render.
+    /// A picture of the visualization (`png`, `jpg`): a placeholder image of this type.
+    Image(&'static str),
+    /// A format Looker has (`xlsx`) that the simulator does not render.
     NotRendered,
     Unknown,
 }
@@ -452,7 +471,11 @@ pub fn format(name: &str) -> Format {
             content_type: "text/plain; charset=utf-8",
             body: r.sql.clone(),
         }),
-        "json_bi" | "json_fe" | "html" | "xlsx" | "png" | "jpg" => Format::NotRendered,
+        "json_bi" => Format::Supported(render_json_bi),
+        "html" => Format::Supported(render_html),
+        "png" => Format::Image("image/png"),
+        "jpg" => Format::Image("image/jpeg"),
+        "xlsx" => Format::NotRendered,
         _ => Format::Unknown,
     }
 }
@@ -515,6 +538,76 @@ fn render_json_detail(result: &QueryResult) -> Rendered {
     Rendered {
         content_type: "application/json",
         body: body.to_string(),
+    }
+}
+
+/// Looker's recommended `json_bi`: the `JsonBi` type (metadata, fields, rows). The spec
+/// types `rows` as strings; Looker sends one object per row, and so does the simulator.
+fn render_json_bi(result: &QueryResult) -> Rendered {
+    let describe = |measures: bool| -> Vec<Value> {
+        result
+            .fields
+            .iter()
+            .filter_map(|f| field_def(f))
+            .filter(|d| d.is_measure() == measures)
+            .map(|d| {
+                let (view, _) = d.name.split_once('.').unwrap_or((d.name, ""));
+                json!({
+                    "sql": d.sql, "view": view, "dimension_group": null,
+                    "category": if measures { "measure" } else { "dimension" },
+                    "field_group_label": null, "name": d.name, "type": kind_name(d.kind),
+                    "view_label": view, "label": d.label, "field_group_variant": "",
+                    "hidden": false, "description": null,
+                })
+            })
+            .collect()
+    };
+    let body = json!({
+        "metadata": {
+            "big_query_metadata": {"total_bytes_processed": 0, "backend_cache_hit": false},
+            "fields": {"dimensions": describe(false), "measures": describe(true), "pivots": [], "table_calculations": []},
+            "pivots": [],
+            "has_subtotals": false,
+            "has_totals": false,
+            "columns_truncated": "false",
+            "filter_expression": null,
+            "filters": {},
+            "sql": result.sql,
+        },
+        "rows": result.rows,
+    });
+    Rendered {
+        content_type: "application/json",
+        body: body.to_string(),
+    }
+}
+
+/// `html`: a bare table with a label header.
+fn render_html(result: &QueryResult) -> Rendered {
+    let escape = |s: String| {
+        s.replace('&', "&amp;")
+            .replace('<', "&lt;")
+            .replace('>', "&gt;")
+    };
+    let header: String = labels(result)
+        .into_iter()
+        .map(|l| format!("<th>{}</th>", escape(l)))
+        .collect();
+    let rows: String = result
+        .rows
+        .iter()
+        .map(|row| {
+            let cells: String = result
+                .fields
+                .iter()
+                .map(|f| format!("<td>{}</td>", escape(cell_text(row.get(f)))))
+                .collect();
+            format!("<tr>{cells}</tr>\n")
+        })
+        .collect();
+    Rendered {
+        content_type: "text/html; charset=utf-8",
+        body: format!("<table>\n<tr>{header}</tr>\n{rows}</table>\n"),
     }
 }
 
@@ -795,7 +888,14 @@ mod tests {
             3,
             "the limit parameter wins"
         );
-        assert_eq!(q.run(Some("-1")).unwrap().rows.len(), 40);
+        assert_eq!(q.run(Some("-1")).unwrap().rows.len(), 40, "-1: unlimited");
+        assert_eq!(
+            q.run(Some("0")).unwrap().rows.len(),
+            40,
+            "0: the default, 5000"
+        );
+        assert!(!q.run(Some("-1")).unwrap().sql.contains("LIMIT"));
+        assert!(q.run(Some("0")).unwrap().sql.ends_with("LIMIT 5000"));
         assert_eq!(
             q.run(Some("x")).unwrap_err(),
             QueryError::BadLimit("x".into())
@@ -852,7 +952,20 @@ mod tests {
         assert_eq!(detail["fields"]["measures"][0]["name"], "orders.count");
         assert!(render("sql").body.starts_with("SELECT"));
         assert!(render("md").body.contains("| complete | 20 |"));
-        assert!(matches!(format("png"), Format::NotRendered));
+        let bi: Value = serde_json::from_str(&render("json_bi").body).unwrap();
+        assert_eq!(
+            bi["rows"][1],
+            json!({"orders.status": "complete", "orders.count": 20})
+        );
+        assert_eq!(
+            bi["metadata"]["fields"]["measures"][0]["name"],
+            "orders.count"
+        );
+        assert!(render("html")
+            .body
+            .contains("<tr><td>complete</td><td>20</td></tr>"));
+        assert!(matches!(format("png"), Format::Image("image/png")));
+        assert!(matches!(format("xlsx"), Format::NotRendered));
         assert!(matches!(format("bogus"), Format::Unknown));
     }
 

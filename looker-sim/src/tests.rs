@@ -59,7 +59,7 @@ impl Sim {
         Reply {
             status,
             headers,
-            text: String::from_utf8(bytes.to_vec()).unwrap(),
+            text: String::from_utf8_lossy(&bytes).into_owned(),
         }
     }
 
@@ -294,21 +294,140 @@ async fn paths_and_methods_outside_the_spec_get_404_even_with_a_token() {
 }
 
 #[tokio::test]
-async fn unimplemented_operations_get_501_after_authentication() {
+async fn operations_without_handlers_answer_generated_data_after_authentication() {
     let sim = Sim::new();
     let token = sim.admin().await;
-    let reply = sim
-        .call(Method::GET, "/api/4.0/folders/1", Some(&token), None)
-        .await;
-    assert_eq!(reply.status, StatusCode::NOT_IMPLEMENTED, "{}", reply.text);
-    let body = reply.json();
-    assert!(
-        body["message"].as_str().unwrap().contains("folder"),
-        "{body}"
+    let folder = sim.get("/api/4.0/folders/1", &token).await;
+    assert_eq!(folder.status, StatusCode::OK, "{}", folder.text);
+    assert_eq!(folder.headers["content-type"], "application/json");
+    let body = folder.json();
+    assert_eq!(body["id"], "1");
+    assert_eq!(body["created_at"], "2026-01-01T00:00:00.000+00:00");
+    assert_eq!(body["can"]["show"], true);
+    assert!(body["dashboards"].is_array(), "{body}");
+    // Ids of resources the demo does not know are accepted and echoed.
+    assert_eq!(
+        sim.get("/api/4.0/groups/77", &token).await.json()["id"],
+        "77"
     );
-    assert_eq!(body["documentation_url"], DOCUMENTATION_URL);
+    let dashboards = sim.get("/api/4.0/dashboards", &token).await.json();
+    let ids: Vec<&str> = dashboards
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["1", "2"], "the demo's dashboard ids");
+    assert_eq!(
+        sim.get("/api/4.0/folders/1?fields=id,name", &token)
+            .await
+            .json(),
+        json!({"id": "1", "name": "name 1"}),
+        "the fields parameter applies"
+    );
+    let deleted = sim
+        .call(Method::DELETE, "/api/4.0/dashboards/2", Some(&token), None)
+        .await;
+    assert_eq!(deleted.status, StatusCode::NO_CONTENT);
+    assert_eq!(deleted.text, "");
+    let key = sim.get("/api/4.0/projects/p/git/deploy_key", &token).await;
+    assert_eq!(key.status, StatusCode::OK);
+    assert!(key.headers["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/plain"));
+    let thumbnail = sim
+        .get("/api/4.0/vector_thumbnail/dashboard/1", &token)
+        .await;
+    assert_eq!(thumbnail.headers["content-type"], "image/svg+xml");
+    assert!(thumbnail.text.starts_with("<svg"));
     let anonymous = sim
         .call(Method::GET, "/api/4.0/folders/1", None, None)
+        .await;
+    assert_eq!(anonymous.status, StatusCode::UNAUTHORIZED);
+    // Generated answers are recorded like any other call.
+    assert!(sim
+        .state
+        .requests()
+        .iter()
+        .any(|r| r.path == "/api/4.0/groups/77"));
+}
+
+#[tokio::test]
+async fn unknown_ids_of_resources_the_demo_knows_get_404() {
+    let sim = Sim::new();
+    let token = sim.admin().await;
+    for uri in [
+        "/api/4.0/folders/999",
+        "/api/4.0/folders/999/dashboards",
+        "/api/4.0/dashboards/9/dashboard_elements",
+        "/api/4.0/looks/99",
+        "/api/4.0/looks/99/run/json",
+        "/api/4.0/users/999/roles",
+        "/api/4.0/queries/999",
+        "/api/4.0/lookml_models/nope",
+        "/api/4.0/lookml_models/thelook/explores/nope",
+    ] {
+        assert_looker_error(
+            &sim.get(uri, &token).await,
+            StatusCode::NOT_FOUND,
+            "Not found",
+        );
+    }
+    for uri in [
+        "/api/4.0/folders/1001/dashboards",
+        "/api/4.0/dashboards/2/dashboard_elements",
+        "/api/4.0/users/203/roles",
+        "/api/4.0/lookml_models/thelook/explores/orders",
+    ] {
+        let reply = sim.get(uri, &token).await;
+        assert_eq!(reply.status, StatusCode::OK, "{uri}: {}", reply.text);
+    }
+}
+
+#[tokio::test]
+async fn request_bodies_are_checked_against_the_spec() {
+    let sim = Sim::new();
+    let token = sim.admin().await;
+    let post = |body: &'static str| {
+        Request::post("/api/4.0/folders")
+            .header("authorization", format!("token {token}"))
+            .header("content-type", "application/json")
+            .body(Body::from(body))
+            .unwrap()
+    };
+    let malformed = sim.send(post("{\"name\": ")).await;
+    assert_eq!(
+        malformed.status,
+        StatusCode::BAD_REQUEST,
+        "{}",
+        malformed.text
+    );
+    assert_eq!(malformed.json()["documentation_url"], DOCUMENTATION_URL);
+    let missing = sim.send(post("{\"name\": \"Reports\"}")).await;
+    assert_eq!(
+        missing.json(),
+        json!({
+            "message": "Validation Failed",
+            "errors": [{"field": "parent_id", "code": "missing_field", "message": "parent_id is required", "documentation_url": DOCUMENTATION_URL}],
+            "documentation_url": DOCUMENTATION_URL,
+        })
+    );
+    assert_eq!(missing.status, StatusCode::UNPROCESSABLE_ENTITY);
+    let wrong_type = sim
+        .send(post("{\"name\": [\"Reports\"], \"parent_id\": \"1\"}"))
+        .await;
+    assert_eq!(wrong_type.status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(wrong_type.json()["errors"][0]["field"], "name");
+    assert_eq!(wrong_type.json()["errors"][0]["code"], "invalid");
+    let created = sim
+        .send(post("{\"name\": \"Reports\", \"parent_id\": \"1\"}"))
+        .await;
+    assert_eq!(created.status, StatusCode::OK, "{}", created.text);
+    assert!(created.json()["id"].is_string());
+    // Authentication comes first, as in Looker.
+    let anonymous = sim
+        .call(Method::POST, "/api/4.0/folders", None, Some(json!({})))
         .await;
     assert_eq!(anonymous.status, StatusCode::UNAUTHORIZED);
 }
@@ -576,7 +695,12 @@ async fn bad_queries_fail_like_looker() {
             json!({"model": "thelook", "view": "orders", "fields": ["orders.nope"]}),
             StatusCode::UNPROCESSABLE_ENTITY,
         ),
-        ("json", json!({"view": "orders"}), StatusCode::BAD_REQUEST),
+        // `model` is required by the spec's `Query` schema.
+        (
+            "json",
+            json!({"view": "orders"}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
         (
             "bogus",
             json!({"model": "thelook", "view": "orders", "fields": ["orders.count"]}),
@@ -644,6 +768,146 @@ async fn created_queries_can_be_read_and_run_by_id() {
             .status,
         StatusCode::NOT_FOUND
     );
+}
+
+/// Row count and the SQL's LIMIT clause of a `json`/`sql` run.
+async fn rows_of(sim: &Sim, request: Request<Body>) -> usize {
+    let reply = sim.send(request).await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text);
+    reply.json().as_array().unwrap().len()
+}
+
+fn inline(token: &str, query: &str, body: Value) -> Request<Body> {
+    Request::post(format!("/api/4.0/queries/run/json{query}"))
+        .header("authorization", format!("token {token}"))
+        .header("content-type", "application/json")
+        .body(Body::from(body.to_string()))
+        .unwrap()
+}
+
+#[tokio::test]
+async fn the_url_limit_of_run_inline_query_overrides_the_bodys() {
+    let sim = Sim::new();
+    let token = sim.analyst().await;
+    let ids = |limit: Value| json!({"model": "thelook", "view": "orders", "fields": ["orders.id"], "limit": limit});
+    let cases = [
+        ("", json!("5"), 5),
+        ("?limit=3", json!("5"), 3),
+        ("?limit=30", json!("5"), 30),
+        ("?limit=-1", json!("5"), 40),
+        ("?limit=0", json!("5"), 40),
+        ("", json!("-1"), 40),
+        ("", json!("0"), 40),
+        ("", Value::Null, 40),
+        // Percent-encoded names are decoded, as Looker's Rails stack does.
+        ("?%6Cimit=2", json!("5"), 2),
+    ];
+    for (query, limit, want) in cases {
+        let got = rows_of(&sim, inline(&token, query, ids(limit.clone()))).await;
+        assert_eq!(got, want, "url {query:?}, body limit {limit}");
+    }
+    let sql = sim
+        .send(
+            Request::post("/api/4.0/queries/run/sql?limit=-1")
+                .header("authorization", format!("token {token}"))
+                .body(Body::from(ids(json!("5")).to_string()))
+                .unwrap(),
+        )
+        .await;
+    assert!(!sql.text.contains("LIMIT"), "-1 is unlimited: {}", sql.text);
+}
+
+#[tokio::test]
+async fn run_look_and_run_query_run_the_stored_query() {
+    let sim = Sim::new();
+    let token = sim.analyst().await;
+    // Look 1's query (id 1): orders.status and orders.count, by count descending.
+    let by_look = sim.get("/api/4.0/looks/1/run/csv", &token).await;
+    assert_eq!(by_look.status, StatusCode::OK, "{}", by_look.text);
+    assert_eq!(
+        by_look.text,
+        "Orders Status,Orders Count\ncomplete,20\ncancelled,10\npending,10\n"
+    );
+    let by_query = sim.get("/api/4.0/queries/1/run/csv", &token).await;
+    assert_eq!(by_query.text, by_look.text, "the look runs its query");
+    let limited = sim.get("/api/4.0/looks/1/run/json?limit=1", &token).await;
+    assert_eq!(
+        limited.json(),
+        json!([{"orders.status": "complete", "orders.count": 20}])
+    );
+    // Look 2's query filters on orders.status = complete.
+    let look2 = sim.get("/api/4.0/looks/2/run/json", &token).await.json();
+    let total: u64 = look2
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["orders.count"].as_u64().unwrap())
+        .sum();
+    assert_eq!(total, 20);
+    assert_eq!(
+        sim.get("/api/4.0/looks/1/run/xlsx", &token).await.status,
+        StatusCode::NOT_IMPLEMENTED
+    );
+    let png = sim.get("/api/4.0/looks/1/run/png", &token).await;
+    assert_eq!(png.headers["content-type"], "image/png");
+}
+
+#[tokio::test]
+async fn run_url_encoded_query_decodes_fields_filters_sorts_and_limit() {
+    let sim = Sim::new();
+    let token = sim.analyst().await;
+    let url = "/api/4.0/queries/models/thelook/views/orders/run";
+    let cases = [
+        (
+            "json?fields=orders.status,orders.count&sorts=orders.status",
+            "[{\"orders.status\":\"cancelled\",\"orders.count\":10},{\"orders.status\":\"complete\",\"orders.count\":20},{\"orders.status\":\"pending\",\"orders.count\":10}]",
+        ),
+        (
+            "json?fields=orders.status,orders.count&f%5Borders.status%5D=complete",
+            "[{\"orders.status\":\"complete\",\"orders.count\":20}]",
+        ),
+        (
+            "json?fields=orders.id&sorts=orders.id+desc&limit=2",
+            "[{\"orders.id\":40},{\"orders.id\":39}]",
+        ),
+        (
+            "csv?fields=orders.status,orders.count&f[orders.status]=-complete&sorts=orders.status&pivots=orders.status",
+            "Orders Status,Orders Count\ncancelled,10\npending,10\n",
+        ),
+        (
+            "txt?fields=orders.count&f[orders.id]=%3E30",
+            "Orders Count\n10\n",
+        ),
+    ];
+    for (query, want) in cases {
+        let reply = sim.get(&format!("{url}/{query}"), &token).await;
+        assert_eq!(reply.status, StatusCode::OK, "{query}: {}", reply.text);
+        assert_eq!(reply.text, want, "{query}");
+    }
+    let failures = [
+        ("json?fields=orders.nope", StatusCode::UNPROCESSABLE_ENTITY),
+        ("json", StatusCode::UNPROCESSABLE_ENTITY),
+        (
+            "json?fields=orders.id&pivots=x.y",
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+        (
+            "json?fields=orders.id&limit=ten",
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+        ("bogus?fields=orders.id", StatusCode::BAD_REQUEST),
+    ];
+    for (query, status) in failures {
+        let reply = sim.get(&format!("{url}/{query}"), &token).await;
+        assert_eq!(reply.status, status, "{query}: {}", reply.text);
+    }
+    let unknown_model = sim
+        .get(
+            "/api/4.0/queries/models/nope/views/orders/run/json?fields=orders.id",
+            &token,
+        )
+        .await;
+    assert_looker_error(&unknown_model, StatusCode::NOT_FOUND, "Not found");
 }
 
 // ---- API3 key rotation ----

@@ -307,8 +307,19 @@ async fn generate_tokens_hands_out_new_tokens_and_accepts_current_or_previous_on
         .generate(&token, json!({"session_reference_token": "never-issued", "navigation_token": "a", "api_token": "b"}))
         .await;
     assert_looker_error(&reply, StatusCode::NOT_FOUND, "Not found");
+    // `session_reference_token` is required by the spec's request schema.
     let reply = sim.generate(&token, json!({"navigation_token": "a"})).await;
-    assert_eq!(reply.status, StatusCode::BAD_REQUEST, "{}", reply.text);
+    assert_eq!(
+        reply.status,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "{}",
+        reply.text
+    );
+    assert_eq!(
+        reply.json()["errors"][0]["field"],
+        "session_reference_token"
+    );
+    assert_eq!(reply.json()["errors"][0]["code"], "missing_field");
     assert_eq!(
         sim.embed_view().await["sessions"][0]["generate_tokens_calls"],
         3
