@@ -139,6 +139,28 @@ pub struct ConfigFile {
     pub sudo: Option<SudoFile>,
     /// Embedded analytics (docs/embed.md); without it the embed endpoints answer 501.
     pub embed: Option<EmbedFile>,
+    /// A store shared by broker replicas (Redis); without it everything stays in-process.
+    pub store: Option<StoreFile>,
+}
+
+/// `[store]`: the Redis every replica shares (tokens, logins, rotated keys), see
+/// [`crate::store`]. The URL may hold a password, so it is a secret like the others.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreFile {
+    /// `redis://[:password@]host:port[/db]`: inline, or `url_file`, or `url_env`.
+    pub url: Option<Secret>,
+    pub url_file: Option<PathBuf>,
+    pub url_env: Option<String>,
+    /// The sealing key (32 bytes, base64): `key_file` or `key_env`, never inline.
+    pub key_file: Option<PathBuf>,
+    pub key_env: Option<String>,
+    /// Prefix of every Redis key (several fleets may share one Redis).
+    pub prefix: Option<String>,
+    /// How often a replica reads the shared credentials and renews its heartbeat.
+    pub poll: Option<DurationStr>,
+    /// The longest a rotation waits for every live replica before deleting the old key.
+    pub rotation_grace: Option<DurationStr>,
 }
 
 /// `[embed]`: which role's credentials make Looker's embed calls, and the SSO embed secret.
@@ -357,6 +379,7 @@ pub struct BrokerConfig {
     pub roles: BTreeMap<String, RoleConfig>,
     pub sudo: Option<SudoConfig>,
     pub embed: Option<EmbedConfig>,
+    pub store: Option<crate::store::StoreConfig>,
 }
 
 const MIN_GATEWAY_CREDENTIAL_LEN: usize = 16;
@@ -604,6 +627,25 @@ impl ConfigFile {
             })?;
         }
 
+        let store = self.store.map(|s| compile_store(s, env)).transpose()?;
+        if store.is_some() {
+            if self.rotated_credentials_file.is_some() {
+                return Err(invalid(
+                    "rotated_credentials_file",
+                    "with [store], rotated keys live in the store: remove one of the two",
+                ));
+            }
+            if embed
+                .as_ref()
+                .is_some_and(|e| e.rotate_secret_every.is_some())
+            {
+                return Err(invalid(
+                    "embed.rotate_secret_every",
+                    "is not shared between replicas: not supported with [store]",
+                ));
+            }
+        }
+
         Ok(BrokerConfig {
             listen,
             looker_url,
@@ -617,8 +659,63 @@ impl ConfigFile {
             roles,
             sudo,
             embed,
+            store,
         })
     }
+}
+
+fn compile_store(
+    s: StoreFile,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<crate::store::StoreConfig, ConfigError> {
+    let url = SecretSource {
+        inline: s.url,
+        file: s.url_file,
+        env: s.url_env,
+    }
+    .resolve("store.url", env)?;
+    // Never quote the URL: it may carry a password.
+    let parsed = redis::Client::open(url.expose()).map_err(|_| {
+        invalid(
+            "store.url",
+            "is not a redis:// or rediss:// URL (not shown)",
+        )
+    })?;
+    drop(parsed);
+    let (field, text) = match (s.key_file, s.key_env) {
+        (Some(path), None) => ("store.key_file", read_secret_file("store.key_file", &path)?),
+        (None, Some(var)) => (
+            "store.key_env",
+            read_secret_env("store.key_env", &var, env)?,
+        ),
+        _ => {
+            return Err(invalid(
+                "store.key",
+                "give exactly one of `key_file` and `key_env`",
+            ))
+        }
+    };
+    let key = crate::store::SealingKey::from_base64(text.trim())
+        .map_err(|message| invalid(field, message))?;
+    let prefix = s.prefix.unwrap_or_else(|| "lookergate:broker".into());
+    if prefix.is_empty() || prefix.chars().any(|c| c.is_whitespace() || c == '*') {
+        return Err(invalid(
+            "store.prefix",
+            "must be non-empty, without spaces or '*'",
+        ));
+    }
+    let poll = s.poll.map_or(Duration::from_secs(1), |d| d.0);
+    if poll < Duration::from_millis(100) {
+        return Err(invalid("store.poll", "must be at least 100ms"));
+    }
+    let rotation_grace = s.rotation_grace.map_or(Duration::from_secs(60), |d| d.0);
+    Ok(crate::store::StoreConfig {
+        url,
+        key,
+        prefix,
+        poll,
+        rotation_grace,
+    })
 }
 
 fn compile_embed(
