@@ -318,6 +318,24 @@ impl Broker {
             return Ok(false);
         };
         let read = store.read_credentials().await?;
+        let held = self
+            .shared_credentials
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        if let Some(held) = held.filter(|h| h.version > read.version) {
+            // The store lost a rotation (Redis restarted empty): keep the keys in force here,
+            // whose predecessors may be deleted in Looker, and put them back.
+            if store.reseed_credentials(&held).await? {
+                tracing::warn!(
+                    event = "shared_credentials",
+                    result = "reseeded",
+                    version = held.version,
+                    message = "the store had lost the rotated credentials; written back"
+                );
+            }
+            return Ok(false);
+        }
         self.adopt_shared_credentials(read)
     }
 

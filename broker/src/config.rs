@@ -1247,6 +1247,102 @@ mod tests {
     }
 
     #[test]
+    fn store_needs_a_redis_url_and_a_32_byte_key_from_a_file_or_the_environment() {
+        let dir = TempDir::new("store");
+        const KEY: &str = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
+        let good = dir.file("good.key", &format!("{KEY}\n"));
+        let short = dir.file("short.key", "c2hvcnQta2V5\n");
+        let base =
+            "looker_url = \"http://looker:19999\"\ngateway_credentials = [\"0123456789abcdef\"]\n\
+                    [roles.a]\nclient_id = \"x\"\nclient_secret = \"y\"\n";
+        let env = [
+            ("KEY", KEY),
+            ("BAD", "not base64 at all!"),
+            ("URL", "redis://:hunter2@127.0.0.1:6379/0"),
+        ];
+        let store = |lines: &str| compile_with_env(&format!("{base}[store]\n{lines}"), &env);
+        let c = store(&format!(
+            "url = \"redis://127.0.0.1:6379\"\nkey_file = {good:?}\n"
+        ))
+        .unwrap();
+        let s = c.store.unwrap();
+        assert_eq!(
+            (s.prefix.as_str(), s.poll),
+            ("lookergate:broker", Duration::from_secs(1))
+        );
+        assert_eq!(s.rotation_grace, Duration::from_secs(60));
+        let c =
+            store("url_env = \"URL\"\nkey_env = \"KEY\"\nprefix = \"fleet-a\"\npoll = \"500ms\"\n")
+                .unwrap();
+        let shown = format!("{c:?}");
+        assert!(
+            !shown.contains("hunter2") && !shown.contains(KEY),
+            "{shown}"
+        );
+        assert!(
+            BrokerConfig::parse(base).unwrap().store.is_none(),
+            "no [store]: none"
+        );
+
+        let url = "url = \"redis://127.0.0.1:6379\"\n";
+        let table = [
+            (
+                format!("{url}key_file = {short:?}\n"),
+                "store.key_file: must decode to 32 bytes",
+            ),
+            (
+                format!("{url}key_env = \"BAD\"\n"),
+                "store.key_env: is not base64",
+            ),
+            (
+                format!("{url}key_env = \"UNSET\"\n"),
+                "store.key_env: the environment variable UNSET",
+            ),
+            (
+                url.to_string(),
+                "store.key: give exactly one of `key_file` and `key_env`",
+            ),
+            (
+                format!("{url}key_env = \"KEY\"\nkey_file = {good:?}\n"),
+                "store.key: give exactly one",
+            ),
+            (format!("{url}key = \"{KEY}\"\n"), "unknown field"),
+            (
+                "key_env = \"KEY\"\n".to_string(),
+                "store.url: give exactly one",
+            ),
+            (
+                "url = \"http://127.0.0.1:6379\"\nkey_env = \"KEY\"\n".to_string(),
+                "store.url: is not a redis",
+            ),
+            (
+                format!("{url}key_env = \"KEY\"\npoll = \"10ms\"\n"),
+                "store.poll",
+            ),
+            (
+                format!("{url}key_env = \"KEY\"\nprefix = \"a b\"\n"),
+                "store.prefix",
+            ),
+        ];
+        for (lines, want) in table {
+            let err = match store(&lines) {
+                Ok(_) => panic!("accepted:\n{lines}"),
+                Err(e) => e.to_string(),
+            };
+            assert!(err.contains(want), "want {want:?} in {err:?} for\n{lines}");
+            assert!(!err.contains(KEY) && !err.contains("c2hvcnQta2V5"), "{err}");
+        }
+        let both = format!(
+            "rotated_credentials_file = \"/tmp/r.toml\"\n{base}[store]\n{url}key_env = \"KEY\"\n"
+        );
+        let err = compile_with_env(&both, &env).unwrap_err().to_string();
+        assert!(
+            err.starts_with("rotated_credentials_file: with [store]"),
+            "{err}"
+        );
+    }
+
+    #[test]
     fn env_overrides_listen_and_credentials() {
         let mut file = match ConfigFile::parse(DEMO_CONFIG) {
             Ok(f) => f,

@@ -68,14 +68,20 @@ pub fn spawn_replica(broker: AppState) -> Vec<JoinHandle<()>> {
     }));
 
     tasks.push(tokio::spawn(async move {
+        let mut first = true;
         loop {
             let (connected, received) = (broker.clone(), broker.clone());
+            let resubscribed = !first;
+            first = false;
             let ended = store
                 .invalidations(
                     move || {
-                        // Invalidations published while this replica was not listening are lost.
-                        let b = connected.clone();
-                        tokio::spawn(async move { b.tokens.drop_all_local().await });
+                        // Invalidations published while this replica was not listening are
+                        // lost: after an outage, every local token goes.
+                        if resubscribed {
+                            let b = connected.clone();
+                            tokio::spawn(async move { b.tokens.drop_all_local().await });
+                        }
                     },
                     move |id| {
                         let (b, id) = (received.clone(), id.to_string());

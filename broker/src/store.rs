@@ -279,6 +279,16 @@ redis.call('SET', KEYS[3], ARGV[2])
 return 1
 "#;
 
+/// Puts credentials back into a store that lost them (Redis restarted without its data):
+/// only if no credentials are there, and the fencing counter is raised to their version.
+const RESEED: &str = r#"
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+redis.call('SET', KEYS[1], ARGV[2])
+redis.call('SET', KEYS[2], ARGV[1])
+if tonumber(redis.call('GET', KEYS[3]) or '0') < tonumber(ARGV[1]) then redis.call('SET', KEYS[3], ARGV[1]) end
+return 1
+"#;
+
 /// A connection to the shared store: one multiplexed, self-reconnecting connection for
 /// commands, plus a pub/sub connection for invalidations ([`SharedStore::invalidations`]).
 pub struct SharedStore {
@@ -526,14 +536,7 @@ impl SharedStore {
         })
     }
 
-    /// Writes `creds` (whose version is the writer's fencing token) if `owner` still holds
-    /// the rotation lock and no newer version is in force. `Ok(false)`: fenced off.
-    pub async fn write_credentials(
-        &self,
-        owner: &str,
-        creds: &SharedCredentials,
-    ) -> Result<bool, StoreError> {
-        let key = self.credentials_key();
+    fn seal_credentials(&self, creds: &SharedCredentials) -> Result<Vec<u8>, StoreError> {
         let wire = WireCredentials {
             version: creds.version,
             roles: creds
@@ -554,7 +557,32 @@ impl SharedStore {
                 .collect(),
         };
         let plain = serde_json::to_vec(&wire).map_err(|e| StoreError::Malformed(e.to_string()))?;
-        let sealed = self.sealer.seal(&key, &plain)?;
+        self.sealer.seal(&self.credentials_key(), &plain)
+    }
+
+    /// Writes `creds` back if the store has none (it lost its data). `Ok(true)`: written.
+    pub async fn reseed_credentials(&self, creds: &SharedCredentials) -> Result<bool, StoreError> {
+        let sealed = self.seal_credentials(creds)?;
+        let n: i64 = redis::Script::new(RESEED)
+            .key(self.credentials_key())
+            .key(self.credentials_version_key())
+            .key(self.fence_key())
+            .arg(creds.version)
+            .arg(sealed)
+            .invoke_async(&mut self.conn())
+            .await?;
+        Ok(n == 1)
+    }
+
+    /// Writes `creds` (whose version is the writer's fencing token) if `owner` still holds
+    /// the rotation lock and no newer version is in force. `Ok(false)`: fenced off.
+    pub async fn write_credentials(
+        &self,
+        owner: &str,
+        creds: &SharedCredentials,
+    ) -> Result<bool, StoreError> {
+        let key = self.credentials_key();
+        let sealed = self.seal_credentials(creds)?;
         let n: i64 = redis::Script::new(WRITE_FENCED)
             .key(self.rotation_lock_key())
             .key(&key)
