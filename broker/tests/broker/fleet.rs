@@ -15,22 +15,32 @@ struct Redis {
     child: Option<std::process::Child>,
     port: u16,
     dir: TempDir,
+    password: Option<String>,
 }
 
 impl Redis {
     async fn start() -> Result<Redis, Box<dyn std::error::Error>> {
+        Redis::start_with(None).await
+    }
+
+    /// With `password`: `--requirepass`, and the URL carries it.
+    async fn start_with(password: Option<&str>) -> Result<Redis, Box<dyn std::error::Error>> {
         let port = free_addr().await?.port();
         let mut redis = Redis {
             child: None,
             port,
             dir: TempDir::new("redis")?,
+            password: password.map(String::from),
         };
         redis.run().await?;
         Ok(redis)
     }
 
     fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/0", self.port)
+        match &self.password {
+            Some(pw) => format!("redis://:{pw}@127.0.0.1:{}/0", self.port),
+            None => format!("redis://127.0.0.1:{}/0", self.port),
+        }
     }
 
     async fn run(&mut self) -> Result<(), Box<dyn std::error::Error>> {
@@ -38,6 +48,11 @@ impl Redis {
         let child = std::process::Command::new(&bin)
             .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "no"])
+            .args(
+                self.password
+                    .iter()
+                    .flat_map(|pw| ["--requirepass".to_string(), pw.clone()]),
+            )
             .arg("--dir")
             .arg(&self.dir.0)
             .stdout(std::process::Stdio::null())
@@ -455,7 +470,7 @@ async fn scheduled_rotation_with_two_replicas_makes_one_key_and_deletes_the_old_
             let mut answers = Vec::new();
             let mut n = 0u32;
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                let broker = if n % 2 == 0 { &a } else { &b };
+                let broker = if n.is_multiple_of(2) { &a } else { &b };
                 answers.push(broker.token(role("viewer")).await.map(|(s, _)| s));
                 if n % 5 == 4 {
                     let _ = invalidate(broker, role("viewer")).await;
@@ -568,4 +583,93 @@ async fn scheduled_rotation_with_two_replicas_makes_one_key_and_deletes_the_old_
         ],
     )
     .await
+}
+
+#[tokio::test]
+async fn binary_with_a_store_logs_no_token_key_or_redis_password() -> TestResult {
+    use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
+    const PASSWORD: &str = "redis-pass-0f3c9a";
+    let mut redis = Redis::start_with(Some(PASSWORD)).await?;
+    let sim = Sim::start().await?;
+    let dir = TempDir::new("replica-binary")?;
+    let text = replica_config(&sim, &redis, &dir, |t| {
+        t.replace(
+            &format!("url = {:?}", redis.url()),
+            "url_env = \"STORE_URL\"",
+        )
+    })?;
+    assert!(text.contains("url_env") && !text.contains(PASSWORD));
+    let path = dir.write("broker.toml", &text)?;
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_lookergate-broker"))
+        .arg("--config")
+        .arg(&path)
+        .env("STORE_URL", redis.url())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()?;
+    let stdout = child.stdout.take().ok_or("no stdout")?;
+    let mut line = String::new();
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        BufReader::new(stdout).read_line(&mut line),
+    )
+    .await??;
+    let addr: SocketAddr = line
+        .trim()
+        .strip_prefix("listening on ")
+        .ok_or(format!("first line: {line:?}"))?
+        .parse()?;
+    let token = |name: &'static str| {
+        reqwest::Client::new()
+            .post(format!("http://{addr}/v1/token"))
+            .header("authorization", GATEWAY)
+            .json(&json!({"identity": role(name), "subject": "alice"}))
+            .send()
+    };
+    let resp = token("analyst").await?;
+    assert_eq!(resp.status().as_u16(), 200);
+    let body: Value = resp.json().await?;
+    // Redis goes away: a local miss fails closed and the failure is logged.
+    redis.stop();
+    let resp = token("viewer").await?;
+    assert_eq!(resp.status().as_u16(), 503);
+
+    child.start_kill()?;
+    let _ = child.wait().await?;
+    let mut logs = String::new();
+    child
+        .stderr
+        .take()
+        .ok_or("no stderr")?
+        .read_to_string(&mut logs)
+        .await?;
+    let lines: Vec<Value> = logs
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .collect();
+    let starting = lines
+        .iter()
+        .find(|l| l["event"] == "starting")
+        .ok_or(format!("no starting line in {logs}"))?;
+    let key = base64::engine::general_purpose::STANDARD.decode(SEALING_KEY)?;
+    assert_eq!(
+        starting["store_key_fp"].as_str(),
+        Some(lookergate_broker::secret::fingerprint(&key).as_str())
+    );
+    assert!(
+        lines.iter().any(|l| l["event"] == "store_error"),
+        "no store_error in {logs}"
+    );
+    for secret in [
+        access_token(&body).as_str(),
+        SEALING_KEY,
+        PASSWORD,
+        "demo-analyst-secret",
+        "demo-admin-secret",
+        "demo-gateway-secret",
+    ] {
+        assert!(!logs.contains(secret), "{secret} leaked into logs:\n{logs}");
+    }
+    Ok(())
 }
