@@ -673,3 +673,94 @@ async fn binary_with_a_store_logs_no_token_key_or_redis_password() -> TestResult
     }
     Ok(())
 }
+
+#[tokio::test]
+async fn a_login_lock_left_by_a_dead_replica_expires_and_another_replica_logs_in() -> TestResult {
+    let redis = Redis::start().await?;
+    let sim = Sim::start().await?;
+    let dir = TempDir::new("replicas-dead-holder")?;
+    let text = replica_config(&sim, &redis, &dir, |t| t)?;
+    let a = Broker::start(&text, None).await?;
+    // A replica took the viewer's login lock and died: no token will ever come from it.
+    let lock = format!(
+        "{PREFIX}:login:{}",
+        identity_id(&CacheKey::Role("viewer".into()))
+    );
+    let mut conn = redis.conn().await?;
+    let () = redis::cmd("SET")
+        .arg(&lock)
+        .arg("dead-replica")
+        .arg("PX")
+        .arg(800)
+        .query_async(&mut conn)
+        .await?;
+    let (status, body) = a.token(role("viewer")).await?;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(sim.logins_of("demo-viewer-id").await?, 1);
+    let (_, metrics) = a.get("/metrics").await?;
+    assert!(
+        metrics.contains("lookergate_broker_store_lock_waits_total 1"),
+        "{metrics}"
+    );
+    let left: Option<String> = redis::cmd("GET").arg(&lock).query_async(&mut conn).await?;
+    assert_eq!(left, None, "the new holder released its lock");
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_replica_that_never_switches_holds_the_old_key_only_for_the_grace_period() -> TestResult {
+    let redis = Redis::start().await?;
+    let sim = Sim::start().await?;
+    let dir = TempDir::new("replicas-grace")?;
+    let mut conn = redis.conn().await?;
+    let () = redis::cmd("SET")
+        .arg(format!("{PREFIX}:replica:stuck"))
+        .arg(r#"{"credentials_version":0}"#)
+        .arg("PX")
+        .arg(600_000)
+        .query_async(&mut conn)
+        .await?;
+    let text = replica_config(&sim, &redis, &dir, |t| {
+        t.replace(
+            "user_id = \"101\"",
+            "user_id = \"101\"\nrotate_every = \"7d\"",
+        ) + "rotation_grace = \"1s\"\n"
+    })?;
+    let (a, b) = replicas(&text, None).await?;
+    let deleted = eventually(Duration::from_secs(15), || async {
+        sim.state.requests().iter().any(|r| {
+            r.method == "DELETE" && r.path.starts_with("/api/4.0/users/101/credentials_api3/")
+        })
+    })
+    .await;
+    assert!(deleted, "the old key outlived the grace period");
+    let client_id = |broker: &Broker| {
+        broker
+            .state
+            .runtime()
+            .config
+            .roles
+            .get("analyst")
+            .map(|r| r.credentials.client_id.clone())
+    };
+    assert_ne!(client_id(&a).as_deref(), Some("demo-analyst-id"));
+    assert_eq!(client_id(&a), client_id(&b));
+    // The winner counts its rotation once the old key is deleted; the other never rotates.
+    let rotated = |m: &str| m.contains("lookergate_broker_rotations_total{result=\"ok\"} 1");
+    let one_counted = eventually(Duration::from_secs(5), || async {
+        match (a.get("/metrics").await, b.get("/metrics").await) {
+            (Ok((_, ma)), Ok((_, mb))) => rotated(&ma) != rotated(&mb),
+            _ => false,
+        }
+    })
+    .await;
+    assert!(one_counted, "exactly one replica rotated");
+    let created = sim
+        .state
+        .requests()
+        .iter()
+        .filter(|r| r.method == "POST" && r.path.ends_with("/users/101/credentials_api3"))
+        .count();
+    assert_eq!(created, 1, "exactly one new API3 key");
+    Ok(())
+}
