@@ -169,7 +169,7 @@ fn is_due(role: &crate::config::RoleConfig, now: u64) -> bool {
 }
 
 fn store_error(e: crate::store::StoreError) -> RotateError {
-    RotateError::Config(format!("store: {e}"))
+    RotateError::Store(e.to_string())
 }
 
 /// Rotates `role` if this replica wins the rotation lock and the role is still due.
