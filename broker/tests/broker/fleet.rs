@@ -764,3 +764,50 @@ async fn a_replica_that_never_switches_holds_the_old_key_only_for_the_grace_peri
     assert_eq!(created, 1, "exactly one new API3 key");
     Ok(())
 }
+
+#[tokio::test]
+async fn a_login_cancelled_mid_way_releases_its_lock_before_the_lease_ends() -> TestResult {
+    let redis = Redis::start().await?;
+    let sim = Sim::start().await?;
+    sim.fault(json!({"login_delay_ms": 3000, "count": 1}))
+        .await?;
+    let dir = TempDir::new("replicas-cancelled")?;
+    // retry_budget 5s: the lock's lease is 3 x 5s + 1s = 16s.
+    let text = replica_config(&sim, &redis, &dir, |t| {
+        t.replace("retry_budget = \"1500ms\"", "retry_budget = \"5s\"")
+            .replace("looker_timeout = \"1s\"", "looker_timeout = \"4s\"")
+    })?;
+    assert!(
+        text.contains("retry_budget = \"5s\""),
+        "the demo config changed"
+    );
+    let a = Broker::start(&text, None).await?;
+    let lock = format!(
+        "{PREFIX}:login:{}",
+        identity_id(&CacheKey::Role("viewer".into()))
+    );
+    let conn = redis.conn().await?;
+    let identity = lookergate_broker::identity::LookerIdentity::Role("viewer".into());
+    // The gateway gives up while the login is in flight: the request's future is dropped.
+    let cancelled =
+        tokio::time::timeout(Duration::from_millis(300), a.state.token(&identity)).await;
+    assert!(cancelled.is_err(), "the login was not in flight");
+    let (_, metrics) = a.get("/metrics").await?;
+    assert!(
+        metrics.contains("lookergate_broker_store_misses_total 1"),
+        "the login had taken the lock: {metrics}"
+    );
+    let released = eventually(Duration::from_secs(3), || async {
+        let mut conn = conn.clone();
+        matches!(
+            redis::cmd("GET")
+                .arg(&lock)
+                .query_async::<Option<String>>(&mut conn)
+                .await,
+            Ok(None)
+        )
+    })
+    .await;
+    assert!(released, "the lock stays until its 16s lease ends");
+    Ok(())
+}
