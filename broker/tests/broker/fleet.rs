@@ -404,6 +404,7 @@ async fn redis_down_serves_local_tokens_fails_closed_on_a_miss_and_recovers() ->
     let dir = TempDir::new("replicas-redis-down")?;
     let text = replica_config(&sim, &redis, &dir, |t| t)?;
     let a = Broker::start(&text, None).await?;
+    let b = Broker::start(&text, None).await?;
     let (_, viewer) = a.token(role("viewer")).await?;
     redis.stop();
 
@@ -433,6 +434,20 @@ async fn redis_down_serves_local_tokens_fails_closed_on_a_miss_and_recovers() ->
         metrics.contains("lookergate_broker_store_errors_total{op=\"token_get\"}"),
         "{metrics}"
     );
+    // Invalidations reach the other replica again (it subscribed anew).
+    let (_, on_a) = a.token(role("analyst")).await?;
+    let shared = eventually(Duration::from_secs(5), || async {
+        matches!(b.token(role("analyst")).await, Ok((200, body)) if access_token(&body) == access_token(&on_a))
+    })
+    .await;
+    assert!(shared, "B does not use A's token after the restart");
+    assert_eq!(invalidate(&a, role("analyst")).await?, 204);
+    let old = access_token(&on_a);
+    let renewed = eventually(Duration::from_secs(5), || async {
+        matches!(b.token(role("analyst")).await, Ok((200, body)) if access_token(&body) != old)
+    })
+    .await;
+    assert!(renewed, "B missed an invalidation after Redis restarted");
     Ok(())
 }
 
