@@ -319,7 +319,8 @@ async fn rotate_locked(
         role,
         step = "written",
         elected = true,
-        version = fence
+        version = fence,
+        old_key_id = old_key_id.as_deref(),
     );
     broker.adopt_shared_credentials(next).map_err(store_error)?;
     let _ = store.heartbeat(fence).await;
