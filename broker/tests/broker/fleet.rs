@@ -826,3 +826,69 @@ async fn a_login_cancelled_mid_way_releases_its_lock_before_the_lease_ends() -> 
     assert!(released, "the lock stays until its 16s lease ends");
     Ok(())
 }
+
+#[tokio::test]
+async fn a_redis_restarted_empty_gets_the_rotated_keys_back_from_the_replicas() -> TestResult {
+    let mut redis = Redis::start().await?;
+    let sim = Sim::start().await?;
+    let dir = TempDir::new("replicas-reseed")?;
+    let text = replica_config(&sim, &redis, &dir, |t| {
+        t.replace(
+            "user_id = \"101\"",
+            "user_id = \"101\"\nrotate_every = \"7d\"",
+        )
+    })?;
+    let (a, b) = replicas(&text, None).await?;
+    let client_id = |broker: &Broker| {
+        broker
+            .state
+            .runtime()
+            .config
+            .roles
+            .get("analyst")
+            .map(|r| r.credentials.client_id.clone())
+            .unwrap_or_default()
+    };
+    let rotated = eventually(Duration::from_secs(15), || async {
+        sim.state.requests().iter().any(|r| {
+            r.method == "DELETE" && r.path.starts_with("/api/4.0/users/101/credentials_api3/")
+        })
+    })
+    .await;
+    assert!(rotated, "the old key was not deleted");
+    let new_id = client_id(&a);
+    assert_ne!(new_id, "demo-analyst-id");
+    assert_eq!(client_id(&b), new_id);
+
+    // Redis restarts without its data: the config's key is deleted in Looker, so the
+    // replicas write the rotated keys they use back.
+    redis.stop();
+    redis.run().await?;
+    let conn = redis.conn().await?;
+    let credentials = format!("{PREFIX}:credentials");
+    let reseeded = eventually(Duration::from_secs(10), || async {
+        let mut conn = conn.clone();
+        matches!(
+            redis::cmd("EXISTS")
+                .arg(&credentials)
+                .query_async::<i64>(&mut conn)
+                .await,
+            Ok(1)
+        )
+    })
+    .await;
+    assert!(reseeded, "the rotated keys were not written back");
+    // A new replica starts on the config's (deleted) key and the store's rotated one.
+    let c = Broker::start(&text, None).await?;
+    let (status, body) = c.token(role("analyst")).await?;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(client_id(&c), new_id);
+    let failed: Vec<Value> = sim
+        .logins()
+        .await?
+        .into_iter()
+        .filter(|l| l["ok"] != true)
+        .collect();
+    assert!(failed.is_empty(), "failed Looker logins: {failed:?}");
+    Ok(())
+}
