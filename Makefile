@@ -67,12 +67,19 @@ test: wasm envoy test-bins
 	LOOKERGATE_SIM_BIN="$(CURDIR)/target/debug/lookergate-looker-sim" \
 	LOOKERGATE_IDP_BIN="$(CURDIR)/target/debug/lookergate" \
 	$(CARGO) test --workspace --lib --bins --tests --no-fail-fast
-	$(MAKE) --no-print-directory lint sdk-test deploy-check dashboard-check fuzz-replay
+	$(MAKE) --no-print-directory lint sdk-test readme-check deploy-check dashboard-check fuzz-replay
 
 # The official Looker SDK (pinned) through the gateway, against the demo config.
 sdk-test: envoy test-bins
 	@.venv/bin/python -c 'import looker_sdk' 2>/dev/null || .venv/bin/pip install --quiet --disable-pip-version-check -r tests/sdk/requirements.txt
 	tests/sdk/run.sh
+
+# The README's "Try it" commands, run against the demo (started here as `make demo` does,
+# on its ports: stop your own demo first), print what the README shows
+# (tests/readme_try_it.py).
+.PHONY: readme-check
+readme-check: wasm envoy build
+	$(PYTHON) tests/readme_try_it.py
 
 # Clippy denies unwrap/expect/panic in shipped code (Cargo.toml [workspace.lints]).
 # `lint-filter`: the filter alone, quick; `lint`: every crate and target of the workspace.
