@@ -69,9 +69,11 @@ test: wasm envoy test-bins
 	$(CARGO) test --workspace --lib --bins --tests --no-fail-fast
 	$(MAKE) --no-print-directory lint sdk-test readme-check deploy-check dashboard-check fuzz-replay
 
-# The official Looker SDK (pinned) through the gateway, against the demo config.
+# The official Looker SDKs (pinned: Python looker-sdk, TypeScript @looker/sdk in
+# tests/sdk/ts) through the gateway, against the demo config.
 sdk-test: envoy test-bins
 	@.venv/bin/python -c 'import looker_sdk' 2>/dev/null || .venv/bin/pip install --quiet --disable-pip-version-check -r tests/sdk/requirements.txt
+	@test -d tests/sdk/ts/node_modules || (cd tests/sdk/ts && npm ci --no-audit --no-fund --silent)
 	tests/sdk/run.sh
 
 # The README's "Try it" commands, run against the demo (started here as `make demo` does,
