@@ -114,7 +114,7 @@ class LookerSdkThroughGateway(unittest.TestCase):
                 view="orders",
                 fields=["orders.status", "orders.count"],
                 # The demo's guardrails: a filter on orders.created_date, at most 500 rows.
-                filters={"orders.created_date": "30 days"},
+                filters={"orders.created_date": "2026-01%"},
                 limit="10",
             ),
             transport_options=self.options,
@@ -177,7 +177,7 @@ class LookerSdkThroughGateway(unittest.TestCase):
                 model="thelook",
                 view="orders",
                 fields=["orders.status", "orders.count"],
-                filters={"orders.created_date": "30 days"},
+                filters={"orders.created_date": "2026-01%"},
                 limit="10",
             ),
             transport_options=self.options,
@@ -185,7 +185,7 @@ class LookerSdkThroughGateway(unittest.TestCase):
         self.assertIsInstance(created, models.Query)
         self.assertTrue(created.id, "create_query returned no id")
         self.assertEqual((created.model, created.view), ("thelook", "orders"))
-        self.assertEqual(created.filters, {"orders.created_date": "30 days"})
+        self.assertEqual(created.filters, {"orders.created_date": "2026-01%"})
 
         # A stored query is one the gateway cannot read: the guarded rule refuses to run it
         # by id rather than let it bypass the guardrails.
@@ -211,7 +211,7 @@ class LookerSdkThroughGateway(unittest.TestCase):
                 transport_options=self.options,
             )
         self.assertIn("query.filters", caught.exception.message)
-        self.assertIn("analysts-query-orders", caught.exception.message)
+        self.assertIn("rule analysts-query-orders", caught.exception.message)
 
     # Regression: the SDK structures every non-2xx body into SDKError, whose `message` is
     # required; the gateway's error JSON once had none and the SDK raised cattrs'

@@ -56,11 +56,24 @@ const QUERY = {
   view: 'orders',
   fields: ['orders.status', 'orders.count'],
   // The demo's guardrails: a filter on orders.created_date, at most 500 rows.
-  filters: { 'orders.created_date': '30 days' },
+  filters: { 'orders.created_date': '2026-01%' },
   limit: '10',
 }
 
 const sdk = gatewaySdk(() => TOKEN)
+
+// node:http, not fetch: the SDK's transport replaces the global AbortSignal helpers.
+function getJson(url) {
+  return new Promise((resolve, reject) => {
+    require('node:http')
+      .get(url, (res) => {
+        let body = ''
+        res.on('data', (chunk) => (body += chunk))
+        res.on('end', () => resolve(JSON.parse(body)))
+      })
+      .on('error', reject)
+  })
+}
 
 test('User: me and user answer as the analyst role through the gateway', async () => {
   const me = await sdk.ok(sdk.me())
@@ -89,11 +102,11 @@ test('Query: create_query is allowed; run_query of a stored query is refused', a
   assert.ok(created.id, 'create_query returned no id')
   assert.deepEqual([created.model, created.view], ['thelook', 'orders'])
   // The gateway cannot read a stored query: the guarded rule refuses to run it by id.
-  await assert.rejects(sdk.ok(sdk.run_query({ query_id: created.id, result_format: 'json' })), (e) => {
-    assert.ok(e instanceof LookerSDKError, `not a LookerSDKError: ${e}`)
-    assert.match(e.message, /cannot inspect/)
-    return true
-  })
+  const run = await sdk.run_query({ query_id: created.id, result_format: 'json' })
+  assert.equal(run.ok, false)
+  assert.equal(run.error.rule, 'analysts-query-orders', JSON.stringify(run.error))
+  assert.match(run.error.message, /cannot inspect/)
+  await assert.rejects(sdk.ok(sdk.run_query({ query_id: created.id, result_format: 'json' })), LookerSDKError)
 })
 
 test('Dashboard: search_dashboards (needs the faithful simulator)', async (t) => {
@@ -117,7 +130,7 @@ test("a guardrail refusal surfaces as the SDK's error with the gateway's 403 JSO
 })
 
 test('Looker received Looker tokens, never the IdP token', { skip: !SIM_URL }, async () => {
-  const seen = await (await fetch(`${SIM_URL}/__sim/requests`)).json()
+  const seen = await getJson(`${SIM_URL}/__sim/requests`)
   assert.ok(seen.length > 0)
   for (const r of seen) {
     assert.ok(!(r.headers.authorization || '').includes(TOKEN), `${r.path}: the IdP token reached Looker`)
