@@ -63,7 +63,7 @@ def wait_ready(deadline: float) -> None:
         except OSError:
             pass
         time.sleep(0.2)
-    sys.exit("readme_try_it: the demo did not become ready")
+    sys.exit("readme_try_it: the demo did not become ready (its log: target/readme-try-it-demo.log)")
 
 
 def normalize(text: str) -> str:
@@ -73,16 +73,21 @@ def normalize(text: str) -> str:
 def main() -> int:
     pairs = blocks()
     demo = None
+    # The demo's own output (Envoy logs at info) goes to a file: a pipe nobody reads would
+    # fill and stop it.
+    demo_log = ROOT / "target/readme-try-it-demo.log"
     if "--running" not in sys.argv:
-        demo = subprocess.Popen(
-            ["envoy/run-demo.sh"], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-            start_new_session=True,
-        )
+        demo_log.parent.mkdir(exist_ok=True)
+        with open(demo_log, "w") as log:
+            demo = subprocess.Popen(
+                ["envoy/run-demo.sh"], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
     try:
         wait_ready(time.time() + 60)
         shell = subprocess.Popen(
             ["bash", "--noprofile", "--norc"], cwd=ROOT, stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            stdout=subprocess.PIPE, text=True,
         )
         marker = "__try_it_done__"
         failures = []
@@ -105,6 +110,8 @@ def main() -> int:
         shell.wait(timeout=10)
         for failure in failures:
             print(failure, file=sys.stderr)
+        if failures and demo is not None:
+            print(f"(the demo's log: {demo_log})", file=sys.stderr)
         print(f"readme_try_it: {len(pairs) - len(failures)}/{len(pairs)} README commands print what it shows")
         return 1 if failures else 0
     finally:
