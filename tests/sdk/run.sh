@@ -65,3 +65,9 @@ LOOKERGATE_DENIED_TOKEN=$("$BIN/lookergate" token --user eve) \
 LOOKERGATE_SIM_URL="http://$sim" \
 LOOKERGATE_ACCESS_LOG="$work/access.log" \
   .venv/bin/python -m unittest -v tests/sdk/test_looker_sdk.py
+
+# Looker's TypeScript SDK (tests/sdk/ts: `npm ci` there first; `make sdk-test` does).
+LOOKERGATE_URL="http://127.0.0.1:$listen" \
+LOOKERGATE_TOKEN=$("$BIN/lookergate" token --user alice) \
+LOOKERGATE_SIM_URL="http://$sim" \
+  node --test tests/sdk/ts/test_looker_sdk.js

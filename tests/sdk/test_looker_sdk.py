@@ -113,6 +113,8 @@ class LookerSdkThroughGateway(unittest.TestCase):
                 model="thelook",
                 view="orders",
                 fields=["orders.status", "orders.count"],
+                # The demo's guardrails: a filter on orders.created_date, at most 500 rows.
+                filters={"orders.created_date": "2026-01%"},
                 limit="10",
             ),
             transport_options=self.options,
@@ -157,6 +159,59 @@ class LookerSdkThroughGateway(unittest.TestCase):
             self.assertNotIn(entry.get("lookergate_subject"), (None, "", "-"), entry)
             self.assertNotIn(entry.get("lookergate_identity"), (None, "", "-"), entry)
             self.assertNotIn(TOKEN, json.dumps(entry), "a token in the access log")
+
+    def test_a_sample_of_every_allowed_tag(self):
+        """User, Dashboard, Look and Query operations the demo policy allows, with real answers."""
+        me = self.sdk.me(transport_options=self.options)
+        user = self.sdk.user(me.id, transport_options=self.options)
+        self.assertEqual(user.id, me.id)
+        self.assertEqual(user.email, me.email)
+
+        look = self.sdk.look("1", transport_options=self.options)
+        self.assertIsInstance(look, models.LookWithQuery)
+        self.assertEqual(look.id, "1")
+        self.assertEqual(look.title, "Orders by Status")
+
+        created = self.sdk.create_query(
+            body=models.WriteQuery(
+                model="thelook",
+                view="orders",
+                fields=["orders.status", "orders.count"],
+                filters={"orders.created_date": "2026-01%"},
+                limit="10",
+            ),
+            transport_options=self.options,
+        )
+        self.assertIsInstance(created, models.Query)
+        self.assertTrue(created.id, "create_query returned no id")
+        self.assertEqual((created.model, created.view), ("thelook", "orders"))
+        self.assertEqual(created.filters, {"orders.created_date": "2026-01%"})
+
+        # A stored query is one the gateway cannot read: the guarded rule refuses to run it
+        # by id rather than let it bypass the guardrails.
+        with self.assertRaises(error.SDKError) as caught:
+            self.sdk.run_query(created.id, "json", transport_options=self.options)
+        self.assertIn("cannot inspect", caught.exception.message)
+
+    def test_search_dashboards_through_the_gateway(self):
+        try:
+            found = self.sdk.search_dashboards(title="Orders", transport_options=self.options)
+        except error.SDKError as e:
+            if "501" in str(e) or "Not Implemented" in str(e) or "not implemented" in (e.message or "").lower():
+                self.skipTest("the simulator does not implement search_dashboards yet (faithful simulator)")
+            raise
+        self.assertTrue(all(isinstance(d, models.Dashboard) for d in found), found)
+
+    def test_a_guardrail_refusal_is_an_sdk_error_naming_the_field(self):
+        with self.assertRaises(error.SDKError) as caught:
+            self.sdk.run_inline_query(
+                result_format="json",
+                # No filter on orders.created_date.
+                body=models.WriteQuery(model="thelook", view="orders", fields=["orders.count"], limit="10"),
+                transport_options=self.options,
+            )
+        self.assertIn("query.filters", caught.exception.message)
+        self.assertIn("rule analysts-query-orders", caught.exception.message)
 
     # Regression: the SDK structures every non-2xx body into SDKError, whose `message` is
     # required; the gateway's error JSON once had none and the SDK raised cattrs'
