@@ -531,8 +531,9 @@ mod tests {
             (IssuerKeys::Inline(jwks.clone()), 41001),
         ] {
             let yaml = soak_config(&demo, &keys, wasm)?;
-            // Admin, listener, Looker, broker, IdP: none of the demo's ports is left.
-            assert_eq!(ports(&yaml), [0, 0, 41001, 41002, idp_port]);
+            // Admin, API listener, Looker UI listener, Looker, broker, IdP: none of the
+            // demo's ports is left.
+            assert_eq!(ports(&yaml), [0, 0, 0, 41001, 41002, idp_port]);
             assert!(!yaml.contains(lookergate_cli::DEMO_ENVOY_WASM_PATH));
             assert_eq!(yaml.matches(&format!("filename: {wasm}\n")).count(), 1);
 

@@ -225,7 +225,7 @@ fn battery() -> Vec<Attack> {
     // Base64 pads only a length that is not a multiple of 3: make sure this one is padded
     // (the demo users' claims change length as claims are added).
     let mut padded_claims = claims.clone();
-    if claims.to_string().len() % 3 == 0 {
+    if claims.to_string().len().is_multiple_of(3) {
         padded_claims["pad"] = json!("x");
     }
     let padded_payload = URL_SAFE.encode(padded_claims.to_string());

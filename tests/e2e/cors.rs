@@ -226,13 +226,16 @@ async fn preflight_from_another_origin_gets_no_allow_origin() {
     assert_nothing_reached_looker(&gw).await;
 }
 
+/// (who, request headers, expected status).
+type Case<'a> = (&'a str, Vec<(&'a str, &'a str)>, u16);
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn answers_to_the_demo_app_carry_allow_origin_looker_and_gateway_alike() {
     let gw = Gateway::start().await;
     let alice = format!("Bearer {}", tokens::valid("alice"));
     let eve = format!("Bearer {}", tokens::valid("eve"));
     for protocol in PROTOCOLS {
-        let cases: [(&str, Vec<(&str, &str)>, u16); 3] = [
+        let cases: [Case; 3] = [
             ("alice", vec![("authorization", alice.as_str())], 200),
             // The gateway's own local replies: lookergate sends them from the decoder
             // path; the CORS filter, earlier in the chain, still encodes them.
