@@ -99,7 +99,10 @@ fn battery() -> Vec<Case> {
             "/api/4.0/dashboards/%31",
             Forwarded("/api/4.0/dashboards/1"),
         ),
-        case("/api/4.0/%75sers/1", Denied),
+        // bob (viewers-read: tags Dashboard, Look, User) may read a user: decoded, the
+        // canonical path is forwarded; a tag no rule grants him stays denied, decoded.
+        case("/api/4.0/%75sers/1", Forwarded("/api/4.0/users/1")),
+        case("/api/4.0/%72oles/1", Denied),
         case("/api/4.0/%55SERS/1", NotFound),
         // query-string tricks
         case(

@@ -55,11 +55,13 @@ impl Config {
 
 /// The demo plugin with alice's inline queries allowed without guardrails (first rule,
 /// so it wins): the filter decides on the head and forwards while the body still
-/// comes, which the tests of trailers after the decision need. The demo's own query rule
-/// is guarded (it reads the body first: `guarded_plugin` tests that case).
+/// comes, which the tests of trailers after the decision need. The demo's own query
+/// rules are guarded, and the filter reads the body whenever any rule that could match
+/// has guardrails, so they are dropped here (`guarded_plugin` tests the guarded case).
 fn unguarded_plugin() -> Value {
     let mut plugin = demo_plugin_config();
     let rules = plugin["policy"]["rules"].as_array_mut().expect("rules");
+    rules.retain(|rule| rule.get("query").is_none());
     rules.insert(
         0,
         json!({"name": "unguarded-queries", "methods": ["POST"], "operations": ["run_inline_query"],
