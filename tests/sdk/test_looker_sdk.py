@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 import unittest
 import urllib.request
@@ -223,6 +224,53 @@ class LookerSdkThroughGateway(unittest.TestCase):
         # Looker's own /login is the gateway's business: clients are refused.
         with self.assertRaises(error.SDKError):
             self.sdk.login(client_id="demo-analyst-id", client_secret="demo-analyst-secret", transport_options=self.options)
+
+
+SAMPLER_TOKEN = os.environ.get("LOOKERGATE_SAMPLER_TOKEN", "")
+
+
+@unittest.skipUnless(URL and SAMPLER_TOKEN, "set LOOKERGATE_URL and LOOKERGATE_SAMPLER_TOKEN (tests/sdk/run.sh)")
+class EveryTagThroughGateway(unittest.TestCase):
+    """One operation of every tag of Looker's spec (tests/sdk/tag_samples.py), called by
+    its name on the SDK, through the gateway with the sampler's token."""
+
+    def test_one_operation_of_every_tag(self):
+        sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+        import tag_samples  # tests/sdk/tag_samples.py, next to this file
+
+        marker = f"sdk-tags-{uuid.uuid4().hex[:12]}"
+        options = {"headers": {"x-sdk-test-marker": marker}}
+        sdk = gateway_sdk(URL, lambda: SAMPLER_TOKEN)
+        samples = tag_samples.samples()
+        spec_tags = {t for p in json.loads(tag_samples.SPEC.read_text())["paths"].values()
+                     for op in p.values() if isinstance(op, dict) for t in op.get("tags", [])}
+        self.assertEqual({s["tag"] for s in samples}, spec_tags)
+        forwarded = []
+        for sample in samples:
+            with self.subTest(tag=sample["tag"], operation=sample["operation"]):
+                args = dict(sample["args"])
+                if sample["body_model"]:
+                    args["body"] = serialize.converter40.structure(args["body"], getattr(models, sample["body_model"]))
+                call = getattr(sdk, sample["operation"])
+                if sample["expect"] != 200:
+                    with self.assertRaises(error.SDKError) as caught:
+                        call(**args, transport_options=options)
+                    self.assertIn(sample["refusal"], caught.exception.message)
+                    continue
+                answer = call(**args, transport_options=options)
+                forwarded.append(sample)
+                if sample["kind"] == "array":
+                    self.assertIsInstance(answer, list, answer)
+                elif sample["kind"] == "object":
+                    self.assertTrue(hasattr(answer, "__attrs_attrs__") or isinstance(answer, dict), answer)
+                else:
+                    self.assertIsInstance(answer, str, answer)
+        if SIM_URL:
+            seen = [(r["method"], r["path"]) for r in get_json(f"{SIM_URL}/__sim/requests")
+                    if r["headers"].get("x-sdk-test-marker") == marker]
+            for sample in forwarded:
+                self.assertTrue(any(m == sample["method"] for m, _ in seen), sample)
+            self.assertEqual(len(seen), len(forwarded), f"Looker received {seen}")
 
 
 if __name__ == "__main__":

@@ -133,3 +133,42 @@ test('Looker received Looker tokens, never the IdP token', { skip: !SIM_URL }, a
     assert.ok(!(r.headers.authorization || '').includes(TOKEN), `${r.path}: the IdP token reached Looker`)
   }
 })
+
+// One operation of every tag of Looker's spec (tests/sdk/tag_samples.py writes the list
+// to LOOKERGATE_TAG_SAMPLES), called by its name, with the sampler's token: a test-only
+// issuer whose one rule, after the demo's, allows exactly these operations.
+const SAMPLER_TOKEN = process.env.LOOKERGATE_SAMPLER_TOKEN
+const SAMPLES = process.env.LOOKERGATE_TAG_SAMPLES
+
+/** The SDK's arguments: a request object when the method takes one (`request`), else
+ *  the path and required query parameters in order, or the body alone. */
+function sdkArgs(method, sample) {
+  const first = /^(?:async\s+)?[\w$]+\s*\(\s*([\w$]*)/.exec(method.toString())
+  if (first && first[1] === 'request') return [sample.args]
+  if ('body' in sample.args) return [sample.args.body]
+  return sample.positional.map((name) => sample.args[name])
+}
+
+test('one operation of every tag of the spec, by name, through the gateway', { skip: !(SAMPLER_TOKEN && SAMPLES) }, async (t) => {
+  const sampler = gatewaySdk(() => SAMPLER_TOKEN)
+  const samples = JSON.parse(require('node:fs').readFileSync(SAMPLES, 'utf8'))
+  assert.ok(samples.length >= 35, `${samples.length} samples`)
+  for (const sample of samples) {
+    await t.test(`${sample.tag}: ${sample.operation}`, async () => {
+      const method = sampler[sample.operation]
+      assert.equal(typeof method, 'function', `the SDK has no ${sample.operation}`)
+      const answer = await method.apply(sampler, sdkArgs(method, sample))
+      if (sample.expect !== 200) {
+        assert.equal(answer.ok, false, JSON.stringify(answer.value))
+        assert.equal(answer.error.error, 'forbidden', JSON.stringify(answer.error))
+        assert.ok(JSON.stringify(answer.error).includes(sample.refusal), JSON.stringify(answer.error))
+        return
+      }
+      assert.ok(answer.ok, JSON.stringify(answer.error))
+      const value = answer.value
+      if (sample.kind === 'array') assert.ok(Array.isArray(value), JSON.stringify(value))
+      else if (sample.kind === 'object') assert.ok(value !== null && typeof value === 'object' && !Array.isArray(value), JSON.stringify(value))
+      else assert.equal(typeof value, 'string', JSON.stringify(value))
+    })
+  }
+})
