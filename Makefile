@@ -86,12 +86,25 @@ test: wasm envoy test-bins
 	LOOKERGATE_SIM_BIN="$(CURDIR)/target/debug/lookergate-looker-sim" \
 	LOOKERGATE_IDP_BIN="$(CURDIR)/target/debug/lookergate" \
 	$(CARGO) test --workspace --lib --bins --tests --no-fail-fast
-	$(MAKE) --no-print-directory lint sdk-test deploy-check dashboard-check fuzz-replay browser-test
+	$(MAKE) --no-print-directory lint sdk-test readme-check deploy-check dashboard-check fuzz-replay browser-test
 
-# The official Looker SDK (pinned) through the gateway, against the demo config.
+# The official Looker SDKs (pinned: Python looker-sdk, TypeScript @looker/sdk in
+# tests/sdk/ts) through the gateway, against the demo config.
 sdk-test: envoy test-bins
 	@.venv/bin/python -c 'import looker_sdk' 2>/dev/null || .venv/bin/pip install --quiet --disable-pip-version-check -r tests/sdk/requirements.txt
+	$(need_node)
+	@test -d tests/sdk/ts/node_modules || (cd tests/sdk/ts && npm ci --no-audit --no-fund --silent)
 	tests/sdk/run.sh
+
+# The README's "Try it" commands, run against the demo (started here as `make demo` does,
+# on its ports: stop your own demo first), print what the README shows
+# (tests/readme_try_it.py).
+.PHONY: readme-check
+# The demo runs the debug binaries `make test` built (LOOKERGATE_BIN_DIR); the README's
+# own commands use the release CLI (`make token`, target/release/lookergate), built here.
+readme-check: wasm envoy test-bins web
+	$(CARGO) build --release --quiet -p lookergate-cli
+	LOOKERGATE_BIN_DIR=target/debug $(PYTHON) tests/readme_try_it.py
 
 # Clippy denies unwrap/expect/panic in shipped code (Cargo.toml [workspace.lints]).
 # `lint-filter`: the filter alone, quick; `lint`: every crate and target of the workspace.

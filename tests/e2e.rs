@@ -188,7 +188,12 @@ async fn analyst_can_run_a_query() {
         .client
         .post(gw.url("/api/4.0/queries/run/json"))
         .bearer_auth(tokens::valid("alice"))
-        .json(&json!({"model": "thelook", "view": "orders", "fields": ["orders.count"]}));
+        // Within the demo's guardrails (analysts-query-orders: a limit up to 500 and a
+        // filter on orders.created_date), so the query reaches Looker.
+        .json(
+            &json!({"model": "thelook", "view": "orders", "fields": ["orders.count"],
+                      "filters": {"orders.created_date": "2026-01%"}, "limit": "10"}),
+        );
     let reply = gw.send(request).await;
     assert_ne!(reply.status, 401, "body: {}", reply.body);
     assert_ne!(reply.status, 403, "body: {}", reply.body);

@@ -81,25 +81,15 @@ fn check_accepts_the_demo_envoy_config_with_a_summary() {
     assert_eq!(run.code, 0, "{}{}", run.stdout, run.stderr);
     assert!(
         run.stdout.contains(
-            "(lookergate): ok: 1 issuer: https://idp.lookergate.demo (discovery via cluster lookergate_idp); 5 rules"
+            "(lookergate): ok: 1 issuer: https://idp.lookergate.demo (discovery via cluster lookergate_idp); 8 rules (6 allow, 1 deny, 1 shadow)"
         ) && run.stdout.contains(
             "; embed endpoints under /lookergate/embed: 1 profile (dashboards), 1 embed rule"
         ),
         "{}",
         run.stdout
     );
-    // The demo's query rules have no guardrails (yet): check says so, and only that.
-    let warnings: Vec<&str> = run.stdout.lines().skip(1).collect();
-    assert_eq!(warnings.len(), 2, "{}", run.stdout);
-    for (warning, rule) in warnings
-        .iter()
-        .zip(["carol-as-herself", "analysts-run-queries"])
-    {
-        assert!(
-            warning.contains(&format!("rule {rule:?} grants database queries (run_inline_query) without `query` guardrails")),
-            "{warning}"
-        );
-    }
+    // Every rule of the demo that grants database queries has guardrails: no warning.
+    assert_eq!(run.stdout.lines().count(), 1, "{}", run.stdout);
 }
 
 #[test]
@@ -209,14 +199,20 @@ fn explain_with_claims_says_it_skipped_verification_and_shows_each_rule() {
         out.contains("tags: Look; activity type: non_query; status: stable"),
         "{out}"
     );
-    assert!(out.contains("1. carol-as-herself      no match: condition when[0] on claim \"groups\" does not hold"), "{out}");
-    assert!(out.contains("2. analysts-read         no match: condition when[0] on claim \"groups\" does not hold"), "{out}");
     assert!(
-        out.contains("3. analysts-run-queries  no match: method GET is not in [\"POST\"]"),
+        out.contains(
+            "1. try-blocking-beta         no match: operation status stable is not in [\"beta\"]"
+        ),
         "{out}"
     );
+    assert!(out.contains("4. carol-reads-as-herself    no match: condition when[0] on claim \"groups\" does not hold"), "{out}");
     assert!(
-        out.contains("4. viewers-read          matches: decides ALLOW"),
+        out.contains("5. analysts-query-orders     no match: operation look is not in"),
+        "{out}"
+    );
+    assert!(out.contains("6. analysts-read             no match: condition when[0] on claim \"groups\" does not hold"), "{out}");
+    assert!(
+        out.contains("7. viewers-read              matches: decides ALLOW"),
         "{out}"
     );
     assert_eq!(line(out, "verdict"), "ALLOW by rule \"viewers-read\"");

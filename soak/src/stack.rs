@@ -179,6 +179,11 @@ const DEMO_ACCESS_LOG_TYPE: &str =
     r#""@type": type.googleapis.com/envoy.extensions.access_loggers.stream.v3.StdoutAccessLog"#;
 const DEMO_DISCOVERY: &str = r#""discovery": true,"#;
 const DEMO_IDP_CLUSTER: &str = r#""cluster": "lookergate_idp","#;
+/// The demo's per-principal rate limit on analysts' queries (10/s): at the soak's
+/// hundreds of requests per second the allowed queries would be answered 429. The soak
+/// measures the gateway under load, not its limiter, so every occurrence goes.
+const DEMO_RATE_LIMIT: &str =
+    r#""rate_limit": {"per_second": 10, "burst": 20, "db_queries_per_minute": 120},"#;
 
 /// Where the filter gets the demo issuer's keys.
 pub enum IssuerKeys {
@@ -190,7 +195,8 @@ pub enum IssuerKeys {
 
 /// The soak's Envoy config: envoy/demo.yaml with free ports (0 for admin and listener,
 /// which the soak reads back from the admin API), the given wasm, a file access log
-/// (a 10-minute soak's log is gigabytes; stdout would be a pipe to drain) and `keys`.
+/// (a 10-minute soak's log is gigabytes; stdout would be a pipe to drain), `keys`, and
+/// no rate limit on the demo's query rules.
 pub fn envoy_config(
     demo: &str,
     sim: SocketAddr,
@@ -244,6 +250,10 @@ pub fn envoy_config(
     ] {
         yaml = replace_once(&yaml, &from, &to)?;
     }
+    if !yaml.contains(DEMO_RATE_LIMIT) {
+        return Err(format!("envoy/demo.yaml has no `{DEMO_RATE_LIMIT}`").into());
+    }
+    let yaml = yaml.replace(DEMO_RATE_LIMIT, "");
     Ok(format!(
         "# Written by lookergate-soak (soak/src/stack.rs) from envoy/demo.yaml.\n{yaml}"
     ))
@@ -535,6 +545,10 @@ mod tests {
             // demo's ports is left.
             assert_eq!(ports(&yaml), [0, 0, 0, 41001, 41002, idp_port]);
             assert!(!yaml.contains(lookergate_cli::DEMO_ENVOY_WASM_PATH));
+            assert!(
+                !yaml.contains("rate_limit"),
+                "the soak's policy has no rate limit"
+            );
             assert_eq!(yaml.matches(&format!("filename: {wasm}\n")).count(), 1);
 
             assert!(!yaml.contains("Stdout") && !yaml.contains("access_loggers.stdout"));

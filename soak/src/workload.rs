@@ -91,11 +91,10 @@ pub struct Call {
     pub weight: u32,
 }
 
-const QUERY: &str =
-    r#"{"model":"thelook","view":"orders","fields":["orders.status","orders.count"],"limit":"10"}"#;
+const QUERY: &str = r#"{"model":"thelook","view":"orders","fields":["orders.status","orders.count"],"filters":{"orders.created_date":"30 days"},"limit":"10"}"#;
 
 /// Allowed calls are chosen so the Looker identity is unambiguous: carol only uses the
-/// operations of the demo's `carol-as-herself` rule.
+/// operations of the demo's `carol-reads-as-herself` and `carol-queries-as-herself` rules.
 pub const MIX: &[Call] = &[
     Call {
         user: User::Alice,

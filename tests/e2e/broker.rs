@@ -145,7 +145,7 @@ async fn carol_reaches_looker_as_herself_and_alice_as_the_analyst_role() {
         .iter()
         .find(|l| l["lookergate_subject"] == "carol")
         .unwrap_or_else(|| panic!("no access log line for carol: {log:#?}"));
-    assert_eq!(carol_line["lookergate_rule"], "carol-as-herself");
+    assert_eq!(carol_line["lookergate_rule"], "carol-reads-as-herself");
     assert_eq!(
         carol_line["lookergate_identity"],
         "user:email:carol@example.com"

@@ -99,7 +99,10 @@ fn battery() -> Vec<Case> {
             "/api/4.0/dashboards/%31",
             Forwarded("/api/4.0/dashboards/1"),
         ),
-        case("/api/4.0/%75sers/1", Denied),
+        // bob (viewers-read: tags Dashboard, Look, User) may read a user: decoded, the
+        // canonical path is forwarded; a tag no rule grants him stays denied, decoded.
+        case("/api/4.0/%75sers/1", Forwarded("/api/4.0/users/1")),
+        case("/api/4.0/%72oles/1", Denied),
         case("/api/4.0/%55SERS/1", NotFound),
         // query-string tricks
         case(
@@ -112,7 +115,12 @@ fn battery() -> Vec<Case> {
         ),
         case("/api/4.0/users/1%3F/../../dashboards/1", BadRequest),
         case("/api/4.0/users/1%3f/dashboards/1", NotFound),
-        case("/api/4.0/users/1%3F.json", Denied),
+        // bob may read users (the User tag): the encoded '?' stays in the id Looker sees
+        case(
+            "/api/4.0/users/1%3F.json",
+            Forwarded("/api/4.0/users/1%3F.json"),
+        ),
+        case("/api/4.0/roles/1%3F.json", Denied),
         case(
             "/api/4.0/dashboards/1%3F",
             Forwarded("/api/4.0/dashboards/1%3F"),
@@ -125,7 +133,11 @@ fn battery() -> Vec<Case> {
             "http://evil.example/api/4.0/dashboards/1",
             Forwarded("/api/4.0/dashboards/1"),
         ),
-        case("http://evil.example/api/4.0/users/1", Denied),
+        case(
+            "http://evil.example/api/4.0/users/1",
+            Forwarded("/api/4.0/users/1"),
+        ),
+        case("http://evil.example/api/4.0/roles/1", Denied),
         case(
             "http://evil.example/api/4.0/dashboards/../users/1",
             BadRequest,

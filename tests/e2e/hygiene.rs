@@ -215,7 +215,11 @@ async fn client_retry_headers_do_not_make_envoy_retry_a_failed_query_from_a_trus
         .client
         .post(gw.url(QUERY))
         .bearer_auth(&jwt)
-        .json(&json!({"model": "thelook", "view": "orders", "fields": ["orders.count"]}));
+        // Within the demo's guardrails (date filter, limit), so the query reaches Looker.
+        .json(
+            &json!({"model": "thelook", "view": "orders", "fields": ["orders.count"],
+                      "filters": {"orders.created_date": "2026-01%"}, "limit": "10"}),
+        );
     let retry = [("x-envoy-retry-on", "5xx"), ("x-envoy-max-retries", "3")];
     let reply: Reply = gw.send(with_headers(request, &retry)).await;
 

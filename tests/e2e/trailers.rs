@@ -43,6 +43,7 @@ enum Config {
 impl Config {
     fn options(self) -> Options {
         Options {
+            plugin: Some(unguarded_plugin()),
             envoy_yaml_edit: match self {
                 Config::Shipped => None,
                 Config::Http1TrailersEnabled => Some(enable_http1_trailers),
@@ -50,6 +51,24 @@ impl Config {
             ..Options::default()
         }
     }
+}
+
+/// The demo plugin with alice's inline queries allowed without guardrails (first rule,
+/// so it wins): the filter decides on the head and forwards while the body still
+/// comes, which the tests of trailers after the decision need. The demo's own query
+/// rules are guarded, and the filter reads the body whenever any rule that could match
+/// has guardrails, so they are dropped here (`guarded_plugin` tests the guarded case).
+fn unguarded_plugin() -> Value {
+    let mut plugin = demo_plugin_config();
+    let rules = plugin["policy"]["rules"].as_array_mut().expect("rules");
+    rules.retain(|rule| rule.get("query").is_none());
+    rules.insert(
+        0,
+        json!({"name": "unguarded-queries", "methods": ["POST"], "operations": ["run_inline_query"],
+               "when": [{"claim": "sub", "equals": "alice"}],
+               "allow": {"role": "analyst"}}),
+    );
+    plugin
 }
 
 fn enable_http1_trailers(yaml: String) -> String {
@@ -449,7 +468,7 @@ async fn client_trailers_never_reach_looker_after_the_request_was_forwarded() {
         let body = split_at_model(&query("thelook"), "thelook");
         let mut request = gw.open_request(wire, "POST", &target(), &headers).await;
         request.send_data(&body[0]).await;
-        // Allowed by analysts-run-queries (no body inspected): forwarded once the broker
+        // Allowed by unguarded-queries (no body inspected): forwarded once the broker
         // answered, while the body is still coming.
         wait_until(
             &format!("{marker}: its head at Looker"),

@@ -42,7 +42,10 @@ sed -e "s/port_value: 10000/port_value: $listen/" -e "s/port_value: 9901/port_va
     -e "s/port_value: 10443/port_value: $ui/" \
     -e "s/port_value: 10080/port_value: ${sim##*:}/" -e "s/port_value: 10090/port_value: ${broker##*:}/" \
     -e "s/port_value: 10070/port_value: ${idp##*:}/" \
-    envoy/demo.yaml > "$work/envoy.yaml"
+    envoy/demo.yaml > "$work/demo.yaml"
+# The demo, plus a test-only issuer and one rule after the demo's: its tokens may call one
+# operation of every tag of Looker's spec (tests/sdk/tag_samples.py).
+.venv/bin/python tests/sdk/tag_samples.py envoy "$work/demo.yaml" > "$work/envoy.yaml"
 .venv/bin/envoy -c "$work/envoy.yaml" --concurrency 1 --base-id $((RANDOM + 2000)) --disable-hot-restart \
   --file-flush-interval-msec 100 > "$work/access.log" 2> "$work/envoy.log" & pids+=($!)
 for _ in $(seq 1 200); do
@@ -59,9 +62,22 @@ done
 curl -fsS "http://$idp/__idp/stats" | grep -q '"jwks_requests":[1-9]' || { echo "sdk test: Envoy never fetched the IdP's keys" >&2; tail -20 "$work/envoy.log" >&2; exit 1; }
 sleep 1
 
+# The sampler: eve (no group: no demo rule grants her anything) from the test-only issuer.
+sampler_token() { "$BIN/lookergate" token --user eve --iss "$(.venv/bin/python -c 'import sys; sys.path.insert(0, "tests/sdk"); import tag_samples; print(tag_samples.SAMPLER_ISSUER)')"; }
+
 LOOKERGATE_URL="http://127.0.0.1:$listen" \
 LOOKERGATE_TOKEN=$("$BIN/lookergate" token --user alice) \
 LOOKERGATE_DENIED_TOKEN=$("$BIN/lookergate" token --user eve) \
+LOOKERGATE_SAMPLER_TOKEN=$(sampler_token) \
 LOOKERGATE_SIM_URL="http://$sim" \
 LOOKERGATE_ACCESS_LOG="$work/access.log" \
   .venv/bin/python -m unittest -v tests/sdk/test_looker_sdk.py
+
+.venv/bin/python tests/sdk/tag_samples.py samples > "$work/tag_samples.json"
+# Looker's TypeScript SDK (tests/sdk/ts: `npm ci` there first; `make sdk-test` does).
+LOOKERGATE_URL="http://127.0.0.1:$listen" \
+LOOKERGATE_TOKEN=$("$BIN/lookergate" token --user alice) \
+LOOKERGATE_SAMPLER_TOKEN=$(sampler_token) \
+LOOKERGATE_TAG_SAMPLES="$work/tag_samples.json" \
+LOOKERGATE_SIM_URL="http://$sim" \
+  node --test tests/sdk/ts/test_looker_sdk.js

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 import unittest
 import urllib.request
@@ -113,6 +114,8 @@ class LookerSdkThroughGateway(unittest.TestCase):
                 model="thelook",
                 view="orders",
                 fields=["orders.status", "orders.count"],
+                # The demo's guardrails: a filter on orders.created_date, at most 500 rows.
+                filters={"orders.created_date": "2026-01%"},
                 limit="10",
             ),
             transport_options=self.options,
@@ -158,6 +161,55 @@ class LookerSdkThroughGateway(unittest.TestCase):
             self.assertNotIn(entry.get("lookergate_identity"), (None, "", "-"), entry)
             self.assertNotIn(TOKEN, json.dumps(entry), "a token in the access log")
 
+    def test_a_sample_of_every_allowed_tag(self):
+        """User, Dashboard, Look and Query operations the demo policy allows, with real answers."""
+        me = self.sdk.me(transport_options=self.options)
+        user = self.sdk.user(me.id, transport_options=self.options)
+        self.assertEqual(user.id, me.id)
+        self.assertEqual(user.email, me.email)
+
+        look = self.sdk.look("1", transport_options=self.options)
+        self.assertIsInstance(look, models.LookWithQuery)
+        self.assertEqual(look.id, "1")
+        self.assertEqual(look.title, "Orders by Status")
+
+        created = self.sdk.create_query(
+            body=models.WriteQuery(
+                model="thelook",
+                view="orders",
+                fields=["orders.status", "orders.count"],
+                filters={"orders.created_date": "2026-01%"},
+                limit="10",
+            ),
+            transport_options=self.options,
+        )
+        self.assertIsInstance(created, models.Query)
+        self.assertTrue(created.id, "create_query returned no id")
+        self.assertEqual((created.model, created.view), ("thelook", "orders"))
+        self.assertEqual(created.filters, {"orders.created_date": "2026-01%"})
+
+        # A stored query is one the gateway cannot read: the guarded rule refuses to run it
+        # by id rather than let it bypass the guardrails.
+        with self.assertRaises(error.SDKError) as caught:
+            self.sdk.run_query(created.id, "json", transport_options=self.options)
+        self.assertIn("cannot inspect", caught.exception.message)
+
+    def test_search_dashboards_through_the_gateway(self):
+        found = self.sdk.search_dashboards(title="Orders", transport_options=self.options)
+        self.assertTrue(found, "search_dashboards found nothing")
+        self.assertTrue(all(isinstance(d, models.Dashboard) and d.id for d in found), found)
+
+    def test_a_guardrail_refusal_is_an_sdk_error_naming_the_field(self):
+        with self.assertRaises(error.SDKError) as caught:
+            self.sdk.run_inline_query(
+                result_format="json",
+                # No filter on orders.created_date.
+                body=models.WriteQuery(model="thelook", view="orders", fields=["orders.count"], limit="10"),
+                transport_options=self.options,
+            )
+        self.assertIn("query.filters", caught.exception.message)
+        self.assertIn("rule analysts-query-orders", caught.exception.message)
+
     # Regression: the SDK structures every non-2xx body into SDKError, whose `message` is
     # required; the gateway's error JSON once had none and the SDK raised cattrs'
     # ClassValidationError instead. Error bodies now carry a Looker-style "message".
@@ -172,6 +224,53 @@ class LookerSdkThroughGateway(unittest.TestCase):
         # Looker's own /login is the gateway's business: clients are refused.
         with self.assertRaises(error.SDKError):
             self.sdk.login(client_id="demo-analyst-id", client_secret="demo-analyst-secret", transport_options=self.options)
+
+
+SAMPLER_TOKEN = os.environ.get("LOOKERGATE_SAMPLER_TOKEN", "")
+
+
+@unittest.skipUnless(URL and SAMPLER_TOKEN, "set LOOKERGATE_URL and LOOKERGATE_SAMPLER_TOKEN (tests/sdk/run.sh)")
+class EveryTagThroughGateway(unittest.TestCase):
+    """One operation of every tag of Looker's spec (tests/sdk/tag_samples.py), called by
+    its name on the SDK, through the gateway with the sampler's token."""
+
+    def test_one_operation_of_every_tag(self):
+        sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+        import tag_samples  # tests/sdk/tag_samples.py, next to this file
+
+        marker = f"sdk-tags-{uuid.uuid4().hex[:12]}"
+        options = {"headers": {"x-sdk-test-marker": marker}}
+        sdk = gateway_sdk(URL, lambda: SAMPLER_TOKEN)
+        samples = tag_samples.samples()
+        spec_tags = {t for p in json.loads(tag_samples.SPEC.read_text())["paths"].values()
+                     for op in p.values() if isinstance(op, dict) for t in op.get("tags", [])}
+        self.assertEqual({s["tag"] for s in samples}, spec_tags)
+        forwarded = []
+        for sample in samples:
+            with self.subTest(tag=sample["tag"], operation=sample["operation"]):
+                args = dict(sample["args"])
+                if sample["body_model"]:
+                    args["body"] = serialize.converter40.structure(args["body"], getattr(models, sample["body_model"]))
+                call = getattr(sdk, sample["operation"])
+                if sample["expect"] != 200:
+                    with self.assertRaises(error.SDKError) as caught:
+                        call(**args, transport_options=options)
+                    self.assertIn(sample["refusal"], caught.exception.message)
+                    continue
+                answer = call(**args, transport_options=options)
+                forwarded.append(sample)
+                if sample["kind"] == "array":
+                    self.assertIsInstance(answer, list, answer)
+                elif sample["kind"] == "object":
+                    self.assertTrue(hasattr(answer, "__attrs_attrs__") or isinstance(answer, dict), answer)
+                else:
+                    self.assertIsInstance(answer, str, answer)
+        if SIM_URL:
+            seen = [(r["method"], r["path"]) for r in get_json(f"{SIM_URL}/__sim/requests")
+                    if r["headers"].get("x-sdk-test-marker") == marker]
+            for sample in forwarded:
+                self.assertTrue(any(m == sample["method"] for m, _ in seen), sample)
+            self.assertEqual(len(seen), len(forwarded), f"Looker received {seen}")
 
 
 if __name__ == "__main__":
