@@ -73,13 +73,19 @@ pub struct TokenCache {
 
 /// How often a replica waiting for another one's login looks for its token.
 const LOCK_POLL: Duration = Duration::from_millis(25);
+/// The login lock's lease in Redis, renewed every [`LOCK_RENEW`] while its holder lives:
+/// a replica that dies mid-login blocks the others for at most this long, well within a
+/// gateway's callout timeout (its retry reaches another replica, which takes over).
+const LOCK_LEASE: Duration = Duration::from_millis(1_000);
+const LOCK_RENEW: Duration = Duration::from_millis(300);
 
 /// The Redis side of the cache: sealed tokens and the per-identity login lock.
 struct SharedTokens {
     store: Arc<SharedStore>,
     metrics: StoreMetrics,
-    /// Lease of a login lock (milliseconds): longer than any login can take, so a lock
-    /// expires only when its holder died; set from the config ([`TokenCache::set_login_lease`]).
+    /// How long a login may take (milliseconds), so how long a waiter waits for another
+    /// replica's login before it gives up; set from the config ([`TokenCache::set_login_lease`]).
+    /// The lock itself has a short lease the holder renews ([`LOCK_LEASE`]).
     lease_ms: AtomicU64,
 }
 
@@ -126,9 +132,10 @@ impl SharedTokens {
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<LookerToken, BrokerError>>,
     {
-        let lease = Duration::from_millis(self.lease_ms.load(Ordering::Relaxed));
-        // A holder that died leaves the lock until its lease ends; then a waiter takes over.
-        let deadline = Instant::now() + lease + Duration::from_millis(500);
+        // How long a live holder's login may take: waiters give up after that. A holder
+        // that died stops renewing its lease; within LOCK_LEASE a waiter takes over.
+        let login_budget = Duration::from_millis(self.lease_ms.load(Ordering::Relaxed));
+        let deadline = Instant::now() + login_budget + Duration::from_millis(500);
         let lock = self.store.login_lock_key(key);
         let owner = random_hex(16);
         let mut login = Some(login);
@@ -145,15 +152,28 @@ impl SharedTokens {
             }
             let locked = self
                 .store
-                .try_lock(&lock, &owner, lease)
+                .try_lock(&lock, &owner, LOCK_LEASE)
                 .await
                 .map_err(|e| self.error("lock", &e))?;
             if locked {
+                let renewal = {
+                    let (store, lock, owner) = (self.store.clone(), lock.clone(), owner.clone());
+                    tokio::spawn(async move {
+                        loop {
+                            tokio::time::sleep(LOCK_RENEW).await;
+                            // Lost (expired and taken) or Redis gone: stop; the login goes on.
+                            if !matches!(store.renew(&lock, &owner, LOCK_LEASE).await, Ok(true)) {
+                                break;
+                            }
+                        }
+                    })
+                };
                 let held = HeldLock {
                     store: self.store.clone(),
                     metrics: self.metrics.clone(),
                     lock: lock.clone(),
                     owner: owner.clone(),
+                    renewal,
                     armed: true,
                 };
                 // Another replica may have shared its token between the read and the lock.
@@ -217,12 +237,15 @@ struct HeldLock {
     metrics: StoreMetrics,
     lock: String,
     owner: String,
+    /// Renews the lease while the login runs; stopped on release and on drop.
+    renewal: tokio::task::JoinHandle<()>,
     armed: bool,
 }
 
 impl HeldLock {
     async fn release(mut self) {
         self.armed = false;
+        self.renewal.abort();
         if let Err(e) = self.store.unlock(&self.lock, &self.owner).await {
             // The lease ends it anyway.
             self.metrics
@@ -236,6 +259,7 @@ impl HeldLock {
 
 impl Drop for HeldLock {
     fn drop(&mut self) {
+        self.renewal.abort();
         if !self.armed {
             return;
         }

@@ -787,7 +787,9 @@ async fn a_login_cancelled_mid_way_releases_its_lock_before_the_lease_ends() -> 
     sim.fault(json!({"login_delay_ms": 3000, "count": 1}))
         .await?;
     let dir = TempDir::new("replicas-cancelled")?;
-    // retry_budget 5s: the lock's lease is 3 x 5s + 1s = 16s.
+    // retry_budget 5s: a login may take 3 x 5s + 1s = 16s; the lock's own lease is 1 s,
+    // renewed while the login runs. Released on drop means released at once, before even
+    // that lease (renewed at ~300 ms) would end.
     let text = replica_config(&sim, &redis, &dir, |t| {
         t.replace("retry_budget = \"1500ms\"", "retry_budget = \"5s\"")
             .replace("looker_timeout = \"1s\"", "looker_timeout = \"4s\"")
@@ -812,7 +814,7 @@ async fn a_login_cancelled_mid_way_releases_its_lock_before_the_lease_ends() -> 
         metrics.contains("lookergate_broker_store_misses_total 1"),
         "the login had taken the lock: {metrics}"
     );
-    let released = eventually(Duration::from_secs(3), || async {
+    let released = eventually(Duration::from_millis(700), || async {
         let mut conn = conn.clone();
         matches!(
             redis::cmd("GET")
@@ -823,7 +825,7 @@ async fn a_login_cancelled_mid_way_releases_its_lock_before_the_lease_ends() -> 
         )
     })
     .await;
-    assert!(released, "the lock stays until its 16s lease ends");
+    assert!(released, "the lock stays until its lease ends");
     Ok(())
 }
 
@@ -890,5 +892,40 @@ async fn a_redis_restarted_empty_gets_the_rotated_keys_back_from_the_replicas() 
         .filter(|l| l["ok"] != true)
         .collect();
     assert!(failed.is_empty(), "failed Looker logins: {failed:?}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_live_holder_keeps_its_login_lock_beyond_the_short_lease() -> TestResult {
+    let redis = Redis::start().await?;
+    let sim = Sim::start().await?;
+    // One login that takes 2.5 s: longer than the lock's 1 s lease, which its holder renews.
+    sim.fault(json!({"login_delay_ms": 2500, "count": 1}))
+        .await?;
+    let dir = TempDir::new("replicas-slow-login")?;
+    let text = replica_config(&sim, &redis, &dir, |t| {
+        t.replace("retry_budget = \"1500ms\"", "retry_budget = \"5s\"")
+            .replace("looker_timeout = \"1s\"", "looker_timeout = \"4s\"")
+    })?;
+    assert!(
+        text.contains("looker_timeout = \"4s\""),
+        "the demo config changed"
+    );
+    let (a, b) = replicas(&text, None).await?;
+    let first = a.token(role("viewer"));
+    let second = async {
+        // B asks while A's login is in flight.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        b.token(role("viewer")).await
+    };
+    let (first, second) = tokio::join!(first, second);
+    let ((status_a, body_a), (status_b, body_b)) = (first?, second?);
+    assert_eq!((status_a, status_b), (200, 200), "{body_a} {body_b}");
+    assert_eq!(access_token(&body_a), access_token(&body_b));
+    assert_eq!(
+        sim.logins_of("demo-viewer-id").await?,
+        1,
+        "B waited for A's renewed lock instead of logging in after 1 s"
+    );
     Ok(())
 }
