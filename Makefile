@@ -1,6 +1,8 @@
 # lookergate developer entry points. GNU make, run from the repository root.
 #   make demo              sim + broker + Envoy with the demo config, and the embed demo web
 #                          app at http://127.0.0.1:10070/app/ (Ctrl-C stops all)
+#   make fleet             Redis, two brokers, two Envoys (10100, 10101), sim and IdP on
+#                          loopback (docs/fleet.md; Ctrl-C stops all)
 #   make token USER=alice  print a demo JWT (only the token on stdout)
 #   make test              everything `cargo test --workspace` needs, then the tests
 #   make lint / make fmt
@@ -21,7 +23,7 @@ NATIVE_PACKAGES := -p lookergate-broker -p lookergate-looker-sim -p lookergate-c
 .PHONY: help wasm wasm-target envoy build demo token test test-bins sdk-test lint-filter lint fmt
 
 help:
-	@echo "targets: wasm envoy build web demo token test browser-test lint fmt"
+	@echo "targets: wasm envoy build web demo fleet token test browser-test lint fmt"
 	@echo "  make demo                  run the demo gateway on 127.0.0.1:10000, the embed demo app"
 	@echo "                             on http://127.0.0.1:10070/app/"
 	@echo "  make -s token USER=alice   print a demo JWT (alice, bob, carol, eve); TTL=secs optional"
@@ -46,6 +48,18 @@ build:
 
 demo: wasm envoy build web
 	envoy/run-demo.sh
+
+# Debian's redis-server, installed if missing (needs root): `fleet`, `test`, `bench-broker`.
+define need_redis
+	@command -v redis-server >/dev/null || { [ "$$(id -u)" = 0 ] || { echo "needs Redis: apt-get install redis-server (as root)" >&2; exit 1; }; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends redis-server >/dev/null; }
+endef
+
+# `make fleet`: the fleet on one machine (envoy/fleet/run-fleet.sh, docs/fleet.md).
+.PHONY: fleet
+fleet: wasm envoy build
+	$(need_redis)
+	envoy/fleet/run-fleet.sh
 
 # Node.js and npm (Debian's), installed if missing (needs root); `web` and `browser-test`.
 define need_node
@@ -154,6 +168,14 @@ bench: wasm-target envoy
 	@$(PYTHON) -c 'import cryptography, yaml' 2>/dev/null || $(PYTHON) -m pip install --quiet cryptography pyyaml
 	BENCH_ROUNDS=$(BENCH_ROUNDS) BENCH_DURATION=$(BENCH_DURATION) BENCH_CONNECTIONS=$(BENCH_CONNECTIONS) \
 	BENCH_RATE=$(BENCH_RATE) BENCH_ONLY=$(BENCH_ONLY) $(PYTHON) bench/bench.py
+
+# `make bench-broker`: the token broker under 10,000 new per-user identities in one
+# minute (simulator logins take 50 ms), one broker then two; Looker logins per identity,
+# p99 time to a token, broker CPU and peak RSS. Writes its block of bench/RESULTS.md.
+.PHONY: bench-broker
+bench-broker:
+	$(CARGO) build --release -p lookergate-broker -p lookergate-looker-sim
+	$(PYTHON) bench/broker_bench.py
 
 # The fuzz crate's committed seeds and regressions, replayed natively (stable toolchain,
 # no libFuzzer): keeps the fuzz crate compiling and every fixed finding fixed.
