@@ -136,6 +136,17 @@ impl Worker {
         self.tokens.adopt(identity, callout, now_ms);
     }
 
+    /// Gives identity `key`'s flight the callout of its retry, sent from context `owner`
+    /// (the root context owns no stream: nothing to record there).
+    pub fn retry_flight(&mut self, key: &str, callout: u32, owner: u32) {
+        self.callouts
+            .insert(callout, Callout::Token(key.to_owned()));
+        if let Some(stream) = self.streams.get_mut(&owner) {
+            stream.callouts.push(callout);
+        }
+        self.tokens.retry(key, callout);
+    }
+
     /// Removes and returns the flight that broker callout `callout` answers.
     #[cfg(test)]
     pub fn finish_flight(&mut self, callout: u32) -> Option<Flight> {
@@ -214,8 +225,17 @@ fn millis(d: Duration) -> u64 {
 fn call_broker<H: Host>(
     gateway: &Gateway,
     host: &H,
-    (headers, body): (Vec<(&'static str, String)>, String),
+    request: (Vec<(&'static str, String)>, String),
 ) -> Result<u32, HostError> {
-    let broker = &gateway.broker;
-    host.dispatch(&broker.cluster, &headers, body.as_bytes(), broker.timeout)
+    call_broker_within(gateway, host, request, gateway.broker.timeout)
+}
+
+/// [`call_broker`] with the time left of a call's budget as its timeout.
+fn call_broker_within<H: Host>(
+    gateway: &Gateway,
+    host: &H,
+    (headers, body): (Vec<(&'static str, String)>, String),
+    timeout: Duration,
+) -> Result<u32, HostError> {
+    host.dispatch(&gateway.broker.cluster, &headers, body.as_bytes(), timeout)
 }

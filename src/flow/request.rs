@@ -309,6 +309,7 @@ impl<H: Host> Flow<'_, H> {
                     callout: Some(callout),
                     waiters: vec![waiter],
                     started_ms: now_ms,
+                    retried: false,
                 };
                 self.worker.start_flight(flight, callout, context_id);
             }

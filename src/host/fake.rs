@@ -87,6 +87,7 @@ pub struct Dispatched {
     pub cluster: String,
     pub headers: Vec<(String, String)>,
     pub body: String,
+    pub timeout: Duration,
 }
 
 impl Dispatched {
@@ -310,7 +311,7 @@ impl Host for FakeHost {
         cluster: &str,
         headers: &[(&str, String)],
         body: &[u8],
-        _timeout: Duration,
+        timeout: Duration,
     ) -> Result<u32, HostError> {
         self.hostcall(Hostcall::Dispatch, 1);
         if self.fail_dispatch.get() {
@@ -332,6 +333,7 @@ impl Host for FakeHost {
                 .map(|(n, v)| ((*n).to_owned(), v.clone()))
                 .collect(),
             body: String::from_utf8_lossy(body).into_owned(),
+            timeout,
         });
         Ok(callout)
     }

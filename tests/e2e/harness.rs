@@ -28,29 +28,29 @@ pub const BROKER_TIMEOUT: Duration = Duration::from_secs(2);
 const ENVOY_READY_DEADLINE: Duration = Duration::from_secs(60);
 const SERVICE_READY_DEADLINE: Duration = Duration::from_secs(20);
 /// How long the filter may take to fetch the IdP's keys once Envoy is ready.
-const KEYS_DEADLINE: Duration = Duration::from_secs(20);
+pub const KEYS_DEADLINE: Duration = Duration::from_secs(20);
 /// The filter's tick (src/filter.rs): a worker installs keys another worker fetched on
 /// its next tick, so every worker has them one tick (plus slack) after the fetch.
-const WORKER_SYNC: Duration = Duration::from_millis(1200);
+pub const WORKER_SYNC: Duration = Duration::from_millis(1200);
 /// The demo issuer as a metric name segment (`lookergate.jwks.*.<issuer>`).
 pub const DEMO_ISSUER_METRIC: &str = "idp_lookergate_demo";
 
-fn repo_root() -> PathBuf {
+pub fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
 /// Where the binaries are: `make test` sets the variables; defaults are the repo paths.
-struct Paths {
-    envoy: PathBuf,
-    wasm: PathBuf,
-    broker: PathBuf,
-    sim: PathBuf,
+pub struct Paths {
+    pub envoy: PathBuf,
+    pub wasm: PathBuf,
+    pub broker: PathBuf,
+    pub sim: PathBuf,
     /// The `lookergate` CLI, for `lookergate idp`.
-    idp: PathBuf,
+    pub idp: PathBuf,
 }
 
 impl Paths {
-    fn from_env() -> Paths {
+    pub fn from_env() -> Paths {
         let root = repo_root();
         let pick = |var: &str, default: &str| {
             let path = std::env::var_os(var)
@@ -78,10 +78,10 @@ impl Paths {
 }
 
 /// A scratch directory for one gateway; kept (and named in the output) if the test failed.
-struct ScratchDir(PathBuf);
+pub struct ScratchDir(pub PathBuf);
 
 impl ScratchDir {
-    fn new() -> ScratchDir {
+    pub fn new() -> ScratchDir {
         static NEXT: AtomicU32 = AtomicU32::new(0);
         let n = NEXT.fetch_add(1, Ordering::Relaxed);
         let dir = std::env::temp_dir().join(format!("lookergate-e2e-{}-{n}", std::process::id()));
@@ -102,16 +102,16 @@ impl Drop for ScratchDir {
 }
 
 /// A child process whose output goes to files; stopped on drop.
-struct Process {
+pub struct Process {
     name: &'static str,
-    child: Child,
+    pub child: Child,
     /// stderr (and, for services, stdout after the `listening on` line).
     log: PathBuf,
 }
 
 impl Process {
     /// Starts a native lookergate service and waits for its `listening on <addr>` line.
-    fn start_service(
+    pub fn start_service(
         name: &'static str,
         bin: &Path,
         args: &[&str],
@@ -160,12 +160,12 @@ impl Process {
         (process, addr)
     }
 
-    fn has_exited(&mut self) -> bool {
+    pub fn has_exited(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(Some(_)))
     }
 
     /// SIGTERM (so Envoy cleans up its shared memory), then SIGKILL after a grace period.
-    fn stop(&mut self) {
+    pub fn stop(&mut self) {
         if self.has_exited() {
             return;
         }
@@ -191,7 +191,7 @@ impl Drop for Process {
 }
 
 /// The end of Envoy's log without its start-up listing of extensions and header maps.
-fn envoy_log_tail(path: &Path, lines: usize) -> String {
+pub fn envoy_log_tail(path: &Path, lines: usize) -> String {
     let text = fs::read_to_string(path).unwrap_or_default();
     let kept: Vec<&str> = text.lines().filter(|l| !l.contains("]   ")).collect();
     kept[kept.len().saturating_sub(lines)..].join("\n")
@@ -277,8 +277,8 @@ pub struct Gateway {
     _dir: ScratchDir,
 }
 
-struct Envoy {
-    process: Process,
+pub struct Envoy {
+    pub process: Process,
     access_log: PathBuf,
     config: PathBuf,
     base_id: u32,
@@ -1145,7 +1145,7 @@ async fn read_reply(socket: &mut tokio::net::TcpStream, raw: &mut Vec<u8>) {
     }
 }
 
-fn read_lossy(path: &Path) -> String {
+pub fn read_lossy(path: &Path) -> String {
     fs::read(path)
         .map(|b| String::from_utf8_lossy(&b).into_owned())
         .unwrap_or_default()
@@ -1450,7 +1450,7 @@ impl Reply {
 
 /// The broker config for the tests: the broker's own embedded demo config
 /// (`print-demo-config`) pointed at this test's simulator.
-fn broker_config(broker: &Path, sim: SocketAddr) -> String {
+pub fn broker_config(broker: &Path, sim: SocketAddr) -> String {
     let out = Command::new(broker)
         .arg("print-demo-config")
         .output()
@@ -1510,7 +1510,7 @@ fn envoy_config(
     yaml
 }
 
-fn start_envoy(bin: &Path, dir: &Path, yaml: &str) -> Envoy {
+pub fn start_envoy(bin: &Path, dir: &Path, yaml: &str) -> Envoy {
     // Unique per test process and gateway, so parallel Envoys never share hot-restart state.
     static NEXT: AtomicU32 = AtomicU32::new(0);
     let base_id = (std::process::id() % 40_000) * 100 + NEXT.fetch_add(1, Ordering::Relaxed) % 100;
@@ -1551,7 +1551,7 @@ fn start_envoy(bin: &Path, dir: &Path, yaml: &str) -> Envoy {
 }
 
 /// Polls (with a deadline) until Envoy wrote its admin address and `/ready` says 200.
-async fn wait_until_ready(envoy: &mut Envoy, dir: &Path) -> Result<SocketAddr, String> {
+pub async fn wait_until_ready(envoy: &mut Envoy, dir: &Path) -> Result<SocketAddr, String> {
     let client = reqwest::Client::builder()
         .no_proxy()
         .timeout(Duration::from_secs(2))
@@ -1585,7 +1585,11 @@ async fn wait_until_ready(envoy: &mut Envoy, dir: &Path) -> Result<SocketAddr, S
 
 /// The address Envoy bound for the demo listener `name` (configured on port 0): the API
 /// listener `looker_api`, or `looker_ui` (Looker's UI host, TLS).
-async fn listener_address(client: &reqwest::Client, admin: SocketAddr, name: &str) -> SocketAddr {
+pub async fn listener_address(
+    client: &reqwest::Client,
+    admin: SocketAddr,
+    name: &str,
+) -> SocketAddr {
     let listeners: Value = client
         .get(format!("http://{admin}/listeners?format=json"))
         .send()
