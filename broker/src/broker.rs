@@ -8,6 +8,7 @@ use crate::log;
 use crate::looker::{LookerClient, LookerError, LookerToken};
 use crate::metrics::{LoginLabels, Metrics};
 use crate::secret::Secret;
+use crate::store::{SharedCredentials, SharedStore, StoreError};
 use axum::http::StatusCode;
 use lookergate_proto::broker::{ErrorCode, ErrorResponse};
 use serde_json::json;
@@ -131,6 +132,12 @@ impl Issued {
     }
 }
 
+/// How long one replica's login may hold an identity's lock in the shared store: a
+/// per-user login is up to three Looker operations (admin login, lookup, sudo login).
+fn login_lease(config: &BrokerConfig) -> Duration {
+    config.retry_budget * 3 + Duration::from_secs(1)
+}
+
 /// Whose Looker login a `looker_login` log line is about (names and ids, never a secret).
 #[derive(Default)]
 struct LoginFields<'a> {
@@ -226,6 +233,12 @@ impl UserDirectory {
 
 pub struct Broker {
     runtime: RwLock<Arc<Runtime>>,
+    /// The config as loaded from the file, before the shared store's rotated keys apply.
+    base_config: RwLock<Arc<BrokerConfig>>,
+    /// `[store]`: the Redis replicas share (`None`: everything stays in this process).
+    pub store: Option<Arc<SharedStore>>,
+    /// The shared rotated keys in force here (`None`: not read yet; token requests wait).
+    shared_credentials: Mutex<Option<SharedCredentials>>,
     /// Where the config came from (`None`: embedded demo); reloads and rotation write here.
     pub config_path: Option<PathBuf>,
     pub tokens: TokenCache,
@@ -237,14 +250,130 @@ pub struct Broker {
 
 impl Broker {
     pub fn new(config: BrokerConfig, config_path: Option<PathBuf>) -> Result<Self, LookerError> {
+        let metrics = Metrics::default();
+        let store = match &config.store {
+            Some(c) => {
+                Some(Arc::new(SharedStore::connect(c).map_err(|e| {
+                    LookerError::Unavailable(format!("store: {e}"))
+                })?))
+            }
+            None => None,
+        };
+        let tokens = match &store {
+            Some(store) => TokenCache::with_store(store.clone(), metrics.store.clone()),
+            None => TokenCache::default(),
+        };
+        tokens.set_login_lease(login_lease(&config));
         Ok(Broker {
-            runtime: RwLock::new(Arc::new(Runtime::new(config)?)),
+            runtime: RwLock::new(Arc::new(Runtime::new(config.clone())?)),
+            base_config: RwLock::new(Arc::new(config)),
+            store,
+            shared_credentials: Mutex::new(None),
             config_path,
-            tokens: TokenCache::default(),
+            tokens,
             users: UserDirectory::default(),
             embed_sessions: crate::embed::EmbedSessions::default(),
-            metrics: Metrics::default(),
+            metrics,
         })
+    }
+
+    /// The config as loaded (file and `rotated_credentials_file`), without the shared store's keys.
+    pub fn base_config(&self) -> Arc<BrokerConfig> {
+        self.base_config
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Puts a newly loaded config in force, with the shared store's rotated keys over it.
+    pub fn install_config(&self, base: BrokerConfig) -> Result<(), LookerError> {
+        let mut effective = base.clone();
+        if let Some(shared) = self
+            .shared_credentials
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+        {
+            shared.apply(&mut effective.roles);
+        }
+        self.tokens.set_login_lease(login_lease(&effective));
+        let runtime = Runtime::new(effective)?;
+        *self.base_config.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(base);
+        self.replace_runtime(runtime);
+        Ok(())
+    }
+
+    /// The version of the shared credentials in force here (`None`: not read yet, or no store).
+    pub fn credentials_version(&self) -> Option<u64> {
+        self.shared_credentials
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .map(|c| c.version)
+    }
+
+    /// Reads the shared credentials; a new version is put in force at once. `Ok(true)`: changed.
+    pub async fn refresh_shared_credentials(&self) -> Result<bool, StoreError> {
+        let Some(store) = &self.store else {
+            return Ok(false);
+        };
+        let read = store.read_credentials().await?;
+        let held = self
+            .shared_credentials
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        if let Some(held) = held.filter(|h| h.version > read.version) {
+            // The store lost a rotation (Redis restarted empty): keep the keys in force here,
+            // whose predecessors may be deleted in Looker, and put them back.
+            if store.reseed_credentials(&held).await? {
+                tracing::warn!(
+                    event = "shared_credentials",
+                    result = "reseeded",
+                    version = held.version,
+                    message = "the store had lost the rotated credentials; written back"
+                );
+            }
+            return Ok(false);
+        }
+        self.adopt_shared_credentials(read)
+    }
+
+    /// Puts `read` in force unless it is what this replica already uses.
+    pub fn adopt_shared_credentials(&self, read: SharedCredentials) -> Result<bool, StoreError> {
+        let version = read.version;
+        {
+            let mut current = self
+                .shared_credentials
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            if current.as_ref() == Some(&read) {
+                return Ok(false);
+            }
+            *current = Some(read);
+        }
+        let base = (*self.base_config()).clone();
+        self.install_config(base)
+            .map_err(|e| StoreError::Malformed(e.to_string()))?;
+        tracing::info!(event = "shared_credentials", result = "applied", version);
+        Ok(true)
+    }
+
+    /// With a store, a token is issued only under the shared credentials (a key rotated
+    /// by another replica may already be deleted in Looker).
+    async fn ensure_shared_credentials(&self) -> Result<(), BrokerError> {
+        if self.store.is_none() || self.credentials_version().is_some() {
+            return Ok(());
+        }
+        self.refresh_shared_credentials().await.map_err(|e| {
+            self.metrics
+                .store
+                .errors
+                .get_or_create(&crate::metrics::OpLabel { op: "credentials" })
+                .inc();
+            BrokerError::LookerUnavailable(e.to_string())
+        })?;
+        Ok(())
     }
 
     /// The current config; requests in flight keep the snapshot they started with.
@@ -261,6 +390,7 @@ impl Broker {
 
     pub async fn token(&self, identity: &LookerIdentity) -> Result<Issued, BrokerError> {
         identity.validate().map_err(BrokerError::BadRequest)?;
+        self.ensure_shared_credentials().await?;
         let rt = self.runtime();
         let key = CacheKey::of(identity);
         let refresh_before = rt.config.refresh_before;
@@ -326,7 +456,9 @@ impl Broker {
                 self.users.forget(&(credential_type, credential_id));
             }
         }
-        Ok(self.tokens.invalidate(&CacheKey::of(identity)).await)
+        self.tokens
+            .invalidate_everywhere(&CacheKey::of(identity))
+            .await
     }
 
     async fn login_role(
@@ -460,7 +592,7 @@ impl Broker {
                         Err(LookerError::Status { status: 401 }) if !retried_admin => {
                             // Admin session expired or revoked early: log in again once.
                             retried_admin = true;
-                            self.tokens.invalidate(&CacheKey::Admin).await;
+                            let _ = self.tokens.invalidate_everywhere(&CacheKey::Admin).await;
                             continue;
                         }
                         Err(e) => return Err(BrokerError::from_call(e, "the user lookup")),
@@ -488,7 +620,7 @@ impl Broker {
                     self.users.forget(&dir_key);
                     if !retried_admin {
                         retried_admin = true;
-                        self.tokens.invalidate(&CacheKey::Admin).await;
+                        let _ = self.tokens.invalidate_everywhere(&CacheKey::Admin).await;
                         continue;
                     }
                     Err(no_user())

@@ -4,11 +4,19 @@
 //! fresh token logs in while holding it; requests queued behind it then reuse the new
 //! token — or the same error, so a Looker outage costs one login attempt per burst,
 //! not one per request.
+//!
+//! With a shared store (`[store]`, [`crate::store`]) the local cache stays in front: a
+//! local miss reads the identity's sealed token from Redis, and only then logs in, under
+//! a Redis lock so that one replica logs in per identity while the others wait for its
+//! token. When Redis is down, local tokens are still served while valid; a local miss
+//! fails closed (`looker_unavailable`), never with an unsealed or empty token.
 
 use crate::broker::BrokerError;
 use crate::identity::CacheKey;
 use crate::looker::LookerToken;
+use crate::metrics::{OpLabel, StoreMetrics};
 use crate::secret::Secret;
+use crate::store::{identity_id, random_hex, SharedStore, StoreError};
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -60,6 +68,145 @@ struct Slot {
 #[derive(Default)]
 pub struct TokenCache {
     slots: Mutex<HashMap<CacheKey, Arc<Slot>>>,
+    shared: Option<SharedTokens>,
+}
+
+/// How often a replica waiting for another one's login looks for its token.
+const LOCK_POLL: Duration = Duration::from_millis(25);
+
+/// The Redis side of the cache: sealed tokens and the per-identity login lock.
+struct SharedTokens {
+    store: Arc<SharedStore>,
+    metrics: StoreMetrics,
+    /// Lease of a login lock (milliseconds): longer than any login can take, so a lock
+    /// expires only when its holder died; set from the config ([`TokenCache::set_login_lease`]).
+    lease_ms: AtomicU64,
+}
+
+impl SharedTokens {
+    fn error(&self, op: &'static str, e: &StoreError) -> BrokerError {
+        self.metrics.errors.get_or_create(&OpLabel { op }).inc();
+        tracing::warn!(event = "store_error", op, message = %e);
+        BrokerError::LookerUnavailable(e.to_string())
+    }
+
+    /// The shared token of `key`, if it came from `source` and is good for more than `refresh_before`.
+    async fn read(
+        &self,
+        key: &CacheKey,
+        source: &str,
+        refresh_before: Duration,
+    ) -> Result<Option<CachedToken>, BrokerError> {
+        match self.store.get_token(key).await {
+            Ok(Some(t)) if t.source == source && t.remaining > refresh_before => {
+                Ok(Some(CachedToken {
+                    access_token: t.access_token,
+                    expires_at: Instant::now() + t.remaining,
+                    source: t.source,
+                }))
+            }
+            Ok(_) => Ok(None),
+            // A value that does not open (moved, tampered, another key) is never served: a miss.
+            Err(e @ (StoreError::Sealed | StoreError::Malformed(_))) => {
+                let _ = self.error("token_open", &e);
+                Ok(None)
+            }
+            Err(e) => Err(self.error("token_get", &e)),
+        }
+    }
+
+    async fn get_or_login<F, Fut>(
+        &self,
+        key: &CacheKey,
+        source: &str,
+        refresh_before: Duration,
+        login: F,
+    ) -> Result<(CachedToken, Outcome), BrokerError>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<LookerToken, BrokerError>>,
+    {
+        let lease = Duration::from_millis(self.lease_ms.load(Ordering::Relaxed));
+        // A holder that died leaves the lock until its lease ends; then a waiter takes over.
+        let deadline = Instant::now() + lease + Duration::from_millis(500);
+        let lock = self.store.login_lock_key(key);
+        let owner = random_hex(16);
+        let mut login = Some(login);
+        let mut waited = false;
+        loop {
+            let joined = if waited {
+                Outcome::Joined
+            } else {
+                Outcome::Hit
+            };
+            if let Some(token) = self.read(key, source, refresh_before).await? {
+                self.metrics.hits.inc();
+                return Ok((token, joined));
+            }
+            let locked = self
+                .store
+                .try_lock(&lock, &owner, lease)
+                .await
+                .map_err(|e| self.error("lock", &e))?;
+            if locked {
+                // Another replica may have shared its token between the read and the lock.
+                if let Some(token) = self.read(key, source, refresh_before).await? {
+                    self.unlock(&lock, &owner).await;
+                    self.metrics.hits.inc();
+                    return Ok((token, joined));
+                }
+                self.metrics.misses.inc();
+                let Some(login) = login.take() else {
+                    self.unlock(&lock, &owner).await;
+                    return Err(BrokerError::LookerUnavailable(
+                        "login already attempted".into(),
+                    ));
+                };
+                let started = Instant::now();
+                let result = login().await;
+                let result = match result {
+                    Ok(t) => {
+                        let token = CachedToken {
+                            access_token: t.access_token,
+                            expires_at: started + t.expires_in,
+                            source: source.to_string(),
+                        };
+                        let remaining = token.remaining(Instant::now());
+                        let keep = remaining.saturating_sub(refresh_before);
+                        // Not shared is not fatal: this replica still has it, others log in.
+                        if let Err(e) = self
+                            .store
+                            .put_token(key, &token.access_token, remaining, source, keep)
+                            .await
+                        {
+                            let _ = self.error("token_put", &e);
+                        }
+                        Ok((token, Outcome::Login))
+                    }
+                    Err(e) => Err(e),
+                };
+                self.unlock(&lock, &owner).await;
+                return result;
+            }
+            if !waited {
+                waited = true;
+                self.metrics.lock_waits.inc();
+            }
+            if Instant::now() >= deadline {
+                return Err(BrokerError::LookerUnavailable(
+                    "timed out waiting for another broker replica's Looker login".into(),
+                ));
+            }
+            tokio::time::sleep(LOCK_POLL).await;
+        }
+    }
+
+    async fn unlock(&self, lock: &str, owner: &str) {
+        if let Err(e) = self.store.unlock(lock, owner).await {
+            // The lease ends it anyway.
+            let _ = self.error("unlock", &e);
+        }
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -68,6 +215,27 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl TokenCache {
+    /// A cache in front of the shared store: tokens, logins and invalidations go through Redis.
+    pub fn with_store(store: Arc<SharedStore>, metrics: StoreMetrics) -> Self {
+        TokenCache {
+            slots: Mutex::default(),
+            shared: Some(SharedTokens {
+                store,
+                metrics,
+                lease_ms: AtomicU64::new(5_000),
+            }),
+        }
+    }
+
+    /// How long a replica's login may hold the identity's lock (from the retry budget).
+    pub fn set_login_lease(&self, lease: Duration) {
+        if let Some(shared) = &self.shared {
+            shared
+                .lease_ms
+                .store(lease.as_millis().max(1) as u64, Ordering::Relaxed);
+        }
+    }
+
     fn slot(&self, key: &CacheKey) -> Arc<Slot> {
         lock(&self.slots).entry(key.clone()).or_default().clone()
     }
@@ -105,6 +273,28 @@ impl TokenCache {
             }
         }
 
+        if let Some(shared) = &self.shared {
+            let result = shared
+                .get_or_login(key, source, refresh_before, login)
+                .await;
+            slot.attempts.fetch_add(1, Ordering::Release);
+            return match result {
+                Ok((token, outcome)) => {
+                    state.token = Some(token.clone());
+                    state.last_failure = None;
+                    let outcome = match outcome {
+                        Outcome::Hit if joined => Outcome::Joined,
+                        other => other,
+                    };
+                    Ok((token, outcome))
+                }
+                Err(err) => {
+                    state.last_failure = Some(err.clone());
+                    stale_or(&state, source, err)
+                }
+            };
+        }
+
         // Expiry counts from before the call: Looker's clock started no later than that.
         let started = Instant::now();
         let result = login().await;
@@ -137,6 +327,44 @@ impl TokenCache {
                 state.token.take().is_some()
             }
             None => false,
+        }
+    }
+
+    /// Drops the token here and, with a shared store, in Redis and on every replica.
+    pub async fn invalidate_everywhere(&self, key: &CacheKey) -> Result<bool, BrokerError> {
+        let dropped = self.invalidate(key).await;
+        if let Some(shared) = &self.shared {
+            shared
+                .store
+                .invalidate(key)
+                .await
+                .map_err(|e| shared.error("invalidate", &e))?;
+        }
+        Ok(dropped)
+    }
+
+    /// Drops the local token of the identity whose store id is `id` (another replica
+    /// invalidated it).
+    pub async fn drop_local(&self, id: &str) {
+        let matching: Vec<Arc<Slot>> = lock(&self.slots)
+            .iter()
+            .filter(|(k, _)| identity_id(k) == id)
+            .map(|(_, slot)| slot.clone())
+            .collect();
+        for slot in matching {
+            let mut state = slot.state.lock().await;
+            state.token = None;
+            state.last_failure = None;
+        }
+    }
+
+    /// Drops every local token (invalidations may have been missed while disconnected).
+    pub async fn drop_all_local(&self) {
+        let slots: Vec<Arc<Slot>> = lock(&self.slots).values().cloned().collect();
+        for slot in slots {
+            let mut state = slot.state.lock().await;
+            state.token = None;
+            state.last_failure = None;
         }
     }
 

@@ -139,6 +139,28 @@ pub struct ConfigFile {
     pub sudo: Option<SudoFile>,
     /// Embedded analytics (docs/embed.md); without it the embed endpoints answer 501.
     pub embed: Option<EmbedFile>,
+    /// A store shared by broker replicas (Redis); without it everything stays in-process.
+    pub store: Option<StoreFile>,
+}
+
+/// `[store]`: the Redis every replica shares (tokens, logins, rotated keys), see
+/// [`crate::store`]. The URL may hold a password, so it is a secret like the others.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreFile {
+    /// `redis://[:password@]host:port[/db]`: inline, or `url_file`, or `url_env`.
+    pub url: Option<Secret>,
+    pub url_file: Option<PathBuf>,
+    pub url_env: Option<String>,
+    /// The sealing key (32 bytes, base64): `key_file` or `key_env`, never inline.
+    pub key_file: Option<PathBuf>,
+    pub key_env: Option<String>,
+    /// Prefix of every Redis key (several fleets may share one Redis).
+    pub prefix: Option<String>,
+    /// How often a replica reads the shared credentials and renews its heartbeat.
+    pub poll: Option<DurationStr>,
+    /// The longest a rotation waits for every live replica before deleting the old key.
+    pub rotation_grace: Option<DurationStr>,
 }
 
 /// `[embed]`: which role's credentials make Looker's embed calls, and the SSO embed secret.
@@ -357,6 +379,7 @@ pub struct BrokerConfig {
     pub roles: BTreeMap<String, RoleConfig>,
     pub sudo: Option<SudoConfig>,
     pub embed: Option<EmbedConfig>,
+    pub store: Option<crate::store::StoreConfig>,
 }
 
 const MIN_GATEWAY_CREDENTIAL_LEN: usize = 16;
@@ -604,6 +627,25 @@ impl ConfigFile {
             })?;
         }
 
+        let store = self.store.map(|s| compile_store(s, env)).transpose()?;
+        if store.is_some() {
+            if self.rotated_credentials_file.is_some() {
+                return Err(invalid(
+                    "rotated_credentials_file",
+                    "with [store], rotated keys live in the store: remove one of the two",
+                ));
+            }
+            if embed
+                .as_ref()
+                .is_some_and(|e| e.rotate_secret_every.is_some())
+            {
+                return Err(invalid(
+                    "embed.rotate_secret_every",
+                    "is not shared between replicas: not supported with [store]",
+                ));
+            }
+        }
+
         Ok(BrokerConfig {
             listen,
             looker_url,
@@ -617,8 +659,63 @@ impl ConfigFile {
             roles,
             sudo,
             embed,
+            store,
         })
     }
+}
+
+fn compile_store(
+    s: StoreFile,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<crate::store::StoreConfig, ConfigError> {
+    let url = SecretSource {
+        inline: s.url,
+        file: s.url_file,
+        env: s.url_env,
+    }
+    .resolve("store.url", env)?;
+    // Never quote the URL: it may carry a password.
+    let parsed = redis::Client::open(url.expose()).map_err(|_| {
+        invalid(
+            "store.url",
+            "is not a redis:// or rediss:// URL (not shown)",
+        )
+    })?;
+    drop(parsed);
+    let (field, text) = match (s.key_file, s.key_env) {
+        (Some(path), None) => ("store.key_file", read_secret_file("store.key_file", &path)?),
+        (None, Some(var)) => (
+            "store.key_env",
+            read_secret_env("store.key_env", &var, env)?,
+        ),
+        _ => {
+            return Err(invalid(
+                "store.key",
+                "give exactly one of `key_file` and `key_env`",
+            ))
+        }
+    };
+    let key = crate::store::SealingKey::from_base64(text.trim())
+        .map_err(|message| invalid(field, message))?;
+    let prefix = s.prefix.unwrap_or_else(|| "lookergate:broker".into());
+    if prefix.is_empty() || prefix.chars().any(|c| c.is_whitespace() || c == '*') {
+        return Err(invalid(
+            "store.prefix",
+            "must be non-empty, without spaces or '*'",
+        ));
+    }
+    let poll = s.poll.map_or(Duration::from_secs(1), |d| d.0);
+    if poll < Duration::from_millis(100) {
+        return Err(invalid("store.poll", "must be at least 100ms"));
+    }
+    let rotation_grace = s.rotation_grace.map_or(Duration::from_secs(60), |d| d.0);
+    Ok(crate::store::StoreConfig {
+        url,
+        key,
+        prefix,
+        poll,
+        rotation_grace,
+    })
 }
 
 fn compile_embed(
@@ -1147,6 +1244,102 @@ mod tests {
             "second-secret"
         );
         assert_ne!(first, second, "a reload sees the new secret as a change");
+    }
+
+    #[test]
+    fn store_needs_a_redis_url_and_a_32_byte_key_from_a_file_or_the_environment() {
+        let dir = TempDir::new("store");
+        const KEY: &str = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
+        let good = dir.file("good.key", &format!("{KEY}\n"));
+        let short = dir.file("short.key", "c2hvcnQta2V5\n");
+        let base =
+            "looker_url = \"http://looker:19999\"\ngateway_credentials = [\"0123456789abcdef\"]\n\
+                    [roles.a]\nclient_id = \"x\"\nclient_secret = \"y\"\n";
+        let env = [
+            ("KEY", KEY),
+            ("BAD", "not base64 at all!"),
+            ("URL", "redis://:hunter2@127.0.0.1:6379/0"),
+        ];
+        let store = |lines: &str| compile_with_env(&format!("{base}[store]\n{lines}"), &env);
+        let c = store(&format!(
+            "url = \"redis://127.0.0.1:6379\"\nkey_file = {good:?}\n"
+        ))
+        .unwrap();
+        let s = c.store.unwrap();
+        assert_eq!(
+            (s.prefix.as_str(), s.poll),
+            ("lookergate:broker", Duration::from_secs(1))
+        );
+        assert_eq!(s.rotation_grace, Duration::from_secs(60));
+        let c =
+            store("url_env = \"URL\"\nkey_env = \"KEY\"\nprefix = \"fleet-a\"\npoll = \"500ms\"\n")
+                .unwrap();
+        let shown = format!("{c:?}");
+        assert!(
+            !shown.contains("hunter2") && !shown.contains(KEY),
+            "{shown}"
+        );
+        assert!(
+            BrokerConfig::parse(base).unwrap().store.is_none(),
+            "no [store]: none"
+        );
+
+        let url = "url = \"redis://127.0.0.1:6379\"\n";
+        let table = [
+            (
+                format!("{url}key_file = {short:?}\n"),
+                "store.key_file: must decode to 32 bytes",
+            ),
+            (
+                format!("{url}key_env = \"BAD\"\n"),
+                "store.key_env: is not base64",
+            ),
+            (
+                format!("{url}key_env = \"UNSET\"\n"),
+                "store.key_env: the environment variable UNSET",
+            ),
+            (
+                url.to_string(),
+                "store.key: give exactly one of `key_file` and `key_env`",
+            ),
+            (
+                format!("{url}key_env = \"KEY\"\nkey_file = {good:?}\n"),
+                "store.key: give exactly one",
+            ),
+            (format!("{url}key = \"{KEY}\"\n"), "unknown field"),
+            (
+                "key_env = \"KEY\"\n".to_string(),
+                "store.url: give exactly one",
+            ),
+            (
+                "url = \"http://127.0.0.1:6379\"\nkey_env = \"KEY\"\n".to_string(),
+                "store.url: is not a redis",
+            ),
+            (
+                format!("{url}key_env = \"KEY\"\npoll = \"10ms\"\n"),
+                "store.poll",
+            ),
+            (
+                format!("{url}key_env = \"KEY\"\nprefix = \"a b\"\n"),
+                "store.prefix",
+            ),
+        ];
+        for (lines, want) in table {
+            let err = match store(&lines) {
+                Ok(_) => panic!("accepted:\n{lines}"),
+                Err(e) => e.to_string(),
+            };
+            assert!(err.contains(want), "want {want:?} in {err:?} for\n{lines}");
+            assert!(!err.contains(KEY) && !err.contains("c2hvcnQta2V5"), "{err}");
+        }
+        let both = format!(
+            "rotated_credentials_file = \"/tmp/r.toml\"\n{base}[store]\n{url}key_env = \"KEY\"\n"
+        );
+        let err = compile_with_env(&both, &env).unwrap_err().to_string();
+        assert!(
+            err.starts_with("rotated_credentials_file: with [store]"),
+            "{err}"
+        );
     }
 
     #[test]

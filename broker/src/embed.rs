@@ -284,7 +284,10 @@ impl Broker {
             match call(issued.token.access_token.clone()).await {
                 Err(LookerError::Status { status: 401 }) if !retried => {
                     retried = true;
-                    self.tokens.invalidate(&CacheKey::of(&identity)).await;
+                    let _ = self
+                        .tokens
+                        .invalidate_everywhere(&CacheKey::of(&identity))
+                        .await;
                 }
                 other => return Ok(other),
             }

@@ -9,6 +9,7 @@ pub mod broker;
 pub mod cache;
 pub mod config;
 pub mod embed;
+pub mod fleet;
 pub mod http;
 pub mod identity;
 pub mod log;
@@ -17,6 +18,7 @@ pub mod metrics;
 pub mod reload;
 pub mod rotate;
 pub mod secret;
+pub mod store;
 
 pub use broker::{Broker, BrokerError};
 pub use config::{BrokerConfig, ConfigError};
@@ -63,8 +65,11 @@ pub fn start_background(state: &AppState) -> Background {
     }));
     if state.config_path.is_some() {
         tasks.extend(reload::spawn(state.clone()));
+    }
+    if state.config_path.is_some() || state.store.is_some() {
         tasks.push(rotate::spawn_scheduler(state.clone()));
     }
+    tasks.extend(fleet::spawn_replica(state.clone()));
     Background(tasks)
 }
 

@@ -84,6 +84,9 @@ async fn run_broker(args: Cli) -> Result<(), String> {
         config = %args.config.as_ref().map_or("embedded demo".to_string(), |p| p.display().to_string()),
         roles = log::json(&config.roles.keys().collect::<Vec<_>>()),
         sudo = config.sudo.is_some(),
+        // Replicas must agree on the prefix and the sealing key: compare fingerprints.
+        store_prefix = config.store.as_ref().map(|s| s.prefix.as_str()),
+        store_key_fp = config.store.as_ref().map(|s| s.key.fingerprint()),
         gateway_credentials = log::json(
             &config.gateway_credentials.iter().map(|c| &c.fingerprint).collect::<Vec<_>>()
         ),
@@ -192,10 +195,11 @@ async fn main() -> ExitCode {
         Some(Command::CheckConfig) => load_config(&cli).map(|c| {
             let on = |on: bool| if on { "on" } else { "off" };
             println!(
-                "config ok: {} role(s), sudo {}, embed {}",
+                "config ok: {} role(s), sudo {}, embed {}, store {}",
                 c.roles.len(),
                 on(c.sudo.is_some()),
-                on(c.embed.is_some())
+                on(c.embed.is_some()),
+                on(c.store.is_some())
             );
             ExitCode::SUCCESS
         }),

@@ -44,6 +44,26 @@ pub struct EmbedLabels {
     pub outcome: &'static str,
 }
 
+/// A shared store operation (`token_get`, `token_put`, `lock`, `invalidate`,
+/// `credentials`, `heartbeat`, `subscribe`, `rotation`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OpLabel {
+    pub op: &'static str,
+}
+
+/// The shared store's counters (`[store]`), cloned into the token cache.
+#[derive(Clone, Default)]
+pub struct StoreMetrics {
+    /// Local misses answered by a token in the shared store.
+    pub hits: Counter,
+    /// Local misses the shared store could not answer either (a login followed).
+    pub misses: Counter,
+    /// Requests that waited for another replica's (or request's) login lock.
+    pub lock_waits: Counter,
+    /// Failed store operations, by operation.
+    pub errors: Family<OpLabel, Counter>,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct BuildLabels {
     version: &'static str,
@@ -72,6 +92,8 @@ pub struct Metrics {
     pub embed_sessions: Gauge,
     /// Embed secret rotations, by result.
     pub embed_secret_rotations: Family<ResultLabel, Counter>,
+    /// The shared store (`[store]`); zero without one.
+    pub store: StoreMetrics,
     looker_login_duration: Histogram,
     token_request_duration: Histogram,
 }
@@ -91,6 +113,7 @@ impl Default for Metrics {
             embed_requests: Family::default(),
             embed_sessions: Gauge::default(),
             embed_secret_rotations: Family::default(),
+            store: StoreMetrics::default(),
             looker_login_duration: buckets(),
             token_request_duration: buckets(),
         };
@@ -148,6 +171,26 @@ impl Default for Metrics {
             "embed_secret_rotations",
             "Embed secret rotations, by result",
             m.embed_secret_rotations.clone(),
+        );
+        r.register(
+            "store_hits",
+            "Local cache misses answered by the shared store",
+            m.store.hits.clone(),
+        );
+        r.register(
+            "store_misses",
+            "Local cache misses the shared store could not answer",
+            m.store.misses.clone(),
+        );
+        r.register(
+            "store_lock_waits",
+            "Token requests that waited for another replica's login",
+            m.store.lock_waits.clone(),
+        );
+        r.register(
+            "store_errors",
+            "Failed shared store operations, by operation",
+            m.store.errors.clone(),
         );
         r.register_with_unit(
             "looker_login_duration",

@@ -3,7 +3,7 @@
 //! Requests in flight keep the config snapshot they started with; an invalid new file
 //! is logged and the old config stays in force.
 
-use crate::broker::{Broker, Runtime};
+use crate::broker::Broker;
 use crate::config::BrokerConfig;
 use crate::http::AppState;
 use crate::log;
@@ -28,12 +28,18 @@ pub fn reload(broker: &Broker, trigger: &str) -> Result<bool, String> {
             );
             config.listen = old.config.listen;
         }
-        if config == old.config {
+        if config.store != old.config.store {
+            tracing::warn!(
+                event = "config_reload",
+                message = "[store] changed; restart the broker to apply it",
+            );
+            config.store = old.config.store.clone();
+        }
+        if config == *broker.base_config() {
             return Ok(false);
         }
-        let changes = describe_changes(&old.config, &config);
-        let runtime = Runtime::new(config).map_err(|e| e.to_string())?;
-        broker.replace_runtime(runtime);
+        let changes = describe_changes(&broker.base_config(), &config);
+        broker.install_config(config).map_err(|e| e.to_string())?;
         tracing::info!(
             event = "config_reload",
             trigger,

@@ -81,7 +81,7 @@ fn backup_path(path: &Path) -> PathBuf {
     path.with_file_name(format!("{name}.bak"))
 }
 
-fn looker_error(e: LookerError) -> RotateError {
+pub(crate) fn looker_error(e: LookerError) -> RotateError {
     RotateError::Looker(e.to_string())
 }
 
@@ -96,6 +96,11 @@ pub async fn rotate_role(path: &Path, role: &str) -> Result<RotationReport, Rota
     let config = file
         .compile()
         .map_err(|e| RotateError::Config(e.to_string()))?;
+    if config.store.is_some() {
+        return Err(RotateError::Config(
+            "with [store], keys rotate inside the running brokers (roles.NAME.rotate_every), one replica elected".into(),
+        ));
+    }
     let role_cfg = config
         .roles
         .get(role)
@@ -216,7 +221,7 @@ pub async fn rotate_role(path: &Path, role: &str) -> Result<RotationReport, Rota
 }
 
 /// Rotation is not under the gateway's deadline: allow more time than token requests.
-fn rotation_client(config: &BrokerConfig) -> Result<LookerClient, RotateError> {
+pub(crate) fn rotation_client(config: &BrokerConfig) -> Result<LookerClient, RotateError> {
     LookerClient::new(
         config.looker_url.clone(),
         config.looker_timeout.max(Duration::from_secs(5)),
@@ -644,6 +649,9 @@ const RETRY_FAILED_ROTATION: Duration = Duration::from_secs(300);
 /// Rotates every role with `rotate_every` when due (`rotated_at + rotate_every`; a role
 /// never rotated by us is due at once), then reloads the config.
 pub fn spawn_scheduler(broker: AppState) -> JoinHandle<()> {
+    if broker.store.is_some() {
+        return crate::fleet::spawn_elected_scheduler(broker);
+    }
     tokio::spawn(async move {
         let Some(path) = broker.config_path.clone() else {
             return;

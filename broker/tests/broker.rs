@@ -2132,3 +2132,8 @@ async fn binary_audits_embed_sessions_without_tokens_or_attribute_values() -> Te
     }
     Ok(())
 }
+
+// ---------------------------------------------------------------- issue 16: brokers as replicas
+
+#[path = "broker/fleet.rs"]
+mod fleet;
