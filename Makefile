@@ -94,6 +94,7 @@ test-bins:
 # deployment artifacts, and `lint`: clippy with -D warnings on every crate and target of
 # the workspace (a check build, no code generation) and on the filter for wasm.
 test: wasm envoy test-bins
+	$(need_redis)
 	LOOKERGATE_WASM="$(CURDIR)/$(WASM)" \
 	LOOKERGATE_ENVOY="$(CURDIR)/$(ENVOY)" \
 	LOOKERGATE_BROKER_BIN="$(CURDIR)/target/debug/lookergate-broker" \

@@ -3,7 +3,7 @@
 identities arrive at a steady rate within SECONDS against the Looker simulator, whose
 logins take LOGIN_LATENCY_MS (a real Looker's take tens of milliseconds). Each identity
 is asked for twice at once, as two gateways whose callouts meet the same new user would:
-with two brokers, once at each replica. Reports the Looker logins issued per identity
+with two brokers (sharing a redis-server through `[store]`), once at each replica. Reports the Looker logins issued per identity
 (target: one), the time to a token (p50, p99, max), each broker's CPU seconds and peak
 RSS (from /proc), and writes them into bench/RESULTS.md between the broker-bench
 markers.
@@ -69,6 +69,24 @@ class Service:
         self.log.close()
 
 
+def start_redis(tmp: Path) -> tuple[subprocess.Popen, int]:
+    """Debian's redis-server on a free loopback port, no persistence."""
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+                             "--dir", str(tmp)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    for _ in range(100):
+        try:
+            socket.create_connection(("127.0.0.1", port), 0.2).close()
+            return proc, port
+        except OSError:
+            time.sleep(0.05)
+    proc.kill()
+    sys.exit("redis-server did not start")
+
+
 def broker_config(bin_dir: Path, sim: str) -> str:
     demo = subprocess.run([str(bin_dir / "lookergate-broker"), "print-demo-config"], check=True, capture_output=True, text=True).stdout
     default = 'looker_url = "http://127.0.0.1:10080"'
@@ -115,7 +133,14 @@ async def run(args, brokers_n: int) -> dict:
         tmp = Path(tmp)
         sim = Service("looker-sim", [str(bin_dir / "lookergate-looker-sim"), "--listen", "127.0.0.1:0",
                                      "--users", str(args.identities), "--login-latency-ms", str(args.login_latency_ms)], tmp)
-        (tmp / "broker.toml").write_text(broker_config(bin_dir, sim.addr))
+        config = broker_config(bin_dir, sim.addr)
+        redis = None
+        if brokers_n > 1:
+            # Replicas share Redis ([store]) with one sealing key: one login per identity.
+            redis = start_redis(tmp)
+            (tmp / "store-key").write_text(__import__("base64").b64encode(os.urandom(32)).decode())
+            config += f'\n[store]\nurl = "redis://127.0.0.1:{redis[1]}/0"\nkey_file = "{tmp / "store-key"}"\n'
+        (tmp / "broker.toml").write_text(config)
         brokers = [Service(f"broker-{i + 1}", [str(bin_dir / "lookergate-broker"), "--listen", "127.0.0.1:0",
                                                 "--config", str(tmp / "broker.toml")], tmp) for i in range(brokers_n)]
         try:
@@ -162,6 +187,9 @@ async def run(args, brokers_n: int) -> dict:
         finally:
             for service in brokers + [sim]:
                 service.stop()
+            if redis:
+                redis[0].terminate()
+                redis[0].wait(5)
 
 
 def markdown(results: list[dict], command: str) -> str:

@@ -37,14 +37,21 @@ trap stop INT TERM EXIT
 # Redis: nothing on disk (the fleet's state lives as long as the fleet).
 "$REDIS" --bind 127.0.0.1 --port 10179 --save "" --appendonly no --dir "$work" \
   --logfile "$work/redis.log" & pids+=($!)
+for _ in $(seq 1 50); do (exec 3<>/dev/tcp/127.0.0.1/10179) 2>/dev/null && break; sleep 0.1; done
 "$SIM" --listen 127.0.0.1:10180 & pids+=($!)
 # The dev IdP signs with the committed demo key (kid demo-2026), as `make demo`'s does:
 # `make token` tokens verify here too.
 "$CLI" idp --listen 127.0.0.1:10170 & pids+=($!)
-# Two replicas of the broker's embedded demo config, pointed at the fleet's simulator.
+# Two replicas of the broker's embedded demo config, pointed at the fleet's simulator and
+# sharing Redis ([store]: broker/README.md "Shared store (replicas)") with one sealing key.
+head -c 32 /dev/urandom | base64 > "$work/store-key"
+chmod 600 "$work/store-key"
+{
+  "$BROKER" print-demo-config | sed 's#^looker_url = .*#looker_url = "http://127.0.0.1:10180"#'
+  printf '\n[store]\nurl = "redis://127.0.0.1:10179/0"\nkey_file = "%s"\n' "$work/store-key"
+} > "$work/broker.toml"
 for port in 10190 10191; do
-  LOOKERGATE_BROKER_LOOKER_URL=http://127.0.0.1:10180 \
-    "$BROKER" --listen "127.0.0.1:$port" & pids+=($!)
+  "$BROKER" --listen "127.0.0.1:$port" --config "$work/broker.toml" & pids+=($!)
 done
 for _ in $(seq 1 100); do
   curl -fsS -o /dev/null http://127.0.0.1:10170/healthz 2>/dev/null && break

@@ -1,6 +1,9 @@
 //! Issue 16: a fleet on one machine, as `make fleet` runs it — two Envoys with the filter
-//! (envoy/fleet/envoy-fleet.yaml, its ports replaced) in front of two broker replicas,
-//! the simulator and the dev IdP. A broker replica dies under load and no client notices.
+//! (envoy/fleet/envoy-fleet.yaml, its ports replaced) in front of two broker replicas
+//! sharing a real `redis-server` (`[store]`), the simulator and the dev IdP. A broker
+//! replica dies under load and no client notices; Redis stops and comes back under load
+//! and nothing is forwarded without a token. (Rotation with two replicas on Redis, and
+//! no plain secret in any Redis key: broker/tests/broker/fleet.rs.)
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -22,7 +25,69 @@ const FLEET_IDP: u16 = 10170;
 const FLEET_BROKERS: [u16; 2] = [10190, 10191];
 
 /// Extra simulator users (`--users`): per-user identities, one broker call each.
-const EXTRA_USERS: u64 = 400;
+const EXTRA_USERS: u64 = 2000;
+
+/// A `redis-server` on a free loopback port, no persistence; stopped on drop.
+struct Redis {
+    child: Option<std::process::Child>,
+    port: u16,
+    dir: std::path::PathBuf,
+}
+
+impl Redis {
+    fn start(dir: &Path) -> Redis {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        let dir = dir.join("redis");
+        std::fs::create_dir_all(&dir).expect("redis dir");
+        let mut redis = Redis {
+            child: None,
+            port,
+            dir,
+        };
+        redis.run();
+        redis
+    }
+
+    /// Starts (again) on its port and waits until it accepts connections.
+    fn run(&mut self) {
+        let bin = std::env::var("LOOKERGATE_REDIS_BIN").unwrap_or_else(|_| "redis-server".into());
+        let child = std::process::Command::new(&bin)
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .arg("--dir")
+            .arg(&self.dir)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot run {bin} (apt-get install redis-server): {e}"));
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "redis-server did not start on {}",
+                self.port
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
 
 struct FleetEnvoy {
     envoy: Envoy,
@@ -37,6 +102,7 @@ pub struct Fleet {
     sim: SocketAddr,
     brokers: Vec<Process>,
     services: Vec<Process>,
+    redis: Redis,
     dir: ScratchDir,
 }
 
@@ -57,8 +123,27 @@ impl Fleet {
             &["idp", "--listen", "127.0.0.1:0"],
             &dir.0,
         );
+        let redis = Redis::start(&dir.0);
+        // Both replicas share the store: one sealing key (32 random bytes, base64).
+        let key = dir.0.join("store-key");
+        let mut bytes = [0u8; 32];
+        std::io::Read::read_exact(
+            &mut std::fs::File::open("/dev/urandom").expect("/dev/urandom"),
+            &mut bytes,
+        )
+        .expect("32 random bytes");
+        std::fs::write(
+            &key,
+            base64::engine::Engine::encode(&base64::engine::general_purpose::STANDARD, &bytes),
+        )
+        .expect("store key");
+        let store = format!(
+            "\n[store]\nurl = \"redis://127.0.0.1:{}/0\"\nkey_file = \"{}\"\n",
+            redis.port,
+            key.display()
+        );
         let config = dir.0.join("broker.toml");
-        std::fs::write(&config, broker_config(&paths.broker, sim)).expect("broker config");
+        std::fs::write(&config, broker_config(&paths.broker, sim) + &store).expect("broker config");
         let config = config.to_string_lossy().into_owned();
         let mut brokers = Vec::new();
         let mut broker_ports = Vec::new();
@@ -103,6 +188,7 @@ impl Fleet {
             sim,
             brokers,
             services: vec![sim_process, idp_process],
+            redis,
             dir,
         };
         fleet.wait_for_keys().await;
@@ -315,6 +401,108 @@ async fn one_broker_killed_under_load_fails_no_client_request() {
     // Nothing reached Looker without a token the broker issued.
     let forwarded = fleet.forwarded_requests().await;
     assert_eq!(forwarded.len() as u64, REQUESTS);
+    for request in &forwarded {
+        let auth = request["headers"]["authorization"]
+            .as_str()
+            .unwrap_or_default();
+        assert!(
+            auth.starts_with("token ") && auth.len() > 10,
+            "forwarded with {auth:?}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_stopped_and_restarted_under_load_forwards_nothing_without_a_token_and_recovers() {
+    let mut fleet = Fleet::start().await;
+    // Identities 1..=40 get their tokens while Redis is up (cached by Envoy and broker).
+    for n in 1..=40 {
+        let reply = fleet
+            .client
+            .get(fleet.url((n % 2) as usize, "/api/4.0/dashboards/1"))
+            .bearer_auth(per_user_token(n))
+            .send()
+            .await
+            .expect("request through Envoy");
+        assert_eq!(
+            reply.status().as_u16(),
+            200,
+            "identity {n} before Redis stopped"
+        );
+    }
+    fleet.redis.stop();
+    // Under load while Redis is down: known identities (on the Envoy that cached them)
+    // and new ones, on both Envoys.
+    let mut outcomes = Vec::new();
+    for i in 0..60u64 {
+        let (n, envoy) = if i % 2 == 0 {
+            let n = 1 + (i / 2) % 40;
+            (n, n % 2)
+        } else {
+            (500 + i, (i / 2) % 2)
+        };
+        let reply = fleet
+            .client
+            .get(fleet.url(envoy as usize, "/api/4.0/dashboards/1"))
+            .bearer_auth(per_user_token(n))
+            .send()
+            .await
+            .expect("request through Envoy");
+        let status = reply.status().as_u16();
+        let body: Value =
+            serde_json::from_str(&reply.text().await.unwrap_or_default()).unwrap_or_default();
+        outcomes.push((n, status, body["error"].clone()));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // A cached identity keeps working; a new one is refused (fail closed), never let through.
+    for (n, status, error) in &outcomes {
+        assert!(
+            *status == 200 || (*status == 503 && error == "broker_unavailable"),
+            "identity {n} with Redis down: {status} {error}"
+        );
+        if *n <= 40 {
+            assert_eq!(*status, 200, "identity {n} had a cached token");
+        }
+    }
+    fleet.redis.run();
+    // Recovery without restarts: new identities get tokens again (bounded wait).
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut next = 900;
+    loop {
+        next += 1;
+        let reply = fleet
+            .client
+            .get(fleet.url((next % 2) as usize, "/api/4.0/dashboards/1"))
+            .bearer_auth(per_user_token(next))
+            .send()
+            .await
+            .expect("request through Envoy");
+        if reply.status().as_u16() == 200 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no recovery after Redis came back"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    for n in next + 1..=next + 10 {
+        let reply = fleet
+            .client
+            .get(fleet.url((n % 2) as usize, "/api/4.0/dashboards/1"))
+            .bearer_auth(per_user_token(n))
+            .send()
+            .await
+            .expect("request through Envoy");
+        assert_eq!(reply.status().as_u16(), 200, "identity {n} after recovery");
+    }
+    // Nothing reached Looker without a token a broker issued.
+    let forwarded = fleet.forwarded_requests().await;
+    let ok = outcomes
+        .iter()
+        .filter(|(_, status, _)| *status == 200)
+        .count();
+    assert_eq!(forwarded.len(), 40 + ok + 1 + 10);
     for request in &forwarded {
         let auth = request["headers"]["authorization"]
             .as_str()
