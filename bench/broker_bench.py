@@ -169,6 +169,7 @@ async def run(args, brokers_n: int) -> dict:
             return {
                 "brokers": brokers_n,
                 "identities": args.identities,
+                "login_latency_ms": args.login_latency_ms,
                 "requests": 2 * args.identities,
                 "arrival_seconds": round(arrived, 1),
                 "wall_seconds": round(wall, 1),
@@ -196,7 +197,9 @@ def markdown(results: list[dict], command: str) -> str:
     lines = [
         BEGIN,
         f"Command: `{command}` (release builds; {results[0]['identities']:,} identities, each asked for twice at once,",
-        f"arriving over {results[0]['arrival_seconds']} s; simulator logins take the latency given). Machine: {os.cpu_count()} cores, shared.",
+        f"arriving over {results[0]['arrival_seconds']} s; every simulator login takes {results[0]['login_latency_ms']} ms; with two brokers",
+        "each identity is asked for at both, which share a redis-server through `[store]`). \"Looker user logins\": the",
+        f"simulator's `login/{{user_id}}` for those identities (one more login is the broker's sudo admin). Machine: {os.cpu_count()} cores, shared.",
         "",
         "| brokers | token requests | failed | Looker user logins | identities logged in twice | p50 to a token | p99 | max | broker CPU s | broker peak RSS MiB |",
         "|---|---|---|---|---|---|---|---|---|---|",
