@@ -46,6 +46,9 @@ mod cors;
 // Issue 15 items 1, 2: the embed endpoints, answered by the gateway through the broker.
 #[path = "e2e/embed.rs"]
 mod embed;
+// Issue 16: global rate limits (two Envoys, the rate limit service, Redis).
+#[path = "e2e/global.rs"]
+mod global;
 
 use std::time::Duration;
 
