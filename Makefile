@@ -20,7 +20,7 @@ WASM := target/$(WASM_TARGET)/release/lookergate.wasm
 ENVOY := .venv/bin/envoy
 NATIVE_PACKAGES := -p lookergate-broker -p lookergate-looker-sim -p lookergate-cli
 
-.PHONY: help wasm wasm-target envoy build demo token test test-bins sdk-test lint-filter lint fmt
+.PHONY: help wasm wasm-target envoy build demo token test test-bins sdk-test lint-filter lint fmt redis
 
 help:
 	@echo "targets: wasm envoy build web demo fleet token test browser-test lint fmt"
@@ -49,16 +49,9 @@ build:
 demo: wasm envoy build web
 	envoy/run-demo.sh
 
-# Debian's redis-server, installed if missing (needs root): `fleet`, `test`, `bench-broker`.
-define need_redis
-	@command -v redis-server >/dev/null || { [ "$$(id -u)" = 0 ] || { echo "needs Redis: apt-get install redis-server (as root)" >&2; exit 1; }; \
-	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends redis-server >/dev/null; }
-endef
-
 # `make fleet`: the fleet on one machine (envoy/fleet/run-fleet.sh, docs/fleet.md).
 .PHONY: fleet
-fleet: wasm envoy build
-	$(need_redis)
+fleet: wasm envoy build redis
 	envoy/fleet/run-fleet.sh
 
 # Node.js and npm (Debian's), installed if missing (needs root); `web` and `browser-test`.
@@ -88,18 +81,23 @@ token:
 # The e2e tests run the native services as debug binaries: `cargo test` compiles their
 # dependencies in the dev profile anyway, so this costs no second build of them.
 test-bins:
-	$(CARGO) build -p lookergate-broker -p lookergate-looker-sim -p lookergate-cli
+	$(CARGO) build -p lookergate-broker -p lookergate-looker-sim -p lookergate-cli -p lookergate-ratelimit
+
+# Debian's redis-server: the global rate limit tests (and the fleet) run their own.
+redis:
+	@command -v redis-server >/dev/null || { [ "$$(id -u)" = 0 ] || { echo "needs Redis: apt-get install redis-server (as root)" >&2; exit 1; }; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends redis-server >/dev/null; }
 
 # Everything: unit and e2e tests (cargo), the Looker SDK through the gateway, the
 # deployment artifacts, and `lint`: clippy with -D warnings on every crate and target of
 # the workspace (a check build, no code generation) and on the filter for wasm.
-test: wasm envoy test-bins
-	$(need_redis)
+test: wasm envoy test-bins redis
 	LOOKERGATE_WASM="$(CURDIR)/$(WASM)" \
 	LOOKERGATE_ENVOY="$(CURDIR)/$(ENVOY)" \
 	LOOKERGATE_BROKER_BIN="$(CURDIR)/target/debug/lookergate-broker" \
 	LOOKERGATE_SIM_BIN="$(CURDIR)/target/debug/lookergate-looker-sim" \
 	LOOKERGATE_IDP_BIN="$(CURDIR)/target/debug/lookergate" \
+	LOOKERGATE_RLS_BIN="$(CURDIR)/target/debug/lookergate-ratelimit" \
 	$(CARGO) test --workspace --lib --bins --tests --no-fail-fast
 	$(MAKE) --no-print-directory lint sdk-test deploy-check dashboard-check fuzz-replay browser-test
 
@@ -174,7 +172,7 @@ bench: wasm-target envoy
 # minute (simulator logins take 50 ms), one broker then two; Looker logins per identity,
 # p99 time to a token, broker CPU and peak RSS. Writes its block of bench/RESULTS.md.
 .PHONY: bench-broker
-bench-broker:
+bench-broker: redis
 	$(CARGO) build --release -p lookergate-broker -p lookergate-looker-sim
 	$(PYTHON) bench/broker_bench.py
 

@@ -49,6 +49,9 @@ mod embed;
 // Issue 16: the fleet (two Envoys, two broker replicas).
 #[path = "e2e/fleet.rs"]
 mod fleet;
+// Issue 16: global rate limits (two Envoys, the rate limit service, Redis).
+#[path = "e2e/global.rs"]
+mod global;
 
 use std::time::Duration;
 

@@ -26,6 +26,7 @@ pub fn max_body(kind: &Callout) -> usize {
         Callout::Keys(_) => MAX_JWKS_BYTES,
         Callout::Invalidate => 0,
         Callout::Embed(_) => MAX_RESPONSE_BYTES,
+        Callout::RateLimit(_) => crate::rls::MAX_RESPONSE_BYTES,
     }
 }
 
@@ -84,6 +85,7 @@ pub fn on_tick<H: Host>(gateway: &Gateway, worker: &mut Worker, host: &H, root_c
     }
     flow.expire_stalled_bodies(now_ms);
     flow.expire_embed(now_ms);
+    flow.expire_rate_limits(now_ms);
     for flight in flow.worker.tokens.orphans() {
         host.switch_to(root_context);
         let request = broker::token_request(
@@ -133,7 +135,8 @@ impl<H: Host> Flow<'_, H> {
             Callout::Token(key) => {
                 return self.on_broker_answer(&key, callout, status, body, current_context)
             }
-            Callout::Invalidate => return,
+            // Answered through `on_grpc_call_answer`; never an HTTP answer.
+            Callout::Invalidate | Callout::RateLimit(_) => return,
             Callout::Embed(owner) => {
                 return self.on_embed_answer(owner, status, body, current_context)
             }

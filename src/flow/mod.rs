@@ -25,12 +25,16 @@ mod callout;
 mod embed;
 #[cfg(test)]
 mod embed_tests;
+mod global;
+#[cfg(test)]
+mod global_tests;
 mod request;
 mod response;
 #[cfg(test)]
 mod tests;
 
 pub use callout::{max_body, on_callout, on_http_call_answer, on_tick, route};
+pub use global::on_grpc_call_answer;
 pub use request::{on_body, on_request, on_trailers};
 pub use response::on_response;
 
@@ -65,6 +69,9 @@ pub enum Stage {
         body_size: usize,
         body_complete: bool,
     },
+    /// Allowed by the policy; paused until the rate limit service answers for the
+    /// rule's global limit. Body data must not move the stream.
+    AwaitingRateLimit(Box<global::PendingLimit>),
     /// Allowed; paused until the broker answers. Body data must not move the stream.
     AwaitingToken,
     /// An embed endpoint's request, allowed, buffering the body it reads.
@@ -166,6 +173,7 @@ impl Worker {
     pub fn leave(&mut self, context_id: u32) {
         if let Some(stream) = self.streams.remove(&context_id) {
             for callout in stream.callouts {
+                // Any other kind (a global-limit call among them) has no one left to answer.
                 if let Some(Callout::Token(key)) = self.callouts.remove(&callout) {
                     self.tokens.orphan(&key);
                 }

@@ -244,6 +244,9 @@ pub struct Options {
     /// Edits the final Envoy YAML (for diagnosing a deployment setting; tests of the
     /// shipped behaviour leave it `None`).
     pub envoy_yaml_edit: Option<fn(String) -> String>,
+    /// The rate limit service (RLS v3) at this address becomes the cluster
+    /// `lookergate_rls` (HTTP/2), for `rate_limit_service.cluster`.
+    pub rls: Option<SocketAddr>,
 }
 
 impl Default for Options {
@@ -254,6 +257,7 @@ impl Default for Options {
             idp_latency: Duration::ZERO,
             plugin: None,
             envoy_yaml_edit: None,
+            rls: None,
         }
     }
 }
@@ -274,6 +278,8 @@ pub struct Gateway {
     services: Vec<Process>,
     /// How to start the real broker again (`restart_broker`).
     broker_command: Option<(PathBuf, String)>,
+    /// The Envoy config it runs (ports 0): `start_peer` runs another Envoy on it.
+    envoy_yaml: String,
     _dir: ScratchDir,
 }
 
@@ -368,7 +374,7 @@ impl Gateway {
             idp_proxy = Some(handle);
             addr
         };
-        let yaml = envoy_config(
+        let mut yaml = envoy_config(
             sim,
             broker,
             idp_for_envoy,
@@ -376,6 +382,9 @@ impl Gateway {
             options.envoy_yaml_edit,
             options.plugin.as_ref(),
         );
+        if let Some(rls) = options.rls {
+            yaml = with_rls_cluster(&yaml, rls);
+        }
         let mut envoy = start_envoy(&paths.envoy, &dir.0, &yaml);
         let admin = match wait_until_ready(&mut envoy, &dir.0).await {
             Ok(admin) => admin,
@@ -407,12 +416,51 @@ impl Gateway {
             envoy,
             services,
             broker_command,
+            envoy_yaml: yaml,
             _dir: dir,
         };
         if options.idp == IdpAtStart::KeysLoaded && remote_keys {
             gateway.wait_for_keys().await;
         }
         gateway
+    }
+
+    /// Another Envoy with the same config (its own ports), in front of the same
+    /// simulator, broker, IdP (and rate limit service): a replica of this gateway.
+    /// Returns once it is ready and has the IdP's keys.
+    pub async fn start_peer(&self) -> Peer {
+        let paths = Paths::from_env();
+        let dir = ScratchDir::new();
+        let mut envoy = start_envoy(&paths.envoy, &dir.0, &self.envoy_yaml);
+        let admin = match wait_until_ready(&mut envoy, &dir.0).await {
+            Ok(admin) => admin,
+            Err(why) => {
+                envoy.process.stop();
+                panic!(
+                    "the peer Envoy did not become ready: {why}\n==== Envoy log ====\n{}",
+                    envoy_log_tail(&envoy.process.log, 120)
+                );
+            }
+        };
+        let listener = listener_address(&self.client, admin, "looker_api").await;
+        let peer = Peer {
+            client: self.client.clone(),
+            listener,
+            admin,
+            envoy,
+            _dir: dir,
+        };
+        let fetched = format!("wasmcustom.lookergate.jwks.fetch_ok.{DEMO_ISSUER_METRIC}");
+        let deadline = Instant::now() + KEYS_DEADLINE;
+        while peer.envoy_counter(&fetched).await == 0 {
+            assert!(
+                Instant::now() < deadline,
+                "the peer did not fetch the IdP's keys within {KEYS_DEADLINE:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        tokio::time::sleep(WORKER_SYNC).await;
+        peer
     }
 
     /// Waits (with a deadline) until the filter fetched the IdP's keys, then one worker
@@ -1548,6 +1596,78 @@ pub fn start_envoy(bin: &Path, dir: &Path, yaml: &str) -> Envoy {
         config,
         base_id,
     }
+}
+
+/// A second Envoy of a gateway ([`Gateway::start_peer`]); stopped on drop.
+pub struct Peer {
+    pub client: reqwest::Client,
+    listener: SocketAddr,
+    admin: SocketAddr,
+    envoy: Envoy,
+    _dir: ScratchDir,
+}
+
+impl Peer {
+    pub fn listener(&self) -> SocketAddr {
+        self.listener
+    }
+
+    /// A counter of this Envoy's `/stats` (0 when absent).
+    pub async fn envoy_counter(&self, name: &str) -> u64 {
+        let url = format!(
+            "http://{}/stats?filter=^{}$",
+            self.admin,
+            name.replace('.', "\\.")
+        );
+        let text = match self.client.get(&url).send().await {
+            Ok(response) => response.text().await.unwrap_or_default(),
+            Err(_) => String::new(),
+        };
+        text.lines()
+            .find_map(|line| {
+                line.strip_prefix(name)
+                    .and_then(|rest| rest.strip_prefix(": "))
+            })
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0)
+    }
+
+    /// The end of this Envoy's log (for failure messages).
+    pub fn log_tail(&self) -> String {
+        envoy_log_tail(&self.envoy.process.log, 80)
+    }
+}
+
+/// The cluster `lookergate_rls` (the rate limit service at `rls`; gRPC needs HTTP/2),
+/// added to an Envoy config.
+pub fn with_rls_cluster(yaml: &str, rls: SocketAddr) -> String {
+    let cluster = format!(
+        r#"  clusters:
+  - name: lookergate_rls
+    type: STATIC
+    connect_timeout: 1s
+    typed_extension_protocol_options:
+      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
+        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
+        explicit_http_config:
+          http2_protocol_options: {{}}
+    load_assignment:
+      cluster_name: lookergate_rls
+      endpoints:
+      - lb_endpoints:
+        - endpoint:
+            address:
+              socket_address: {{ address: {ip}, port_value: {port} }}
+"#,
+        ip = rls.ip(),
+        port = rls.port()
+    );
+    assert_eq!(
+        yaml.matches("\n  clusters:\n").count(),
+        1,
+        "one clusters: list"
+    );
+    yaml.replacen("\n  clusters:\n", &format!("\n{cluster}"), 1)
 }
 
 /// Polls (with a deadline) until Envoy wrote its admin address and `/ready` says 200.
