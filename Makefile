@@ -1,8 +1,8 @@
 # lookergate developer entry points. GNU make, run from the repository root.
 #   make demo              sim + broker + Envoy with the demo config, and the embed demo web
 #                          app at http://127.0.0.1:10070/app/ (Ctrl-C stops all)
-#   make fleet             Redis, two brokers, two Envoys (10100, 10101), sim and IdP on
-#                          loopback (docs/fleet.md; Ctrl-C stops all)
+#   make fleet             Redis, the rate limit service, two brokers, two Envoys (10100,
+#                          10101), sim and IdP on loopback (docs/fleet.md; Ctrl-C stops all)
 #   make token USER=alice  print a demo JWT (only the token on stdout)
 #   make test              everything `cargo test --workspace` needs, then the tests
 #   make lint / make fmt
@@ -52,6 +52,7 @@ demo: wasm envoy build web
 # `make fleet`: the fleet on one machine (envoy/fleet/run-fleet.sh, docs/fleet.md).
 .PHONY: fleet
 fleet: wasm envoy build redis
+	$(CARGO) build --release -p lookergate-ratelimit
 	envoy/fleet/run-fleet.sh
 
 # Node.js and npm (Debian's), installed if missing (needs root); `web` and `browser-test`.

@@ -325,7 +325,8 @@ def check_envoy_config_plugins(path: Path):
 
 
 for _path in envoy_configs():
-    if _path != DEMO:
+    # The fleet's plugin is the demo's plus a global budget: checked by fleet_broker_replicas.
+    if _path not in (DEMO, FLEET):
         check(f"plugin JSON of {rel(_path)} has the demo's keys")(lambda p=_path: check_envoy_config_plugins(p))
 
 
@@ -1467,12 +1468,19 @@ def broker_replica_problems(cluster: dict) -> list[str]:
     return problems
 
 
-@check("fleet: envoy-fleet.yaml is the demo's gateway with two broker replicas (health checks, outlier detection); the replica check refuses one endpoint (control)")
+@check("fleet: envoy-fleet.yaml is the demo's gateway plus a global budget, with two broker replicas (health checks, outlier detection); the replica check refuses one endpoint (control)")
 def fleet_broker_replicas():
     config = yaml.safe_load(FLEET.read_text())
     clusters = {c["name"]: c for c in config["static_resources"]["clusters"]}
     (plugin,) = [json.loads(text) for text in plugin_json_of_envoy_config(config)]
-    require(plugin == demo_plugin(), "the fleet's plugin JSON is not the demo's")
+    # The demo's plugin plus one global budget and the rate limit service, nothing else.
+    demo = demo_plugin()
+    fleet = copy.deepcopy(plugin)
+    service = fleet.pop("rate_limit_service", None)
+    require(service and service["cluster"] in clusters, f"rate_limit_service {service} names no cluster")
+    budgets = [r.pop("rate_limit") for r in fleet["policy"]["rules"] if "rate_limit" in r]
+    require([b.get("scope") for b in budgets] == ["global"], f"the fleet's budgets: {budgets}")
+    require(fleet == demo, "the fleet's plugin JSON is not the demo's plus the global budget")
     broker = clusters[plugin["broker"]["cluster"]]
     problems = broker_replica_problems(broker)
     require(not problems, "; ".join(problems))

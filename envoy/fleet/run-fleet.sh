@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs a lookergate fleet on loopback in the foreground (`make fleet`; docs/fleet.md):
-# Redis, the Looker simulator, the dev IdP, two token brokers and two Envoys with the
-# filter (envoy/fleet/envoy-fleet.yaml, and the same with Envoy #2's ports). Ctrl-C (or
+# Redis, the rate limit service, the Looker simulator, the dev IdP, two token brokers and
+# two Envoys with the filter (envoy/fleet/envoy-fleet.yaml, and the same with Envoy #2's ports). Ctrl-C (or
 # any of them exiting) stops all of them.
 # Expects `make wasm envoy build` to have run and redis-server to be installed; `make
 # fleet` does both. Environment: LOOKERGATE_BIN_DIR (default target/release).
@@ -12,12 +12,13 @@ BIN_DIR=${LOOKERGATE_BIN_DIR:-target/release}
 SIM=$BIN_DIR/lookergate-looker-sim
 BROKER=$BIN_DIR/lookergate-broker
 CLI=$BIN_DIR/lookergate
+RLS=$BIN_DIR/lookergate-ratelimit
 ENVOY=.venv/bin/envoy
 REDIS=$(command -v redis-server || true)
-for f in "$SIM" "$BROKER" "$CLI" "$ENVOY" "$REDIS" target/wasm32-wasip1/release/lookergate.wasm; do
+for f in "$SIM" "$BROKER" "$CLI" "$RLS" "$ENVOY" "$REDIS" target/wasm32-wasip1/release/lookergate.wasm; do
   [[ -n $f && -e $f ]] || { echo "run-fleet: ${f:-redis-server} is missing; run 'make fleet'" >&2; exit 1; }
 done
-for port in 10100 10101 9911 9912 10170 10179 10180 10190 10191; do
+for port in 10100 10101 9911 9912 10170 10179 10180 10181 10190 10191; do
   if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
     echo "run-fleet: 127.0.0.1:$port is in use (another fleet?)" >&2; exit 1
   fi
@@ -39,6 +40,8 @@ trap stop INT TERM EXIT
   --logfile "$work/redis.log" & pids+=($!)
 for _ in $(seq 1 50); do (exec 3<>/dev/tcp/127.0.0.1/10179) 2>/dev/null && break; sleep 0.1; done
 "$SIM" --listen 127.0.0.1:10180 & pids+=($!)
+# The rate limit service: global budgets, counters in Redis db 1 (the brokers use db 0).
+"$RLS" --listen 127.0.0.1:10181 --redis redis://127.0.0.1:10179/1 > /dev/null & pids+=($!)
 # The dev IdP signs with the committed demo key (kid demo-2026), as `make demo`'s does:
 # `make token` tokens verify here too.
 "$CLI" idp --listen 127.0.0.1:10170 & pids+=($!)
@@ -87,7 +90,8 @@ cat >&2 <<'MSG'
 
 lookergate fleet is up, all on 127.0.0.1:
   Envoy #1 :10100 (admin :9911)   Envoy #2 :10101 (admin :9912)
-  brokers :10190 and :10191       Looker simulator :10180   dev IdP :10170   Redis :10179
+  brokers :10190 and :10191       rate limit service :10181  Redis :10179
+  Looker simulator :10180         dev IdP :10170
 
 Try, in another shell from the repository root:
   TOKEN=$(make -s token USER=alice)      # the demo's users and keys: alice, bob, carol, eve
@@ -96,6 +100,10 @@ Try, in another shell from the repository root:
   curl -s http://127.0.0.1:9911/clusters | grep lookergate_broker   # replicas, health
   kill <pid of one broker>     # the callouts go to the other one (docs/fleet.md)
   curl -s http://127.0.0.1:10180/__sim/logins      # what Looker saw of the brokers
+  for p in 10100 10101 10100 10101; do for i in 1 2 3; do   # 10 queries a minute, both Envoys together
+    curl -s -o /dev/null -w '%{http_code} ' -H "Authorization: Bearer $TOKEN" -H 'content-type: application/json' \
+      -d '{"model":"thelook","view":"orders","fields":["orders.count"]}' http://127.0.0.1:$p/api/4.0/queries/run/json
+  done; done; echo                                 # 200 x10, then 429
 Ctrl-C stops everything.
 
 MSG

@@ -106,7 +106,7 @@ pub struct Process {
     name: &'static str,
     pub child: Child,
     /// stderr (and, for services, stdout after the `listening on` line).
-    log: PathBuf,
+    pub log: PathBuf,
 }
 
 impl Process {
