@@ -109,7 +109,8 @@ impl Counter {
         !self.set_variables.is_empty()
     }
 
-    #[cfg(feature = "disk_storage")]
+    // lookergate: used by storage::keys::bin, which Redis needs too (VENDORED.md).
+    #[cfg(any(feature = "disk_storage", feature = "redis_storage"))]
     pub(crate) fn variables_for_key(&self) -> Vec<(&str, &str)> {
         let mut variables = Vec::with_capacity(self.set_variables.len());
         for (var, value) in &self.set_variables {
