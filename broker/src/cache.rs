@@ -149,15 +149,22 @@ impl SharedTokens {
                 .await
                 .map_err(|e| self.error("lock", &e))?;
             if locked {
+                let held = HeldLock {
+                    store: self.store.clone(),
+                    metrics: self.metrics.clone(),
+                    lock: lock.clone(),
+                    owner: owner.clone(),
+                    armed: true,
+                };
                 // Another replica may have shared its token between the read and the lock.
                 if let Some(token) = self.read(key, source, refresh_before).await? {
-                    self.unlock(&lock, &owner).await;
+                    held.release().await;
                     self.metrics.hits.inc();
                     return Ok((token, joined));
                 }
                 self.metrics.misses.inc();
                 let Some(login) = login.take() else {
-                    self.unlock(&lock, &owner).await;
+                    held.release().await;
                     return Err(BrokerError::LookerUnavailable(
                         "login already attempted".into(),
                     ));
@@ -185,7 +192,7 @@ impl SharedTokens {
                     }
                     Err(e) => Err(e),
                 };
-                self.unlock(&lock, &owner).await;
+                held.release().await;
                 return result;
             }
             if !waited {
@@ -200,11 +207,47 @@ impl SharedTokens {
             tokio::time::sleep(LOCK_POLL).await;
         }
     }
+}
 
-    async fn unlock(&self, lock: &str, owner: &str) {
-        if let Err(e) = self.store.unlock(lock, owner).await {
+/// A login lock this replica holds. Released when the login is done — or, if the request
+/// is cancelled mid-login (the gateway gave up), on drop, so that the other replicas need
+/// not wait for the lease to end.
+struct HeldLock {
+    store: Arc<SharedStore>,
+    metrics: StoreMetrics,
+    lock: String,
+    owner: String,
+    armed: bool,
+}
+
+impl HeldLock {
+    async fn release(mut self) {
+        self.armed = false;
+        if let Err(e) = self.store.unlock(&self.lock, &self.owner).await {
             // The lease ends it anyway.
-            let _ = self.error("unlock", &e);
+            self.metrics
+                .errors
+                .get_or_create(&OpLabel { op: "unlock" })
+                .inc();
+            tracing::warn!(event = "store_error", op = "unlock", message = %e);
+        }
+    }
+}
+
+impl Drop for HeldLock {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        let (store, lock, owner) = (
+            self.store.clone(),
+            std::mem::take(&mut self.lock),
+            std::mem::take(&mut self.owner),
+        );
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move {
+                let _ = store.unlock(&lock, &owner).await;
+            });
         }
     }
 }

@@ -169,7 +169,7 @@ fn is_due(role: &crate::config::RoleConfig, now: u64) -> bool {
 }
 
 fn store_error(e: crate::store::StoreError) -> RotateError {
-    RotateError::Config(format!("store: {e}"))
+    RotateError::Store(e.to_string())
 }
 
 /// Rotates `role` if this replica wins the rotation lock and the role is still due.
@@ -319,7 +319,8 @@ async fn rotate_locked(
         role,
         step = "written",
         elected = true,
-        version = fence
+        version = fence,
+        old_key_id = old_key_id.as_deref(),
     );
     broker.adopt_shared_credentials(next).map_err(store_error)?;
     let _ = store.heartbeat(fence).await;

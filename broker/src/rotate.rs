@@ -36,6 +36,8 @@ pub enum RotateError {
     ProofFailed(String),
     #[error("cannot write the new key ({0}); it was deleted again, the old key stays in use")]
     Write(String),
+    #[error("shared store: {0}")]
+    Store(String),
 }
 
 /// What a rotation did; printed by the CLI and logged by the scheduler.

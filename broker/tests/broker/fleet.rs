@@ -404,6 +404,7 @@ async fn redis_down_serves_local_tokens_fails_closed_on_a_miss_and_recovers() ->
     let dir = TempDir::new("replicas-redis-down")?;
     let text = replica_config(&sim, &redis, &dir, |t| t)?;
     let a = Broker::start(&text, None).await?;
+    let b = Broker::start(&text, None).await?;
     let (_, viewer) = a.token(role("viewer")).await?;
     redis.stop();
 
@@ -433,6 +434,20 @@ async fn redis_down_serves_local_tokens_fails_closed_on_a_miss_and_recovers() ->
         metrics.contains("lookergate_broker_store_errors_total{op=\"token_get\"}"),
         "{metrics}"
     );
+    // Invalidations reach the other replica again (it subscribed anew).
+    let (_, on_a) = a.token(role("analyst")).await?;
+    let shared = eventually(Duration::from_secs(5), || async {
+        matches!(b.token(role("analyst")).await, Ok((200, body)) if access_token(&body) == access_token(&on_a))
+    })
+    .await;
+    assert!(shared, "B does not use A's token after the restart");
+    assert_eq!(invalidate(&a, role("analyst")).await?, 204);
+    let old = access_token(&on_a);
+    let renewed = eventually(Duration::from_secs(5), || async {
+        matches!(b.token(role("analyst")).await, Ok((200, body)) if access_token(&body) != old)
+    })
+    .await;
+    assert!(renewed, "B missed an invalidation after Redis restarted");
     Ok(())
 }
 
@@ -671,5 +686,209 @@ async fn binary_with_a_store_logs_no_token_key_or_redis_password() -> TestResult
     ] {
         assert!(!logs.contains(secret), "{secret} leaked into logs:\n{logs}");
     }
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_login_lock_left_by_a_dead_replica_expires_and_another_replica_logs_in() -> TestResult {
+    let redis = Redis::start().await?;
+    let sim = Sim::start().await?;
+    let dir = TempDir::new("replicas-dead-holder")?;
+    let text = replica_config(&sim, &redis, &dir, |t| t)?;
+    let a = Broker::start(&text, None).await?;
+    // A replica took the viewer's login lock and died: no token will ever come from it.
+    let lock = format!(
+        "{PREFIX}:login:{}",
+        identity_id(&CacheKey::Role("viewer".into()))
+    );
+    let mut conn = redis.conn().await?;
+    let () = redis::cmd("SET")
+        .arg(&lock)
+        .arg("dead-replica")
+        .arg("PX")
+        .arg(800)
+        .query_async(&mut conn)
+        .await?;
+    let (status, body) = a.token(role("viewer")).await?;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(sim.logins_of("demo-viewer-id").await?, 1);
+    let (_, metrics) = a.get("/metrics").await?;
+    assert!(
+        metrics.contains("lookergate_broker_store_lock_waits_total 1"),
+        "{metrics}"
+    );
+    let left: Option<String> = redis::cmd("GET").arg(&lock).query_async(&mut conn).await?;
+    assert_eq!(left, None, "the new holder released its lock");
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_replica_that_never_switches_holds_the_old_key_only_for_the_grace_period() -> TestResult {
+    let redis = Redis::start().await?;
+    let sim = Sim::start().await?;
+    let dir = TempDir::new("replicas-grace")?;
+    let mut conn = redis.conn().await?;
+    let () = redis::cmd("SET")
+        .arg(format!("{PREFIX}:replica:stuck"))
+        .arg(r#"{"credentials_version":0}"#)
+        .arg("PX")
+        .arg(600_000)
+        .query_async(&mut conn)
+        .await?;
+    let text = replica_config(&sim, &redis, &dir, |t| {
+        t.replace(
+            "user_id = \"101\"",
+            "user_id = \"101\"\nrotate_every = \"7d\"",
+        ) + "rotation_grace = \"1s\"\n"
+    })?;
+    let (a, b) = replicas(&text, None).await?;
+    let deleted = eventually(Duration::from_secs(15), || async {
+        sim.state.requests().iter().any(|r| {
+            r.method == "DELETE" && r.path.starts_with("/api/4.0/users/101/credentials_api3/")
+        })
+    })
+    .await;
+    assert!(deleted, "the old key outlived the grace period");
+    let client_id = |broker: &Broker| {
+        broker
+            .state
+            .runtime()
+            .config
+            .roles
+            .get("analyst")
+            .map(|r| r.credentials.client_id.clone())
+    };
+    assert_ne!(client_id(&a).as_deref(), Some("demo-analyst-id"));
+    assert_eq!(client_id(&a), client_id(&b));
+    // The winner counts its rotation once the old key is deleted; the other never rotates.
+    let rotated = |m: &str| m.contains("lookergate_broker_rotations_total{result=\"ok\"} 1");
+    let one_counted = eventually(Duration::from_secs(5), || async {
+        match (a.get("/metrics").await, b.get("/metrics").await) {
+            (Ok((_, ma)), Ok((_, mb))) => rotated(&ma) != rotated(&mb),
+            _ => false,
+        }
+    })
+    .await;
+    assert!(one_counted, "exactly one replica rotated");
+    let created = sim
+        .state
+        .requests()
+        .iter()
+        .filter(|r| r.method == "POST" && r.path.ends_with("/users/101/credentials_api3"))
+        .count();
+    assert_eq!(created, 1, "exactly one new API3 key");
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_login_cancelled_mid_way_releases_its_lock_before_the_lease_ends() -> TestResult {
+    let redis = Redis::start().await?;
+    let sim = Sim::start().await?;
+    sim.fault(json!({"login_delay_ms": 3000, "count": 1}))
+        .await?;
+    let dir = TempDir::new("replicas-cancelled")?;
+    // retry_budget 5s: the lock's lease is 3 x 5s + 1s = 16s.
+    let text = replica_config(&sim, &redis, &dir, |t| {
+        t.replace("retry_budget = \"1500ms\"", "retry_budget = \"5s\"")
+            .replace("looker_timeout = \"1s\"", "looker_timeout = \"4s\"")
+    })?;
+    assert!(
+        text.contains("retry_budget = \"5s\""),
+        "the demo config changed"
+    );
+    let a = Broker::start(&text, None).await?;
+    let lock = format!(
+        "{PREFIX}:login:{}",
+        identity_id(&CacheKey::Role("viewer".into()))
+    );
+    let conn = redis.conn().await?;
+    let identity = lookergate_broker::identity::LookerIdentity::Role("viewer".into());
+    // The gateway gives up while the login is in flight: the request's future is dropped.
+    let cancelled =
+        tokio::time::timeout(Duration::from_millis(300), a.state.token(&identity)).await;
+    assert!(cancelled.is_err(), "the login was not in flight");
+    let (_, metrics) = a.get("/metrics").await?;
+    assert!(
+        metrics.contains("lookergate_broker_store_misses_total 1"),
+        "the login had taken the lock: {metrics}"
+    );
+    let released = eventually(Duration::from_secs(3), || async {
+        let mut conn = conn.clone();
+        matches!(
+            redis::cmd("GET")
+                .arg(&lock)
+                .query_async::<Option<String>>(&mut conn)
+                .await,
+            Ok(None)
+        )
+    })
+    .await;
+    assert!(released, "the lock stays until its 16s lease ends");
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_redis_restarted_empty_gets_the_rotated_keys_back_from_the_replicas() -> TestResult {
+    let mut redis = Redis::start().await?;
+    let sim = Sim::start().await?;
+    let dir = TempDir::new("replicas-reseed")?;
+    let text = replica_config(&sim, &redis, &dir, |t| {
+        t.replace(
+            "user_id = \"101\"",
+            "user_id = \"101\"\nrotate_every = \"7d\"",
+        )
+    })?;
+    let (a, b) = replicas(&text, None).await?;
+    let client_id = |broker: &Broker| {
+        broker
+            .state
+            .runtime()
+            .config
+            .roles
+            .get("analyst")
+            .map(|r| r.credentials.client_id.clone())
+            .unwrap_or_default()
+    };
+    let rotated = eventually(Duration::from_secs(15), || async {
+        sim.state.requests().iter().any(|r| {
+            r.method == "DELETE" && r.path.starts_with("/api/4.0/users/101/credentials_api3/")
+        })
+    })
+    .await;
+    assert!(rotated, "the old key was not deleted");
+    let new_id = client_id(&a);
+    assert_ne!(new_id, "demo-analyst-id");
+    assert_eq!(client_id(&b), new_id);
+
+    // Redis restarts without its data: the config's key is deleted in Looker, so the
+    // replicas write the rotated keys they use back.
+    redis.stop();
+    redis.run().await?;
+    let conn = redis.conn().await?;
+    let credentials = format!("{PREFIX}:credentials");
+    let reseeded = eventually(Duration::from_secs(10), || async {
+        let mut conn = conn.clone();
+        matches!(
+            redis::cmd("EXISTS")
+                .arg(&credentials)
+                .query_async::<i64>(&mut conn)
+                .await,
+            Ok(1)
+        )
+    })
+    .await;
+    assert!(reseeded, "the rotated keys were not written back");
+    // A new replica starts on the config's (deleted) key and the store's rotated one.
+    let c = Broker::start(&text, None).await?;
+    let (status, body) = c.token(role("analyst")).await?;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(client_id(&c), new_id);
+    let failed: Vec<Value> = sim
+        .logins()
+        .await?
+        .into_iter()
+        .filter(|l| l["ok"] != true)
+        .collect();
+    assert!(failed.is_empty(), "failed Looker logins: {failed:?}");
     Ok(())
 }
