@@ -1,6 +1,8 @@
 # lookergate developer entry points. GNU make, run from the repository root.
 #   make demo              sim + broker + Envoy with the demo config, and the embed demo web
 #                          app at http://127.0.0.1:10070/app/ (Ctrl-C stops all)
+#   make fleet             Redis, the rate limit service, two brokers, two Envoys (10100,
+#                          10101), sim and IdP on loopback (docs/fleet.md; Ctrl-C stops all)
 #   make token USER=alice  print a demo JWT (only the token on stdout)
 #   make test              everything `cargo test --workspace` needs, then the tests
 #   make lint / make fmt
@@ -18,10 +20,10 @@ WASM := target/$(WASM_TARGET)/release/lookergate.wasm
 ENVOY := .venv/bin/envoy
 NATIVE_PACKAGES := -p lookergate-broker -p lookergate-looker-sim -p lookergate-cli
 
-.PHONY: help wasm wasm-target envoy build demo token test test-bins sdk-test lint-filter lint fmt
+.PHONY: help wasm wasm-target envoy build demo token test test-bins sdk-test lint-filter lint fmt redis
 
 help:
-	@echo "targets: wasm envoy build web demo token test browser-test lint fmt"
+	@echo "targets: wasm envoy build web demo fleet token test browser-test lint fmt"
 	@echo "  make demo                  run the demo gateway on 127.0.0.1:10000, the embed demo app"
 	@echo "                             on http://127.0.0.1:10070/app/"
 	@echo "  make -s token USER=alice   print a demo JWT (alice, bob, carol, eve); TTL=secs optional"
@@ -46,6 +48,12 @@ build:
 
 demo: wasm envoy build web
 	envoy/run-demo.sh
+
+# `make fleet`: the fleet on one machine (envoy/fleet/run-fleet.sh, docs/fleet.md).
+.PHONY: fleet
+fleet: wasm envoy build redis
+	$(CARGO) build --release -p lookergate-ratelimit
+	envoy/fleet/run-fleet.sh
 
 # Node.js and npm (Debian's), installed if missing (needs root); `web` and `browser-test`.
 define need_node
@@ -74,17 +82,23 @@ token:
 # The e2e tests run the native services as debug binaries: `cargo test` compiles their
 # dependencies in the dev profile anyway, so this costs no second build of them.
 test-bins:
-	$(CARGO) build -p lookergate-broker -p lookergate-looker-sim -p lookergate-cli
+	$(CARGO) build -p lookergate-broker -p lookergate-looker-sim -p lookergate-cli -p lookergate-ratelimit
+
+# Debian's redis-server: the global rate limit tests (and the fleet) run their own.
+redis:
+	@command -v redis-server >/dev/null || { [ "$$(id -u)" = 0 ] || { echo "needs Redis: apt-get install redis-server (as root)" >&2; exit 1; }; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends redis-server >/dev/null; }
 
 # Everything: unit and e2e tests (cargo), the Looker SDK through the gateway, the
 # deployment artifacts, and `lint`: clippy with -D warnings on every crate and target of
 # the workspace (a check build, no code generation) and on the filter for wasm.
-test: wasm envoy test-bins
+test: wasm envoy test-bins redis
 	LOOKERGATE_WASM="$(CURDIR)/$(WASM)" \
 	LOOKERGATE_ENVOY="$(CURDIR)/$(ENVOY)" \
 	LOOKERGATE_BROKER_BIN="$(CURDIR)/target/debug/lookergate-broker" \
 	LOOKERGATE_SIM_BIN="$(CURDIR)/target/debug/lookergate-looker-sim" \
 	LOOKERGATE_IDP_BIN="$(CURDIR)/target/debug/lookergate" \
+	LOOKERGATE_RLS_BIN="$(CURDIR)/target/debug/lookergate-ratelimit" \
 	$(CARGO) test --workspace --lib --bins --tests --no-fail-fast
 	$(MAKE) --no-print-directory lint sdk-test readme-check deploy-check dashboard-check fuzz-replay browser-test
 
@@ -167,6 +181,14 @@ bench: wasm-target envoy
 	@$(PYTHON) -c 'import cryptography, yaml' 2>/dev/null || $(PYTHON) -m pip install --quiet cryptography pyyaml
 	BENCH_ROUNDS=$(BENCH_ROUNDS) BENCH_DURATION=$(BENCH_DURATION) BENCH_CONNECTIONS=$(BENCH_CONNECTIONS) \
 	BENCH_RATE=$(BENCH_RATE) BENCH_ONLY=$(BENCH_ONLY) $(PYTHON) bench/bench.py
+
+# `make bench-broker`: the token broker under 10,000 new per-user identities in one
+# minute (simulator logins take 50 ms), one broker then two; Looker logins per identity,
+# p99 time to a token, broker CPU and peak RSS. Writes its block of bench/RESULTS.md.
+.PHONY: bench-broker
+bench-broker: redis
+	$(CARGO) build --release -p lookergate-broker -p lookergate-looker-sim
+	$(PYTHON) bench/broker_bench.py
 
 # The fuzz crate's committed seeds and regressions, replayed natively (stable toolchain,
 # no libFuzzer): keeps the fuzz crate compiling and every fixed finding fixed.

@@ -89,6 +89,20 @@ pub fn invalidate_request(
     (headers, body(&request))
 }
 
+/// Whether a failed token call is worth its one retry, which the cluster's load
+/// balancer sends to the next broker replica (Envoy's `dispatch_http_call` has no retry
+/// policy): no answer (connect failure, reset; a timeout leaves no budget anyway) or a
+/// 503 that is not a broker's own error answer (Envoy's connect error, no healthy
+/// upstream). A broker's `looker_unavailable` is not retried: every replica asks the
+/// same Looker, which needs fewer logins then, not more.
+pub fn worth_retrying(status: Option<u32>, body: &[u8]) -> bool {
+    match status {
+        None => true,
+        Some(503) => serde_json::from_slice::<ErrorResponse>(body).is_err(),
+        Some(_) => false,
+    }
+}
+
 /// Interprets the broker's answer. `status` is `None` when Envoy could not reach the
 /// broker or the call timed out. Anything unexpected fails closed.
 pub fn parse_token_response(
@@ -385,5 +399,36 @@ mod tests {
         }
         let huge = vec![b' '; MAX_RESPONSE_BYTES + 1];
         assert!(parse_token_response(Some(200), &huge, "r").is_err());
+    }
+
+    #[test]
+    fn only_failures_on_the_way_to_a_broker_are_retried() {
+        let cases: Vec<(Option<u32>, &[u8], bool)> = vec![
+            (None, b"", true),
+            (
+                Some(503),
+                b"upstream connect error or disconnect/reset before headers",
+                true,
+            ),
+            (Some(503), b"no healthy upstream", true),
+            (
+                Some(503),
+                br#"{"error":"looker_unavailable","message":"x"}"#,
+                false,
+            ),
+            (Some(500), b"oops", false),
+            (Some(502), br#"{"error":"bad_credentials"}"#, false),
+            (Some(403), br#"{"error":"no_looker_user"}"#, false),
+            (Some(401), br#"{"error":"unauthorized"}"#, false),
+            (Some(200), b"<html>", false),
+        ];
+        for (status, body, want) in cases {
+            assert_eq!(
+                worth_retrying(status, body),
+                want,
+                "{status:?} {:?}",
+                String::from_utf8_lossy(body)
+            );
+        }
     }
 }

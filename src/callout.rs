@@ -15,6 +15,8 @@ pub enum Callout {
     Invalidate,
     /// A broker call for an embed endpoint's request (the context it answers).
     Embed(u32),
+    /// A `ShouldRateLimit` gRPC call for a request's global limit (its context).
+    RateLimit(u32),
 }
 
 /// A worker's callouts awaiting their answer, by callout token.

@@ -34,6 +34,10 @@ pub struct RawConfig {
     #[serde(default)]
     pub embed: Option<RawEmbed>,
     pub broker: RawBroker,
+    /// The rate limit service (Envoy RLS v3) that keeps `scope: "global"` limits;
+    /// required when any rule has one.
+    #[serde(default)]
+    pub rate_limit_service: Option<RawRateLimitService>,
     #[serde(default)]
     pub looker_token: RawLookerToken,
     /// Requests under this prefix must be Looker API 4.0 operations.
@@ -203,6 +207,46 @@ pub struct RawBroker {
     /// `vm_config.environment_variables`), so it stays out of the plugin config.
     #[serde(default)]
     pub credential_env: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[cfg_attr(
+    feature = "schema",
+    derive(schemars::JsonSchema),
+    schemars(rename = "RateLimitService")
+)]
+#[serde(deny_unknown_fields)]
+pub struct RawRateLimitService {
+    /// The Envoy cluster of the service (HTTP/2: `http2_protocol_options`).
+    pub cluster: String,
+    /// The RLS domain (the service's namespace for these limits).
+    #[serde(default = "default_rls_domain")]
+    pub domain: String,
+    #[cfg_attr(
+        feature = "schema",
+        schemars(with = "String", regex(pattern = duration::PATTERN))
+    )]
+    #[serde(
+        default = "default_rls_timeout",
+        deserialize_with = "duration::deserialize"
+    )]
+    pub timeout: Duration,
+}
+
+fn default_rls_domain() -> String {
+    "lookergate".to_owned()
+}
+
+fn default_rls_timeout() -> Duration {
+    Duration::from_millis(200)
+}
+
+/// How the filter reaches the rate limit service (`dispatch_grpc_call`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RateLimitServiceSettings {
+    pub cluster: String,
+    pub domain: String,
+    pub timeout: Duration,
 }
 
 /// A secret from the configuration: `Debug` never shows it.
@@ -389,6 +433,8 @@ pub struct Gateway {
     /// `x-forwarded-for` entries kept, from the end: trusted hops + Envoy's own.
     pub forwarded_for_kept: usize,
     pub broker: BrokerSettings,
+    /// The rate limit service, when the config has one (required by global limits).
+    pub rate_limit_service: Option<RateLimitServiceSettings>,
     /// The embed endpoints and profiles, when the config has an `embed` section.
     pub embed: Option<Embed>,
     pub refresh_before: Duration,
@@ -673,6 +719,7 @@ impl Gateway {
                 "must be at least 16 printable characters without spaces",
             ));
         }
+        let rate_limit_service = compile_rate_limit_service(raw.rate_limit_service, &policy)?;
         let refresh_before = raw.looker_token.refresh_before;
         if refresh_before > Duration::from_secs(3600) {
             return Err(err("looker_token.refresh_before", "must be at most 1h"));
@@ -697,12 +744,53 @@ impl Gateway {
                 timeout: b.timeout,
                 credential,
             },
+            rate_limit_service,
             embed,
             refresh_before,
             token_headers,
             warnings,
         })
     }
+}
+
+/// The `rate_limit_service` section: checked, and required when a rule is global.
+fn compile_rate_limit_service(
+    raw: Option<RawRateLimitService>,
+    policy: &Policy,
+) -> Result<Option<RateLimitServiceSettings>, ConfigError> {
+    let global = policy
+        .rules()
+        .iter()
+        .find(|r| r.rate_limit.as_ref().is_some_and(|l| l.is_global()));
+    let Some(raw) = raw else {
+        return match global {
+            Some(rule) => Err(err(
+                "rate_limit_service",
+                format!("required: rule {:?} has a global rate_limit (give the cluster of the rate limit service)", rule.name),
+            )),
+            None => Ok(None),
+        };
+    };
+    if raw.cluster.trim().is_empty() {
+        return Err(err(
+            "rate_limit_service.cluster",
+            "must name the Envoy cluster of the rate limit service",
+        ));
+    }
+    if raw.domain.trim().is_empty() {
+        return Err(err("rate_limit_service.domain", "must not be empty"));
+    }
+    if raw.timeout < Duration::from_millis(10) || raw.timeout > Duration::from_secs(10) {
+        return Err(err(
+            "rate_limit_service.timeout",
+            "must be between 10ms and 10s",
+        ));
+    }
+    Ok(Some(RateLimitServiceSettings {
+        cluster: raw.cluster,
+        domain: raw.domain,
+        timeout: raw.timeout,
+    }))
 }
 
 #[cfg(test)]
@@ -848,6 +936,97 @@ mod tests {
         };
         assert_eq!(error.field, "broker.credential");
         assert!(error.message.contains("exactly one of"), "{error}");
+    }
+
+    #[test]
+    fn global_limits_need_the_rate_limit_service_and_errors_name_the_field() {
+        let global =
+            json!({"per_second": 5, "burst": 10, "db_queries_per_minute": 10, "scope": "global"});
+        let service = json!({"cluster": "lookergate_rls"});
+        // (rule's rate_limit, rate_limit_service, field named, words of the message)
+        let cases: Vec<(Value, Option<Value>, &str, &str)> = vec![
+            (
+                global.clone(),
+                None,
+                "rate_limit_service",
+                "rule \"first\" has a global rate_limit",
+            ),
+            (
+                json!({"per_second": 5, "burst": 10, "scope": "everywhere"}),
+                Some(service.clone()),
+                "policy.rules[0].rate_limit.scope",
+                "unknown variant",
+            ),
+            (
+                json!({"per_second": 5, "burst": 10, "scope": "global", "on_unavailable": "allow"}),
+                Some(service.clone()),
+                "policy.rules[0].rate_limit.on_unavailable",
+                "unknown variant",
+            ),
+            (
+                json!({"per_second": 5, "burst": 10, "on_unavailable": "local"}),
+                None,
+                "policy.rules[0].rate_limit",
+                "on_unavailable applies to scope \"global\" only",
+            ),
+            (
+                global.clone(),
+                Some(json!({"cluster": " "})),
+                "rate_limit_service.cluster",
+                "must name",
+            ),
+            (
+                global.clone(),
+                Some(json!({"cluster": "c", "timeout": "5ms"})),
+                "rate_limit_service.timeout",
+                "between 10ms and 10s",
+            ),
+            (
+                global.clone(),
+                Some(json!({"cluster": "c", "domain": ""})),
+                "rate_limit_service.domain",
+                "must not be empty",
+            ),
+            (
+                global.clone(),
+                Some(json!({"cluster": "c", "port": 1})),
+                "rate_limit_service",
+                "unknown field",
+            ),
+        ];
+        for (limit, service, field, words) in cases {
+            let mut config = base();
+            config["policy"]["rules"][0]["rate_limit"] = limit.clone();
+            if let Some(service) = service {
+                config["rate_limit_service"] = service;
+            }
+            let error = match load(&config) {
+                Ok(_) => panic!("{limit} loaded"),
+                Err(error) => error,
+            };
+            assert_eq!(error.field, field, "{limit}: {error}");
+            assert!(error.message.contains(words), "{limit}: {error}");
+        }
+        let mut config = base();
+        config["policy"]["rules"][0]["rate_limit"] = global;
+        config["rate_limit_service"] = service;
+        let gateway = load(&config).unwrap();
+        assert_eq!(
+            gateway.rate_limit_service,
+            Some(RateLimitServiceSettings {
+                cluster: "lookergate_rls".into(),
+                domain: "lookergate".into(),
+                timeout: Duration::from_millis(200),
+            })
+        );
+        let limit = gateway.policy.rules()[0].rate_limit.clone().unwrap();
+        assert!(limit.is_global());
+        assert_eq!(
+            limit.on_unavailable(),
+            crate::ratelimit::OnUnavailable::Deny
+        );
+        // A local-only config needs no service.
+        assert_eq!(load(&base()).unwrap().rate_limit_service, None);
     }
 
     #[test]

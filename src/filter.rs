@@ -50,6 +50,20 @@ impl Context for GatewayRoot {
             self.context_id,
         );
     }
+
+    fn on_grpc_call_response(&mut self, token_id: u32, status_code: u32, response_size: usize) {
+        let Some(gateway) = &self.gateway else { return };
+        let mut worker = self.worker.borrow_mut();
+        flow::on_grpc_call_answer(
+            gateway,
+            &mut worker,
+            &ProxyHost,
+            token_id,
+            status_code,
+            response_size,
+            self.context_id,
+        );
+    }
 }
 
 impl RootContext for GatewayRoot {
@@ -139,6 +153,19 @@ impl Context for GatewayStream {
             token_id,
             num_headers,
             body_size,
+            self.context_id,
+        );
+    }
+
+    fn on_grpc_call_response(&mut self, token_id: u32, status_code: u32, response_size: usize) {
+        let mut worker = self.worker.borrow_mut();
+        flow::on_grpc_call_answer(
+            &self.gateway,
+            &mut worker,
+            &ProxyHost,
+            token_id,
+            status_code,
+            response_size,
             self.context_id,
         );
     }

@@ -40,6 +40,19 @@ pub trait Host {
     ) -> Result<u32, HostError>;
     /// The `:status` and body (at most `max_body` bytes) of the callout being answered.
     fn callout_response(&self, body_size: usize, max_body: usize) -> (Option<u32>, Vec<u8>);
+    /// Starts a unary gRPC call (`service`/`method`, the serialized request `message`)
+    /// to `cluster` from the current context; returns its token.
+    fn dispatch_grpc(
+        &self,
+        cluster: &str,
+        service: &str,
+        method: &str,
+        message: &[u8],
+        timeout: Duration,
+    ) -> Result<u32, HostError>;
+    /// The response message of the gRPC call being answered (at most `max` bytes + 1,
+    /// so a caller sees that it was larger).
+    fn grpc_response(&self, size: usize, max: usize) -> Vec<u8>;
     fn shared_get(&self, key: &str) -> Option<Vec<u8>>;
     fn shared_set(&self, key: &str, value: &[u8]) -> Result<(), HostError>;
     /// Shared data with its compare-and-swap version.
@@ -174,6 +187,29 @@ impl Host for ProxyHost {
         .flatten()
         .unwrap_or_default();
         (status, body)
+    }
+
+    fn dispatch_grpc(
+        &self,
+        cluster: &str,
+        service: &str,
+        method: &str,
+        message: &[u8],
+        timeout: Duration,
+    ) -> Result<u32, HostError> {
+        hostcalls::dispatch_grpc_call(cluster, service, method, vec![], Some(message), timeout)
+            .map_err(host_err("dispatch gRPC call"))
+    }
+
+    fn grpc_response(&self, size: usize, max: usize) -> Vec<u8> {
+        hostcalls::get_buffer(
+            BufferType::GrpcReceiveBuffer,
+            0,
+            size.min(max.saturating_add(1)),
+        )
+        .ok()
+        .flatten()
+        .unwrap_or_default()
     }
 
     fn shared_get(&self, key: &str) -> Option<Vec<u8>> {

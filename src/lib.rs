@@ -23,6 +23,7 @@ pub mod policy;
 pub mod query;
 pub mod ratelimit;
 pub mod reply;
+pub mod rls;
 pub mod tokens;
 pub mod trace;
 

@@ -17,6 +17,34 @@ pub struct RateLimit {
     /// A separate budget for `db_query` operations (Looker's query quotas count them).
     #[serde(default)]
     pub db_queries_per_minute: Option<u32>,
+    /// `local` (default): this Envoy's shared-data buckets. `global`: one budget across
+    /// every Envoy, kept by the rate limit service (`rate_limit_service`).
+    #[serde(default)]
+    pub scope: Scope,
+    /// What a global limit does when the rate limit service cannot answer: `deny`
+    /// (default; 503) or `local` (this Envoy's bucket decides). Global limits only.
+    #[serde(default)]
+    pub on_unavailable: Option<OnUnavailable>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[serde(rename_all = "snake_case")]
+pub enum Scope {
+    #[default]
+    Local,
+    Global,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[serde(rename_all = "snake_case")]
+pub enum OnUnavailable {
+    /// Fail closed: 503 naming the rule.
+    #[default]
+    Deny,
+    /// Fall back to this Envoy's local bucket.
+    Local,
 }
 
 impl RateLimit {
@@ -30,7 +58,19 @@ impl RateLimit {
         if self.db_queries_per_minute == Some(0) {
             return Err("db_queries_per_minute must be at least 1".to_owned());
         }
+        if self.scope == Scope::Local && self.on_unavailable.is_some() {
+            return Err("on_unavailable applies to scope \"global\" only".to_owned());
+        }
         Ok(())
+    }
+
+    pub fn is_global(&self) -> bool {
+        self.scope == Scope::Global
+    }
+
+    /// What a global limit does when the service cannot answer.
+    pub fn on_unavailable(&self) -> OnUnavailable {
+        self.on_unavailable.unwrap_or_default()
     }
 }
 
@@ -149,26 +189,37 @@ mod tests {
         assert_eq!(Bucket::decode(&b.encode()), Some(b));
         assert_eq!(Bucket::decode(b"x y"), None);
         let bad = [
-            (0.0, 1, None),
-            (f64::NAN, 1, None),
-            (1.0, 0, None),
-            (1.0, 1, Some(0)),
+            (0.0, 1, None, Scope::Local, None),
+            (f64::NAN, 1, None, Scope::Local, None),
+            (1.0, 0, None, Scope::Local, None),
+            (1.0, 1, Some(0), Scope::Local, None),
+            (1.0, 1, None, Scope::Local, Some(OnUnavailable::Deny)),
         ];
-        for (per_second, burst, db) in bad {
+        for (per_second, burst, db, scope, on_unavailable) in bad {
             assert!(RateLimit {
                 per_second,
                 burst,
-                db_queries_per_minute: db
+                db_queries_per_minute: db,
+                scope,
+                on_unavailable,
             }
             .validate()
             .is_err());
         }
-        assert!(RateLimit {
-            per_second: 5.0,
-            burst: 10,
-            db_queries_per_minute: Some(30)
+        for (scope, on_unavailable) in [
+            (Scope::Local, None),
+            (Scope::Global, None),
+            (Scope::Global, Some(OnUnavailable::Local)),
+        ] {
+            assert!(RateLimit {
+                per_second: 5.0,
+                burst: 10,
+                db_queries_per_minute: Some(30),
+                scope,
+                on_unavailable,
+            }
+            .validate()
+            .is_ok());
         }
-        .validate()
-        .is_ok());
     }
 }

@@ -32,6 +32,9 @@ pub enum Refusal {
         retry_after_secs: u64,
         budget: &'static str,
     },
+    /// A rule's global rate limit could not be checked (the rate limit service or its
+    /// Redis failed) and the rule fails closed (`on_unavailable: "deny"`).
+    RateLimitUnavailable { rule: String },
     /// The issuer's keys are not available yet (remote JWKS never fetched, or stale).
     KeysUnavailable,
     /// The broker (or Looker behind it) could not give a token in time.
@@ -62,6 +65,7 @@ impl Refusal {
             Refusal::PayloadTooLarge { .. } => "payload_too_large",
             Refusal::KeysUnavailable => "keys_unavailable",
             Refusal::RateLimited { .. } => "rate_limited",
+            Refusal::RateLimitUnavailable { .. } => "rate_limit_unavailable",
             Refusal::BodyTimeout => "body_timeout",
             Refusal::Forbidden { .. } => "forbidden",
             Refusal::NoLookerUser { .. } => "no_looker_user",
@@ -84,6 +88,7 @@ impl Refusal {
             Refusal::PayloadTooLarge { .. } => 413,
             Refusal::KeysUnavailable => 503,
             Refusal::RateLimited { .. } => 429,
+            Refusal::RateLimitUnavailable { .. } => 503,
             Refusal::BodyTimeout => 408,
             Refusal::Forbidden { .. } | Refusal::NoLookerUser { .. } => 403,
             Refusal::BrokerUnavailable { .. } => 503,
@@ -152,6 +157,15 @@ impl Refusal {
                 json!({
                     "error": "rate_limited",
                     "reason": format!("rate limit of rule {rule} exceeded ({budget}); retry after {retry_after_secs}s"),
+                    "rule": rule,
+                    "request_id": request_id,
+                })
+            }
+            Refusal::RateLimitUnavailable { rule } => {
+                headers.push(("retry-after", "1".to_owned()));
+                json!({
+                    "error": "rate_limit_unavailable",
+                    "reason": format!("the global rate limit of rule {rule} cannot be checked now (the rate limit service is unavailable); retry shortly"),
                     "rule": rule,
                     "request_id": request_id,
                 })
@@ -330,6 +344,11 @@ mod tests {
                 },
                 429,
                 "rate_limited",
+            ),
+            (
+                Refusal::RateLimitUnavailable { rule: "r".into() },
+                503,
+                "rate_limit_unavailable",
             ),
         ];
         for (refusal, status, error) in cases {

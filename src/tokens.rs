@@ -101,8 +101,10 @@ pub struct Flight {
     /// The callout token, or `None` when its owner went away and it must be re-sent.
     pub callout: Option<u32>,
     pub waiters: Vec<Waiter>,
-    /// When the current callout was sent (for the latency histogram).
+    /// When the first callout was sent (the latency histogram, the retry's budget).
     pub started_ms: u64,
+    /// The call was already tried a second time (at most one retry per flight).
+    pub retried: bool,
 }
 
 /// A worker's Looker tokens: the cache, and the broker calls in flight by identity
@@ -157,6 +159,21 @@ impl Tokens {
         match self.flights.get(key) {
             Some(flight) if flight.callout == Some(callout) => self.flights.remove(key),
             _ => None,
+        }
+    }
+
+    /// The flight of identity `key` whose callout is `callout`, if it is still waiting on it.
+    pub fn in_flight(&self, key: &str, callout: u32) -> Option<&Flight> {
+        self.flights
+            .get(key)
+            .filter(|flight| flight.callout == Some(callout))
+    }
+
+    /// Gives identity `key`'s flight the callout of its one retry.
+    pub fn retry(&mut self, key: &str, callout: u32) {
+        if let Some(flight) = self.flights.get_mut(key) {
+            flight.callout = Some(callout);
+            flight.retried = true;
         }
     }
 

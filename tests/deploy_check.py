@@ -79,6 +79,8 @@ WASM_DIR = ROOT / "target/wasm32-wasip1/release"
 DEMO = ROOT / "envoy/demo.yaml"
 COMPOSE_ENVOY = ROOT / "envoy/compose.yaml"
 PRODUCTION = ROOT / "envoy/production.yaml"
+FLEET_DIR = ROOT / "envoy/fleet"
+FLEET = FLEET_DIR / "envoy-fleet.yaml"
 DOCKER_COMPOSE = ROOT / "envoy/docker-compose.yaml"
 ISTIO_DIR = ROOT / "envoy/istio"
 EG_DIR = ROOT / "envoy/envoy-gateway"
@@ -127,8 +129,8 @@ def load_yaml_documents(path: Path) -> list:
 
 def envoy_configs() -> list[Path]:
     found = [DEMO, COMPOSE_ENVOY, PRODUCTION]
-    for path in sorted((ROOT / "envoy").glob("*.yaml")) + sorted((ROOT / "bench").rglob("*.y*ml")):
-        if path in found or any(p in ("out", "work", "target") for p in path.parts):
+    for path in sorted((ROOT / "envoy").glob("*.yaml")) + sorted((ROOT / "envoy/fleet").glob("*.yaml")) + sorted((ROOT / "bench").rglob("*.y*ml")):
+        if path in found or any(p in ("out", "work", "target") for p in path.relative_to(ROOT).parts):
             continue
         text = path.read_text()
         if "static_resources:" in text:
@@ -323,7 +325,8 @@ def check_envoy_config_plugins(path: Path):
 
 
 for _path in envoy_configs():
-    if _path != DEMO:
+    # The fleet's plugin is the demo's plus a global budget: checked by fleet_broker_replicas.
+    if _path not in (DEMO, FLEET):
         check(f"plugin JSON of {rel(_path)} has the demo's keys")(lambda p=_path: check_envoy_config_plugins(p))
 
 
@@ -342,8 +345,8 @@ def host_env_keys(vm_config: dict) -> list:
 def credentials_out_of_plain_resources():
     shipped = []  # (label, plugin, variables passed into the VM)
     for path in envoy_configs():
-        if path in (DEMO, COMPOSE_ENVOY) or ROOT / "bench" in path.parents:
-            continue  # local demo and bench configs carry the demo credential on purpose
+        if path in (DEMO, COMPOSE_ENVOY) or ROOT / "bench" in path.parents or FLEET_DIR in path.parents:
+            continue  # local demo, fleet and bench configs carry the demo credential on purpose
         for wasm in wasm_filters(yaml.safe_load(path.read_text())):
             plugin = json.loads(wasm["configuration"]["value"])
             shipped.append((rel(path), plugin, host_env_keys(wasm.get("vm_config", {}))))
@@ -1153,6 +1156,7 @@ def kubernetes_broker():
     require(state and not state[0].get("readOnly"), "rotated_credentials_file is not on a writable volume")
     (service,) = [d for d in docs_of("Service") if d["metadata"]["name"] == "lookergate-broker"]
     require(service["spec"]["selector"] == labels and service["spec"]["ports"][0]["port"] == port, "Service does not match the Deployment")
+    require(service["spec"].get("clusterIP") == "None", "the broker Service is not headless: the gateway would see one virtual IP, not the replicas")
     (se,) = [d for d in docs_of("ServiceEntry") if d["metadata"]["name"] == "lookergate-broker"]
     require(se["spec"]["workloadSelector"]["labels"] == labels and se["spec"]["ports"][0]["number"] == port, "Istio ServiceEntry does not select the broker pods")
     (pdb,) = docs_of("PodDisruptionBudget")
@@ -1238,6 +1242,10 @@ def envoy_gateway_manifests():
     require(broker["cluster"] in added, f"broker.cluster {broker['cluster']!r} is not added by an EnvoyPatchPolicy ({sorted(added)})")
     cluster = added[broker["cluster"]]
     require(cluster.get("circuit_breakers"), "the broker cluster has no circuit breakers")
+    # One name for every replica (the headless Service): one endpoint entry is enough here.
+    problems = [p for p in broker_replica_problems(cluster) if "endpoint(s)" not in p]
+    require(not problems, "; ".join(problems))
+    require(cluster["type"] == "STRICT_DNS", "the broker cluster does not resolve every replica (STRICT_DNS)")
     address = cluster["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]["socket_address"]["address"]
     require(broker["authority"] == address, f"broker.authority {broker['authority']!r} != cluster address {address!r}")
     backends = {b["metadata"]["name"]: b for b in docs_of("Backend")}
@@ -1433,8 +1441,54 @@ def production_shape():
     thresholds = broker["circuit_breakers"]["thresholds"][0]
     require(thresholds.get("max_pending_requests") and thresholds.get("max_requests"), "broker circuit breakers")
     require(float(broker["connect_timeout"].rstrip("s")) <= 1, f"broker connect_timeout {broker['connect_timeout']}")
-    require(plugin["broker"]["authority"] == broker["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]["socket_address"]["address"],
-            "broker.authority is not the broker host")
+    problems = broker_replica_problems(broker)
+    require(not problems, "; ".join(problems))
+
+
+def broker_replica_problems(cluster: dict) -> list[str]:
+    """What a broker cluster lacks to survive a replica dying (docs/fleet.md): several
+    endpoints, an active health check on /healthz (not /readyz: readiness is the same on
+    every replica), outlier detection that ejects on gateway failures (connect failures),
+    and no Envoy retries (the filter retries a token call itself, once)."""
+    problems = []
+    hosts = [lb for group in cluster["load_assignment"].get("endpoints", []) for lb in group["lb_endpoints"]]
+    if len(hosts) < 2:
+        problems.append(f"{cluster['name']}: {len(hosts)} endpoint(s), want one per replica (2 or more)")
+    checks = cluster.get("health_checks", [])
+    if [c.get("http_health_check", {}).get("path") for c in checks] != ["/healthz"]:
+        problems.append(f"{cluster['name']}: health checks {checks}, want one HTTP check of /healthz")
+    elif not checks[0].get("no_traffic_interval"):
+        problems.append(f"{cluster['name']}: no no_traffic_interval (Envoy's default checks an idle cluster every 60s)")
+    outlier = cluster.get("outlier_detection", {})
+    if not outlier.get("consecutive_gateway_failure") or outlier.get("enforcing_consecutive_gateway_failure") != 100:
+        problems.append(f"{cluster['name']}: outlier detection does not eject on consecutive gateway failures: {outlier}")
+    thresholds = cluster.get("circuit_breakers", {}).get("thresholds", [{}])
+    if any(t.get("max_retries") != 0 for t in thresholds):
+        problems.append(f"{cluster['name']}: circuit breakers allow Envoy retries")
+    return problems
+
+
+@check("fleet: envoy-fleet.yaml is the demo's gateway plus a global budget, with two broker replicas (health checks, outlier detection); the replica check refuses one endpoint (control)")
+def fleet_broker_replicas():
+    config = yaml.safe_load(FLEET.read_text())
+    clusters = {c["name"]: c for c in config["static_resources"]["clusters"]}
+    (plugin,) = [json.loads(text) for text in plugin_json_of_envoy_config(config)]
+    # The demo's plugin plus one global budget and the rate limit service, nothing else.
+    demo = demo_plugin()
+    fleet = copy.deepcopy(plugin)
+    service = fleet.pop("rate_limit_service", None)
+    require(service and service["cluster"] in clusters, f"rate_limit_service {service} names no cluster")
+    budgets = [r.pop("rate_limit") for r in fleet["policy"]["rules"] if "rate_limit" in r]
+    require([b.get("scope") for b in budgets] == ["global"], f"the fleet's budgets: {budgets}")
+    require(fleet == demo, "the fleet's plugin JSON is not the demo's plus the global budget")
+    broker = clusters[plugin["broker"]["cluster"]]
+    problems = broker_replica_problems(broker)
+    require(not problems, "; ".join(problems))
+    ports = sorted(lb["endpoint"]["address"]["socket_address"]["port_value"] for lb in broker["load_assignment"]["endpoints"][0]["lb_endpoints"])
+    require(ports == [10190, 10191], f"broker ports {ports}")
+    single = copy.deepcopy(broker)
+    single["load_assignment"]["endpoints"][0]["lb_endpoints"].pop()
+    require(broker_replica_problems(single), "a broker cluster with one endpoint passed")
 
 
 @check("access logs: production and compose configs log every lookergate_* field demo.yaml logs")

@@ -46,6 +46,12 @@ mod cors;
 // Issue 15 items 1, 2: the embed endpoints, answered by the gateway through the broker.
 #[path = "e2e/embed.rs"]
 mod embed;
+// Issue 16: the fleet (two Envoys, two broker replicas).
+#[path = "e2e/fleet.rs"]
+mod fleet;
+// Issue 16: global rate limits (two Envoys, the rate limit service, Redis).
+#[path = "e2e/global.rs"]
+mod global;
 
 use std::time::Duration;
 

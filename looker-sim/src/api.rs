@@ -33,7 +33,7 @@ use crate::embed;
 use crate::explore::{self, Format, QueryError, QuerySpec};
 use crate::operations::{self, Matched};
 use crate::spec::{self, BodyError, FieldError, Generator, Kind};
-use crate::state::{Api3Key, LoginAttempt, RecordedRequest, SimState, World};
+use crate::state::{Api3Key, LoginAttempt, LoginFault, RecordedRequest, SimState, World};
 
 /// Looker puts this link in every error body.
 pub const DOCUMENTATION_URL: &str = "https://cloud.google.com/looker/docs/";
@@ -592,9 +592,7 @@ async fn login(
         .or_else(|| param(params, "client_secret"))
         .map(str::to_owned);
     let fault = state.world().take_login_fault();
-    if let Some(fault) = fault {
-        tokio::time::sleep(fault.delay).await;
-    }
+    login_latency(state, fault).await;
     let mut world = state.world();
     let outcome = match (fault.and_then(|f| f.status), &client_id, &client_secret) {
         (Some(status), _, _) => Err(injected(status)),
@@ -633,9 +631,7 @@ async fn login_user(
 ) -> Result<Response, ApiError> {
     let target = matched.param("user_id");
     let fault = state.world().take_login_fault();
-    if let Some(fault) = fault {
-        tokio::time::sleep(fault.delay).await;
-    }
+    login_latency(state, fault).await;
     let result = match fault.and_then(|f| f.status) {
         Some(status) => Err(injected(status)),
         None => authenticate(state, token).and_then(|caller| {
@@ -654,6 +650,17 @@ async fn login_user(
     });
     eprintln!("looker-sim: login_user {target} -> {}", status.as_u16());
     result
+}
+
+/// Waits as long as a login takes: the injected delay, else the configured latency.
+async fn login_latency(state: &SimState, fault: Option<LoginFault>) {
+    let delay = match fault {
+        Some(fault) => fault.delay,
+        None => state.world().login_latency,
+    };
+    if !delay.is_zero() {
+        tokio::time::sleep(delay).await;
+    }
 }
 
 fn injected(status: u16) -> ApiError {

@@ -12,8 +12,8 @@ pub const ADMIN_USER_ID: u64 = 1;
 #[derive(Debug, Clone)]
 pub struct DemoUser {
     pub id: u64,
-    pub display_name: &'static str,
-    pub email: &'static str,
+    pub display_name: String,
+    pub email: String,
 }
 
 /// `(id, display name, email)`, as in DESIGN.md.
@@ -41,10 +41,22 @@ pub fn users() -> Vec<DemoUser> {
         .iter()
         .map(|&(id, display_name, email)| DemoUser {
             id,
-            display_name,
-            email,
+            display_name: display_name.to_owned(),
+            email: email.to_owned(),
         })
         .collect()
+}
+
+/// The first id of the extra users `--users` adds (`user-<n>@example.com`, n from 1).
+pub const EXTRA_USER_IDS: u64 = 100_000;
+
+/// `count` extra Looker users for load tests: `user-<n>@example.com`, ids 100001...
+pub fn extra_users(count: u64) -> impl Iterator<Item = DemoUser> {
+    (1..=count).map(|n| DemoUser {
+        id: EXTRA_USER_IDS + n,
+        display_name: format!("User {n}"),
+        email: format!("user-{n}@example.com"),
+    })
 }
 
 pub fn api3_keys() -> impl Iterator<Item = (u64, &'static str, &'static str)> {

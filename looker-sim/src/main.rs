@@ -1,5 +1,5 @@
 //! `lookergate-looker-sim [--listen ADDR] [--token-ttl SECS] [--embed-token-ttl SECS]
-//! [--embed-secret-file PATH]`: runs the Looker simulator and prints
+//! [--embed-secret-file PATH] [--login-latency-ms MS] [--users N]`: runs the Looker simulator and prints
 //! `listening on <ip:port>` once bound (tests start it on port 0).
 
 use clap::Parser;
@@ -25,6 +25,12 @@ struct Args {
     /// File holding an SSO embed secret (hmac/sha-256, id "1") for signed embed URLs
     #[arg(long = "embed-secret-file", value_name = "PATH")]
     embed_secret_file: Option<std::path::PathBuf>,
+    /// Every login answers this many milliseconds later (a real Looker's take tens)
+    #[arg(long = "login-latency-ms", value_name = "MS", default_value_t = 0)]
+    login_latency_ms: u64,
+    /// Adds N Looker users user-<n>@example.com, ids 100001.. (per-user load tests)
+    #[arg(long = "users", value_name = "N", default_value_t = 0)]
+    users: u64,
 }
 
 #[tokio::main]
@@ -75,7 +81,9 @@ async fn main() -> ExitCode {
     );
     let mut state = SimState::demo()
         .with_token_ttl(token_ttl)
-        .with_embed_token_ttl(Duration::from_secs(args.embed_token_ttl_secs));
+        .with_embed_token_ttl(Duration::from_secs(args.embed_token_ttl_secs))
+        .with_login_latency(Duration::from_millis(args.login_latency_ms))
+        .with_extra_users(args.users);
     if let Some(secret) = embed_secret {
         state = state.with_embed_secret(&secret);
     }

@@ -103,6 +103,8 @@ pub(crate) struct Session {
 
 pub(crate) struct World {
     pub token_ttl: Duration,
+    /// How long every login takes (`with_login_latency`).
+    pub login_latency: Duration,
     pub users: Vec<DemoUser>,
     pub api3_keys: Vec<Api3Key>,
     next_api3_id: u64,
@@ -134,6 +136,7 @@ impl SimState {
         let queries: BTreeMap<u64, QuerySpec> = (1..).zip(demo::saved_queries()).collect();
         let world = World {
             token_ttl: Duration::from_secs(3600),
+            login_latency: Duration::ZERO,
             users: demo::users(),
             next_api3_id: api3_keys.len() as u64 + 1,
             api3_keys,
@@ -159,6 +162,19 @@ impl SimState {
     }
 
     /// Sets how long embed navigation and API tokens live (Looker: 10 minutes).
+    /// Adds `count` users `user-<n>@example.com` (per-user identities for load tests).
+    pub fn with_extra_users(self, count: u64) -> SimState {
+        self.world().users.extend(demo::extra_users(count));
+        self
+    }
+
+    /// Every login (`login`, `login_user`) answers this much later, as a real Looker's
+    /// do (tens of milliseconds); an injected login delay replaces it.
+    pub fn with_login_latency(self, latency: Duration) -> SimState {
+        self.world().login_latency = latency;
+        self
+    }
+
     pub fn with_embed_token_ttl(self, ttl: Duration) -> SimState {
         self.world().embed.token_ttl = ttl;
         self

@@ -15,6 +15,9 @@ use crate::keys::{FetchOutcome, MAX_DISCOVERY_BYTES, MAX_JWKS_BYTES};
 use crate::reply::Refusal;
 use crate::tokens::{shared_key, CachedToken};
 
+/// A token call's retry is sent only with at least this much of `broker.timeout` left.
+const MIN_RETRY_BUDGET: Duration = Duration::from_millis(100);
+
 /// The largest answer body a kind accepts; a larger one is a failed call.
 pub fn max_body(kind: &Callout) -> usize {
     match kind {
@@ -23,6 +26,7 @@ pub fn max_body(kind: &Callout) -> usize {
         Callout::Keys(_) => MAX_JWKS_BYTES,
         Callout::Invalidate => 0,
         Callout::Embed(_) => MAX_RESPONSE_BYTES,
+        Callout::RateLimit(_) => crate::rls::MAX_RESPONSE_BYTES,
     }
 }
 
@@ -81,6 +85,7 @@ pub fn on_tick<H: Host>(gateway: &Gateway, worker: &mut Worker, host: &H, root_c
     }
     flow.expire_stalled_bodies(now_ms);
     flow.expire_embed(now_ms);
+    flow.expire_rate_limits(now_ms);
     for flight in flow.worker.tokens.orphans() {
         host.switch_to(root_context);
         let request = broker::token_request(
@@ -130,7 +135,8 @@ impl<H: Host> Flow<'_, H> {
             Callout::Token(key) => {
                 return self.on_broker_answer(&key, callout, status, body, current_context)
             }
-            Callout::Invalidate => return,
+            // Answered through `on_grpc_call_answer`; never an HTTP answer.
+            Callout::Invalidate | Callout::RateLimit(_) => return,
             Callout::Embed(owner) => {
                 return self.on_embed_answer(owner, status, body, current_context)
             }
@@ -183,6 +189,9 @@ impl<H: Host> Flow<'_, H> {
         body: &[u8],
         current_context: u32,
     ) {
+        if self.retry_token_call(key, callout, status, body, current_context) {
+            return;
+        }
         let (gateway, host) = (self.gateway, self.host);
         let Some(flight) = self.worker.tokens.finish(key, callout) else {
             return;
@@ -256,5 +265,48 @@ impl<H: Host> Flow<'_, H> {
             }
         }
         host.switch_to(current_context);
+    }
+
+    /// Sends a failed token call (`broker::worth_retrying`) once more, from the context
+    /// that owned it, with what is left of `broker.timeout`; `true` if it went out.
+    /// Nothing is forwarded meanwhile: the waiters stay paused until an answer or their
+    /// deadline.
+    fn retry_token_call(
+        &mut self,
+        key: &str,
+        callout: u32,
+        status: Option<u32>,
+        body: &[u8],
+        current_context: u32,
+    ) -> bool {
+        let (gateway, host) = (self.gateway, self.host);
+        let Some(flight) = self.worker.tokens.in_flight(key, callout) else {
+            return false;
+        };
+        let spent = Duration::from_millis(host.now_ms().saturating_sub(flight.started_ms));
+        let left = gateway.broker.timeout.saturating_sub(spent);
+        if flight.retried || left < MIN_RETRY_BUDGET || !broker::worth_retrying(status, body) {
+            return false;
+        }
+        let request = broker::token_request(
+            &gateway.broker,
+            &flight.identity,
+            &flight.subject,
+            &flight.request_id,
+        );
+        host.switch_to(current_context);
+        match super::call_broker_within(gateway, host, request, left) {
+            Ok(retry) => {
+                debug!("lookergate broker call for {key} retried with {left:?} left");
+                host.count("lookergate.broker.calls", 1);
+                host.count("lookergate.broker.retries", 1);
+                self.worker.retry_flight(key, retry, current_context);
+                true
+            }
+            Err(e) => {
+                warn!("lookergate broker retry for {key} not sent: {}", e.0);
+                false
+            }
+        }
     }
 }

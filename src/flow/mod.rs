@@ -25,12 +25,16 @@ mod callout;
 mod embed;
 #[cfg(test)]
 mod embed_tests;
+mod global;
+#[cfg(test)]
+mod global_tests;
 mod request;
 mod response;
 #[cfg(test)]
 mod tests;
 
 pub use callout::{max_body, on_callout, on_http_call_answer, on_tick, route};
+pub use global::on_grpc_call_answer;
 pub use request::{on_body, on_request, on_trailers};
 pub use response::on_response;
 
@@ -65,6 +69,9 @@ pub enum Stage {
         body_size: usize,
         body_complete: bool,
     },
+    /// Allowed by the policy; paused until the rate limit service answers for the
+    /// rule's global limit. Body data must not move the stream.
+    AwaitingRateLimit(Box<global::PendingLimit>),
     /// Allowed; paused until the broker answers. Body data must not move the stream.
     AwaitingToken,
     /// An embed endpoint's request, allowed, buffering the body it reads.
@@ -136,6 +143,17 @@ impl Worker {
         self.tokens.adopt(identity, callout, now_ms);
     }
 
+    /// Gives identity `key`'s flight the callout of its retry, sent from context `owner`
+    /// (the root context owns no stream: nothing to record there).
+    pub fn retry_flight(&mut self, key: &str, callout: u32, owner: u32) {
+        self.callouts
+            .insert(callout, Callout::Token(key.to_owned()));
+        if let Some(stream) = self.streams.get_mut(&owner) {
+            stream.callouts.push(callout);
+        }
+        self.tokens.retry(key, callout);
+    }
+
     /// Removes and returns the flight that broker callout `callout` answers.
     #[cfg(test)]
     pub fn finish_flight(&mut self, callout: u32) -> Option<Flight> {
@@ -155,6 +173,7 @@ impl Worker {
     pub fn leave(&mut self, context_id: u32) {
         if let Some(stream) = self.streams.remove(&context_id) {
             for callout in stream.callouts {
+                // Any other kind (a global-limit call among them) has no one left to answer.
                 if let Some(Callout::Token(key)) = self.callouts.remove(&callout) {
                     self.tokens.orphan(&key);
                 }
@@ -214,8 +233,17 @@ fn millis(d: Duration) -> u64 {
 fn call_broker<H: Host>(
     gateway: &Gateway,
     host: &H,
-    (headers, body): (Vec<(&'static str, String)>, String),
+    request: (Vec<(&'static str, String)>, String),
 ) -> Result<u32, HostError> {
-    let broker = &gateway.broker;
-    host.dispatch(&broker.cluster, &headers, body.as_bytes(), broker.timeout)
+    call_broker_within(gateway, host, request, gateway.broker.timeout)
+}
+
+/// [`call_broker`] with the time left of a call's budget as its timeout.
+fn call_broker_within<H: Host>(
+    gateway: &Gateway,
+    host: &H,
+    (headers, body): (Vec<(&'static str, String)>, String),
+    timeout: Duration,
+) -> Result<u32, HostError> {
+    host.dispatch(&gateway.broker.cluster, &headers, body.as_bytes(), timeout)
 }

@@ -4,10 +4,11 @@
 use log::warn;
 
 use super::audit::report_decision;
+use super::global::{Admission, GlobalCheck};
 use super::{millis, Flow, Next, Stage, Worker, BODY_WAIT, WAIT_GRACE};
 use crate::broker;
 use crate::config::Gateway;
-use crate::decision::{self, Audit, Decision, HeadDecision, RequestHead};
+use crate::decision::{self, Audit, Decision, HeadDecision, HeaderOp, RequestHead};
 use crate::host::Host;
 use crate::keys::UnknownKid;
 use crate::policy::embed::Endpoint;
@@ -45,12 +46,14 @@ pub fn on_body<H: Host>(
             return flow.embed_body(context_id, body_size, end_of_stream)
         }
         Stage::Forwarded => return Next::Continue,
-        // Still waiting for the broker, or answered locally: body data must not resume
-        // the stream (it would go upstream without a Looker token; an embed request
-        // never goes upstream).
-        Stage::AwaitingToken | Stage::AwaitingEmbed { .. } | Stage::Refused | Stage::Headers => {
-            return Next::Pause
-        }
+        // Still waiting for the broker or the rate limit service, or answered locally:
+        // body data must not resume the stream (it would go upstream without a Looker
+        // token or past its limit; an embed request never goes upstream).
+        Stage::AwaitingToken
+        | Stage::AwaitingRateLimit { .. }
+        | Stage::AwaitingEmbed { .. }
+        | Stage::Refused
+        | Stage::Headers => return Next::Pause,
     }
     if body_size > gateway.max_body_bytes {
         let request_id = match stage {
@@ -108,9 +111,11 @@ pub fn on_trailers<H: Host>(
         }
         Stage::AwaitingBody { .. } => flow.judge_complete_body(context_id),
         Stage::AwaitingEmbedBody { .. } => flow.complete_embed_body(context_id),
-        Stage::AwaitingToken | Stage::AwaitingEmbed { .. } | Stage::Refused | Stage::Headers => {
-            Next::Pause
-        }
+        Stage::AwaitingToken
+        | Stage::AwaitingRateLimit { .. }
+        | Stage::AwaitingEmbed { .. }
+        | Stage::Refused
+        | Stage::Headers => Next::Pause,
     }
 }
 
@@ -254,6 +259,18 @@ impl<H: Host> Flow<'_, H> {
                 header_ops,
                 mut audit,
             } => {
+                if let Some(global) = GlobalCheck::of(gateway, &issuer, &subject, &audit) {
+                    let admitted = Admission {
+                        identity,
+                        subject,
+                        issuer,
+                        header_ops,
+                        audit,
+                        request_id: request_id.to_owned(),
+                        method: method.to_owned(),
+                    };
+                    return self.check_global_limit(context_id, admitted, global, now_ms);
+                }
                 if let Err(refusal) =
                     check_rate_limit(gateway, host, &issuer, &subject, &audit, now_ms)
                 {
@@ -267,6 +284,25 @@ impl<H: Host> Flow<'_, H> {
                 (identity, subject, header_ops, audit)
             }
         };
+        self.forward(
+            context_id, request_id, identity, subject, header_ops, audit, now_ms,
+        )
+    }
+
+    /// Forwards an admitted request (its limits passed, its decision reported) with a
+    /// cached Looker token, or asks the broker for one.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn forward(
+        &mut self,
+        context_id: u32,
+        request_id: &str,
+        identity: LookerIdentity,
+        subject: String,
+        header_ops: Vec<HeaderOp>,
+        audit: Audit,
+        now_ms: u64,
+    ) -> Next {
+        let (gateway, host) = (self.gateway, self.host);
         if let Some(token) = find_token(&mut self.worker.tokens, host, &identity, now_ms) {
             if let Err(e) = host.apply(&decision::with_looker_token(header_ops, &token)) {
                 warn!(
@@ -309,6 +345,7 @@ impl<H: Host> Flow<'_, H> {
                     callout: Some(callout),
                     waiters: vec![waiter],
                     started_ms: now_ms,
+                    retried: false,
                 };
                 self.worker.start_flight(flight, callout, context_id);
             }

@@ -180,6 +180,8 @@ fn broker_failure_answers_every_waiter_with_503_and_forwards_nothing() {
     let mut rig = Rig::new();
     rig.request(10, &["analysts"]);
     rig.request(11, &["analysts"]);
+    // No answer within broker.timeout: no budget is left for a retry.
+    rig.host.now_ms.set(rig.host.now_ms.get() + 2_000);
     rig.answer(1, None, "", 10);
     for ctx in [10, 11] {
         assert_eq!(rig.status(ctx), Some(503));
@@ -189,6 +191,101 @@ fn broker_failure_answers_every_waiter_with_503_and_forwards_nothing() {
     // Not cached: the next request calls the broker again.
     rig.request(12, &["analysts"]);
     assert_eq!(rig.host.dispatched.borrow().len(), 2);
+}
+
+const ENVOY_CONNECT_ERROR: &str =
+    "upstream connect error or disconnect/reset before headers. reset reason: connection failure";
+
+#[test]
+fn token_call_failing_on_the_way_is_retried_once_within_the_budget() {
+    let mut rig = Rig::new();
+    rig.request(10, &["analysts"]);
+    rig.request(11, &["analysts"]);
+    rig.host.now_ms.set(rig.host.now_ms.get() + 300);
+    // Envoy's own 503: the replica it picked refused the connection.
+    rig.answer(1, Some(503), ENVOY_CONNECT_ERROR, 10);
+    let dispatched = rig.host.dispatched.borrow().clone();
+    assert_eq!(dispatched.len(), 2, "one retry");
+    let (first, retry) = (&dispatched[0], &dispatched[1]);
+    assert_eq!(
+        (&retry.cluster, &retry.body, &retry.headers),
+        (&first.cluster, &first.body, &first.headers),
+        "the same call"
+    );
+    assert_eq!(retry.context_id, 10, "sent from the owner's context");
+    assert_eq!(
+        retry.timeout,
+        Duration::from_millis(1_700),
+        "what is left of the 2s budget"
+    );
+    for ctx in [10, 11] {
+        assert_eq!(rig.status(ctx), None, "ctx {ctx} still waits");
+        assert_eq!(rig.authorization(ctx), None, "ctx {ctx}: nothing forwarded");
+    }
+    rig.answer(2, Some(200), TOKEN_OK, 10);
+    for ctx in [10, 11] {
+        assert_eq!(rig.authorization(ctx).as_deref(), Some("token LOOKER1"));
+    }
+    let counters = rig.host.counters.borrow();
+    assert_eq!(counters["lookergate.broker.retries"], 1);
+    assert_eq!(counters["lookergate.broker.calls"], 2);
+    assert!(!counters
+        .keys()
+        .any(|k| k.starts_with("lookergate.broker.failure")));
+}
+
+#[test]
+fn a_failed_retry_fails_closed_and_is_not_retried_again() {
+    let mut rig = Rig::new();
+    rig.request(10, &["analysts"]);
+    rig.request(11, &["analysts"]);
+    rig.answer(1, None, "", 10); // reset
+    rig.answer(2, None, "", 10);
+    assert_eq!(rig.host.dispatched.borrow().len(), 2, "one retry only");
+    for ctx in [10, 11] {
+        assert_eq!(rig.status(ctx), Some(503));
+        assert_eq!(rig.authorization(ctx), None);
+    }
+    assert!(rig.host.resumed.borrow().is_empty());
+    // The retry's owner left: the retry is orphaned and re-sent from the root context
+    // like any other call (Envoy cancels a context's callouts with it).
+    rig.request(20, &["analysts"]);
+    rig.request(21, &["analysts"]);
+    rig.answer(3, None, "", 20);
+    rig.worker.leave(20);
+    rig.host.gone.borrow_mut().push(20);
+    on_tick(&rig.gateway, &mut rig.worker, &rig.host, ROOT);
+    let dispatched = rig.host.dispatched.borrow().clone();
+    assert_eq!(dispatched.len(), 5);
+    assert_eq!(dispatched[4].context_id, ROOT);
+    rig.answer(5, Some(200), TOKEN_OK, ROOT);
+    assert_eq!(rig.authorization(21).as_deref(), Some("token LOOKER1"));
+}
+
+#[test]
+fn no_retry_for_a_broker_refusal_a_timeout_or_a_retry_that_cannot_be_sent() {
+    // (what happens, answer status, body, ms spent before it): each is a 503 at once.
+    let cases: [(&str, Option<u32>, &str, u64); 4] = [
+        (
+            "looker_unavailable",
+            Some(503),
+            r#"{"error":"looker_unavailable","message":"x"}"#,
+            10,
+        ),
+        ("500", Some(500), "oops", 10),
+        ("budget spent", None, "", 1_950),
+        ("dispatch refused", Some(503), ENVOY_CONNECT_ERROR, 10),
+    ];
+    for (what, status, body, spent) in cases {
+        let mut rig = Rig::new();
+        rig.request(10, &["analysts"]);
+        rig.host.now_ms.set(rig.host.now_ms.get() + spent);
+        rig.host.fail_dispatch.set(what == "dispatch refused");
+        rig.answer(1, status, body, 10);
+        assert_eq!(rig.host.dispatched.borrow().len(), 1, "{what}");
+        assert_eq!(rig.status(10), Some(503), "{what}");
+        assert_eq!(rig.authorization(10), None, "{what}");
+    }
 }
 
 #[test]
@@ -876,6 +973,7 @@ fn flight(identity: LookerIdentity, callout: u32, first: Waiter) -> Flight {
         callout: Some(callout),
         waiters: vec![first],
         started_ms: 0,
+        retried: false,
     }
 }
 

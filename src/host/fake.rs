@@ -24,6 +24,8 @@ pub enum Hostcall {
     Resume,
     Dispatch,
     GetCalloutResponse,
+    DispatchGrpc,
+    GetGrpcResponse,
     GetSharedData,
     SetSharedData,
     SetEffectiveContext,
@@ -35,7 +37,7 @@ pub enum Hostcall {
 }
 
 impl Hostcall {
-    pub const ALL: [Hostcall; 16] = [
+    pub const ALL: [Hostcall; 18] = [
         Hostcall::GetCurrentTime,
         Hostcall::GetRequestHeaders,
         Hostcall::SetRequestHeader,
@@ -45,6 +47,8 @@ impl Hostcall {
         Hostcall::Resume,
         Hostcall::Dispatch,
         Hostcall::GetCalloutResponse,
+        Hostcall::DispatchGrpc,
+        Hostcall::GetGrpcResponse,
         Hostcall::GetSharedData,
         Hostcall::SetSharedData,
         Hostcall::SetEffectiveContext,
@@ -66,6 +70,8 @@ impl Hostcall {
             Hostcall::Resume => "resume",
             Hostcall::Dispatch => "dispatch_http_call",
             Hostcall::GetCalloutResponse => "get_buffer(callout response)",
+            Hostcall::DispatchGrpc => "dispatch_grpc_call",
+            Hostcall::GetGrpcResponse => "get_buffer(gRPC response)",
             Hostcall::GetSharedData => "get_shared_data",
             Hostcall::SetSharedData => "set_shared_data",
             Hostcall::SetEffectiveContext => "set_effective_context",
@@ -87,6 +93,7 @@ pub struct Dispatched {
     pub cluster: String,
     pub headers: Vec<(String, String)>,
     pub body: String,
+    pub timeout: Duration,
 }
 
 impl Dispatched {
@@ -97,6 +104,19 @@ impl Dispatched {
             .find(|(n, _)| n == name)
             .map(|(_, v)| v.as_str())
     }
+}
+
+/// A gRPC call the flow started.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GrpcDispatched {
+    pub callout: u32,
+    /// The context that was current when it was sent (its owner).
+    pub context_id: u32,
+    pub cluster: String,
+    pub service: String,
+    pub method: String,
+    pub message: Vec<u8>,
+    pub timeout: Duration,
 }
 
 /// The fake host. Fields are public: a test sets the world up (clock, headers, body,
@@ -128,6 +148,11 @@ pub struct FakeHost {
     pub callout_body: RefCell<Vec<u8>>,
     /// ... and the bound (`max_body`) of each read.
     pub read_bounds: RefCell<Vec<usize>>,
+    pub grpc_dispatched: RefCell<Vec<GrpcDispatched>>,
+    /// `dispatch_grpc` fails while set.
+    pub fail_grpc_dispatch: Cell<bool>,
+    /// What `grpc_response` serves.
+    pub grpc_body: RefCell<Vec<u8>>,
     pub shared: RefCell<HashMap<String, Vec<u8>>>,
     /// Each shared key's CAS version, bumped by every write.
     pub versions: RefCell<HashMap<String, u32>>,
@@ -175,6 +200,9 @@ impl FakeHost {
             callout_status: Cell::new(Some(200)),
             callout_body: RefCell::default(),
             read_bounds: RefCell::default(),
+            grpc_dispatched: RefCell::default(),
+            fail_grpc_dispatch: Cell::new(false),
+            grpc_body: RefCell::default(),
             shared: RefCell::default(),
             versions: RefCell::default(),
             gone: RefCell::default(),
@@ -310,7 +338,7 @@ impl Host for FakeHost {
         cluster: &str,
         headers: &[(&str, String)],
         body: &[u8],
-        _timeout: Duration,
+        timeout: Duration,
     ) -> Result<u32, HostError> {
         self.hostcall(Hostcall::Dispatch, 1);
         if self.fail_dispatch.get() {
@@ -332,6 +360,7 @@ impl Host for FakeHost {
                 .map(|(n, v)| ((*n).to_owned(), v.clone()))
                 .collect(),
             body: String::from_utf8_lossy(body).into_owned(),
+            timeout,
         });
         Ok(callout)
     }
@@ -345,6 +374,44 @@ impl Host for FakeHost {
             self.callout_status.get(),
             body.get(..take).unwrap_or_default().to_vec(),
         )
+    }
+
+    fn dispatch_grpc(
+        &self,
+        cluster: &str,
+        service: &str,
+        method: &str,
+        message: &[u8],
+        timeout: Duration,
+    ) -> Result<u32, HostError> {
+        self.hostcall(Hostcall::DispatchGrpc, 1);
+        if self.fail_grpc_dispatch.get() {
+            return Err(HostError("gRPC dispatch refused".into()));
+        }
+        if let Some(known) = self.clusters.borrow().as_ref() {
+            if !known.iter().any(|c| c == cluster) {
+                return Err(HostError(format!("no cluster {cluster:?}")));
+            }
+        }
+        let callout = self.next_callout.get() + 1;
+        self.next_callout.set(callout);
+        self.grpc_dispatched.borrow_mut().push(GrpcDispatched {
+            callout,
+            context_id: self.current.get(),
+            cluster: cluster.to_owned(),
+            service: service.to_owned(),
+            method: method.to_owned(),
+            message: message.to_vec(),
+            timeout,
+        });
+        Ok(callout)
+    }
+
+    fn grpc_response(&self, size: usize, max: usize) -> Vec<u8> {
+        self.hostcall(Hostcall::GetGrpcResponse, 1);
+        let body = self.grpc_body.borrow();
+        let take = size.min(max.saturating_add(1)).min(body.len());
+        body.get(..take).unwrap_or_default().to_vec()
     }
 
     fn shared_get(&self, key: &str) -> Option<Vec<u8>> {

@@ -460,6 +460,9 @@ impl Policy {
                 if rule.effect_is_deny() {
                     return Err(format!("{at}.rate_limit: limits belong on allow rules"));
                 }
+                if limit.is_global() && matches!(&rule.allow, Some(IdentitySpec::Embed(_))) {
+                    return Err(format!("{at}.rate_limit.scope: embed rules keep local limits (global limits apply to API rules)"));
+                }
             }
             if let Some(guard) = &rule.query {
                 if guard.max_limit.is_some_and(|l| l <= 0) {

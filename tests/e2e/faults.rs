@@ -21,7 +21,9 @@ fn reply(status: u16, body: &str) -> FakeAnswer {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn flapping_broker_and_bad_answers_give_503_quickly_then_recover() {
-    // (answer, a fragment the 503's reason must contain)
+    // (answer, a fragment the 503's reason must contain). A call that fails on the way
+    // (the connection cut, Envoy's own 503) is retried once: the fake answers the retry
+    // the same way (see `tries`).
     let script: Vec<(FakeAnswer, &str)> = vec![
         (
             reply(
@@ -79,10 +81,16 @@ async fn flapping_broker_and_bad_answers_give_503_quickly_then_recover() {
             "credential",
         ),
     ];
+    // How often the filter sends a call that gets this answer: twice when it is retried.
+    let tries = |answer: &FakeAnswer| match answer {
+        FakeAnswer::Close | FakeAnswer::CutShort { .. } => 2,
+        FakeAnswer::Reply { status: 503, body } if !body.starts_with('{') => 2,
+        _ => 1,
+    };
     let fake = FakeBroker::new(
         script
             .iter()
-            .map(|(a, _)| a.clone())
+            .flat_map(|(a, _)| std::iter::repeat_n(a.clone(), tries(a)))
             .chain([FakeAnswer::LookerToken])
             .collect(),
     );
@@ -127,10 +135,17 @@ async fn flapping_broker_and_bad_answers_give_503_quickly_then_recover() {
     assert_eq!(cached.status, 200, "{}", cached.body);
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 
-    // What the broker was asked: one call per request until one succeeded.
+    // What the broker was asked: one call per request (two for a retried one) until one
+    // succeeded.
     let asked = fake.requests();
-    assert_eq!(asked.len(), script.len() + 1, "broker calls: {asked:#?}");
-    for (request, request_id) in asked.iter().zip(&request_ids) {
+    let calls: Vec<&String> = script
+        .iter()
+        .zip(&request_ids)
+        .flat_map(|((answer, _), id)| std::iter::repeat_n(id, tries(answer)))
+        .chain(request_ids.last())
+        .collect();
+    assert_eq!(asked.len(), calls.len(), "broker calls: {asked:#?}");
+    for (request, request_id) in asked.iter().zip(calls) {
         assert_eq!(request.path(), "/v1/token");
         assert_eq!(
             request.header("authorization"),

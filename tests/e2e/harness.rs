@@ -28,29 +28,29 @@ pub const BROKER_TIMEOUT: Duration = Duration::from_secs(2);
 const ENVOY_READY_DEADLINE: Duration = Duration::from_secs(60);
 const SERVICE_READY_DEADLINE: Duration = Duration::from_secs(20);
 /// How long the filter may take to fetch the IdP's keys once Envoy is ready.
-const KEYS_DEADLINE: Duration = Duration::from_secs(20);
+pub const KEYS_DEADLINE: Duration = Duration::from_secs(20);
 /// The filter's tick (src/filter.rs): a worker installs keys another worker fetched on
 /// its next tick, so every worker has them one tick (plus slack) after the fetch.
-const WORKER_SYNC: Duration = Duration::from_millis(1200);
+pub const WORKER_SYNC: Duration = Duration::from_millis(1200);
 /// The demo issuer as a metric name segment (`lookergate.jwks.*.<issuer>`).
 pub const DEMO_ISSUER_METRIC: &str = "idp_lookergate_demo";
 
-fn repo_root() -> PathBuf {
+pub fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
 /// Where the binaries are: `make test` sets the variables; defaults are the repo paths.
-struct Paths {
-    envoy: PathBuf,
-    wasm: PathBuf,
-    broker: PathBuf,
-    sim: PathBuf,
+pub struct Paths {
+    pub envoy: PathBuf,
+    pub wasm: PathBuf,
+    pub broker: PathBuf,
+    pub sim: PathBuf,
     /// The `lookergate` CLI, for `lookergate idp`.
-    idp: PathBuf,
+    pub idp: PathBuf,
 }
 
 impl Paths {
-    fn from_env() -> Paths {
+    pub fn from_env() -> Paths {
         let root = repo_root();
         let pick = |var: &str, default: &str| {
             let path = std::env::var_os(var)
@@ -78,10 +78,10 @@ impl Paths {
 }
 
 /// A scratch directory for one gateway; kept (and named in the output) if the test failed.
-struct ScratchDir(PathBuf);
+pub struct ScratchDir(pub PathBuf);
 
 impl ScratchDir {
-    fn new() -> ScratchDir {
+    pub fn new() -> ScratchDir {
         static NEXT: AtomicU32 = AtomicU32::new(0);
         let n = NEXT.fetch_add(1, Ordering::Relaxed);
         let dir = std::env::temp_dir().join(format!("lookergate-e2e-{}-{n}", std::process::id()));
@@ -102,16 +102,16 @@ impl Drop for ScratchDir {
 }
 
 /// A child process whose output goes to files; stopped on drop.
-struct Process {
+pub struct Process {
     name: &'static str,
-    child: Child,
+    pub child: Child,
     /// stderr (and, for services, stdout after the `listening on` line).
-    log: PathBuf,
+    pub log: PathBuf,
 }
 
 impl Process {
     /// Starts a native lookergate service and waits for its `listening on <addr>` line.
-    fn start_service(
+    pub fn start_service(
         name: &'static str,
         bin: &Path,
         args: &[&str],
@@ -160,12 +160,12 @@ impl Process {
         (process, addr)
     }
 
-    fn has_exited(&mut self) -> bool {
+    pub fn has_exited(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(Some(_)))
     }
 
     /// SIGTERM (so Envoy cleans up its shared memory), then SIGKILL after a grace period.
-    fn stop(&mut self) {
+    pub fn stop(&mut self) {
         if self.has_exited() {
             return;
         }
@@ -191,7 +191,7 @@ impl Drop for Process {
 }
 
 /// The end of Envoy's log without its start-up listing of extensions and header maps.
-fn envoy_log_tail(path: &Path, lines: usize) -> String {
+pub fn envoy_log_tail(path: &Path, lines: usize) -> String {
     let text = fs::read_to_string(path).unwrap_or_default();
     let kept: Vec<&str> = text.lines().filter(|l| !l.contains("]   ")).collect();
     kept[kept.len().saturating_sub(lines)..].join("\n")
@@ -244,6 +244,9 @@ pub struct Options {
     /// Edits the final Envoy YAML (for diagnosing a deployment setting; tests of the
     /// shipped behaviour leave it `None`).
     pub envoy_yaml_edit: Option<fn(String) -> String>,
+    /// The rate limit service (RLS v3) at this address becomes the cluster
+    /// `lookergate_rls` (HTTP/2), for `rate_limit_service.cluster`.
+    pub rls: Option<SocketAddr>,
 }
 
 impl Default for Options {
@@ -254,6 +257,7 @@ impl Default for Options {
             idp_latency: Duration::ZERO,
             plugin: None,
             envoy_yaml_edit: None,
+            rls: None,
         }
     }
 }
@@ -274,11 +278,13 @@ pub struct Gateway {
     services: Vec<Process>,
     /// How to start the real broker again (`restart_broker`).
     broker_command: Option<(PathBuf, String)>,
+    /// The Envoy config it runs (ports 0): `start_peer` runs another Envoy on it.
+    envoy_yaml: String,
     _dir: ScratchDir,
 }
 
-struct Envoy {
-    process: Process,
+pub struct Envoy {
+    pub process: Process,
     access_log: PathBuf,
     config: PathBuf,
     base_id: u32,
@@ -368,7 +374,7 @@ impl Gateway {
             idp_proxy = Some(handle);
             addr
         };
-        let yaml = envoy_config(
+        let mut yaml = envoy_config(
             sim,
             broker,
             idp_for_envoy,
@@ -376,6 +382,9 @@ impl Gateway {
             options.envoy_yaml_edit,
             options.plugin.as_ref(),
         );
+        if let Some(rls) = options.rls {
+            yaml = with_rls_cluster(&yaml, rls);
+        }
         let mut envoy = start_envoy(&paths.envoy, &dir.0, &yaml);
         let admin = match wait_until_ready(&mut envoy, &dir.0).await {
             Ok(admin) => admin,
@@ -407,12 +416,51 @@ impl Gateway {
             envoy,
             services,
             broker_command,
+            envoy_yaml: yaml,
             _dir: dir,
         };
         if options.idp == IdpAtStart::KeysLoaded && remote_keys {
             gateway.wait_for_keys().await;
         }
         gateway
+    }
+
+    /// Another Envoy with the same config (its own ports), in front of the same
+    /// simulator, broker, IdP (and rate limit service): a replica of this gateway.
+    /// Returns once it is ready and has the IdP's keys.
+    pub async fn start_peer(&self) -> Peer {
+        let paths = Paths::from_env();
+        let dir = ScratchDir::new();
+        let mut envoy = start_envoy(&paths.envoy, &dir.0, &self.envoy_yaml);
+        let admin = match wait_until_ready(&mut envoy, &dir.0).await {
+            Ok(admin) => admin,
+            Err(why) => {
+                envoy.process.stop();
+                panic!(
+                    "the peer Envoy did not become ready: {why}\n==== Envoy log ====\n{}",
+                    envoy_log_tail(&envoy.process.log, 120)
+                );
+            }
+        };
+        let listener = listener_address(&self.client, admin, "looker_api").await;
+        let peer = Peer {
+            client: self.client.clone(),
+            listener,
+            admin,
+            envoy,
+            _dir: dir,
+        };
+        let fetched = format!("wasmcustom.lookergate.jwks.fetch_ok.{DEMO_ISSUER_METRIC}");
+        let deadline = Instant::now() + KEYS_DEADLINE;
+        while peer.envoy_counter(&fetched).await == 0 {
+            assert!(
+                Instant::now() < deadline,
+                "the peer did not fetch the IdP's keys within {KEYS_DEADLINE:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        tokio::time::sleep(WORKER_SYNC).await;
+        peer
     }
 
     /// Waits (with a deadline) until the filter fetched the IdP's keys, then one worker
@@ -1145,7 +1193,7 @@ async fn read_reply(socket: &mut tokio::net::TcpStream, raw: &mut Vec<u8>) {
     }
 }
 
-fn read_lossy(path: &Path) -> String {
+pub fn read_lossy(path: &Path) -> String {
     fs::read(path)
         .map(|b| String::from_utf8_lossy(&b).into_owned())
         .unwrap_or_default()
@@ -1450,7 +1498,7 @@ impl Reply {
 
 /// The broker config for the tests: the broker's own embedded demo config
 /// (`print-demo-config`) pointed at this test's simulator.
-fn broker_config(broker: &Path, sim: SocketAddr) -> String {
+pub fn broker_config(broker: &Path, sim: SocketAddr) -> String {
     let out = Command::new(broker)
         .arg("print-demo-config")
         .output()
@@ -1510,7 +1558,7 @@ fn envoy_config(
     yaml
 }
 
-fn start_envoy(bin: &Path, dir: &Path, yaml: &str) -> Envoy {
+pub fn start_envoy(bin: &Path, dir: &Path, yaml: &str) -> Envoy {
     // Unique per test process and gateway, so parallel Envoys never share hot-restart state.
     static NEXT: AtomicU32 = AtomicU32::new(0);
     let base_id = (std::process::id() % 40_000) * 100 + NEXT.fetch_add(1, Ordering::Relaxed) % 100;
@@ -1550,8 +1598,80 @@ fn start_envoy(bin: &Path, dir: &Path, yaml: &str) -> Envoy {
     }
 }
 
+/// A second Envoy of a gateway ([`Gateway::start_peer`]); stopped on drop.
+pub struct Peer {
+    pub client: reqwest::Client,
+    listener: SocketAddr,
+    admin: SocketAddr,
+    envoy: Envoy,
+    _dir: ScratchDir,
+}
+
+impl Peer {
+    pub fn listener(&self) -> SocketAddr {
+        self.listener
+    }
+
+    /// A counter of this Envoy's `/stats` (0 when absent).
+    pub async fn envoy_counter(&self, name: &str) -> u64 {
+        let url = format!(
+            "http://{}/stats?filter=^{}$",
+            self.admin,
+            name.replace('.', "\\.")
+        );
+        let text = match self.client.get(&url).send().await {
+            Ok(response) => response.text().await.unwrap_or_default(),
+            Err(_) => String::new(),
+        };
+        text.lines()
+            .find_map(|line| {
+                line.strip_prefix(name)
+                    .and_then(|rest| rest.strip_prefix(": "))
+            })
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0)
+    }
+
+    /// The end of this Envoy's log (for failure messages).
+    pub fn log_tail(&self) -> String {
+        envoy_log_tail(&self.envoy.process.log, 80)
+    }
+}
+
+/// The cluster `lookergate_rls` (the rate limit service at `rls`; gRPC needs HTTP/2),
+/// added to an Envoy config.
+pub fn with_rls_cluster(yaml: &str, rls: SocketAddr) -> String {
+    let cluster = format!(
+        r#"  clusters:
+  - name: lookergate_rls
+    type: STATIC
+    connect_timeout: 1s
+    typed_extension_protocol_options:
+      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
+        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
+        explicit_http_config:
+          http2_protocol_options: {{}}
+    load_assignment:
+      cluster_name: lookergate_rls
+      endpoints:
+      - lb_endpoints:
+        - endpoint:
+            address:
+              socket_address: {{ address: {ip}, port_value: {port} }}
+"#,
+        ip = rls.ip(),
+        port = rls.port()
+    );
+    assert_eq!(
+        yaml.matches("\n  clusters:\n").count(),
+        1,
+        "one clusters: list"
+    );
+    yaml.replacen("\n  clusters:\n", &format!("\n{cluster}"), 1)
+}
+
 /// Polls (with a deadline) until Envoy wrote its admin address and `/ready` says 200.
-async fn wait_until_ready(envoy: &mut Envoy, dir: &Path) -> Result<SocketAddr, String> {
+pub async fn wait_until_ready(envoy: &mut Envoy, dir: &Path) -> Result<SocketAddr, String> {
     let client = reqwest::Client::builder()
         .no_proxy()
         .timeout(Duration::from_secs(2))
@@ -1585,7 +1705,11 @@ async fn wait_until_ready(envoy: &mut Envoy, dir: &Path) -> Result<SocketAddr, S
 
 /// The address Envoy bound for the demo listener `name` (configured on port 0): the API
 /// listener `looker_api`, or `looker_ui` (Looker's UI host, TLS).
-async fn listener_address(client: &reqwest::Client, admin: SocketAddr, name: &str) -> SocketAddr {
+pub async fn listener_address(
+    client: &reqwest::Client,
+    admin: SocketAddr,
+    name: &str,
+) -> SocketAddr {
     let listeners: Value = client
         .get(format!("http://{admin}/listeners?format=json"))
         .send()
