@@ -990,7 +990,7 @@ mod tests {
             (
                 global.clone(),
                 Some(json!({"cluster": "c", "port": 1})),
-                "rate_limit_service",
+                "rate_limit_service.port",
                 "unknown field",
             ),
         ];

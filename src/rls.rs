@@ -348,8 +348,8 @@ mod tests {
         let bytes = encode_request("lg", &[d]);
         let expected: Vec<u8> = vec![
             0x0a, 2, b'l', b'g', // domain
-            0x12, 15, // descriptor
-            0x0a, 8, 0x0a, 4, b'r', b'u', b'l', b'e', 0x12, 1, b'r', // entry
+            0x12, 18, // descriptor
+            0x0a, 9, 0x0a, 4, b'r', b'u', b'l', b'e', 0x12, 1, b'r', // entry
             0x12, 5, 0x08, 0xac, 0x02, 0x10, 2, // limit: 300, MINUTE
             0x18, 1, // hits_addend
         ];
@@ -361,7 +361,7 @@ mod tests {
         // overall OVER_LIMIT; one status: OVER_LIMIT, remaining 0, reset 41.5 s; an
         // unknown field (raw_body) skipped.
         let status = [
-            0x08, 2, 0x18, 0, 0x22, 7, 0x08, 41, 0x10, 0x80, 0xca, 0xb5, 0xee, 0x01,
+            0x08, 2, 0x18, 0, 0x22, 8, 0x08, 41, 0x10, 0x80, 0xca, 0xb5, 0xee, 0x01,
         ];
         let mut bytes = vec![0x08, 2, 0x12, status.len() as u8];
         bytes.extend_from_slice(&status);

@@ -41,7 +41,45 @@ pub enum Counters {
     /// One process only: tests and a single gateway.
     Memory(RateLimiter),
     /// Shared by every replica of the service; each check is one Redis script call.
-    Redis(AsyncRateLimiter),
+    Redis(RedisCounters),
+}
+
+/// The Redis limiter and how to make it again: after a storage error the next call
+/// reconnects with a fresh connection (redis' connection manager can stay stuck in its
+/// reconnect backoff after Redis restarts), carrying the registered limits over.
+pub struct RedisCounters {
+    url: String,
+    limiter: Mutex<Arc<AsyncRateLimiter>>,
+    broken: std::sync::atomic::AtomicBool,
+}
+
+impl RedisCounters {
+    fn current(&self) -> Option<Arc<AsyncRateLimiter>> {
+        self.limiter.lock().ok().map(|l| Arc::clone(&l))
+    }
+
+    /// A fresh connection with the limits of the current limiter; `false` if Redis
+    /// cannot be reached yet.
+    async fn reconnect(&self) -> bool {
+        let Ok(storage) = AsyncRedisStorage::new(&self.url).await else {
+            return false;
+        };
+        let fresh = AsyncRateLimiter::new_with_storage(Box::new(storage));
+        let Some(old) = self.current() else {
+            return false;
+        };
+        for namespace in old.get_namespaces() {
+            for limit in old.get_limits(&namespace) {
+                fresh.add_limit(limit);
+            }
+        }
+        if let Ok(mut current) = self.limiter.lock() {
+            *current = Arc::new(fresh);
+        }
+        self.broken
+            .store(false, std::sync::atomic::Ordering::Relaxed);
+        true
+    }
 }
 
 impl Counters {
@@ -55,15 +93,19 @@ impl Counters {
         let storage = AsyncRedisStorage::new(url)
             .await
             .map_err(|e| format!("cannot connect to Redis: {e}"))?;
-        Ok(Counters::Redis(AsyncRateLimiter::new_with_storage(
-            Box::new(storage),
-        )))
+        Ok(Counters::Redis(RedisCounters {
+            url: url.to_owned(),
+            limiter: Mutex::new(Arc::new(AsyncRateLimiter::new_with_storage(Box::new(
+                storage,
+            )))),
+            broken: std::sync::atomic::AtomicBool::new(false),
+        }))
     }
 
     fn add_limit(&self, limit: Limit) {
         match self {
             Counters::Memory(limiter) => limiter.add_limit(limit),
-            Counters::Redis(limiter) => limiter.add_limit(limit),
+            Counters::Redis(redis) => redis.current().is_some_and(|l| l.add_limit(limit)),
         };
     }
 
@@ -73,14 +115,41 @@ impl Counters {
         ctx: &Context<'_>,
         delta: u64,
         consume: bool,
-    ) -> Result<CheckResult, LimitadorError> {
-        match (self, consume) {
+    ) -> Result<CheckResult, CheckError> {
+        let result = match (self, consume) {
             (Counters::Memory(l), true) => l.check_rate_limited_and_update(namespace, ctx, delta),
             (Counters::Memory(l), false) => l.is_rate_limited(namespace, ctx, delta),
-            (Counters::Redis(l), true) => {
-                l.check_rate_limited_and_update(namespace, ctx, delta).await
+            (Counters::Redis(redis), consume) => {
+                use std::sync::atomic::Ordering;
+                if redis.broken.load(Ordering::Relaxed) && !redis.reconnect().await {
+                    return Err(CheckError::Unavailable("Redis unreachable".into()));
+                }
+                let Some(l) = redis.current() else {
+                    return Err(CheckError::Internal("limiter lock poisoned".into()));
+                };
+                let result = if consume {
+                    l.check_rate_limited_and_update(namespace, ctx, delta).await
+                } else {
+                    l.is_rate_limited(namespace, ctx, delta).await
+                };
+                if matches!(result, Err(LimitadorError::StorageError(_))) {
+                    redis.broken.store(true, Ordering::Relaxed);
+                }
+                result
             }
-            (Counters::Redis(l), false) => l.is_rate_limited(namespace, ctx, delta).await,
+        };
+        result.map_err(|e| match e {
+            LimitadorError::StorageError(e) => CheckError::Unavailable(e.to_string()),
+            e => CheckError::Internal(e.to_string()),
+        })
+    }
+
+    /// A call that did not answer in time: reconnect before the next one.
+    fn mark_broken(&self) {
+        if let Counters::Redis(redis) = self {
+            redis
+                .broken
+                .store(true, std::sync::atomic::Ordering::Relaxed);
         }
     }
 }
@@ -172,15 +241,13 @@ impl RateLimitServer {
             let check = self.counters.check(&namespace, &ctx, checked.hits, !over);
             let result = match tokio::time::timeout(self.storage_timeout, check).await {
                 Ok(Ok(result)) => result,
-                Ok(Err(LimitadorError::StorageError(e))) => {
-                    return Err(CheckError::Unavailable(e.to_string()))
-                }
-                Ok(Err(e)) => return Err(CheckError::Internal(e.to_string())),
+                Ok(Err(e)) => return Err(e),
                 Err(_) => {
+                    self.counters.mark_broken();
                     return Err(CheckError::Unavailable(format!(
                         "no answer within {:?}",
                         self.storage_timeout
-                    )))
+                    )));
                 }
             };
             over |= result.limited;

@@ -24,7 +24,8 @@ impl Rig {
         let config = json!({
             "issuers": [{"issuer": idp.iss, "audiences": ["looker-api"], "jwks": idp.jwks}],
             "policy": {"rules": [
-                {"name": "fleet", "paths": ["/api/4.0/**"], "allow": {"role": "analyst"}, "rate_limit": rate_limit}
+                {"name": "fleet", "paths": ["/api/4.0/**"], "activity_types": ["db_query", "non_query"],
+                 "allow": {"role": "analyst"}, "rate_limit": rate_limit}
             ]},
             "broker": {"cluster": "lookergate_broker", "credential": "gateway-secret-0123456789", "timeout": "2s"},
             "rate_limit_service": {"cluster": "lookergate_rls", "timeout": "250ms"}
@@ -133,7 +134,7 @@ fn global(extra: Value) -> Value {
 /// `RateLimitResponse { OVER_LIMIT, statuses: [OVER_LIMIT, remaining 0, reset 41.5 s] }`.
 fn over_limit() -> Vec<u8> {
     let status = [
-        0x08, 2, 0x18, 0, 0x22, 7, 0x08, 41, 0x10, 0x80, 0xca, 0xb5, 0xee, 0x01,
+        0x08, 2, 0x18, 0, 0x22, 8, 0x08, 41, 0x10, 0x80, 0xca, 0xb5, 0xee, 0x01,
     ];
     let mut bytes = vec![0x08, 2, 0x12, status.len() as u8];
     bytes.extend_from_slice(&status);

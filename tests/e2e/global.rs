@@ -250,7 +250,7 @@ async fn a_global_db_query_budget_is_shared_by_two_envoys_over_http1_and_http2()
     let fleet = Fleet::start();
     let gw = gateway(
         &fleet,
-        json!([{"name": "fleet-queries", "paths": ["/api/4.0/**"], "allow": {"role": "analyst"},
+        json!([{"name": "fleet-queries", "paths": ["/api/4.0/**"], "activity_types": ["db_query"], "allow": {"role": "analyst"},
                 "rate_limit": {"per_second": 100, "burst": 100, "db_queries_per_minute": 10, "scope": "global"}}]),
     )
     .await;
@@ -324,10 +324,10 @@ async fn a_global_db_query_budget_is_shared_by_two_envoys_over_http1_and_http2()
 /// Two principals, each under a global rule failing its own way.
 fn failure_rules() -> Value {
     json!([
-        {"name": "strict", "paths": ["/api/4.0/**"], "when": [{"claim": "sub", "equals": "alice"}],
+        {"name": "strict", "paths": ["/api/4.0/**"], "activity_types": ["db_query"], "when": [{"claim": "sub", "equals": "alice"}],
          "allow": {"role": "analyst"},
          "rate_limit": {"per_second": 100, "burst": 100, "db_queries_per_minute": 1000, "scope": "global"}},
-        {"name": "lenient", "paths": ["/api/4.0/**"], "when": [{"claim": "sub", "equals": "bob"}],
+        {"name": "lenient", "paths": ["/api/4.0/**"], "activity_types": ["db_query"], "when": [{"claim": "sub", "equals": "bob"}],
          "allow": {"role": "analyst"},
          "rate_limit": {"per_second": 0.01, "burst": 3, "scope": "global", "on_unavailable": "local"}}
     ])
