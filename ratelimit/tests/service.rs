@@ -3,6 +3,12 @@
 //! down -> UNAVAILABLE and back without restarting the service. Plus the gRPC wire
 //! (a tonic client against the served port) and the filter's hand-made protobuf checked
 //! against envoy-types' prost encoding.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::type_complexity
+)]
 
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};

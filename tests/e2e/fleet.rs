@@ -134,7 +134,7 @@ impl Fleet {
         .expect("32 random bytes");
         std::fs::write(
             &key,
-            base64::engine::Engine::encode(&base64::engine::general_purpose::STANDARD, &bytes),
+            base64::engine::Engine::encode(&base64::engine::general_purpose::STANDARD, bytes),
         )
         .expect("store key");
         let store = format!(
