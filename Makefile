@@ -172,15 +172,23 @@ BENCH_DURATION ?= 5
 BENCH_CONNECTIONS ?= 32
 BENCH_RATE ?= 1000
 BENCH_ONLY ?=
+BENCH_BLOCK ?= figures
 
 .PHONY: bench
-bench: wasm-target envoy
+bench: wasm-target envoy redis
 	$(CARGO) build --release --target $(WASM_TARGET) -p lookergate --lib -p lookergate-noop-filter
-	$(CARGO) build --release -p lookergate-broker -p lookergate-looker-sim
+	$(CARGO) build --release -p lookergate-broker -p lookergate-looker-sim -p lookergate-ratelimit
 	@command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk; }
 	@$(PYTHON) -c 'import cryptography, yaml' 2>/dev/null || $(PYTHON) -m pip install --quiet cryptography pyyaml
 	BENCH_ROUNDS=$(BENCH_ROUNDS) BENCH_DURATION=$(BENCH_DURATION) BENCH_CONNECTIONS=$(BENCH_CONNECTIONS) \
-	BENCH_RATE=$(BENCH_RATE) BENCH_ONLY=$(BENCH_ONLY) $(PYTHON) bench/bench.py
+	BENCH_RATE=$(BENCH_RATE) BENCH_ONLY=$(BENCH_ONLY) BENCH_BLOCK=$(BENCH_BLOCK) $(PYTHON) bench/bench.py
+
+# `make bench-global`: lookergate-warm beside lookergate-warm-global (the same rule with a
+# global rate limit: every request asks the rate limit service on Redis), same setup as
+# `make bench`; writes its own block of bench/RESULTS.md and bench/results-global.json.
+.PHONY: bench-global
+bench-global:
+	$(MAKE) --no-print-directory bench BENCH_ONLY=lookergate-warm,lookergate-warm-global BENCH_BLOCK=global
 
 # `make bench-broker`: the token broker under 10,000 new per-user identities in one
 # minute (simulator logins take 50 ms), one broker then two; Looker logins per identity,

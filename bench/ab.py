@@ -52,7 +52,7 @@ def main():
     paths = bench.load_or_make_keys()
     jwks_doc = bench.jwks(paths)
     pools = bench.token_pools(paths)
-    sim, broker, broker_addr = bench.start_backends()
+    procs, broker_addr = bench.start_backends([])
     results = {v[0]: [] for v in variants}
     try:
         for rnd in range(rounds):
@@ -66,8 +66,8 @@ def main():
                 print(f"ab: round {rnd + 1} {name}: {row['cpu_us_per_req']:.1f} µs/req, {row['rps']:.0f} req/s, "
                       f"RSS {row['rss_mb']:.1f} MB, ready {row['ready_s']:.2f} s, non-2xx {row['non_2xx']}", flush=True)
     finally:
-        broker.kill()
-        sim.kill()
+        for proc in procs:
+            proc.kill()
     for name, rows in results.items():
         us = [r["cpu_us_per_req"] for r in rows]
         med = {k: statistics.median(r[k] for r in rows) for k in ("rps", "rss_mb", "ready_s")}

@@ -37,6 +37,10 @@ WASM = Path(os.environ.get("BENCH_WASM", ROOT / "target/wasm32-wasip1/release/lo
 NOOP_WASM = ROOT / "target/wasm32-wasip1/release/lookergate_noop_filter.wasm"
 BROKER = ROOT / "target/release/lookergate-broker"
 SIM = ROOT / "target/release/lookergate-looker-sim"
+RLS = ROOT / "target/release/lookergate-ratelimit"
+REDIS = Path(shutil.which("redis-server") or "/usr/bin/redis-server")
+# The rate limit service's address, set by start_backends when a global configuration runs.
+RLS_ADDR = None
 
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "3"))
 DURATION = int(os.environ.get("BENCH_DURATION", "5"))
@@ -46,6 +50,9 @@ LATENCY_DURATION = int(os.environ.get("BENCH_LATENCY_DURATION", "4"))
 POOL = int(os.environ.get("BENCH_POOL", "120000"))
 WARM_POOL = 200
 ONLY = [s for s in os.environ.get("BENCH_ONLY", "").split(",") if s]
+# Which block of RESULTS.md (and which results file) a run writes: a partial run (`make
+# bench-global`) has its own block, so it never replaces the full run's figures.
+BLOCK = os.environ.get("BENCH_BLOCK", "figures")
 ENVOY_CPU, CLIENT_CPU = "1", "0"
 
 ISS = "https://idp.bench.lookergate.test"
@@ -70,6 +77,8 @@ CONFIGS = {
     "native-nocache-es256": ("native-nocache", "cold-ES256", "jwt_authn without cache + rbac, never-seen ES256"),
     "native-nocache-eddsa": ("native-nocache", "cold-EdDSA", "jwt_authn without cache + rbac, never-seen EdDSA"),
     "lookergate-warm": ("lookergate", "warm", "lookergate, pool of 200 tokens reused"),
+    "lookergate-warm-global": ("lookergate-global", "warm",
+                               "lookergate-warm with a global rate limit on its rule (RLS v3 on Redis, never over)"),
     "lookergate-cold-rs256": ("lookergate", "cold-RS256", "lookergate, never-seen RS256-2048 per request"),
     "lookergate-cold-es256": ("lookergate", "cold-ES256", "lookergate, never-seen ES256 per request"),
     "lookergate-cold-eddsa": ("lookergate", "cold-EdDSA", "lookergate, never-seen EdDSA per request"),
@@ -179,9 +188,9 @@ def free_port():
         return s.getsockname()[1]
 
 
-def start_service(binary, env=None):
+def start_service(binary, env=None, args=()):
     proc = subprocess.Popen(
-        ["taskset", "-c", CLIENT_CPU, str(binary), "--listen", "127.0.0.1:0"],
+        ["taskset", "-c", CLIENT_CPU, str(binary), "--listen", "127.0.0.1:0", *args],
         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env={**os.environ, **(env or {})}, text=True,
     )
     line = proc.stdout.readline()
@@ -253,8 +262,10 @@ def envoy_config(kind, port, admin_port, jwks_doc, broker_addr, wasm=None, overr
             "header": {"key": "authorization", "value": f"token {STATIC_LOOKER_TOKEN}"},
             "append_action": "OVERWRITE_IF_EXISTS_OR_ADD",
         }]
-    elif kind == "lookergate":
+    elif kind in ("lookergate", "lookergate-global"):
         config = {**lookergate_plugin_config(jwks_doc), **(overrides or {})}
+        if kind == "lookergate-global":
+            global_limit(config, clusters)
         filters.append(wasm_filter("lookergate", wasm or WASM, json.dumps(config)))
         host, bport = broker_addr.rsplit(":", 1)
         clusters.append({
@@ -280,6 +291,24 @@ def envoy_config(kind, port, admin_port, jwks_doc, broker_addr, wasm=None, overr
             "clusters": clusters,
         },
     }
+
+
+def global_limit(config, clusters):
+    """The rule that grants the bench's request (analysts-read) gets a global rate limit
+    far above the bench's rate: every request asks the RLS (and Redis), none is refused."""
+    rules = config["policy"]["rules"] if "policy" in config else config["rules"]
+    rule = next(r for r in rules if r.get("name") == "analysts-read")
+    rule["rate_limit"] = {"scope": "global", "per_second": 100000, "burst": 100000}
+    config["rate_limit_service"] = {"cluster": "lookergate_rls", "domain": "lookergate", "timeout": "200ms"}
+    host, port = RLS_ADDR.rsplit(":", 1)
+    clusters.append({
+        "name": "lookergate_rls", "type": "STATIC", "connect_timeout": "1s",
+        "typed_extension_protocol_options": {"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+            "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+            "explicit_http_config": {"http2_protocol_options": {}}}},
+        "load_assignment": {"cluster_name": "lookergate_rls", "endpoints": [{"lb_endpoints": [
+            {"endpoint": {"address": {"socket_address": {"address": host, "port_value": int(port)}}}}]}]},
+    })
 
 
 def wasm_filter(name, path, configuration):
@@ -491,6 +520,7 @@ def ratios(summary):
         "cold-es256/native-nocache-es256": r("lookergate-cold-es256", "native-nocache-es256"),
         "cold-eddsa/native-nocache-eddsa": r("lookergate-cold-eddsa", "native-nocache-eddsa"),
         "native-cache/floor": r("native-cache-warm", "floor"),
+        "warm-global/warm": r("lookergate-warm-global", "lookergate-warm"),
     }
 
 
@@ -553,6 +583,13 @@ def markdown(result):
             f"{n} {s[n]['cpu_us_per_req']['median'] - limit['cpu_us_per_req']['median']:.0f}" for n in s if n != "limit")]
         lines.append("RSS above the limit (MB): " + ", ".join(
             f"{n} {s[n]['rss_mb']['median'] - limit['rss_mb']['median']:.1f}" for n in s if n != "limit"))
+    warm, glob = s.get("lookergate-warm"), s.get("lookergate-warm-global")
+    if warm and glob:
+        cpu = glob["cpu_us_per_req"]["median"] / warm["cpu_us_per_req"]["median"]
+        p99 = glob["p99_ms"]["median"] - warm["p99_ms"]["median"]
+        lines.append(f"Global rate limit on the warm path: Envoy CPU per request {cpu:.2f}x lookergate-warm's "
+                     f"(target ≤ 1.5x{' ✅' if cpu <= 1.5 else ' ❌'}), p99 {p99:+.2f} ms at ~{RATE} req/s "
+                     f"(target ≤ +1 ms{' ✅' if p99 <= 1.0 else ' ❌'}); the RLS and Redis run on the client CPU.")
     mem = result.get("memory", {})
     if mem:
         lines.append("Idle-ish RSS after 50 requests (MB): " + ", ".join(f"{k} {v:.1f}" for k, v in mem.items()))
@@ -570,15 +607,38 @@ def token_pools(paths):
     return pools
 
 
-def start_backends():
-    """The Looker simulator and the broker in front of it: (sim, broker, broker address)."""
+def start_backends(names):
+    """The Looker simulator and the broker in front of it, and for a global configuration
+    Redis and the rate limit service: (processes to stop, broker address)."""
+    global RLS_ADDR
     sim, sim_addr = start_service(SIM)
     broker, broker_addr = start_service(BROKER, {"LOOKERGATE_BROKER_LOOKER_URL": f"http://{sim_addr}"})
-    return sim, broker, broker_addr
+    procs = [broker, sim]
+    if any(CONFIGS[n][0] == "lookergate-global" for n in names):
+        redis_port = free_port()
+        redis_dir = WORK / "redis"
+        redis_dir.mkdir(parents=True, exist_ok=True)
+        redis = subprocess.Popen(
+            ["taskset", "-c", CLIENT_CPU, str(REDIS), "--port", str(redis_port), "--bind", "127.0.0.1",
+             "--save", "", "--appendonly", "no", "--dir", str(redis_dir)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        procs.append(redis)
+        deadline = time.time() + 10
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", redis_port), timeout=0.2).close()
+                break
+            except OSError:
+                if time.time() > deadline:
+                    raise SystemExit("bench: redis-server did not start")
+                time.sleep(0.05)
+        rls, RLS_ADDR = start_service(RLS, args=("--redis", f"redis://127.0.0.1:{redis_port}"))
+        procs.insert(0, rls)
+    return procs, broker_addr
 
 
 def main():
-    for f in (ENVOY, WASM, NOOP_WASM, BROKER, SIM):
+    for f in (ENVOY, WASM, NOOP_WASM, BROKER, SIM, RLS, REDIS):
         if not f.exists():
             raise SystemExit(f"bench: {f} is missing; run `make bench`")
     WORK.mkdir(parents=True, exist_ok=True)
@@ -590,8 +650,8 @@ def main():
     if os.environ.get("BENCH_GEN_ONLY"):
         return
 
-    sim, broker, broker_addr = start_backends()
     names = [n for n in CONFIGS if not ONLY or n in ONLY]
+    procs, broker_addr = start_backends(names)
     runs = {n: [] for n in names}
     started = time.strftime("%Y-%m-%d %H:%M:%S")
     try:
@@ -608,8 +668,8 @@ def main():
                     f"RSS {r['rss_mb']:.1f} MB, ready {r['ready_s']:.2f}s, non-2xx {r['non_2xx']}")
         memory = extra_memory(pools, jwks_doc, broker_addr) if any("lookergate" in n for n in names) else {}
     finally:
-        broker.kill()
-        sim.kill()
+        for proc in procs:
+            proc.kill()
     summary = summarize(runs)
     envoy_version = subprocess.run([str(ENVOY), "--version"], capture_output=True, text=True).stdout.strip()
     m = re.search(r"/(\d+\.\d+\.\d+)/", envoy_version)
@@ -624,15 +684,20 @@ def main():
         "summary": summary, "ratios": ratios(summary), "targets": TARGETS,
         "sanity": sanity, "memory": memory, "runs": runs,
     }
-    (BENCH / "results.json").write_text(json.dumps(result, indent=1) + "\n")
-    svg_chart(result["ratios"], BENCH / "ratios.svg")
+    if BLOCK == "figures":
+        (BENCH / "results.json").write_text(json.dumps(result, indent=1) + "\n")
+        svg_chart(result["ratios"], BENCH / "ratios.svg")
+    else:
+        (BENCH / f"results-{BLOCK}.json").write_text(json.dumps(result, indent=1) + "\n")
     figures = markdown(result)
     (WORK / "figures.md").write_text(figures)
     md = BENCH / "RESULTS.md"
-    begin, end = "<!-- figures:begin -->", "<!-- figures:end -->"
+    begin, end = f"<!-- {BLOCK}:begin -->", f"<!-- {BLOCK}:end -->"
     text = md.read_text() if md.exists() else f"# make bench results\n\n{begin}\n{end}\n"
     if begin in text and end in text:
         text = text.split(begin)[0] + begin + "\n" + figures + end + text.split(end, 1)[1]
+    else:
+        raise SystemExit(f"bench: {md} has no {begin} ... {end} block")
     md.write_text(text)
     print(figures)
 

@@ -102,7 +102,7 @@ Try, in another shell from the repository root:
   curl -s http://127.0.0.1:10180/__sim/logins      # what Looker saw of the brokers
   for p in 10100 10101 10100 10101; do for i in 1 2 3; do   # 10 queries a minute, both Envoys together
     curl -s -o /dev/null -w '%{http_code} ' -H "Authorization: Bearer $TOKEN" -H 'content-type: application/json' \
-      -d '{"model":"thelook","view":"orders","fields":["orders.count"]}' http://127.0.0.1:$p/api/4.0/queries/run/json
+      -d '{"model":"thelook","view":"orders","fields":["orders.count"],"filters":{"orders.created_date":"2026-01%"},"limit":"10"}' http://127.0.0.1:$p/api/4.0/queries/run/json
   done; done; echo                                 # 200 x10, then 429
 Ctrl-C stops everything.
 

@@ -327,7 +327,7 @@ fn fleet_yaml(wasm: &Path, sim: u16, idp: u16, brokers: &[u16]) -> String {
 }
 
 /// A token whose per-user identity is `user-<n>@example.com` (the demo rule
-/// `carol-as-herself` maps carol's e-mail claim to her Looker user).
+/// `carol-reads-as-herself` maps carol's e-mail claim to her Looker user).
 fn per_user_token(n: u64) -> String {
     tokens::with("carol", |spec| spec.email = format!("user-{n}@example.com"))
 }
