@@ -574,6 +574,8 @@ def markdown(result):
             f"| {r['p50_ms']['median']:.2f} / {r['p99_ms']['median']:.2f} | {r['non_2xx']}{' (pool wrapped)' if r['pool_wrapped'] else ''} |")
     lines += ["", "| ratio (req/s medians) | value | target |", "|---|---|---|"]
     for k, v in rat.items():
+        if v is None:
+            continue  # a configuration of the ratio did not run (BENCH_ONLY)
         t = TARGETS.get(k)
         verdict = "" if t is None else (" ✅" if v is not None and v >= t else " ❌")
         lines.append(f"| {k} | {'n/a' if v is None else f'{v:.2f}x'} | {'' if t is None else f'≥ {t}x'}{verdict} |")
