@@ -10,9 +10,8 @@
 //! and only then deletes the old key in Looker.
 
 use crate::http::AppState;
-use crate::looker::LookerError;
 use crate::metrics::{OpLabel, ResultLabel};
-use crate::rotate::{looker_error, rotation_client, RotateError, RotationReport};
+use crate::rotate::{looker_error, start_rotation, RotateError, RotationReport, RotationStart};
 use crate::store::{random_hex, SharedKey, SharedStore};
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -215,48 +214,14 @@ async fn rotate_locked(
     if !is_due(role_cfg, now) {
         return Ok(None);
     }
-    let user_id = role_cfg
-        .user_id
-        .clone()
-        .ok_or_else(|| RotateError::Config(format!("roles.{role}.user_id is needed to rotate")))?;
-    let sudo = rt
-        .config
-        .sudo
-        .as_ref()
-        .ok_or_else(|| RotateError::Config("a [sudo] section is needed to rotate".into()))?;
-    let looker = rotation_client(&rt.config)?;
-    let admin = looker
-        .login(&sudo.credentials)
-        .await
-        .map_err(|e| match e {
-            LookerError::Status { .. } => {
-                RotateError::Looker("Looker refused the sudo credentials".into())
-            }
-            e => looker_error(e),
-        })?
-        .access_token;
-    let old = role_cfg.credentials.clone();
-    let (old_key_id, mut warning) = match &role_cfg.api3_id {
-        Some(id) => (Some(id.clone()), None),
-        None => match looker.list_api3(&admin, &user_id).await {
-            Ok(keys) => match keys.into_iter().find(|k| k.client_id == old.client_id) {
-                Some(k) => (Some(k.id.0), None),
-                None => (
-                    None,
-                    Some(format!(
-                        "old key {} not found on user {user_id}; not deleted",
-                        old.client_id
-                    )),
-                ),
-            },
-            Err(e) => (
-                None,
-                Some(format!(
-                    "cannot list the keys of user {user_id} ({e}); old key not deleted"
-                )),
-            ),
-        },
-    };
+    let RotationStart {
+        looker,
+        admin,
+        user_id,
+        old,
+        old_key_id,
+        mut warning,
+    } = start_rotation(&rt.config, role, role_cfg).await?;
 
     let new_key = looker
         .create_api3(&admin, &user_id)

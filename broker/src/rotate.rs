@@ -11,7 +11,8 @@
 //! role's credentials: `create_embed_secret`, write, then `delete_embed_secret` of the old.
 
 use crate::config::{
-    BrokerConfig, ConfigFile, EmbedConfig, EmbedSecret, LookerId, RoleConfig, SsoAlgorithm,
+    Api3Credentials, BrokerConfig, ConfigFile, EmbedConfig, EmbedSecret, LookerId, RoleConfig,
+    SsoAlgorithm,
 };
 use crate::http::AppState;
 use crate::looker::{LookerClient, LookerError, NewApi3Key, NewEmbedSecret};
@@ -107,47 +108,14 @@ pub async fn rotate_role(path: &Path, role: &str) -> Result<RotationReport, Rota
         .roles
         .get(role)
         .ok_or_else(|| RotateError::Config(format!("no [roles.{role}] in {}", path.display())))?;
-    let user_id = role_cfg
-        .user_id
-        .clone()
-        .ok_or_else(|| RotateError::Config(format!("roles.{role}.user_id is needed to rotate")))?;
-    let sudo = config
-        .sudo
-        .as_ref()
-        .ok_or_else(|| RotateError::Config("a [sudo] section is needed to rotate".into()))?;
-    let looker = rotation_client(&config)?;
-
-    let admin = looker.login(&sudo.credentials).await.map_err(|e| match e {
-        LookerError::Status { .. } => {
-            RotateError::Looker("Looker refused the sudo credentials".into())
-        }
-        e => looker_error(e),
-    })?;
-    let admin = admin.access_token;
-    let old = role_cfg.credentials.clone();
-
-    // Find the old key first: if that fails we have created nothing yet.
-    let (old_key_id, mut warning) = match &role_cfg.api3_id {
-        Some(id) => (Some(id.clone()), None),
-        None => match looker.list_api3(&admin, &user_id).await {
-            Ok(keys) => match keys.into_iter().find(|k| k.client_id == old.client_id) {
-                Some(k) => (Some(k.id.0), None),
-                None => (
-                    None,
-                    Some(format!(
-                        "old key {} not found on user {user_id}; not deleted",
-                        old.client_id
-                    )),
-                ),
-            },
-            Err(e) => (
-                None,
-                Some(format!(
-                    "cannot list the keys of user {user_id} ({e}); old key not deleted"
-                )),
-            ),
-        },
-    };
+    let RotationStart {
+        looker,
+        admin,
+        user_id,
+        old,
+        old_key_id,
+        mut warning,
+    } = start_rotation(&config, role, role_cfg).await?;
 
     let new_key = looker
         .create_api3(&admin, &user_id)
@@ -223,6 +191,71 @@ pub async fn rotate_role(path: &Path, role: &str) -> Result<RotationReport, Rota
 }
 
 /// Rotation is not under the gateway's deadline: allow more time than token requests.
+/// Where a rotation starts, before it creates anything: a sudo session on Looker, the
+/// role's Looker user, its key in force, and the id of that key on Looker (to delete once
+/// the new key is in force) or, if it cannot be found, why it will not be deleted.
+pub(crate) struct RotationStart {
+    pub looker: LookerClient,
+    pub admin: Secret,
+    pub user_id: String,
+    pub old: Api3Credentials,
+    pub old_key_id: Option<String>,
+    pub warning: Option<String>,
+}
+
+pub(crate) async fn start_rotation(
+    config: &BrokerConfig,
+    role: &str,
+    role_cfg: &RoleConfig,
+) -> Result<RotationStart, RotateError> {
+    let user_id = role_cfg
+        .user_id
+        .clone()
+        .ok_or_else(|| RotateError::Config(format!("roles.{role}.user_id is needed to rotate")))?;
+    let sudo = config
+        .sudo
+        .as_ref()
+        .ok_or_else(|| RotateError::Config("a [sudo] section is needed to rotate".into()))?;
+    let looker = rotation_client(config)?;
+    let admin = looker.login(&sudo.credentials).await.map_err(|e| match e {
+        LookerError::Status { .. } => {
+            RotateError::Looker("Looker refused the sudo credentials".into())
+        }
+        e => looker_error(e),
+    })?;
+    let admin = admin.access_token;
+    let old = role_cfg.credentials.clone();
+    let (old_key_id, warning) = match &role_cfg.api3_id {
+        Some(id) => (Some(id.clone()), None),
+        None => match looker.list_api3(&admin, &user_id).await {
+            Ok(keys) => match keys.into_iter().find(|k| k.client_id == old.client_id) {
+                Some(k) => (Some(k.id.0), None),
+                None => (
+                    None,
+                    Some(format!(
+                        "old key {} not found on user {user_id}; not deleted",
+                        old.client_id
+                    )),
+                ),
+            },
+            Err(e) => (
+                None,
+                Some(format!(
+                    "cannot list the keys of user {user_id} ({e}); old key not deleted"
+                )),
+            ),
+        },
+    };
+    Ok(RotationStart {
+        looker,
+        admin,
+        user_id,
+        old,
+        old_key_id,
+        warning,
+    })
+}
+
 pub(crate) fn rotation_client(config: &BrokerConfig) -> Result<LookerClient, RotateError> {
     LookerClient::new(
         config.looker_url.clone(),
